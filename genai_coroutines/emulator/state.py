@@ -1,0 +1,165 @@
+"""Shared state of the emulator: its settings, its counters and its rate windows.
+
+Both API emulations read one `EmulatorConfig` (tests may change fields while the
+server runs) and record what they saw in one `Stats`, so a test can ask "how many
+times was this file uploaded?" without caring which endpoint took it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class EmulatorConfig:
+    """Every knob of the emulator. All durations are seconds and may be fractional."""
+
+    openai_api_key: str = "sk-emulator"
+    datalab_api_key: str = "dl-emulator"
+    seed: int = 0
+
+    # OpenAI side
+    latency: float = 0.0
+    """Median latency of a `/v1/responses` answer (lognormal around it when > 0)."""
+    openai_rpm: int | None = None
+    openai_tpm: int | None = None
+    burst_seconds: float = 60.0
+    """How much unused quota a bucket may bank: 60 s is a full minute, 1 s makes the steady rate decide."""
+    insufficient_quota: bool = False
+    stream_chunk_delay: float = 0.0
+
+    # Datalab side
+    seconds_per_page: float = 0.02
+    datalab_rpm: int | None = None
+    datalab_max_concurrent: int | None = None
+    datalab_max_pages_in_flight: int | None = None
+    result_ttl: float = 3600.0
+    failed_job_rate: float = 0.0
+    """Share of accepted jobs that end `{"status": "failed"}` (drawn from the seeded RNG)."""
+    webhooks: bool = True
+
+    # Faults: endpoint name -> {fault kind -> probability}. See `faults.FAULT_KINDS`.
+    fault_rates: dict[str, dict[str, float]] = field(default_factory=dict)
+    hang_seconds: float = 3600.0
+    slow_seconds: float = 0.5
+
+
+def digest(data: bytes) -> str:
+    """Short content digest used to key per-input counters."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+class Stats:
+    """Counters a test or benchmark reads to prove what crossed the wire."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: Counter[str] = Counter()
+        """`"<endpoint> <status>"` -> count, e.g. `"responses 200"`."""
+        self.rate_limited = 0
+        self.faults: Counter[str] = Counter()
+        """`"<endpoint> <fault>"` -> count."""
+        self.submissions_by_digest: Counter[str] = Counter()
+        """Datalab: accepted uploads per file digest (or per `file_url`)."""
+        self.responses_by_digest: Counter[str] = Counter()
+        """OpenAI: requests per digest of their `input`, whatever the answer."""
+        self.completed_by_digest: Counter[str] = Counter()
+        """OpenAI: 200 answers per digest of their `input` (a second one means paid twice)."""
+        self.received: list[dict[str, Any]] = []
+        """The last request bodies/forms seen, newest last (kept short)."""
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        self.webhooks_sent = 0
+
+    def remember(self, item: dict[str, Any], keep: int = 1000) -> None:
+        self.received.append(item)
+        if len(self.received) > keep:
+            del self.received[: len(self.received) - keep]
+
+    def count(self, endpoint: str, status: int) -> None:
+        self.requests[f"{endpoint} {status}"] += 1
+        if status == 429:
+            self.rate_limited += 1
+
+    def total(self, endpoint: str) -> int:
+        return sum(n for key, n in self.requests.items() if key.split(" ")[0] == endpoint)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "rate_limited": self.rate_limited,
+            "faults": dict(self.faults),
+            "submissions_by_digest": dict(self.submissions_by_digest),
+            "duplicate_submissions": sum(
+                n - 1 for n in self.submissions_by_digest.values() if n > 1
+            ),
+            "responses_by_digest": dict(self.responses_by_digest),
+            "completed_by_digest": dict(self.completed_by_digest),
+            "duplicate_completions": sum(n - 1 for n in self.completed_by_digest.values() if n > 1),
+            "peak_in_flight": self.peak_in_flight,
+            "webhooks_sent": self.webhooks_sent,
+        }
+
+
+class RateWindow:
+    """A token bucket refilled continuously at `per_minute / 60` per second.
+
+    It holds at most `per_minute * burst_seconds / 60` units (never less than one
+    request's worth), which is how OpenAI reports it: `remaining` is what the bucket
+    holds now and `reset` is how long until it is full again.
+    """
+
+    def __init__(self, per_minute: int, burst_seconds: float = 60.0) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, per_minute * burst_seconds / 60.0)
+        self.level = self.capacity
+        self.stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, amount: float) -> float:
+        """Take `amount` if the bucket holds it and return 0, else return the seconds to wait."""
+        self._refill()
+        if amount <= self.level:
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) / self.rate
+
+    def give_back(self, amount: float) -> None:
+        self._refill()
+        self.level = min(self.capacity, self.level + amount)
+
+    @property
+    def remaining(self) -> int:
+        self._refill()
+        return max(0, math.floor(self.level))
+
+    @property
+    def reset_seconds(self) -> float:
+        self._refill()
+        return (self.capacity - self.level) / self.rate
+
+
+def go_duration(seconds: float) -> str:
+    """Format like OpenAI's reset headers: "120ms", "1s", "6m0s", "1h2m3s"."""
+    if seconds < 1.0:
+        return f"{max(0, round(seconds * 1000))}ms"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{secs:.3f}".rstrip("0").rstrip(".") + "s"
+    if hours:
+        return f"{int(hours)}h{int(minutes)}m{text}"
+    if minutes:
+        return f"{int(minutes)}m{text}"
+    return text

@@ -1,0 +1,65 @@
+"""Reading the timing hints servers put in response headers.
+
+OpenAI and Datalab tell a client how long to wait in three spellings: `retry-after-ms`
+(float milliseconds), `retry-after` (seconds, possibly fractional, or an HTTP date) and
+`x-ratelimit-reset-*` (Go durations such as "1s", "6m0s", "120ms"). Parsing them lives
+here, once, so retry policy and rate limiter agree on what the server said.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from collections.abc import Mapping
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
+_UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """Seconds in a Go-style duration ("1h2m3.5s", "450ms"), or None if it is not one."""
+    if not text:
+        return None
+    text = text.strip()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        try:
+            return max(0.0, float(text))
+        except ValueError:
+            return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asked us to wait, in the SDK's order of preference, or None."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def header_int(headers: Mapping[str, str], name: str) -> int | None:
+    """An integer header; tolerates "1000.0", ignores junk and negatives (Azure sends -1)."""
+    value = headers.get(name)
+    if value is None:
+        return None
+    try:
+        number = int(float(value))
+    except ValueError:
+        return None
+    return number if number >= 0 else None

@@ -1,0 +1,85 @@
+"""The batch runner: many inputs, bounded concurrency, results as they finish.
+
+`run_streaming` pulls the next input only when a slot is free, so a batch of 100,000
+prompts read from a file holds at most `concurrency` of them (and their tasks) in
+memory. Results are yielded in completion order; each carries the index of its input
+so callers can restore input order (`collect_in_order`) or write them out at once.
+
+Cancelling the consumer (Ctrl-C, `task.cancel()`, breaking out of the loop) cancels the
+in-flight work and waits for it to unwind, so no request is left running behind the
+caller's back and every result already yielded stays yielded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Source = Iterable[T] | AsyncIterable[T]
+
+
+async def _aiter(source: Source[T]) -> AsyncGenerator[T, None]:
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+
+
+async def run_streaming(
+    source: Source[T],
+    work: Callable[[int, T], Awaitable[R]],
+    *,
+    concurrency: int,
+    start: int = 0,
+) -> AsyncIterator[R]:
+    """Run `work(index, item)` for every item with at most `concurrency` at once; yield results.
+
+    `work` must not raise for per-item failures: it returns them as results. An exception
+    escaping `work` is a bug and ends the batch (after cancelling the rest).
+    """
+    pending: set[asyncio.Task[R]] = set()
+    items = _aiter(source)
+    index = start
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(pending) < concurrency:
+                try:
+                    item = await items.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                pending.add(asyncio.ensure_future(work(index, item)))
+                index += 1
+            if not pending:
+                return
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                yield task.result()
+    finally:
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        await items.aclose()
+
+
+async def collect_in_order(results: AsyncIterator[R], index_of: Callable[[R], int]) -> list[R]:
+    """Gather a stream of indexed results into a list in input order."""
+    by_index: dict[int, R] = {}
+    async for result in results:
+        by_index[index_of(result)] = result
+    return [by_index[i] for i in sorted(by_index)]

@@ -1,0 +1,263 @@
+"""The engine's pieces on their own: header parsing, retry policy, runner, limiter, journal."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from genai_coroutines.engine import (
+    Capacity,
+    Failure,
+    RateLimiter,
+    RetryPolicy,
+    Success,
+    collect_in_order,
+    parse_duration,
+    retry_after,
+    retrying,
+    run_streaming,
+)
+from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1s", 1.0), ("6m0s", 360.0), ("120ms", 0.12), ("1h2m3.5s", 3723.5), ("2.5", 2.5)],
+)
+def test_parse_duration_reads_go_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+def test_parse_duration_rejects_junk() -> None:
+    assert parse_duration("soon") is None
+    assert parse_duration(None) is None
+
+
+def test_retry_after_prefers_milliseconds_then_seconds_then_date() -> None:
+    assert retry_after({"retry-after-ms": "450", "retry-after": "9"}) == pytest.approx(0.45)
+    assert retry_after({"retry-after": "2.5"}) == pytest.approx(2.5)
+    future = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 28 <= (retry_after({"retry-after": future}) or 0) <= 31
+    assert retry_after({}) is None
+
+
+def _failure(**overrides: object) -> Failure:
+    fields: dict[str, object] = {"message": "boom", "error_type": "server_error", "retriable": True}
+    fields.update(overrides)
+    return Failure(**fields)  # type: ignore[arg-type]
+
+
+def test_policy_backoff_is_exponential_capped_and_jittered() -> None:
+    policy = RetryPolicy(max_retries=10, initial_delay=1.0, max_delay=8.0, jitter=0.25)
+    for retry, base in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (7, 8.0)]:
+        delays = [policy.backoff(retry) for _ in range(200)]
+        assert min(delays) >= base * 0.75
+        assert max(delays) <= base * 1.25
+        assert max(delays) - min(delays) > 0
+
+
+def test_policy_never_waits_less_than_the_server_asks() -> None:
+    policy = RetryPolicy(max_retries=3, initial_delay=0.001, max_delay=0.002)
+    assert policy.delay_for(1, _failure(status=503, retry_after=1.5)) == pytest.approx(1.5)
+    assert policy.delay_for(1, _failure(status=429, retry_after=0.3)) == pytest.approx(0.3)
+
+
+def test_policy_gives_up_on_fatal_errors_spent_retries_and_long_server_waits() -> None:
+    policy = RetryPolicy(max_retries=2, max_server_wait=120.0)
+    assert policy.delay_for(1, _failure(retriable=False)) is None
+    assert policy.delay_for(3, _failure()) is None
+    assert policy.delay_for(1, _failure(status=429, retry_after=1800.0)) is None
+
+
+async def test_retrying_counts_attempts_and_stops_at_max_retries() -> None:
+    calls = 0
+
+    async def always_fails() -> Success[int] | Failure:
+        nonlocal calls
+        calls += 1
+        return _failure()
+
+    outcome, attempts = await retrying(always_fails, RetryPolicy(max_retries=2, initial_delay=0.0))
+    assert isinstance(outcome, Failure)
+    assert attempts == calls == 3
+
+
+async def test_retrying_returns_success_after_transient_failures() -> None:
+    replies: list[Success[str] | Failure] = [_failure(), _failure(), Success("ok")]
+    seen: list[int] = []
+
+    async def attempt() -> Success[str] | Failure:
+        return replies.pop(0)
+
+    outcome, attempts = await retrying(
+        attempt, RetryPolicy(initial_delay=0.0), on_retry=lambda n, f, d: seen.append(n)
+    )
+    assert outcome == Success("ok")
+    assert attempts == 3
+    assert seen == [1, 2]
+
+
+async def test_runner_bounds_concurrency_and_reads_input_lazily() -> None:
+    pulled = 0
+    running = peak = 0
+
+    def source() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(50):
+            pulled += 1
+            yield i
+
+    async def work(index: int, item: int) -> tuple[int, int]:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        assert pulled <= index + 1 + 4, "the runner read ahead of its free slots"
+        await asyncio.sleep(0.001 * (item % 3))
+        running -= 1
+        return index, item * 2
+
+    results = await collect_in_order(run_streaming(source(), work, concurrency=4), lambda r: r[0])
+    assert results == [(i, i * 2) for i in range(50)]
+    assert peak == 4
+
+
+async def test_runner_accepts_async_iterables() -> None:
+    async def source() -> AsyncIterator[str]:
+        for word in ["a", "b", "c"]:
+            yield word
+
+    async def work(index: int, item: str) -> str:
+        return f"{index}{item}"
+
+    assert sorted([r async for r in run_streaming(source(), work, concurrency=2)]) == [
+        "0a",
+        "1b",
+        "2c",
+    ]
+
+
+async def test_runner_cancels_in_flight_work_when_the_consumer_stops() -> None:
+    cancelled = 0
+    started = asyncio.Event()
+
+    async def work(index: int, item: int) -> int:
+        nonlocal cancelled
+        if index == 0:
+            return index
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled += 1
+            raise
+        return index
+
+    stream = run_streaming(range(10), work, concurrency=3)
+    first = await stream.__anext__()
+    await started.wait()
+    await stream.aclose()
+    assert first == 0
+    assert cancelled == 2  # items 1 and 2; the slot freed by item 0 was never refilled
+
+
+async def test_limiter_admits_a_burst_then_paces_at_the_rate() -> None:
+    limiter = RateLimiter(requests_per_minute=60_000, burst_seconds=0.01)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(10):
+        await limiter.acquire()
+    burst = loop.time() - start
+    for _ in range(20):
+        await limiter.acquire()
+    assert burst < 0.05
+    assert loop.time() - start >= 20 / 1000 * 0.9
+
+
+async def test_limiter_lets_an_oversized_token_request_borrow_instead_of_hanging() -> None:
+    limiter = RateLimiter(tokens_per_minute=600_000, burst_seconds=0.01)
+    await asyncio.wait_for(limiter.acquire(tokens=50_000), timeout=1.0)
+    assert limiter.tokens is not None and limiter.tokens.level < 0
+
+
+async def test_limiter_pause_holds_everyone_without_stacking() -> None:
+    limiter = RateLimiter(requests_per_minute=600_000, burst_seconds=1.0)
+    await limiter.acquire()
+    for _ in range(5):
+        limiter.pause(0.05)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await limiter.acquire()
+    waited = loop.time() - start
+    assert 0.045 <= waited < 0.2
+
+
+async def test_limiter_learns_limits_from_headers_and_sends_one_probe_first() -> None:
+    limiter = RateLimiter(learn=True)
+    await limiter.acquire()
+    second = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    assert not second.done(), "a second request went out before the limits were known"
+    limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "600",
+            "x-ratelimit-remaining-requests": "9",
+            "x-ratelimit-reset-requests": "100ms",
+            "x-ratelimit-limit-tokens": "60000",
+            "x-ratelimit-remaining-tokens": "59000",
+            "x-ratelimit-reset-tokens": "1s",
+        }
+    )
+    await asyncio.wait_for(second, 1.0)
+    assert limiter.requests is not None and limiter.requests.rate == pytest.approx(10.0)
+    assert limiter.tokens is not None and limiter.tokens.rate == pytest.approx(1000.0)
+
+
+async def test_limiter_without_headers_stops_learning_and_runs_free() -> None:
+    limiter = RateLimiter(learn=True)
+    await limiter.acquire()
+    limiter.observe(None)
+    await asyncio.wait_for(limiter.acquire(), 1.0)
+    limiter.observe({"content-type": "application/json"})
+    await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(100))), 1.0)
+    assert limiter.requests is None
+
+
+async def test_capacity_admits_oversized_requests_alone() -> None:
+    pages = Capacity(10)
+    await pages.acquire(6)
+    big = asyncio.ensure_future(pages.acquire(50))
+    await asyncio.sleep(0)
+    assert not big.done()
+    pages.release(6)
+    await asyncio.wait_for(big, 1.0)
+    assert pages.used == 10
+
+
+def test_journal_returns_results_only_for_the_same_request(tmp_path: Path) -> None:
+    path = tmp_path / "batch.journal"
+    journal = Journal(path, "responses")
+    digest = request_digest(b'{"input": "hello"}')
+    journal.record_result(3, digest, {"index": 3, "success": True})
+    journal.close()
+
+    reopened = Journal(path, "responses")
+    assert reopened.finished(3, digest) == {"index": 3, "success": True}
+    assert reopened.finished(3, request_digest(b'{"input": "changed"}')) is None
+    assert reopened.finished(4, digest) is None
+    with pytest.raises(JournalMismatch):
+        Journal(path, "documents")
+
+
+def test_journal_keeps_submitted_jobs_until_they_finish(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "ocr.journal", "documents")
+    journal.record_submission(0, "d0", "req-1", "http://127.0.0.1/api/v1/marker/req-1")
+    assert journal.submitted(0, "d0") == ("req-1", "http://127.0.0.1/api/v1/marker/req-1")
+    assert journal.submitted(0, "other") is None
+    journal.record_result(0, "d0", {"index": 0, "success": True})
+    assert journal.submitted(0, "d0") is None
+    assert journal.results() == [{"index": 0, "success": True}]
