@@ -58,8 +58,22 @@ class FaultPlan:
         return None
 
 
+def _error_body(status: int, endpoint: str) -> dict[str, object]:
+    """The JSON a failing server sends: OpenAI's error object, or FastAPI's `detail` (Datalab)."""
+    if endpoint.startswith("marker"):
+        return {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"}
+    return {
+        "error": {
+            "message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        }
+    }
+
+
 async def apply(
-    kind: str, request: web.Request, config: EmulatorConfig
+    kind: str, request: web.Request, config: EmulatorConfig, endpoint: str = "responses"
 ) -> web.StreamResponse | None:
     """Carry out a fault. Returns the response to send, or None to answer normally."""
     if kind == "slow":
@@ -84,17 +98,7 @@ async def apply(
     if kind == "502":
         return web.Response(status=502, body=PROXY_502, content_type="text/html")
     status = int(kind)
-    return web.json_response(
-        {
-            "error": {
-                "message": "The server had an error while processing your request. Sorry about that!",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        },
-        status=status,
-    )
+    return web.json_response(_error_body(status, endpoint), status=status)
 
 
 async def maybe_fault(
@@ -105,7 +109,7 @@ async def maybe_fault(
     if kind is None:
         return None
     stats.faults[f"{endpoint} {kind}"] += 1
-    response = await apply(kind, request, plan.config)
+    response = await apply(kind, request, plan.config, endpoint)
     if response is not None:
         stats.count(endpoint, response.status)
     return response

@@ -1,0 +1,265 @@
+"""Reading a Datalab submission form the way the real (FastAPI) server does.
+
+Type errors come back as FastAPI's 422 list of `{type, loc, msg, input}`; a value the
+handler rejects comes back as a 400 with a string `detail`. Sources:
+https://documentation.datalab.to/platform/errors (both shapes) and
+https://documentation.datalab.to/api-reference/convert-document (the fields).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import MultiDictProxy
+from yarl import URL
+
+from ..pdfpages import parse_page_range
+
+FORMATS = ("markdown", "html", "json", "chunks")
+MODES = ("fast", "balanced", "accurate")
+
+BOOL_FIELDS = frozenset(
+    {
+        "paginate", "add_block_ids", "include_markdown_in_chunks", "disable_image_extraction",
+        "disable_image_captions", "fence_synthetic_captions", "token_efficient_markdown",
+        "skip_cache", "save_checkpoint", "force_new",
+        # /marker only
+        "force_ocr", "format_lines", "strip_existing_ocr", "disable_ocr_math", "use_llm",
+        "run_eval",
+    }
+)  # fmt: skip
+INT_FIELDS = frozenset({"max_pages", "workflowstepdata_id", "eval_rubric_id"})
+JSON_OBJECT_FIELDS = ("page_schema", "additional_config")
+
+Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
+"""What `aiohttp.web.Request.post()` returns."""
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+"""What pydantic accepts as a boolean string (case-insensitive); the SDK sends "True"/"False"."""
+
+_LOOPBACK_NAMES = frozenset({"localhost"})
+
+INVALID_FILE_TYPE = (
+    "Invalid file type. Only PDF files, word documents, spreadsheets, powerpoints, HTML, "
+    "and PNG, JPG, GIF, TIFF, and WEBP images are accepted."
+)
+"""Wording from https://documentation.datalab.to/platform/troubleshooting."""
+
+_MAGIC = (
+    b"%PDF-",
+    b"\x89PNG\r\n\x1a\n",
+    b"\xff\xd8\xff",  # JPEG
+    b"GIF87a",
+    b"GIF89a",
+    b"II*\x00",  # TIFF, little-endian
+    b"MM\x00*",  # TIFF, big-endian
+    b"PK\x03\x04",  # docx, xlsx, pptx, odt, epub: all zip files
+    b"\xd0\xcf\x11\xe0",  # doc, xls, ppt: OLE compound files
+)
+_TEXT_TYPES = frozenset({"text/html", "text/csv"})
+_TEXT_SUFFIXES = (".html", ".htm", ".csv")
+
+
+class FormError(Exception):
+    """A submission the server refuses: `status` 400 or 422 with FastAPI's `detail`."""
+
+    def __init__(self, status: int, detail: str | list[dict[str, Any]]) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The settings a job needs after submission; small, since jobs live for an hour."""
+
+    output_format: str
+    formats: tuple[str, ...]
+    mode: str
+    paginate: bool
+    page_range: str | None
+    max_pages: int | None
+    disable_image_extraction: bool
+    add_block_ids: bool
+    page_schema: dict[str, Any] | None
+    webhook_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """The document part: its bytes (or the URL to fetch it from) and how it was labelled."""
+
+    data: bytes | None
+    file_url: str | None
+    filename: str | None
+    content_type: str | None
+
+
+def wire_fields(form: Form) -> dict[str, str]:
+    """Every non-file field as sent, for `Stats.remember`."""
+    return {key: value for key, value in form.items() if isinstance(value, str)}
+
+
+def parse(form: Form) -> tuple[Options, Upload]:
+    """Validate a submission form; raise `FormError` as the real server would answer."""
+    fields = wire_fields(form)
+    type_errors: list[dict[str, Any]] = []
+    flags = {name: _bool(name, fields[name], type_errors) for name in BOOL_FIELDS & fields.keys()}
+    numbers = {name: _int(name, fields[name], type_errors) for name in INT_FIELDS & fields.keys()}
+    file_part = form.get("file")
+    if file_part is not None and not isinstance(file_part, web.FileField):
+        type_errors.append(
+            _type_error(
+                "value_error",
+                "file",
+                f"Value error, Expected UploadFile, received: {type(file_part)}",
+                str(file_part),
+            )
+        )
+    if type_errors:
+        raise FormError(422, type_errors)
+
+    upload = _upload(
+        file_part if isinstance(file_part, web.FileField) else None, fields.get("file_url")
+    )
+    output_format = fields.get("output_format") or "markdown"
+    formats = tuple(part.strip() for part in output_format.split(","))
+    if not set(formats) <= set(FORMATS) or len(set(formats)) != len(formats):
+        raise FormError(
+            400,
+            f"Invalid output_format {output_format!r}. "
+            f"Valid values: {', '.join(FORMATS)}, comma-separated for several.",
+        )
+    mode = fields.get("mode") or "fast"
+    if mode not in MODES:
+        raise FormError(400, f"Invalid mode {mode!r}. Valid values: {', '.join(MODES)}.")
+    page_range = fields.get("page_range") or None
+    if page_range is not None:
+        try:
+            parse_page_range(page_range)
+        except ValueError:
+            raise FormError(
+                400,
+                f"Invalid page_range {page_range!r}. "
+                "Use comma-separated pages or ranges, like 0,5-10,20.",
+            ) from None
+    max_pages = numbers.get("max_pages")
+    if max_pages is not None and max_pages < 1:
+        raise FormError(400, "max_pages must be at least 1.")
+    objects = {
+        name: _json_object(name, fields[name]) for name in JSON_OBJECT_FIELDS if fields.get(name)
+    }
+    webhook_url = fields.get("webhook_url") or None
+    if webhook_url is not None:
+        _check_webhook(webhook_url)
+
+    options = Options(
+        output_format=output_format,
+        formats=formats,
+        mode=mode,
+        paginate=flags.get("paginate", False),
+        page_range=page_range,
+        max_pages=max_pages,
+        disable_image_extraction=flags.get("disable_image_extraction", False),
+        add_block_ids=flags.get("add_block_ids", False),
+        page_schema=objects.get("page_schema"),
+        webhook_url=webhook_url,
+    )
+    return options, upload
+
+
+def _type_error(kind: str, name: str, message: str, value: str) -> dict[str, Any]:
+    return {"type": kind, "loc": ["body", name], "msg": message, "input": value}
+
+
+def _bool(name: str, value: str, errors: list[dict[str, Any]]) -> bool:
+    lowered = value.strip().lower()
+    if lowered not in _TRUE | _FALSE:
+        errors.append(
+            _type_error(
+                "bool_parsing",
+                name,
+                "Input should be a valid boolean, unable to interpret input",
+                value,
+            )
+        )
+    return lowered in _TRUE
+
+
+def _int(name: str, value: str, errors: list[dict[str, Any]]) -> int | None:
+    try:
+        return int(value.strip())
+    except ValueError:
+        errors.append(
+            _type_error(
+                "int_parsing",
+                name,
+                "Input should be a valid integer, unable to parse string as an integer",
+                value,
+            )
+        )
+        return None
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        raise FormError(400, f"{name} must be a valid JSON string.") from None
+    if not isinstance(parsed, dict):
+        raise FormError(400, f"{name} must be a JSON object.")
+    return parsed
+
+
+def _upload(file_part: web.FileField | None, file_url: str | None) -> Upload:
+    if file_part is not None and file_url:
+        raise FormError(400, "Provide either file or file_url, not both.")
+    if file_url:
+        if URL(file_url).scheme not in ("http", "https"):
+            raise FormError(400, "file_url must be an http or https URL.")
+        return Upload(data=None, file_url=file_url, filename=None, content_type=None)
+    if file_part is None:
+        raise FormError(400, "You must provide either file or file_url.")
+    data = file_part.file.read()
+    if not data:
+        raise FormError(400, "The uploaded file is empty.")
+    if not _accepted(data, file_part.filename, file_part.content_type):
+        raise FormError(400, INVALID_FILE_TYPE)
+    return Upload(
+        data=data, file_url=None, filename=file_part.filename, content_type=file_part.content_type
+    )
+
+
+def _accepted(data: bytes, filename: str, content_type: str) -> bool:
+    """Binary formats are recognised by their content, like the real server; text ones by label."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return True
+    if data.startswith(_MAGIC):
+        return True
+    return content_type in _TEXT_TYPES or filename.lower().endswith(_TEXT_SUFFIXES)
+
+
+def _check_webhook(url: str) -> None:
+    """The emulator calls webhooks for real, so only on this machine."""
+    parsed = URL(url)
+    host = parsed.host or ""
+    if parsed.scheme not in ("http", "https") or not _is_loopback(host):
+        raise FormError(
+            400,
+            "webhook_url must be an http(s) URL on a loopback host "
+            "(127.0.0.1, localhost or ::1) in the emulator.",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,49 @@
+"""A live progress bar for long batches (tqdm), fed the same results as the summary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tqdm import tqdm
+
+from .summary import BatchSummary
+
+
+class Progress:
+    """Done, failed and retrying counts, plus tokens (Responses) or pages and cents (Datalab).
+
+    `retrying` is raised and lowered by the adapters around each backoff wait, so the bar
+    shows how many items are waiting to try again right now.
+    """
+
+    def __init__(
+        self, summary: BatchSummary, *, total: int | None, enabled: bool, unit: str
+    ) -> None:
+        self.summary = summary
+        self.retrying = 0
+        self._bar = tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True)
+
+    def retry_started(self) -> None:
+        self.retrying += 1
+
+    def retry_ended(self) -> None:
+        self.retrying -= 1
+
+    def add(self, result: Mapping[str, Any]) -> None:
+        self.summary.add(result)
+        if self._bar.disable:
+            return
+        s = self.summary
+        postfix: dict[str, Any] = {"ok": s.succeeded, "failed": s.failed, "retrying": self.retrying}
+        if s.input_tokens or s.output_tokens:
+            postfix["tokens"] = s.input_tokens + s.output_tokens
+        if s.pages or s.cost_cents:
+            postfix["pages"] = s.pages
+            postfix["cents"] = f"{s.cost_cents:g}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self.summary.finish()
+        self._bar.close()

@@ -1,0 +1,159 @@
+"""What a batch cost and how it went: counts, retries, 429s, tokens, dollars, cents.
+
+`BatchSummary` is fed every result dict as it finishes (in any order), so it works
+the same for a list returned at the end and for a stream written to disk, and holds
+only running totals. Token prices are an estimate from a table the caller can
+override (`prices={"my-model": Price(...)}`): providers change prices, the table
+does not know your discounts, and the Datalab figure (`cost_breakdown`, in cents) is
+the provider's own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """US dollars per million tokens."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+PRICES: dict[str, Price] = {
+    "gpt-4o": Price(2.50, 1.25, 10.00),
+    "gpt-4o-mini": Price(0.15, 0.075, 0.60),
+    "gpt-4.1": Price(2.00, 0.50, 8.00),
+    "gpt-4.1-mini": Price(0.40, 0.10, 1.60),
+    "gpt-4.1-nano": Price(0.10, 0.025, 0.40),
+    "gpt-5": Price(1.25, 0.125, 10.00),
+    "gpt-5-mini": Price(0.25, 0.025, 2.00),
+    "gpt-5-nano": Price(0.05, 0.005, 0.40),
+    "o1": Price(15.00, 7.50, 60.00),
+    "o3": Price(2.00, 0.50, 8.00),
+    "o3-mini": Price(1.10, 0.55, 4.40),
+    "o4-mini": Price(1.10, 0.275, 4.40),
+}
+"""List prices (standard tier) used for the estimate; dated snapshots map to their family."""
+
+
+def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
+    """The price of `model`, matching dated snapshots ("gpt-4o-2024-08-06") to their family."""
+    if model in prices:
+        return prices[model]
+    family = max((name for name in prices if model.startswith(name + "-")), key=len, default=None)
+    return prices[family] if family else None
+
+
+@dataclass
+class BatchSummary:
+    model: str = ""
+    """Model priced when a result does not name its own."""
+    prices: Mapping[str, Price] = field(default_factory=lambda: PRICES)
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    total: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    reused: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_models: set[str] = field(default_factory=set)
+    pages: int = 0
+    cost_cents: float = 0.0
+
+    def add(self, result: Mapping[str, Any]) -> None:
+        """Count one finished item (a Responses or a Documents result dict)."""
+        self.total += 1
+        if result.get("success"):
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.retries += max(0, int(result.get("attempts") or 1) - 1)
+        self.rate_limited += int(result.get("rate_limited") or 0)
+        if result.get("from_journal"):
+            self.reused += 1
+        usage = result.get("usage")
+        if usage:
+            self._add_usage(usage, str(result.get("model") or self.model))
+        if result.get("page_count"):
+            self.pages += int(result["page_count"])
+        cost = result.get("cost_breakdown")
+        if isinstance(cost, Mapping):
+            cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
+            if isinstance(cents, int | float):
+                self.cost_cents += cents
+
+    def _add_usage(self, usage: Mapping[str, Any], model: str) -> None:
+        inputs = int(usage.get("input_tokens") or 0)
+        cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+        outputs = int(usage.get("output_tokens") or 0)
+        self.input_tokens += inputs
+        self.cached_tokens += cached
+        self.output_tokens += outputs
+        self.reasoning_tokens += int(
+            (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+        )
+        price = price_for(model, self.prices)
+        if price is None:
+            if model:
+                self.unpriced_models.add(model)
+            return
+        self.cost_usd += (
+            (inputs - cached) * price.input + cached * price.cached_input + outputs * price.output
+        ) / 1_000_000
+
+    def finish(self) -> BatchSummary:
+        self.finished = time.monotonic()
+        return self
+
+    @property
+    def wall_seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+            "reused_from_journal": self.reused,
+            "wall_seconds": round(self.wall_seconds, 3),
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "estimated_cost_usd": round(self.cost_usd, 6),
+            "unpriced_models": sorted(self.unpriced_models),
+            "pages": self.pages,
+            "cost_cents": self.cost_cents,
+        }
+
+    def describe(self) -> str:
+        """A short human-readable report for the end of a batch."""
+        lines = [
+            f"items: {self.total} ({self.succeeded} ok, {self.failed} failed"
+            + (f", {self.reused} from journal" if self.reused else "")
+            + f")  retries: {self.retries}  429s: {self.rate_limited}"
+            + f"  wall: {self.wall_seconds:.2f}s"
+        ]
+        if self.input_tokens or self.output_tokens:
+            lines.append(
+                f"tokens: {self.input_tokens} in ({self.cached_tokens} cached), "
+                f"{self.output_tokens} out ({self.reasoning_tokens} reasoning)  "
+                f"estimated cost: ${self.cost_usd:.4f}"
+            )
+        if self.pages or self.cost_cents:
+            lines.append(f"pages: {self.pages}  Datalab cost: {self.cost_cents:g} cents")
+        return "\n".join(lines)
