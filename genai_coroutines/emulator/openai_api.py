@@ -1,0 +1,350 @@
+"""Emulation of `POST /v1/responses`: auth, validation, rate limits, latency, answers, SSE.
+
+A request goes through the same gates, in this order, as it would at api.openai.com
+behind a proxy: fault injection (the proxy), bearer auth (401), body validation (400,
+see `openai_validate`), unknown `previous_response_id` (400), quota (429
+insufficient_quota), then the request and token buckets (429). Only then does the
+"model" take its lognormal latency and answer (see `openai_output` for what it says).
+
+Choices where the real API is not observable from outside:
+
+- Requests refused before the buckets (401, 400) cost no quota; every answer except
+  401 and injected faults carries the six `x-ratelimit-*` headers.
+- A request's token cost for the TPM bucket is its estimated input tokens plus
+  `max_output_tokens`, or `DEFAULT_OUTPUT_COST` when that is unset. A cost above the
+  bucket's capacity can never pass and is refused as "Request too large".
+- Without `openai_rpm`/`openai_tpm` nothing is limited, and the headers report
+  `UNLIMITED_RPM` / `UNLIMITED_TPM` with full buckets.
+- `previous_response_id` must name one of the last `STORED_LIMIT` responses issued
+  with `store` not false. Its context (input + output tokens) is added to this
+  request's `input_tokens` and reported as `cached_tokens`.
+- Latency is slept before the first byte, also for streams. An answer counts in
+  `completed_by_digest` once produced, before it is sent: like billing, a client that
+  timed out or hung up mid-stream has still "paid" for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from .faults import maybe_fault
+from .openai_output import Answer, input_tokens, reasoning_effort, stream_events
+from .openai_validate import JSON_BODY_ERROR, ApiError, validate
+from .state import RateWindow, digest, go_duration
+
+if TYPE_CHECKING:
+    from .server import Emulator
+
+ENDPOINT = "responses"
+ORGANIZATION = "org-emulator"
+UNLIMITED_RPM = 10_000
+UNLIMITED_TPM = 2_000_000
+DEFAULT_OUTPUT_COST = 16
+"""Output tokens charged to the TPM bucket when `max_output_tokens` is unset (the API's minimum)."""
+STORED_LIMIT = 100_000
+LATENCY_SIGMA = 0.25
+RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
+NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
+    "blank username) if you're accessing the API from your browser and are prompted for a "
+    "username and password. You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys."
+)
+QUOTA = (
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors."
+)
+
+
+def mask_key(key: str) -> str:
+    """Show a key the way OpenAI's 401 does: a prefix, stars, and the last four of long keys."""
+    if len(key) >= 24:
+        return key[:8] + "*" * (len(key) - 12) + key[-4:]
+    return key[: min(5, len(key) // 2)] + "***"
+
+
+def new_id(prefix: str) -> str:
+    """Ids shaped like OpenAI's (`resp_` + 48 hex, `call_` + 24); not drawn from the seeded RNG
+    so that turning streaming or retries on does not shift the seeded latency draws."""
+    return f"{prefix}_{secrets.token_hex(12 if prefix == 'call' else 24)}"
+
+
+class OpenAIEmulation:
+    """The `/v1/responses` endpoint of one `Emulator`, with its rate windows and stored ids."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self._windows: dict[str, tuple[tuple[int, float], RateWindow]] = {}
+        self._stored: OrderedDict[str, int] = OrderedDict()
+        """Response id -> its context tokens (input + output), oldest first."""
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/responses", self.create_response)
+
+    def reset_limits(self) -> None:
+        self._windows.clear()
+
+    async def create_response(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        raw = await request.read()
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        stats = self.emulator.stats
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
+        seen = body if body is not None else raw.decode(errors="replace")
+        stats.remember({"endpoint": ENDPOINT, "body": seen, "headers": headers})
+        faulted = await maybe_fault(ENDPOINT, request, self.emulator.faults, stats)
+        if faulted is not None:
+            return faulted
+        try:
+            response = await self._answer(request, body, started)
+        except ApiError as error:
+            response = self._json(error.status, error.body(), started, error)
+        stats.count(ENDPOINT, response.status)
+        return response
+
+    async def _answer(self, request: web.Request, body: Any, started: float) -> web.StreamResponse:
+        self._authenticate(request.headers.get("Authorization", ""))
+        if body is None:
+            raise ApiError(400, JSON_BODY_ERROR)
+        if isinstance(body, dict):
+            self.emulator.stats.responses_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+        validate(body)
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self._stored:
+            raise ApiError(
+                400,
+                f"Previous response with id '{previous}' not found.",
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
+        config = self.emulator.config
+        if config.insufficient_quota:
+            raise ApiError(429, QUOTA, type="insufficient_quota", code="insufficient_quota")
+        self._admit(body["model"], self.token_cost(body))
+        if config.latency > 0:
+            await asyncio.sleep(
+                self.emulator.rng.lognormvariate(math.log(config.latency), LATENCY_SIGMA)
+            )
+        result = self._respond(body, self._stored.get(previous, 0) if previous else 0)
+        self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+        if body.get("stream"):
+            return await self._stream(request, result, started)
+        return self._json(200, result, started)
+
+    def _authenticate(self, authorization: str) -> None:
+        scheme, _, key = authorization.partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise ApiError(401, NO_KEY, param=None, code=None)
+        if not secrets.compare_digest(key, self.emulator.config.openai_api_key):
+            raise ApiError(
+                401,
+                f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                code="invalid_api_key",
+            )
+
+    @staticmethod
+    def token_cost(body: dict[str, Any]) -> int:
+        """What the TPM bucket is charged: estimated input plus the output allowance."""
+        allowance = body.get("max_output_tokens")
+        return input_tokens(body) + (DEFAULT_OUTPUT_COST if allowance is None else allowance)
+
+    def _window(self, kind: str) -> RateWindow | None:
+        """The bucket for "requests" or "tokens", rebuilt whenever the config changed."""
+        config = self.emulator.config
+        per_minute = config.openai_rpm if kind == "requests" else config.openai_tpm
+        if per_minute is None:
+            self._windows.pop(kind, None)
+            return None
+        key = (per_minute, config.burst_seconds)
+        held = self._windows.get(kind)
+        if held is None or held[0] != key:
+            held = (key, RateWindow(per_minute, config.burst_seconds))
+            self._windows[kind] = held
+        return held[1]
+
+    def _admit(self, model: str, cost: int) -> None:
+        """Take one request and `cost` tokens, or raise the 429 OpenAI would send."""
+        requests, tokens = self._window("requests"), self._window("tokens")
+        where = f"for {model} in organization {ORGANIZATION}"
+        if tokens is not None and cost > tokens.capacity:
+            raise ApiError(
+                429,
+                f"Request too large {where} on tokens per min (TPM): Limit {tokens.per_minute}, "
+                f"Requested {cost}. The input or output tokens must be reduced in order to run "
+                f"successfully. {RATE_LIMIT_DOCS}",
+                type="tokens",
+                code="rate_limit_exceeded",
+            )
+        for kind, window, amount in (("requests", requests, 1), ("tokens", tokens, cost)):
+            if window is None:
+                continue
+            used = max(0, window.per_minute - window.remaining)
+            wait = window.take(amount)
+            if wait > 0:
+                if kind == "tokens" and requests is not None:
+                    requests.give_back(1)
+                unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+                raise ApiError(
+                    429,
+                    f"Rate limit reached {where} on {unit}: Limit {window.per_minute}, "
+                    f"Used {used}, Requested {amount}. Please try again in {go_duration(wait)}. "
+                    f"{RATE_LIMIT_DOCS}",
+                    type=kind,
+                    code="rate_limit_exceeded",
+                    retry_after=wait,
+                )
+
+    def _respond(self, body: dict[str, Any], context_tokens: int) -> dict[str, Any]:
+        """The full Response, remembered for `previous_response_id` unless `store` is false."""
+        output, usage, incomplete = Answer(body, new_id, context_tokens).build()
+        response = response_object(body, new_id("resp"), output, usage, incomplete)
+        if body.get("store") is not False:
+            self._stored[response["id"]] = usage["total_tokens"]
+            if len(self._stored) > STORED_LIMIT:
+                self._stored.popitem(last=False)
+        return response
+
+    def _headers(self, started: float, error: ApiError | None = None) -> dict[str, str]:
+        headers = {
+            "x-request-id": f"req_{secrets.token_hex(16)}",
+            "openai-organization": ORGANIZATION,
+            "openai-version": "2020-10-01",
+            "openai-processing-ms": str(round((time.monotonic() - started) * 1000)),
+        }
+        if error is not None and error.status == 401:
+            return headers
+        for kind, unlimited in (("requests", UNLIMITED_RPM), ("tokens", UNLIMITED_TPM)):
+            window = self._window(kind)
+            limit, remaining, reset = (
+                (unlimited, unlimited, 0.0)
+                if window is None
+                else (window.per_minute, window.remaining, window.reset_seconds)
+            )
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(remaining)
+            headers[f"x-ratelimit-reset-{kind}"] = go_duration(reset)
+        if error is not None and error.retry_after is not None:
+            headers["retry-after-ms"] = str(math.ceil(error.retry_after * 1000))
+            headers["retry-after"] = str(math.ceil(error.retry_after))
+        return headers
+
+    def _json(
+        self, status: int, payload: dict[str, Any], started: float, error: ApiError | None = None
+    ) -> web.Response:
+        return web.Response(
+            status=status,
+            body=orjson.dumps(payload),
+            content_type="application/json",
+            headers=self._headers(started, error),
+        )
+
+    async def _stream(
+        self, request: web.Request, response: dict[str, Any], started: float
+    ) -> web.StreamResponse:
+        """Send `response` as the real SSE sequence, pausing `stream_chunk_delay` after deltas."""
+        stream = web.StreamResponse(status=200, headers=self._headers(started))
+        stream.content_type = "text/event-stream"
+        stream.headers["Cache-Control"] = "no-cache"
+        await stream.prepare(request)
+        delay = self.emulator.config.stream_chunk_delay
+        try:
+            for event in stream_events(response):
+                frame = (
+                    b"event: "
+                    + event["type"].encode()
+                    + b"\ndata: "
+                    + orjson.dumps(event)
+                    + b"\n\n"
+                )
+                await stream.write(frame)
+                if delay > 0 and event["type"].endswith(".delta"):
+                    await asyncio.sleep(delay)
+            await stream.write_eof()
+        except ConnectionResetError:
+            pass  # the client hung up mid-stream, as clients do; the answer was still "paid"
+        return stream
+
+
+ECHO_DEFAULTS: dict[str, Any] = {
+    "background": False,
+    "instructions": None,
+    "max_output_tokens": None,
+    "max_tool_calls": None,
+    "metadata": {},
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "prompt": None,
+    "prompt_cache_key": None,
+    "prompt_cache_retention": None,
+    "safety_identifier": None,
+    "store": True,
+    "temperature": 1.0,
+    "tool_choice": "auto",
+    "tools": [],
+    "top_logprobs": 0,
+    "top_p": 1.0,
+    "truncation": "disabled",
+    "user": None,
+}
+"""Request fields the real API echoes in every Response, with the values it reports when unset."""
+
+
+def response_object(
+    body: dict[str, Any],
+    response_id: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any],
+    incomplete: str | None,
+) -> dict[str, Any]:
+    """A Response as api.openai.com returns it, echoing the request's settings."""
+    now = int(time.time())
+    echoed = {
+        key: default if body.get(key) is None else body[key]
+        for key, default in ECHO_DEFAULTS.items()
+    }
+    echoed["tools"] = [
+        {"strict": True, "description": None, "parameters": None, **tool}
+        if tool.get("type") == "function"
+        else tool
+        for tool in echoed["tools"]
+    ]
+    text = body.get("text") or {}
+    reasoning = body.get("reasoning") or {}
+    tier = body.get("service_tier")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": now,
+        "status": "incomplete" if incomplete else "completed",
+        "completed_at": None if incomplete else now,
+        "error": None,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "model": body["model"],
+        "output": output,
+        **echoed,
+        "reasoning": {
+            "effort": reasoning_effort(body),
+            "summary": reasoning.get("summary"),
+        },
+        "service_tier": {None: "default", "auto": "default", "fast": "priority"}.get(tier, tier),
+        "text": {
+            "format": text.get("format") or {"type": "text"},
+            "verbosity": text.get("verbosity") or "medium",
+        },
+        "usage": usage,
+    }
