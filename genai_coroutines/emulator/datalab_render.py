@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import random
 import struct
 import zlib
 from typing import Any
@@ -19,8 +20,8 @@ from typing import Any
 import orjson
 
 from ..pdfpages import parse_page_range
+from . import schema_fill
 from .datalab_form import Options
-from .datalab_schema import schema_instance
 
 PAGE_SEPARATOR = "-" * 48
 """marker's `MarkdownRenderer.page_separator`."""
@@ -87,7 +88,8 @@ def complete_payload(
     for fmt in options.formats:
         payload[fmt] = renderers[fmt]()
     if options.page_schema is not None:
-        instance = schema_instance(options.page_schema, f"{filename} [{digest}]")
+        label = f"{filename} [{digest}]"  # every string names the upload it came from
+        instance = schema_fill.instance(options.page_schema, random.Random(label), [label])
         payload["extraction_schema_json"] = orjson.dumps(instance).decode()
     payload.update(
         images=doc.images(),

@@ -5,9 +5,8 @@ so the same request always gets the same text, JSON instance or tool arguments, 
 test can predict them. The rules, chosen to make client behaviour testable:
 
 - Text answers quote the last input message: `Emulated answer to "<first 200 chars>".`
-- `text.format` json_schema: a JSON instance generated from the schema (every property,
-  enum/const honoured, `$ref`/`$defs` followed, first `anyOf`/`oneOf` branch, numeric
-  bounds and min/max lengths kept; `pattern` is ignored). json_object: a small object.
+- `text.format` json_schema: a JSON instance of the schema from `schema_fill` (strings
+  are words of the input; `pattern` is ignored). json_object: a small object.
 - Function tools: `tool_choice` "required" calls the tool named in the input (else the
   first), a named function calls that one, "auto" calls a tool only when its name
   appears in the input text and no `function_call_output` is in the input yet.
@@ -33,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from . import schema_fill
 from .openai_validate import message_texts
 
 REFUSAL_MARKER = "[[refuse]]"
@@ -48,9 +48,6 @@ REASONING_TOKENS = {
     "xhigh": 256,
     "max": 512,
 }
-MAX_DEPTH = 6
-"""Schema depth past which optional branches and arrays stay empty, so recursive schemas end."""
-
 NewId = Callable[[str], str]
 Json = dict[str, Any]
 
@@ -84,126 +81,8 @@ def _input_strings(raw_input: Any) -> list[str]:
     return strings
 
 
-def _is_number(value: Any) -> bool:
-    """A JSON number (draft-4 schemas use booleans for `exclusiveMinimum`; those are ignored)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
-
-
-class SchemaInstance:
-    """Builds one JSON value valid against a JSON Schema, drawing choices from a seeded RNG."""
-
-    def __init__(self, root: Json, rng: random.Random, words: list[str]) -> None:
-        self.root = root
-        self.rng = rng
-        self.words = words or ["value"]
-
-    def build(self, schema: Any, depth: int = 0, hint: str = "value") -> Any:
-        if not isinstance(schema, dict):
-            return hint  # `true` / `{}`: anything goes
-        if "$ref" in schema:
-            rest = {key: value for key, value in schema.items() if key != "$ref"}
-            return self.build({**self._resolve(schema["$ref"]), **rest}, depth + 1, hint)
-        if "allOf" in schema:
-            merged = {key: value for key, value in schema.items() if key != "allOf"}
-            for part in schema["allOf"]:
-                merged.update(self._resolve(part["$ref"]) if "$ref" in part else part)
-            return self.build(merged, depth, hint)
-        if "const" in schema:
-            return schema["const"]
-        if "enum" in schema:
-            return self.rng.choice(schema["enum"])
-        for key in ("anyOf", "oneOf"):
-            if key in schema:
-                return self.build(self._branch(schema[key], depth), depth + 1, hint)
-        kind = schema.get("type")
-        if isinstance(kind, list):
-            kinds = [k for k in kind if k != "null"] or ["null"]
-            kind = "null" if depth >= MAX_DEPTH and "null" in kind else kinds[0]
-        if kind is None:
-            kind = (
-                "object" if "properties" in schema else "array" if "items" in schema else "string"
-            )
-        return self._typed(kind, schema, depth, hint)
-
-    def _resolve(self, ref: str) -> Json:
-        """Follow a local JSON pointer such as `#/$defs/Item`; anything else resolves to `{}`."""
-        target: Any = self.root
-        for part in ref.removeprefix("#").strip("/").split("/"):
-            key = part.replace("~1", "/").replace("~0", "~")
-            if isinstance(target, list) and key.isdigit() and int(key) < len(target):
-                target = target[int(key)]
-            elif isinstance(target, dict) and key in target:
-                target = target[key]
-            elif part:
-                return {}
-        return target if isinstance(target, dict) else {}
-
-    def _branch(self, branches: list[Any], depth: int) -> Any:
-        if depth >= MAX_DEPTH:
-            for branch in branches:
-                if isinstance(branch, dict) and branch.get("type") == "null":
-                    return branch
-        return branches[0]
-
-    def _typed(self, kind: str, schema: Json, depth: int, hint: str) -> Any:
-        if kind == "object":
-            properties = schema.get("properties") or {}
-            return {name: self.build(sub, depth + 1, name) for name, sub in properties.items()}
-        if kind == "array":
-            low = schema.get("minItems", 0)
-            high = schema.get("maxItems", low + 3)
-            count = (
-                low
-                if depth >= MAX_DEPTH
-                else self.rng.randint(min(max(low, 1), high), min(high, max(low, 3)))
-            )
-            return [self.build(schema.get("items", {}), depth + 1, hint) for _ in range(count)]
-        if kind in ("integer", "number"):
-            return self._number(kind, schema)
-        if kind == "boolean":
-            return self.rng.random() < 0.5
-        if kind == "null":
-            return None
-        return self._string(schema, hint)
-
-    def _number(self, kind: str, schema: Json) -> int | float:
-        step = 1 if kind == "integer" else 0.01
-        low: float | None = schema.get("minimum")
-        high: float | None = schema.get("maximum")
-        exclusive_low: Any = schema.get("exclusiveMinimum")
-        exclusive_high: Any = schema.get("exclusiveMaximum")
-        if _is_number(exclusive_low):
-            low = exclusive_low + step if low is None else max(low, exclusive_low + step)
-        if _is_number(exclusive_high):
-            high = exclusive_high - step if high is None else min(high, exclusive_high - step)
-        if low is None:
-            low = 0 if high is None or high >= 0 else high - 100
-        if high is None:
-            high = low + 100
-        if kind == "integer":
-            return self.rng.randint(math.ceil(low), math.floor(high))
-        value = self.rng.uniform(low, high)
-        return round(value, 2) if low <= round(value, 2) <= high else value
-
-    def _string(self, schema: Json, hint: str) -> str:
-        formats = {
-            "date-time": "2024-05-17T09:30:00Z",
-            "date": "2024-05-17",
-            "time": "09:30:00",
-            "email": f"{hint.lower()}@example.com",
-            "uuid": "6f1c3a52-7a4e-4d1b-9c2e-0b5d8f3e1a27",
-            "uri": "https://example.com/item",
-            "ipv4": "192.0.2.1",
-            "hostname": "example.com",
-        }
-        text = formats.get(schema.get("format", ""), self.rng.choice(self.words))
-        low, high = schema.get("minLength", 0), schema.get("maxLength")
-        text = text.ljust(low, "x")
-        return text if high is None else text[:high]
 
 
 class Answer:
@@ -282,11 +161,10 @@ class Answer:
             return REFUSAL_TEXT
         if self.call is not None:
             schema = self.call.get("parameters") or {"type": "object", "properties": {}}
-            return orjson.dumps(SchemaInstance(schema, self.rng, self.words).build(schema)).decode()
+            return orjson.dumps(schema_fill.instance(schema, self.rng, self.words)).decode()
         fmt = (self.body.get("text") or {}).get("format") or {"type": "text"}
         if fmt["type"] == "json_schema":
-            instance = SchemaInstance(fmt["schema"], self.rng, self.words).build(fmt["schema"])
-            return orjson.dumps(instance).decode()
+            return orjson.dumps(schema_fill.instance(fmt["schema"], self.rng, self.words)).decode()
         if fmt["type"] == "json_object":
             return orjson.dumps({"answer": self._prose(), "words": len(self.text.split())}).decode()
         return self._prose()
