@@ -776,13 +776,15 @@ async def test_tpm_limit_gives_the_request_back(
     emulator.config.openai_rpm = 600
     emulator.config.openai_tpm = 6000
     emulator.config.burst_seconds = 1.0  # 10 requests, 100 tokens
-    cost = math.ceil(len("hi") / 4) + 60
     raw = await client.responses.with_raw_response.create(
         model="gpt-4o", input="hi", max_output_tokens=60
     )
-    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 100 - cost
+    used = raw.parse().usage
+    assert used is not None and used.total_tokens < 60
+    # charged input + max_output_tokens, then corrected to the real total
+    assert int(raw.headers["x-ratelimit-remaining-tokens"]) == 100 - used.total_tokens
     with pytest.raises(openai.RateLimitError) as caught:
-        await client.responses.create(model="gpt-4o", input="hi", max_output_tokens=60)
+        await client.responses.create(model="gpt-4o", input="hi", max_output_tokens=99)
     assert (
         caught.value.type == "tokens" and "tokens per min (TPM): Limit 6000" in caught.value.message
     )

@@ -12,7 +12,8 @@ Choices where the real API is not observable from outside:
   401 and injected faults carries the six `x-ratelimit-*` headers.
 - A request's token cost for the TPM bucket is its estimated input tokens plus
   `max_output_tokens`, or `DEFAULT_OUTPUT_COST` when that is unset. A cost above the
-  bucket's capacity can never pass and is refused as "Request too large".
+  bucket's capacity can never pass and is refused as "Request too large". Once the
+  answer exists the charge is corrected to its real `total_tokens` (input + output).
 - Without `openai_rpm`/`openai_tpm` nothing is limited, and the headers report
   `UNLIMITED_RPM` / `UNLIMITED_TPM` with full buckets.
 - `previous_response_id` must name one of the last `STORED_LIMIT` responses issued
@@ -133,12 +134,16 @@ class OpenAIEmulation:
         config = self.emulator.config
         if config.insufficient_quota:
             raise ApiError(429, QUOTA, type="insufficient_quota", code="insufficient_quota")
-        self._admit(body["model"], self.token_cost(body))
+        cost = self.token_cost(body)
+        self._admit(body["model"], cost)
         if config.latency > 0:
             await asyncio.sleep(
                 self.emulator.rng.lognormvariate(math.log(config.latency), LATENCY_SIGMA)
             )
         result = self._respond(body, self._stored.get(previous, 0) if previous else 0)
+        tokens = self._window("tokens")
+        if tokens is not None:
+            tokens.give_back(cost - result["usage"]["total_tokens"])
         self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
         if body.get("stream"):
             return await self._stream(request, result, started)

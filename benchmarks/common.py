@@ -1,0 +1,68 @@
+"""What every benchmark needs: the emulator in a child process, its counters, peak RSS.
+
+The emulator runs in its own process so the client's CPU time and memory are the
+client's alone; it binds to 127.0.0.1 and is terminated when the `with` block ends.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _serve(settings: dict[str, Any], url_out: Connection) -> None:
+    import asyncio
+
+    from genai_coroutines.emulator import Emulator, EmulatorConfig
+
+    async def main() -> None:
+        async with Emulator(EmulatorConfig(**settings)) as emu:
+            url_out.send(emu.base_url)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@contextmanager
+def emulator_process(**settings: Any) -> Iterator[str]:
+    """Run an emulator with these `EmulatorConfig` settings; yield its base URL."""
+    receiver, sender = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve, args=(settings, sender), daemon=True
+    )
+    process.start()
+    try:
+        if not receiver.poll(30):
+            raise RuntimeError("the emulator did not start within 30 s")
+        yield str(receiver.recv())
+    finally:
+        process.terminate()
+        process.join(5)
+
+
+async def emulator_stats(base_url: str, *, reset: bool = False) -> dict[str, Any]:
+    """The emulator's counters (and optionally reset them for the next run)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base_url}/_emulator/stats") as response:
+            stats: dict[str, Any] = await response.json()
+        if reset:
+            async with session.post(f"{base_url}/_emulator/reset"):
+                pass
+    return stats
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
