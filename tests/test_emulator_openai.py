@@ -828,8 +828,8 @@ async def test_headers_on_every_answer(emulator: Emulator, client: openai.AsyncO
     assert raw.headers["openai-processing-ms"].isdigit()
     emulator.config.openai_tpm = 100_000
     tokens = []
-    for _ in range(3):
-        raw = await client.responses.with_raw_response.create(model="gpt-4o", input="hi")
+    for _ in range(3):  # ~500 tokens each, far above what refills between two requests
+        raw = await client.responses.with_raw_response.create(model="gpt-4o", input="hi " * 600)
         tokens.append(int(raw.headers["x-ratelimit-remaining-tokens"]))
         assert GO_DURATION.match(raw.headers["x-ratelimit-reset-tokens"])
     assert tokens[0] > tokens[1] > tokens[2]

@@ -1,0 +1,15 @@
+"""The Datalab Marker API adapter: `DocumentConfig`, `DocumentProcessor`, `parse_documents`."""
+
+from .config import DocumentConfig
+from .job import Submission
+from .parse import parse_documents
+from .processor import DocumentProcessor
+from .sources import DocumentInput
+
+__all__ = [
+    "DocumentConfig",
+    "DocumentInput",
+    "DocumentProcessor",
+    "Submission",
+    "parse_documents",
+]

@@ -1,0 +1,68 @@
+"""What Datalab's error answers mean: a `Failure` the retry policy can act on.
+
+Datalab is a FastAPI service: errors carry `detail`, a string or, for a form field of
+the wrong type (422), a list of `{loc, msg}`; proxies in front of it answer with HTML.
+Either way the message says what went wrong in a line, without echoing headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..engine import Failure, Reply, retry_after, status_is_retriable
+
+_ERROR_TYPES = {
+    400: "invalid_request",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found",
+    413: "file_too_large",
+    422: "invalid_request",
+    429: "rate_limit",
+}
+
+
+def http_failure(reply: Reply) -> Failure:
+    """A non-2xx answer, classified: 408/409/429/5xx retriable, 401/403 doom the batch."""
+    status = reply.status
+    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    return Failure(
+        f"Datalab API error [{status}]: {_detail(reply.body)}",
+        kind,
+        retriable=status_is_retriable(status),
+        status=status,
+        retry_after=retry_after(reply.headers),
+        dooms_batch=status in (401, 403),
+    )
+
+
+def _detail(body: bytes) -> str:
+    """FastAPI's `detail` (a string or a list of field errors), an `error`, or the body."""
+    parsed = json_object(body)
+    if parsed is not None:
+        detail = parsed.get("detail") or parsed.get("error")
+        if isinstance(detail, list):
+            return "; ".join(_field_error(item) for item in detail)
+        if isinstance(detail, dict):
+            return str(detail.get("message") or detail)
+        if detail:
+            return str(detail)
+    text = " ".join(body.decode("utf-8", "replace").split())
+    return text[:200] or "(empty body)"
+
+
+def _field_error(item: Any) -> str:
+    if not isinstance(item, dict):
+        return str(item)
+    where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
+    return f"{where}: {item.get('msg', '')}" if where else str(item.get("msg", item))
+
+
+def json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None

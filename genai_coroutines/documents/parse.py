@@ -1,0 +1,120 @@
+"""`parse_documents`: the text of each OCR result, whatever output format was asked for.
+
+One string per result, in order: `""` for a failed document, and for a payload
+whose shape is not recognised, the raw JSON, so nothing is ever lost. What is taken
+from a successful payload, first match wins:
+
+1. `extraction_schema_json` (a `page_schema` request): the extraction, a JSON string.
+2. `json`: the HTML of each page (`json.children[].html`), joined by newlines. marker
+   writes a page's HTML as `<content-ref src=...>` placeholders for its child blocks;
+   they are replaced by those blocks' HTML, so the text is there, not the template.
+3. `html`, then `markdown`: as returned (with `paginate=True` they already carry
+   marker's page separators).
+4. `chunks`: the HTML of each block (`chunks.blocks[].html`), joined by newlines.
+5. `pages`: older paginated payloads, a list of pages with `html`/`markdown`/`text`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+
+_CONTENT_REF = re.compile(r"""<content-ref\s+src=(['"])(.*?)\1\s*(?:/>|>\s*</content-ref>)""")
+
+
+def parse_documents(results: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The content of each result of `DocumentProcessor.process_multiparts`, in order."""
+    return [document_text(result) for result in results]
+
+
+def document_text(result: Mapping[str, Any]) -> str:
+    """The content of one result: see the module docstring for what is taken from where."""
+    if not result.get("success"):
+        return ""
+    raw = result.get("json_response")
+    if not isinstance(raw, str) or not raw:
+        return ""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(payload, dict):
+        return raw
+    for extract in _EXTRACTORS:
+        text = extract(payload)
+        if text:
+            return text
+    return raw
+
+
+def _extraction(payload: dict[str, Any]) -> str:
+    value = payload.get("extraction_schema_json")
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value if isinstance(value, str) else ""
+
+
+def _json_tree(payload: dict[str, Any]) -> str:
+    tree = payload.get("json")
+    if not isinstance(tree, dict) or not isinstance(tree.get("children"), list):
+        return ""
+    return _joined(_render(page) for page in tree["children"])
+
+
+def _render(block: Any) -> str:
+    """A block's HTML with each `<content-ref>` replaced by the HTML of the child it names."""
+    if not isinstance(block, dict):
+        return ""
+    html = block.get("html")
+    if not isinstance(html, str):
+        return ""
+    children = block.get("children") or []
+    by_id = {child.get("id"): child for child in children if isinstance(child, dict)}
+    return _CONTENT_REF.sub(lambda ref: _render(by_id.get(ref.group(2))), html)
+
+
+def _text_field(name: str) -> Callable[[dict[str, Any]], str]:
+    def extract(payload: dict[str, Any]) -> str:
+        value = payload.get(name)
+        return value if isinstance(value, str) else ""
+
+    return extract
+
+
+def _chunks(payload: dict[str, Any]) -> str:
+    chunks = payload.get("chunks")
+    blocks = chunks.get("blocks") if isinstance(chunks, dict) else None
+    if not isinstance(blocks, list):
+        return ""
+    return _joined(_render(block) for block in blocks)
+
+
+def _pages(payload: dict[str, Any]) -> str:
+    pages = payload.get("pages")
+    if not isinstance(pages, list):
+        return ""
+    return _joined(
+        page
+        if isinstance(page, str)
+        else str(page.get("html") or page.get("markdown") or page.get("text") or "")
+        if isinstance(page, dict)
+        else ""
+        for page in pages
+    )
+
+
+def _joined(parts: Iterable[str]) -> str:
+    return "\n".join(part for part in parts if part)
+
+
+_EXTRACTORS: tuple[Callable[[dict[str, Any]], str], ...] = (
+    _extraction,
+    _json_tree,
+    _text_field("html"),
+    _text_field("markdown"),
+    _chunks,
+    _pages,
+)

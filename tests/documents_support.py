@@ -1,0 +1,22 @@
+"""Helpers shared by the `test_documents_*` modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genai_coroutines import DocumentConfig
+from genai_coroutines.emulator import Emulator
+
+
+def config_for(emulator: Emulator, **options: Any) -> DocumentConfig:
+    """A config aimed at the emulator, polling and retrying fast unless the test says otherwise."""
+    options.setdefault("poll_interval_secs", 0.01)
+    options.setdefault("base_retry_delay_secs", 0.01)
+    return DocumentConfig(
+        api_key=emulator.config.datalab_api_key, api_url=emulator.marker_url, **options
+    )
+
+
+def accepted_forms(emulator: Emulator) -> list[dict[str, str]]:
+    """The form fields of every upload the emulator accepted, oldest first."""
+    return [seen["form"] for seen in emulator.stats.received if seen.get("status") == 200]

@@ -1,0 +1,135 @@
+"""DocumentConfig: the seed's parameters and defaults, validation naming the parameter,
+no key in sight."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from genai_coroutines import DocumentConfig, DocumentProcessor
+from genai_coroutines.documents.form import settings_fields
+
+SEED_DEFAULTS = {
+    "api_url": "https://www.datalab.to/api/v1/marker",
+    "output_format": "json",
+    "mode": "accurate",
+    "max_concurrent_requests": 10,
+    "poll_interval_secs": 2,
+    "max_poll_attempts": 60,
+    "max_retries": 5,
+    "base_retry_delay_secs": 5,
+    "jitter_percent": 200,
+    "page_schema": None,
+    "paginate": False,
+    "page_range": None,
+    "max_pages": None,
+    "disable_image_extraction": False,
+    "extras": None,
+    "webhook_url": None,
+}
+
+
+def test_seed_parameters_keep_their_names_order_and_defaults() -> None:
+    config = DocumentConfig(api_key="k")
+    names = [f.name for f in dataclasses.fields(config)]
+    assert names[: 1 + len(SEED_DEFAULTS)] == ["api_key", *SEED_DEFAULTS]
+    assert {name: getattr(config, name) for name in SEED_DEFAULTS} == SEED_DEFAULTS
+    assert (config.requests_per_minute, config.max_pages_in_flight) == (None, 5000)
+
+
+def test_seed_parameters_can_be_passed_positionally() -> None:
+    config = DocumentConfig("k", "http://127.0.0.1:1/api/v1/marker", "html", "fast", 3)
+    assert (config.output_format, config.mode, config.max_concurrent_requests) == (
+        "html",
+        "fast",
+        3,
+    )
+
+
+def test_waits_accept_fractions_of_a_second() -> None:
+    config = DocumentConfig(api_key="k", poll_interval_secs=0.01, base_retry_delay_secs=0.01)
+    assert (config.poll_interval_secs, config.base_retry_delay_secs) == (0.01, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("output_format", "pdf"),
+        ("mode", "slow"),
+        ("page_schema", "{not json"),
+        ("extras", "{'single': 'quotes'}"),
+        ("extras", "[1, 2]"),
+        ("extras", '{"mode": "fast"}'),
+        ("page_range", "0-"),
+        ("page_range", "5-2"),
+        ("page_range", "a,b"),
+        ("max_pages", 0),
+        ("max_pages", -3),
+        ("max_concurrent_requests", 0),
+        ("max_concurrent_requests", 2.5),
+        ("poll_interval_secs", 0),
+        ("poll_interval_secs", -1),
+        ("max_poll_attempts", 0),
+        ("max_retries", -1),
+        ("base_retry_delay_secs", -0.5),
+        ("jitter_percent", -1),
+        ("webhook_url", "ftp://example.com/hook"),
+        ("webhook_url", "not a url"),
+        ("api_url", "www.datalab.to/api/v1/marker"),
+        ("paginate", "yes"),
+        ("disable_image_extraction", 1),
+        ("requests_per_minute", 0),
+        ("max_pages_in_flight", 0),
+        ("timeout_secs", 0),
+    ],
+)
+def test_bad_values_raise_value_error_naming_the_parameter(name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=name):
+        DocumentConfig(api_key="k", **{name: value})
+
+
+def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATALAB_API_KEY", "dl-from-env")
+    assert DocumentConfig().api_key == "dl-from-env"
+    monkeypatch.delenv("DATALAB_API_KEY")
+    with pytest.raises(ValueError, match="api_key.*DATALAB_API_KEY"):
+        DocumentConfig()
+
+
+def test_repr_never_shows_the_key() -> None:
+    config = DocumentConfig(api_key="dl-secret-123", page_range="0-5")
+    for text in (repr(config), str(config), repr(DocumentProcessor(config))):
+        assert "dl-secret-123" not in text
+        assert "page_range='0-5'" in text
+
+
+def test_settings_fields_send_every_setting_as_form_text() -> None:
+    config = DocumentConfig(
+        api_key="k",
+        page_schema='{"type": "object"}',
+        paginate=True,
+        page_range="0,2-3",
+        max_pages=4,
+        webhook_url="https://example.com/hook",
+        extras='{"force_ocr": true, "langs": "English", "additional_config": {"a": 1}, "x": null}',
+    )
+    assert dict(settings_fields(config)) == {
+        "output_format": "json",
+        "mode": "accurate",
+        "paginate": "true",
+        "disable_image_extraction": "false",
+        "page_schema": '{"type": "object"}',
+        "page_range": "0,2-3",
+        "max_pages": "4",
+        "webhook_url": "https://example.com/hook",
+        "force_ocr": "true",
+        "langs": "English",
+        "additional_config": '{"a":1}',
+    }
+
+
+def test_processor_needs_a_document_config() -> None:
+    with pytest.raises(ValueError, match="config"):
+        DocumentProcessor({"api_key": "k"})  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""The job state machine against the emulator's faults: what is retried, what is never
+uploaded twice, and how each failure ends."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from genai_coroutines import DocumentConfig, DocumentProcessor
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.emulator.state import digest
+from tests import samples
+from tests.documents_support import config_for
+
+
+async def run(emulator: Emulator, documents: list[bytes], **options: Any) -> list[dict[str, Any]]:
+    return await DocumentProcessor(config_for(emulator, **options)).process_multiparts(documents)
+
+
+async def test_a_429_waits_exactly_its_retry_after(emulator: Emulator) -> None:
+    emulator.config.datalab_rpm = 60  # one upload per second...
+    emulator.config.burst_seconds = 0.01  # ...and no burst: the second upload gets a 429
+    started = time.monotonic()
+    results = await run(emulator, [samples.pdf(1, tag="a"), samples.pdf(1, tag="b")])
+    elapsed = time.monotonic() - started
+
+    assert [r["success"] for r in results] == [True, True]
+    # Retrying after the 0.01 s backoff instead would have drawn more 429s.
+    assert emulator.stats.rate_limited == 1
+    assert sorted(r["rate_limited"] for r in results) == [0, 1]
+    assert sorted(r["attempts"] for r in results) == [1, 2]
+    assert elapsed >= 1.0  # the emulator's Retry-After: 1
+
+
+async def test_submission_retried_on_5xx_reset_and_timeout_then_succeeds(
+    emulator: Emulator,
+) -> None:
+    emulator.config.hang_seconds = 0.4
+    for kind in ("503", "reset", "502", "hang", "429"):
+        emulator.faults.schedule("marker_submit", kind)
+    [result] = await run(emulator, [samples.pdf(1)], timeout_secs=0.3)
+
+    assert result["success"], result["error"]
+    assert result["attempts"] == 6 and result["rate_limited"] == 1
+    assert emulator.stats.snapshot()["duplicate_submissions"] == 0
+
+
+@pytest.mark.parametrize("status", ["400", "403", "404", "413", "422"])
+async def test_client_errors_on_submission_are_not_retried(emulator: Emulator, status: str) -> None:
+    emulator.faults.schedule("marker_submit", status, times=3)
+    [result] = await run(emulator, [samples.pdf(1)])
+
+    assert not result["success"] and result["attempts"] == 1
+    assert f"[{status}]" in result["error"]
+    assert emulator.stats.total("marker_submit") == 1
+
+
+async def test_a_validation_error_names_the_field(emulator: Emulator) -> None:
+    [result] = await run(emulator, [samples.pdf(1)], extras=json.dumps({"force_ocr": "maybe"}))
+
+    assert result["error_type"] == "invalid_request" and result["attempts"] == 1
+    assert "[422]" in result["error"] and "force_ocr" in result["error"]
+
+
+async def test_a_bad_key_ends_the_whole_batch_at_once(emulator: Emulator) -> None:
+    config = DocumentConfig(
+        api_key="dl-wrong", api_url=emulator.marker_url, max_concurrent_requests=1
+    )
+    results = await DocumentProcessor(config).process_multiparts(
+        [samples.pdf(1, tag=str(i)) for i in range(5)]
+    )
+
+    assert [r["attempts"] for r in results] == [1, 0, 0, 0, 0]
+    assert {r["error_type"] for r in results} == {"authentication_error"}
+    assert emulator.stats.total("marker_submit") == 1
+
+
+async def test_transient_poll_failures_never_upload_again(emulator: Emulator) -> None:
+    emulator.config.hang_seconds = 0.4
+    for kind in ("503", "reset", "malformed", "502", "hang", "stall", "500", "429"):
+        emulator.faults.schedule("marker_poll", kind)
+    documents = [samples.pdf(2, tag=str(i)) for i in range(3)]
+    results = await run(emulator, documents, timeout_secs=0.3, max_retries=8)
+
+    assert [r["success"] for r in results] == [True] * 3, [r["error"] for r in results]
+    assert [r["attempts"] for r in results] == [1, 1, 1]
+    assert emulator.stats.submissions_by_digest == {digest(d): 1 for d in documents}
+    assert sum(emulator.stats.faults.values()) == 8
+
+
+async def test_transient_poll_failures_are_bounded(emulator: Emulator) -> None:
+    emulator.faults.schedule("marker_poll", "503", times=3)
+    [result] = await run(emulator, [samples.pdf(1)], max_retries=2, max_poll_attempts=1)
+
+    assert not result["success"]
+    assert result["error_type"] == "server_error"
+    assert "failed 3 times in a row" in result["error"] and result["request_id"] in result["error"]
+    assert result["attempts"] == 1 and emulator.stats.total("marker_submit") == 1
+
+
+async def test_transient_poll_failures_are_not_poll_attempts(emulator: Emulator) -> None:
+    emulator.config.seconds_per_page = 0.0
+    emulator.faults.schedule("marker_poll", "503", times=4)
+    [result] = await run(emulator, [samples.pdf(1)], max_poll_attempts=1, max_retries=4)
+
+    assert result["success"], result["error"]
+
+
+async def test_page_limit_refusal_is_resubmitted(emulator: Emulator) -> None:
+    emulator.config.datalab_max_pages_in_flight = 4
+    emulator.config.seconds_per_page = 0.02
+    documents = [samples.pdf(3, tag=str(i)) for i in range(3)]
+    results = await run(emulator, documents, max_pages_in_flight=None, max_retries=30)
+
+    assert [r["success"] for r in results] == [True] * 3, [r["error"] for r in results]
+    assert max(r["attempts"] for r in results) > 1  # some were refused, then resubmitted
+    counts = emulator.stats.submissions_by_digest
+    assert sum(counts.values()) == sum(r["attempts"] for r in results)
+
+
+async def test_pages_in_flight_bound_avoids_page_limit_refusals(emulator: Emulator) -> None:
+    emulator.config.datalab_max_pages_in_flight = 8
+    emulator.config.seconds_per_page = 0.02
+    documents = [samples.pdf(3, tag=str(i)) for i in range(6)]
+    results = await run(emulator, documents, max_pages_in_flight=8)
+
+    assert [r["attempts"] for r in results] == [1] * 6, [r["error"] for r in results]
+    assert emulator.stats.submissions_by_digest == {digest(d): 1 for d in documents}
+
+
+async def test_a_page_limit_refusal_draws_on_max_retries(emulator: Emulator) -> None:
+    emulator.config.datalab_max_pages_in_flight = 2
+    [result] = await run(emulator, [samples.pdf(3)], max_retries=2)
+
+    assert not result["success"] and result["error_type"] == "page_limit"
+    assert "Page rate limit exceeded" in result["error"] and result["attempts"] == 3
+
+
+async def test_failed_jobs_end_with_datalabs_error(emulator: Emulator) -> None:
+    documents = [samples.pdf(1, extra=samples.FAIL_MARKER), samples.pdf(1)]
+    results = await run(emulator, documents)
+
+    assert [r["success"] for r in results] == [False, True]
+    assert results[0]["error_type"] == "job_failed"
+    assert "could not be converted" in results[0]["error"]
+    assert results[0]["request_id"] in results[0]["error"]
+    assert results[0]["json_response"] is None and results[0]["attempts"] == 1
+
+
+async def test_expired_results_end_with_a_clear_error(emulator: Emulator) -> None:
+    emulator.config.result_ttl = 0.0
+    [result] = await run(emulator, [samples.pdf(1)], poll_interval_secs=0.05)
+
+    assert result["error_type"] == "not_found" and "expired" in result["error"]
+    assert emulator.stats.total("marker_submit") == 1
+
+
+async def test_poll_timeout_names_the_request(emulator: Emulator) -> None:
+    emulator.config.seconds_per_page = 60.0
+    [result] = await run(emulator, [samples.pdf(1)], max_poll_attempts=3)
+
+    assert result["error_type"] == "poll_timeout"
+    assert f"request {result['request_id']} still processing after 3 polls" in result["error"]
+    assert emulator.stats.requests["marker_poll 200"] == 3
