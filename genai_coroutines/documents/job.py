@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 from urllib.parse import urljoin, urlsplit
@@ -90,6 +90,8 @@ class Batch:
     pages: Capacity | None
     stop: BatchStop
     on_submitted: SubmittedHook
+    wait: Callable[[float], Awaitable[None]] = asyncio.sleep
+    """How a backoff is slept (a progress bar counts the items waiting in it)."""
 
 
 def page_weight(upload: Upload, config: DocumentConfig) -> int:
@@ -153,7 +155,7 @@ class Job:
             delay = self._counted_retry(ended, submission.request_id)
             if delay is None:
                 return ended
-            await asyncio.sleep(delay)
+            await self.batch.wait(delay)
             submission = None
 
     # -- submission ---------------------------------------------------------------
@@ -189,7 +191,7 @@ class Job:
             delay = self._counted_retry(outcome, None)
             if delay is None:
                 return outcome
-            await asyncio.sleep(delay)
+            await batch.wait(delay)
 
     def _accepted(self, reply: Reply | Failure) -> Submission | Failure:
         if isinstance(reply, Failure):
@@ -233,7 +235,7 @@ class Job:
         troubles = 0
         wait = config.poll_interval_secs
         while True:
-            await asyncio.sleep(wait)
+            await (self.batch.wait if troubles else asyncio.sleep)(wait)
             reply = await send(
                 self.batch.session, "GET", submission.request_check_url, timeout=self.timeout
             )

@@ -14,13 +14,16 @@ the listed items from a known `request_check_url`, polling instead of uploading.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
     Awaitable,
+    Callable,
     Iterable,
     Mapping,
     Sequence,
@@ -30,6 +33,8 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from operator import itemgetter
 from typing import Any
+
+import orjson
 
 from ..engine import (
     BatchStop,
@@ -42,9 +47,12 @@ from ..engine import (
     open_session,
     run_streaming,
 )
+from ..engine.journal import Journal, request_digest
+from ..engine.progress import Progress
+from ..engine.summary import BatchSummary
 from .config import DocumentConfig
 from .form import settings_fields
-from .job import Batch, Finished, Job, Submission, page_weight
+from .job import Batch, Finished, Job, Submission, SubmittedHook, page_weight
 from .sources import DocumentInput, Source, SourceError, Upload, as_source
 
 logger = logging.getLogger("genai_coroutines.ocr")
@@ -104,27 +112,56 @@ class DocumentProcessor:
         return await collect_in_order(self.stream(inputs), itemgetter("index"))
 
     async def stream(
-        self, inputs: Inputs, *, resume: Mapping[int, Submission] | None = None
+        self,
+        inputs: Inputs,
+        *,
+        resume: Mapping[int, Submission] | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        summary: BatchSummary | None = None,
     ) -> AsyncIterator[Result]:
-        """Yield each document's result as it finishes; `resume` maps an input index to
-        a job submitted earlier, which is polled instead of uploaded again."""
+        """Yield each document's result as it finishes.
+
+        `resume` maps an input index to a job submitted earlier, which is polled instead
+        of uploaded again. `journal` names a file recording every submitted job and
+        finished result as it happens: run the same batch with it again and successful
+        documents come back from it (`"from_journal": True`), jobs still on Datalab are
+        polled rather than uploaded, and only the rest is sent. `progress` shows a bar;
+        `summary` (also kept as `last_summary`) totals pages, cents and retries.
+        """
         resume = resume or {}
-        total = len(inputs) if isinstance(inputs, Sized) else "?"
+        total = len(inputs) if isinstance(inputs, Sized) else None
+        tracker = Progress(
+            summary or BatchSummary(),
+            total=total,
+            enabled=progress,
+            unit="doc",
+        )
+        self.last_summary = tracker.summary
+        record = Journal(journal, "documents") if journal is not None else None
+        digests: dict[int, str] = {}
+
+        def submitted(index: int, request_id: str, request_check_url: str) -> None:
+            self.on_submitted(index, request_id, request_check_url)
+            if record is not None:
+                record.record_submission(index, digests[index], request_id, request_check_url)
+
         ok = failed = 0
         started = time.monotonic()
-        async with self.open_batch() as batch:
-            log_event(
-                logger,
-                logging.INFO,
-                "batch_start",
-                files=total,
-                concurrency=self.config.max_concurrent_requests,
-            )
+        try:
+            async with self.open_batch(on_submitted=submitted, wait=tracker.wait) as batch:
+                log_event(
+                    logger,
+                    logging.INFO,
+                    "batch_start",
+                    files=total or "?",
+                    concurrency=self.config.max_concurrent_requests,
+                )
 
-            def work(index: int, item: DocumentInput) -> Awaitable[Result]:
-                return self._run_one(batch, index, as_source(item, index), resume.get(index))
+                def work(index: int, item: DocumentInput) -> Awaitable[Result]:
+                    source = as_source(item, index)
+                    return self._run_one(batch, index, source, resume.get(index), record, digests)
 
-            try:
                 async for result in run_streaming(
                     inputs, work, concurrency=self.config.max_concurrent_requests
                 ):
@@ -132,16 +169,20 @@ class DocumentProcessor:
                         ok += 1
                     else:
                         failed += 1
+                    tracker.add(result)
                     yield result
-            finally:
-                log_event(
-                    logger,
-                    logging.INFO,
-                    "batch_done",
-                    ok=f"{ok}/{ok + failed}",
-                    errors=failed,
-                    time=f"{time.monotonic() - started:.2f}s",
-                )
+        finally:
+            tracker.close()
+            if record is not None:
+                record.close()
+            log_event(
+                logger,
+                logging.INFO,
+                "batch_done",
+                ok=f"{ok}/{ok + failed}",
+                errors=failed,
+                time=f"{time.monotonic() - started:.2f}s",
+            )
 
     def on_submitted(self, index: int, request_id: str, request_check_url: str) -> None:
         """Called once Datalab accepts an upload, before the first poll; does nothing here.
@@ -152,7 +193,12 @@ class DocumentProcessor:
         """
 
     @asynccontextmanager
-    async def open_batch(self) -> AsyncIterator[Batch]:
+    async def open_batch(
+        self,
+        *,
+        on_submitted: SubmittedHook | None = None,
+        wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> AsyncIterator[Batch]:
         """The shared state of one batch: HTTP session, limits, retry policy, batch stop."""
         config = self.config
         assert config.api_key is not None  # DocumentConfig resolved it
@@ -178,15 +224,27 @@ class DocumentProcessor:
                 limiter=_submission_limiter(config.requests_per_minute),
                 pages=pages,
                 stop=BatchStop(),
-                on_submitted=self.on_submitted,
+                on_submitted=on_submitted or self.on_submitted,
+                wait=wait,
             )
         finally:
             await session.close()
 
     async def _run_one(
-        self, batch: Batch, index: int, source: Source, resume: Submission | None = None
+        self,
+        batch: Batch,
+        index: int,
+        source: Source,
+        resume: Submission | None = None,
+        journal: Journal | None = None,
+        digests: dict[int, str] | None = None,
     ) -> Result:
-        """One document from reading it to its result dict; never raises for its failures."""
+        """One document from reading it to its result dict; never raises for its failures.
+
+        With a journal, the document's digest (content and settings) decides whether a
+        journaled success is returned, a journaled job is polled, or it is uploaded;
+        `digests` lends that digest to the submission hook.
+        """
         started = time.monotonic()
         log_event(logger, logging.DEBUG, "task_start", index=index, source=source.label)
         if batch.stop.failure is not None:
@@ -196,6 +254,17 @@ class DocumentProcessor:
         except SourceError as exc:
             failure = Failure(str(exc), "read_error", retriable=False)
             return self._result(index, started, failure, None, None)
+        digest = ""
+        if journal is not None and digests is not None:
+            content = upload.data or str(upload.url).encode()
+            digest = request_digest(content, orjson.dumps(batch.settings))
+            done = journal.finished(index, digest)
+            if done is not None:
+                return {**done, "from_journal": True}
+            known = journal.submitted(index, digest)
+            if resume is None and known is not None:
+                resume = Submission(*known)
+            digests[index] = digest
         weight = page_weight(upload, self.config)
         if batch.pages is not None:
             await batch.pages.acquire(weight)
@@ -205,7 +274,10 @@ class DocumentProcessor:
         finally:
             if batch.pages is not None:
                 batch.pages.release(weight)
-        return self._result(index, started, outcome, job, upload)
+        result = self._result(index, started, outcome, job, upload)
+        if journal is not None and digests is not None:
+            journal.record_result(index, digests.pop(index, digest), result)
+        return result
 
     def _result(
         self,

@@ -18,6 +18,7 @@ their headers and results do not carry keys.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class JournalMismatch(ValueError):
 class Journal:
     """Finished results and submitted jobs of one batch, keyed by input index."""
 
-    def __init__(self, path: str | Path, kind: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], kind: str) -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -63,19 +64,21 @@ class Journal:
             self._db.execute("INSERT INTO meta VALUES ('kind', ?)", (kind,))
         elif row[0] != kind:
             raise JournalMismatch(f"journal {self.path} holds a {row[0]} batch, not {kind}")
-        self.reused = 0
 
     def finished(self, index: int, digest: str) -> dict[str, Any] | None:
-        """The journaled result for this item, if it finished with this very request."""
+        """The journaled result for this item, if it succeeded with this very request.
+
+        Failures are journaled too (the journal is the batch's full record) but never
+        reused: a rerun tries them again.
+        """
         row = self._db.execute(
             "SELECT result FROM items WHERE idx = ? AND digest = ? AND result IS NOT NULL",
             (index, digest),
         ).fetchone()
         if row is None:
             return None
-        self.reused += 1
         result: dict[str, Any] = orjson.loads(row[0])
-        return result
+        return result if result.get("success") else None
 
     def submitted(self, index: int, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of a job submitted for this item and not finished."""

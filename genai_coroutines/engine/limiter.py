@@ -42,9 +42,10 @@ from .headers import header_int, parse_duration
 class Bucket:
     """Continuously refilled quota: `rate` units per second, at most `capacity` banked."""
 
-    __slots__ = ("rate", "capacity", "level", "stamp")
+    __slots__ = ("per_minute", "rate", "capacity", "level", "stamp")
 
     def __init__(self, per_minute: float, capacity: float, now: float) -> None:
+        self.per_minute = per_minute
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, capacity)
         self.level = self.capacity
@@ -176,21 +177,33 @@ class RateLimiter:
             self._end_probe(learned=False)
             return
         now = self._now()
-        for name, attr in (("requests", "requests"), ("tokens", "tokens")):
-            limit = header_int(headers, f"x-ratelimit-limit-{name}")
+        for name, given in zip(("requests", "tokens"), self._given, strict=True):
+            reported = header_int(headers, f"x-ratelimit-limit-{name}")
             remaining = header_int(headers, f"x-ratelimit-remaining-{name}")
-            if not limit or remaining is None:
+            if not reported or remaining is None:
                 continue
-            bucket: Bucket | None = getattr(self, attr)
-            if bucket is None or bucket.rate * 60.0 != limit:
+            # A limit the caller gave is a ceiling (the key may be shared with other
+            # processes): the server's figure may lower it, never raise it.
+            limit = min(float(reported), given) if given else float(reported)
+            bucket: Bucket | None = getattr(self, name)
+            if bucket is None or bucket.per_minute != limit:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{name}")) or 0.0
                 capacity = max(limit * self.burst_seconds / 60.0, remaining + reset * limit / 60.0)
                 fresh = Bucket(limit, min(capacity, float(limit)), now)
                 if bucket is not None:
-                    fresh.level = min(bucket.level, fresh.capacity)
+                    # Carry the level over; a deficit (a pause, a borrow) is carried as the
+                    # time it takes to repay, or a pause at a high given rate would become
+                    # minutes at a lower reported one.
+                    bucket.refill(now)
+                    level = bucket.level
+                    fresh.level = (
+                        min(level, fresh.capacity)
+                        if level >= 0
+                        else (level / bucket.rate * fresh.rate)
+                    )
                 else:
                     fresh.level = min(float(remaining), fresh.capacity)
-                setattr(self, attr, fresh)
+                setattr(self, name, fresh)
                 continue
             bucket.refill(now)
             bucket.level = min(bucket.level, float(remaining))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,8 +14,8 @@ from .summary import BatchSummary
 class Progress:
     """Done, failed and retrying counts, plus tokens (Responses) or pages and cents (Datalab).
 
-    `retrying` is raised and lowered by the adapters around each backoff wait, so the bar
-    shows how many items are waiting to try again right now.
+    Adapters sleep their backoff waits through `wait`, so the bar shows how many items
+    are waiting to try again right now.
     """
 
     def __init__(
@@ -24,11 +25,13 @@ class Progress:
         self.retrying = 0
         self._bar = tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True)
 
-    def retry_started(self) -> None:
+    async def wait(self, seconds: float) -> None:
+        """A backoff sleep, counted as "retrying" while it lasts."""
         self.retrying += 1
-
-    def retry_ended(self) -> None:
-        self.retrying -= 1
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.retrying -= 1
 
     def add(self, result: Mapping[str, Any]) -> None:
         self.summary.add(result)
