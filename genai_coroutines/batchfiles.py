@@ -57,8 +57,10 @@ def _jsonl_prompt(value: Any, field: str, where: str) -> str | list[Any]:
         value = value.get(field, value.get("input"))
     if isinstance(value, str | list):
         return value
-    raise ValueError(f"{where}: expected a string, a list of input items or an object with "
-                     f"{field!r}, got {type(value).__name__}")
+    raise ValueError(
+        f"{where}: expected a string, a list of input items or an object with "
+        f"{field!r}, got {type(value).__name__}"
+    )
 
 
 def expand_documents(patterns: Iterable[str]) -> Iterator[str]:

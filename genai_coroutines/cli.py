@@ -7,10 +7,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
+import orjson
+
+from .batchfiles import JsonlWriter, expand_documents, read_prompts
+from .demo import run_demo
+from .documents import DocumentConfig, DocumentProcessor
 from .emulator import FAULT_KINDS, EmulatorConfig, serve_forever
+from .engine.summary import BatchSummary
+from .responses import ResponsesProcessor, ResponsesRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -72,11 +81,163 @@ def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
+def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--output", "-o", default="-", help="JSONL results (default: stdout)")
+    cmd.add_argument("--journal", help="journal file: finished results survive a crash")
+    cmd.add_argument(
+        "--resume", action="store_true", help="continue the batch recorded in an existing --journal"
+    )
+    cmd.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    cmd.add_argument("--concurrency", type=int, default=10)
+    cmd.add_argument("--max-retries", type=int, default=5)
+
+
+def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = commands.add_parser(
+        "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
+    )
+    cmd.add_argument("prompts", help="prompts file: .jsonl, .csv or text lines ('-' for stdin)")
+    cmd.add_argument("--model", required=True)
+    cmd.add_argument("--system", default="", help="system prompt (instructions)")
+    cmd.add_argument("--system-file", help="read the system prompt from this file")
+    cmd.add_argument("--field", default="prompt", help="JSONL/CSV field holding the prompt")
+    cmd.add_argument("--schema", help="JSON Schema file: structured output (strict)")
+    cmd.add_argument("--schema-name", default="output")
+    cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
+    cmd.add_argument("--base-url", default="https://api.openai.com/v1")
+    cmd.add_argument("--timeout", type=float, default=60.0)
+    cmd.add_argument("--temperature", type=float)
+    cmd.add_argument("--top-p", type=float)
+    cmd.add_argument("--max-output-tokens", type=int)
+    cmd.add_argument("--reasoning-effort")
+    cmd.add_argument("--reasoning-summary")
+    cmd.add_argument("--service-tier")
+    cmd.add_argument("--rpm", type=float, help="requests per minute (default: learned)")
+    cmd.add_argument("--tpm", type=float, help="tokens per minute (default: learned)")
+    _add_batch_options(cmd)
+
+
+def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cmd = commands.add_parser(
+        "ocr", help="convert documents with the Datalab Marker API (key: DATALAB_API_KEY)"
+    )
+    cmd.add_argument("documents", nargs="+", help="files, globs, http(s) URLs or @list.txt")
+    cmd.add_argument("--api-url", default="https://www.datalab.to/api/v1/marker")
+    cmd.add_argument("--output-format", default="json")
+    cmd.add_argument("--mode", default="accurate")
+    cmd.add_argument("--page-range")
+    cmd.add_argument("--max-pages", type=int)
+    cmd.add_argument("--paginate", action="store_true")
+    cmd.add_argument("--page-schema", help="JSON Schema file for per-page extraction")
+    cmd.add_argument("--poll-interval", type=float, default=2.0)
+    cmd.add_argument("--max-poll-attempts", type=int, default=60)
+    cmd.add_argument("--rpm", type=float, help="submissions per minute")
+    _add_batch_options(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genai-coroutines", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_responses(commands)
+    _add_ocr(commands)
     _add_emulate(commands)
+    commands.add_parser("demo", help="OCR + extraction on the built-in emulator, no key needed")
     return parser
+
+
+class UsageError(Exception):
+    """A command line that cannot run as given (exit code 2)."""
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _journal_path(args: argparse.Namespace) -> str | None:
+    if args.resume and not args.journal:
+        raise UsageError("--resume needs --journal PATH")
+    if args.journal and os.path.exists(args.journal) and not args.resume:
+        raise UsageError(f"journal {args.journal} exists: pass --resume to continue it")
+    return str(args.journal) if args.journal else None
+
+
+def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
+    response_format: dict[str, Any] = {"type": "text"}
+    if args.schema:
+        schema = orjson.loads(_read_text(args.schema))
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": args.schema_name, "schema": schema, "strict": True},
+        }
+    elif args.json_object:
+        response_format = {"type": "json_object"}
+    return ResponsesRequest(
+        model=args.model,
+        system_prompt=_read_text(args.system_file) if args.system_file else args.system,
+        user_prompts=read_prompts(args.prompts, field=args.field),
+        response_format=response_format,
+        base_url=args.base_url,
+        timeout_secs=args.timeout,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_output_tokens=args.max_output_tokens,
+        reasoning_effort=args.reasoning_effort,
+        reasoning_summary=args.reasoning_summary,
+        service_tier=args.service_tier,
+        requests_per_minute=args.rpm,
+        tokens_per_minute=args.tpm,
+        max_concurrent_requests=args.concurrency,
+        max_retries=args.max_retries,
+    )
+
+
+def _document_config(args: argparse.Namespace) -> DocumentConfig:
+    return DocumentConfig(
+        api_url=args.api_url,
+        output_format=args.output_format,
+        mode=args.mode,
+        page_range=args.page_range,
+        max_pages=args.max_pages,
+        paginate=args.paginate,
+        page_schema=_read_text(args.page_schema) if args.page_schema else None,
+        poll_interval_secs=args.poll_interval,
+        max_poll_attempts=args.max_poll_attempts,
+        requests_per_minute=args.rpm,
+        max_concurrent_requests=args.concurrency,
+        max_retries=args.max_retries,
+    )
+
+
+async def _write_all(results: AsyncIterator[dict[str, Any]], output: str) -> None:
+    writer = JsonlWriter(output)
+    try:
+        async for result in results:
+            writer.write(result)
+    finally:
+        writer.close()
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    journal = _journal_path(args)
+    summary = BatchSummary(model=getattr(args, "model", ""))
+    if args.command == "responses":
+        stream = ResponsesProcessor().stream(
+            _responses_request(args), journal=journal, progress=args.progress, summary=summary
+        )
+    else:
+        stream = DocumentProcessor(_document_config(args)).stream(
+            expand_documents(args.documents),
+            journal=journal,
+            progress=args.progress,
+            summary=summary,
+        )
+    asyncio.run(_write_all(stream, args.output))
+    print(summary.finish().describe(), file=sys.stderr)
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,7 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "emulate":
             asyncio.run(serve_forever(emulator_config(args), args.port))
+            return EXIT_OK
+        if args.command == "demo":
+            return EXIT_FAILED if asyncio.run(run_demo()) else EXIT_OK
+        return _run_batch(args)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("interrupted: finished results are in the journal and the output", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return EXIT_OK
+    except (UsageError, ValueError, TypeError) as exc:
+        print(f"genai-coroutines {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE

@@ -49,7 +49,6 @@ from .form import Fields, build_form
 from .sources import Upload
 
 logger = logging.getLogger("genai_coroutines.ocr")
-logger.addHandler(logging.NullHandler())  # silent until the application configures logging
 
 PAGE_LIMIT_ERROR = "page rate limit exceeded"
 """How Datalab words a job refused for too many pages in flight (matched case-insensitively)."""

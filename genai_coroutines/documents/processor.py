@@ -50,6 +50,7 @@ from ..engine import (
 from ..engine.journal import Journal, request_digest
 from ..engine.progress import Progress
 from ..engine.summary import BatchSummary
+from ..engine.sync import run_sync
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, Submission, SubmittedHook, page_weight
@@ -79,6 +80,9 @@ def _submission_limiter(per_minute: float | None) -> RateLimiter:
 class DocumentProcessor:
     """Runs batches of documents through the Datalab Marker API with one `DocumentConfig`."""
 
+    last_summary: BatchSummary | None = None
+    """Totals of the latest `stream()`: counts, retries, 429s, pages and Datalab cents."""
+
     def __init__(self, config: DocumentConfig) -> None:
         if not isinstance(config, DocumentConfig):
             raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
@@ -87,7 +91,13 @@ class DocumentProcessor:
     def __repr__(self) -> str:
         return f"DocumentProcessor({self.config!r})"
 
-    async def process_multiparts(self, multiparts: Sequence[bytes]) -> list[Result]:
+    async def process_multiparts(
+        self,
+        multiparts: Sequence[bytes],
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> list[Result]:
         """The seed's entry point: one result per document's bytes, in input order."""
         if isinstance(multiparts, bytes | bytearray | str) or not isinstance(multiparts, Sequence):
             raise ValueError(f"multiparts must be a list of bytes, got {type(multiparts).__name__}")
@@ -96,9 +106,21 @@ class DocumentProcessor:
                 raise ValueError(f"multiparts[{index}] is not bytes (got {type(item).__name__})")
             if not item:
                 raise ValueError(f"multiparts[{index}] is empty")
-        return await collect_in_order(self.stream(multiparts), itemgetter("index"))
+        return await collect_in_order(
+            self.stream(multiparts, journal=journal, progress=progress), itemgetter("index")
+        )
 
-    async def process(self, inputs: Inputs) -> list[Result]:
+    def process_multiparts_sync(self, multiparts: Sequence[bytes], **options: Any) -> list[Result]:
+        """`process_multiparts` for plain scripts and notebooks (see `run_sync`)."""
+        return run_sync(self.process_multiparts(multiparts, **options))
+
+    async def process(
+        self,
+        inputs: Inputs,
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+    ) -> list[Result]:
         """Like `process_multiparts`, for bytes, paths, open binary files and http(s) URLs.
 
         Files are read only when their turn comes, so a batch of 10,000 paths holds at
@@ -109,7 +131,13 @@ class DocumentProcessor:
         if isinstance(inputs, Sequence):
             for index, item in enumerate(inputs):
                 as_source(item, index)  # a wrong type fails now, before anything is sent
-        return await collect_in_order(self.stream(inputs), itemgetter("index"))
+        return await collect_in_order(
+            self.stream(inputs, journal=journal, progress=progress), itemgetter("index")
+        )
+
+    def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:
+        """`process` for plain scripts and notebooks (see `run_sync`)."""
+        return run_sync(self.process(inputs, **options))
 
     async def stream(
         self,

@@ -29,7 +29,7 @@ class EmulatorConfig:
     openai_rpm: int | None = None
     openai_tpm: int | None = None
     burst_seconds: float = 60.0
-    """How much unused quota a bucket may bank: 60 s is a full minute, 1 s makes the steady rate decide."""
+    """Unused quota a bucket may bank: 60 s is a full minute, 1 s lets the steady rate decide."""
     insufficient_quota: bool = False
     stream_chunk_delay: float = 0.0
 

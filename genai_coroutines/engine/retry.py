@@ -109,8 +109,12 @@ async def retrying(
     policy: RetryPolicy,
     *,
     on_retry: RetryHook | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> tuple[Success[T] | Failure, int]:
-    """Run `attempt` until it succeeds or the policy gives up; return (outcome, attempts)."""
+    """Run `attempt` until it succeeds or the policy gives up; return (outcome, attempts).
+
+    `sleep` takes each backoff wait (a progress bar counts the items sleeping in it).
+    """
     attempts = 0
     while True:
         outcome = await attempt()
@@ -122,4 +126,4 @@ async def retrying(
             return outcome, attempts
         if on_retry is not None:
             on_retry(attempts, outcome, delay)
-        await asyncio.sleep(delay)
+        await sleep(delay)

@@ -1,0 +1,190 @@
+"""Client overhead of a Responses batch: this library vs `AsyncOpenAI` vs bare aiohttp.
+
+The emulator answers at zero latency in its own process, so what is measured here is
+the client: requests per second, the client process's CPU time per request
+(`time.process_time()`, which the server's work cannot leak into) and its peak RSS.
+Each client runs in a fresh process of its own so peak RSS is its own; after a short
+warm-up batch (connections, imports, caches) it times `--rounds` batches of N and
+reports the median, because on a small machine sharing its cores with the emulator
+single runs vary by +-20%.
+
+    python benchmarks/responses_overhead.py              # N=5000, concurrency 100
+    python benchmarks/responses_overhead.py --n 500      # a quick run
+
+Target: this library at most 1.5x the bare-aiohttp CPU per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+API_KEY = "sk-emulator"
+MODEL = "gpt-4o-mini"
+SYSTEM = "You are a terse assistant."
+WARMUP = 200
+
+
+def prompts(n: int) -> list[str]:
+    return [f"Summarise item number {i} in one line." for i in range(n)]
+
+
+def serve(port_out: Connection) -> None:
+    """Child process: the emulator at zero latency, until terminated."""
+    from genai_coroutines.emulator import Emulator, EmulatorConfig
+
+    async def main() -> None:
+        async with Emulator(EmulatorConfig(openai_api_key=API_KEY, latency=0.0)) as emu:
+            port_out.send(emu.openai_base_url)
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def run_ours(base_url: str, items: list[str], concurrency: int) -> int:
+    from genai_coroutines import ResponsesProcessor, ResponsesRequest
+
+    request = ResponsesRequest(
+        api_key=API_KEY,
+        base_url=base_url,
+        model=MODEL,
+        system_prompt=SYSTEM,
+        user_prompts=items,
+        response_format={"type": "text"},
+        max_concurrent_requests=concurrency,
+    )
+    results = await ResponsesProcessor().process_batch(request)
+    return int(results["total_success"])
+
+
+async def run_openai(base_url: str, items: list[str], concurrency: int) -> int:
+    import openai
+
+    client = openai.AsyncOpenAI(api_key=API_KEY, base_url=base_url)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(prompt: str) -> bool:
+        async with gate:
+            response = await client.responses.create(
+                model=MODEL, instructions=SYSTEM, input=prompt, text={"format": {"type": "text"}}
+            )
+            return bool(response.output_text)
+
+    try:
+        done = await asyncio.gather(*(one(p) for p in items))
+    finally:
+        await client.close()
+    return sum(done)
+
+
+async def run_bare(base_url: str, items: list[str], concurrency: int) -> int:
+    """The floor: one pooled session, pre-built headers, orjson both ways, no retries."""
+    import aiohttp
+    import orjson
+
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    url = base_url + "/responses"
+    source = iter(items)
+    ok = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def worker() -> None:
+            nonlocal ok
+            for prompt in source:
+                body = orjson.dumps(
+                    {
+                        "model": MODEL,
+                        "instructions": SYSTEM,
+                        "text": {"format": {"type": "text"}},
+                        "input": prompt,
+                    }
+                )
+                async with session.post(url, data=body) as response:
+                    data = orjson.loads(await response.read())
+                    ok += response.status == 200 and "usage" in data
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ok
+
+
+CLIENTS: dict[str, Callable[[str, list[str], int], Awaitable[int]]] = {
+    "genai-coroutines": run_ours,
+    "openai.AsyncOpenAI + Semaphore": run_openai,
+    "bare aiohttp (floor)": run_bare,
+}
+
+
+def measure(
+    name: str, base_url: str, n: int, concurrency: int, rounds: int, out: Connection
+) -> None:
+    """Child process: warm up, then time `rounds` batches of `n`; report the medians."""
+    run = CLIENTS[name]
+
+    async def main() -> dict[str, Any]:
+        await run(base_url, prompts(WARMUP), concurrency)
+        cpus, walls, oks = [], [], []
+        for _ in range(rounds):
+            cpu, wall = time.process_time(), time.perf_counter()
+            oks.append(await run(base_url, prompts(n), concurrency))
+            cpus.append(time.process_time() - cpu)
+            walls.append(time.perf_counter() - wall)
+        return {"ok": min(oks), "wall": statistics.median(walls), "cpu": statistics.median(cpus)}
+
+    figures = asyncio.run(main())
+    figures["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out.send(figures)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=5000, help="requests per client (default 5000)")
+    parser.add_argument("--concurrency", type=int, default=100, help="default 100")
+    parser.add_argument("--rounds", type=int, default=3, help="timed batches per client")
+    args = parser.parse_args()
+    spawn = multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    server = spawn.Process(target=serve, args=(send,), daemon=True)
+    server.start()
+    base_url = receive.recv()
+    print(
+        f"N={args.n} concurrency={args.concurrency} rounds={args.rounds} (medians) "
+        f"emulator={base_url} (separate process)"
+    )
+    print(f"{'client':34} {'req/s':>8} {'CPU us/req':>11} {'peak RSS MB':>12} {'ok':>6}")
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        for name in CLIENTS:
+            receive, send = spawn.Pipe(duplex=False)
+            child = spawn.Process(
+                target=measure,
+                args=(name, base_url, args.n, args.concurrency, args.rounds, send),
+            )
+            child.start()
+            figures = rows[name] = receive.recv()
+            child.join()
+            print(
+                f"{name:34} {args.n / figures['wall']:8.0f} "
+                f"{figures['cpu'] / args.n * 1e6:11.0f} {figures['rss_mb']:12.1f} {figures['ok']:6}"
+            )
+    finally:
+        server.terminate()
+        server.join()
+    ours, floor = rows["genai-coroutines"]["cpu"], rows["bare aiohttp (floor)"]["cpu"]
+    verdict = "meets" if ours <= 1.5 * floor else "MISSES"
+    print(f"CPU ratio genai-coroutines / bare aiohttp: {ours / floor:.2f}x ({verdict} 1.5x target)")
+
+
+if __name__ == "__main__":
+    main()

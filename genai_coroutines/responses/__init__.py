@@ -1,0 +1,13 @@
+"""OpenAI Responses API adapter: the seed's `ResponsesRequest` / `ResponsesProcessor` /
+`parse_responses`, correct on the wire and resilient to every failure."""
+
+from .parse import parse_responses, parse_responses_as
+from .processor import ResponsesProcessor
+from .request import ResponsesRequest
+
+__all__ = [
+    "ResponsesProcessor",
+    "ResponsesRequest",
+    "parse_responses",
+    "parse_responses_as",
+]

@@ -1,0 +1,244 @@
+"""The seed's parameters, translated into bodies the real Responses API accepts.
+
+The seed documents Chat Completions shapes, which `POST /responses` rejects:
+  * `response_format={"type": "json_schema", "json_schema": {name, schema, strict}}`
+    becomes `text.format = {"type": "json_schema", "name", "schema", "strict"}` (flat);
+  * function tools `{"type": "function", "function": {...}}` become flat
+    `{"type": "function", "name", "parameters", "strict"}`. Responses treats a missing
+    `strict` as true and rewrites the schema to strict mode (making optional
+    fields required), while Chat Completions treats it as false; the translation
+    writes Chat's default explicitly so a seed tool keeps its meaning;
+  * `tool_choice={"type": "function", "function": {"name"}}` becomes `{"type": "function", "name"}`.
+Responses-native shapes and built-in tools pass through untouched.
+
+`json_object` mode is refused with a 400 unless an input message contains the word
+"JSON" (`instructions` are not enough), so a prompt without it gets a short extra
+developer message in front; the user's own text is never edited.
+
+Everything but `input` is the same for every prompt of a batch, so the body is
+serialised once (`BodyTemplate.prefix`) and each request only serialises its input.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .schema import is_pydantic_model, model_text_format
+
+if TYPE_CHECKING:
+    from .request import ResponsesRequest
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+TOOL_CHOICE_MODES = ("none", "auto", "required")
+JSON_NOTE = {"role": "developer", "content": "Respond in JSON."}
+"""Prepended to a json_object prompt that never says "JSON" (the API's precondition)."""
+
+
+def text_format(response_format: Any) -> dict[str, Any]:
+    """`text.format` from a Chat Completions or native `response_format`, or a pydantic model."""
+    if is_pydantic_model(response_format):
+        return model_text_format(response_format)
+    if not isinstance(response_format, dict):
+        raise TypeError(
+            "response_format must be a dict (or a pydantic model class), "
+            f"not {type(response_format).__name__}"
+        )
+    kind = response_format.get("type")
+    if kind in ("text", "json_object"):
+        return {"type": kind}
+    if kind != "json_schema":
+        raise ValueError(
+            f"response_format type must be 'json_schema', 'json_object' or 'text', not {kind!r}"
+        )
+    if "json_schema" in response_format:
+        if "schema" in response_format or "name" in response_format:
+            raise ValueError("response_format mixes the Chat Completions and Responses shapes")
+        inner = response_format["json_schema"]
+        if not isinstance(inner, dict):
+            raise ValueError("response_format['json_schema'] must be a dict")
+        flat = {"type": "json_schema", **inner}
+    elif "schema" in response_format:
+        flat = dict(response_format)
+    else:
+        raise ValueError(
+            "response_format of type json_schema needs 'json_schema': {name, schema, strict} "
+            "(Chat Completions shape) or 'name' and 'schema' (Responses shape)"
+        )
+    name = flat.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"response_format json_schema name must be 1-64 of [a-zA-Z0-9_-], not {name!r}"
+        )
+    if not isinstance(flat.get("schema"), dict):
+        raise ValueError("response_format json_schema 'schema' must be a dict (a JSON Schema)")
+    if "strict" in flat and not isinstance(flat["strict"], (bool, type(None))):
+        raise ValueError("response_format json_schema 'strict' must be a bool")
+    return flat
+
+
+def translate_tool(tool: Any, where: str) -> dict[str, Any]:
+    """One tool in the Responses shape; `where` ("tools[2]") names it in errors."""
+    if not isinstance(tool, dict):
+        raise TypeError(f"{where} must be a dict, not {type(tool).__name__}")
+    kind = tool.get("type")
+    if not isinstance(kind, str):
+        raise ValueError(f"{where} has no 'type' (e.g. 'function', 'web_search', 'file_search')")
+    if kind == "function":
+        if "function" in tool:
+            function = tool["function"]
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError(f"{where}['function'] must be a dict with a 'name'")
+            flat: dict[str, Any] = {
+                "type": "function",
+                "name": function["name"],
+                "parameters": function.get("parameters"),
+                "strict": function.get("strict") or False,
+            }
+            flat.update((key, value) for key, value in function.items() if key not in flat)
+            return flat
+        if isinstance(tool.get("name"), str):
+            return tool
+        raise ValueError(
+            f"{where} is neither a Chat Completions function tool ({{'type': 'function', "
+            "'function': {'name': ...}}) nor a Responses one ({'type': 'function', 'name': ...})"
+        )
+    if kind == "custom" and isinstance(tool.get("custom"), dict):
+        return {"type": "custom", **tool["custom"]}
+    return tool
+
+
+def translate_tool_choice(choice: Any) -> str | dict[str, Any]:
+    """`tool_choice` in the Responses shape, from either API's spelling."""
+    if isinstance(choice, str):
+        if choice not in TOOL_CHOICE_MODES:
+            modes = ", ".join(TOOL_CHOICE_MODES)
+            raise ValueError(f"tool_choice must be one of {modes} or a dict; got {choice!r}")
+        return choice
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
+        raise TypeError("tool_choice must be 'none', 'auto', 'required' or a dict with a 'type'")
+    kind = choice["type"]
+    if kind in ("function", "custom") and kind in choice:
+        named = choice[kind]
+        if not isinstance(named, dict) or not isinstance(named.get("name"), str):
+            raise ValueError(f"tool_choice['{kind}'] must be a dict with a 'name'")
+        return {"type": kind, "name": named["name"]}
+    if kind in ("function", "custom") and not isinstance(choice.get("name"), str):
+        raise ValueError(f"tool_choice of type {kind!r} needs a 'name'")
+    if kind == "allowed_tools" and isinstance(choice.get("allowed_tools"), dict):
+        allowed = choice["allowed_tools"]
+        tools = allowed.get("tools")
+        if not isinstance(tools, list):
+            raise ValueError("tool_choice['allowed_tools'] needs a 'tools' list")
+        return {
+            "type": "allowed_tools",
+            "mode": allowed.get("mode", "auto"),
+            "tools": [
+                translate_tool_choice(ref) if isinstance(ref, dict) else ref for ref in tools
+            ],
+        }
+    return choice
+
+
+def check_prompt(prompt: object) -> str | None:
+    """What is wrong with one prompt (completing "user_prompts[i] ..."), or None."""
+    if isinstance(prompt, str):
+        return None
+    if isinstance(prompt, list) and prompt and all(isinstance(item, dict) for item in prompt):
+        return None
+    return "must be a str or a non-empty list of input items (dicts)"
+
+
+def mentions_json(prompt: str | list[dict[str, Any]]) -> bool:
+    """Whether any text of the prompt's messages says "json" (any case), as the API requires."""
+    if isinstance(prompt, str):
+        return "json" in prompt.lower()
+    for item in prompt:
+        content = item.get("content")
+        if isinstance(content, str) and "json" in content.lower():
+            return True
+        if isinstance(content, list):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else None
+                if isinstance(text, str) and "json" in text.lower():
+                    return True
+    return False
+
+
+def estimate_tokens(fixed_chars: int, prompt: str | list[dict[str, Any]], max_output: int) -> int:
+    """Tokens a request may cost before it is sent, as rate limits count them.
+
+    About four characters per token for the instructions and the serialised input,
+    plus `max_output_tokens` when set (OpenAI reserves it against the TPM limit).
+    Deliberately no tokenizer: the estimate only has to be right on average, and the
+    limiter settles every reservation with the real usage once the answer arrives.
+    """
+    chars = len(prompt) if isinstance(prompt, str) else len(orjson.dumps(prompt))
+    return math.ceil((fixed_chars + chars) / 4) + max_output
+
+
+@dataclass(frozen=True, slots=True)
+class BodyTemplate:
+    """A batch's request body without `input`, serialised once."""
+
+    prefix: bytes
+    """`{"model": ..., <every other field>, "input":` ready for one serialised input and `}`."""
+    json_mode: bool
+    fixed_chars: int
+    max_output: int
+
+    @classmethod
+    def build(cls, request: ResponsesRequest) -> BodyTemplate:
+        body: dict[str, Any] = {"model": request.model}
+        if request.system_prompt:
+            body["instructions"] = request.system_prompt
+        text = text_format(request.response_format)
+        body["text"] = {"format": text}
+        optional = {
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "max_output_tokens": request.max_output_tokens,
+            "parallel_tool_calls": request.parallel_tool_calls,
+            "previous_response_id": request.previous_response_id,
+            "include": request.include,
+            "store": request.store,
+            "truncation": request.truncation,
+            "metadata": request.metadata,
+            "service_tier": request.service_tier,
+        }
+        body.update((key, value) for key, value in optional.items() if value is not None)
+        reasoning = {"effort": request.reasoning_effort, "summary": request.reasoning_summary}
+        if any(value is not None for value in reasoning.values()):
+            body["reasoning"] = {k: v for k, v in reasoning.items() if v is not None}
+        if request.tools is not None:
+            if not isinstance(request.tools, list):
+                kind = type(request.tools).__name__
+                raise TypeError(f"tools must be a list of dicts, not {kind}")
+            body["tools"] = [translate_tool(t, f"tools[{i}]") for i, t in enumerate(request.tools)]
+        if request.tool_choice is not None:
+            body["tool_choice"] = translate_tool_choice(request.tool_choice)
+        if request.stream:
+            body["stream"] = True
+        return cls(
+            prefix=orjson.dumps(body)[:-1] + b',"input":',
+            json_mode=text["type"] == "json_object",
+            fixed_chars=len(request.system_prompt),
+            max_output=request.max_output_tokens or 0,
+        )
+
+    def input_for(self, prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
+        """The `input` sent for `prompt`: itself, or with the JSON note in json_object mode."""
+        if not self.json_mode or mentions_json(prompt):
+            return prompt
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        return [JSON_NOTE, *turns]
+
+    def body(self, prompt: str | list[dict[str, Any]]) -> bytes:
+        return self.prefix + orjson.dumps(self.input_for(prompt)) + b"}"
+
+    def estimate(self, prompt: str | list[dict[str, Any]]) -> int:
+        return estimate_tokens(self.fixed_chars, prompt, self.max_output)

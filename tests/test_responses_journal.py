@@ -1,0 +1,60 @@
+"""`stream(journal=..., summary=...)`: a rerun pays only for what did not succeed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from genai_coroutines import ResponsesProcessor, ResponsesRequest, parse_responses
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine.summary import BatchSummary
+from tests.responses_support import request_for
+
+
+async def collect(
+    processor: ResponsesProcessor, request: ResponsesRequest, journal: Path
+) -> list[dict[str, Any]]:
+    results = [r async for r in processor.stream(request, journal=journal)]
+    return sorted(results, key=lambda r: r["index"])
+
+
+async def test_rerun_with_the_journal_sends_only_what_did_not_succeed(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(10)]
+    emulator.faults.schedule("responses", "400")  # one item fails the first time
+    first = await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    assert sum(r["success"] for r in first) == 9
+    assert emulator.stats.total("responses") == 10
+
+    prompts[3] = "prompt 3, edited"  # a changed input is not answered from the journal
+    second = await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    assert all(r["success"] for r in second)
+    resent = 10 - sum(1 for r in second if r.get("from_journal"))
+    failed_index = next(r["index"] for r in first if not r["success"])
+    assert resent == (1 if failed_index == 3 else 2)
+    assert emulator.stats.total("responses") == 10 + resent
+    assert parse_responses(second)[3] == 'Emulated answer to "prompt 3, edited".'
+    assert parse_responses(second)[5] == parse_responses(first)[5]
+
+
+async def test_the_journal_never_holds_the_key(emulator: Emulator, tmp_path: Path) -> None:
+    journal = tmp_path / "batch.journal"
+    await collect(ResponsesProcessor(), request_for(emulator, ["a", "b"]), journal)
+    stored = b"".join(path.read_bytes() for path in tmp_path.iterdir())
+    assert b"Emulated answer" in stored
+    assert emulator.config.openai_api_key.encode() not in stored
+
+
+async def test_summary_totals_tokens_retries_and_429s(emulator: Emulator) -> None:
+    emulator.faults.schedule("responses", "429")
+    summary = BatchSummary()
+    processor = ResponsesProcessor()
+    request = request_for(emulator, ["a", "b", "c"], max_concurrent_requests=1)
+    results = [r async for r in processor.stream(request, summary=summary)]
+    assert processor.last_summary is summary
+    assert (summary.succeeded, summary.failed, summary.retries) == (3, 0, 1)
+    assert summary.rate_limited == 1
+    assert summary.input_tokens == sum(r["usage"]["input_tokens"] for r in results)
+    assert summary.cost_usd > 0  # gpt-4o-mini is in the price table

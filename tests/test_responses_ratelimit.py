@@ -1,0 +1,123 @@
+"""Rate limits: the batch stays under RPM and TPM, and a 429 pauses every worker.
+
+Whether the limits held is counted on the emulator (its 429s), never timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine import RateLimiter
+from tests.responses_support import record_attempts, run
+
+
+async def test_given_rpm_is_never_exceeded(emulator: Emulator) -> None:
+    emulator.config.openai_rpm = 6000
+    emulator.config.burst_seconds = 1.0
+    results = await run(
+        emulator,
+        [f"p{i}" for i in range(160)],
+        max_concurrent_requests=50,
+        requests_per_minute=6000,
+    )
+    assert results["total_success"] == 160
+    assert emulator.stats.rate_limited == 0
+
+
+async def test_limits_are_learned_from_headers_when_not_given(emulator: Emulator) -> None:
+    emulator.config.openai_rpm = 6000
+    emulator.config.burst_seconds = 1.0
+    results = await run(emulator, [f"p{i}" for i in range(160)], max_concurrent_requests=50)
+    assert results["total_success"] == 160
+    assert emulator.stats.rate_limited <= 3  # <= 2% of the requests
+
+
+async def test_token_reservation_counts_max_output_tokens(emulator: Emulator) -> None:
+    """Each request is charged about 2,000 tokens (its output allowance) against a bucket of
+    20,000: a client that reserved only its input would send all 25 at once."""
+    emulator.config.openai_tpm = 1_200_000
+    emulator.config.burst_seconds = 1.0
+    results = await run(
+        emulator,
+        [f"p{i}" for i in range(25)],
+        max_concurrent_requests=25,
+        max_output_tokens=2000,
+        tokens_per_minute=1_200_000,
+    )
+    assert results["total_success"] == 25
+    assert emulator.stats.rate_limited == 0
+
+
+async def test_a_429_pauses_every_worker(emulator: Emulator, monkeypatch: Any) -> None:
+    """After a 429 no worker sends anything until the pause is over, not only the one that
+    got it. (The fault's 429 carries no rate-limit headers, so only the pause holds them.)"""
+    log = record_attempts(monkeypatch)
+    emulator.faults.schedule("responses", "429")
+    results = await run(
+        emulator,
+        [f"p{i}" for i in range(12)],
+        max_concurrent_requests=3,
+        requests_per_minute=1_000_000,
+        retry_delay_min_ms=300,
+        retry_delay_max_ms=300,
+    )
+    assert results["total_success"] == 12
+    limited = next(a for a in log if a.status == 429)
+    later = [a for a in log if a.started > limited.ended]
+    assert len(later) >= 9
+    assert min(a.started for a in later) >= limited.ended + 0.3
+
+
+async def test_a_given_limit_is_a_ceiling_the_server_cannot_raise() -> None:
+    limiter = RateLimiter(600, None, learn=True)
+    await limiter.acquire()
+    limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "x-ratelimit-reset-requests": "6ms",
+        }
+    )
+    assert limiter.requests is not None and limiter.requests.per_minute == 600
+    limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "300",
+            "x-ratelimit-remaining-requests": "299",
+            "x-ratelimit-reset-requests": "200ms",
+        }
+    )
+    assert limiter.requests.per_minute == 300  # but it may lower it
+
+
+async def test_learned_limits_are_not_rebuilt_on_every_reply() -> None:
+    """2,000,000 / 60 * 60 is not 2,000,000 in floating point; the bucket must survive."""
+    limiter = RateLimiter(learn=True)
+    headers = {
+        "x-ratelimit-limit-tokens": "2000000",
+        "x-ratelimit-remaining-tokens": "1999000",
+        "x-ratelimit-reset-tokens": "30ms",
+    }
+    await limiter.acquire()
+    limiter.observe(headers)
+    bucket = limiter.tokens
+    limiter.observe(headers)
+    assert limiter.tokens is bucket
+
+
+async def test_a_pause_survives_a_lower_reported_limit_as_time_not_units() -> None:
+    """A 0.3 s pause taken at a given 1,000,000 RPM, then the server reporting 10,000 RPM,
+    must still be about 0.3 s, not the 30 s the same deficit in requests would take."""
+    limiter = RateLimiter(1_000_000, None)
+    await limiter.acquire()
+    limiter.pause(0.3)
+    limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "10000",
+            "x-ratelimit-remaining-requests": "9999",
+            "x-ratelimit-reset-requests": "6ms",
+        }
+    )
+    assert limiter.requests is not None and limiter.requests.per_minute == 10000
+    assert limiter.requests.wait_for(1, asyncio.get_running_loop().time()) < 0.35
