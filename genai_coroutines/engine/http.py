@@ -46,7 +46,7 @@ def open_session(
     )
 
 
-async def _read_all(response: aiohttp.ClientResponse) -> bytes:
+async def read_all(response: aiohttp.ClientResponse) -> bytes:
     return await response.read()
 
 
@@ -56,7 +56,7 @@ async def send(
     url: str,
     *,
     timeout: aiohttp.ClientTimeout,
-    read_body: BodyReader = _read_all,
+    read_body: BodyReader = read_all,
     **kwargs: Any,
 ) -> Reply | Failure:
     """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte."""

@@ -112,6 +112,11 @@ class RateLimiter:
         self._lock: asyncio.Lock | None = None
         self.pauses = 0
 
+    @property
+    def learning(self) -> bool:
+        """True until a reply has told the limits (or shown there are none to learn)."""
+        return self._learning
+
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 

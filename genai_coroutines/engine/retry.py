@@ -52,11 +52,13 @@ class RetryPolicy:
 
     The n-th retry (n = 1, 2, ...) waits
     `min(max_delay, initial_delay * 2 ** (n - 1)) * uniform(1 - jitter, 1 + jitter)`,
-    never less than zero, and never less than the server's Retry-After. A 429 that names
-    its wait gets exactly that wait: the rate limiter, paused until then, spreads the
-    retries, and any longer backoff would leave paid-for quota idle. A server that
-    asks for more than `max_server_wait` seconds ends the item: a half-hour wait would
-    freeze the whole batch, and the caller is better told.
+    kept between zero and `max_delay`, and never less than the server's Retry-After.
+    With `jitter_down=False` jitter only lengthens a wait (`uniform(1, 1 + jitter)`),
+    so no wait is ever shorter than `initial_delay`. A 429 that names its wait gets
+    exactly that wait: the rate limiter, paused until then, spreads the retries, and
+    any longer backoff would leave paid-for quota idle. A server that asks for more
+    than `max_server_wait` seconds ends the item: a half-hour wait would freeze the
+    whole batch, and the caller is better told.
 
     `max_retries` counts retries after the first attempt: 0 means one attempt only.
     """
@@ -65,12 +67,14 @@ class RetryPolicy:
     initial_delay: float = 1.0
     max_delay: float = 60.0
     jitter: float = 0.25
+    jitter_down: bool = True
     max_server_wait: float = 120.0
 
     def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
         base = min(self.max_delay, self.initial_delay * 2.0 ** (retry_number - 1))
-        spread = (rng or random).uniform(1.0 - self.jitter, 1.0 + self.jitter)
-        return max(0.0, base * spread)
+        low = 1.0 - self.jitter if self.jitter_down else 1.0
+        spread = (rng or random).uniform(low, 1.0 + self.jitter)
+        return min(self.max_delay, max(0.0, base * spread))
 
     def delay_for(self, retry_number: int, failure: Failure) -> float | None:
         """Seconds to wait before retry `retry_number`, or None if the item should end now."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sized
 from functools import partial
@@ -43,6 +42,7 @@ from ..engine import (
     run_streaming,
     send,
 )
+from ..engine.http import BodyReader, read_all
 from ..engine.journal import Journal, request_digest
 from ..engine.progress import Progress
 from ..engine.summary import BatchSummary
@@ -60,19 +60,19 @@ Outcome = Success[tuple[str, Any]] | Failure
 USER_AGENT = "genai-coroutines/2 (python)"
 
 
-class Backoff(RetryPolicy):
-    """The seed's retry delays: exponential from `retry_delay_min_ms`, capped at
-    `retry_delay_max_ms`, jittered upwards only so neither bound is ever crossed."""
-
-    __slots__ = ()
-
-    def backoff(self, retry_number: int, rng: random.Random | None = None) -> float:
-        base = min(self.max_delay, self.initial_delay * 2.0 ** (retry_number - 1))
-        return min(self.max_delay, base * (rng or random).uniform(1.0, 1.0 + self.jitter))
-
-
 class BatchContext:
     """Everything the items of one batch share."""
+
+    @property
+    def read_body(self) -> BodyReader:
+        """How a reply's body is read; while the limits are being learned, the headers
+        are handed to the limiter first, so the batch need not wait for the probe's body
+        (a slow model's whole answer) before it starts."""
+        return self._observe_then_read if self.limiter.learning else self._read_body
+
+    async def _observe_then_read(self, response: aiohttp.ClientResponse) -> bytes:
+        self.limiter.observe(response.headers)
+        return await self._read_body(response)
 
     def __init__(
         self,
@@ -91,17 +91,16 @@ class BatchContext:
         self.api_key = request.api_key or ""
         self.url = request.base_url.rstrip("/") + "/responses"
         self.timeout = aiohttp.ClientTimeout(total=request.timeout_secs)
-        self.send_options: dict[str, Any] = (
-            {"read_body": read_final_event} if request.stream else {}
-        )
+        self._read_body: BodyReader = read_final_event if request.stream else read_all
         self.limiter = RateLimiter(
             request.requests_per_minute, request.tokens_per_minute, learn=True
         )
-        self.policy = Backoff(
+        self.policy = RetryPolicy(
             max_retries=request.max_retries,
             initial_delay=request.retry_delay_min_ms / 1000.0,
             max_delay=request.retry_delay_max_ms / 1000.0,
             jitter=0.25,
+            jitter_down=False,  # the seed's bounds hold: no wait below retry_delay_min_ms
             max_server_wait=request.max_retry_wait_secs,
         )
         self.stop = BatchStop()
@@ -246,7 +245,12 @@ class ResponsesProcessor:
                 return ctx.stop.failure
             sent += 1
             reply = await send(
-                ctx.session, "POST", ctx.url, timeout=ctx.timeout, data=body, **ctx.send_options
+                ctx.session,
+                "POST",
+                ctx.url,
+                timeout=ctx.timeout,
+                data=body,
+                read_body=ctx.read_body,
             )
             return _judge(ctx, reply, estimate)
 
