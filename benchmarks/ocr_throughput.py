@@ -29,32 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import multiprocessing
 import random
-import sys
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import emulator_process, emulator_stats
 
 API_KEY = "dl-emulator"
-
-
-def serve(settings: dict[str, Any], url_out: Connection) -> None:
-    """Child process: the emulator, until terminated."""
-    from genai_coroutines.emulator import Emulator, EmulatorConfig
-
-    async def main() -> None:
-        async with Emulator(EmulatorConfig(datalab_api_key=API_KEY, **settings)) as emu:
-            url_out.send((emu.base_url, emu.marker_url))
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 def documents(n: int, seed: int) -> list[bytes]:
@@ -72,20 +55,12 @@ class Run:
     stats: dict[str, Any]
 
 
-async def emulator_stats(session: aiohttp.ClientSession, base_url: str) -> dict[str, Any]:
-    async with session.get(f"{base_url}/_emulator/stats") as response:
-        stats: dict[str, Any] = await response.json()
-        return stats
-
-
 async def measure(name: str, base_url: str, client: Any) -> Run:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(f"{base_url}/_emulator/reset") as response:
-            response.raise_for_status()
-        started = time.monotonic()
-        ok = await client()
-        wall = time.monotonic() - started
-        return Run(name, wall, ok, await emulator_stats(session, base_url))
+    await emulator_stats(base_url, reset=True)
+    started = time.monotonic()
+    ok = await client()
+    wall = time.monotonic() - started
+    return Run(name, wall, ok, await emulator_stats(base_url))
 
 
 async def run_ours(marker_url: str, docs: list[bytes], args: argparse.Namespace) -> int:
@@ -195,6 +170,7 @@ def main() -> None:
 
     share = args.poll_fault_rate
     settings = {
+        "datalab_api_key": API_KEY,
         "seed": args.seed,
         "seconds_per_page": args.seconds_per_page,
         "datalab_rpm": args.rpm,
@@ -203,13 +179,8 @@ def main() -> None:
             "marker_poll": {"503": share * 0.4, "reset": share * 0.3, "malformed": share * 0.3}
         },
     }
-    receive, send = multiprocessing.Pipe(duplex=False)
-    server = multiprocessing.get_context("spawn").Process(
-        target=serve, args=(settings, send), daemon=True
-    )
-    server.start()
-    try:
-        base_url, marker_url = receive.recv()
+    with emulator_process(**settings) as base_url:
+        marker_url = f"{base_url}/api/v1/marker"
         docs = documents(args.n, args.seed)
         burst = max(1.0, args.rpm * args.burst_seconds / 60.0)
         bound = max(0.0, args.n - burst) / (args.rpm / 60.0) + args.seconds_per_page
@@ -235,9 +206,6 @@ def main() -> None:
                 )
             )
         report(runs, args.n, bound)
-    finally:
-        server.terminate()
-        server.join()
 
 
 if __name__ == "__main__":

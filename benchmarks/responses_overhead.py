@@ -19,16 +19,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import resource
 import statistics
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import emulator_process, peak_rss_mb
 
 API_KEY = "sk-emulator"
 MODEL = "gpt-4o-mini"
@@ -38,18 +35,6 @@ WARMUP = 200
 
 def prompts(n: int) -> list[str]:
     return [f"Summarise item number {i} in one line." for i in range(n)]
-
-
-def serve(port_out: Connection) -> None:
-    """Child process: the emulator at zero latency, until terminated."""
-    from genai_coroutines.emulator import Emulator, EmulatorConfig
-
-    async def main() -> None:
-        async with Emulator(EmulatorConfig(openai_api_key=API_KEY, latency=0.0)) as emu:
-            port_out.send(emu.openai_base_url)
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 async def run_ours(base_url: str, items: list[str], concurrency: int) -> int:
@@ -143,7 +128,7 @@ def measure(
         return {"ok": min(oks), "wall": statistics.median(walls), "cpu": statistics.median(cpus)}
 
     figures = asyncio.run(main())
-    figures["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures["rss_mb"] = peak_rss_mb()
     out.send(figures)
 
 
@@ -154,36 +139,35 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed batches per client")
     args = parser.parse_args()
     spawn = multiprocessing.get_context("spawn")
-    receive, send = spawn.Pipe(duplex=False)
-    server = spawn.Process(target=serve, args=(send,), daemon=True)
-    server.start()
-    base_url = receive.recv()
+    with emulator_process(openai_api_key=API_KEY) as emulator_url:
+        rows = compare(spawn, f"{emulator_url}/v1", args)
+    ours, floor = rows["genai-coroutines"]["cpu"], rows["bare aiohttp (floor)"]["cpu"]
+    verdict = "meets" if ours <= 1.5 * floor else "MISSES"
+    print(f"CPU ratio genai-coroutines / bare aiohttp: {ours / floor:.2f}x ({verdict} 1.5x target)")
+
+
+def compare(spawn: Any, base_url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each client in a fresh process of its own, one after the other; their figures."""
     print(
         f"N={args.n} concurrency={args.concurrency} rounds={args.rounds} (medians) "
         f"emulator={base_url} (separate process)"
     )
     print(f"{'client':34} {'req/s':>8} {'CPU us/req':>11} {'peak RSS MB':>12} {'ok':>6}")
     rows: dict[str, dict[str, Any]] = {}
-    try:
-        for name in CLIENTS:
-            receive, send = spawn.Pipe(duplex=False)
-            child = spawn.Process(
-                target=measure,
-                args=(name, base_url, args.n, args.concurrency, args.rounds, send),
-            )
-            child.start()
-            figures = rows[name] = receive.recv()
-            child.join()
-            print(
-                f"{name:34} {args.n / figures['wall']:8.0f} "
-                f"{figures['cpu'] / args.n * 1e6:11.0f} {figures['rss_mb']:12.1f} {figures['ok']:6}"
-            )
-    finally:
-        server.terminate()
-        server.join()
-    ours, floor = rows["genai-coroutines"]["cpu"], rows["bare aiohttp (floor)"]["cpu"]
-    verdict = "meets" if ours <= 1.5 * floor else "MISSES"
-    print(f"CPU ratio genai-coroutines / bare aiohttp: {ours / floor:.2f}x ({verdict} 1.5x target)")
+    for name in CLIENTS:
+        receive, send = spawn.Pipe(duplex=False)
+        child = spawn.Process(
+            target=measure,
+            args=(name, base_url, args.n, args.concurrency, args.rounds, send),
+        )
+        child.start()
+        figures = rows[name] = receive.recv()
+        child.join()
+        print(
+            f"{name:34} {args.n / figures['wall']:8.0f} "
+            f"{figures['cpu'] / args.n * 1e6:11.0f} {figures['rss_mb']:12.1f} {figures['ok']:6}"
+        )
+    return rows
 
 
 if __name__ == "__main__":
