@@ -119,5 +119,5 @@ async def serve_forever(config: EmulatorConfig, port: int) -> None:
     async with Emulator(config, port=port) as emu:
         print(f"OpenAI  base_url: {emu.openai_base_url}  (api key: {config.openai_api_key})")
         print(f"Datalab api_url:  {emu.marker_url}  (api key: {config.datalab_api_key})")
-        print(f"Stats:            {emu.base_url}/_emulator/stats")
+        print(f"Stats:            {emu.base_url}/_emulator/stats", flush=True)
         await asyncio.Event().wait()
