@@ -352,7 +352,7 @@ class DocumentProcessor:
             result["error_type"] = outcome.error_type
             log_event(
                 logger,
-                logging.ERROR,
+                logging.WARNING,
                 "task_failed",
                 index=index,
                 error_type=outcome.error_type,

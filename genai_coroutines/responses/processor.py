@@ -269,7 +269,7 @@ def _result(index: int, outcome: Outcome, sent: int, started: float) -> dict[str
         log_event(
             logger,
             logging.WARNING,
-            "task_failure",
+            "task_failed",
             index=index,
             error_type=outcome.error_type,
             status=outcome.status,
@@ -278,13 +278,15 @@ def _result(index: int, outcome: Outcome, sent: int, started: float) -> dict[str
         )
         return _error_result(index, outcome, sent, started)
     raw, usage = outcome.value
+    latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
+    log_event(logger, logging.DEBUG, "task_success", index=index, attempts=sent, ms=latency_ms)
     return {
         "index": index,
         "success": True,
         "raw_response": raw,
         "usage": usage,
         "status": 200,
-        "latency_ms": round((time.perf_counter() - started) * 1000.0, 1),
+        "latency_ms": latency_ms,
         "attempts": sent,
     }
 
