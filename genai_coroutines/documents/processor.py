@@ -97,6 +97,7 @@ class DocumentProcessor:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        summary: BatchSummary | None = None,
     ) -> list[Result]:
         """The seed's entry point: one result per document's bytes, in input order."""
         if isinstance(multiparts, bytes | bytearray | str) or not isinstance(multiparts, Sequence):
@@ -107,7 +108,8 @@ class DocumentProcessor:
             if not item:
                 raise ValueError(f"multiparts[{index}] is empty")
         return await collect_in_order(
-            self.stream(multiparts, journal=journal, progress=progress), itemgetter("index")
+            self.stream(multiparts, journal=journal, progress=progress, summary=summary),
+            itemgetter("index"),
         )
 
     def process_multiparts_sync(self, multiparts: Sequence[bytes], **options: Any) -> list[Result]:
@@ -120,6 +122,7 @@ class DocumentProcessor:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        summary: BatchSummary | None = None,
     ) -> list[Result]:
         """Like `process_multiparts`, for bytes, paths, open binary files and http(s) URLs.
 
@@ -132,7 +135,8 @@ class DocumentProcessor:
             for index, item in enumerate(inputs):
                 as_source(item, index)  # a wrong type fails now, before anything is sent
         return await collect_in_order(
-            self.stream(inputs, journal=journal, progress=progress), itemgetter("index")
+            self.stream(inputs, journal=journal, progress=progress, summary=summary),
+            itemgetter("index"),
         )
 
     def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:

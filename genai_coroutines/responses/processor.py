@@ -131,13 +131,15 @@ class ResponsesProcessor:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
+        summary: BatchSummary | None = None,
     ) -> dict[str, Any]:
         """Every prompt's result in input order: `{"total_success", "total_errors", "results"}`.
 
         Never raises for per-item failures; they are result dicts with `success: False`.
         """
         results = await collect_in_order(
-            self.stream(request, journal=journal, progress=progress), itemgetter("index")
+            self.stream(request, journal=journal, progress=progress, summary=summary),
+            itemgetter("index"),
         )
         ok = sum(1 for result in results if result["success"])
         return {"total_success": ok, "total_errors": len(results) - ok, "results": results}
