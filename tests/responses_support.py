@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from genai_coroutines import ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator
@@ -66,42 +63,3 @@ def record_attempts(monkeypatch: pytest.MonkeyPatch) -> list[Attempt]:
 
     monkeypatch.setattr(processor, "send", timed_send)
     return log
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@asynccontextmanager
-async def tiny_server(handler: Handler) -> AsyncIterator[str]:
-    """A one-route server on 127.0.0.1 for answers the emulator cannot be asked to give
-    (x-should-retry, a Retry-After on a 503); yields its base URL."""
-    app = web.Application()
-    app.router.add_post("/v1/responses", handler)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        await runner.cleanup()
-
-
-def minimal_response(text: str) -> dict[str, Any]:
-    """The smallest Response object a real server could send back."""
-    return {
-        "id": "resp_tiny",
-        "object": "response",
-        "status": "completed",
-        "output": [
-            {
-                "id": "msg_tiny",
-                "type": "message",
-                "role": "assistant",
-                "status": "completed",
-                "content": [{"type": "output_text", "text": text, "annotations": []}],
-            }
-        ],
-        "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2},
-    }

@@ -21,7 +21,13 @@ from pydantic import BaseModel
 
 from genai_coroutines.emulator import FAULT_KINDS, Emulator
 from genai_coroutines.emulator.openai_api import DEFAULT_OUTPUT_COST, OpenAIEmulation, mask_key
-from genai_coroutines.emulator.openai_output import REASONING_TOKENS, chunks, input_tokens
+from genai_coroutines.emulator.openai_output import (
+    FAULT_AFTER_DELTAS,
+    REASONING_TOKENS,
+    STREAM_FAILURE,
+    chunks,
+    input_tokens,
+)
 from genai_coroutines.emulator.openai_validate import (
     INCLUDABLE,
     REASONING_EFFORTS,
@@ -968,6 +974,150 @@ async def test_sdk_retries_a_fault_and_the_wire_shows_it(emulator: Emulator) -> 
     assert emulator.stats.completed_by_digest[digest(orjson.dumps("retry me"))] == 1
 
 
+@pytest.mark.parametrize(("kind", "status"), [("503-retry-after", 503), ("429-retry-after", 429)])
+async def test_retry_after_faults_ask_for_the_configured_wait(
+    emulator: Emulator, client: openai.AsyncOpenAI, kind: str, status: int
+) -> None:
+    emulator.config.fault_retry_after = 0.25
+    emulator.faults.schedule("responses", kind)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await client.responses.create(model="gpt-4o", input="hi")
+    assert caught.value.status_code == status
+    headers = caught.value.response.headers
+    assert headers["retry-after-ms"] == "250" and headers["retry-after"] == "1"
+    assert emulator.stats.faults[f"responses {kind}"] == 1
+
+
+async def test_500_no_retry_stops_the_sdk_retrying(emulator: Emulator) -> None:
+    emulator.faults.schedule("responses", "500-no-retry", times=4)
+    async with openai.AsyncOpenAI(
+        base_url=emulator.openai_base_url, api_key=emulator.config.openai_api_key, max_retries=3
+    ) as sdk:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await sdk.responses.create(model="gpt-4o", input="hi")
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert emulator.stats.requests == {"responses 500": 1}
+
+
+async def test_400_should_retry_makes_the_sdk_retry_a_client_error(emulator: Emulator) -> None:
+    emulator.faults.schedule("responses", "400-should-retry")
+    async with openai.AsyncOpenAI(
+        base_url=emulator.openai_base_url, api_key=emulator.config.openai_api_key, max_retries=1
+    ) as sdk:
+        response = await sdk.responses.create(model="gpt-4o", input="retry me")
+    assert response.status == "completed"
+    assert emulator.stats.requests == {"responses 400": 1, "responses 200": 1}
+    retry_counts = [seen["headers"]["x-stainless-retry-count"] for seen in emulator.stats.received]
+    assert retry_counts == ["0", "1"]
+
+
+async def stream_events_of(client: openai.AsyncOpenAI, text: str) -> list[Any]:
+    stream = await client.responses.create(model="gpt-4o", input=text, stream=True)
+    return [event async for event in stream]
+
+
+async def test_stream_error_is_an_error_event_after_a_few_deltas(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.faults.schedule("responses", "stream-error")
+    events = await stream_events_of(client, "Stream a sentence for me")
+    assert [event.type for event in events[-4:]] == ["response.output_text.delta"] * 3 + ["error"]
+    assert sum(event.type.endswith(".delta") for event in events) == FAULT_AFTER_DELTAS
+    error = events[-1]
+    assert error.code == "server_error" and error.message == STREAM_FAILURE
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    assert emulator.stats.faults["responses stream-error"] == 1
+    assert emulator.stats.completed_by_digest == {}  # a broken stream is not a paid answer
+
+
+async def test_stream_failed_ends_with_response_failed_and_the_configured_code(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.config.fault_error_code = "invalid_image"
+    emulator.faults.schedule("responses", "stream-failed")
+    events = await stream_events_of(client, "Stream a sentence for me")
+    assert events[-2].type == "response.output_text.delta"
+    failed = events[-1]
+    assert failed.type == "response.failed" and failed.sequence_number == len(events) - 1
+    assert failed.response.status == "failed" and failed.response.error is not None
+    assert failed.response.error.code == "invalid_image"
+    assert failed.response.error.message == STREAM_FAILURE
+    assert emulator.stats.completed_by_digest == {}
+
+
+async def test_stream_cut_ends_without_a_terminal_event(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.faults.schedule("responses", "stream-cut")
+    async with client.responses.stream(model="gpt-4o", input="Stream a sentence for me") as stream:
+        kinds = [event.type async for event in stream]
+        with pytest.raises(RuntimeError, match="response.completed"):
+            await stream.get_final_response()
+    assert kinds[-1] == "response.output_text.delta"
+    assert kinds.count("response.output_text.delta") == FAULT_AFTER_DELTAS
+    assert emulator.stats.requests == {"responses 200": 1}
+    assert emulator.stats.completed_by_digest == {}
+
+
+async def test_stream_reframed_is_the_same_stream_framed_as_a_proxy_might(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.faults.schedule("responses", "stream-reframed")
+    body = {"model": "gpt-4o", "input": "Stream a sentence for me", "stream": True}
+    headers = {"Authorization": f"Bearer {emulator.config.openai_api_key}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{emulator.openai_base_url}/responses", json=body, headers=headers
+        ) as answer:
+            raw = await answer.read()
+    assert raw.startswith(b": keep-alive\r\n\r\n") and b"\n" not in raw.replace(b"\r\n", b"")
+    frames = raw.split(b"\r\n\r\n")[1:-1]
+    assert frames and all(frame.count(b"\r\ndata: ") > 2 for frame in frames)
+
+    plain = await stream_events_of(client, "Stream a sentence for me")
+    emulator.faults.schedule("responses", "stream-reframed")
+    reframed = await stream_events_of(client, "Stream a sentence for me")
+    assert [event.type for event in reframed] == [event.type for event in plain]
+    assert reframed[-1].response.output_text == plain[-1].response.output_text
+    assert emulator.stats.faults["responses stream-reframed"] == 2
+
+
+async def test_stream_faults_wait_for_a_streaming_request(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.faults.schedule("responses", "stream-cut")
+    emulator.faults.schedule("responses", "503")
+    with pytest.raises(openai.InternalServerError):  # the 503 passes the waiting stream fault
+        await client.responses.create(model="gpt-4o", input="plain")
+    assert (await create(client, model="gpt-4o", input="plain")).status == "completed"
+    events = await stream_events_of(client, "Stream a sentence for me")
+    assert events[-1].type == "response.output_text.delta"
+    assert (await stream_events_of(client, "again"))[-1].type == "response.completed"
+
+
+async def test_a_fault_aimed_at_an_input_marker(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.faults.schedule("responses", "503", when_input_contains="[[second]]")
+    await create(client, model="gpt-4o", input="the first")
+    marked = [{"role": "user", "content": [{"type": "input_text", "text": "the [[second]]"}]}]
+    with pytest.raises(openai.InternalServerError):
+        await create(client, model="gpt-4o", input=marked)
+    await create(client, model="gpt-4o", input="the [[second]] again")  # it was used up
+    assert emulator.stats.requests == {"responses 200": 2, "responses 503": 1}
+
+
+def test_schedule_refuses_faults_that_could_never_fire(emulator: Emulator) -> None:
+    with pytest.raises(ValueError, match="unknown fault kind"):
+        emulator.faults.schedule("responses", "503-later")
+    with pytest.raises(ValueError, match="'responses' only"):
+        emulator.faults.schedule("marker_poll", "stream-cut")
+    with pytest.raises(ValueError, match="'responses' only"):
+        emulator.faults.schedule("marker_poll", "500", when_input_contains="x")
+
+
 def test_every_fault_kind_is_covered_here() -> None:
     covered = {"500", "502", "503", "504", "reset", "hang", "stall", "malformed", "slow"}
+    covered |= {"503-retry-after", "500-no-retry", "400-should-retry"}
+    covered |= {"stream-error", "stream-failed", "stream-cut", "stream-reframed"}
     assert covered == set(FAULT_KINDS)

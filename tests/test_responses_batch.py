@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import orjson
-from aiohttp import web
 
-from genai_coroutines import ResponsesProcessor, ResponsesRequest, parse_responses
+from genai_coroutines import ResponsesProcessor, parse_responses
 from genai_coroutines.emulator import Emulator
-from tests.responses_support import minimal_response, request_for, run, tiny_server
+from tests.responses_support import request_for, run
 
 SEED_SUCCESS_KEYS = {"success", "raw_response", "usage"}
 SEED_ERROR_KEYS = {"success", "error", "error_type", "param", "code", "is_retriable", "attempts"}
@@ -44,27 +42,20 @@ async def test_result_shape_is_the_seeds_plus_ours(emulator: Emulator) -> None:
     assert ok["latency_ms"] >= 0 and failed["status"] == 400
 
 
-async def test_stream_yields_each_result_as_soon_as_it_finishes() -> None:
-    """Prompt 0 is held by the server until the caller has received prompt 1's result, so a
-    stream that waited for input order would deadlock here. (The limits are given: a
-    learning limiter would send prompt 0 alone first, to read the limits off its answer.)"""
-    release = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.Response:
-        prompt = (await request.json())["input"]
-        if prompt == "held":
-            await release.wait()
-        return web.json_response(minimal_response(prompt))
-
-    async with tiny_server(handler) as base_url:
-        request = request_for_url(
-            base_url, ["held", "quick"], max_concurrent_requests=2, requests_per_minute=6000
-        )
-        seen = []
-        async for result in ResponsesProcessor().stream(request):
-            seen.append(result["index"])
-            release.set()
-    assert seen == [1, 0]
+async def test_stream_yields_each_result_as_soon_as_it_finishes(emulator: Emulator) -> None:
+    """Prompt 0 is answered seconds late, so a stream that kept input order would yield it
+    first. (The limits are given: a learning limiter would send prompt 0 alone first, to
+    read the limits off its answer.)"""
+    emulator.config.slow_seconds = 5
+    emulator.faults.schedule("responses", "slow", when_input_contains="held")
+    request = request_for(
+        emulator, ["held", "quick"], max_concurrent_requests=2, requests_per_minute=6000
+    )
+    stream = ResponsesProcessor().stream(request)
+    first = await anext(stream)
+    await stream.aclose()  # type: ignore[attr-defined]
+    assert first["index"] == 1 and first["success"]
+    assert emulator.stats.faults["responses slow"] == 1
 
 
 async def test_sse_streaming_gives_the_same_results_as_plain(emulator: Emulator) -> None:
@@ -97,21 +88,12 @@ async def test_concurrency_is_an_upper_bound_and_is_used(emulator: Emulator) -> 
     assert emulator.stats.peak_in_flight == 7
 
 
-async def test_one_pool_per_batch_reuses_connections() -> None:
-    peers: set[Any] = set()
-
-    async def handler(request: web.Request) -> web.Response:
-        assert request.transport is not None
-        peers.add(request.transport.get_extra_info("peername"))
-        return web.json_response(minimal_response("ok"))
-
-    async with tiny_server(handler) as base_url:
-        request = request_for_url(
-            base_url, [f"p{i}" for i in range(100)], max_concurrent_requests=5
-        )
-        results = await ResponsesProcessor().process_batch(request)
+async def test_one_pool_per_batch_reuses_connections(emulator: Emulator) -> None:
+    results = await run(emulator, [f"p{i}" for i in range(100)], max_concurrent_requests=5)
     assert results["total_success"] == 100
-    assert len(peers) <= 5  # 100 requests over at most 5 kept-alive connections
+    peers = [seen["peer"] for seen in emulator.stats.received]
+    assert len(peers) == 100 and None not in peers
+    assert len(set(peers)) <= 5  # 100 requests over at most 5 kept-alive connections
 
 
 async def test_prompts_are_pulled_lazily(emulator: Emulator) -> None:
@@ -171,40 +153,11 @@ async def test_thousand_prompts_with_ten_percent_faults_all_accounted_for(
     assert all(text == f'Emulated answer to "{p}".' for p, text in zip(prompts, texts, strict=True))
 
 
-def request_for_url(base_url: str, prompts: list[str], **options: Any) -> ResponsesRequest:
-    return ResponsesRequest(
-        api_key="sk-tiny",
-        base_url=base_url,
-        model="gpt-4o-mini",
-        system_prompt="",
-        user_prompts=prompts,
-        response_format={"type": "text"},
-        **{"retry_delay_min_ms": 1, "retry_delay_max_ms": 5, **options},
-    )
-
-
-async def test_sse_framing_crlf_comments_split_chunks_and_multiline_data() -> None:
-    completed = orjson.dumps({"type": "response.completed", "response": minimal_response("x")})
-    middle = completed.index(b",", len(completed) // 2) + 1  # a newline here is whitespace
-    frames = (
-        b": keep-alive comment\r\n\r\n"
-        + b'event: response.created\r\ndata: {"type": "response.created"}\r\n\r\n'
-        + b"event: response.completed\r\ndata: "
-        + completed[:middle]
-        + b"\r\ndata: "  # one event's data may span several data: lines
-        + completed[middle:]
-        + b"\r\n\r\n"
-    )
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        for start in range(0, len(frames), 7):
-            await stream.write(frames[start : start + 7])
-        await stream.write_eof()
-        return stream
-
-    async with tiny_server(handler) as base_url:
-        request = request_for_url(base_url, ["hi"], stream=True)
-        results = await ResponsesProcessor().process_batch(request)
-    assert parse_responses(results) == ["x"] and results["results"][0]["attempts"] == 1
+async def test_sse_framing_crlf_comments_split_chunks_and_multiline_data(
+    emulator: Emulator,
+) -> None:
+    emulator.faults.schedule("responses", "stream-reframed")
+    results = await run(emulator, ["hi"], stream=True)
+    assert parse_responses(results) == ['Emulated answer to "hi".']
+    assert results["results"][0]["attempts"] == 1
+    assert emulator.stats.faults["responses stream-reframed"] == 1

@@ -12,11 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
-from aiohttp import web
 
-from genai_coroutines import ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator
-from tests.responses_support import minimal_response, record_attempts, run, tiny_server
+from genai_coroutines.emulator.openai_output import STREAM_FAILURE
+from tests.responses_support import record_attempts, run
 
 RETRIED = [
     # (fault kind, final status, error_type, a phrase of the error message)
@@ -142,154 +141,72 @@ async def test_rate_limit_429_waits_its_retry_after(emulator: Emulator, monkeypa
     assert max(r["attempts"] for r in results["results"]) == 2
 
 
-async def test_retry_after_on_a_503_is_honoured(monkeypatch: Any) -> None:
-    calls: list[float] = []
-
-    async def handler(request: web.Request) -> web.Response:
-        calls.append(time.monotonic())
-        if len(calls) == 1:
-            return web.json_response(
-                {"error": {"message": "busy", "type": "server_error"}},
-                status=503,
-                headers={"Retry-After": "0.4"},
-            )
-        return web.json_response(minimal_response("ok"))
-
-    async with tiny_server(handler) as base_url:
-        [result] = (await run_against(base_url, ["hi"]))["results"]
+async def test_retry_after_on_a_503_is_honoured(emulator: Emulator, monkeypatch: Any) -> None:
+    emulator.config.fault_retry_after = 0.4
+    emulator.faults.schedule("responses", "503-retry-after")
+    log = record_attempts(monkeypatch)
+    [result] = (await run(emulator, ["hi"]))["results"]
     assert result["success"] and result["attempts"] == 2
-    assert calls[1] - calls[0] >= 0.4
+    refused, retried = log
+    assert refused.status == 503 and retried.started - refused.ended >= 0.4
 
 
-async def test_retry_after_beyond_the_ceiling_ends_the_item() -> None:
-    async def handler(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": {"message": "come back tomorrow", "type": "server_error"}},
-            status=503,
-            headers={"retry-after": "3600"},
-        )
-
-    async with tiny_server(handler) as base_url:
-        started = time.monotonic()
-        [result] = (await run_against(base_url, ["hi"], max_retry_wait_secs=5))["results"]
+async def test_retry_after_beyond_the_ceiling_ends_the_item(emulator: Emulator) -> None:
+    emulator.config.fault_retry_after = 3600
+    emulator.faults.schedule("responses", "503-retry-after")
+    started = time.monotonic()
+    [result] = (await run(emulator, ["hi"], max_retry_wait_secs=5))["results"]
     assert time.monotonic() - started < 2
     assert result["attempts"] == 1 and result["is_retriable"] is True and result["status"] == 503
+    assert emulator.stats.total("responses") == 1
 
 
 @pytest.mark.parametrize(
-    ("status", "header", "attempts"),
-    [(400, "true", 3), (503, "false", 1), (500, "true", 3)],
+    ("kind", "attempts"),
+    [("400-should-retry", 3), ("503-no-retry", 1), ("429-no-retry", 1)],
 )
-async def test_x_should_retry_wins(status: int, header: str, attempts: int) -> None:
-    async def handler(request: web.Request) -> web.Response:
-        return web.json_response(
-            {"error": {"message": "nope", "type": "invalid_request_error"}},
-            status=status,
-            headers={"x-should-retry": header},
-        )
-
-    async with tiny_server(handler) as base_url:
-        [result] = (await run_against(base_url, ["hi"], max_retries=2))["results"]
-    assert result["attempts"] == attempts and result["is_retriable"] is (header == "true")
+async def test_x_should_retry_wins(emulator: Emulator, kind: str, attempts: int) -> None:
+    emulator.faults.schedule("responses", kind, times=3)
+    [result] = (await run(emulator, ["hi"], max_retries=2))["results"]
+    assert result["attempts"] == attempts == emulator.stats.total("responses")
+    assert result["is_retriable"] is kind.endswith("should-retry")
 
 
-async def test_stream_errors_and_cut_streams_are_retried() -> None:
-    calls = 0
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        nonlocal calls
-        calls += 1
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        created = {"type": "response.created", "response": {"id": "resp_x"}}
-        await stream.write(b"data: " + orjson.dumps(created) + b"\n\n")
-        if calls == 1:  # an error event mid-stream
-            error = {"type": "error", "code": "server_error", "message": "overloaded"}
-            await stream.write(b"event: error\ndata: " + orjson.dumps(error) + b"\n\n")
-        elif calls == 2:  # the stream ends without a terminal event
-            pass
-        else:
-            done = {"type": "response.completed", "response": minimal_response("streamed")}
-            await stream.write(b"event: response.completed\ndata: " + orjson.dumps(done) + b"\n\n")
-        await stream.write_eof()
-        return stream
-
-    async with tiny_server(handler) as base_url:
-        [result] = (await run_against(base_url, ["hi"], stream=True))["results"]
-    assert result["success"] and result["attempts"] == 3
-    assert orjson.loads(result["raw_response"])["output"][0]["content"][0]["text"] == "streamed"
+async def test_stream_errors_failures_and_cut_streams_are_retried(emulator: Emulator) -> None:
+    for kind in ("stream-error", "stream-failed", "stream-cut"):  # server_error: retriable
+        emulator.faults.schedule("responses", kind)
+    [result] = (await run(emulator, ["hi"], stream=True, max_retries=3))["results"]
+    assert result["success"] and result["attempts"] == 4
+    output = orjson.loads(result["raw_response"])["output"]
+    assert output[0]["content"][0]["text"] == 'Emulated answer to "hi".'
+    assert sum(emulator.stats.faults.values()) == 3
 
 
-async def test_failed_stream_with_a_client_error_code_is_not_retried() -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await stream.prepare(request)
-        failed = {
-            "type": "response.failed",
-            "response": {"status": "failed", "error": {"code": "invalid_image", "message": "bad"}},
-        }
-        await stream.write(b"data: " + orjson.dumps(failed) + b"\n\n")
-        await stream.write_eof()
-        return stream
-
-    async with tiny_server(handler) as base_url:
-        [result] = (await run_against(base_url, ["hi"], stream=True))["results"]
+async def test_failed_stream_with_a_client_error_code_is_not_retried(emulator: Emulator) -> None:
+    emulator.config.fault_error_code = "invalid_image"
+    emulator.faults.schedule("responses", "stream-failed", times=2)
+    [result] = (await run(emulator, ["hi"], stream=True))["results"]
     assert result["attempts"] == 1 and result["code"] == "invalid_image"
-    assert result["is_retriable"] is False and result["error"] == "Response failed: bad"
+    assert result["is_retriable"] is False
+    assert result["error"] == f"Response failed: {STREAM_FAILURE}"
 
 
 async def test_refused_connection_is_retried_then_reported() -> None:
-    async def handler(request: web.Request) -> web.Response:
-        raise AssertionError("never called")
-
-    async with tiny_server(handler) as base_url:
-        pass  # the port is closed again: nothing listens there now
-    [result] = (await run_against(base_url, ["hi"], max_retries=2))["results"]
+    async with Emulator() as gone:
+        pass  # its port is closed again: nothing listens there now
+    [result] = (await run(gone, ["hi"], max_retries=2))["results"]
     assert result["attempts"] == 3 and result["error_type"] == "connection_error"
     assert result["status"] is None and result["is_retriable"] is True
 
 
-async def run_against(base_url: str, prompts: list[str], **options: Any) -> dict[str, Any]:
-    settings: dict[str, Any] = {
-        "api_key": "sk-tiny",
-        "base_url": base_url,
-        "model": "gpt-4o-mini",
-        "system_prompt": "",
-        "user_prompts": prompts,
-        "response_format": {"type": "text"},
-        "retry_delay_min_ms": 1,
-        "retry_delay_max_ms": 5,
-        **options,
-    }
-    return await ResponsesProcessor().process_batch(ResponsesRequest(**settings))
-
-
-async def test_a_429_asking_for_too_long_ends_its_item_without_freezing_the_batch() -> None:
-    calls = 0
-
-    async def handler(request: web.Request) -> web.Response:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            return web.json_response(
-                {
-                    "error": {
-                        "message": "daily limit",
-                        "type": "requests",
-                        "code": "rate_limit_exceeded",
-                    }
-                },
-                status=429,
-                headers={"retry-after": "3600"},
-            )
-        return web.json_response(minimal_response("ok"))
-
-    async with tiny_server(handler) as base_url:
-        started = time.monotonic()
-        batch = run_against(
-            base_url, ["a", "b", "c"], max_concurrent_requests=1, max_retry_wait_secs=5
-        )
-        results = await asyncio.wait_for(batch, timeout=5)
+async def test_a_429_asking_for_too_long_ends_its_item_without_freezing_the_batch(
+    emulator: Emulator,
+) -> None:
+    emulator.config.fault_retry_after = 3600
+    emulator.faults.schedule("responses", "429-retry-after")
+    started = time.monotonic()
+    batch = run(emulator, ["a", "b", "c"], max_concurrent_requests=1, max_retry_wait_secs=5)
+    results = await asyncio.wait_for(batch, timeout=5)
     assert time.monotonic() - started < 2
     first, *rest = results["results"]
     assert first["status"] == 429 and first["attempts"] == 1 and first["is_retriable"] is True

@@ -4,11 +4,21 @@ A fault is picked per request, first from a queue a test fills (`schedule`), so 
 test can say "the next two polls answer 503" and count attempts exactly; then at
 random from `EmulatorConfig.fault_rates`, drawn from a seeded RNG so a benchmark
 run can be repeated.
+
+Two kinds of fault only fit some requests, and a queued one waits, in its place in
+the queue, for the first request it fits (requests it does not fit are answered as
+if it were not there; a random draw of one for such a request is no fault):
+
+- `stream-*` faults break an SSE answer, so they fit `/v1/responses` requests that
+  asked for `stream: true`;
+- a fault scheduled `when_input_contains=marker` fits `/v1/responses` requests whose
+  input message texts contain `marker`, to fail one chosen item of a batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import defaultdict, deque
 
@@ -16,10 +26,41 @@ from aiohttp import web
 
 from .state import EmulatorConfig, Stats
 
-FAULT_KINDS = ("500", "502", "503", "504", "reset", "hang", "stall", "malformed", "slow")
-"""What `apply` knows: statuses with the bodies real servers send, a connection reset
-before any answer, a request never answered, headers sent then a body that never
-ends, a 200 whose body is not JSON, and an answer delayed by `slow_seconds`."""
+BROKEN_STREAMS = ("stream-error", "stream-failed", "stream-cut")
+"""Streamed answers that never complete."""
+STREAM_FAULTS = (*BROKEN_STREAMS, "stream-reframed")
+"""Faults in how a streamed answer is sent; the endpoint carries them out, `apply` does not."""
+
+FAULT_KINDS = (
+    "500",
+    "502",
+    "503",
+    "504",
+    "503-retry-after",
+    "500-no-retry",
+    "400-should-retry",
+    "reset",
+    "hang",
+    "stall",
+    "malformed",
+    "slow",
+    *STREAM_FAULTS,
+)
+"""The named kinds. A status kind is any `NNN` (the body real servers send; 502 is a proxy's
+HTML page), optionally suffixed: `NNN-retry-after` adds `retry-after`/`retry-after-ms`
+(`EmulatorConfig.fault_retry_after`), `NNN-should-retry` / `NNN-no-retry` add
+`x-should-retry: true` / `false`. `reset` drops the connection before any answer, `hang`
+never answers, `stall` sends headers then a body that never ends, `malformed` is a 200
+whose body is not JSON, `slow` answers `slow_seconds` late. Streamed answers: after a
+few deltas, `stream-error` sends an `error` event, `stream-failed` a `response.failed`
+(both with `EmulatorConfig.fault_error_code`), `stream-cut` ends the body without a
+terminal event; `stream-reframed` is a whole answer framed as a proxy might pass it on
+(CRLF, a comment, multi-line `data:`, 7-byte writes)."""
+
+SHOULD_RETRY = {"should-retry": "true", "no-retry": "false"}
+STATUS_SUFFIXES = ("", "retry-after", *SHOULD_RETRY)
+TARGETED_ENDPOINT = "responses"
+"""The only endpoint that tells `pick` whether a request streams and what its input says."""
 
 PROXY_502 = (
     b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
@@ -28,32 +69,48 @@ PROXY_502 = (
 )
 
 
+def is_fault_kind(kind: str) -> bool:
+    """A named kind, or a status with one of the `STATUS_SUFFIXES`."""
+    status, _, suffix = kind.partition("-")
+    return kind in FAULT_KINDS or (status.isdigit() and suffix in STATUS_SUFFIXES)
+
+
 class FaultPlan:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
-        self.queued: defaultdict[str, deque[str]] = defaultdict(deque)
+        self.queued: defaultdict[str, deque[tuple[str, str | None]]] = defaultdict(deque)
+        """Endpoint -> (kind, input marker or None), in the order they were scheduled."""
 
-    def schedule(self, endpoint: str, kind: str, times: int = 1) -> None:
-        """Make the next `times` requests to `endpoint` fail with `kind`."""
-        if kind not in FAULT_KINDS and not kind.isdigit():
+    def schedule(
+        self, endpoint: str, kind: str, times: int = 1, *, when_input_contains: str | None = None
+    ) -> None:
+        """Make the next `times` requests to `endpoint` that the fault fits fail with `kind`."""
+        if not is_fault_kind(kind):
             raise ValueError(f"unknown fault kind {kind!r}; known: {FAULT_KINDS}")
-        self.queued[endpoint].extend([kind] * times)
+        if endpoint != TARGETED_ENDPOINT and (
+            kind in STREAM_FAULTS or when_input_contains is not None
+        ):
+            raise ValueError(f"stream faults and input markers fit {TARGETED_ENDPOINT!r} only")
+        self.queued[endpoint].extend([(kind, when_input_contains)] * times)
 
     def clear(self) -> None:
         self.queued.clear()
 
-    def pick(self, endpoint: str) -> str | None:
-        queue = self.queued.get(endpoint)
-        if queue:
-            return queue.popleft()
+    def pick(self, endpoint: str, *, streaming: bool = False, text: str = "") -> str | None:
+        """The fault for a request (`streaming`: it asked for SSE; `text`: its input), or None."""
+        queue = self.queued.get(endpoint, deque())
+        for position, (kind, marker) in enumerate(queue):
+            if (streaming or kind not in STREAM_FAULTS) and (marker is None or marker in text):
+                del queue[position]
+                return kind
         rates = self.config.fault_rates.get(endpoint)
         if not rates:
             return None
         draw = self.rng.random()
         for kind, rate in rates.items():
             if draw < rate:
-                return kind
+                return kind if streaming or kind not in STREAM_FAULTS else None
             draw -= rate
         return None
 
@@ -72,10 +129,22 @@ def _error_body(status: int, endpoint: str) -> dict[str, object]:
     }
 
 
+def _status_headers(suffix: str, config: EmulatorConfig) -> dict[str, str]:
+    if suffix == "retry-after":
+        wait = config.fault_retry_after
+        return {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+    if suffix:
+        return {"x-should-retry": SHOULD_RETRY[suffix]}
+    return {}
+
+
 async def apply(
     kind: str, request: web.Request, config: EmulatorConfig, endpoint: str = "responses"
 ) -> web.StreamResponse | None:
-    """Carry out a fault. Returns the response to send, or None to answer normally."""
+    """Carry out a fault. Returns the response to send, or None to answer normally (a stream
+    fault then breaks that answer as the endpoint sends it)."""
+    if kind in STREAM_FAULTS:
+        return None
     if kind == "slow":
         await asyncio.sleep(config.slow_seconds)
         return None
@@ -95,21 +164,28 @@ async def apply(
         return stalled
     if kind == "malformed":
         return web.Response(status=200, body=b'{"id": "resp_trunc', content_type="application/json")
-    if kind == "502":
-        return web.Response(status=502, body=PROXY_502, content_type="text/html")
-    status = int(kind)
-    return web.json_response(_error_body(status, endpoint), status=status)
+    code, _, suffix = kind.partition("-")
+    status, headers = int(code), _status_headers(suffix, config)
+    if status == 502:
+        return web.Response(status=502, body=PROXY_502, content_type="text/html", headers=headers)
+    return web.json_response(_error_body(status, endpoint), status=status, headers=headers)
+
+
+async def inject(
+    kind: str | None, endpoint: str, request: web.Request, config: EmulatorConfig, stats: Stats
+) -> web.StreamResponse | None:
+    """Count and apply a picked fault (None: none). None back means: answer normally."""
+    if kind is None:
+        return None
+    stats.faults[f"{endpoint} {kind}"] += 1
+    response = await apply(kind, request, config, endpoint)
+    if response is not None:
+        stats.count(endpoint, response.status)
+    return response
 
 
 async def maybe_fault(
     endpoint: str, request: web.Request, plan: FaultPlan, stats: Stats
 ) -> web.StreamResponse | None:
     """Pick and apply a fault for this request; count it. None means: answer normally."""
-    kind = plan.pick(endpoint)
-    if kind is None:
-        return None
-    stats.faults[f"{endpoint} {kind}"] += 1
-    response = await apply(kind, request, plan.config, endpoint)
-    if response is not None:
-        stats.count(endpoint, response.status)
-    return response
+    return await inject(plan.pick(endpoint), endpoint, request, plan.config, stats)

@@ -21,7 +21,11 @@ Choices where the real API is not observable from outside:
   request's `input_tokens` and reported as `cached_tokens`.
 - Latency is slept before the first byte, also for streams. An answer counts in
   `completed_by_digest` once produced, before it is sent: like billing, a client that
-  timed out or hung up mid-stream has still "paid" for it.
+  timed out or hung up mid-stream has still "paid" for it. A stream broken by a fault
+  (`stream-error`, `stream-failed`, `stream-cut`) does not count: the server failed,
+  so the client's retry is not paying twice.
+- Each request is remembered in `Stats.received` with its `peer` (the client's
+  address and port), which tells which kept-alive connection carried it.
 """
 
 from __future__ import annotations
@@ -36,9 +40,16 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .faults import maybe_fault
-from .openai_output import Answer, input_tokens, reasoning_effort, stream_events
-from .openai_validate import JSON_BODY_ERROR, ApiError, validate
+from .faults import BROKEN_STREAMS, inject
+from .openai_output import (
+    Answer,
+    broken_events,
+    input_tokens,
+    reasoning_effort,
+    sse_frame,
+    stream_events,
+)
+from .openai_validate import JSON_BODY_ERROR, ApiError, message_texts, validate
 from .state import RateWindow, digest, go_duration
 
 if TYPE_CHECKING:
@@ -51,6 +62,9 @@ UNLIMITED_TPM = 2_000_000
 DEFAULT_OUTPUT_COST = 16
 """Output tokens charged to the TPM bucket when `max_output_tokens` is unset (the API's minimum)."""
 STORED_LIMIT = 100_000
+REFRAMED_WRITE = 7
+"""Bytes per write of a `stream-reframed` answer, so events arrive split across chunks."""
+KEEP_ALIVE = b": keep-alive\r\n\r\n"
 LATENCY_SIGMA = 0.25
 RATE_LIMIT_DOCS = "Visit https://platform.openai.com/account/rate-limits to learn more."
 NO_KEY = (
@@ -105,18 +119,27 @@ class OpenAIEmulation:
         stats = self.emulator.stats
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
         seen = body if body is not None else raw.decode(errors="replace")
-        stats.remember({"endpoint": ENDPOINT, "body": seen, "headers": headers})
-        faulted = await maybe_fault(ENDPOINT, request, self.emulator.faults, stats)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        stats.remember({"endpoint": ENDPOINT, "body": seen, "headers": headers, "peer": peer})
+        fields = body if isinstance(body, dict) else {}
+        fault = self.emulator.faults.pick(
+            ENDPOINT,
+            streaming=fields.get("stream") is True,
+            text="\n".join(message_texts(fields.get("input"))),
+        )
+        faulted = await inject(fault, ENDPOINT, request, self.emulator.config, stats)
         if faulted is not None:
             return faulted
         try:
-            response = await self._answer(request, body, started)
+            response = await self._answer(request, body, started, fault)
         except ApiError as error:
             response = self._json(error.status, error.body(), started, error)
         stats.count(ENDPOINT, response.status)
         return response
 
-    async def _answer(self, request: web.Request, body: Any, started: float) -> web.StreamResponse:
+    async def _answer(
+        self, request: web.Request, body: Any, started: float, fault: str | None
+    ) -> web.StreamResponse:
         self._authenticate(request.headers.get("Authorization", ""))
         if body is None:
             raise ApiError(400, JSON_BODY_ERROR)
@@ -144,9 +167,10 @@ class OpenAIEmulation:
         tokens = self._window("tokens")
         if tokens is not None:
             tokens.give_back(cost - result["usage"]["total_tokens"])
-        self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+        if fault not in BROKEN_STREAMS:
+            self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
         if body.get("stream"):
-            return await self._stream(request, result, started)
+            return await self._stream(request, result, started, fault)
         return self._json(200, result, started)
 
     def _authenticate(self, authorization: str) -> None:
@@ -259,26 +283,31 @@ class OpenAIEmulation:
         )
 
     async def _stream(
-        self, request: web.Request, response: dict[str, Any], started: float
+        self, request: web.Request, response: dict[str, Any], started: float, fault: str | None
     ) -> web.StreamResponse:
-        """Send `response` as the real SSE sequence, pausing `stream_chunk_delay` after deltas."""
+        """Send `response` as the real SSE sequence, pausing `stream_chunk_delay` after deltas,
+        or as a stream `fault` (see `faults.FAULT_KINDS`) breaks or reframes it."""
         stream = web.StreamResponse(status=200, headers=self._headers(started))
         stream.content_type = "text/event-stream"
         stream.headers["Cache-Control"] = "no-cache"
         await stream.prepare(request)
-        delay = self.emulator.config.stream_chunk_delay
+        config = self.emulator.config
+        reframed = fault == "stream-reframed"
+        events = (
+            broken_events(response, fault, config.fault_error_code)
+            if fault in BROKEN_STREAMS
+            else stream_events(response)
+        )
         try:
-            for event in stream_events(response):
-                frame = (
-                    b"event: "
-                    + event["type"].encode()
-                    + b"\ndata: "
-                    + orjson.dumps(event)
-                    + b"\n\n"
-                )
-                await stream.write(frame)
-                if delay > 0 and event["type"].endswith(".delta"):
-                    await asyncio.sleep(delay)
+            if reframed:
+                await stream.write(KEEP_ALIVE)
+            for event in events:
+                frame = sse_frame(event, reframed)
+                step = REFRAMED_WRITE if reframed else len(frame)
+                for start in range(0, len(frame), step):
+                    await stream.write(frame[start : start + step])
+                if config.stream_chunk_delay > 0 and event["type"].endswith(".delta"):
+                    await asyncio.sleep(config.stream_chunk_delay)
             await stream.write_eof()
         except ConnectionResetError:
             pass  # the client hung up mid-stream, as clients do; the answer was still "paid"

@@ -48,6 +48,13 @@ REASONING_TOKENS = {
     "xhigh": 256,
     "max": 512,
 }
+FAULT_AFTER_DELTAS = 3
+"""Deltas a broken stream sends before it fails."""
+STREAM_TERMINALS = ("response.completed", "response.incomplete")
+STREAM_FAILURE = (
+    "An error occurred while processing your request. You can retry your request, or contact "
+    "us through our help center at help.openai.com if the error persists."
+)
 NewId = Callable[[str], str]
 Json = dict[str, Any]
 
@@ -224,20 +231,69 @@ def stream_events(response: Json) -> Iterator[Json]:
     def event(kind: str, **fields: Any) -> Json:
         return {"type": kind, "sequence_number": next(counter), **fields}
 
-    pending = {
-        **response,
-        "status": "in_progress",
-        "output": [],
-        "usage": None,
-        "incomplete_details": None,
-        "completed_at": None,
-    }
+    pending = _unfinished(response, "in_progress")
     yield event("response.created", response=pending)
     yield event("response.in_progress", response=pending)
     for index, item in enumerate(response["output"]):
         yield from _item_events(event, index, item)
     terminal = "response.completed" if response["status"] == "completed" else "response.incomplete"
     yield event(terminal, response=response)
+
+
+def _unfinished(response: Json, status: str) -> Json:
+    """`response` as it stands before any output: in progress, or failed."""
+    return {
+        **response,
+        "status": status,
+        "output": [],
+        "usage": None,
+        "incomplete_details": None,
+        "completed_at": None,
+    }
+
+
+def broken_events(response: Json, fault: str, code: str) -> Iterator[Json]:
+    """`stream_events` cut after `FAULT_AFTER_DELTAS` deltas (or before the terminal event of a
+    shorter answer), then ended by an `error` event (stream-error), a `response.failed` event
+    (stream-failed), or by nothing (stream-cut), as a server failing mid-answer does."""
+    deltas = 0
+    for event in stream_events(response):
+        if deltas == FAULT_AFTER_DELTAS or event["type"] in STREAM_TERMINALS:
+            break
+        yield event
+        deltas += event["type"].endswith(".delta")
+    number = event["sequence_number"]  # the event not sent: the failure takes its place
+    if fault == "stream-error":
+        yield {
+            "type": "error",
+            "sequence_number": number,
+            "code": code,
+            "message": STREAM_FAILURE,
+            "param": None,
+        }
+    elif fault == "stream-failed":
+        failed = {
+            **_unfinished(response, "failed"),
+            "error": {"code": code, "message": STREAM_FAILURE},
+        }
+        yield {"type": "response.failed", "sequence_number": number, "response": failed}
+
+
+def sse_frame(event: Json, reframed: bool = False) -> bytes:
+    """One event as the API frames it, or `reframed` as a proxy might pass it on: CRLF line
+    ends and the JSON pretty-printed over several `data:` lines (which rejoin with newlines,
+    whitespace to JSON: its strings never hold a raw newline)."""
+    kind: bytes = event["type"].encode()
+    if not reframed:
+        return b"event: " + kind + b"\ndata: " + orjson.dumps(event) + b"\n\n"
+    lines = orjson.dumps(event, option=orjson.OPT_INDENT_2).split(b"\n")
+    return (
+        b"event: "
+        + kind
+        + b"\r\n"
+        + b"".join(b"data: " + line + b"\r\n" for line in lines)
+        + b"\r\n"
+    )
 
 
 def _item_events(event: Callable[..., Json], index: int, item: Json) -> Iterator[Json]:

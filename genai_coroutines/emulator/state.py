@@ -47,6 +47,10 @@ class EmulatorConfig:
     fault_rates: dict[str, dict[str, float]] = field(default_factory=dict)
     hang_seconds: float = 3600.0
     slow_seconds: float = 0.5
+    fault_retry_after: float = 1.0
+    """Seconds a `NNN-retry-after` fault asks to wait (`retry-after` is rounded up)."""
+    fault_error_code: str = "server_error"
+    """The `code` of `stream-error`/`stream-failed` faults ("invalid_image": not retriable)."""
 
 
 def digest(data: bytes) -> str:
