@@ -8,14 +8,12 @@ ten thousand uploads has already been paid for.
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+from .. import validation as check
 from ..pdfpages import parse_page_range
 
 DEFAULT_API_URL = "https://www.datalab.to/api/v1/marker"
@@ -91,44 +89,37 @@ class DocumentConfig:
     max_retry_delay_secs: float = 120
 
     def __post_init__(self) -> None:
-        key = self.api_key if self.api_key is not None else os.environ.get(API_KEY_ENV)
-        if not isinstance(key, str) or not key.strip():
-            raise ValueError(f"api_key is required: pass it or set {API_KEY_ENV}")
-        object.__setattr__(self, "api_key", key.strip())
-        _http_url("api_url", self.api_url)
-        _one_of("output_format", self.output_format, OUTPUT_FORMATS)
-        _one_of("mode", self.mode, MODES)
-        _integer("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
-        _number("poll_interval_secs", self.poll_interval_secs, positive=True)
-        _integer("max_poll_attempts", self.max_poll_attempts, minimum=1)
-        _integer("max_retries", self.max_retries, minimum=0)
-        _number("base_retry_delay_secs", self.base_retry_delay_secs, positive=False)
-        _number("jitter_percent", self.jitter_percent, positive=False)
-        if self.page_schema is not None:
-            _json_text("page_schema", self.page_schema)
-        _flag("paginate", self.paginate)
+        try:
+            self._check()
+        except TypeError as exc:
+            # The seed raised ValueError for any bad setting, a wrong type included.
+            raise ValueError(str(exc)) from None
+
+    def _check(self) -> None:
+        object.__setattr__(self, "api_key", check.api_key(self.api_key, API_KEY_ENV))
+        check.http_url("api_url", self.api_url)
+        check.choice("output_format", self.output_format, OUTPUT_FORMATS)
+        check.choice("mode", self.mode, MODES)
+        check.integer("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
+        check.number("poll_interval_secs", self.poll_interval_secs, positive=True)
+        check.integer("max_poll_attempts", self.max_poll_attempts, minimum=1)
+        check.integer("max_retries", self.max_retries, minimum=0)
+        check.number("base_retry_delay_secs", self.base_retry_delay_secs)
+        check.number("jitter_percent", self.jitter_percent)
+        check.json_text("page_schema", self.page_schema, optional=True)
+        check.flag("paginate", self.paginate)
         if self.page_range is not None:
-            if not isinstance(self.page_range, str):
-                raise ValueError(
-                    f"page_range must be a string such as '0-5', got {self.page_range!r}"
-                )
-            try:
-                parse_page_range(self.page_range)
-            except ValueError as exc:
-                raise ValueError(f"page_range: {exc} (expected e.g. '0-5' or '0,2,4-6')") from None
-        if self.max_pages is not None:
-            _integer("max_pages", self.max_pages, minimum=1)
-        _flag("disable_image_extraction", self.disable_image_extraction)
+            check.text("page_range", self.page_range)
+            _check_page_range(self.page_range)
+        check.integer("max_pages", self.max_pages, minimum=1, optional=True)
+        check.flag("disable_image_extraction", self.disable_image_extraction)
         if self.extras is not None:
             _check_extras(self.extras)
-        if self.webhook_url is not None:
-            _http_url("webhook_url", self.webhook_url)
-        if self.requests_per_minute is not None:
-            _number("requests_per_minute", self.requests_per_minute, positive=True)
-        if self.max_pages_in_flight is not None:
-            _integer("max_pages_in_flight", self.max_pages_in_flight, minimum=1)
-        _number("timeout_secs", self.timeout_secs, positive=True)
-        _number("max_retry_delay_secs", self.max_retry_delay_secs, positive=False)
+        check.http_url("webhook_url", self.webhook_url, optional=True)
+        check.number("requests_per_minute", self.requests_per_minute, positive=True, optional=True)
+        check.integer("max_pages_in_flight", self.max_pages_in_flight, minimum=1, optional=True)
+        check.number("timeout_secs", self.timeout_secs, positive=True)
+        check.number("max_retry_delay_secs", self.max_retry_delay_secs)
 
     @property
     def extra_fields(self) -> dict[str, Any]:
@@ -136,47 +127,17 @@ class DocumentConfig:
         return {} if self.extras is None else dict(orjson.loads(self.extras))
 
 
-def _one_of(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-
-
-def _integer(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _number(name: str, value: object, *, positive: bool) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):  # type: ignore[operator]
-        raise ValueError(
-            f"{name} must be a {'positive' if positive else 'non-negative'} number, got {value!r}"
-        )
-
-
-def _flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
-def _http_url(name: str, value: object) -> None:
-    parts = urlsplit(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
-
-
-def _json_text(name: str, value: object) -> Any:
-    if not isinstance(value, str):
-        raise ValueError(f"{name} must be a JSON string, got {type(value).__name__}")
+def _check_page_range(value: str) -> None:
+    """Parsed here as it will be for each PDF, so a malformed range fails before any upload."""
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+        parse_page_range(value)
+    except ValueError as exc:
+        raise ValueError(f"page_range: {exc} (expected e.g. '0-5' or '0,2,4-6')") from None
 
 
 def _check_extras(value: object) -> None:
     """`extras` is "additional API parameters as a JSON string": an object of form fields."""
-    parsed = _json_text("extras", value)
+    parsed = check.json_text("extras", value)
     if not isinstance(parsed, dict):
         raise ValueError(
             "extras must be a JSON object of additional form fields, e.g. '{\"force_ocr\": true}'"

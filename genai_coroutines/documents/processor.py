@@ -27,7 +27,6 @@ from collections.abc import (
     Iterable,
     Mapping,
     Sequence,
-    Sized,
 )
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -47,8 +46,7 @@ from ..engine import (
     open_session,
     run_streaming,
 )
-from ..engine.journal import Journal, request_digest
-from ..engine.progress import Progress
+from ..engine.bookkeeping import Bookkeeping
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
@@ -162,57 +160,50 @@ class DocumentProcessor:
         `summary` (also kept as `last_summary`) totals pages, cents and retries.
         """
         resume = resume or {}
-        total = len(inputs) if isinstance(inputs, Sized) else None
-        tracker = Progress(
-            summary or BatchSummary(),
-            total=total,
-            enabled=progress,
+        books = Bookkeeping(
+            inputs,
+            summary=summary or BatchSummary(),
+            progress=progress,
             unit="doc",
+            journal=journal,
+            kind="documents",
         )
-        self.last_summary = tracker.summary
-        record = Journal(journal, "documents") if journal is not None else None
-        digests: dict[int, str] = {}
+        self.last_summary = books.summary
 
         def submitted(index: int, request_id: str, request_check_url: str) -> None:
             self.on_submitted(index, request_id, request_check_url)
-            if record is not None:
-                record.record_submission(index, digests[index], request_id, request_check_url)
+            if books.journal is not None:
+                digest = books.digests[index]
+                books.journal.record_submission(index, digest, request_id, request_check_url)
 
-        ok = failed = 0
         started = time.monotonic()
         try:
-            async with self.open_batch(on_submitted=submitted, wait=tracker.wait) as batch:
+            async with self.open_batch(on_submitted=submitted, wait=books.progress.wait) as batch:
                 log_event(
                     logger,
                     logging.INFO,
                     "batch_start",
-                    files=total or "?",
+                    files=books.total or "?",
                     concurrency=self.config.max_concurrent_requests,
                 )
 
                 def work(index: int, item: DocumentInput) -> Awaitable[Result]:
                     source = as_source(item, index)
-                    return self._run_one(batch, index, source, resume.get(index), record, digests)
+                    return self._run_one(batch, index, source, resume.get(index), books)
 
                 async for result in run_streaming(
                     inputs, work, concurrency=self.config.max_concurrent_requests
                 ):
-                    if result["success"]:
-                        ok += 1
-                    else:
-                        failed += 1
-                    tracker.add(result)
+                    books.add(result)
                     yield result
         finally:
-            tracker.close()
-            if record is not None:
-                record.close()
+            books.close()
             log_event(
                 logger,
                 logging.INFO,
                 "batch_done",
-                ok=f"{ok}/{ok + failed}",
-                errors=failed,
+                ok=f"{books.succeeded}/{books.succeeded + books.failed}",
+                errors=books.failed,
                 time=f"{time.monotonic() - started:.2f}s",
             )
 
@@ -268,14 +259,13 @@ class DocumentProcessor:
         index: int,
         source: Source,
         resume: Submission | None = None,
-        journal: Journal | None = None,
-        digests: dict[int, str] | None = None,
+        books: Bookkeeping | None = None,
     ) -> Result:
         """One document from reading it to its result dict; never raises for its failures.
 
-        With a journal, the document's digest (content and settings) decides whether a
-        journaled success is returned, a journaled job is polled, or it is uploaded;
-        `digests` lends that digest to the submission hook.
+        With a journal in `books`, the document's digest (content and settings) decides
+        whether a journaled success is returned, a journaled job is polled, or it is
+        uploaded.
         """
         started = time.monotonic()
         log_event(logger, logging.DEBUG, "task_start", index=index, source=source.label)
@@ -286,17 +276,14 @@ class DocumentProcessor:
         except SourceError as exc:
             failure = Failure(str(exc), "read_error", retriable=False)
             return self._result(index, started, failure, None, None)
-        digest = ""
-        if journal is not None and digests is not None:
+        if books is not None and books.journal is not None:
             content = upload.data or str(upload.url).encode()
-            digest = request_digest(content, orjson.dumps(batch.settings))
-            done = journal.finished(index, digest)
+            done = books.replay(index, content, orjson.dumps(batch.settings))
             if done is not None:
-                return {**done, "from_journal": True}
-            known = journal.submitted(index, digest)
+                return done
+            known = books.journal.submitted(index, books.digests[index])
             if resume is None and known is not None:
                 resume = Submission(*known)
-            digests[index] = digest
         weight = page_weight(upload, self.config)
         if batch.pages is not None:
             await batch.pages.acquire(weight)
@@ -307,9 +294,7 @@ class DocumentProcessor:
             if batch.pages is not None:
                 batch.pages.release(weight)
         result = self._result(index, started, outcome, job, upload)
-        if journal is not None and digests is not None:
-            journal.record_result(index, digests.pop(index, digest), result)
-        return result
+        return result if books is None else books.record(index, result)
 
     def _result(
         self,

@@ -16,11 +16,10 @@ succeeded at that index, and records every result it produces.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sized
+from collections.abc import AsyncIterator
 from functools import partial
 from operator import itemgetter
 from typing import Any
@@ -42,9 +41,8 @@ from ..engine import (
     run_streaming,
     send,
 )
+from ..engine.bookkeeping import Bookkeeping
 from ..engine.http import BodyReader, read_all
-from ..engine.journal import Journal, request_digest
-from ..engine.progress import Progress
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .errors import bad_body, classify, response_failure, stream_error
@@ -78,14 +76,13 @@ class BatchContext:
         self,
         request: ResponsesRequest,
         session: aiohttp.ClientSession,
-        *,
-        journal: Journal | None = None,
-        wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        books: Bookkeeping,
     ) -> None:
         self.request = request
         self.session = session
-        self.journal = journal
-        self.wait = wait
+        self.books = books
+        """Journal lookups and records of each item."""
+        self.wait = books.progress.wait
         """How backoffs are slept (the progress bar counts the items sleeping)."""
         self.template = request._template
         self.api_key = request.api_key or ""
@@ -104,7 +101,7 @@ class BatchContext:
             max_server_wait=request.max_retry_wait_secs,
         )
         self.stop = BatchStop()
-        self.succeeded = self.failed = self.retries = self.rate_limited = 0
+        self.retries = self.rate_limited = 0
 
 
 def request_headers(request: ResponsesRequest) -> dict[str, str]:
@@ -166,22 +163,23 @@ class ResponsesProcessor:
         if not isinstance(request, ResponsesRequest):
             raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
         prompts = request.user_prompts
-        tracker = Progress(
-            summary or BatchSummary(model=request.model),
-            total=len(prompts) if isinstance(prompts, Sized) else None,
-            enabled=progress,
+        books = Bookkeeping(
+            prompts,
+            summary=summary or BatchSummary(model=request.model),
+            progress=progress,
             unit="prompt",
+            journal=journal,
+            kind="responses",
         )
-        tracker.summary.model = tracker.summary.model or request.model  # what prices tokens
-        self.last_summary = tracker.summary
-        record = Journal(journal, "responses") if journal is not None else None
+        books.summary.model = books.summary.model or request.model  # what prices tokens
+        self.last_summary = books.summary
         started = time.perf_counter()
         log_event(
             logger,
             logging.INFO,
             "batch_start",
             model=request.model,
-            prompts=len(prompts) if isinstance(prompts, Sized) else "lazy",
+            prompts="lazy" if books.total is None else books.total,
             concurrency=request.max_concurrent_requests,
             stream=bool(request.stream),
         )
@@ -189,31 +187,25 @@ class ResponsesProcessor:
         ctx: BatchContext | None = None
         try:
             async with open_session(concurrency, request_headers(request)) as session:
-                ctx = BatchContext(request, session, journal=record, wait=tracker.wait)
+                ctx = BatchContext(request, session, books)
                 work = partial(self._run_one, ctx)
                 async for result in run_streaming(prompts, work, concurrency=concurrency):
-                    if result["success"]:
-                        ctx.succeeded += 1
-                    else:
-                        ctx.failed += 1
-                    tracker.add(result)
+                    books.add(result)
                     yield result
         finally:
             if ctx is not None:
-                tracker.summary.rate_limited += ctx.rate_limited
+                books.summary.rate_limited += ctx.rate_limited
                 log_event(
                     logger,
                     logging.INFO,
                     "batch_done",
-                    ok=ctx.succeeded,
-                    errors=ctx.failed,
+                    ok=books.succeeded,
+                    errors=books.failed,
                     retries=ctx.retries,
                     rate_limited=ctx.rate_limited,
                     secs=f"{time.perf_counter() - started:.2f}",
                 )
-            tracker.close()
-            if record is not None:
-                record.close()
+            books.close()
 
     async def _run_one(self, ctx: BatchContext, index: int, prompt: Any) -> dict[str, Any]:
         """One prompt, retried until it succeeds or the policy gives up. Never raises."""
@@ -230,12 +222,9 @@ class ResponsesProcessor:
             )
             return _error_result(index, failure, 0, started)
         body = ctx.template.body(prompt)
-        digest = ""
-        if ctx.journal is not None:
-            digest = request_digest(body)
-            done = ctx.journal.finished(index, digest)
-            if done is not None:
-                return {**done, "from_journal": True}
+        done = ctx.books.replay(index, body)
+        if done is not None:
+            return done
         estimate = ctx.template.estimate(prompt)
         sent = 0
 
@@ -259,10 +248,7 @@ class ResponsesProcessor:
         outcome, _ = await retrying(
             attempt, ctx.policy, on_retry=partial(_on_retry, ctx, index), sleep=ctx.wait
         )
-        result = _result(index, outcome, sent, started)
-        if ctx.journal is not None:
-            ctx.journal.record_result(index, digest, result)
-        return result
+        return ctx.books.record(index, _result(index, outcome, sent, started))
 
 
 def _result(index: int, outcome: Outcome, sent: int, started: float) -> dict[str, Any]:

@@ -14,11 +14,11 @@ fields once, and a field changed afterwards would silently disagree with it. Use
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import validation as check
 from .wire import BodyTemplate, check_prompt
 
 Prompt = str | list[dict[str, Any]]
@@ -81,65 +81,44 @@ class ResponsesRequest:
     """The request body without its `input`, serialised once (see `wire.BodyTemplate`)."""
 
     def __post_init__(self) -> None:
-        key = self.api_key if self.api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key or not isinstance(key, str):
-            raise ValueError("api_key is required: pass api_key=... or set OPENAI_API_KEY")
-        object.__setattr__(self, "api_key", key)
-        _check_text("system_prompt", self.system_prompt, allow_empty=True)
-        _check_text("model", self.model)
+        object.__setattr__(self, "api_key", check.api_key(self.api_key, "OPENAI_API_KEY"))
+        check.text("system_prompt", self.system_prompt, empty=True)
+        check.text("model", self.model)
         _check_prompts(self.user_prompts)
-        _check_number("timeout_secs", self.timeout_secs, minimum=0, exclusive=True)
-        _check_int("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
-        _check_int("max_retries", self.max_retries, minimum=0)
-        _check_int("retry_delay_min_ms", self.retry_delay_min_ms, minimum=0)
-        _check_int("retry_delay_max_ms", self.retry_delay_max_ms, minimum=0)
+        check.number("timeout_secs", self.timeout_secs, positive=True)
+        check.integer("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
+        check.integer("max_retries", self.max_retries, minimum=0)
+        check.integer("retry_delay_min_ms", self.retry_delay_min_ms, minimum=0)
+        check.integer("retry_delay_max_ms", self.retry_delay_max_ms, minimum=0)
         if self.retry_delay_min_ms > self.retry_delay_max_ms:
             raise ValueError(
                 f"retry_delay_min_ms ({self.retry_delay_min_ms}) must not exceed "
                 f"retry_delay_max_ms ({self.retry_delay_max_ms})"
             )
-        _check_optional_number("temperature", self.temperature, 0.0, 2.0)
-        _check_optional_number("top_p", self.top_p, 0.0, 1.0)
-        if self.max_output_tokens is not None:
-            _check_int("max_output_tokens", self.max_output_tokens, minimum=16)
-        _check_choice("reasoning_effort", self.reasoning_effort, REASONING_EFFORTS)
-        _check_choice("reasoning_summary", self.reasoning_summary, REASONING_SUMMARIES)
-        _check_choice("truncation", self.truncation, TRUNCATIONS)
-        _check_choice("service_tier", self.service_tier, SERVICE_TIERS)
+        check.number("temperature", self.temperature, maximum=2.0, optional=True)
+        check.number("top_p", self.top_p, maximum=1.0, optional=True)
+        check.integer("max_output_tokens", self.max_output_tokens, minimum=16, optional=True)
+        check.choice("reasoning_effort", self.reasoning_effort, REASONING_EFFORTS, optional=True)
+        check.choice(
+            "reasoning_summary", self.reasoning_summary, REASONING_SUMMARIES, optional=True
+        )
+        check.choice("truncation", self.truncation, TRUNCATIONS, optional=True)
+        check.choice("service_tier", self.service_tier, SERVICE_TIERS, optional=True)
         for name in ("parallel_tool_calls", "store", "stream"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise TypeError(f"{name} must be a bool or None, not {type(value).__name__}")
-        if self.previous_response_id is not None:
-            _check_text("previous_response_id", self.previous_response_id)
+            check.flag(name, getattr(self, name), optional=True)
+        check.text("previous_response_id", self.previous_response_id, optional=True)
         _check_include(self.include)
         _check_metadata(self.metadata)
-        if not isinstance(self.base_url, str) or not self.base_url.startswith(
-            ("http://", "https://")
-        ):
-            raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
-        headers = self.extra_headers
-        if headers is not None and not (
-            isinstance(headers, Mapping)
-            and all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
-        ):
-            raise TypeError("extra_headers must be a mapping of str to str")
+        check.http_url("base_url", self.base_url)
+        _check_headers(self.extra_headers)
         for name in ("requests_per_minute", "tokens_per_minute"):
-            if getattr(self, name) is not None:
-                _check_number(name, getattr(self, name), minimum=0, exclusive=True)
-        _check_number("max_retry_wait_secs", self.max_retry_wait_secs, minimum=0)
+            check.number(name, getattr(self, name), positive=True, optional=True)
+        check.number("max_retry_wait_secs", self.max_retry_wait_secs)
         object.__setattr__(self, "_template", BodyTemplate.build(self))
 
     def __repr__(self) -> str:
         count = len(self.user_prompts) if isinstance(self.user_prompts, Sequence) else "lazy"
         return f"ResponsesRequest(model={self.model!r}, prompts={count})"
-
-
-def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, not {type(value).__name__}")
-    if not value and not allow_empty:
-        raise ValueError(f"{name} must not be empty")
 
 
 def _check_prompts(prompts: object) -> None:
@@ -159,35 +138,6 @@ def _check_prompts(prompts: object) -> None:
                 raise TypeError(f"user_prompts[{index}] {problem}")
 
 
-def _check_number(name: str, value: object, *, minimum: float, exclusive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
-    if value < minimum or (exclusive and value == minimum):
-        bound = f"greater than {minimum:g}" if exclusive else f"at least {minimum:g}"
-        raise ValueError(f"{name} must be {bound}, not {value}")
-
-
-def _check_int(name: str, value: object, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, not {value}")
-
-
-def _check_optional_number(name: str, value: object, low: float, high: float) -> None:
-    if value is None:
-        return
-    _check_number(name, value, minimum=low)
-    assert isinstance(value, (int, float))
-    if value > high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, not {value}")
-
-
-def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value is not None and value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-
-
 def _check_include(include: object) -> None:
     if include is None:
         return
@@ -195,13 +145,20 @@ def _check_include(include: object) -> None:
         raise TypeError("include must be a list of str")
 
 
+def _str_to_str(pairs: Mapping[Any, Any]) -> bool:
+    return all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())
+
+
+def _check_headers(headers: object) -> None:
+    if headers is not None and not (isinstance(headers, Mapping) and _str_to_str(headers)):
+        raise TypeError("extra_headers must be a mapping of str to str")
+
+
 def _check_metadata(metadata: object) -> None:
     """The API's documented bounds: at most 16 pairs, keys <= 64 chars, values <= 512."""
     if metadata is None:
         return
-    if not isinstance(metadata, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
-    ):
+    if not isinstance(metadata, dict) or not _str_to_str(metadata):
         raise TypeError("metadata must be a dict of str to str")
     if len(metadata) > 16:
         raise ValueError(f"metadata holds at most 16 pairs, not {len(metadata)}")

@@ -1,0 +1,82 @@
+"""`Bookkeeping`: the records one batch keeps of its results, whichever API it calls.
+
+Both processors show the same progress bar, total the same `BatchSummary` and
+journal results the same way; kept in one place, a rule such as "a journaled success
+comes back marked `from_journal`, a failure is tried again" cannot hold for one
+adapter and not the other. What stays in each processor is what differs: how an
+item's request is digested, and (Datalab only) the journaling of submitted jobs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sized
+from typing import Any
+
+from .journal import Journal, request_digest
+from .progress import Progress
+from .summary import BatchSummary
+
+Result = dict[str, Any]
+
+
+class Bookkeeping:
+    """Progress bar, summary and (given a path) journal of one batch; `close` it at the end.
+
+    `total` is the size of `items` when known in advance (None for a lazy iterable),
+    for the bar and the start-of-batch log. `succeeded` and `failed` count this batch
+    alone, where `summary` (which the caller may share between batches) keeps adding up.
+    """
+
+    def __init__(
+        self,
+        items: object,
+        *,
+        summary: BatchSummary,
+        progress: bool,
+        unit: str,
+        journal: str | os.PathLike[str] | None,
+        kind: str,
+    ) -> None:
+        # The journal first: one of another kind raises before a bar is drawn.
+        self.journal = Journal(journal, kind) if journal is not None else None
+        self.total = len(items) if isinstance(items, Sized) else None
+        self.summary = summary
+        self.progress = Progress(summary, total=self.total, enabled=progress, unit=unit)
+        self.succeeded = self.failed = 0
+        self.digests: dict[int, str] = {}
+        """Digest of each journaled item in flight, from `replay` to `record` (Datalab
+        journals its submitted job under it in between)."""
+
+    def replay(self, index: int, *request: bytes) -> Result | None:
+        """The journal's success for this very request, marked `from_journal`; else None,
+        and the request's digest is kept in `digests` until `record`. Without a journal
+        nothing is hashed."""
+        if self.journal is None:
+            return None
+        digest = request_digest(*request)
+        done = self.journal.finished(index, digest)
+        if done is not None:
+            return {**done, "from_journal": True}
+        self.digests[index] = digest
+        return None
+
+    def record(self, index: int, result: Result) -> Result:
+        """Journal a result `replay` did not answer (success or failure); hand it back."""
+        if self.journal is not None:
+            self.journal.record_result(index, self.digests.pop(index), result)
+        return result
+
+    def add(self, result: Mapping[str, Any]) -> None:
+        """Count a result the batch yields, in this batch's counts, the summary and the bar."""
+        if result["success"]:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+        self.progress.add(result)
+
+    def close(self) -> None:
+        """Stop the summary's clock, close the bar and the journal."""
+        self.progress.close()
+        if self.journal is not None:
+            self.journal.close()
