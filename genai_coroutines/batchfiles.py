@@ -10,12 +10,46 @@ from __future__ import annotations
 
 import csv
 import glob
+import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
 import orjson
+
+T = TypeVar("T")
+
+
+class Rereadable(Generic[T]):
+    """Inputs read lazily from disk that also know their count.
+
+    Each iteration re-reads the source, so nothing is held in memory; `len()` costs
+    one extra pass (once) and gives the progress bar a total. Counting before the
+    batch starts also means a malformed line fails the command before anything is
+    paid for.
+    """
+
+    def __init__(self, read: Callable[[], Iterator[T]]) -> None:
+        self._read = read
+        self._count: int | None = None
+
+    def __iter__(self) -> Iterator[T]:
+        return self._read()
+
+    def __len__(self) -> int:
+        if self._count is None:
+            self._count = sum(1 for _ in self._read())
+        return self._count
+
+
+def prompt_source(path: str, *, field: str = "prompt") -> Iterable[str | list[Any]]:
+    """The prompts of `path` for a batch: re-readable and counted, or a one-pass stdin."""
+    if path == "-":
+        return read_prompts(path, field=field)
+    with open(path, encoding="utf-8"):  # fail now (missing, unreadable), not mid-batch
+        pass
+    return Rereadable(lambda: read_prompts(path, field=field))
 
 
 def _open_text(path: str) -> IO[str]:
@@ -36,7 +70,11 @@ def read_prompts(path: str, *, field: str = "prompt") -> Iterator[str | list[Any
         if suffix in (".jsonl", ".ndjson"):
             for number, line in enumerate(handle, 1):
                 if line.strip():
-                    yield _jsonl_prompt(orjson.loads(line), field, f"{path}:{number}")
+                    try:
+                        value = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        raise ValueError(f"{path}:{number}: not JSON ({exc})") from None
+                    yield _jsonl_prompt(value, field, f"{path}:{number}")
         elif suffix == ".csv":
             rows = csv.reader(handle)
             header = next(rows, None)
@@ -61,6 +99,25 @@ def _jsonl_prompt(value: Any, field: str, where: str) -> str | list[Any]:
         f"{where}: expected a string, a list of input items or an object with "
         f"{field!r}, got {type(value).__name__}"
     )
+
+
+def check_documents(patterns: Iterable[str]) -> None:
+    """Raise `FileNotFoundError` for a named file that is missing or a glob matching nothing.
+
+    A path inside an `@list` file is only read when its turn comes, so a missing one is
+    that document's failure (a `read_error` result), not the command's.
+    """
+    for pattern in patterns:
+        if pattern.startswith(("http://", "https://")):
+            continue
+        if pattern.startswith("@"):
+            if not os.path.isfile(pattern[1:]):
+                raise FileNotFoundError(f"list file {pattern[1:]} not found")
+        elif glob.has_magic(pattern):
+            if next(glob.iglob(pattern, recursive=True), None) is None:
+                raise FileNotFoundError(f"no file matches {pattern}")
+        elif not os.path.isfile(pattern):
+            raise FileNotFoundError(f"document {pattern} not found")
 
 
 def expand_documents(patterns: Iterable[str]) -> Iterator[str]:

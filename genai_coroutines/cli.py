@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sqlite3
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
 import orjson
 
-from .batchfiles import JsonlWriter, expand_documents, read_prompts
+from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import FAULT_KINDS, EmulatorConfig, serve_forever
+from .engine.journal import Journal
 from .engine.summary import BatchSummary
 from .responses import ResponsesProcessor, ResponsesRequest
 
@@ -56,7 +58,7 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="append",
         default=[],
         metavar="ENDPOINT:KIND:RATE",
-        help="e.g. responses:503:0.05 or marker_poll:reset:0.1 (repeatable)",
+        help=f"e.g. responses:503:0.05 (repeatable); KIND: any NNN, {', '.join(FAULT_KINDS)}",
     )
 
 
@@ -157,12 +159,20 @@ def _read_text(path: str) -> str:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _journal_path(args: argparse.Namespace) -> str | None:
+def _journal_path(args: argparse.Namespace, kind: str) -> str | None:
+    """The journal to use, refused before anything is sent if it cannot be the right one."""
     if args.resume and not args.journal:
         raise UsageError("--resume needs --journal PATH")
-    if args.journal and os.path.exists(args.journal) and not args.resume:
-        raise UsageError(f"journal {args.journal} exists: pass --resume to continue it")
-    return str(args.journal) if args.journal else None
+    if not args.journal:
+        return None
+    if os.path.exists(args.journal):
+        if not args.resume:
+            raise UsageError(f"journal {args.journal} exists: pass --resume to continue it")
+        try:
+            Journal(args.journal, kind).close()  # raises if it holds another kind of batch
+        except sqlite3.DatabaseError as exc:
+            raise UsageError(f"{args.journal} is not a journal: {exc}") from None
+    return str(args.journal)
 
 
 def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
@@ -178,7 +188,7 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
     return ResponsesRequest(
         model=args.model,
         system_prompt=_read_text(args.system_file) if args.system_file else args.system,
-        user_prompts=read_prompts(args.prompts, field=args.field),
+        user_prompts=_prompts(args),
         response_format=response_format,
         base_url=args.base_url,
         timeout_secs=args.timeout,
@@ -193,6 +203,41 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
         max_concurrent_requests=args.concurrency,
         max_retries=args.max_retries,
     )
+
+
+def _prompts(args: argparse.Namespace) -> Iterable[str | list[Any]]:
+    """The prompts file, opened and counted now so a missing, empty or malformed file is a
+    usage error before the output is truncated or anything is paid for."""
+    try:
+        prompts = prompt_source(args.prompts, field=args.field)
+        count = len(prompts) if isinstance(prompts, Sized) else None
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.prompts}: {exc.strerror}") from None
+    if count == 0:
+        raise UsageError(f"no prompts in {args.prompts}")
+    return prompts
+
+
+class NamedDocuments(Rereadable[str]):
+    """The documents of the command line, remembering which path each index is until its
+    result is written (so memory holds only the documents in flight)."""
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        try:
+            check_documents(patterns)
+        except OSError as exc:
+            raise UsageError(str(exc)) from None
+        super().__init__(lambda: expand_documents(patterns))
+        self.names: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        for index, path in enumerate(super().__iter__()):
+            self.names[index] = path
+            yield path
+
+    def label(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The result with the document's path as `source`, right after its index."""
+        return {"index": result["index"], "source": self.names.pop(result["index"], None), **result}
 
 
 def _document_config(args: argparse.Namespace) -> DocumentConfig:
@@ -212,30 +257,37 @@ def _document_config(args: argparse.Namespace) -> DocumentConfig:
     )
 
 
-async def _write_all(results: AsyncIterator[dict[str, Any]], output: str) -> None:
+async def _write_all(
+    results: AsyncIterator[dict[str, Any]], output: str, documents: NamedDocuments | None
+) -> None:
     writer = JsonlWriter(output)
     try:
         async for result in results:
-            writer.write(result)
+            writer.write(documents.label(result) if documents is not None else result)
     finally:
         writer.close()
 
 
 def _run_batch(args: argparse.Namespace) -> int:
-    journal = _journal_path(args)
+    """Run one batch; every input is checked before the output file is opened."""
     summary = BatchSummary(model=getattr(args, "model", ""))
+    documents: NamedDocuments | None = None
     if args.command == "responses":
+        journal = _journal_path(args, "responses")
         stream = ResponsesProcessor().stream(
             _responses_request(args), journal=journal, progress=args.progress, summary=summary
         )
     else:
+        journal = _journal_path(args, "documents")
+        documents = NamedDocuments(args.documents)
         stream = DocumentProcessor(_document_config(args)).stream(
-            expand_documents(args.documents),
-            journal=journal,
-            progress=args.progress,
-            summary=summary,
+            documents, journal=journal, progress=args.progress, summary=summary
         )
-    asyncio.run(_write_all(stream, args.output))
+    try:
+        asyncio.run(_write_all(stream, args.output, documents))
+    except KeyboardInterrupt:
+        print(summary.finish().describe(), file=sys.stderr)
+        raise
     print(summary.finish().describe(), file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
 
@@ -256,6 +308,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished results are in the journal and the output", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ValueError, TypeError) as exc:
+    except (UsageError, ValueError, TypeError) as exc:  # bad options, keys, files
         print(f"genai-coroutines {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
