@@ -18,7 +18,7 @@ import orjson
 from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
-from .emulator import FAULT_KINDS, EmulatorConfig, serve_forever
+from .emulator import FAULT_ENDPOINTS, FAULT_KINDS, EmulatorConfig, is_fault_kind, serve_forever
 from .engine.journal import Journal
 from .engine.summary import BatchSummary
 from .responses import ResponsesProcessor, ResponsesRequest
@@ -32,7 +32,10 @@ def _fault(text: str) -> tuple[str, str, float]:
         share = float(rate)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected ENDPOINT:KIND:RATE, got {text!r}") from None
-    if kind not in FAULT_KINDS and not kind.isdigit():
+    if endpoint not in FAULT_ENDPOINTS:
+        known = ", ".join(FAULT_ENDPOINTS)
+        raise argparse.ArgumentTypeError(f"unknown endpoint {endpoint!r}; known: {known}")
+    if not is_fault_kind(kind):
         raise argparse.ArgumentTypeError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
     return endpoint, kind, share
 
@@ -116,6 +119,18 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     cmd.add_argument("--service-tier")
     cmd.add_argument("--rpm", type=float, help="requests per minute (default: learned)")
     cmd.add_argument("--tpm", type=float, help="tokens per minute (default: learned)")
+    cmd.add_argument("--tools", help="JSON file: a list of tools (Chat Completions or Responses)")
+    cmd.add_argument("--tool-choice", help="auto, required, none, or a JSON object")
+    cmd.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction)
+    cmd.add_argument("--previous-response-id")
+    cmd.add_argument("--include", action="append", help="extra output to include (repeatable)")
+    cmd.add_argument("--store", action=argparse.BooleanOptionalAction)
+    cmd.add_argument("--truncation", help="auto or disabled")
+    cmd.add_argument("--metadata", help='JSON object, e.g. \'{"run": "nightly"}\'')
+    cmd.add_argument("--stream", action="store_true", help="read answers as SSE streams")
+    cmd.add_argument("--retry-delay-min-ms", type=int, default=1000)
+    cmd.add_argument("--retry-delay-max-ms", type=int, default=60000)
+    cmd.add_argument("--max-retry-wait", type=float, default=120.0, help="Retry-After ceiling, s")
     _add_batch_options(cmd)
 
 
@@ -134,6 +149,13 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd.add_argument("--poll-interval", type=float, default=2.0)
     cmd.add_argument("--max-poll-attempts", type=int, default=60)
     cmd.add_argument("--rpm", type=float, help="submissions per minute")
+    cmd.add_argument("--max-pages-in-flight", type=int, default=5000)
+    cmd.add_argument("--disable-image-extraction", action="store_true")
+    cmd.add_argument("--extras", help="JSON object of additional form fields")
+    cmd.add_argument("--webhook-url")
+    cmd.add_argument("--timeout", type=float, default=300.0, help="per request, s")
+    cmd.add_argument("--retry-delay", type=float, default=5.0, help="base_retry_delay_secs")
+    cmd.add_argument("--jitter-percent", type=float, default=200.0)
     _add_batch_options(cmd)
 
 
@@ -178,7 +200,7 @@ def _journal_path(args: argparse.Namespace, kind: str) -> str | None:
 def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
     response_format: dict[str, Any] = {"type": "text"}
     if args.schema:
-        schema = orjson.loads(_read_text(args.schema))
+        schema = _json_file(args.schema)
         response_format = {
             "type": "json_schema",
             "json_schema": {"name": args.schema_name, "schema": schema, "strict": True},
@@ -202,7 +224,38 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
         tokens_per_minute=args.tpm,
         max_concurrent_requests=args.concurrency,
         max_retries=args.max_retries,
+        tools=_json_file(args.tools) if args.tools else None,
+        tool_choice=_tool_choice(args.tool_choice),
+        parallel_tool_calls=args.parallel_tool_calls,
+        previous_response_id=args.previous_response_id,
+        include=args.include,
+        store=args.store,
+        truncation=args.truncation,
+        metadata=_json_text("--metadata", args.metadata) if args.metadata else None,
+        stream=args.stream or None,
+        retry_delay_min_ms=args.retry_delay_min_ms,
+        retry_delay_max_ms=args.retry_delay_max_ms,
+        max_retry_wait_secs=args.max_retry_wait,
     )
+
+
+def _json_text(option: str, text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise UsageError(f"{option} is not JSON: {exc}") from None
+
+
+def _json_file(path: str) -> Any:
+    return _json_text(path, _read_text(path))
+
+
+def _tool_choice(text: str | None) -> str | dict[str, Any] | None:
+    """A mode name as given, or a JSON object naming a tool."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    choice: dict[str, Any] = _json_text("--tool-choice", text)
+    return choice
 
 
 def _prompts(args: argparse.Namespace) -> Iterable[str | list[Any]]:
@@ -254,6 +307,13 @@ def _document_config(args: argparse.Namespace) -> DocumentConfig:
         requests_per_minute=args.rpm,
         max_concurrent_requests=args.concurrency,
         max_retries=args.max_retries,
+        max_pages_in_flight=args.max_pages_in_flight,
+        disable_image_extraction=args.disable_image_extraction,
+        extras=args.extras,
+        webhook_url=args.webhook_url,
+        timeout_secs=args.timeout,
+        base_retry_delay_secs=args.retry_delay,
+        jitter_percent=args.jitter_percent,
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import pytest
 
+from genai_coroutines.cli import build_parser, main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.engine.journal import Journal
@@ -389,3 +390,47 @@ async def test_demo_prints_its_table(emulator: Emulator) -> None:
     for name in ("invoice-acme.pdf", "invoice-globex.pdf", "receipt-initech.pdf"):
         assert name in out
     assert "Datalab cost" in out and "estimated cost" in out
+
+
+async def test_request_options_reach_the_wire_translated(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_prompts(tmp_path / "prompts.jsonl", ["weather in Oslo?"])
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+    (tmp_path / "tools.json").write_bytes(orjson.dumps([tool]))
+    code, _, err = await run(
+        emulator,
+        *responses_args(emulator, tmp_path),
+        "--tools",
+        str(tmp_path / "tools.json"),
+        "--tool-choice",
+        '{"type": "function", "function": {"name": "get_weather"}}',
+        "--metadata",
+        '{"run": "nightly"}',
+        "--no-store",
+        "--include",
+        "reasoning.encrypted_content",
+    )
+    assert code == 0, err
+    (body,) = [seen["body"] for seen in emulator.stats.received if seen["endpoint"] == "responses"]
+    assert body["tools"][0]["name"] == "get_weather"  # flat Responses shape
+    assert body["tool_choice"] == {"type": "function", "name": "get_weather"}
+    assert body["metadata"] == {"run": "nightly"}
+    assert body["store"] is False
+    assert body["include"] == ["reasoning.encrypted_content"]
+    (record,) = output_lines(tmp_path / "out.jsonl")
+    assert '"function_call"' in record["raw_response"]
+
+
+def test_emulate_accepts_every_fault_kind_and_refuses_unknown_ones() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["emulate", "--fault", "responses:503-retry-after:0.1"])
+    assert args.fault == [("responses", "503-retry-after", 0.1)]
+    assert main(["emulate", "--fault", "responses:melt:0.1"]) == 2
+    assert main(["emulate", "--fault", "nowhere:503:0.1"]) == 2

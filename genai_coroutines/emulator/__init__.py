@@ -4,8 +4,17 @@ Real HTTP on 127.0.0.1 with the real wire formats, rate limits, latency and faul
 injection, so the library can be tested and demonstrated without keys or network.
 """
 
-from .faults import FAULT_KINDS, FaultPlan
+from .faults import FAULT_ENDPOINTS, FAULT_KINDS, FaultPlan, is_fault_kind
 from .server import Emulator, serve_forever
 from .state import EmulatorConfig, Stats
 
-__all__ = ["FAULT_KINDS", "Emulator", "EmulatorConfig", "FaultPlan", "Stats", "serve_forever"]
+__all__ = [
+    "FAULT_ENDPOINTS",
+    "FAULT_KINDS",
+    "Emulator",
+    "EmulatorConfig",
+    "FaultPlan",
+    "Stats",
+    "is_fault_kind",
+    "serve_forever",
+]

@@ -58,6 +58,9 @@ terminal event; `stream-reframed` is a whole answer framed as a proxy might pass
 (CRLF, a comment, multi-line `data:`, 7-byte writes)."""
 
 SHOULD_RETRY = {"should-retry": "true", "no-retry": "false"}
+FAULT_ENDPOINTS = ("responses", "marker_submit", "marker_poll", "marker_accepted")
+"""Where faults can be injected; "marker_accepted" fires after a job was accepted, so the
+job runs (and is billed) but the client never learns its id."""
 STATUS_SUFFIXES = ("", "retry-after", *SHOULD_RETRY)
 TARGETED_ENDPOINT = "responses"
 """The only endpoint that tells `pick` whether a request streams and what its input says."""
