@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,16 @@ async def test_resuming_an_expired_job_uploads_it_again(emulator: Emulator) -> N
     assert result["success"] and result["request_id"] != "expired-id"
     assert result["attempts"] == 1
     assert emulator.stats.submissions_by_digest == {digest(document): 1}
+
+
+async def test_a_bad_item_in_a_lazy_input_fails_alone(emulator: Emulator) -> None:
+    def documents() -> Iterator[object]:
+        yield samples.pdf(1, tag="first")
+        yield 42
+        yield samples.pdf(1, tag="last")
+
+    processor = DocumentProcessor(config_for(emulator))
+    results = await processor.process(documents())  # type: ignore[arg-type]
+
+    assert [r["success"] for r in results] == [True, False, True]
+    assert results[1]["error_type"] == "invalid_input" and "inputs[1]" in results[1]["error"]

@@ -188,7 +188,10 @@ class DocumentProcessor:
                 )
 
                 def work(index: int, item: DocumentInput) -> Awaitable[Result]:
-                    source = as_source(item, index)
+                    try:
+                        source = as_source(item, index)
+                    except ValueError as exc:  # a lazy input's bad item: its own error only
+                        return self._refused(index, exc)
                     return self._run_one(batch, index, source, resume.get(index), books)
 
                 async for result in run_streaming(
@@ -252,6 +255,10 @@ class DocumentProcessor:
             )
         finally:
             await session.close()
+
+    async def _refused(self, index: int, problem: ValueError) -> Result:
+        failure = Failure(str(problem), "invalid_input", retriable=False)
+        return self._result(index, time.monotonic(), failure, None, None)
 
     async def _run_one(
         self,
