@@ -23,6 +23,7 @@ from genai_coroutines.engine import (
     run_streaming,
 )
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
+from genai_coroutines.engine.summary import BatchSummary, Price
 
 
 @pytest.mark.parametrize(
@@ -261,3 +262,32 @@ def test_journal_keeps_submitted_jobs_until_they_finish(tmp_path: Path) -> None:
     journal.record_result(0, "d0", {"index": 0, "success": True})
     assert journal.submitted(0, "d0") is None
     assert journal.results() == [{"index": 0, "success": True}]
+
+
+def test_summary_prices_cached_and_reasoning_tokens_and_sums_datalab_cents() -> None:
+    summary = BatchSummary(model="gpt-4o-mini")
+    usage = {
+        "input_tokens": 1_000_000,
+        "input_tokens_details": {"cached_tokens": 400_000},
+        "output_tokens": 100_000,
+        "output_tokens_details": {"reasoning_tokens": 30_000},
+    }
+    summary.add({"success": True, "usage": usage, "attempts": 3, "model": "gpt-4o-2024-08-06"})
+    summary.add({"success": False, "attempts": 1, "rate_limited": 2})
+    summary.add({"success": True, "page_count": 4, "cost_breakdown": {"final_cost_cents": 6}})
+    # gpt-4o (dated snapshot -> family): 600k new input, 400k cached, 100k output
+    assert summary.cost_usd == pytest.approx(0.6 * 2.50 + 0.4 * 1.25 + 0.1 * 10.00)
+    figures = summary.finish().as_dict()
+    assert figures["succeeded"] == 2 and figures["failed"] == 1
+    assert figures["retries"] == 2 and figures["rate_limited"] == 2
+    assert figures["reasoning_tokens"] == 30_000 and figures["cached_tokens"] == 400_000
+    assert figures["pages"] == 4 and figures["cost_cents"] == 6
+
+
+def test_summary_price_table_can_be_overridden_and_unknown_models_are_named() -> None:
+    summary = BatchSummary(model="my-finetune", prices={"my-finetune": Price(1.0, 0.5, 2.0)})
+    summary.add({"success": True, "usage": {"input_tokens": 1_000_000, "output_tokens": 0}})
+    summary.add({"success": True, "usage": {"input_tokens": 10}, "model": "mystery-model"})
+    assert summary.cost_usd == pytest.approx(1.0)
+    assert summary.as_dict()["unpriced_models"] == ["mystery-model"]
+    assert "estimated cost: $1.0000" in summary.describe()
