@@ -106,6 +106,12 @@ class DatalabEmulation:
             await self._session.close()
             self._session = None
 
+    @property
+    def pages_in_flight(self) -> int:
+        """Pages of the jobs still processing: what `datalab_max_pages_in_flight` limits."""
+        self._settle(asyncio.get_running_loop().time())
+        return self._pages_in_flight
+
     # -- handlers -----------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.StreamResponse:

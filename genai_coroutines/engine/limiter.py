@@ -110,6 +110,7 @@ class RateLimiter:
         self._probe: asyncio.Event | None = None
         self._paused_until = 0.0
         self._lock: asyncio.Lock | None = None
+        self.pauses = 0
 
     @property
     def learning(self) -> bool:
@@ -166,6 +167,7 @@ class RateLimiter:
         if self._lock is None:
             self._setup()
         now = self._now()
+        self.pauses += 1
         self._paused_until = max(self._paused_until, now + seconds)
         for bucket in (self.requests, self.tokens):
             if bucket is not None:
