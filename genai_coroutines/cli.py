@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sqlite3
 import sys
@@ -161,6 +162,12 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genai-coroutines", description=__doc__)
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="library log lines on stderr (default WARNING: retries, 429s, failed items)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_responses(commands)
     _add_ocr(commands)
@@ -358,6 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return EXIT_USAGE if exc.code else EXIT_OK
+    logging.basicConfig(
+        level=args.log_level, format="%(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
     try:
         if args.command == "emulate":
             asyncio.run(serve_forever(emulator_config(args), args.port))
