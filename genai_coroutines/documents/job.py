@@ -193,18 +193,9 @@ class Job:
             await batch.wait(delay)
 
     def _accepted(self, reply: Reply | Failure) -> Submission | Failure:
-        if isinstance(reply, Failure):
-            return reply
-        if not 200 <= reply.status < 300:
-            return http_failure(reply)
-        body = json_object(reply.body)
-        if body is None:
-            return Failure(
-                "Datalab answered the upload with a malformed body",
-                "malformed_response",
-                retriable=True,
-                status=reply.status,
-            )
+        body = _json_reply(reply, "upload answer")
+        if isinstance(body, Failure):
+            return body
         if body.get("success") is False:
             return Failure(
                 f"Datalab refused the document: {body.get('error') or 'no reason given'}",
@@ -292,16 +283,9 @@ class Job:
                 retriable=False,
                 status=404,
             )
-        if not 200 <= reply.status < 300:
-            return http_failure(reply)
-        payload = json_object(reply.body)
-        if payload is None:
-            return Failure(
-                "poll answer is not a JSON object",
-                "malformed_response",
-                retriable=True,
-                status=reply.status,
-            )
+        payload = _json_reply(reply, "poll answer")
+        if isinstance(payload, Failure):
+            return payload
         status = payload.get("status")
         if status == "complete" and payload.get("success") is not False:
             return Finished(payload, reply.body.decode("utf-8", "replace"))
@@ -336,6 +320,20 @@ class Job:
             **({"request_id": request_id} if request_id else {}),
         )
         return delay
+
+
+def _json_reply(reply: Reply | Failure, what: str) -> dict[str, Any] | Failure:
+    """A 2xx reply's JSON object, or the failure to retry or report instead."""
+    if isinstance(reply, Failure):
+        return reply
+    if not 200 <= reply.status < 300:
+        return http_failure(reply)
+    body = json_object(reply.body)
+    if body is None:
+        return Failure(
+            f"Datalab's {what} is not a JSON object", "malformed_response", True, reply.status
+        )
+    return body
 
 
 def _transient(outcome: Finished | Failure | None) -> TypeGuard[Failure]:
