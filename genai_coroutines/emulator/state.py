@@ -12,7 +12,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -32,6 +32,32 @@ class EmulatorConfig:
     """Unused quota a bucket may bank: 60 s is a full minute, 1 s lets the steady rate decide."""
     insufficient_quota: bool = False
     stream_chunk_delay: float = 0.0
+
+    # OpenAI async paths: token accounting, flex, background mode, Files and Batch APIs
+    token_accounting: Literal["settle", "provider"] = "settle"
+    """"settle": charge the estimate at admission, correct it to the real usage afterwards.
+    "provider": charge input + `max_output_tokens` (or `DEFAULT_OUTPUT_COST`), never refund,
+    and a request refused 429 still counts against the RPM bucket."""
+    flex_unavailable_rate: float = 0.0
+    """Share of `service_tier: "flex"` requests refused 429 Resource Unavailable (seeded)."""
+    background_queue_seconds: float = 0.05
+    """How long a `background: true` response stays `queued` before `in_progress`."""
+    background_failure_rate: float = 0.0
+    """Share of background responses that end `failed` with a `server_error` (seeded)."""
+    stored_response_ttl: float = 3600.0
+    """Seconds a stored response stays retrievable by `GET /v1/responses/{id}` (then 404)."""
+    batch_validating_seconds: float = 0.05
+    batch_seconds_per_line: float = 0.0
+    batch_finalizing_seconds: float = 0.05
+    batch_cancelling_seconds: float = 0.0
+    batch_line_failure_rate: float = 0.0
+    """Share of batch lines that fail with a 500 `server_error` (seeded)."""
+    batch_expire_after_lines: int | None = None
+    """After this many lines ran the batch goes `expired`; the rest end `batch_expired`."""
+    batch_enqueued_token_limit: int | None = None
+    """Per model: estimated input tokens of unfinished batches a new batch may join."""
+    batch_max_requests: int = 50_000
+    batch_max_bytes: int = 200 * 2**20
 
     # Datalab side
     seconds_per_page: float = 0.02
@@ -81,6 +107,12 @@ class Stats:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.webhooks_sent = 0
+        # OpenAI async paths
+        self.files_uploaded = 0
+        self.batches_created = 0
+        self.batch_executions_by_custom_id: Counter[str] = Counter()
+        """Batch lines run per `custom_id`, across batches (a second one means it ran twice)."""
+        self.flex_unavailable = 0
 
     def remember(self, item: dict[str, Any], keep: int = 1000) -> None:
         self.received.append(item)
@@ -109,6 +141,13 @@ class Stats:
             "duplicate_completions": sum(n - 1 for n in self.completed_by_digest.values() if n > 1),
             "peak_in_flight": self.peak_in_flight,
             "webhooks_sent": self.webhooks_sent,
+            "files_uploaded": self.files_uploaded,
+            "batches_created": self.batches_created,
+            "batch_executions_by_custom_id": dict(self.batch_executions_by_custom_id),
+            "duplicate_batch_executions": sum(
+                n - 1 for n in self.batch_executions_by_custom_id.values() if n > 1
+            ),
+            "flex_unavailable": self.flex_unavailable,
         }
 
 
