@@ -58,9 +58,25 @@ terminal event; `stream-reframed` is a whole answer framed as a proxy might pass
 (CRLF, a comment, multi-line `data:`, 7-byte writes)."""
 
 SHOULD_RETRY = {"should-retry": "true", "no-retry": "false"}
-FAULT_ENDPOINTS = ("responses", "marker_submit", "marker_poll", "marker_accepted")
+FAULT_ENDPOINTS = (
+    "responses",
+    "responses_poll",
+    "responses_cancel",
+    "files_upload",
+    "files_read",
+    "batches_create",
+    "batches_poll",
+    "batches_cancel",
+    "marker_submit",
+    "marker_poll",
+    "marker_accepted",
+)
 """Where faults can be injected; "marker_accepted" fires after a job was accepted, so the
-job runs (and is billed) but the client never learns its id."""
+job runs (and is billed) but the client never learns its id. The OpenAI async paths:
+`responses_poll` is `GET /v1/responses/{id}`, `responses_cancel` its `/cancel`;
+`files_upload` is `POST /v1/files`, `files_read` `GET /v1/files/{id}` and its `/content`;
+`batches_create` is `POST /v1/batches`, `batches_poll` `GET /v1/batches[/{id}]`,
+`batches_cancel` `POST /v1/batches/{id}/cancel`."""
 STATUS_SUFFIXES = ("", "retry-after", *SHOULD_RETRY)
 TARGETED_ENDPOINT = "responses"
 """The only endpoint that tells `pick` whether a request streams and what its input says."""

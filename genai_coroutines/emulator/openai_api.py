@@ -3,22 +3,33 @@
 A request goes through the same gates, in this order, as it would at api.openai.com
 behind a proxy: fault injection (the proxy), bearer auth (401), body validation (400,
 see `openai_validate`), unknown `previous_response_id` (400), quota (429
-insufficient_quota), then the request and token buckets (429). Only then does the
-"model" take its lognormal latency and answer (see `openai_output` for what it says).
+insufficient_quota), flex capacity (429 Resource Unavailable), then the request and
+token buckets (429). Only then does the "model" take its lognormal latency and answer
+(see `openai_output` for what it says).
+
+The asynchronous paths live in their own modules and share this one's gates and answers:
+`openai_background` (`background: true`, `GET /v1/responses/{id}`, `/cancel`),
+`openai_files` (`/v1/files`) and `openai_batch` (`/v1/batches`, whose lines are answered by
+`check` and `produce` below, the same code as a `POST /v1/responses`).
 
 Choices where the real API is not observable from outside:
 
-- Requests refused before the buckets (401, 400) cost no quota; every answer except
-  401 and injected faults carries the six `x-ratelimit-*` headers.
+- Requests refused before the buckets (401, 400, flex 429) cost no quota; every answer
+  except 401 and injected faults carries the six `x-ratelimit-*` headers.
 - A request's token cost for the TPM bucket is its estimated input tokens plus
   `max_output_tokens`, or `DEFAULT_OUTPUT_COST` when that is unset. A cost above the
-  bucket's capacity can never pass and is refused as "Request too large". Once the
-  answer exists the charge is corrected to its real `total_tokens` (input + output).
+  bucket's capacity can never pass and is refused as "Request too large". With
+  `token_accounting="settle"` (the default) the charge is corrected to the answer's real
+  `total_tokens` once it exists; with "provider" it is never refunded, and a request the
+  buckets refuse still takes one from the RPM bucket.
 - Without `openai_rpm`/`openai_tpm` nothing is limited, and the headers report
   `UNLIMITED_RPM` / `UNLIMITED_TPM` with full buckets.
 - `previous_response_id` must name one of the last `STORED_LIMIT` responses issued
   with `store` not false. Its context (input + output tokens) is added to this
   request's `input_tokens` and reported as `cached_tokens`.
+- `service_tier: "flex"` is refused at `flex_unavailable_rate` (seeded) with `FLEX_UNAVAILABLE`.
+  The flex guide documents only "429 Resource Unavailable" and "You will not be charged";
+  the body's `type` and `code` ("resource_unavailable") are the emulator's guess.
 - Latency is slept before the first byte, also for streams. An answer counts in
   `completed_by_digest` once produced, before it is sent: like billing, a client that
   timed out or hung up mid-stream has still "paid" for it. A stream broken by a fault
@@ -32,20 +43,26 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
 from .faults import BROKEN_STREAMS, inject
+from .openai_background import BackgroundResponses
+from .openai_batch import BatchEmulation
+from .openai_files import FilesEmulation
 from .openai_output import (
     Answer,
     broken_events,
     input_tokens,
-    reasoning_effort,
+    new_id,
+    response_object,
     sse_frame,
     stream_events,
 )
@@ -54,6 +71,8 @@ from .state import RateWindow, digest, go_duration
 
 if TYPE_CHECKING:
     from .server import Emulator
+
+__all__ = ["DEFAULT_OUTPUT_COST", "OpenAIEmulation", "mask_key", "new_id", "response_object"]
 
 ENDPOINT = "responses"
 ORGANIZATION = "org-emulator"
@@ -79,6 +98,11 @@ QUOTA = (
     "information on this error, read the docs: "
     "https://platform.openai.com/docs/guides/error-codes/api-errors."
 )
+FLEX_UNAVAILABLE = (
+    "Resource unavailable. Please try again later. You will not be charged for this request."
+)
+"""Message of the flex capacity 429 (documented: "429 Resource Unavailable", "You will not be
+charged"); the exact wording, `type` and `code` of the real body are not documented."""
 
 
 def mask_key(key: str) -> str:
@@ -88,26 +112,33 @@ def mask_key(key: str) -> str:
     return key[: min(5, len(key) // 2)] + "***"
 
 
-def new_id(prefix: str) -> str:
-    """Ids shaped like OpenAI's (`resp_` + 48 hex, `call_` + 24); not drawn from the seeded RNG
-    so that turning streaming or retries on does not shift the seeded latency draws."""
-    return f"{prefix}_{secrets.token_hex(12 if prefix == 'call' else 24)}"
-
-
 class OpenAIEmulation:
-    """The `/v1/responses` endpoint of one `Emulator`, with its rate windows and stored ids."""
+    """The OpenAI side of one `Emulator`: `/v1/responses` with its rate windows and stored ids,
+    and the asynchronous paths (background responses, files, batches) built on it."""
 
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
         self._windows: dict[str, tuple[tuple[int, float], RateWindow]] = {}
         self._stored: OrderedDict[str, int] = OrderedDict()
         """Response id -> its context tokens (input + output), oldest first."""
+        self._flex_rng = random.Random(f"flex-{emulator.config.seed}")
+        self.background = BackgroundResponses(self)
+        self.files = FilesEmulation(self)
+        self.batches = BatchEmulation(self)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.create_response)
+        self.background.add_routes(app)
+        self.files.add_routes(app)
+        self.batches.add_routes(app)
 
     def reset_limits(self) -> None:
         self._windows.clear()
+
+    async def close(self) -> None:
+        """Stop the background responses and batches still running."""
+        await self.background.close()
+        await self.batches.close()
 
     async def create_response(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
@@ -140,11 +171,32 @@ class OpenAIEmulation:
     async def _answer(
         self, request: web.Request, body: Any, started: float, fault: str | None
     ) -> web.StreamResponse:
-        self._authenticate(request.headers.get("Authorization", ""))
+        self.authenticate(request.headers.get("Authorization", ""))
         if body is None:
             raise ApiError(400, JSON_BODY_ERROR)
         if isinstance(body, dict):
             self.emulator.stats.responses_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+        self.check(body)
+        config = self.emulator.config
+        if config.insufficient_quota:
+            raise ApiError(429, QUOTA, type="insufficient_quota", code="insufficient_quota")
+        self._check_flex(body)
+        cost = self.token_cost(body)
+        self._admit(body["model"], cost)
+        if body.get("background") and not body.get("stream"):
+            return self._json(200, self.background.submit(body, cost), started)
+        await self.think()
+        result = self.produce(body)
+        self.settle(cost, result)
+        if fault not in BROKEN_STREAMS:
+            self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+        if body.get("stream"):
+            return await self._stream(request, result, started, fault)
+        return self._json(200, result, started)
+
+    def check(self, body: Any) -> None:
+        """The checks every path runs on a request body: validation, then `previous_response_id`.
+        Raises the `ApiError` the real API answers."""
         validate(body)
         previous = body.get("previous_response_id")
         if previous is not None and previous not in self._stored:
@@ -154,26 +206,39 @@ class OpenAIEmulation:
                 param="previous_response_id",
                 code="previous_response_not_found",
             )
-        config = self.emulator.config
-        if config.insufficient_quota:
-            raise ApiError(429, QUOTA, type="insufficient_quota", code="insufficient_quota")
-        cost = self.token_cost(body)
-        self._admit(body["model"], cost)
-        if config.latency > 0:
-            await asyncio.sleep(
-                self.emulator.rng.lognormvariate(math.log(config.latency), LATENCY_SIGMA)
-            )
-        result = self._respond(body, self._stored.get(previous, 0) if previous else 0)
-        tokens = self._window("tokens")
-        if tokens is not None:
-            tokens.give_back(cost - result["usage"]["total_tokens"])
-        if fault not in BROKEN_STREAMS:
-            self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
-        if body.get("stream"):
-            return await self._stream(request, result, started, fault)
-        return self._json(200, result, started)
 
-    def _authenticate(self, authorization: str) -> None:
+    def produce(
+        self, body: dict[str, Any], response_id: str | None = None, *, keep: bool = True
+    ) -> dict[str, Any]:
+        """The full Response to a checked body. Unless `keep` is false or `store` is, it is
+        remembered for `previous_response_id` and for `GET /v1/responses/{id}`."""
+        previous = body.get("previous_response_id")
+        context_tokens = self._stored.get(previous, 0) if previous else 0
+        output, usage, incomplete = Answer(body, new_id, context_tokens).build()
+        response = response_object(body, response_id or new_id("resp"), output, usage, incomplete)
+        if keep and body.get("store") is not False:
+            self._stored[response["id"]] = usage["total_tokens"]
+            if len(self._stored) > STORED_LIMIT:
+                self._stored.popitem(last=False)
+            self.background.keep(response)
+        return response
+
+    async def think(self) -> None:
+        """The model's lognormal latency around `EmulatorConfig.latency` (nothing when 0)."""
+        latency = self.emulator.config.latency
+        if latency > 0:
+            await asyncio.sleep(self.emulator.rng.lognormvariate(math.log(latency), LATENCY_SIGMA))
+
+    def settle(self, cost: int, result: dict[str, Any] | None) -> None:
+        """Correct an admission charge of `cost` tokens to what `result` used (None: nothing),
+        under `token_accounting="settle"`; "provider" accounting never corrects."""
+        tokens = self._window("tokens")
+        if tokens is None or self.emulator.config.token_accounting == "provider":
+            return
+        used = 0 if result is None else (result.get("usage") or {}).get("total_tokens", 0)
+        tokens.give_back(cost - used)
+
+    def authenticate(self, authorization: str) -> None:
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
@@ -186,11 +251,53 @@ class OpenAIEmulation:
                 code="invalid_api_key",
             )
 
+    async def guarded(
+        self,
+        endpoint: str,
+        request: web.Request,
+        handler: Callable[[], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Answer a request to one of the asynchronous paths: fault injection, bearer auth,
+        then `handler`; an `ApiError` it raises is sent in OpenAI's envelope. Counted under
+        `endpoint` in `Stats.requests`."""
+        started = time.monotonic()
+        stats = self.emulator.stats
+        fault = self.emulator.faults.pick(endpoint)
+        faulted = await inject(fault, endpoint, request, self.emulator.config, stats)
+        if faulted is not None:
+            return faulted
+        try:
+            self.authenticate(request.headers.get("Authorization", ""))
+            response = await handler()
+        except ApiError as error:
+            response = self.plain_json(error.status, error.body(), started)
+        stats.count(endpoint, response.status)
+        return response
+
+    def plain_json(self, status: int, payload: Any, started: float) -> web.Response:
+        """A JSON answer with the headers every OpenAI answer has, but no rate-limit ones."""
+        return web.Response(
+            status=status,
+            body=orjson.dumps(payload),
+            content_type="application/json",
+            headers=self._base_headers(started),
+        )
+
     @staticmethod
     def token_cost(body: dict[str, Any]) -> int:
         """What the TPM bucket is charged: estimated input plus the output allowance."""
         allowance = body.get("max_output_tokens")
         return input_tokens(body) + (DEFAULT_OUTPUT_COST if allowance is None else allowance)
+
+    def _check_flex(self, body: dict[str, Any]) -> None:
+        """Refuse a flex request for lack of capacity at `flex_unavailable_rate` (no quota used)."""
+        if body.get("service_tier") != "flex":
+            return
+        if self._flex_rng.random() < self.emulator.config.flex_unavailable_rate:
+            self.emulator.stats.flex_unavailable += 1
+            raise ApiError(
+                429, FLEX_UNAVAILABLE, type="resource_unavailable", code="resource_unavailable"
+            )
 
     def _window(self, kind: str) -> RateWindow | None:
         """The bucket for "requests" or "tokens", rebuilt whenever the config changed."""
@@ -207,10 +314,14 @@ class OpenAIEmulation:
         return held[1]
 
     def _admit(self, model: str, cost: int) -> None:
-        """Take one request and `cost` tokens, or raise the 429 OpenAI would send."""
+        """Take one request and `cost` tokens, or raise the 429 OpenAI would send. Under
+        "provider" accounting a refused request still takes its one from the RPM bucket."""
         requests, tokens = self._window("requests"), self._window("tokens")
+        provider = self.emulator.config.token_accounting == "provider"
         where = f"for {model} in organization {ORGANIZATION}"
         if tokens is not None and cost > tokens.capacity:
+            if provider and requests is not None:
+                requests.give_back(-1)
             raise ApiError(
                 429,
                 f"Request too large {where} on tokens per min (TPM): Limit {tokens.per_minute}, "
@@ -225,8 +336,10 @@ class OpenAIEmulation:
             used = max(0, window.per_minute - window.remaining)
             wait = window.take(amount)
             if wait > 0:
-                if kind == "tokens" and requests is not None:
-                    requests.give_back(1)
+                if requests is not None and provider == (kind == "requests"):
+                    # settle: refund the request taken before the tokens refused it;
+                    # provider: charge the request the RPM bucket refused
+                    requests.give_back(1 if kind == "tokens" else -1)
                 unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
                 raise ApiError(
                     429,
@@ -238,23 +351,16 @@ class OpenAIEmulation:
                     retry_after=wait,
                 )
 
-    def _respond(self, body: dict[str, Any], context_tokens: int) -> dict[str, Any]:
-        """The full Response, remembered for `previous_response_id` unless `store` is false."""
-        output, usage, incomplete = Answer(body, new_id, context_tokens).build()
-        response = response_object(body, new_id("resp"), output, usage, incomplete)
-        if body.get("store") is not False:
-            self._stored[response["id"]] = usage["total_tokens"]
-            if len(self._stored) > STORED_LIMIT:
-                self._stored.popitem(last=False)
-        return response
-
-    def _headers(self, started: float, error: ApiError | None = None) -> dict[str, str]:
-        headers = {
+    def _base_headers(self, started: float) -> dict[str, str]:
+        return {
             "x-request-id": f"req_{secrets.token_hex(16)}",
             "openai-organization": ORGANIZATION,
             "openai-version": "2020-10-01",
             "openai-processing-ms": str(round((time.monotonic() - started) * 1000)),
         }
+
+    def _headers(self, started: float, error: ApiError | None = None) -> dict[str, str]:
+        headers = self._base_headers(started)
         if error is not None and error.status == 401:
             return headers
         for kind, unlimited in (("requests", UNLIMITED_RPM), ("tokens", UNLIMITED_TPM)):
@@ -312,73 +418,3 @@ class OpenAIEmulation:
         except ConnectionResetError:
             pass  # the client hung up mid-stream, as clients do; the answer was still "paid"
         return stream
-
-
-ECHO_DEFAULTS: dict[str, Any] = {
-    "background": False,
-    "instructions": None,
-    "max_output_tokens": None,
-    "max_tool_calls": None,
-    "metadata": {},
-    "parallel_tool_calls": True,
-    "previous_response_id": None,
-    "prompt": None,
-    "prompt_cache_key": None,
-    "prompt_cache_retention": None,
-    "safety_identifier": None,
-    "store": True,
-    "temperature": 1.0,
-    "tool_choice": "auto",
-    "tools": [],
-    "top_logprobs": 0,
-    "top_p": 1.0,
-    "truncation": "disabled",
-    "user": None,
-}
-"""Request fields the real API echoes in every Response, with the values it reports when unset."""
-
-
-def response_object(
-    body: dict[str, Any],
-    response_id: str,
-    output: list[dict[str, Any]],
-    usage: dict[str, Any],
-    incomplete: str | None,
-) -> dict[str, Any]:
-    """A Response as api.openai.com returns it, echoing the request's settings."""
-    now = int(time.time())
-    echoed = {
-        key: default if body.get(key) is None else body[key]
-        for key, default in ECHO_DEFAULTS.items()
-    }
-    echoed["tools"] = [
-        {"strict": True, "description": None, "parameters": None, **tool}
-        if tool.get("type") == "function"
-        else tool
-        for tool in echoed["tools"]
-    ]
-    text = body.get("text") or {}
-    reasoning = body.get("reasoning") or {}
-    tier = body.get("service_tier")
-    return {
-        "id": response_id,
-        "object": "response",
-        "created_at": now,
-        "status": "incomplete" if incomplete else "completed",
-        "completed_at": None if incomplete else now,
-        "error": None,
-        "incomplete_details": {"reason": incomplete} if incomplete else None,
-        "model": body["model"],
-        "output": output,
-        **echoed,
-        "reasoning": {
-            "effort": reasoning_effort(body),
-            "summary": reasoning.get("summary"),
-        },
-        "service_tier": {None: "default", "auto": "default", "fast": "priority"}.get(tier, tier),
-        "text": {
-            "format": text.get("format") or {"type": "text"},
-            "verbosity": text.get("verbosity") or "medium",
-        },
-        "usage": usage,
-    }

@@ -27,6 +27,8 @@ import itertools
 import math
 import random
 import re
+import secrets
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -231,7 +233,7 @@ def stream_events(response: Json) -> Iterator[Json]:
     def event(kind: str, **fields: Any) -> Json:
         return {"type": kind, "sequence_number": next(counter), **fields}
 
-    pending = _unfinished(response, "in_progress")
+    pending = unfinished(response, "in_progress")
     yield event("response.created", response=pending)
     yield event("response.in_progress", response=pending)
     for index, item in enumerate(response["output"]):
@@ -240,7 +242,7 @@ def stream_events(response: Json) -> Iterator[Json]:
     yield event(terminal, response=response)
 
 
-def _unfinished(response: Json, status: str) -> Json:
+def unfinished(response: Json, status: str) -> Json:
     """`response` as it stands before any output: in progress, or failed."""
     return {
         **response,
@@ -273,7 +275,7 @@ def broken_events(response: Json, fault: str, code: str) -> Iterator[Json]:
         }
     elif fault == "stream-failed":
         failed = {
-            **_unfinished(response, "failed"),
+            **unfinished(response, "failed"),
             "error": {"code": code, "message": STREAM_FAILURE},
         }
         yield {"type": "response.failed", "sequence_number": number, "response": failed}
@@ -333,3 +335,79 @@ def _part_events(event: Callable[..., Json], where: Json, part: Json) -> Iterato
         yield event(f"{prefix}.delta", **where, delta=piece, **extra)
     yield event(f"{prefix}.done", **where, **{field: part[field]}, **extra)
     yield event("response.content_part.done", **where, part=part)
+
+
+def new_id(prefix: str) -> str:
+    """Ids shaped like OpenAI's (`resp_` + 48 hex, `call_` + 24); not drawn from the seeded RNG
+    so that turning streaming or retries on does not shift the seeded latency draws."""
+    return f"{prefix}_{secrets.token_hex(12 if prefix == 'call' else 24)}"
+
+
+ECHO_DEFAULTS: Json = {
+    "background": False,
+    "instructions": None,
+    "max_output_tokens": None,
+    "max_tool_calls": None,
+    "metadata": {},
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "prompt": None,
+    "prompt_cache_key": None,
+    "prompt_cache_retention": None,
+    "safety_identifier": None,
+    "store": True,
+    "temperature": 1.0,
+    "tool_choice": "auto",
+    "tools": [],
+    "top_logprobs": 0,
+    "top_p": 1.0,
+    "truncation": "disabled",
+    "user": None,
+}
+"""Request fields the real API echoes in every Response, with the values it reports when unset."""
+
+
+def response_object(
+    body: Json,
+    response_id: str,
+    output: list[Json],
+    usage: Json,
+    incomplete: str | None,
+) -> Json:
+    """A Response as api.openai.com returns it, echoing the request's settings."""
+    now = int(time.time())
+    echoed = {
+        key: default if body.get(key) is None else body[key]
+        for key, default in ECHO_DEFAULTS.items()
+    }
+    echoed["tools"] = [
+        {"strict": True, "description": None, "parameters": None, **tool}
+        if tool.get("type") == "function"
+        else tool
+        for tool in echoed["tools"]
+    ]
+    text = body.get("text") or {}
+    reasoning = body.get("reasoning") or {}
+    tier = body.get("service_tier")
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": now,
+        "status": "incomplete" if incomplete else "completed",
+        "completed_at": None if incomplete else now,
+        "error": None,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "model": body["model"],
+        "output": output,
+        **echoed,
+        "reasoning": {
+            "effort": reasoning_effort(body),
+            "summary": reasoning.get("summary"),
+        },
+        "service_tier": {None: "default", "auto": "default", "fast": "priority"}.get(tier, tier),
+        "text": {
+            "format": text.get("format") or {"type": "text"},
+            "verbosity": text.get("verbosity") or "medium",
+        },
+        "usage": usage,
+    }

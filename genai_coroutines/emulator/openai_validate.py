@@ -65,6 +65,13 @@ JSON_BODY_ERROR = (
     "contact us through our help center at help.openai.com.)"
 )
 
+BACKGROUND_NEEDS_STORE = (
+    "Background mode requires the response to be stored: 'store' must not be false when "
+    "'background' is true."
+)
+"""The guide says background mode "requires store=true" and refuses stateless requests; the
+exact wording of that 400 is not documented, so this text is the emulator's own."""
+
 
 class ApiError(Exception):
     """An error answer in OpenAI's envelope: `{"error": {message, type, param, code}}`."""
@@ -216,6 +223,8 @@ def validate(body: Any) -> None:
     if body.get("model") is None:
         raise missing("model")
     _check_scalars(body)
+    if body.get("background") is True and body.get("store") is False:
+        raise _bad(BACKGROUND_NEEDS_STORE, "background", None)
     _check_input(body.get("input"))
     _check_reasoning(body.get("reasoning"))
     _check_tools(body.get("tools"))

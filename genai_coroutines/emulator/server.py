@@ -78,6 +78,7 @@ class Emulator:
             self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
+        await self.openai.close()
         await self.datalab.close()
         if self._runner is not None:
             await self._runner.cleanup()
