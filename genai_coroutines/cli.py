@@ -14,77 +14,26 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any
 
-import orjson
-
 from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
-from .emulator import FAULT_ENDPOINTS, FAULT_KINDS, EmulatorConfig, is_fault_kind, serve_forever
+from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal
 from .engine.summary import BatchSummary
+from .params import add_flags, given, json_file
 from .responses import ResponsesProcessor, ResponsesRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-def _fault(text: str) -> tuple[str, str, float]:
-    try:
-        endpoint, kind, rate = text.split(":")
-        share = float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ENDPOINT:KIND:RATE, got {text!r}") from None
-    if endpoint not in FAULT_ENDPOINTS:
-        known = ", ".join(FAULT_ENDPOINTS)
-        raise argparse.ArgumentTypeError(f"unknown endpoint {endpoint!r}; known: {known}")
-    if not is_fault_kind(kind):
-        raise argparse.ArgumentTypeError(f"unknown fault {kind!r}; known: {', '.join(FAULT_KINDS)}")
-    return endpoint, kind, share
-
-
 def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = commands.add_parser("emulate", help="run the local OpenAI + Datalab emulator")
     cmd.add_argument("--port", type=int, default=8765)
-    cmd.add_argument("--seed", type=int, default=0)
-    cmd.add_argument("--latency", type=float, default=0.0, help="median /v1/responses latency, s")
-    cmd.add_argument("--openai-rpm", type=int)
-    cmd.add_argument("--openai-tpm", type=int)
-    cmd.add_argument("--burst-seconds", type=float, default=60.0)
-    cmd.add_argument("--insufficient-quota", action="store_true")
-    cmd.add_argument("--seconds-per-page", type=float, default=0.5)
-    cmd.add_argument("--datalab-rpm", type=int)
-    cmd.add_argument("--datalab-max-concurrent", type=int)
-    cmd.add_argument("--datalab-max-pages", type=int, help="pages in flight per key")
-    cmd.add_argument("--result-ttl", type=float, default=3600.0)
-    cmd.add_argument("--failed-job-rate", type=float, default=0.0)
-    cmd.add_argument(
-        "--fault",
-        type=_fault,
-        action="append",
-        default=[],
-        metavar="ENDPOINT:KIND:RATE",
-        help=f"e.g. responses:503:0.05 (repeatable); KIND: any NNN, {', '.join(FAULT_KINDS)}",
-    )
+    add_flags(cmd, EmulatorConfig)
 
 
 def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
-    rates: dict[str, dict[str, float]] = {}
-    for endpoint, kind, rate in args.fault:
-        rates.setdefault(endpoint, {})[kind] = rate
-    return EmulatorConfig(
-        seed=args.seed,
-        latency=args.latency,
-        openai_rpm=args.openai_rpm,
-        openai_tpm=args.openai_tpm,
-        burst_seconds=args.burst_seconds,
-        insufficient_quota=args.insufficient_quota,
-        seconds_per_page=args.seconds_per_page,
-        datalab_rpm=args.datalab_rpm,
-        datalab_max_concurrent=args.datalab_max_concurrent,
-        datalab_max_pages_in_flight=args.datalab_max_pages,
-        result_ttl=args.result_ttl,
-        failed_job_rate=args.failed_job_rate,
-        fault_rates=rates,
-    )
+    return EmulatorConfig(**given(args, EmulatorConfig))
 
 
 def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
@@ -94,8 +43,6 @@ def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the batch recorded in an existing --journal"
     )
     cmd.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
-    cmd.add_argument("--concurrency", type=int, default=10)
-    cmd.add_argument("--max-retries", type=int, default=5)
 
 
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -103,35 +50,13 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
     )
     cmd.add_argument("prompts", help="prompts file: .jsonl, .csv or text lines ('-' for stdin)")
-    cmd.add_argument("--model", required=True)
     cmd.add_argument("--system", default="", help="system prompt (instructions)")
     cmd.add_argument("--system-file", help="read the system prompt from this file")
     cmd.add_argument("--field", default="prompt", help="JSONL/CSV field holding the prompt")
     cmd.add_argument("--schema", help="JSON Schema file: structured output (strict)")
     cmd.add_argument("--schema-name", default="output")
     cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
-    cmd.add_argument("--base-url", default="https://api.openai.com/v1")
-    cmd.add_argument("--timeout", type=float, default=60.0)
-    cmd.add_argument("--temperature", type=float)
-    cmd.add_argument("--top-p", type=float)
-    cmd.add_argument("--max-output-tokens", type=int)
-    cmd.add_argument("--reasoning-effort")
-    cmd.add_argument("--reasoning-summary")
-    cmd.add_argument("--service-tier")
-    cmd.add_argument("--rpm", type=float, help="requests per minute (default: learned)")
-    cmd.add_argument("--tpm", type=float, help="tokens per minute (default: learned)")
-    cmd.add_argument("--tools", help="JSON file: a list of tools (Chat Completions or Responses)")
-    cmd.add_argument("--tool-choice", help="auto, required, none, or a JSON object")
-    cmd.add_argument("--parallel-tool-calls", action=argparse.BooleanOptionalAction)
-    cmd.add_argument("--previous-response-id")
-    cmd.add_argument("--include", action="append", help="extra output to include (repeatable)")
-    cmd.add_argument("--store", action=argparse.BooleanOptionalAction)
-    cmd.add_argument("--truncation", help="auto or disabled")
-    cmd.add_argument("--metadata", help='JSON object, e.g. \'{"run": "nightly"}\'')
-    cmd.add_argument("--stream", action="store_true", help="read answers as SSE streams")
-    cmd.add_argument("--retry-delay-min-ms", type=int, default=1000)
-    cmd.add_argument("--retry-delay-max-ms", type=int, default=60000)
-    cmd.add_argument("--max-retry-wait", type=float, default=120.0, help="Retry-After ceiling, s")
+    add_flags(cmd, ResponsesRequest)
     _add_batch_options(cmd)
 
 
@@ -140,23 +65,7 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "ocr", help="convert documents with the Datalab Marker API (key: DATALAB_API_KEY)"
     )
     cmd.add_argument("documents", nargs="+", help="files, globs, http(s) URLs or @list.txt")
-    cmd.add_argument("--api-url", default="https://www.datalab.to/api/v1/marker")
-    cmd.add_argument("--output-format", default="json")
-    cmd.add_argument("--mode", default="accurate")
-    cmd.add_argument("--page-range")
-    cmd.add_argument("--max-pages", type=int)
-    cmd.add_argument("--paginate", action="store_true")
-    cmd.add_argument("--page-schema", help="JSON Schema file for per-page extraction")
-    cmd.add_argument("--poll-interval", type=float, default=2.0)
-    cmd.add_argument("--max-poll-attempts", type=int, default=60)
-    cmd.add_argument("--rpm", type=float, help="submissions per minute")
-    cmd.add_argument("--max-pages-in-flight", type=int, default=5000)
-    cmd.add_argument("--disable-image-extraction", action="store_true")
-    cmd.add_argument("--extras", help="JSON object of additional form fields")
-    cmd.add_argument("--webhook-url")
-    cmd.add_argument("--timeout", type=float, default=300.0, help="per request, s")
-    cmd.add_argument("--retry-delay", type=float, default=5.0, help="base_retry_delay_secs")
-    cmd.add_argument("--jitter-percent", type=float, default=200.0)
+    add_flags(cmd, DocumentConfig)
     _add_batch_options(cmd)
 
 
@@ -207,7 +116,10 @@ def _journal_path(args: argparse.Namespace, kind: str) -> str | None:
 def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
     response_format: dict[str, Any] = {"type": "text"}
     if args.schema:
-        schema = _json_file(args.schema)
+        try:
+            schema = json_file(args.schema)
+        except ValueError as exc:
+            raise UsageError(f"--schema: {exc}") from None
         response_format = {
             "type": "json_schema",
             "json_schema": {"name": args.schema_name, "schema": schema, "strict": True},
@@ -215,54 +127,11 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
     elif args.json_object:
         response_format = {"type": "json_object"}
     return ResponsesRequest(
-        model=args.model,
         system_prompt=_read_text(args.system_file) if args.system_file else args.system,
         user_prompts=_prompts(args),
         response_format=response_format,
-        base_url=args.base_url,
-        timeout_secs=args.timeout,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_output_tokens=args.max_output_tokens,
-        reasoning_effort=args.reasoning_effort,
-        reasoning_summary=args.reasoning_summary,
-        service_tier=args.service_tier,
-        requests_per_minute=args.rpm,
-        tokens_per_minute=args.tpm,
-        max_concurrent_requests=args.concurrency,
-        max_retries=args.max_retries,
-        tools=_json_file(args.tools) if args.tools else None,
-        tool_choice=_tool_choice(args.tool_choice),
-        parallel_tool_calls=args.parallel_tool_calls,
-        previous_response_id=args.previous_response_id,
-        include=args.include,
-        store=args.store,
-        truncation=args.truncation,
-        metadata=_json_text("--metadata", args.metadata) if args.metadata else None,
-        stream=args.stream or None,
-        retry_delay_min_ms=args.retry_delay_min_ms,
-        retry_delay_max_ms=args.retry_delay_max_ms,
-        max_retry_wait_secs=args.max_retry_wait,
+        **given(args, ResponsesRequest),
     )
-
-
-def _json_text(option: str, text: str) -> Any:
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise UsageError(f"{option} is not JSON: {exc}") from None
-
-
-def _json_file(path: str) -> Any:
-    return _json_text(path, _read_text(path))
-
-
-def _tool_choice(text: str | None) -> str | dict[str, Any] | None:
-    """A mode name as given, or a JSON object naming a tool."""
-    if text is None or not text.lstrip().startswith("{"):
-        return text
-    choice: dict[str, Any] = _json_text("--tool-choice", text)
-    return choice
 
 
 def _prompts(args: argparse.Namespace) -> Iterable[str | list[Any]]:
@@ -301,27 +170,7 @@ class NamedDocuments(Rereadable[str]):
 
 
 def _document_config(args: argparse.Namespace) -> DocumentConfig:
-    return DocumentConfig(
-        api_url=args.api_url,
-        output_format=args.output_format,
-        mode=args.mode,
-        page_range=args.page_range,
-        max_pages=args.max_pages,
-        paginate=args.paginate,
-        page_schema=_read_text(args.page_schema) if args.page_schema else None,
-        poll_interval_secs=args.poll_interval,
-        max_poll_attempts=args.max_poll_attempts,
-        requests_per_minute=args.rpm,
-        max_concurrent_requests=args.concurrency,
-        max_retries=args.max_retries,
-        max_pages_in_flight=args.max_pages_in_flight,
-        disable_image_extraction=args.disable_image_extraction,
-        extras=args.extras,
-        webhook_url=args.webhook_url,
-        timeout_secs=args.timeout,
-        base_retry_delay_secs=args.retry_delay,
-        jitter_percent=args.jitter_percent,
-    )
+    return DocumentConfig(**given(args, DocumentConfig))
 
 
 async def _write_all(

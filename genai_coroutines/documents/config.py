@@ -8,12 +8,13 @@ ten thousand uploads has already been paid for.
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import orjson
 
 from .. import validation as check
+from ..params import param, read_text
 from ..pdfpages import parse_page_range
 
 DEFAULT_API_URL = "https://www.datalab.to/api/v1/marker"
@@ -65,28 +66,40 @@ class DocumentConfig:
     never appears in `repr`, logs or error messages.
     """
 
-    api_key: str | None = field(default=None, repr=False)
-    api_url: str = DEFAULT_API_URL
-    output_format: str = "json"
-    mode: str = "accurate"
-    max_concurrent_requests: int = 10
-    poll_interval_secs: float = 2
-    max_poll_attempts: int = 60
-    max_retries: int = 5
-    base_retry_delay_secs: float = 5
-    jitter_percent: float = 200
-    page_schema: str | None = None
-    paginate: bool = False
-    page_range: str | None = None
-    max_pages: int | None = None
-    disable_image_extraction: bool = False
-    extras: str | None = None
-    webhook_url: str | None = None
+    api_key: str | None = param(
+        None, "Datalab key; default: $DATALAB_API_KEY (the CLI's only one)", cli=False, repr=False
+    )
+    api_url: str = param(DEFAULT_API_URL, "the Marker endpoint", metavar="URL")
+    output_format: str = param("json", "/".join(OUTPUT_FORMATS))
+    mode: str = param("accurate", "/".join(MODES))
+    max_concurrent_requests: int = param(
+        10, "documents in flight at most, upload to last poll", flag="--concurrency"
+    )
+    poll_interval_secs: float = param(2, "seconds between status polls", flag="--poll-interval")
+    max_poll_attempts: int = param(60, "polls answered 'processing' before poll_timeout")
+    max_retries: int = param(5, "retries after the first upload; failed polls in a row tolerated")
+    base_retry_delay_secs: float = param(5, "base backoff delay, s", flag="--retry-delay")
+    jitter_percent: float = param(200, "random jitter (+-%) on each backoff delay")
+    page_schema: str | None = param(
+        None, "a JSON Schema file for per-page extraction", convert=read_text, metavar="PATH"
+    )
+    paginate: bool = param(False, "return output separated by page")
+    page_range: str | None = param(None, "pages to process, 0-indexed: '0-5', '0,2,4-6'")
+    max_pages: int | None = param(None, "most pages to process per document")
+    disable_image_extraction: bool = param(False, "skip image extraction")
+    extras: str | None = param(None, "a JSON object of additional form fields", metavar="JSON")
+    webhook_url: str | None = param(None, "Datalab calls it when a job ends", metavar="URL")
     _: KW_ONLY
-    requests_per_minute: float | None = None
-    max_pages_in_flight: int | None = 5000
-    timeout_secs: float = 300
-    max_retry_delay_secs: float = 120
+    requests_per_minute: float | None = param(
+        None, "uploads per minute, evenly spaced (default: no bound)", flag="--rpm"
+    )
+    max_pages_in_flight: int | None = param(
+        5000, "pages of submitted, unfinished jobs at most (Datalab's per-key limit)"
+    )
+    timeout_secs: float = param(300, "per HTTP request (upload or poll), s", flag="--timeout")
+    max_retry_delay_secs: float = param(
+        120, "cap on the backoff delay before jitter, s", flag="--max-retry-delay"
+    )
 
     def __post_init__(self) -> None:
         try:

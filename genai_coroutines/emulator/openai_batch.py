@@ -433,7 +433,7 @@ class BatchEmulation:
             return
         try:
             await asyncio.wait_for(batch.cancel_requested.wait(), seconds)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from 3.11
             pass
 
     async def _run(self, batch: Batch) -> None:

@@ -14,69 +14,124 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..params import param, spec
+
+
+def parse_fault(text: str) -> tuple[str, str, float]:
+    """`ENDPOINT:KIND:RATE`, as `emulate --fault` takes it."""
+    from .faults import FAULT_ENDPOINTS, FAULT_KINDS, is_fault_kind  # faults imports us
+
+    try:
+        endpoint, kind, rate = text.split(":")
+        share = float(rate)
+    except ValueError:
+        raise ValueError(f"expected ENDPOINT:KIND:RATE, got {text!r}") from None
+    if endpoint not in FAULT_ENDPOINTS:
+        raise ValueError(f"unknown endpoint {endpoint!r}; known: {', '.join(FAULT_ENDPOINTS)}")
+    if not is_fault_kind(kind):
+        raise ValueError(f"unknown fault {kind!r}; known: any NNN, {', '.join(FAULT_KINDS)}")
+    return endpoint, kind, share
+
+
+def rates_from_faults(faults: list[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
+    """`fault_rates` from parsed `--fault` values: endpoint -> {kind -> rate}."""
+    rates: dict[str, dict[str, float]] = {}
+    for endpoint, kind, rate in faults:
+        rates.setdefault(endpoint, {})[kind] = rate
+    return rates
+
 
 @dataclass
 class EmulatorConfig:
     """Every knob of the emulator. All durations are seconds and may be fractional."""
 
-    openai_api_key: str = "sk-emulator"
-    datalab_api_key: str = "dl-emulator"
-    seed: int = 0
+    openai_api_key: str = param("sk-emulator", "the only Bearer key accepted")
+    datalab_api_key: str = param("dl-emulator", "the only X-Api-Key accepted")
+    seed: int = param(0, "seeds latency draws, random faults and failed jobs")
 
     # OpenAI side
-    latency: float = 0.0
-    """Median latency of a `/v1/responses` answer (lognormal around it when > 0)."""
-    openai_rpm: int | None = None
-    openai_tpm: int | None = None
-    burst_seconds: float = 60.0
-    """Unused quota a bucket may bank: 60 s is a full minute, 1 s lets the steady rate decide."""
-    insufficient_quota: bool = False
-    stream_chunk_delay: float = 0.0
+    latency: float = param(0.0, "median /v1/responses latency, s (lognormal around it when > 0)")
+    openai_rpm: int | None = param(None, "requests per minute (default: unlimited)")
+    openai_tpm: int | None = param(None, "tokens per minute (default: unlimited)")
+    burst_seconds: float = param(
+        60.0, "unused quota a bucket may bank: 60 is a full minute, 1 lets the rate decide"
+    )
+    insufficient_quota: bool = param(False, "answer every request 429 insufficient_quota")
+    stream_chunk_delay: float = param(0.0, "pause after each streamed delta, s")
 
     # OpenAI async paths: token accounting, flex, background mode, Files and Batch APIs
-    token_accounting: Literal["settle", "provider"] = "settle"
-    """"settle": charge the estimate at admission, correct it to the real usage afterwards.
-    "provider": charge input + `max_output_tokens` (or `DEFAULT_OUTPUT_COST`), never refund,
-    and a request refused 429 still counts against the RPM bucket."""
-    flex_unavailable_rate: float = 0.0
-    """Share of `service_tier: "flex"` requests refused 429 Resource Unavailable (seeded)."""
-    background_queue_seconds: float = 0.05
-    """How long a `background: true` response stays `queued` before `in_progress`."""
-    background_failure_rate: float = 0.0
-    """Share of background responses that end `failed` with a `server_error` (seeded)."""
-    stored_response_ttl: float = 3600.0
-    """Seconds a stored response stays retrievable by `GET /v1/responses/{id}` (then 404)."""
-    batch_validating_seconds: float = 0.05
-    batch_seconds_per_line: float = 0.0
-    batch_finalizing_seconds: float = 0.05
-    batch_cancelling_seconds: float = 0.0
-    batch_line_failure_rate: float = 0.0
-    """Share of batch lines that fail with a 500 `server_error` (seeded)."""
-    batch_expire_after_lines: int | None = None
-    """After this many lines ran the batch goes `expired`; the rest end `batch_expired`."""
-    batch_enqueued_token_limit: int | None = None
-    """Per model: estimated input tokens of unfinished batches a new batch may join."""
-    batch_max_requests: int = 50_000
-    batch_max_bytes: int = 200 * 2**20
+    token_accounting: Literal["settle", "provider"] = param(
+        "settle",
+        "settle: charge the estimate at admission, correct it to the real usage afterwards; "
+        "provider: charge input + max_output_tokens (or DEFAULT_OUTPUT_COST), never refund, "
+        "and a request refused 429 still counts against the RPM bucket",
+    )
+    flex_unavailable_rate: float = param(
+        0.0, 'share of service_tier "flex" requests refused 429 Resource Unavailable (seeded)'
+    )
+    background_queue_seconds: float = param(
+        0.05, "how long a background response stays queued before in_progress, s"
+    )
+    background_failure_rate: float = param(
+        0.0, "share of background responses that end failed with a server_error (seeded)"
+    )
+    stored_response_ttl: float = param(
+        3600.0, "seconds a stored response stays retrievable by GET /v1/responses/{id}"
+    )
+    batch_validating_seconds: float = param(0.05, "how long a batch stays validating, s")
+    batch_seconds_per_line: float = param(0.0, "batch processing time per line, s")
+    batch_finalizing_seconds: float = param(0.05, "how long a batch stays finalizing, s")
+    batch_cancelling_seconds: float = param(0.0, "how long a batch stays cancelling, s")
+    batch_line_failure_rate: float = param(
+        0.0, "share of batch lines that fail with a 500 server_error (seeded)"
+    )
+    batch_expire_after_lines: int | None = param(
+        None, "after this many lines the batch goes expired; the rest end batch_expired"
+    )
+    batch_enqueued_token_limit: int | None = param(
+        None, "per model: estimated input tokens of unfinished batches a new batch may join"
+    )
+    batch_max_requests: int = param(50_000, "most lines in one batch input file")
+    batch_max_bytes: int = param(200 * 2**20, "largest batch input file, bytes")
 
     # Datalab side
-    seconds_per_page: float = 0.02
-    datalab_rpm: int | None = None
-    datalab_max_concurrent: int | None = None
-    datalab_max_pages_in_flight: int | None = None
-    result_ttl: float = 3600.0
-    failed_job_rate: float = 0.0
-    """Share of accepted jobs that end `{"status": "failed"}` (drawn from the seeded RNG)."""
-    webhooks: bool = True
+    seconds_per_page: float = param(0.02, "Datalab processing time per page, s")
+    datalab_rpm: int | None = param(None, "uploads per minute per key (default: unlimited)")
+    datalab_max_concurrent: int | None = param(
+        None, "jobs processing at once, 429 beyond (default: unlimited)"
+    )
+    datalab_max_pages_in_flight: int | None = param(
+        None,
+        "pages processing at once; beyond, the job fails (default: unlimited)",
+        flag="--datalab-max-pages",
+    )
+    result_ttl: float = param(3600.0, "seconds a result stays pollable after its job ends")
+    failed_job_rate: float = param(
+        0.0, 'share of accepted jobs that end {"status": "failed"} (seeded)'
+    )
+    webhooks: bool = param(True, "POST Datalab's webhook body to webhook_url when a job ends")
 
     # Faults: endpoint name -> {fault kind -> probability}. See `faults.FAULT_KINDS`.
-    fault_rates: dict[str, dict[str, float]] = field(default_factory=dict)
-    hang_seconds: float = 3600.0
-    slow_seconds: float = 0.5
-    fault_retry_after: float = 1.0
-    """Seconds a `NNN-retry-after` fault asks to wait (`retry-after` is rounded up)."""
-    fault_error_code: str = "server_error"
-    """The `code` of `stream-error`/`stream-failed` faults ("invalid_image": not retriable)."""
+    fault_rates: dict[str, dict[str, float]] = field(
+        default_factory=dict,
+        metadata=spec(
+            "e.g. responses:503:0.05 (repeatable); KIND: any NNN or a name of faults.FAULT_KINDS",
+            flag="--fault",
+            type=parse_fault,
+            action="append",
+            convert=rates_from_faults,
+            metavar="ENDPOINT:KIND:RATE",
+        ),
+    )
+    hang_seconds: float = param(3600.0, "how long hang and stall faults hold the request, s")
+    slow_seconds: float = param(0.5, "how late a slow fault answers, s")
+    fault_retry_after: float = param(
+        1.0, "seconds an NNN-retry-after fault asks to wait (retry-after is rounded up)"
+    )
+    fault_error_code: str = param(
+        "server_error",
+        'the code of stream-error/stream-failed faults ("invalid_image": not retriable)',
+    )
 
 
 def digest(data: bytes) -> str:

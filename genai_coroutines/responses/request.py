@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import validation as check
+from ..params import json_file, json_object_or_text, json_text, not_cli, param, spec
 from .wire import BodyTemplate, check_prompt
 
 Prompt = str | list[dict[str, Any]]
@@ -46,37 +47,64 @@ class ResponsesRequest:
     item's error result.
     """
 
-    system_prompt: str
-    user_prompts: PromptSource
-    model: str
-    response_format: Any
-    """A dict in the Chat Completions or Responses `text.format` shape, or a pydantic model."""
-    api_key: str | None = None
-    timeout_secs: float = 60
-    max_concurrent_requests: int = 10
-    max_retries: int = 5
-    retry_delay_min_ms: int = 1000
-    retry_delay_max_ms: int = 60000
-    temperature: float | None = None
-    top_p: float | None = None
-    max_output_tokens: int | None = None
-    reasoning_effort: str | None = None
-    reasoning_summary: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-    previous_response_id: str | None = None
-    include: list[str] | None = None
-    store: bool | None = None
-    truncation: str | None = None
-    metadata: dict[str, str] | None = None
-    service_tier: str | None = None
-    stream: bool | None = None
-    base_url: str = DEFAULT_BASE_URL
-    extra_headers: Mapping[str, str] | None = None
-    requests_per_minute: float | None = None
-    tokens_per_minute: float | None = None
-    max_retry_wait_secs: float = 120
+    system_prompt: str = field(
+        metadata=not_cli(
+            "system instructions, sent as `instructions` ('' sends none); "
+            "the CLI's --system TEXT / --system-file PATH (default '')"
+        )
+    )
+    user_prompts: PromptSource = field(
+        metadata=not_cli("the prompts, one request each; the CLI's positional prompts file")
+    )
+    model: str = field(metadata=spec("model ID, e.g. gpt-4o-mini"))
+    response_format: Any = field(
+        metadata=not_cli(
+            "a dict in the Chat Completions or Responses `text.format` shape, or a pydantic "
+            "model; the CLI builds it from --schema/--schema-name/--json-object"
+        )
+    )
+    api_key: str | None = param(
+        None, "OpenAI key; default: $OPENAI_API_KEY (the CLI's only source)", cli=False
+    )
+    timeout_secs: float = param(60, "per attempt, connect to last byte, s", flag="--timeout")
+    max_concurrent_requests: int = param(10, "requests in flight at most", flag="--concurrency")
+    max_retries: int = param(5, "retries after the first attempt (0: a single attempt)")
+    retry_delay_min_ms: int = param(1000, "first backoff delay, ms (doubles each retry)")
+    retry_delay_max_ms: int = param(60000, "cap on the backoff delay, ms")
+    temperature: float | None = param(None, "sampling temperature, 0 to 2")
+    top_p: float | None = param(None, "nucleus sampling threshold, 0 to 1")
+    max_output_tokens: int | None = param(None, "most tokens in an answer (at least 16)")
+    reasoning_effort: str | None = param(None, "/".join(REASONING_EFFORTS))
+    reasoning_summary: str | None = param(None, "/".join(REASONING_SUMMARIES))
+    tools: list[dict[str, Any]] | None = param(
+        None, "a JSON file: a list of tools (either API's shape)", convert=json_file, metavar="PATH"
+    )
+    tool_choice: str | dict[str, Any] | None = param(
+        None, "auto, required, none, or a JSON object naming a tool", convert=json_object_or_text
+    )
+    parallel_tool_calls: bool | None = param(None, "let the model call tools in parallel")
+    previous_response_id: str | None = param(None, "continue from this response")
+    include: list[str] | None = param(None, "extra output to include (repeatable)", metavar="ITEM")
+    store: bool | None = param(None, "let OpenAI store the response")
+    truncation: str | None = param(None, "/".join(TRUNCATIONS))
+    metadata: dict[str, str] | None = param(
+        None, 'a JSON object, e.g. \'{"run": "nightly"}\'', convert=json_text, metavar="JSON"
+    )
+    service_tier: str | None = param(None, "/".join(SERVICE_TIERS))
+    stream: bool | None = param(None, "read answers as SSE streams (same results)")
+    base_url: str = param(DEFAULT_BASE_URL, "requests go to URL/responses", metavar="URL")
+    extra_headers: Mapping[str, str] | None = param(
+        None, "a JSON object of headers sent with every request", convert=json_text, metavar="JSON"
+    )
+    requests_per_minute: float | None = param(
+        None, "requests per minute (default: learned from headers)", flag="--rpm"
+    )
+    tokens_per_minute: float | None = param(
+        None, "tokens per minute (default: learned from headers)", flag="--tpm"
+    )
+    max_retry_wait_secs: float = param(
+        120, "longest Retry-After or reset wait honoured, s", flag="--max-retry-wait"
+    )
     _template: BodyTemplate = field(init=False)
     """The request body without its `input`, serialised once (see `wire.BodyTemplate`)."""
 
