@@ -8,16 +8,35 @@ raises `ValueError`. `bool` never passes as a number (Python counts True as 1, a
 who wrote it meant something else), and NaN or infinity never passes either, because
 NaN slips through every bound comparison and neither is a usable count or delay.
 `optional=True` lets None through, for parameters whose None means "not set".
+
+What would otherwise fail later, on the wire, fails here too: a URL with a port out
+of range or with credentials in it, a control character in a key or a header (which
+would split or corrupt the HTTP request), and values orjson cannot serialise or, for
+NaN and infinity, silently sends as `null` (`json_value`). Messages name the
+parameter and never echo a key, a header value or a URL's credentials.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL: never valid in a key or a URL."""
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+"""An HTTP field name: an RFC 9110 token."""
+_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What may not appear in an HTTP field value (a tab may)."""
+_INT_RANGE = (-(2**63), 2**64 - 1)
+"""The integers orjson serialises."""
+_MAX_DEPTH = 254
+"""orjson refuses to serialise more than 255 levels of nesting."""
 
 
 def api_key(value: object, env: str) -> str:
@@ -31,7 +50,13 @@ def api_key(value: object, env: str) -> str:
         raise TypeError(f"api_key must be a str, not {type(key).__name__}")
     if not key or not key.strip():
         raise ValueError(f"api_key is required: pass it or set {env}")
-    return key.strip()
+    key = key.strip()
+    source = "api_key" if value is not None else f"api_key (from {env})"
+    if _CONTROL.search(key):  # the key itself is never shown
+        raise ValueError(f"{source} contains a control character (a line break or similar)")
+    if not _utf8(key):
+        raise ValueError(f"{source} contains a lone surrogate, which is not valid text")
+    return key
 
 
 def text(name: str, value: object, *, empty: bool = False, optional: bool = False) -> None:
@@ -102,14 +127,113 @@ def choice(name: str, value: object, allowed: tuple[str, ...], *, optional: bool
 
 
 def http_url(name: str, value: object, *, optional: bool = False) -> None:
-    """An absolute http or https URL with a host."""
+    """An absolute http or https URL with a host, a valid port if any, no credentials."""
     if optional and value is None:
         return
     if not isinstance(value, str):
         raise TypeError(f"{name} must be an http(s) URL, not {type(value).__name__}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{name} must be an http(s) URL, got {value!r}")
+    try:
+        parts = urlsplit(value)
+        userinfo = parts.username is not None or parts.password is not None
+    except ValueError:  # an unclosed IPv6 bracket
+        raise ValueError(f"{name} must be an http(s) URL, got {value!r}") from None
+    if userinfo:  # not echoed: the URL holds a password
+        raise ValueError(
+            f"{name} must not contain credentials (user:password@): "
+            "pass the key as api_key (or a header in extra_headers)"
+        )
+    if _CONTROL.search(value) or " " in value or not _utf8(value):
+        raise ValueError(f"{name} contains a space, a control character or invalid text")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name} must be an http(s) URL with a host, got {value!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValueError(f"{name} has an invalid port (1-65535 expected), got {value!r}")
+
+
+def headers(name: str, value: object) -> None:
+    """None or a mapping of str to str that can be sent as HTTP header fields.
+
+    A CR or LF in a name or value would end the header early or inject another;
+    values are never shown in the message (one may hold a token).
+    """
+    if value is None:
+        return
+    if not isinstance(value, Mapping) or not all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    ):
+        raise TypeError(f"{name} must be a mapping of str to str")
+    for key, item in value.items():
+        if not key:
+            raise ValueError(f"{name} has an empty header name")
+        if not _HEADER_NAME.fullmatch(key):
+            raise ValueError(
+                f"{name}: {key[:40]!r} is not a valid header name "
+                "(letters, digits and !#$%&'*+-.^_`|~ only)"
+            )
+        if _HEADER_VALUE_BAD.search(item) or not _utf8(item):
+            raise ValueError(
+                f"{name}[{key!r}] contains a control character (CR, LF or similar) or "
+                "invalid text; its value is not shown"
+            )
+
+
+def json_value(name: str, value: object) -> None:
+    """Raise, naming `name` and the place inside it, for what JSON cannot carry as given.
+
+    orjson refuses lone surrogates, dict keys other than str and integers beyond 64
+    bits, which would otherwise fail when the first request is serialised, and it
+    writes NaN and infinity as `null`, which would change a schema or a tool without
+    a word. Types orjson serialises natively (dataclasses, datetimes...) are left to it.
+    Wrong types raise TypeError, right types out of bounds ValueError.
+    """
+    pending: list[tuple[object, str, int]] = [(value, name, 0)]
+    while pending:
+        item, where, depth = pending.pop()
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"{name} is nested more than {_MAX_DEPTH} levels deep (a cycle?)")
+        if item is None or isinstance(item, bool):
+            continue
+        if isinstance(item, str):
+            if not _utf8(item):
+                raise ValueError(f"{where} contains a lone surrogate, which is not valid text")
+        elif isinstance(item, int):
+            if not _INT_RANGE[0] <= item <= _INT_RANGE[1]:
+                raise ValueError(
+                    f"{where} is an integer beyond 64 bits, which JSON here cannot carry"
+                )
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where} is {item!r}: JSON has no NaN or infinity")
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    raise TypeError(
+                        f"{where} has a key of type {type(key).__name__}: JSON keys must be str"
+                    )
+                if not _utf8(key):
+                    raise ValueError(f"{where} has a key with a lone surrogate")
+                pending.append((sub, f"{where}[{key[:40]!r}]", depth + 1))
+        elif isinstance(item, list | tuple):
+            pending.extend((sub, f"{where}[{i}]", depth + 1) for i, sub in enumerate(item))
+        else:
+            try:
+                orjson.dumps(item)
+            except orjson.JSONEncodeError as exc:
+                kind = type(item).__name__
+                raise TypeError(f"{where} ({kind}) cannot be sent as JSON: {exc}") from None
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can be encoded (a lone surrogate, e.g. "\\ud800", cannot)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_text(name: str, value: object, *, optional: bool = False) -> Any:
@@ -122,3 +246,40 @@ def json_text(name: str, value: object, *, optional: bool = False) -> Any:
         return orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"{name} is not valid JSON: {exc}") from None
+
+
+def json_object(name: str, value: object, *, optional: bool = False) -> dict[str, Any] | None:
+    """A str holding a JSON object; returns it (None for an omitted None)."""
+    parsed = json_text(name, value, optional=optional)
+    if parsed is None and value is None:
+        return None
+    if not isinstance(parsed, dict):
+        raise ValueError(f"{name} must be a JSON object, not a JSON {_json_kind(parsed)}")
+    return parsed
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
+
+
+MAX_PAGE_INDEX = 999_999
+"""The highest page number a `page_range` may name (0-indexed: a million pages).
+Datalab documents no such bound (only 7,000 pages per request and 200 MB per file),
+so this one is ours: far above any real document and above "0-999999", a common way
+to say "every page", while "0-99999999999" is a typo."""
+
+
+def page_spans(name: str, spans: list[tuple[int, int]]) -> None:
+    """Parsed page-range spans whose pages all lie within `MAX_PAGE_INDEX`."""
+    highest = max((end for _, end in spans), default=0)
+    if highest > MAX_PAGE_INDEX:
+        raise ValueError(
+            f"{name} names page {highest}; page numbers go from 0 to {MAX_PAGE_INDEX:,} "
+            "(and Datalab takes at most 7,000 pages per request)"
+        )

@@ -33,7 +33,7 @@ from .schema import is_pydantic_model, model_text_format
 if TYPE_CHECKING:
     from .request import ResponsesRequest
 
-_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
 JSON_NOTE = {"role": "developer", "content": "Respond in JSON."}
 """Prepended to a json_object prompt that never says "JSON" (the API's precondition)."""
@@ -70,7 +70,7 @@ def text_format(response_format: Any) -> dict[str, Any]:
             "(Chat Completions shape) or 'name' and 'schema' (Responses shape)"
         )
     name = flat.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"response_format json_schema name must be 1-64 of [a-zA-Z0-9_-], not {name!r}"
         )
