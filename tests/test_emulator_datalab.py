@@ -29,6 +29,8 @@ from genai_coroutines.pdfpages import count_pdf_pages, pages_in_range, parse_pag
 
 KEY = "dl-emulator"
 SEPARATOR = "-" * 48
+SCAN = "[emulated OCR: no text layer] "
+"""What a page without a text layer says before naming itself (`samples.pdf` has none)."""
 
 
 @pytest.fixture
@@ -156,7 +158,7 @@ async def test_sdk_converts_a_pdf(emulator: Emulator, tmp_path: Path) -> None:
     key = digest(path.read_bytes())
     assert result.success and result.status == "complete"
     assert result.page_count == 3
-    assert f"{{2}}{SEPARATOR}\n\nPage 2 of report.pdf, digest {key}." in result.markdown
+    assert f"{{2}}{SEPARATOR}\n\n{SCAN}Page 2 of report.pdf, digest {key}." in result.markdown
     assert [page["id"] for page in result.json["children"]] == [
         f"/page/{i}/Page/{i}" for i in range(3)
     ]
@@ -206,8 +208,8 @@ async def test_markdown(emulator: Emulator, http: aiohttp.ClientSession) -> None
     key = digest(data)
     assert result["output_format"] == "markdown" and "html" not in result
     assert result["markdown"] == (
-        f"Page 0 of doc.pdf, digest {key}.\n\n![](_page_0_Picture_1.png)\n\n"
-        f"Page 1 of doc.pdf, digest {key}."
+        f"{SCAN}Page 0 of doc.pdf, digest {key}.\n\n![](_page_0_Picture_1.png)\n\n"
+        f"{SCAN}Page 1 of doc.pdf, digest {key}."
     )
     assert list(result["images"]) == ["_page_0_Picture_1.png"]
     assert result["page_count"] == 2 and result["parse_quality_score"] == 4.5
@@ -220,7 +222,7 @@ async def test_html(emulator: Emulator, http: aiohttp.ClientSession) -> None:
     result = await convert(http, emulator, body)
     assert result["images"] == {}
     assert (
-        f'<p data-block-id="/page/1/Text/0">Page 1 of doc.pdf, digest {digest(data)}.</p>'
+        f'<p data-block-id="/page/1/Text/0">{SCAN}Page 1 of doc.pdf, digest {digest(data)}.</p>'
         in (result["html"])
     )
     assert "<img" not in result["html"] and "data-page-id" not in result["html"]
@@ -261,7 +263,7 @@ async def test_paginate(emulator: Emulator, http: aiohttp.ClientSession) -> None
     body = form(samples.pdf(3), output_format="markdown,html", paginate="true", page_range="1-2")
     result = await convert(http, emulator, body)
     markdown = result["markdown"]
-    assert markdown.startswith(f"\n\n{{1}}{SEPARATOR}\n\nPage 1 of doc.pdf")
+    assert markdown.startswith(f"\n\n{{1}}{SEPARATOR}\n\n{SCAN}Page 1 of doc.pdf")
     assert re.findall(r"\{(\d+)\}-{48}", markdown) == ["1", "2"]
     assert re.findall(r"<div class='page' data-page-id='(\d+)'>", result["html"]) == ["1", "2"]
 

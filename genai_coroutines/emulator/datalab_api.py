@@ -1,8 +1,17 @@
-"""Emulation of the Datalab Marker API: submit a document, poll until it is converted.
+"""Emulation of the Datalab API: submit a document, poll until it is converted or extracted.
 
-    POST /api/v1/marker   (deprecated upstream, still used)    multipart form
-    POST /api/v1/convert  (what datalab-python-sdk >= 0.5 uses) multipart form
-    GET  /api/v1/{marker,convert}/{request_id}                  poll
+    POST /api/v1/marker   (deprecated upstream, still used)      multipart form
+    POST /api/v1/convert  (what datalab-python-sdk >= 0.5 uses)   multipart form
+    POST /api/v1/extract  (structured extraction: a JSON schema)  multipart form
+    GET  /api/v1/{marker,convert,extract}/{request_id}            poll
+    POST /api/v1/extraction_schemas, GET .../{schema_id}          saved schemas (`schema_id`)
+
+Each endpoint reads its own form fields (`datalab_form.FIELDS`) and ignores the rest.
+The content is the upload's own text (`datalab_render.read`); `/extract` and a
+`/marker` `page_schema` fill the schema from that text (`schema_fill`). A job
+submitted with `save_checkpoint` shows a `checkpoint_id` once complete; an `/extract`
+naming it needs no file and reads the checkpoint's pages. Checkpoints live as long as
+their job's result (`result_ttl`).
 
 Behaviour follows https://documentation.datalab.to: `X-API-Key` auth; 429 with
 FastAPI's `detail` when the per-key requests-per-minute or concurrent-request limit
@@ -14,27 +23,31 @@ upstream) after the job finishes.
 Choices where the docs say nothing: polls are neither rate limited nor counted
 against the submission RPM; every 429 carries an integer `Retry-After`; failed jobs
 answer `{"status": "failed"}` (what the SDK's tests use); a webhook fires once when
-a job ends, complete or failed, with no retries.
+a job ends, complete or failed, with no retries; an unknown `checkpoint_id` or
+`schema_id` is a 404. The three endpoints share one set of limits and one fault plan
+(`marker_submit`, `marker_poll`, `marker_accepted`).
 
-A job is a small record holding when it will be ready: a poll compares that with
-the clock, so nothing runs per job except webhook deliveries. Uploaded bytes are
-digested and counted at submission, then dropped.
+A job is a small record holding when it will be ready and the text of its pages: a
+poll compares that with the clock, so nothing runs per job except webhook deliveries.
+Uploaded bytes are digested and read at submission, then dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import math
 import secrets
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from ..pdfpages import count_pdf_pages, pages_in_range
 from . import datalab_form, datalab_render
 from .faults import maybe_fault
 from .state import RateWindow, digest
@@ -61,17 +74,41 @@ WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 @dataclass(slots=True)
 class Job:
-    """What a poll needs to answer; a few hundred bytes, whatever the upload weighed."""
+    """What a poll needs to answer: its settings, its pages' text and when it is ready."""
 
     base: str
     """`request_check_url` without the request id: scheme, host and endpoint path."""
     options: datalab_form.Options
-    filename: str
-    digest: str
-    total_pages: int
+    content: datalab_render.Content
     submitted_at: float
     ready_at: float
     error: str | None
+    checkpoint_id: str | None = None
+
+
+@dataclass(slots=True)
+class SavedSchema:
+    """An extraction schema saved with `POST /api/v1/extraction_schemas`; versions from 1."""
+
+    schema_id: str
+    name: str
+    description: str | None
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    created: str = ""
+
+    def body(self, number: int) -> dict[str, Any]:
+        return {
+            "id": number,
+            "schema_id": self.schema_id,
+            "name": self.name,
+            "description": self.description,
+            "schema_json": self.versions[-1],
+            "version": len(self.versions),
+            "version_history": [],
+            "archived": False,
+            "created": self.created,
+            "updated": self.created,
+        }
 
 
 class DatalabEmulation:
@@ -87,10 +124,30 @@ class DatalabEmulation:
         self._webhooks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._bases: dict[str, str] = {}
+        self.checkpoints: dict[str, str] = {}
+        """checkpoint_id -> request_id of the job whose pages it holds."""
+        self.schemas: dict[str, SavedSchema] = {}
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/v1/{endpoint:marker|convert}", self.submit)
-        app.router.add_get("/api/v1/{endpoint:marker|convert}/{request_id}", self.poll)
+        app.router.add_post("/api/v1/{endpoint:marker|convert|extract}", self.submit)
+        app.router.add_get("/api/v1/{endpoint:marker|convert|extract}/{request_id}", self.poll)
+        app.router.add_post("/api/v1/extraction_schemas", self.create_schema)
+        app.router.add_get("/api/v1/extraction_schemas/{schema_id}", self.get_schema)
+
+    def save_schema(
+        self, schema_json: Any, name: str = "schema", description: str | None = None
+    ) -> str:
+        """Save an extraction schema as `POST /api/v1/extraction_schemas` does; its id."""
+        datalab_form.check_schema_json("schema_json", schema_json)
+        saved = SavedSchema(
+            schema_id=f"sch_{secrets.token_hex(6)}",
+            name=name,
+            description=description,
+            versions=[schema_json],
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        self.schemas[saved.schema_id] = saved
+        return saved.schema_id
 
     def reset_limits(self) -> None:
         """Refill the RPM bucket; jobs in flight keep counting, as they would upstream."""
@@ -116,32 +173,44 @@ class DatalabEmulation:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         stats = self.emulator.stats
+        endpoint = request.match_info["endpoint"]
         faulted = await maybe_fault(SUBMIT, request, self.emulator.faults, stats)
         if faulted is not None:
+            stats.log(endpoint, f"submit fault {faulted.status}")
             return faulted
-        response = await self._submit(request)
+        response, request_id = await self._submit(request)
         stats.count(SUBMIT, response.status)
-        if response.status == 200:
+        if request_id is None:
+            stats.log(endpoint, f"submit refused {response.status}")
+        else:
+            stats.log(endpoint, f"submitted {request_id}")
             lost = await maybe_fault(ACCEPTED, request, self.emulator.faults, stats)
             if lost is not None:
+                stats.log(endpoint, f"answer lost {request_id}")
                 return lost
         return response
 
     async def poll(self, request: web.Request) -> web.StreamResponse:
         stats = self.emulator.stats
+        endpoint = request.match_info["endpoint"]
+        request_id = request.match_info["request_id"]
         faulted = await maybe_fault(POLL, request, self.emulator.faults, stats)
         if faulted is not None:
+            stats.log(endpoint, f"poll fault {faulted.status} {request_id}")
             return faulted
-        response = self._poll(request)
+        response, state = self._poll(request)
         stats.count(POLL, response.status)
+        stats.log(endpoint, f"poll {state} {request_id}")
         return response
 
     # -- submission ---------------------------------------------------------------
 
-    async def _submit(self, request: web.Request) -> web.Response:
+    async def _submit(self, request: web.Request) -> tuple[web.Response, str | None]:
+        """The answer to a submission, and the request id when a job was accepted."""
         if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED})
-        path = f"/api/v1/{request.match_info['endpoint']}"
+            return _json(401, {"detail": UNAUTHORIZED}), None
+        endpoint = request.match_info["endpoint"]
+        path = f"/api/v1/{endpoint}"
         config = self.emulator.config
         wait = self._rpm_wait()
         if wait:
@@ -149,26 +218,34 @@ class DatalabEmulation:
                 f"Rate limit exceeded for endpoint {path}. You can make {config.datalab_rpm} "
                 f"requests every 60 seconds. {SUPPORT}"
             )
-            return _too_many(detail, wait)
+            return _too_many(detail, wait), None
 
         form = await request.post()
         seen: dict[str, Any] = {
             "endpoint": SUBMIT,
             "path": path,
             "form": datalab_form.wire_fields(form),
+            "ignored": datalab_form.ignored_fields(form, endpoint),
         }
         self.emulator.stats.remember(seen)
         try:
-            options, upload = datalab_form.parse(form)
+            options, upload = datalab_form.parse(form, endpoint)
+            options = self._with_schema(options)
+            if upload is None:
+                key, content = self._from_checkpoint(options)
+            else:
+                key = (
+                    digest(upload.data)
+                    if upload.data is not None
+                    else digest(str(upload.file_url).encode())
+                )
+                content = await asyncio.to_thread(datalab_render.read, upload, options, key)
         except datalab_form.FormError as error:
             seen["status"] = error.status
-            return _json(error.status, {"detail": error.detail})
-        key = (
-            digest(upload.data)
-            if upload.data is not None
-            else digest(str(upload.file_url).encode())
-        )
-        seen.update(filename=upload.filename, content_type=upload.content_type, digest=key)
+            return _json(error.status, {"detail": error.detail}), None
+        if upload is not None:
+            seen.update(filename=upload.filename, content_type=upload.content_type)
+        seen["digest"] = key
 
         now = asyncio.get_running_loop().time()
         self._settle(now)
@@ -180,42 +257,64 @@ class DatalabEmulation:
                 f"Concurrency exceeded for endpoint {path}. You can have {limit} concurrent "
                 f"requests running at once. {SUPPORT}"
             )
-            return _too_many(detail, self._running[0][0] - now)
+            return _too_many(detail, self._running[0][0] - now), None
 
-        request_id, job = self._accept(request, path, options, upload, key, now)
+        request_id, job = self._accept(request, path, options, content, upload, now)
         seen["status"] = 200
-        self.emulator.stats.submissions_by_digest[key] += 1
-        return _json(
-            200,
-            {
-                "success": True,
-                "error": None,
-                "request_id": request_id,
-                "request_check_url": f"{job.base}/{request_id}",
-                "versions": {},
-            },
-        )
+        stats = self.emulator.stats
+        stats.submissions_by_digest[key] += 1
+        stats.submissions_by_endpoint.setdefault(endpoint, Counter())[key] += 1
+        answer: dict[str, Any] = {
+            "success": True,
+            "error": None,
+            "request_id": request_id,
+            "request_check_url": f"{job.base}/{request_id}",
+            "versions": {},
+        }
+        return _json(200, answer), request_id
+
+    def _with_schema(self, options: datalab_form.Options) -> datalab_form.Options:
+        """`options` with a `schema_id` replaced by the saved schema it names."""
+        if options.schema_id is None:
+            return options
+        saved = self.schemas.get(options.schema_id)
+        version = options.schema_version or (len(saved.versions) if saved else 0)
+        if saved is None or not 1 <= version <= len(saved.versions):
+            detail = f"Extraction schema {options.schema_id!r}"
+            if options.schema_version is not None:
+                detail += f" version {options.schema_version}"
+            raise datalab_form.FormError(404, f"{detail} not found.")
+        return dataclasses.replace(options, page_schema=saved.versions[version - 1])
+
+    def _from_checkpoint(self, options: datalab_form.Options) -> tuple[str, datalab_render.Content]:
+        """The counter key and the pages of the checkpoint an `/extract` names."""
+        checkpoint_id = str(options.checkpoint_id)
+        now = asyncio.get_running_loop().time()
+        self._purge(now)
+        source = self.jobs.get(self.checkpoints.get(checkpoint_id, ""))
+        if source is None or source.ready_at > now or source.error is not None:
+            raise datalab_form.FormError(
+                404,
+                f"Checkpoint {checkpoint_id!r} not found. Checkpoints are deleted with their "
+                "results; convert the document again with save_checkpoint=true.",
+            )
+        return f"checkpoint:{checkpoint_id}", source.content.select(options)
 
     def _accept(
         self,
         request: web.Request,
         path: str,
         options: datalab_form.Options,
-        upload: datalab_form.Upload,
-        key: str,
+        content: datalab_render.Content,
+        upload: datalab_form.Upload | None,
         now: float,
     ) -> tuple[str, Job]:
         """Create the job record and decide, now, how and when it ends."""
-        data = upload.data or b""
-        total = count_pdf_pages(data) or 1  # images, office files and URLs count as one page
-        if options.page_range is not None:
-            pages = pages_in_range(options.page_range, total)
-        else:
-            pages = total if options.max_pages is None else min(total, options.max_pages)
-        error = self._refusal(options, total, pages)
+        pages = len(content.pages)
+        error = self._refusal(options, content.total_pages, pages)
         ready_at = now
         if error is None:  # it gets processed, even if only to fail
-            error = self._failure(data)
+            error = self._failure(upload.data if upload is not None else None)
             ready_at = now + self.emulator.config.seconds_per_page * pages
             heapq.heappush(self._running, (ready_at, pages))
             self._pages_in_flight += pages
@@ -224,13 +323,14 @@ class DatalabEmulation:
         job = Job(
             base=self._base(f"{request.scheme}://{request.host}{path}"),
             options=options,
-            filename=upload.filename or upload.file_url or "document",
-            digest=key,
-            total_pages=total,
+            content=content,
             submitted_at=now,
             ready_at=ready_at,
             error=error,
         )
+        if options.save_checkpoint and error is None:
+            job.checkpoint_id = f"ckpt_{secrets.token_hex(8)}"
+            self.checkpoints[job.checkpoint_id] = request_id
         self.jobs[request_id] = job
         heapq.heappush(self._expiry, (ready_at, request_id))
         if options.webhook_url is not None and self.emulator.config.webhooks:
@@ -255,9 +355,9 @@ class DatalabEmulation:
             )
         return None
 
-    def _failure(self, data: bytes) -> str | None:
+    def _failure(self, data: bytes | None) -> str | None:
         """Why processing fails: the upload asks for it, or the seeded dice say so."""
-        if FAIL_MARKER in data:
+        if data is not None and FAIL_MARKER in data:
             return f"{FAILED} (emulated: %%FAIL%% in the upload)."
         rate = self.emulator.config.failed_job_rate
         if rate > 0 and self.emulator.rng.random() < rate:
@@ -270,26 +370,54 @@ class DatalabEmulation:
 
     # -- polling ------------------------------------------------------------------
 
-    def _poll(self, request: web.Request) -> web.Response:
+    def _poll(self, request: web.Request) -> tuple[web.Response, str]:
+        """The answer to a poll, and what it said (for `Stats.events`)."""
         if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED})
+            return _json(401, {"detail": UNAUTHORIZED}), "401"
         now = asyncio.get_running_loop().time()
         self._purge(now)
         job = self.jobs.get(request.match_info["request_id"])
         if job is None:
-            return _json(404, {"detail": NOT_FOUND})
+            return _json(404, {"detail": NOT_FOUND}), "404"
         if now < job.ready_at:
-            return _json(200, {"status": "processing"})
+            return _json(200, {"status": "processing"}), "processing"
         if job.error is not None:
-            return _json(200, datalab_render.failed_payload(job.error))
+            return _json(200, datalab_render.failed_payload(job.error)), "failed"
         payload = datalab_render.complete_payload(
             job.options,
-            filename=job.filename,
-            digest=job.digest,
-            total_pages=job.total_pages,
+            job.content,
             runtime=job.ready_at - job.submitted_at,
+            checkpoint_id=job.checkpoint_id,
         )
-        return _json(200, payload)
+        return _json(200, payload), "complete"
+
+    # -- saved extraction schemas ---------------------------------------------------
+
+    async def create_schema(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _json(401, {"detail": UNAUTHORIZED})
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _json(400, {"detail": "The request body must be JSON."})
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            return _json(400, {"detail": "name (a string) and schema_json are required."})
+        try:
+            schema_id = self.save_schema(
+                body.get("schema_json"), body["name"], body.get("description")
+            )
+        except datalab_form.FormError as error:
+            return _json(error.status, {"detail": error.detail})
+        return _json(200, self.schemas[schema_id].body(len(self.schemas)))
+
+    async def get_schema(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return _json(401, {"detail": UNAUTHORIZED})
+        schema_id = request.match_info["schema_id"]
+        saved = self.schemas.get(schema_id)
+        if saved is None:
+            return _json(404, {"detail": f"Extraction schema {schema_id!r} not found."})
+        return _json(200, saved.body(list(self.schemas).index(schema_id) + 1))
 
     # -- bookkeeping --------------------------------------------------------------
 
@@ -318,7 +446,9 @@ class DatalabEmulation:
         ttl = self.emulator.config.result_ttl
         while self._expiry and self._expiry[0][0] + ttl < now:
             _, request_id = heapq.heappop(self._expiry)
-            self.jobs.pop(request_id, None)
+            job = self.jobs.pop(request_id, None)
+            if job is not None and job.checkpoint_id is not None:
+                self.checkpoints.pop(job.checkpoint_id, None)
 
     async def _notify(self, request_id: str, job: Job, url: str) -> None:
         """POST Datalab's webhook body when the job ends; one attempt, failures ignored."""

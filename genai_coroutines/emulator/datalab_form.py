@@ -1,9 +1,13 @@
 """Reading a Datalab submission form the way the real (FastAPI) server does.
 
 Type errors come back as FastAPI's 422 list of `{type, loc, msg, input}`; a value the
-handler rejects comes back as a 400 with a string `detail`. Sources:
-https://documentation.datalab.to/platform/errors (both shapes) and
-https://documentation.datalab.to/api-reference/convert-document (the fields).
+handler rejects comes back as a 400 with a string `detail`. Each endpoint reads its
+own fields (`FIELDS`) and, like any FastAPI handler, ignores the others: a `page_schema`
+sent to `/convert` extracts nothing, a bad `paginate` sent to `/extract` is no error.
+Sources: https://documentation.datalab.to/platform/errors (both shapes),
+https://documentation.datalab.to/api-reference/convert-document and
+.../extract-structured-data (the fields), datalab-python-sdk's `ConvertOptions` and
+`ExtractOptions` (what the SDK sends: `eval_rubric_id`, `schema_id`, `schema_version`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,34 @@ from ..pdfpages import parse_page_range
 
 FORMATS = ("markdown", "html", "json", "chunks")
 MODES = ("fast", "balanced", "accurate")
+ENDPOINTS = ("marker", "convert", "extract")
+EXTRAS = (
+    "track_changes", "chart_understanding", "extract_links", "table_row_bboxes", "infographic",
+    "new_block_types",
+)  # fmt: skip
+"""The documented values of `extras` (comma-separated)."""
+
+_COMMON = frozenset(
+    {
+        "file", "file_url", "output_format", "mode", "max_pages", "page_range", "skip_cache",
+        "save_checkpoint", "webhook_url", "workflowstepdata_id",
+    }
+)  # fmt: skip
+CONVERT_FIELDS = _COMMON | {
+    "paginate", "add_block_ids", "include_markdown_in_chunks", "disable_image_extraction",
+    "disable_image_captions", "fence_synthetic_captions", "token_efficient_markdown",
+    "additional_config", "extras", "force_new", "eval_rubric_id",
+}  # fmt: skip
+"""`Body_convert_api_v1_convert_post`, plus `eval_rubric_id` (sent by datalab-python-sdk)."""
+MARKER_FIELDS = (CONVERT_FIELDS - {"force_new"}) | {
+    "langs", "force_ocr", "format_lines", "strip_existing_ocr", "disable_ocr_math", "use_llm",
+    "block_correction_prompt", "page_schema", "segmentation_schema", "pipeline_id", "run_eval",
+}  # fmt: skip
+"""The deprecated `/marker`: what `/convert` takes but `force_new`, and its own old options."""
+EXTRACT_FIELDS = _COMMON | {"page_schema", "schema_id", "schema_version", "checkpoint_id"}
+"""`Body_extract_api_v1_extract_post`, plus `schema_id`/`schema_version` (datalab-python-sdk)."""
+FIELDS = {"marker": MARKER_FIELDS, "convert": CONVERT_FIELDS, "extract": EXTRACT_FIELDS}
+"""What each endpoint reads. Like any FastAPI handler, it ignores every other form field."""
 
 BOOL_FIELDS = frozenset(
     {
@@ -32,7 +64,7 @@ BOOL_FIELDS = frozenset(
         "run_eval",
     }
 )  # fmt: skip
-INT_FIELDS = frozenset({"max_pages", "workflowstepdata_id", "eval_rubric_id"})
+INT_FIELDS = frozenset({"max_pages", "workflowstepdata_id", "eval_rubric_id", "schema_version"})
 JSON_OBJECT_FIELDS = ("page_schema", "additional_config")
 
 Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
@@ -78,6 +110,7 @@ class FormError(Exception):
 class Options:
     """The settings a job needs after submission; small, since jobs live for an hour."""
 
+    endpoint: str
     output_format: str
     formats: tuple[str, ...]
     mode: str
@@ -86,7 +119,13 @@ class Options:
     max_pages: int | None
     disable_image_extraction: bool
     add_block_ids: bool
+    include_markdown_in_chunks: bool
+    token_efficient_markdown: bool
+    save_checkpoint: bool
     page_schema: dict[str, Any] | None
+    schema_id: str | None
+    schema_version: int | None
+    checkpoint_id: str | None
     webhook_url: str | None
 
 
@@ -105,9 +144,19 @@ def wire_fields(form: Form) -> dict[str, str]:
     return {key: value for key, value in form.items() if isinstance(value, str)}
 
 
-def parse(form: Form) -> tuple[Options, Upload]:
-    """Validate a submission form; raise `FormError` as the real server would answer."""
-    fields = wire_fields(form)
+def ignored_fields(form: Form, endpoint: str) -> list[str]:
+    """The fields of `form` that `endpoint` does not read (they change nothing)."""
+    return sorted(set(form.keys()) - FIELDS[endpoint])
+
+
+def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]:
+    """Validate a submission form; raise `FormError` as the real server would answer.
+
+    Only the fields `endpoint` reads are looked at (see `FIELDS`); the upload is None
+    only for an `/extract` from a `checkpoint_id`.
+    """
+    allowed = FIELDS[endpoint]
+    fields = {name: value for name, value in wire_fields(form).items() if name in allowed}
     type_errors: list[dict[str, Any]] = []
     flags = {name: _bool(name, fields[name], type_errors) for name in BOOL_FIELDS & fields.keys()}
     numbers = {name: _int(name, fields[name], type_errors) for name in INT_FIELDS & fields.keys()}
@@ -124,9 +173,14 @@ def parse(form: Form) -> tuple[Options, Upload]:
     if type_errors:
         raise FormError(422, type_errors)
 
-    upload = _upload(
-        file_part if isinstance(file_part, web.FileField) else None, fields.get("file_url")
-    )
+    file_field = file_part if isinstance(file_part, web.FileField) else None
+    checkpoint_id = fields.get("checkpoint_id") or None
+    if checkpoint_id is None:
+        upload: Upload | None = _upload(file_field, fields.get("file_url"))
+    elif file_field is not None or fields.get("file_url"):
+        raise FormError(400, "Provide either file/file_url or checkpoint_id, not both.")
+    else:
+        upload = None
     output_format = fields.get("output_format") or "markdown"
     formats = tuple(part.strip() for part in output_format.split(","))
     if not set(formats) <= set(FORMATS) or len(set(formats)) != len(formats):
@@ -154,11 +208,22 @@ def parse(form: Form) -> tuple[Options, Upload]:
     objects = {
         name: _json_object(name, fields[name]) for name in JSON_OBJECT_FIELDS if fields.get(name)
     }
+    extras = fields.get("extras") or ""
+    unknown = [item for item in extras.split(",") if item.strip() and item.strip() not in EXTRAS]
+    if unknown:
+        raise FormError(
+            400, f"Invalid extras {unknown[0].strip()!r}. Valid values: {', '.join(EXTRAS)}."
+        )
     webhook_url = fields.get("webhook_url") or None
     if webhook_url is not None:
         _check_webhook(webhook_url)
+    schema_id = fields.get("schema_id") or None
+    schema_version = numbers.get("schema_version")
+    if endpoint == "extract":
+        _check_extraction(objects.get("page_schema"), schema_id, schema_version)
 
     options = Options(
+        endpoint=endpoint,
         output_format=output_format,
         formats=formats,
         mode=mode,
@@ -167,10 +232,36 @@ def parse(form: Form) -> tuple[Options, Upload]:
         max_pages=max_pages,
         disable_image_extraction=flags.get("disable_image_extraction", False),
         add_block_ids=flags.get("add_block_ids", False),
+        include_markdown_in_chunks=flags.get("include_markdown_in_chunks", False),
+        token_efficient_markdown=flags.get("token_efficient_markdown", False),
+        save_checkpoint=flags.get("save_checkpoint", False),
         page_schema=objects.get("page_schema"),
+        schema_id=schema_id,
+        schema_version=schema_version,
+        checkpoint_id=checkpoint_id,
         webhook_url=webhook_url,
     )
     return options, upload
+
+
+def _check_extraction(
+    page_schema: dict[str, Any] | None, schema_id: str | None, schema_version: int | None
+) -> None:
+    """`/extract` needs exactly one of `page_schema` and `schema_id` (the SDK checks the same)."""
+    if page_schema is not None and schema_id is not None:
+        raise FormError(400, "page_schema and schema_id are mutually exclusive. Provide one.")
+    if page_schema is None and schema_id is None:
+        raise FormError(400, "Either page_schema or schema_id must be provided.")
+    if schema_version is not None and schema_id is None:
+        raise FormError(400, "schema_version can only be used with schema_id.")
+    if page_schema is not None:
+        check_schema_json("page_schema", page_schema)
+
+
+def check_schema_json(name: str, schema: Any) -> None:
+    """An extraction schema must be an object with a `properties` object (the API's rule)."""
+    if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
+        raise FormError(400, f"{name} must contain a 'properties' key.")
 
 
 def _type_error(kind: str, name: str, message: str, value: str) -> dict[str, Any]:

@@ -5,8 +5,10 @@ so the same request always gets the same text, JSON instance or tool arguments, 
 test can predict them. The rules, chosen to make client behaviour testable:
 
 - Text answers quote the last input message: `Emulated answer to "<first 200 chars>".`
-- `text.format` json_schema: a JSON instance of the schema from `schema_fill` (strings
-  are words of the input; `pattern` is ignored). json_object: a small object.
+- `text.format` json_schema: a JSON instance of the schema from `schema_fill`, grounded
+  in the input messages and instructions: a deterministic extractor, not a language model
+  (a property takes the value the text states for it; what it does not state is made up,
+  strings from words of the input). json_object: a small object.
 - Function tools: `tool_choice` "required" calls the tool named in the input (else the
   first), a named function calls that one, "auto" calls a tool only when its name
   appears in the input text and no `function_call_output` is in the input yet.
@@ -172,8 +174,10 @@ class Answer:
             schema = self.call.get("parameters") or {"type": "object", "properties": {}}
             return orjson.dumps(schema_fill.instance(schema, self.rng, self.words)).decode()
         fmt = (self.body.get("text") or {}).get("format") or {"type": "text"}
-        if fmt["type"] == "json_schema":
-            return orjson.dumps(schema_fill.instance(fmt["schema"], self.rng, self.words)).decode()
+        if fmt["type"] == "json_schema":  # grounded in what the request says: input first
+            said = f"{self.text}\n{self.body.get('instructions') or ''}"
+            value = schema_fill.instance(fmt["schema"], self.rng, self.words, text=said)
+            return orjson.dumps(value).decode()
         if fmt["type"] == "json_object":
             return orjson.dumps({"answer": self._prose(), "words": len(self.text.split())}).decode()
         return self._prose()

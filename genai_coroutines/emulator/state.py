@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,6 +134,10 @@ class EmulatorConfig:
     )
 
 
+EVENTS_KEPT = 10_000
+"""How many `Stats.events` are kept (the oldest are dropped first)."""
+
+
 def digest(data: bytes) -> str:
     """Short content digest used to key per-input counters."""
     return hashlib.sha256(data).hexdigest()[:16]
@@ -153,6 +157,11 @@ class Stats:
         """`"<endpoint> <fault>"` -> count."""
         self.submissions_by_digest: Counter[str] = Counter()
         """Datalab: accepted uploads per file digest (or per `file_url`)."""
+        self.submissions_by_endpoint: dict[str, Counter[str]] = {}
+        """Datalab: endpoint ("marker", "convert", "extract") -> digest -> accepted jobs."""
+        self.events: deque[tuple[float, str, str]] = deque(maxlen=EVENTS_KEPT)
+        """(`time.monotonic()`, endpoint, what) per request, oldest first, the last
+        `EVENTS_KEPT`: e.g. `(t, "convert", "submitted <request_id>")`."""
         self.responses_by_digest: Counter[str] = Counter()
         """OpenAI: requests per digest of their `input`, whatever the answer."""
         self.completed_by_digest: Counter[str] = Counter()
@@ -174,6 +183,10 @@ class Stats:
         if len(self.received) > keep:
             del self.received[: len(self.received) - keep]
 
+    def log(self, endpoint: str, what: str) -> None:
+        """Add to `events`, stamped now, so a test can prove what happened in which order."""
+        self.events.append((time.monotonic(), endpoint, what))
+
     def count(self, endpoint: str, status: int) -> None:
         self.requests[f"{endpoint} {status}"] += 1
         if status == 429:
@@ -188,6 +201,9 @@ class Stats:
             "rate_limited": self.rate_limited,
             "faults": dict(self.faults),
             "submissions_by_digest": dict(self.submissions_by_digest),
+            "submissions_by_endpoint": {
+                name: dict(counts) for name, counts in self.submissions_by_endpoint.items()
+            },
             "duplicate_submissions": sum(
                 n - 1 for n in self.submissions_by_digest.values() if n > 1
             ),
