@@ -136,7 +136,7 @@ def json_object_or_text(text: str) -> Any:
 
 
 def is_declared(item: dataclasses.Field[Any]) -> bool:
-    """Whether the field says what it is: help text, and a flag or `cli=False`."""
+    """Whether the field was declared (`param`, `spec` or `not_cli`): it has help text."""
     return bool(item.metadata.get(HELP))
 
 
