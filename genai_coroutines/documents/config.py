@@ -119,7 +119,7 @@ class DocumentConfig:
         check.integer("max_retries", self.max_retries, minimum=0)
         check.number("base_retry_delay_secs", self.base_retry_delay_secs)
         check.number("jitter_percent", self.jitter_percent)
-        check.json_text("page_schema", self.page_schema, optional=True)
+        check.json_object("page_schema", self.page_schema, optional=True)
         check.flag("paginate", self.paginate)
         if self.page_range is not None:
             check.text("page_range", self.page_range)
@@ -143,9 +143,10 @@ class DocumentConfig:
 def _check_page_range(value: str) -> None:
     """Parsed here as it will be for each PDF, so a malformed range fails before any upload."""
     try:
-        parse_page_range(value)
+        spans = parse_page_range(value)
     except ValueError as exc:
         raise ValueError(f"page_range: {exc} (expected e.g. '0-5' or '0,2,4-6')") from None
+    check.page_spans("page_range", spans)
 
 
 def _check_extras(value: object) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import validation as check
 from ..params import json_file, json_object_or_text, json_text, not_cli, param, spec
-from .wire import BodyTemplate, check_prompt
+from .wire import BodyTemplate, check_prompt, text_format
 
 Prompt = str | list[dict[str, Any]]
 """A prompt is a string or a list of Responses input items (messages, images, files...)."""
@@ -142,6 +142,7 @@ class ResponsesRequest:
         for name in ("requests_per_minute", "tokens_per_minute"):
             check.number(name, getattr(self, name), positive=True, optional=True)
         check.number("max_retry_wait_secs", self.max_retry_wait_secs)
+        _check_json(self)
         object.__setattr__(self, "_template", BodyTemplate.build(self))
 
     def __repr__(self) -> str:
@@ -178,8 +179,18 @@ def _str_to_str(pairs: Mapping[Any, Any]) -> bool:
 
 
 def _check_headers(headers: object) -> None:
-    if headers is not None and not (isinstance(headers, Mapping) and _str_to_str(headers)):
-        raise TypeError("extra_headers must be a mapping of str to str")
+    check.headers("extra_headers", headers)
+
+
+def _check_json(request: ResponsesRequest) -> None:
+    """What orjson would refuse, or silently send as null (NaN), fails naming the parameter."""
+    names = ("system_prompt", "model", "previous_response_id", "include", "metadata", "tools")
+    for name in (*names, "tool_choice"):
+        check.json_value(name, getattr(request, name))
+    response_format = request.response_format
+    if not isinstance(response_format, dict):  # a pydantic model: check the schema it makes
+        response_format = text_format(response_format)
+    check.json_value("response_format", response_format)
 
 
 def _check_metadata(metadata: object) -> None:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .. import validation
 from .schema import is_pydantic_model, model_text_format
 
 if TYPE_CHECKING:
@@ -145,12 +146,22 @@ def translate_tool_choice(choice: Any) -> str | dict[str, Any]:
 
 
 def check_prompt(prompt: object) -> str | None:
-    """What is wrong with one prompt (completing "user_prompts[i] ..."), or None."""
+    """What is wrong with one prompt (completing "user_prompts[i] ..."), or None.
+
+    Also what orjson would refuse when the request is sent (a lone surrogate, a
+    non-str key...) or silently turn into null (NaN), so one such prompt is its own
+    error instead of ending the batch.
+    """
     if isinstance(prompt, str):
-        return None
-    if isinstance(prompt, list) and prompt and all(isinstance(item, dict) for item in prompt):
-        return None
-    return "must be a str or a non-empty list of input items (dicts)"
+        if prompt.isascii():
+            return None
+    elif not (isinstance(prompt, list) and prompt and all(isinstance(i, dict) for i in prompt)):
+        return "must be a str or a non-empty list of input items (dicts)"
+    try:
+        validation.json_value("prompt", prompt)
+    except (TypeError, ValueError) as exc:
+        return f"cannot be sent: {exc}"
+    return None
 
 
 def mentions_json(prompt: str | list[dict[str, Any]]) -> bool:
