@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import os
-import sqlite3
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any
@@ -18,7 +17,7 @@ from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documen
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
-from .engine.journal import Journal
+from .engine.journal import Journal, JournalError
 from .engine.summary import BatchSummary
 from .params import add_flags, given, json_file
 from .responses import ResponsesProcessor, ResponsesRequest
@@ -106,10 +105,10 @@ def _journal_path(args: argparse.Namespace, kind: str) -> str | None:
     if os.path.exists(args.journal):
         if not args.resume:
             raise UsageError(f"journal {args.journal} exists: pass --resume to continue it")
-        try:
-            Journal(args.journal, kind).close()  # raises if it holds another kind of batch
-        except sqlite3.DatabaseError as exc:
-            raise UsageError(f"{args.journal} is not a journal: {exc}") from None
+        try:  # damaged, empty, locked, unwritable or of another kind: say which, send nothing
+            Journal(args.journal, kind, resume=True).close()
+        except JournalError as exc:
+            raise UsageError(str(exc)) from None
     return str(args.journal)
 
 
@@ -227,6 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished results are in the journal and the output", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, ValueError, TypeError) as exc:  # bad options, keys, files
+    except (UsageError, JournalError, ValueError, TypeError) as exc:  # options, keys, files
         print(f"genai-coroutines {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
