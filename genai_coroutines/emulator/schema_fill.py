@@ -286,6 +286,13 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 _MONTH = "(" + "|".join(_MONTHS) + r")[a-z]*\.?"
 
 _TAG = re.compile(r"<[^>]*>")
+_BLOCK_TAG = re.compile(
+    r"</?(?:p|div|br|li|ul|ol|tr|table|thead|tbody|h[1-6]|section|article|header|footer"
+    r"|blockquote|pre|hr|content-ref)\b[^>]*>",
+    re.IGNORECASE,
+)
+_CELL_TAG = re.compile(r"<t[dh]\b[^>]*>", re.IGNORECASE)
+"""HTML is read as lines: block tags end one, a table cell is a `|` cell, other tags go."""
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
 _MD_NOISE = re.compile(r"\*\*|__|`")
 _LINE_START = re.compile(r"^(?:#{1,6}\s+|>\s*|[-*+]\s+|\d+[.)]\s+)")
@@ -382,7 +389,8 @@ class _Grounds:
         self.lines = _clean_lines(text[:MAX_TEXT])
         self.flat = "\n".join(self.lines)
         self.segments = [segment for line in self.lines for segment in _segments(line)]
-        self.pairs = [pair for segment in self.segments for pair in _pairs(segment)]
+        self.pairs = [pair for line in self.lines for pair in _row_pair(line)]
+        self.pairs += [pair for segment in self.segments for pair in _pairs(segment)]
         self.dates = _find_dates(self.flat)
         self.amounts = _find_numbers(self.flat)
 
@@ -505,7 +513,8 @@ def _is_date(schema: Json, field: _Field) -> bool:
 def _clean_lines(text: str) -> list[str]:
     """The text's lines without markup: HTML tags break lines, markdown marks go, and so
     do page separators, image references and the emulator's OCR placeholders."""
-    text = html.unescape(_TAG.sub("\n", text))
+    text = _CELL_TAG.sub(" | ", _BLOCK_TAG.sub("\n", text))
+    text = html.unescape(_TAG.sub("", text))
     lines = []
     for raw in text.splitlines():
         if "[emulated OCR:" in raw:
@@ -522,6 +531,14 @@ def _segments(line: str) -> list[str]:
     if line.startswith("|"):
         return [cell.strip() for cell in line.strip("|").split("|") if cell.strip()] or [line]
     return [part.strip() for part in _SPLIT.split(line) if part and part.strip()] or [line]
+
+
+def _row_pair(line: str) -> Iterator[_Pair]:
+    """A table row "| Total due | 320.00 EUR |" read as label and value."""
+    if line.startswith("|"):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if len(cells) >= 2 and re.search(r"[A-Za-z]", cells[0]) and cells[1]:
+            yield _Pair(_tokens(cells[0].rstrip(":")), cells[1], spaced=False)
 
 
 def _pairs(segment: str) -> Iterator[_Pair]:
