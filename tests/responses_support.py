@@ -11,7 +11,7 @@ import pytest
 from genai_coroutines import ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import Failure, Reply
-from genai_coroutines.responses import processor
+from genai_coroutines.responses import direct
 
 TEXT = {"type": "text"}
 
@@ -51,7 +51,7 @@ class Attempt:
 def record_attempts(monkeypatch: pytest.MonkeyPatch) -> list[Attempt]:
     """Every attempt the processor makes from now on, timed on the client side, as they end."""
     log: list[Attempt] = []
-    real_send = processor.send  # type: ignore[attr-defined]
+    real_send = direct.send
 
     async def timed_send(*args: Any, **kwargs: Any) -> Reply | Failure:
         started = time.monotonic()
@@ -61,5 +61,5 @@ def record_attempts(monkeypatch: pytest.MonkeyPatch) -> list[Attempt]:
         log.append(Attempt(started, time.monotonic(), status, headers))
         return reply
 
-    monkeypatch.setattr(processor, "send", timed_send)
+    monkeypatch.setattr(direct, "send", timed_send)
     return log

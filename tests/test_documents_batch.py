@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from genai_coroutines import DocumentConfig, DocumentProcessor, parse_documents
-from genai_coroutines.documents import Submission
-from genai_coroutines.documents.sources import BytesSource
+from genai_coroutines.documents import Submission, job
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
+from genai_coroutines.engine import Failure, Reply
 from tests import samples
 from tests.documents_support import config_for
 
@@ -146,16 +148,55 @@ async def test_client_rate_limit_keeps_uploads_under_the_server_limit(
     assert emulator.stats.requests["marker_submit 200"] == 30
 
 
-async def test_a_429_pauses_the_batch_limiter(emulator: Emulator) -> None:
-    emulator.config.datalab_rpm = 60
-    emulator.config.burst_seconds = 0.01
-    processor = DocumentProcessor(config_for(emulator))
-    async with processor.open_batch() as batch:
-        results = await asyncio.gather(
-            *(processor._run_one(batch, i, BytesSource(samples.png(tag=str(i)))) for i in (0, 1))
-        )
-        assert batch.limiter.pauses == 1
-    assert [r["success"] for r in results] == [True, True]
+def record_uploads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[float, float, int | None]]:
+    """(started, ended, status) of every upload from now on, timed on the client side."""
+    log: list[tuple[float, float, int | None]] = []
+    real_send = job.send
+
+    async def timed_send(session: Any, method: str, url: str, **kwargs: Any) -> Reply | Failure:
+        started = time.monotonic()
+        reply = await real_send(session, method, url, **kwargs)
+        if method == "POST":
+            status = reply.status if isinstance(reply, Reply) else None
+            log.append((started, time.monotonic(), status))
+        return reply
+
+    monkeypatch.setattr(job, "send", timed_send)
+    return log
+
+
+async def test_a_429_pauses_every_upload_on_the_key(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uploads = record_uploads(monkeypatch)
+    emulator.config.fault_retry_after = 0.3
+    emulator.faults.schedule("marker_submit", "429-retry-after")
+    documents = [samples.png(tag=str(i)) for i in range(6)]
+    results = await DocumentProcessor(
+        config_for(emulator, max_concurrent_requests=3)
+    ).process_multiparts(documents)
+
+    assert all(r["success"] for r in results)
+    assert sum(r["rate_limited"] for r in results) == 1
+    limited = next(u for u in uploads if u[2] == 429)
+    later = [u for u in uploads if u[0] > limited[1]]
+    assert len(later) >= 3
+    assert min(started for started, _, _ in later) >= limited[1] + 0.29
+
+
+async def test_a_429_asking_half_an_hour_ends_its_item_and_pauses_nobody(
+    emulator: Emulator,
+) -> None:
+    emulator.config.fault_retry_after = 1800
+    emulator.faults.schedule("marker_submit", "429-retry-after")
+    documents = [samples.png(tag=str(i)) for i in range(6)]
+    processor = DocumentProcessor(config_for(emulator, max_concurrent_requests=2))
+    results = await asyncio.wait_for(processor.process_multiparts(documents), 10.0)
+
+    refused = [r for r in results if not r["success"]]
+    assert len(refused) == 1 and refused[0]["error_type"] == "rate_limit_error"
+    assert "[429]" in refused[0]["error"]
+    assert sum(r["success"] for r in results) == 5
 
 
 class Recorder(DocumentProcessor):

@@ -61,7 +61,7 @@ async def test_client_errors_on_submission_are_not_retried(emulator: Emulator, s
 async def test_a_validation_error_names_the_field(emulator: Emulator) -> None:
     [result] = await run(emulator, [samples.pdf(1)], extras=json.dumps({"force_ocr": "maybe"}))
 
-    assert result["error_type"] == "invalid_request" and result["attempts"] == 1
+    assert result["error_type"] == "unprocessable_entity_error" and result["attempts"] == 1
     assert "[422]" in result["error"] and "force_ocr" in result["error"]
 
 
@@ -154,7 +154,7 @@ async def test_expired_results_end_with_a_clear_error(emulator: Emulator) -> Non
     emulator.config.result_ttl = 0.0
     [result] = await run(emulator, [samples.pdf(1)], poll_interval_secs=0.05)
 
-    assert result["error_type"] == "not_found" and "expired" in result["error"]
+    assert result["error_type"] == "not_found_error" and "expired" in result["error"]
     assert emulator.stats.total("marker_submit") == 1
 
 

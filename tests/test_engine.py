@@ -13,7 +13,9 @@ import pytest
 from genai_coroutines.engine import (
     Capacity,
     Failure,
+    MemoryStore,
     RateLimiter,
+    Retried,
     RetryPolicy,
     Success,
     collect_in_order,
@@ -83,9 +85,12 @@ async def test_retrying_counts_attempts_and_stops_at_max_retries() -> None:
         calls += 1
         return _failure()
 
-    outcome, attempts = await retrying(always_fails, RetryPolicy(max_retries=2, initial_delay=0.0))
+    counts = Retried()
+    policy = RetryPolicy(max_retries=2, initial_delay=0.0)
+    outcome = await retrying(always_fails, policy, counts=counts)
     assert isinstance(outcome, Failure)
-    assert attempts == calls == 3
+    assert counts.attempts == calls == 3
+    assert counts.retries == 2
 
 
 async def test_retrying_returns_success_after_transient_failures() -> None:
@@ -95,12 +100,52 @@ async def test_retrying_returns_success_after_transient_failures() -> None:
     async def attempt() -> Success[str] | Failure:
         return replies.pop(0)
 
-    outcome, attempts = await retrying(
-        attempt, RetryPolicy(initial_delay=0.0), on_retry=lambda n, f, d: seen.append(n)
+    counts = Retried()
+    outcome = await retrying(
+        attempt,
+        RetryPolicy(initial_delay=0.0),
+        on_retry=lambda details: seen.append(details.retry_number),
+        counts=counts,
     )
     assert outcome == Success("ok")
-    assert attempts == 3
+    assert counts.attempts == 3
     assert seen == [1, 2]
+
+
+async def test_a_rate_limit_wait_spends_no_retry_but_is_bounded_in_time() -> None:
+    """A 429 about the quota is the scheduler's business: with max_retries=0 an item still
+    waits out three of them and succeeds; one whose waits would pass the time bound ends."""
+    limited = _failure(status=429, retry_after=0.01, error_type="rate_limit_error")
+    replies: list[Success[str] | Failure] = [limited, limited, limited, Success("ok")]
+
+    async def attempt() -> Success[str] | Failure:
+        return replies.pop(0)
+
+    counts = Retried()
+    outcome = await retrying(attempt, RetryPolicy(max_retries=0), counts=counts)
+    assert outcome == Success("ok")
+    assert (counts.attempts, counts.retries, counts.rate_limited) == (4, 0, 3)
+
+    async def always_limited() -> Success[str] | Failure:
+        return limited
+
+    bounded = RetryPolicy(max_retries=0, max_rate_limit_wait=0.05)
+    counts = Retried()
+    assert await retrying(always_limited, bounded, counts=counts) == limited
+    assert counts.rate_limited == 6  # five waits of 0.01 s fit in 0.05 s; the sixth ends it
+
+
+async def test_a_429_beyond_the_wait_ceiling_ends_the_item_and_pauses_nobody() -> None:
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", requests_per_minute=600_000)
+    limited = _failure(status=429, retry_after=1800.0, error_type="rate_limit_error")
+
+    async def attempt() -> Success[str] | Failure:
+        return limited
+
+    outcome = await retrying(attempt, RetryPolicy(max_server_wait=120.0), limiter=limiter)
+    assert outcome == limited
+    await asyncio.wait_for(limiter.acquire(), 0.5)  # not paused for 30 minutes
 
 
 async def test_runner_bounds_concurrency_and_reads_input_lazily() -> None:
@@ -167,7 +212,7 @@ async def test_runner_cancels_in_flight_work_when_the_consumer_stops() -> None:
 
 
 async def test_limiter_admits_a_burst_then_paces_at_the_rate() -> None:
-    limiter = RateLimiter(requests_per_minute=60_000, burst_seconds=0.01)
+    limiter = RateLimiter(MemoryStore(), "key", requests_per_minute=60_000, burst_seconds=0.01)
     loop = asyncio.get_running_loop()
     start = loop.time()
     for _ in range(10):
@@ -180,16 +225,17 @@ async def test_limiter_admits_a_burst_then_paces_at_the_rate() -> None:
 
 
 async def test_limiter_lets_an_oversized_token_request_borrow_instead_of_hanging() -> None:
-    limiter = RateLimiter(tokens_per_minute=600_000, burst_seconds=0.01)
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", tokens_per_minute=600_000, burst_seconds=0.01)
     await asyncio.wait_for(limiter.acquire(tokens=50_000), timeout=1.0)
-    assert limiter.tokens is not None and limiter.tokens.level < 0
+    assert store.snapshot("key")["tokens"] < 0
 
 
 async def test_limiter_pause_holds_everyone_without_stacking() -> None:
-    limiter = RateLimiter(requests_per_minute=600_000, burst_seconds=1.0)
+    limiter = RateLimiter(MemoryStore(), "key", requests_per_minute=600_000, burst_seconds=1.0)
     await limiter.acquire()
     for _ in range(5):
-        limiter.pause(0.05)
+        await limiter.pause(0.05)
     loop = asyncio.get_running_loop()
     start = loop.time()
     await limiter.acquire()
@@ -198,12 +244,13 @@ async def test_limiter_pause_holds_everyone_without_stacking() -> None:
 
 
 async def test_limiter_learns_limits_from_headers_and_sends_one_probe_first() -> None:
-    limiter = RateLimiter(learn=True)
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", learn=True)
     await limiter.acquire()
     second = asyncio.ensure_future(limiter.acquire())
     await asyncio.sleep(0)
     assert not second.done(), "a second request went out before the limits were known"
-    limiter.observe(
+    await limiter.observe(
         {
             "x-ratelimit-limit-requests": "600",
             "x-ratelimit-remaining-requests": "9",
@@ -214,29 +261,40 @@ async def test_limiter_learns_limits_from_headers_and_sends_one_probe_first() ->
         }
     )
     await asyncio.wait_for(second, 1.0)
-    assert limiter.requests is not None and limiter.requests.rate == pytest.approx(10.0)
-    assert limiter.tokens is not None and limiter.tokens.rate == pytest.approx(1000.0)
+    assert await store.limits("key") == {"requests": 600.0, "tokens": 60000.0}
+    again = RateLimiter(store, "key", learn=True)  # another process on the key: no new probe
+    await asyncio.wait_for(asyncio.gather(again.acquire(), again.acquire()), 1.0)
 
 
 async def test_limiter_without_headers_stops_learning_and_runs_free() -> None:
-    limiter = RateLimiter(learn=True)
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", learn=True)
     await limiter.acquire()
-    limiter.observe(None)
+    await limiter.observe(None)
     await asyncio.wait_for(limiter.acquire(), 1.0)
-    limiter.observe({"content-type": "application/json"})
+    await limiter.observe({"content-type": "application/json"})
     await asyncio.wait_for(asyncio.gather(*(limiter.acquire() for _ in range(100))), 1.0)
-    assert limiter.requests is None
+    assert await store.limits("key") == {}
 
 
 async def test_capacity_admits_oversized_requests_alone() -> None:
-    pages = Capacity(10)
-    await pages.acquire(6)
+    pages = Capacity(MemoryStore(), "key", 10)
+    six = await pages.acquire(6)
     big = asyncio.ensure_future(pages.acquire(50))
     await asyncio.sleep(0)
     assert not big.done()
-    pages.release(6)
-    await asyncio.wait_for(big, 1.0)
-    assert pages.used == 10
+    await pages.release(six)
+    held = await asyncio.wait_for(big, 1.0)
+    assert await pages.store.lease("key", 1, 10, 60.0) is None  # the big one holds it all
+    await pages.release(held)
+    assert await pages.store.lease("key", 10, 10, 60.0) is not None
+
+
+async def test_capacity_reclaims_the_lease_of_a_holder_that_never_released() -> None:
+    store = MemoryStore()
+    pages = Capacity(store, "key", 10, lease_secs=0.05, recheck_secs=0.01)
+    await pages.acquire(10)  # and never released, as by a process that died
+    await asyncio.wait_for(pages.acquire(10), 1.0)
 
 
 def test_journal_returns_results_only_for_the_same_request(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from tests.responses_support import request_for, run
 
 SEED_SUCCESS_KEYS = {"success", "raw_response", "usage"}
 SEED_ERROR_KEYS = {"success", "error", "error_type", "param", "code", "is_retriable", "attempts"}
-OUR_KEYS = {"index", "status", "latency_ms", "attempts"}
+OUR_KEYS = {"index", "status", "latency_ms", "attempts", "rate_limited", "model"}
 
 
 async def test_results_keep_input_order_under_random_latency(emulator: Emulator) -> None:

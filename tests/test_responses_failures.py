@@ -26,7 +26,6 @@ RETRIED = [
     ("520", 520, "server_error", "520 Error"),
     ("408", 408, "timeout", "408 Request Timeout"),
     ("409", 409, "conflict_error", "409 Conflict"),
-    ("429", 429, "rate_limit_error", "429 Too Many Requests"),
     ("reset", None, "connection_error", ""),
     ("malformed", 200, "invalid_response", "not a complete response"),
     ("stall", None, "timeout", "timed out after 0.15s"),
@@ -54,6 +53,21 @@ async def test_retried_failure_recovers_then_exhausts(
     assert failed["status"] == status
     assert failed["error_type"] == error_type
     assert message in failed["error"]
+
+
+async def test_a_429_spends_no_retry_but_its_waits_are_bounded(emulator: Emulator) -> None:
+    """Three 429s with max_retries=2: waiting for quota is not the item failing, so it
+    still succeeds; with the rate-limit wait bounded, a key that stays limited ends it."""
+    emulator.faults.schedule("responses", "429", times=3)
+    [ok] = (await run(emulator, ["hi"], max_retries=2))["results"]
+    assert ok["success"] and ok["attempts"] == 4 and ok["rate_limited"] == 3
+
+    emulator.faults.schedule("responses", "429", times=100)
+    [failed] = (await run(emulator, ["hi"], max_retries=2, max_rate_limit_wait_secs=0.05))[
+        "results"
+    ]
+    assert failed["success"] is False and failed["error_type"] == "rate_limit_error"
+    assert failed["is_retriable"] is True and "429 Too Many Requests" in failed["error"]
 
 
 NOT_RETRIED = [

@@ -27,7 +27,7 @@ async def test_batch_events_are_logged_as_key_value(
     text = logged(caplog)
     assert "batch_start | model=gpt-4o-mini prompts=3 concurrency=1 stream=False" in text
     assert "retry | index=0 retry=1/5 reason=server_error status=503 delay=" in text
-    assert "rate_limit | index=0 retry=2/5 reason=rate_limit_error status=429" in text
+    assert "rate_limit | index=0 retry=1/5 reason=rate_limit_error status=429" in text
     assert (
         "task_failed | index=0 error_type=invalid_request_error status=400 code=None attempts=3"
         in text

@@ -9,7 +9,7 @@ import asyncio
 from typing import Any
 
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.engine import RateLimiter
+from genai_coroutines.engine import MemoryStore, RateLimiter
 from tests.responses_support import record_attempts, run
 
 
@@ -71,53 +71,41 @@ async def test_a_429_pauses_every_worker(emulator: Emulator, monkeypatch: Any) -
 
 
 async def test_a_given_limit_is_a_ceiling_the_server_cannot_raise() -> None:
-    limiter = RateLimiter(600, None, learn=True)
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", 600, None, learn=True)
     await limiter.acquire()
-    limiter.observe(
+    await limiter.observe(
         {
             "x-ratelimit-limit-requests": "10000",
             "x-ratelimit-remaining-requests": "9999",
             "x-ratelimit-reset-requests": "6ms",
         }
     )
-    assert limiter.requests is not None and limiter.requests.per_minute == 600
-    limiter.observe(
+    assert (await store.limits("key"))["requests"] == 600
+    await limiter.observe(
         {
             "x-ratelimit-limit-requests": "300",
             "x-ratelimit-remaining-requests": "299",
             "x-ratelimit-reset-requests": "200ms",
         }
     )
-    assert limiter.requests.per_minute == 300  # but it may lower it
-
-
-async def test_learned_limits_are_not_rebuilt_on_every_reply() -> None:
-    """2,000,000 / 60 * 60 is not 2,000,000 in floating point; the bucket must survive."""
-    limiter = RateLimiter(learn=True)
-    headers = {
-        "x-ratelimit-limit-tokens": "2000000",
-        "x-ratelimit-remaining-tokens": "1999000",
-        "x-ratelimit-reset-tokens": "30ms",
-    }
-    await limiter.acquire()
-    limiter.observe(headers)
-    bucket = limiter.tokens
-    limiter.observe(headers)
-    assert limiter.tokens is bucket
+    assert (await store.limits("key"))["requests"] == 300  # but it may lower it
 
 
 async def test_a_pause_survives_a_lower_reported_limit_as_time_not_units() -> None:
     """A 0.3 s pause taken at a given 1,000,000 RPM, then the server reporting 10,000 RPM,
     must still be about 0.3 s, not the 30 s the same deficit in requests would take."""
-    limiter = RateLimiter(1_000_000, None)
+    store = MemoryStore()
+    limiter = RateLimiter(store, "key", 1_000_000, None)
     await limiter.acquire()
-    limiter.pause(0.3)
-    limiter.observe(
+    await limiter.pause(0.3)
+    await limiter.observe(
         {
             "x-ratelimit-limit-requests": "10000",
             "x-ratelimit-remaining-requests": "9999",
             "x-ratelimit-reset-requests": "6ms",
         }
     )
-    assert limiter.requests is not None and limiter.requests.per_minute == 10000
-    assert limiter.requests.wait_for(1, asyncio.get_running_loop().time()) < 0.35
+    assert (await store.limits("key"))["requests"] == 10000
+    wait = await store.take("key", (("requests", 1),))
+    assert 0.2 < wait < 0.35

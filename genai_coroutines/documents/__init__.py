@@ -1,7 +1,7 @@
 """The Datalab Marker API adapter: `DocumentConfig`, `DocumentProcessor`, `parse_documents`."""
 
+from ..engine import Submission
 from .config import DocumentConfig
-from .job import Submission
 from .parse import parse_documents
 from .processor import DocumentProcessor
 from .sources import DocumentInput

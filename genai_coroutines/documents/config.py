@@ -100,6 +100,11 @@ class DocumentConfig:
     max_retry_delay_secs: float = param(
         120, "cap on the backoff delay before jitter, s", flag="--max-retry-delay"
     )
+    max_rate_limit_wait_secs: float = param(
+        600,
+        "seconds one document may spend in all waiting out 429s (which spend no retry)",
+        flag="--max-rate-limit-wait",
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -133,6 +138,7 @@ class DocumentConfig:
         check.integer("max_pages_in_flight", self.max_pages_in_flight, minimum=1, optional=True)
         check.number("timeout_secs", self.timeout_secs, positive=True)
         check.number("max_retry_delay_secs", self.max_retry_delay_secs)
+        check.number("max_rate_limit_wait_secs", self.max_rate_limit_wait_secs)
 
     @property
     def extra_fields(self) -> dict[str, Any]:

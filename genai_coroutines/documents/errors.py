@@ -2,7 +2,9 @@
 
 Datalab is a FastAPI service: errors carry `detail`, a string or, for a form field of
 the wrong type (422), a list of `{loc, msg}`; proxies in front of it answer with HTML.
-Either way the message says what went wrong in a line, without echoing headers.
+Either way the message says what went wrong in a line. `error_type` follows the
+engine's one vocabulary (`engine.ErrorType`): the same status has the same name as on
+the OpenAI side. A body that echoes the key has it redacted.
 """
 
 from __future__ import annotations
@@ -11,26 +13,18 @@ from typing import Any
 
 import orjson
 
-from ..engine import Failure, Reply, retry_after, status_is_retriable
-
-_ERROR_TYPES = {
-    400: "invalid_request",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found",
-    413: "file_too_large",
-    422: "invalid_request",
-    429: "rate_limit",
-}
+from ..engine import Failure, Reply, error_type_for, retry_after, status_is_retriable
 
 
-def http_failure(reply: Reply) -> Failure:
+def http_failure(reply: Reply, api_key: str) -> Failure:
     """A non-2xx answer, classified: 408/409/429/5xx retriable, 401/403 doom the batch."""
     status = reply.status
-    kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    detail = _detail(reply.body)
+    if api_key and api_key in detail:
+        detail = detail.replace(api_key, "[redacted]")
     return Failure(
-        f"Datalab API error [{status}]: {_detail(reply.body)}",
-        kind,
+        f"Datalab API error [{status}]: {detail}",
+        error_type_for(status),
         retriable=status_is_retriable(status),
         status=status,
         retry_after=retry_after(reply.headers),

@@ -2,44 +2,49 @@
 
     SUBMIT --accepted--> POLL --complete--> done
       |                    |
-      |                    +-- 5xx, 429, timeout, reset, malformed body: poll again after
-      |                    |   backoff from `poll_interval_secs`; not a poll attempt, never
-      |                    |   a new upload; at most `max_retries` in a row
-      |                    +-- failed with "Page rate limit exceeded": back to SUBMIT after
-      |                    |   backoff, as a counted retry (the job never ran)
+      |                    +-- 5xx, 429, timeout, reset, malformed body: polled again
+      |                    |   after the poll policy's backoff; never a new upload; at
+      |                    |   most `max_retries` in a row (`engine.poll_until`)
+      |                    +-- failed with "Page rate limit exceeded": back to SUBMIT
+      |                    |   after backoff, as a counted retry (the job never ran)
       |                    +-- failed, 404 (expired or unknown), 401/403: the item fails
-      |                    +-- still processing after `max_poll_attempts` polls: it fails,
-      |                        naming the request id (the result stays fetchable for an hour)
-      +-- 429 (waits exactly its Retry-After, and pauses the whole batch), 5xx, timeout,
-      |   connection error, malformed body: SUBMIT again after backoff, a counted retry
+      |                    +-- still processing after `max_poll_attempts`: the item fails
+      |
+      +-- 429: after exactly its Retry-After (every upload on the key pauses with it),
+      |        spending no retry; a wait beyond the ceiling ends the item, pausing nobody
+      +-- 5xx, 408, 409, timeout, reset, malformed answer: after backoff, counted
       +-- 400, 401, 403, 404, 413, 422, success=false: the item fails; 401 and 403 end the
           batch, since every other upload would be refused the same way
 
-Once Datalab has given a request id the document is not uploaded again, except after
-the page limit refused it or, when polling resumed from a journaled request, after
-that request expired. Every counted retry of a document, whatever its cause, draws on
-the same `max_retries`.
+One "round" (upload if needed, then poll to the end) is one attempt of the engine's
+`retrying`, so every counted retry of a document, whatever its cause, draws on the
+same `max_retries`. Once Datalab has given a request id the document is not uploaded
+again, except after the page limit refused it or, when polling resumed from a
+journaled request, after that request expired.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
 from ..engine import (
-    BatchStop,
-    Capacity,
     Failure,
+    ItemRun,
     RateLimiter,
     Reply,
+    Retried,
+    RetryDetails,
     RetryPolicy,
+    Submission,
+    Success,
     log_event,
+    poll_until,
+    retrying,
     send,
 )
 from ..pdfpages import pages_in_range, parse_page_range
@@ -55,14 +60,6 @@ PAGE_LIMIT_ERROR = "page rate limit exceeded"
 
 
 @dataclass(frozen=True, slots=True)
-class Submission:
-    """An accepted job: enough to poll it, now or after a restart."""
-
-    request_id: str
-    request_check_url: str
-
-
-@dataclass(frozen=True, slots=True)
 class Finished:
     """A completed job: its poll payload, parsed and as the raw JSON text."""
 
@@ -70,7 +67,14 @@ class Finished:
     body: str
 
 
-SubmittedHook = Callable[[int, str, str], None]
+@dataclass(frozen=True, slots=True)
+class JobFailed:
+    """A job Datalab ended as failed (the page limit refused it, or it could not run)."""
+
+    failure: Failure
+
+
+Ended = Finished | JobFailed
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,6 @@ class Batch:
     """What every job of one batch shares."""
 
     config: DocumentConfig
-    session: aiohttp.ClientSession
     settings: Fields
     policy: RetryPolicy
     """Backoff before an upload is retried."""
@@ -86,11 +89,7 @@ class Batch:
     """Backoff before a failed poll is retried: on the poll's own clock, since polls are free
     and the job runs on meanwhile, while uploads are paid for and rate limited."""
     limiter: RateLimiter
-    pages: Capacity | None
-    stop: BatchStop
-    on_submitted: SubmittedHook
-    wait: Callable[[float], Awaitable[None]] = asyncio.sleep
-    """How a backoff is slept (a progress bar counts the items waiting in it)."""
+    """The key's submission rate (shared by every batch on the key)."""
 
 
 def page_weight(upload: Upload, config: DocumentConfig) -> int:
@@ -113,165 +112,164 @@ def page_weight(upload: Upload, config: DocumentConfig) -> int:
 class Job:
     """The state machine above, for one document of a batch."""
 
-    def __init__(self, batch: Batch, index: int, upload: Upload) -> None:
+    def __init__(self, batch: Batch, run: ItemRun, upload: Upload) -> None:
         self.batch = batch
         self.config = batch.config
-        self.index = index
+        self.run_ = run
         self.upload = upload
         self.timeout = aiohttp.ClientTimeout(total=self.config.timeout_secs)
-        self.attempts = 0
-        """Uploads sent."""
-        self.retries = 0
-        """Counted retries so far, whatever their cause."""
-        self.rate_limited = 0
-        """429 answers received."""
-        self.request_id: str | None = None
+        self.counts = Retried()
+        self.uploads = 0
+        """Uploads sent (the result's `attempts`)."""
 
-    async def run(self, resume: Submission | None = None) -> Finished | Failure:
-        submission = resume
+    @property
+    def request_id(self) -> str | None:
+        submission = self.run_.submission
+        return submission.request_id if submission is not None else None
+
+    async def run(self) -> Finished | Failure:
+        outcome = await retrying(
+            self._round,
+            self.batch.policy,
+            on_retry=self._log_retry,
+            sleep=self.run_.batch.wait,
+            counts=self.counts,
+            limiter=self.batch.limiter,
+        )
+        return outcome.value if isinstance(outcome, Success) else outcome
+
+    async def _round(self) -> Success[Finished] | Failure:
+        """Upload unless a submission is known, then poll the job to its end."""
+        run = self.run_
+        resumed = run.submission
         while True:
+            submission = run.submission
             if submission is None:
                 submitted = await self._submit()
                 if isinstance(submitted, Failure):
                     return submitted
-                submission = submitted
-            self.request_id = submission.request_id
+                run.submitted(submission := submitted)
             ended = await self._poll(submission)
             if isinstance(ended, Finished):
-                return ended
-            if submission is resume and ended.error_type == "not_found":
+                return Success(ended)
+            if ended.error_type == "not_found_error" and submission is resumed:
                 log_event(
                     logger,
                     logging.WARNING,
                     "resume_expired",
-                    index=self.index,
+                    index=run.index,
                     request_id=submission.request_id,
                 )
-                submission = None
+                run.submission = resumed = None  # uploaded afresh, not a retry
                 continue
-            if ended.error_type != "page_limit":
-                return ended
-            delay = self._counted_retry(ended, submission.request_id)
-            if delay is None:
-                return ended
-            await self.batch.wait(delay)
-            submission = None
-
-    # -- submission ---------------------------------------------------------------
+            if ended.error_type == "page_limit":
+                run.submission = None
+            return ended
 
     async def _submit(self) -> Submission | Failure:
-        batch = self.batch
-        while True:
-            if batch.stop.failure is not None:
-                return batch.stop.failure
+        batch, stop = self.batch, self.run_.batch.stop
+        if stop.failure is None:
             await batch.limiter.acquire()
-            self.attempts += 1
-            form = build_form(self.upload, batch.settings)
-            reply = await send(
-                batch.session, "POST", self.config.api_url, timeout=self.timeout, data=form
-            )
-            outcome = self._accepted(reply)
-            if isinstance(outcome, Submission):
-                log_event(
-                    logger,
-                    logging.DEBUG,
-                    "submitted",
-                    index=self.index,
-                    request_id=outcome.request_id,
-                    attempt=self.attempts,
-                )
-                batch.on_submitted(self.index, outcome.request_id, outcome.request_check_url)
-                return outcome
-            batch.stop.record(outcome)
-            if outcome.status == 429:
-                self.rate_limited += 1
-                if outcome.retry_after is not None:
-                    batch.limiter.pause(outcome.retry_after)
-            delay = self._counted_retry(outcome, None)
-            if delay is None:
-                return outcome
-            await batch.wait(delay)
+        if stop.failure is not None:
+            return stop.failure
+        self.uploads += 1
+        form = build_form(self.upload, batch.settings)
+        reply = await send(
+            self.run_.batch.session, "POST", self.config.api_url, timeout=self.timeout, data=form
+        )
+        outcome = self._accepted(reply)
+        if isinstance(outcome, Failure):
+            stop.record(outcome)
+            return outcome
+        log_event(
+            logger,
+            logging.DEBUG,
+            "submitted",
+            index=self.run_.index,
+            request_id=outcome.request_id,
+            attempt=self.uploads,
+        )
+        return outcome
 
     def _accepted(self, reply: Reply | Failure) -> Submission | Failure:
-        body = _json_reply(reply, "upload answer")
+        body = _json_reply(reply, "upload answer", self.config.api_key or "")
         if isinstance(body, Failure):
             return body
         if body.get("success") is False:
             return Failure(
                 f"Datalab refused the document: {body.get('error') or 'no reason given'}",
-                "invalid_request",
+                "invalid_request_error",
                 retriable=False,
-                status=reply.status,
+                status=reply.status if isinstance(reply, Reply) else None,
             )
         check_url = body.get("request_check_url")
         if not isinstance(check_url, str) or not check_url:
             return Failure(
                 "Datalab accepted the upload without a request_check_url",
-                "malformed_response",
+                "invalid_response",
                 retriable=True,
-                status=reply.status,
+                status=reply.status if isinstance(reply, Reply) else None,
             )
         check_url = urljoin(self.config.api_url, check_url)
-        request_id = (
-            body.get("request_id") or urlsplit(check_url).path.rstrip("/").rsplit("/", 1)[-1]
-        )
+        parts = urlsplit(check_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return Failure(
+                f"Datalab's request_check_url is not an http(s) URL: {check_url[:200]!r}",
+                "invalid_response",
+                retriable=False,
+            )
+        request_id = body.get("request_id") or parts.path.rstrip("/").rsplit("/", 1)[-1]
         return Submission(str(request_id), check_url)
-
-    # -- polling ------------------------------------------------------------------
 
     async def _poll(self, submission: Submission) -> Finished | Failure:
         config = self.config
-        polls = 0
-        troubles = 0
-        wait = config.poll_interval_secs
-        while True:
-            await (self.batch.wait if troubles else asyncio.sleep)(wait)
-            reply = await send(
-                self.batch.session, "GET", submission.request_check_url, timeout=self.timeout
-            )
-            outcome = self._polled(reply, submission)
-            if _transient(outcome):
-                troubles += 1
-                if outcome.status == 429:
-                    self.rate_limited += 1
-                delay = self.batch.poll_policy.delay_for(troubles, outcome)
-                if delay is None:
-                    return Failure(
-                        f"polling request {submission.request_id} failed {troubles} times in a "
-                        f"row, last: {outcome.message}",
-                        outcome.error_type,
-                        retriable=False,
-                        status=outcome.status,
-                    )
-                log_event(
-                    logger,
-                    logging.WARNING,
-                    "poll_retry",
-                    index=self.index,
-                    request_id=submission.request_id,
-                    failures=f"{troubles}/{config.max_retries}",
-                    delay=f"{delay:.2f}s",
-                    error=outcome.message,
-                )
-                wait = delay
-                continue
-            troubles = 0
-            wait = config.poll_interval_secs
-            if outcome is not None:
-                if isinstance(outcome, Failure):
-                    self.batch.stop.record(outcome)
-                return outcome
-            polls += 1
-            if polls >= config.max_poll_attempts:
-                return Failure(
-                    f"request {submission.request_id} still processing after {polls} polls "
-                    f"({polls * config.poll_interval_secs:g}s); its result stays at "
-                    f"{submission.request_check_url} for an hour",
-                    "poll_timeout",
-                    retriable=False,
-                )
 
-    def _polled(self, reply: Reply | Failure, submission: Submission) -> Finished | Failure | None:
+        async def check() -> Success[Finished | JobFailed | None] | Failure:
+            reply = await send(
+                self.run_.batch.session, "GET", submission.request_check_url, timeout=self.timeout
+            )
+            polled = self._polled(reply, submission)
+            if isinstance(polled, Failure):
+                self.run_.batch.stop.record(polled)
+                return polled
+            return Success(polled)
+
+        def on_retry(details: RetryDetails) -> None:
+            log_event(
+                logger,
+                logging.WARNING,
+                "poll_retry",
+                index=self.run_.index,
+                request_id=submission.request_id,
+                failures=f"{details.retry_number}/{config.max_retries}",
+                delay=f"{details.wait:.2f}s",
+                error=details.failure.message,
+            )
+
+        ended = await poll_until(
+            check,
+            interval=config.poll_interval_secs,
+            max_polls=config.max_poll_attempts,
+            policy=self.batch.poll_policy,
+            wait=self.run_.batch.wait,
+            on_retry=on_retry,
+            what=f"request {submission.request_id}",
+        )
+        if ended is None:
+            polls = config.max_poll_attempts
+            return Failure(
+                f"request {submission.request_id} still processing after {polls} polls "
+                f"({polls * config.poll_interval_secs:g}s); its result stays at "
+                f"{submission.request_check_url} for an hour",
+                "poll_timeout",
+                retriable=False,
+            )
+        if isinstance(ended, Failure):
+            return ended
+        assert ended.value is not None  # poll_until returns only ended work
+        return ended.value if isinstance(ended.value, Finished) else ended.value.failure
+
+    def _polled(self, reply: Reply | Failure, submission: Submission) -> Ended | Failure | None:
         """A poll's answer: the finished job, why it failed, or None while processing."""
         if isinstance(reply, Failure):
             return reply
@@ -279,11 +277,11 @@ class Job:
             return Failure(
                 f"request {submission.request_id} not found (404): its result expired (Datalab "
                 "keeps results for an hour) or the id is unknown",
-                "not_found",
+                "not_found_error",
                 retriable=False,
                 status=404,
             )
-        payload = _json_reply(reply, "poll answer")
+        payload = _json_reply(reply, "poll answer", self.config.api_key or "")
         if isinstance(payload, Failure):
             return payload
         status = payload.get("status")
@@ -293,49 +291,41 @@ class Job:
             return None  # "processing", or a state this client does not know yet
         error = str(payload.get("error") or f"job ended with status {status!r}")
         if PAGE_LIMIT_ERROR in error.lower():
-            return Failure(
-                f"request {submission.request_id}: {error}", "page_limit", retriable=True
+            return JobFailed(
+                Failure(f"request {submission.request_id}: {error}", "page_limit", retriable=True)
             )
-        return Failure(
-            f"Datalab could not process the document (request {submission.request_id}): {error}",
-            "job_failed",
-            retriable=False,
+        return JobFailed(
+            Failure(
+                f"Datalab could not process the document (request {submission.request_id}): "
+                f"{error}",
+                "job_failed",
+                retriable=False,
+            )
         )
 
-    def _counted_retry(self, failure: Failure, request_id: str | None) -> float | None:
-        """Seconds to wait before the next upload, or None when the item should end."""
-        self.retries += 1
-        delay = self.batch.policy.delay_for(self.retries, failure)
-        if delay is None:
-            return None
-        event = "rate_limit" if failure.status == 429 else "retry"
+    def _log_retry(self, details: RetryDetails) -> None:
+        failure = details.failure
         log_event(
             logger,
             logging.WARNING,
-            event,
-            index=self.index,
-            attempt=f"{self.retries}/{self.config.max_retries}",
-            delay=f"{delay:.2f}s",
+            "rate_limit" if failure.status == 429 else "retry",
+            index=self.run_.index,
+            attempt=f"{details.retry_number}/{self.config.max_retries}",
+            delay=f"{details.wait:.2f}s",
             error=failure.message,
-            **({"request_id": request_id} if request_id else {}),
+            **({"request_id": self.request_id} if self.request_id else {}),
         )
-        return delay
 
 
-def _json_reply(reply: Reply | Failure, what: str) -> dict[str, Any] | Failure:
+def _json_reply(reply: Reply | Failure, what: str, api_key: str) -> dict[str, Any] | Failure:
     """A 2xx reply's JSON object, or the failure to retry or report instead."""
     if isinstance(reply, Failure):
         return reply
     if not 200 <= reply.status < 300:
-        return http_failure(reply)
+        return http_failure(reply, api_key)
     body = json_object(reply.body)
     if body is None:
         return Failure(
-            f"Datalab's {what} is not a JSON object", "malformed_response", True, reply.status
+            f"Datalab's {what} is not a JSON object", "invalid_response", True, reply.status
         )
     return body
-
-
-def _transient(outcome: Finished | Failure | None) -> TypeGuard[Failure]:
-    """A poll that failed on the way (network, 5xx, 429, bad body), not a job that ended."""
-    return isinstance(outcome, Failure) and outcome.retriable and outcome.error_type != "page_limit"

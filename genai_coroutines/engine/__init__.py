@@ -1,24 +1,63 @@
-"""The request engine both adapters share: transport, retry policy, rate limits, runner."""
+"""The batch engine every adapter runs on: the driver, transport, retry policy, limits.
 
+Internal: users import from `genai_coroutines`; adapters import from here.
+"""
+
+from .batch import Adapter, BatchOptions, BatchRun, Driver, ItemRun, Submission
+from .bookkeeping import Result
 from .headers import parse_duration, retry_after
-from .http import Reply, open_session, send
+from .http import BodyReader, Reply, open_session, read_all, send
 from .limiter import Capacity, RateLimiter
+from .limits import LOCAL, KeyLimits, key_digest, limit_key
 from .logs import log_event
-from .retry import BatchStop, Failure, RetryPolicy, Success, retrying, status_is_retriable
-from .runner import collect_in_order, run_streaming
+from .outcome import (
+    ERROR_TYPES,
+    BatchStop,
+    ErrorType,
+    Failure,
+    Success,
+    error_type_for,
+)
+from .polling import Check, poll_until
+from .retry import Retried, RetryDetails, RetryPolicy, retrying, status_is_retriable
+from .runner import collect_in_order, count, run_streaming
+from .store import LimitStore, MemoryStore
 
 __all__ = [
+    "ERROR_TYPES",
+    "LOCAL",
+    "Adapter",
+    "BatchOptions",
+    "BatchRun",
     "BatchStop",
+    "BodyReader",
     "Capacity",
+    "Check",
+    "Driver",
+    "ErrorType",
     "Failure",
+    "ItemRun",
+    "KeyLimits",
+    "LimitStore",
+    "MemoryStore",
     "RateLimiter",
     "Reply",
+    "Result",
+    "Retried",
+    "RetryDetails",
     "RetryPolicy",
+    "Submission",
     "Success",
     "collect_in_order",
+    "count",
+    "error_type_for",
+    "key_digest",
+    "limit_key",
     "log_event",
     "open_session",
     "parse_duration",
+    "poll_until",
+    "read_all",
     "retry_after",
     "retrying",
     "run_streaming",

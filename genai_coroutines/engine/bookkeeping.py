@@ -1,10 +1,9 @@
 """`Bookkeeping`: the records one batch keeps of its results, whichever API it calls.
 
-Both processors show the same progress bar, total the same `BatchSummary` and
-journal results the same way; kept in one place, a rule such as "a journaled success
-comes back marked `from_journal`, a failure is tried again" cannot hold for one
-adapter and not the other. What stays in each processor is what differs: how an
-item's request is digested, and (Datalab only) the journaling of submitted jobs.
+Every batch shows the same progress bar, totals the same `BatchSummary` and journals
+results the same way; kept in one place (and used only by the driver, `batch.py`), a
+rule such as "a journaled success comes back marked `from_journal`, a failure is tried
+again" cannot hold for one adapter and not the other.
 """
 
 from __future__ import annotations
@@ -61,11 +60,24 @@ class Bookkeeping:
         self.digests[index] = digest
         return None
 
-    def record(self, index: int, result: Result) -> Result:
-        """Journal a result `replay` did not answer (success or failure); hand it back."""
+    def submission(self, index: int) -> tuple[str, str] | None:
+        """(request id, poll URL) of work journaled as accepted for this very request."""
+        digest = self.digests.get(index)
+        if self.journal is None or digest is None:
+            return None
+        return self.journal.submitted(index, digest)
+
+    def submitted(self, index: int, submission: Any) -> None:
+        """Journal work the API accepted for an item `replay` did not answer."""
+        if self.journal is not None:
+            self.journal.record_submission(
+                index, self.digests[index], submission.request_id, submission.request_check_url
+            )
+
+    def record(self, index: int, result: Result) -> None:
+        """Journal a result `replay` did not answer (success or failure)."""
         if self.journal is not None:
             self.journal.record_result(index, self.digests.pop(index), result)
-        return result
 
     def add(self, result: Mapping[str, Any]) -> None:
         """Count a result the batch yields, in this batch's counts, the summary and the bar."""

@@ -9,6 +9,7 @@ here, once, so retry policy and rate limiter agree on what the server said.
 from __future__ import annotations
 
 import email.utils
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -23,12 +24,19 @@ def parse_duration(text: str | None) -> float | None:
         return None
     text = text.strip()
     parts = _DURATION_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        try:
-            return max(0.0, float(text))
-        except ValueError:
-            return None
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    try:
+        if not parts or "".join(n + u for n, u in parts) != text:
+            return _seconds(float(text))
+        return _seconds(sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts))
+    except ValueError:
+        return None
+
+
+def _seconds(value: float) -> float:
+    """A wait read from a header: never negative, never infinite or NaN."""
+    if not math.isfinite(value):
+        raise ValueError(f"not a usable wait: {value!r}")
+    return max(0.0, value)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -36,14 +44,14 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return max(0.0, float(value) / 1000.0)
+            return _seconds(float(value) / 1000.0)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return _seconds(float(value))
     except ValueError:
         pass
     try:
@@ -54,12 +62,13 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
-    """An integer header; tolerates "1000.0", ignores junk and negatives (Azure sends -1)."""
+    """An integer header; tolerates "1000.0", ignores junk, infinities and negatives (Azure
+    sends -1): a value read from a server is untrusted input."""
     value = headers.get(name)
     if value is None:
         return None
     try:
         number = int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # junk, "inf", "nan"
         return None
-    return number if number >= 0 else None
+    return number if 0 <= number < 2**53 else None

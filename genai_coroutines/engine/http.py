@@ -6,6 +6,11 @@ concurrency so keep-alive connections are reused instead of opened per request.
 reading the whole body: a server that sends headers and then stalls is a timeout,
 not a half-read reply. Network trouble comes back as a `Failure`, never as an
 exception, so the retry policy sees every outcome in one shape.
+
+Redirects are never followed. aiohttp would follow them carrying every header but
+`Authorization` to whatever host the server names (a Datalab `X-Api-Key` included),
+and a 302 would turn a paid POST into a GET whose answer looks like a success. Neither
+API redirects its clients, so a 3xx is a failure that names where it pointed.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from .retry import Failure
+from .outcome import Failure
 
 BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 
@@ -61,7 +67,11 @@ async def send(
 ) -> Reply | Failure:
     """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte."""
     try:
-        async with session.request(method, url, timeout=timeout, **kwargs) as response:
+        async with session.request(
+            method, url, timeout=timeout, allow_redirects=False, **kwargs
+        ) as response:
+            if 300 <= response.status < 400:
+                return _redirect(response)
             body = await read_body(response)
             return Reply(response.status, response.headers, body)
     except asyncio.TimeoutError:
@@ -76,3 +86,17 @@ async def send(
         return Failure(
             f"Malformed HTTP response: {exc.message}", "connection_error", retriable=True
         )
+    except (aiohttp.InvalidURL, ValueError) as exc:  # a URL a server handed us
+        return Failure(f"Unusable URL {url[:200]!r}: {exc}", "invalid_response", retriable=False)
+
+
+def _redirect(response: aiohttp.ClientResponse) -> Failure:
+    target = urlsplit(response.headers.get("Location", ""))
+    where = f"{target.scheme}://{target.netloc}" if target.netloc else "elsewhere"
+    return Failure(
+        f"{response.status} redirect to {where} refused: the API does not redirect, and the "
+        "key is never sent to another address",
+        "redirect_refused",
+        retriable=False,
+        status=response.status,
+    )

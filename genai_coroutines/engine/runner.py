@@ -20,6 +20,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Sized,
 )
 from typing import TypeVar
 
@@ -83,6 +84,11 @@ async def run_streaming(
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
         await items.aclose()
+
+
+def count(source: object, unknown: str) -> int | str:
+    """How many inputs a source holds, for a log line; `unknown` for a lazy one."""
+    return len(source) if isinstance(source, Sized) else unknown
 
 
 async def collect_in_order(results: AsyncIterator[R], index_of: Callable[[R], int]) -> list[R]:

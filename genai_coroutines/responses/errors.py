@@ -24,18 +24,15 @@ from typing import Any
 
 import orjson
 
-from ..engine import Failure, parse_duration, retry_after, status_is_retriable
+from ..engine import (
+    ErrorType,
+    Failure,
+    error_type_for,
+    parse_duration,
+    retry_after,
+    status_is_retriable,
+)
 
-_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout",
-    409: "conflict_error",
-    422: "unprocessable_entity_error",
-    429: "rate_limit_error",
-}
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _TOO_LARGE = re.compile(r"Limit (\d+), Requested (\d+)")
 _KEY_ECHO = re.compile(r"(API key provided: )[^\s.,]+")
@@ -59,7 +56,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, api_key: str)
     code = error.get("code") if isinstance(error.get("code"), str) else None
     param = error.get("param") if isinstance(error.get("param"), str) else None
     body_type = error.get("type")
-    error_type = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "api_error")
+    error_type: ErrorType = error_type_for(status)
     retriable = status_is_retriable(status)
     dooms = status == 401
     wait = retry_after(headers)

@@ -105,6 +105,11 @@ class ResponsesRequest:
     max_retry_wait_secs: float = param(
         120, "longest Retry-After or reset wait honoured, s", flag="--max-retry-wait"
     )
+    max_rate_limit_wait_secs: float = param(
+        600,
+        "seconds one item may spend in all waiting out 429s (which spend no retry)",
+        flag="--max-rate-limit-wait",
+    )
     _template: BodyTemplate = field(init=False)
     """The request body without its `input`, serialised once (see `wire.BodyTemplate`)."""
 
@@ -142,6 +147,7 @@ class ResponsesRequest:
         for name in ("requests_per_minute", "tokens_per_minute"):
             check.number(name, getattr(self, name), positive=True, optional=True)
         check.number("max_retry_wait_secs", self.max_retry_wait_secs)
+        check.number("max_rate_limit_wait_secs", self.max_rate_limit_wait_secs)
         _check_json(self)
         object.__setattr__(self, "_template", BodyTemplate.build(self))
 

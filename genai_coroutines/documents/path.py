@@ -1,0 +1,126 @@
+"""The Datalab `Adapter` (see `engine.batch`): read a document, run its job, shape its result.
+
+An item is read only when its turn comes (`prepare`), is journaled under a digest of
+its content and the batch's form settings, holds its pages on the key's
+pages-in-flight capacity while its job runs, and ends as the seed's result dict plus
+`index`, `request_id`, `page_count`, `attempts`, `error_type` and `rate_limited`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from ..engine import Capacity, Failure, ItemRun, Result, Submission, log_event
+from .config import DocumentConfig
+from .job import Batch, Finished, Job, logger, page_weight
+from .sources import SourceError, Upload, as_source
+
+
+class DocumentsPath:
+    kind = "documents"
+    unit = "doc"
+    logger = logger
+
+    def __init__(
+        self,
+        batch: Batch,
+        pages: Capacity | None,
+        on_submitted: Callable[[int, str, str], None],
+    ) -> None:
+        self.batch = batch
+        self.config: DocumentConfig = batch.config
+        self.pages = pages
+        self.on_submitted = on_submitted
+        self.settings = orjson.dumps(batch.settings)
+
+    async def prepare(self, index: int, item: Any) -> Upload | Failure:
+        source = as_source(item, index)  # a lazy input's bad item: its own error only
+        log_event(logger, logging.DEBUG, "task_start", index=index, source=source.label)
+        try:
+            return await source.load()
+        except SourceError as exc:
+            return Failure(str(exc), "read_error", retriable=False)
+
+    def digest(self, upload: Upload) -> tuple[bytes, ...]:
+        return (upload.data or str(upload.url).encode(), self.settings)
+
+    def failed(self, index: int, failure: Failure, started: float) -> Result:
+        return self._result(index, started, failure, None, None)
+
+    async def execute(self, run: ItemRun, upload: Upload) -> Result:
+        journal = run.on_submitted
+
+        def submitted(submission: Submission) -> None:
+            self.on_submitted(run.index, submission.request_id, submission.request_check_url)
+            journal(submission)
+
+        run.on_submitted = submitted
+        weight = page_weight(upload, self.config)
+        lease = None if self.pages is None else await self.pages.acquire(weight)
+        job = Job(self.batch, run, upload)
+        try:
+            outcome = await job.run()
+        finally:
+            if self.pages is not None and lease is not None:
+                await self.pages.release(lease)
+        return self._result(run.index, run.started, outcome, job, upload)
+
+    def _result(
+        self,
+        index: int,
+        started: float,
+        outcome: Finished | Failure,
+        job: Job | None,
+        upload: Upload | None,
+    ) -> Result:
+        elapsed = time.perf_counter() - started
+        attempts = job.uploads if job is not None else 0
+        result: Result = {
+            "index": index,
+            "success": isinstance(outcome, Finished),
+            "json_response": None,
+            "cost_breakdown": None,
+            "processing_time_secs": elapsed,
+            "error": None,
+            "error_type": None,
+            "request_id": job.request_id if job is not None else None,
+            "page_count": None,
+            "attempts": attempts,
+            "rate_limited": job.counts.rate_limited if job is not None else 0,
+        }
+        if isinstance(outcome, Finished):
+            cost = outcome.payload.get("cost_breakdown")
+            pages = outcome.payload.get("page_count")
+            result["json_response"] = outcome.body
+            result["cost_breakdown"] = cost if isinstance(cost, dict) else None
+            result["page_count"] = (
+                pages if isinstance(pages, int) else (upload.pages if upload is not None else None)
+            )
+            log_event(
+                logger,
+                logging.INFO,
+                "task_success",
+                index=index,
+                time=f"{elapsed:.2f}s",
+                attempts=attempts,
+                pages=result["page_count"],
+            )
+            return result
+        result["error"] = outcome.message
+        result["error_type"] = outcome.error_type
+        log_event(
+            logger,
+            logging.WARNING,
+            "task_failed",
+            index=index,
+            error_type=outcome.error_type,
+            time=f"{elapsed:.2f}s",
+            attempts=attempts,
+            error=outcome.message,
+        )
+        return result

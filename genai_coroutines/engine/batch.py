@@ -1,0 +1,206 @@
+"""The batch driver: what every batch does, whichever API and execution path it uses.
+
+A batch is many inputs, each ending as exactly one result dict carrying its `index`.
+`run_batch` owns everything that is the same for every API: one HTTP session, bounded
+concurrency with inputs pulled lazily (`runner.run_streaming`), the journal (a
+success at this index for this very request is answered from it; every new result,
+and every job the API accepted, is recorded at once), the progress bar and summary,
+the batch stop (a bad key or no quota ends the rest without sending them), the
+`batch_start` and `batch_done` log lines, and cancellation. An `Adapter` supplies only
+what is API-specific:
+
+    prepare(index, item) -> the item's request, or the Failure that stops it (raising
+                            ValueError/TypeError is the same as an `invalid_input` Failure)
+    digest(prepared)     -> the bytes that determine its answer (its journal identity)
+    execute(run, prepared) -> its result dict, attempts run through `retry.retrying`
+    failed(index, failure, started) -> the result dict of an item that never ran
+
+`execute` gets an `ItemRun`: the item's index, the batch's shared state, and, when the
+API accepted the item earlier (a Datalab job, a background response), the journaled
+`Submission` to poll instead of sending it again, with `submitted()` to journal a new
+one the moment the API returns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+import aiohttp
+
+from .bookkeeping import Bookkeeping, Result
+from .http import open_session
+from .journal import JournalError
+from .logs import log_event
+from .outcome import BatchStop, Failure
+from .runner import Source, run_streaming
+from .summary import BatchSummary
+
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """Work the API accepted and runs on its side: enough to poll it, now or after a restart."""
+
+    request_id: str
+    request_check_url: str
+
+
+class Adapter(Protocol[P]):
+    """What one API (or one execution path of it) adds to the driver."""
+
+    kind: str
+    """The journal's kind: a journal of one kind is refused by another."""
+    unit: str
+    """What the progress bar counts ("prompt", "doc")."""
+    logger: logging.Logger
+
+    async def prepare(self, index: int, item: Any) -> P | Failure: ...
+
+    def digest(self, prepared: P) -> tuple[bytes, ...]: ...
+
+    async def execute(self, run: ItemRun, prepared: P) -> Result: ...
+
+    def failed(self, index: int, failure: Failure, started: float) -> Result: ...
+
+
+@dataclass(slots=True)
+class BatchRun:
+    """What the items of one batch share while it runs."""
+
+    session: aiohttp.ClientSession
+    stop: BatchStop
+    wait: Callable[[float], Awaitable[None]]
+    """How a backoff is slept (the progress bar counts the items sleeping in it)."""
+    summary: BatchSummary
+
+
+@dataclass(slots=True)
+class ItemRun:
+    """One item's view of its batch, handed to `Adapter.execute`."""
+
+    index: int
+    batch: BatchRun
+    started: float
+    """`time.perf_counter()` when the item's turn came (its latency starts here)."""
+    submission: Submission | None = None
+    """Accepted earlier (journal or `resume`): poll it instead of sending the item again."""
+    on_submitted: Callable[[Submission], None] = field(default=lambda _: None)
+
+    def submitted(self, submission: Submission) -> None:
+        """Journal work the API just accepted, before anything else happens to it."""
+        self.submission = submission
+        self.on_submitted(submission)
+
+
+@dataclass
+class BatchOptions:
+    """The caller's choices for one batch, the same for every API."""
+
+    concurrency: int
+    headers: Mapping[str, str]
+    journal: Any = None
+    progress: bool = False
+    summary: BatchSummary | None = None
+    resume: Mapping[int, Submission] | None = None
+    start_fields: Mapping[str, Any] = field(default_factory=dict)
+    """The fields of the `batch_start` log line (each adapter keeps its documented ones)."""
+
+
+class Driver(Generic[P]):
+    """One batch of one adapter (see the module docstring); `stream` runs it."""
+
+    def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
+        self.adapter = adapter
+        self.source = source
+        self.options = options
+        self.books = Bookkeeping(
+            source,
+            summary=options.summary or BatchSummary(),
+            progress=options.progress,
+            unit=adapter.unit,
+            journal=options.journal,
+            kind=adapter.kind,
+        )
+        self.stop = BatchStop()
+
+    @property
+    def summary(self) -> BatchSummary:
+        return self.books.summary
+
+    async def stream(self) -> AsyncIterator[Result]:
+        books, options, logger = self.books, self.options, self.adapter.logger
+        started = time.perf_counter()
+        log_event(logger, logging.INFO, "batch_start", **options.start_fields)
+        try:
+            async with open_session(options.concurrency, options.headers) as session:
+                run = BatchRun(session, self.stop, books.progress.wait, books.summary)
+
+                def work(index: int, item: Any) -> Awaitable[Result]:
+                    return self._one(run, index, item)
+
+                async for result in run_streaming(
+                    self.source, work, concurrency=options.concurrency
+                ):
+                    books.add(result)
+                    yield result
+        finally:
+            books.close()
+            log_event(
+                logger,
+                logging.INFO,
+                "batch_done",
+                ok=books.succeeded,
+                errors=books.failed,
+                retries=books.summary.retries,
+                rate_limited=books.summary.rate_limited,
+                secs=f"{time.perf_counter() - started:.2f}",
+            )
+
+    async def _one(self, run: BatchRun, index: int, item: Any) -> Result:
+        """One item from its input to its result; never raises for its own failures."""
+        adapter, books = self.adapter, self.books
+        started = time.perf_counter()
+        if self.stop.failure is not None:
+            return adapter.failed(index, self.stop.failure, started)
+        try:
+            prepared = await adapter.prepare(index, item)
+        except (ValueError, TypeError) as exc:
+            prepared = Failure(str(exc), "invalid_input", retriable=False)
+        if isinstance(prepared, Failure):
+            return adapter.failed(index, prepared, started)
+        try:
+            done = books.replay(index, *adapter.digest(prepared))
+        except (ValueError, TypeError) as exc:  # a request that cannot be serialised
+            return adapter.failed(index, Failure(str(exc), "invalid_input", False), started)
+        if done is not None:
+            return done
+        item_run = ItemRun(index, run, started, self._known(index))
+        if books.journal is not None:
+            item_run.on_submitted = lambda s: self._journal(books.submitted, index, s)
+        result = await adapter.execute(item_run, prepared)
+        self._journal(books.record, index, result)
+        return result
+
+    def _known(self, index: int) -> Submission | None:
+        resumed = (self.options.resume or {}).get(index)
+        if resumed is not None:
+            return resumed
+        known = self.books.submission(index)
+        return None if known is None else Submission(*known)
+
+    def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> None:
+        """Journal a record; if the journal cannot be written, stop sending: every item not
+        yet sent ends with that error, and what finished stays in the output."""
+        try:
+            write(index, what)
+        except JournalError as exc:
+            if self.stop.failure is None:
+                self.stop.failure = Failure(
+                    f"stopped: {exc}", "journal_error", retriable=False, dooms_batch=True
+                )
+            log_event(self.adapter.logger, logging.ERROR, "journal_failed", error=str(exc))

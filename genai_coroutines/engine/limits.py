@@ -1,0 +1,80 @@
+"""The limits of each API key, shared by every batch that spends it.
+
+A provider counts requests, tokens and pages per key (OpenAI: per organisation and
+model), so two batches on one key, in one process or several, must draw on one
+budget or together they overrun it. `KeyLimits` hands out one `RateLimiter` and one
+`Capacity` per (endpoint, key digest, model), created on first use and kept for the
+life of the process: what a batch learned from headers, a pause a 429 imposed, the
+pages another batch holds in flight all hold for the next batch too.
+
+Which store holds the state is the only choice: the process's memory by default
+(`LOCAL`), or a store shared by several processes (see `store.LimitStore`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .limiter import Capacity, RateLimiter
+from .store import LimitStore, MemoryStore
+
+
+def key_digest(api_key: str) -> str:
+    """A short, stable digest naming a key in stores and logs (never the key itself)."""
+    return hashlib.sha256(api_key.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def limit_key(endpoint: str, api_key: str, model: str = "") -> str:
+    """The store key of one key's limits. The braces are a Redis Cluster hash tag, so
+    every entry of one key's state lives on one shard."""
+    return f"genai-coroutines:{{{endpoint}:{key_digest(api_key)}:{model}}}"
+
+
+class KeyLimits:
+    """The rate limiters and capacities of every key used with one store."""
+
+    def __init__(self, store: LimitStore) -> None:
+        self.store = store
+        self._rates: dict[str, RateLimiter] = {}
+        self._capacities: dict[str, Capacity] = {}
+
+    def rate(
+        self,
+        endpoint: str,
+        api_key: str,
+        model: str = "",
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        burst_seconds: float = 1.0,
+        learn: bool = False,
+    ) -> RateLimiter:
+        """The key's limiter. Limits a batch gives are ceilings on what the server reports,
+        and the latest batch's given limits are the ones in force."""
+        key = limit_key(endpoint, api_key, model)
+        limiter = self._rates.get(key)
+        if limiter is None:
+            limiter = self._rates[key] = RateLimiter(
+                self.store,
+                key,
+                requests_per_minute,
+                tokens_per_minute,
+                burst_seconds=burst_seconds,
+                learn=learn,
+            )
+        else:
+            limiter.given(requests_per_minute, tokens_per_minute)
+        return limiter
+
+    def capacity(self, endpoint: str, api_key: str, total: int) -> Capacity:
+        """The key's capacity, of `total` units from now on (the latest batch's figure)."""
+        key = limit_key(endpoint, api_key)
+        capacity = self._capacities.get(key)
+        if capacity is None:
+            capacity = self._capacities[key] = Capacity(self.store, key, total)
+        capacity.total = total
+        return capacity
+
+
+LOCAL = KeyLimits(MemoryStore())
+"""The limits of this process, used unless a batch is given a shared store."""

@@ -1,0 +1,175 @@
+"""Where a key's limit state lives: behind `LimitStore`, in memory or shared.
+
+Providers enforce their limits per key (OpenAI: per organisation and model), so the
+state that paces requests belongs to the key, not to a batch: every batch, processor
+and (with a shared store) process spending one key reads and writes the same state.
+That state is small on purpose: per bucket a shape (`per_minute`, `capacity`) and a
+(level, stamp) pair, per key a pause deadline, and per capacity the units leased.
+Each operation below reads and writes it in one atomic step on the store's own clock,
+so an implementation over a shared server (a Redis script using `TIME`) is a
+line-by-line translation of `MemoryStore`, and nothing above this interface changes.
+
+Keys are opaque strings made by `limits.limit_key` (endpoint, a digest of the API key,
+the model); the API key itself never reaches a store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+
+class LimitStore(Protocol):
+    """Atomic operations on one key's buckets, pause and capacity leases."""
+
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
+        """Take every amount from its bucket and return 0, or take nothing and return the
+        seconds until all of them (and the end of any pause) can be had. A dimension with
+        no bucket is unlimited. An amount above a bucket's capacity needs a full bucket
+        and then borrows (the level goes negative) rather than waiting forever."""
+        ...
+
+    async def give(self, key: str, dimension: str, amount: float) -> None:
+        """Add `amount` back (negative: take more), e.g. to settle a token reservation."""
+        ...
+
+    async def lower(self, key: str, dimension: str, level: float) -> None:
+        """Lower a bucket to `level` if it holds more (what the server says remains)."""
+        ...
+
+    async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
+        """Give a bucket this rate and capacity. A new bucket starts full; an existing one
+        keeps its level, a deficit carried as the time it takes to repay."""
+        ...
+
+    async def limits(self, key: str) -> dict[str, float]:
+        """The per-minute rate of each bucket the key has."""
+        ...
+
+    async def pause(self, key: str, seconds: float) -> None:
+        """Hold every taker for `seconds` (pauses do not stack), then resume at the steady
+        rate: each bucket is emptied to what refills during the pause."""
+        ...
+
+    async def lease(self, key: str, units: int, total: int, ttl: float) -> str | None:
+        """Lease `units` of a capacity of `total` for at most `ttl` seconds, or None when it
+        is full. A request for more than `total` is granted alone (when nothing else is
+        leased) instead of never. A lease not released within `ttl` is reclaimed, so a
+        holder that died does not keep its units."""
+        ...
+
+    async def release(self, key: str, lease: str) -> None:
+        """Give a lease's units back (a lease already reclaimed is ignored)."""
+        ...
+
+
+class Bucket:
+    """Continuously refilled quota: `rate` units per second, at most `capacity` banked."""
+
+    __slots__ = ("per_minute", "rate", "capacity", "level", "stamp")
+
+    def __init__(self, per_minute: float, capacity: float, now: float) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, capacity)
+        self.level = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def wait_for(self, amount: float, now: float) -> float:
+        """Seconds until `amount` can be taken (amounts above capacity need a full bucket)."""
+        self.refill(now)
+        need = min(amount, self.capacity)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
+
+
+class MemoryStore:
+    """`LimitStore` in this process's memory: shared by every batch and event loop here."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], Bucket] = {}
+        self._paused: dict[str, float] = {}
+        self._leases: dict[str, dict[str, tuple[int, float]]] = {}
+        self._ids = itertools.count()
+
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
+        now = self._clock()
+        wait = self._paused.get(key, 0.0) - now
+        found: list[tuple[Bucket, float]] = []
+        for dimension, amount in amounts:
+            bucket = self._buckets.get((key, dimension))
+            if bucket is not None:
+                wait = max(wait, bucket.wait_for(amount, now))
+                found.append((bucket, amount))
+        if wait > 0:
+            return wait
+        for bucket, amount in found:
+            bucket.level -= amount
+        return 0.0
+
+    async def give(self, key: str, dimension: str, amount: float) -> None:
+        bucket = self._buckets.get((key, dimension))
+        if bucket is not None:
+            bucket.refill(self._clock())
+            bucket.level = min(bucket.capacity, bucket.level + amount)
+
+    async def lower(self, key: str, dimension: str, level: float) -> None:
+        bucket = self._buckets.get((key, dimension))
+        if bucket is not None:
+            bucket.refill(self._clock())
+            bucket.level = min(bucket.level, level)
+
+    async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
+        now = self._clock()
+        fresh = Bucket(per_minute, capacity, now)
+        old = self._buckets.get((key, dimension))
+        if old is not None:
+            old.refill(now)
+            fresh.level = (
+                min(old.level, fresh.capacity)
+                if old.level >= 0
+                else old.level / old.rate * fresh.rate
+            )
+        self._buckets[(key, dimension)] = fresh
+
+    async def limits(self, key: str) -> dict[str, float]:
+        return {dim: b.per_minute for (owner, dim), b in self._buckets.items() if owner == key}
+
+    async def pause(self, key: str, seconds: float) -> None:
+        now = self._clock()
+        self._paused[key] = max(self._paused.get(key, 0.0), now + seconds)
+        for (owner, _), bucket in self._buckets.items():
+            if owner == key:
+                bucket.refill(now)
+                bucket.level = min(bucket.level, -bucket.rate * seconds)
+
+    async def lease(self, key: str, units: int, total: int, ttl: float) -> str | None:
+        now = self._clock()
+        leases = self._leases.setdefault(key, {})
+        for lease_id in [i for i, (_, expires) in leases.items() if expires <= now]:
+            del leases[lease_id]
+        used = sum(held for held, _ in leases.values())
+        if used + min(units, total) > total:
+            return None
+        lease_id = str(next(self._ids))
+        leases[lease_id] = (units, now + ttl)
+        return lease_id
+
+    async def release(self, key: str, lease: str) -> None:
+        self._leases.get(key, {}).pop(lease, None)
+
+    def snapshot(self, key: str) -> Mapping[str, float]:
+        """Levels of the key's buckets now (for inspection and tests)."""
+        now = self._clock()
+        levels = {}
+        for (owner, dim), bucket in self._buckets.items():
+            if owner == key:
+                bucket.refill(now)
+                levels[dim] = bucket.level
+        return levels

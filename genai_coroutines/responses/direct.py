@@ -1,0 +1,244 @@
+"""The synchronous execution path: one `POST /responses` per item, answered in the reply.
+
+Per item: reserve the estimated tokens on the key's limiter, send, judge the reply,
+retry by the policy (through `engine.retrying`, which also pauses every worker on the
+key after a 429), settle the reservation with the real usage. While the key's limits
+are being learned, the probe's headers reach the limiter before its body is read, so
+the batch need not wait for a slow model's whole answer before it starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..engine import (
+    BodyReader,
+    Failure,
+    ItemRun,
+    RateLimiter,
+    Reply,
+    Result,
+    Retried,
+    RetryDetails,
+    RetryPolicy,
+    Success,
+    log_event,
+    read_all,
+    retrying,
+    send,
+)
+from .errors import bad_body, classify, response_failure, stream_error
+from .request import ResponsesRequest
+from .results import error_result, logger, success_result
+from .sse import is_event_stream, read_final_event
+from .wire import check_prompt
+
+Outcome = Success[tuple[str, Any]] | Failure
+"""A usable answer (raw response JSON, usage) or why there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    body: bytes
+    estimate: int
+    """Tokens reserved on the limiter before sending."""
+
+
+def retry_policy(request: ResponsesRequest) -> RetryPolicy:
+    return RetryPolicy(
+        max_retries=request.max_retries,
+        initial_delay=request.retry_delay_min_ms / 1000.0,
+        max_delay=request.retry_delay_max_ms / 1000.0,
+        jitter=0.25,
+        jitter_down=False,  # the seed's bounds hold: no wait below retry_delay_min_ms
+        max_server_wait=request.max_retry_wait_secs,
+        max_rate_limit_wait=request.max_rate_limit_wait_secs,
+    )
+
+
+class DirectPath:
+    """The `Adapter` of the synchronous path (see `engine.batch`)."""
+
+    kind = "responses"
+    unit = "prompt"
+    logger = logger
+
+    def __init__(self, request: ResponsesRequest, limiter: RateLimiter) -> None:
+        self.request = request
+        self.model = request.model
+        self.template = request._template
+        self.api_key = request.api_key or ""
+        self.url = request.base_url.rstrip("/") + "/responses"
+        self.timeout = aiohttp.ClientTimeout(total=request.timeout_secs)
+        self.limiter = limiter
+        self.policy = retry_policy(request)
+        self._read_body: BodyReader = read_final_event if request.stream else read_all
+
+    async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
+        problem = check_prompt(prompt)
+        if problem is None:
+            try:
+                return Prepared(self.template.body(prompt), self.template.estimate(prompt))
+            except (TypeError, ValueError) as exc:  # orjson: surrogates, bytes, big ints...
+                problem = f"cannot be sent as JSON: {exc}"
+        return Failure(
+            f"user_prompts[{index}] {problem}", "invalid_input", False, param="user_prompts"
+        )
+
+    def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
+        return (prepared.body,)
+
+    def failed(self, index: int, failure: Failure, started: float) -> Result:
+        return error_result(index, failure, model=self.model, attempts=0, started=started)
+
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Result:
+        started = run.started
+        stop = run.batch.stop
+        counts = Retried()
+        sent = 0
+
+        async def attempt() -> Outcome:
+            nonlocal sent
+            if stop.failure is None:
+                await self.limiter.acquire(prepared.estimate)
+            if stop.failure is not None:
+                return stop.failure
+            sent += 1
+            reply = await send(
+                run.batch.session,
+                "POST",
+                self.url,
+                timeout=self.timeout,
+                data=prepared.body,
+                read_body=self._observe_then_read if self.limiter.learning else self._read_body,
+            )
+            return await self._judge(reply, prepared.estimate, stop.record)
+
+        def on_retry(details: RetryDetails) -> None:
+            _log_retry(run.index, details, self.policy.max_retries)
+
+        outcome = await retrying(
+            attempt,
+            self.policy,
+            on_retry=on_retry,
+            sleep=run.batch.wait,
+            counts=counts,
+            limiter=self.limiter,
+        )
+        if isinstance(outcome, Failure):
+            return error_result(
+                run.index,
+                outcome,
+                model=self.model,
+                attempts=sent,
+                rate_limited=counts.rate_limited,
+                started=started,
+            )
+        raw, usage = outcome.value
+        return success_result(
+            run.index,
+            raw,
+            usage,
+            model=self.model,
+            attempts=sent,
+            rate_limited=counts.rate_limited,
+            started=started,
+        )
+
+    async def _observe_then_read(self, response: aiohttp.ClientResponse) -> bytes:
+        await self.limiter.observe(response.headers)
+        return await self._read_body(response)
+
+    async def _judge(
+        self, reply: Reply | Failure, estimate: int, record: Callable[[Failure], None]
+    ) -> Outcome:
+        """What one attempt produced, with the limiter and the batch stop told about it.
+
+        The reservation is settled before the reply's `x-ratelimit-*` headers are
+        observed, so where the server counts differently from our estimate (OpenAI
+        charges `max_output_tokens` up front), its `remaining` has the last word.
+        """
+        limiter = self.limiter
+        if isinstance(reply, Failure):
+            await limiter.observe(None)
+            return reply
+        if reply.status == 200:
+            outcome = answer(reply)
+            if isinstance(outcome, Success):
+                usage = outcome.value[1]
+                used = usage.get("total_tokens") if isinstance(usage, dict) else None
+                await limiter.settle(estimate, used if isinstance(used, int) else estimate)
+            await limiter.observe(reply.headers)
+            return outcome
+        await limiter.settle(estimate, 0)
+        await limiter.observe(reply.headers)
+        failure = classify(reply.status, reply.headers, reply.body, self.api_key)
+        record(failure)
+        return failure
+
+
+def answer(reply: Reply) -> Outcome:
+    """A 200's response JSON and usage, from a plain body or a stream's final event."""
+    body = reply.body
+    streamed = is_event_stream(reply.headers.get("Content-Type"))
+    if streamed and not body:
+        return Failure(
+            "Stream ended before the response completed", "connection_error", True, status=200
+        )
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return bad_body(reply.status, len(body))
+    if not isinstance(data, dict):
+        return bad_body(reply.status, len(body))
+    if streamed:
+        if data.get("type") == "error":
+            error = data.get("error")
+            return stream_error(error if isinstance(error, dict) else data, reply.status)
+        data = data.get("response")
+        if not isinstance(data, dict):
+            return bad_body(reply.status, len(body))
+    problem = unusable(data, reply.status)
+    if problem is not None:
+        return problem
+    raw = orjson.dumps(data).decode() if streamed else body.decode()
+    usage = data.get("usage")
+    return Success((raw, usage if isinstance(usage, dict) else None))
+
+
+def unusable(data: dict[str, Any], status: int) -> Failure | None:
+    """Why a 200's JSON is not a finished response: an `error` object in place of one, a
+    failed response, or one still queued or running (with no output to read)."""
+    if data.get("object") != "response" and isinstance(data.get("error"), dict):
+        return stream_error(data["error"], status)
+    state = data.get("status")
+    if state == "failed":
+        return response_failure(data, status)
+    if state in ("queued", "in_progress") and not data.get("output"):
+        return Failure(
+            f"{status} OK but response {data.get('id')} is still {state}, with no output yet",
+            "invalid_response",
+            retriable=False,
+            status=status,
+        )
+    return None
+
+
+def _log_retry(index: int, details: RetryDetails, max_retries: int) -> None:
+    failure = details.failure
+    log_event(
+        logger,
+        logging.WARNING,
+        "rate_limit" if failure.status == 429 else "retry",
+        index=index,
+        retry=f"{details.retry_number}/{max_retries}",
+        reason=failure.error_type,
+        status=failure.status,
+        delay=f"{details.wait:.3f}s",
+    )

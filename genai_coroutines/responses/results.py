@@ -1,0 +1,79 @@
+"""The seed's result dicts for Responses items, whichever path produced them.
+
+A success carries the raw response JSON (`raw_response`, as the seed's
+`parse_responses` reads it) and its `usage`; a failure carries `error`, `error_type`
+(see `engine.ErrorType`), `param`, `code` and `is_retriable`. Both add `index`,
+`status`, `latency_ms`, `attempts`, `rate_limited` and `model` (what prices its
+tokens in a summary shared by batches of several models).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ..engine import Failure, Result, log_event
+
+logger = logging.getLogger("genai_coroutines.responses")
+
+
+def success_result(
+    index: int,
+    raw: str,
+    usage: dict[str, Any] | None,
+    *,
+    model: str,
+    attempts: int,
+    rate_limited: int,
+    started: float,
+) -> Result:
+    latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
+    log_event(logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms)
+    return {
+        "index": index,
+        "success": True,
+        "raw_response": raw,
+        "usage": usage,
+        "status": 200,
+        "latency_ms": latency_ms,
+        "attempts": attempts,
+        "rate_limited": rate_limited,
+        "model": model,
+    }
+
+
+def error_result(
+    index: int,
+    failure: Failure,
+    *,
+    model: str,
+    attempts: int,
+    rate_limited: int = 0,
+    started: float,
+) -> Result:
+    if attempts:
+        log_event(
+            logger,
+            logging.WARNING,
+            "task_failed",
+            index=index,
+            error_type=failure.error_type,
+            status=failure.status,
+            code=failure.code,
+            attempts=attempts,
+        )
+    return {
+        "index": index,
+        "success": False,
+        "error": failure.message,
+        "error_type": failure.error_type,
+        "param": failure.param,
+        "code": failure.code,
+        "is_retriable": failure.retriable,
+        "attempts": attempts,
+        "status": failure.status,
+        "latency_ms": round((time.perf_counter() - started) * 1000.0, 1),
+        "rate_limited": rate_limited,
+        "model": model,
+    }
