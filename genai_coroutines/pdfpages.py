@@ -2,8 +2,9 @@
 
 Datalab limits *pages in flight*, not files, so a client has to know a job's page
 count before it submits. Parsing PDFs properly needs a real library; counting the
-`/Type /Page` objects is enough for budgeting and costs nothing. The emulator uses
-the same functions, so both sides agree on what a job weighs.
+`/Type /Page` objects is enough for budgeting and costs nothing. The emulator counts
+pages by reading the PDF with pypdf instead (this count only when pypdf cannot read
+it), so a mistake here shows up as a disagreement rather than agreeing with itself.
 """
 
 from __future__ import annotations
