@@ -14,6 +14,7 @@ from tests.responses_support import request_for, run
 SEED_SUCCESS_KEYS = {"success", "raw_response", "usage"}
 SEED_ERROR_KEYS = {"success", "error", "error_type", "param", "code", "is_retriable", "attempts"}
 OUR_KEYS = {"index", "status", "latency_ms", "attempts", "rate_limited", "model"}
+OUR_SUCCESS_KEYS = OUR_KEYS | {"service_tier"}
 
 
 async def test_results_keep_input_order_under_random_latency(emulator: Emulator) -> None:
@@ -35,7 +36,7 @@ async def test_result_shape_is_the_seeds_plus_ours(emulator: Emulator) -> None:
     assert set(results) == {"total_success", "total_errors", "results"}
     assert (results["total_success"], results["total_errors"]) == (1, 1)
     failed, ok = results["results"]
-    assert set(ok) == SEED_SUCCESS_KEYS | OUR_KEYS
+    assert set(ok) == SEED_SUCCESS_KEYS | OUR_SUCCESS_KEYS
     assert set(failed) == SEED_ERROR_KEYS | OUR_KEYS
     assert isinstance(ok["raw_response"], str) and isinstance(ok["usage"], dict)
     assert ok["usage"]["total_tokens"] == orjson.loads(ok["raw_response"])["usage"]["total_tokens"]

@@ -5,7 +5,6 @@ Whether the limits held is counted on the emulator (its 429s), never timed.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from genai_coroutines.emulator import Emulator

@@ -41,6 +41,12 @@ PRICES: dict[str, Price] = {
 }
 """List prices (standard tier) used for the estimate; dated snapshots map to their family."""
 
+DISCOUNTED_TIERS = {"batch": 0.5, "flex": 0.5}
+"""Share of the standard price a result billed at this tier costs: the Batch API charges
+half, and flex is billed at Batch API rates (on the models that offer it). A result's
+`service_tier` says which tier served it: a flex request that fell back to standard is
+priced at standard."""
+
 
 def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
     """The price of `model`, matching dated snapshots ("gpt-4o-2024-08-06") to their family."""
@@ -69,6 +75,8 @@ class BatchSummary:
     reasoning_tokens: int = 0
     cost_usd: float = 0.0
     unpriced_models: set[str] = field(default_factory=set)
+    tiers: dict[str, int] = field(default_factory=dict)
+    """Results counted by the `service_tier` that served them (when they say)."""
     pages: int = 0
     cost_cents: float = 0.0
 
@@ -83,9 +91,13 @@ class BatchSummary:
         self.rate_limited += int(result.get("rate_limited") or 0)
         if result.get("from_journal"):
             self.reused += 1
+        tier = result.get("service_tier")
+        if isinstance(tier, str):
+            self.tiers[tier] = self.tiers.get(tier, 0) + 1
         usage = result.get("usage")
         if usage:
-            self._add_usage(usage, str(result.get("model") or self.model))
+            share = DISCOUNTED_TIERS.get(tier, 1.0) if isinstance(tier, str) else 1.0
+            self._add_usage(usage, str(result.get("model") or self.model), share)
         if result.get("page_count"):
             self.pages += int(result["page_count"])
         cost = result.get("cost_breakdown")
@@ -94,7 +106,7 @@ class BatchSummary:
             if isinstance(cents, int | float):
                 self.cost_cents += cents
 
-    def _add_usage(self, usage: Mapping[str, Any], model: str) -> None:
+    def _add_usage(self, usage: Mapping[str, Any], model: str, share: float) -> None:
         inputs = int(usage.get("input_tokens") or 0)
         cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
         outputs = int(usage.get("output_tokens") or 0)
@@ -110,8 +122,14 @@ class BatchSummary:
                 self.unpriced_models.add(model)
             return
         self.cost_usd += (
-            (inputs - cached) * price.input + cached * price.cached_input + outputs * price.output
-        ) / 1_000_000
+            share
+            * (
+                (inputs - cached) * price.input
+                + cached * price.cached_input
+                + outputs * price.output
+            )
+            / 1_000_000
+        )
 
     def finish(self) -> BatchSummary:
         self.finished = time.monotonic()
@@ -136,6 +154,7 @@ class BatchSummary:
             "reasoning_tokens": self.reasoning_tokens,
             "estimated_cost_usd": round(self.cost_usd, 6),
             "unpriced_models": sorted(self.unpriced_models),
+            "service_tiers": dict(self.tiers),
             "pages": self.pages,
             "cost_cents": self.cost_cents,
         }

@@ -35,12 +35,12 @@ from ..engine import (
 )
 from .errors import bad_body, classify, response_failure, stream_error
 from .request import ResponsesRequest
-from .results import error_result, logger, success_result
+from .results import Answer, error_result, logger, success_result
 from .sse import is_event_stream, read_final_event
 from .wire import check_prompt
 
-Outcome = Success[tuple[str, Any]] | Failure
-"""A usable answer (raw response JSON, usage) or why there is none."""
+Outcome = Success[Answer] | Failure
+"""A usable answer or why there is none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +140,9 @@ class DirectPath:
                 rate_limited=counts.rate_limited,
                 started=started,
             )
-        raw, usage = outcome.value
         return success_result(
             run.index,
-            raw,
-            usage,
+            outcome.value,
             model=self.model,
             attempts=sent,
             rate_limited=counts.rate_limited,
@@ -171,8 +169,8 @@ class DirectPath:
         if reply.status == 200:
             outcome = answer(reply)
             if isinstance(outcome, Success):
-                usage = outcome.value[1]
-                used = usage.get("total_tokens") if isinstance(usage, dict) else None
+                usage = outcome.value.usage
+                used = usage.get("total_tokens") if usage is not None else None
                 await limiter.settle(estimate, used if isinstance(used, int) else estimate)
             await limiter.observe(reply.headers)
             return outcome
@@ -208,8 +206,7 @@ def answer(reply: Reply) -> Outcome:
     if problem is not None:
         return problem
     raw = orjson.dumps(data).decode() if streamed else body.decode()
-    usage = data.get("usage")
-    return Success((raw, usage if isinstance(usage, dict) else None))
+    return Success(Answer.of(raw, data))
 
 
 def unusable(data: dict[str, Any], status: int) -> Failure | None:

@@ -4,13 +4,15 @@ A success carries the raw response JSON (`raw_response`, as the seed's
 `parse_responses` reads it) and its `usage`; a failure carries `error`, `error_type`
 (see `engine.ErrorType`), `param`, `code` and `is_retriable`. Both add `index`,
 `status`, `latency_ms`, `attempts`, `rate_limited` and `model` (what prices its
-tokens in a summary shared by batches of several models).
+tokens in a summary shared by batches of several models); a success adds the
+`service_tier` that served it (what prices it: flex and the Batch API cost half).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..engine import Failure, Result, log_event
@@ -18,10 +20,25 @@ from ..engine import Failure, Result, log_event
 logger = logging.getLogger("genai_coroutines.responses")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A finished response: its JSON text as received, and what the summary needs of it."""
+
+    raw: str
+    usage: dict[str, Any] | None
+    service_tier: str | None
+
+    @classmethod
+    def of(cls, raw: str, data: dict[str, Any]) -> Answer:
+        usage, tier = data.get("usage"), data.get("service_tier")
+        return cls(
+            raw, usage if isinstance(usage, dict) else None, tier if isinstance(tier, str) else None
+        )
+
+
 def success_result(
     index: int,
-    raw: str,
-    usage: dict[str, Any] | None,
+    answer: Answer,
     *,
     model: str,
     attempts: int,
@@ -33,13 +50,14 @@ def success_result(
     return {
         "index": index,
         "success": True,
-        "raw_response": raw,
-        "usage": usage,
+        "raw_response": answer.raw,
+        "usage": answer.usage,
         "status": 200,
         "latency_ms": latency_ms,
         "attempts": attempts,
         "rate_limited": rate_limited,
         "model": model,
+        "service_tier": answer.service_tier,
     }
 
 
