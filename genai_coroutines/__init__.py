@@ -1,22 +1,37 @@
-"""genai-coroutines: batches through the OpenAI Responses API and the Datalab Marker API
-as fast as their rate limits allow, with nothing lost and nothing paid twice."""
+"""genai-coroutines: batches through the OpenAI Responses API and the Datalab API as fast
+as their rate limits allow, with nothing lost and nothing paid twice.
+
+Everything a user imports is here; the subpackages (`engine`, `responses`, `documents`)
+are the implementation, and `emulator` is the local stand-in for both APIs.
+"""
 
 import logging
 
 from .documents import DocumentConfig, DocumentProcessor, parse_documents
-from .engine.summary import BatchSummary, Price
+from .engine import ERROR_TYPES, ErrorType, KeyLimits, Submission
+from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatch
+from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
 from .responses import ResponsesProcessor, ResponsesRequest, parse_responses, parse_responses_as
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "ERROR_TYPES",
+    "PRICES",
     "BatchSummary",
     "DocumentConfig",
     "DocumentProcessor",
+    "ErrorType",
+    "Journal",
+    "JournalError",
+    "JournalLocked",
+    "JournalMismatch",
+    "KeyLimits",
     "Price",
     "ResponsesProcessor",
     "ResponsesRequest",
+    "Submission",
     "parse_documents",
     "parse_responses",
     "parse_responses_as",
