@@ -36,6 +36,18 @@ SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultraf
 """Enumerations as the official SDK (openai 3.x) types them; a model may accept fewer."""
 
 
+class _Default(float):
+    """A default that remembers it was not given: `timeout_secs` reads 60 like the seed's,
+    and a flex request that left it alone gets OpenAI's advised 900 s instead."""
+
+    __slots__ = ()
+
+
+DEFAULT_TIMEOUT_SECS: float = _Default(60)
+FLEX_TIMEOUT_SECS = 900.0
+"""OpenAI's flex guide: flex answers are slower, so raise the timeout to 15 minutes."""
+
+
 @dataclass(frozen=True, kw_only=True, eq=False, repr=False)
 class ResponsesRequest:
     """A batch of prompts for `POST /responses`, all sharing one model and configuration.
@@ -66,7 +78,11 @@ class ResponsesRequest:
     api_key: str | None = param(
         None, "OpenAI key; default: $OPENAI_API_KEY (the CLI's only source)", cli=False
     )
-    timeout_secs: float = param(60, "per attempt, connect to last byte, s", flag="--timeout")
+    timeout_secs: float = param(
+        DEFAULT_TIMEOUT_SECS,
+        "per attempt, connect to last byte, s (default 60; 900 for service_tier flex)",
+        flag="--timeout",
+    )
     max_concurrent_requests: int = param(10, "requests in flight at most", flag="--concurrency")
     max_retries: int = param(5, "retries after the first attempt (0: a single attempt)")
     retry_delay_min_ms: int = param(1000, "first backoff delay, ms (doubles each retry)")
@@ -92,6 +108,20 @@ class ResponsesRequest:
     )
     service_tier: str | None = param(None, "/".join(SERVICE_TIERS))
     stream: bool | None = param(None, "read answers as SSE streams (same results)")
+    background: bool = param(
+        False, "background mode: POST, journal the response id, poll it (sends store: true)"
+    )
+    poll_interval_secs: float = param(
+        2.0, "background mode: seconds between polls of a response", flag="--poll-interval"
+    )
+    cancel_on_interrupt: bool = param(
+        False,
+        "on Ctrl-C, cancel the work still running at OpenAI (background responses, "
+        "Batch API batches) instead of leaving it to finish for --resume",
+    )
+    flex_fallback_after: int | None = param(
+        None, "service_tier flex: send an item with service_tier auto after N capacity 429s"
+    )
     base_url: str = param(DEFAULT_BASE_URL, "requests go to URL/responses", metavar="URL")
     extra_headers: Mapping[str, str] | None = param(
         None, "a JSON object of headers sent with every request", convert=json_text, metavar="JSON"
@@ -139,6 +169,8 @@ class ResponsesRequest:
         check.choice("service_tier", self.service_tier, SERVICE_TIERS, optional=True)
         for name in ("parallel_tool_calls", "store", "stream"):
             check.flag(name, getattr(self, name), optional=True)
+        _check_background(self)
+        check.integer("flex_fallback_after", self.flex_fallback_after, minimum=1, optional=True)
         check.text("previous_response_id", self.previous_response_id, optional=True)
         _check_include(self.include)
         _check_metadata(self.metadata)
@@ -150,6 +182,14 @@ class ResponsesRequest:
         check.number("max_rate_limit_wait_secs", self.max_rate_limit_wait_secs)
         _check_json(self)
         object.__setattr__(self, "_template", BodyTemplate.build(self))
+
+    @property
+    def attempt_timeout_secs(self) -> float:
+        """Seconds one attempt may take: `timeout_secs`, or 900 for a flex request that did
+        not set it (OpenAI's advice for the slower flex tier)."""
+        if self.service_tier == "flex" and isinstance(self.timeout_secs, _Default):
+            return FLEX_TIMEOUT_SECS
+        return float(self.timeout_secs)
 
     def __repr__(self) -> str:
         count = len(self.user_prompts) if isinstance(self.user_prompts, Sequence) else "lazy"
@@ -171,6 +211,23 @@ def _check_prompts(prompts: object) -> None:
             problem = check_prompt(prompt)
             if problem is not None:
                 raise TypeError(f"user_prompts[{index}] {problem}")
+
+
+def _check_background(request: ResponsesRequest) -> None:
+    """Background mode needs the response stored (the API refuses a stateless one) and
+    is polled, not streamed; refused here, before any request."""
+    for name in ("background", "cancel_on_interrupt"):
+        check.flag(name, getattr(request, name))
+    check.number("poll_interval_secs", request.poll_interval_secs, positive=True)
+    if not request.background:
+        return
+    if request.store is False:
+        raise ValueError(
+            "background=True needs store=True (or unset): OpenAI keeps a background response "
+            "to be polled and refuses store=False"
+        )
+    if request.stream:
+        raise ValueError("background=True with stream=True is not supported: results are polled")
 
 
 def _check_include(include: object) -> None:

@@ -216,7 +216,7 @@ class BodyTemplate:
             "parallel_tool_calls": request.parallel_tool_calls,
             "previous_response_id": request.previous_response_id,
             "include": request.include,
-            "store": request.store,
+            "store": True if request.background else request.store,
             "truncation": request.truncation,
             "metadata": request.metadata,
             "service_tier": request.service_tier,
@@ -234,6 +234,8 @@ class BodyTemplate:
             body["tool_choice"] = translate_tool_choice(request.tool_choice)
         if request.stream:
             body["stream"] = True
+        if request.background:
+            body["background"] = True
         return cls(
             prefix=orjson.dumps(body)[:-1] + b',"input":',
             json_mode=text["type"] == "json_object",
