@@ -6,6 +6,9 @@ N prompts of varied length go through, in one run:
 
 - this library (`ResponsesProcessor`, limits learned from the `x-ratelimit-*` headers,
   nothing configured) at concurrency 50 and 200, and
+- this library running the same N prompts as three batches at once on the one key (one
+  process, concurrency 50 each): the key's limits are shared, so together they must do
+  what one batch does, and
 - `openai.AsyncOpenAI` (its default 2 retries) behind an `asyncio.Semaphore`, the usual
   hand-rolled batch, at the same concurrencies.
 
@@ -54,10 +57,10 @@ class Run:
     tokens: int
 
 
-async def run_library(base_url: str, batch: list[str], concurrency: int) -> Run:
-    from genai_coroutines import ResponsesProcessor, ResponsesRequest
+def library_request(base_url: str, batch: list[str], concurrency: int) -> Any:
+    from genai_coroutines import ResponsesRequest
 
-    request = ResponsesRequest(
+    return ResponsesRequest(
         api_key=API_KEY,
         base_url=f"{base_url}/v1",
         model="gpt-4o-mini",
@@ -67,11 +70,39 @@ async def run_library(base_url: str, batch: list[str], concurrency: int) -> Run:
         max_concurrent_requests=concurrency,
         retry_delay_min_ms=100,
     )
+
+
+def _tokens(results: dict[str, Any]) -> int:
+    return sum(r["usage"]["total_tokens"] for r in results["results"] if r["success"])
+
+
+async def run_library(base_url: str, batch: list[str], concurrency: int) -> Run:
+    from genai_coroutines import ResponsesProcessor
+
     start = time.perf_counter()
-    results = await ResponsesProcessor().process_batch(request)
+    results = await ResponsesProcessor().process_batch(
+        library_request(base_url, batch, concurrency)
+    )
     wall = time.perf_counter() - start
-    tokens = sum(r["usage"]["total_tokens"] for r in results["results"] if r["success"])
-    return Run(f"genai-coroutines c={concurrency}", wall, results["total_errors"], tokens)
+    return Run(f"genai-coroutines c={concurrency}", wall, results["total_errors"], _tokens(results))
+
+
+async def run_three_batches(base_url: str, batch: list[str], concurrency: int) -> Run:
+    """The same prompts as three batches at once on one key, each at `concurrency`."""
+    from genai_coroutines import ResponsesProcessor
+
+    thirds = [batch[i::3] for i in range(3)]
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            ResponsesProcessor().process_batch(library_request(base_url, third, concurrency))
+            for third in thirds
+        )
+    )
+    wall = time.perf_counter() - start
+    failed = sum(r["total_errors"] for r in results)
+    tokens = sum(_tokens(r) for r in results)
+    return Run(f"genai-coroutines 3 batches c={concurrency}", wall, failed, tokens)
 
 
 async def run_openai_sdk(base_url: str, batch: list[str], concurrency: int) -> Run:
@@ -117,25 +148,25 @@ async def main(args: argparse.Namespace) -> None:
         "latency": args.latency,
         "seed": 1,
     }
-    runners = [("lib", c) for c in args.concurrency]
+    runners = [("lib", c) for c in args.concurrency] + [("lib3", 50)]
     if not args.no_sdk:
         runners += [("sdk", c) for c in args.concurrency]
     print(
         f"N={args.n} prompts, limits {args.rpm:g} RPM / {args.tpm:g} TPM (1 s burst), "
         f"median latency {args.latency * 1000:.0f} ms\n"
     )
-    header = f"{'client':<30} {'wall s':>8} {'bound s':>8} {'effic.':>7} {'429s':>6} "
+    header = f"{'client':<34} {'wall s':>8} {'bound s':>8} {'effic.':>7} {'429s':>6} "
     print(header + f"{'429 %':>6} {'failed':>7}")
     with emulator_process(**settings) as base_url:
         await emulator_stats(base_url, reset=True)  # each run starts with full buckets
         for kind, concurrency in runners:
-            runner = run_library if kind == "lib" else run_openai_sdk
+            runner = {"lib": run_library, "lib3": run_three_batches, "sdk": run_openai_sdk}[kind]
             run = await runner(base_url, batch, concurrency)
             stats = await emulator_stats(base_url, reset=True)
             sent = sum(n for key, n in stats["requests"].items() if key.startswith("responses"))
             bound = lower_bound(args.n - run.failed, run.tokens, args.rpm, args.tpm, args.latency)
             print(
-                f"{run.name:<30} {run.wall:>8.2f} {bound:>8.2f} {bound / run.wall:>7.3f} "
+                f"{run.name:<34} {run.wall:>8.2f} {bound:>8.2f} {bound / run.wall:>7.3f} "
                 f"{stats['rate_limited']:>6} {100 * stats['rate_limited'] / max(sent, 1):>5.1f}% "
                 f"{run.failed:>7}"
             )

@@ -11,8 +11,7 @@ import orjson
 import pytest
 from openai.types.responses import Response
 
-from genai_coroutines.emulator import Emulator
-from genai_coroutines.emulator.openai_api import DEFAULT_OUTPUT_COST
+from genai_coroutines.emulator import Emulator, EmulatorConfig
 from genai_coroutines.emulator.openai_output import input_tokens
 from genai_coroutines.emulator.state import digest
 
@@ -206,7 +205,7 @@ async def test_provider_accounting_charges_the_allowance_and_refused_requests(
     assert 600 - charged - 1 <= remaining <= 600 - charged + 10
     raw = await client.responses.with_raw_response.create(model=MODEL, input="hello")
     assert int(raw.headers["x-ratelimit-remaining-tokens"]) <= remaining + 10 - (
-        input_tokens({"input": "hello"}) + DEFAULT_OUTPUT_COST
+        input_tokens({"input": "hello"}) + EmulatorConfig().default_output_tokens
     )
 
 

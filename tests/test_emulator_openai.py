@@ -19,8 +19,8 @@ from openai.types.responses import Response
 from openai.types.responses import response_create_params as create_params
 from pydantic import BaseModel
 
-from genai_coroutines.emulator import FAULT_KINDS, Emulator
-from genai_coroutines.emulator.openai_api import DEFAULT_OUTPUT_COST, OpenAIEmulation, mask_key
+from genai_coroutines.emulator import FAULT_KINDS, Emulator, EmulatorConfig
+from genai_coroutines.emulator.openai_api import mask_key
 from genai_coroutines.emulator.openai_output import (
     FAULT_AFTER_DELTAS,
     REASONING_TOKENS,
@@ -842,11 +842,13 @@ async def test_headers_on_every_answer(emulator: Emulator, client: openai.AsyncO
     assert int(raw.headers["x-ratelimit-limit-tokens"]) == 100_000
 
 
-def test_token_cost() -> None:
+def test_token_cost(emulator: Emulator) -> None:
     body: dict[str, Any] = {"model": "gpt-4o", "input": "abcdefgh", "instructions": "abcd"}
     assert input_tokens(body) == 3
-    assert OpenAIEmulation.token_cost(body) == 3 + DEFAULT_OUTPUT_COST
-    assert OpenAIEmulation.token_cost({**body, "max_output_tokens": 100}) == 103
+    assert emulator.openai.token_cost(body) == 3 + EmulatorConfig().default_output_tokens
+    assert emulator.openai.token_cost({**body, "max_output_tokens": 100}) == 103
+    emulator.config.default_output_tokens = 1000
+    assert emulator.openai.token_cost(body) == 1003
     assert input_tokens(
         {"model": "gpt-4o", "input": [{"role": "user", "content": "hi"}]}
     ) == math.ceil(len(b'[{"role":"user","content":"hi"}]') / 4)

@@ -210,9 +210,13 @@ class Job:
                 retriable=True,
                 status=reply.status if isinstance(reply, Reply) else None,
             )
-        check_url = urljoin(self.config.api_url, check_url)
-        parts = urlsplit(check_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            check_url = urljoin(self.config.api_url, check_url)
+            parts = urlsplit(check_url)
+            usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:  # e.g. an unclosed IPv6 bracket
+            usable = False
+        if not usable:
             return Failure(
                 f"Datalab's request_check_url is not an http(s) URL: {check_url[:200]!r}",
                 "invalid_response",

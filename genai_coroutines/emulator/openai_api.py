@@ -17,7 +17,7 @@ Choices where the real API is not observable from outside:
 - Requests refused before the buckets (401, 400, flex 429) cost no quota; every answer
   except 401 and injected faults carries the six `x-ratelimit-*` headers.
 - A request's token cost for the TPM bucket is its estimated input tokens plus
-  `max_output_tokens`, or `DEFAULT_OUTPUT_COST` when that is unset. A cost above the
+  `max_output_tokens`, or `default_output_tokens` (16) when that is unset. A cost above the
   bucket's capacity can never pass and is refused as "Request too large". With
   `token_accounting="settle"` (the default) the charge is corrected to the answer's real
   `total_tokens` once it exists; with "provider" it is never refunded, and a request the
@@ -72,14 +72,12 @@ from .state import RateWindow, digest, go_duration
 if TYPE_CHECKING:
     from .server import Emulator
 
-__all__ = ["DEFAULT_OUTPUT_COST", "OpenAIEmulation", "mask_key", "new_id", "response_object"]
+__all__ = ["OpenAIEmulation", "mask_key", "new_id", "response_object"]
 
 ENDPOINT = "responses"
 ORGANIZATION = "org-emulator"
 UNLIMITED_RPM = 10_000
 UNLIMITED_TPM = 2_000_000
-DEFAULT_OUTPUT_COST = 16
-"""Output tokens charged to the TPM bucket when `max_output_tokens` is unset (the API's minimum)."""
 STORED_LIMIT = 100_000
 REFRAMED_WRITE = 7
 """Bytes per write of a `stream-reframed` answer, so events arrive split across chunks."""
@@ -283,11 +281,11 @@ class OpenAIEmulation:
             headers=self._base_headers(started),
         )
 
-    @staticmethod
-    def token_cost(body: dict[str, Any]) -> int:
+    def token_cost(self, body: dict[str, Any]) -> int:
         """What the TPM bucket is charged: estimated input plus the output allowance."""
         allowance = body.get("max_output_tokens")
-        return input_tokens(body) + (DEFAULT_OUTPUT_COST if allowance is None else allowance)
+        default = self.emulator.config.default_output_tokens
+        return input_tokens(body) + (default if allowance is None else allowance)
 
     def _check_flex(self, body: dict[str, Any]) -> None:
         """Refuse a flex request for lack of capacity at `flex_unavailable_rate` (no quota used)."""

@@ -63,8 +63,11 @@ class EmulatorConfig:
     token_accounting: Literal["settle", "provider"] = param(
         "settle",
         "settle: charge the estimate at admission, correct it to the real usage afterwards; "
-        "provider: charge input + max_output_tokens (or DEFAULT_OUTPUT_COST), never refund, "
+        "provider: charge input + max_output_tokens (or default_output_tokens), never refund, "
         "and a request refused 429 still counts against the RPM bucket",
+    )
+    default_output_tokens: int = param(
+        16, "output allowance charged against the TPM bucket when max_output_tokens is unset"
     )
     flex_unavailable_rate: float = param(
         0.0, 'share of service_tier "flex" requests refused 429 Resource Unavailable (seeded)'

@@ -33,7 +33,7 @@ from ..engine import (
     retrying,
     send,
 )
-from .errors import bad_body, classify, response_failure, stream_error
+from .errors import bad_body, classify, response_failure, stream_error, tokens_charged
 from .request import ResponsesRequest
 from .results import Answer, error_result, logger, success_result
 from .sse import is_event_stream, read_final_event
@@ -105,8 +105,9 @@ class DirectPath:
 
         async def attempt() -> Outcome:
             nonlocal sent
+            reserved = prepared.estimate + self.limiter.surcharge
             if stop.failure is None:
-                await self.limiter.acquire(prepared.estimate)
+                await self.limiter.acquire(reserved)
             if stop.failure is not None:
                 return stop.failure
             sent += 1
@@ -118,7 +119,7 @@ class DirectPath:
                 data=prepared.body,
                 read_body=self._observe_then_read if self.limiter.learning else self._read_body,
             )
-            return await self._judge(reply, prepared.estimate, stop.record)
+            return await self._judge(reply, reserved, prepared.estimate, stop.record)
 
         def on_retry(details: RetryDetails) -> None:
             _log_retry(run.index, details, self.policy.max_retries)
@@ -154,7 +155,11 @@ class DirectPath:
         return await self._read_body(response)
 
     async def _judge(
-        self, reply: Reply | Failure, estimate: int, record: Callable[[Failure], None]
+        self,
+        reply: Reply | Failure,
+        reserved: int,
+        estimate: int,
+        record: Callable[[Failure], None],
     ) -> Outcome:
         """What one attempt produced, with the limiter and the batch stop told about it.
 
@@ -171,12 +176,15 @@ class DirectPath:
             if isinstance(outcome, Success):
                 usage = outcome.value.usage
                 used = usage.get("total_tokens") if usage is not None else None
-                await limiter.settle(estimate, used if isinstance(used, int) else estimate)
+                await limiter.settle(reserved, used if isinstance(used, int) else reserved)
             await limiter.observe(reply.headers)
             return outcome
-        await limiter.settle(estimate, 0)
+        await limiter.settle(reserved, 0)
         await limiter.observe(reply.headers)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
+        charged = tokens_charged(failure)
+        if charged is not None:
+            limiter.charged(charged, estimate)
         record(failure)
         return failure
 

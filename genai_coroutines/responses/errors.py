@@ -3,7 +3,9 @@
 Classification is the API adapter's job because only it can read the bodies: a 429
 is retried when it says `rate_limit_exceeded`, but not when it says
 `insufficient_quota` (no retry will pay the bill; it dooms the whole batch, like a 401)
-or "Request too large" (a request above the per-minute limit can never pass). Every
+or "Request too large" (a request above the per-minute limit can never pass); a flex
+request's "Resource Unavailable" 429 is `capacity_unavailable`, retried with backoff
+but never a pause of the key's quota. Every
 other status follows the engine's rule (408, 409, 429 and any 5xx are retried,
 whatever the body), unless the server sends `x-should-retry`, which wins, as in the
 official SDK.
@@ -35,6 +37,8 @@ from ..engine import (
 
 _TRY_AGAIN = re.compile(r"try again in ((?:\d+(?:\.\d+)?(?:ms|h|m|s))+)")
 _TOO_LARGE = re.compile(r"Limit (\d+), Requested (\d+)")
+_TOKENS_CHARGED = re.compile(r"on tokens per min \(TPM\): Limit \d+, Used \d+, Requested (\d+)")
+_UNAVAILABLE = re.compile(r"resources? (are |is )?(currently )?unavailable", re.IGNORECASE)
 _KEY_ECHO = re.compile(r"(API key provided: )[^\s.,]+")
 _TAGS = re.compile(r"<[^>]*>|\s+")
 RETRIABLE_STREAM_CODES = frozenset({None, "server_error", "rate_limit_exceeded"})
@@ -63,6 +67,8 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, api_key: str)
     if status == 429:
         if code == "insufficient_quota" or body_type == "insufficient_quota":
             error_type, retriable, dooms = "insufficient_quota", False, True
+        elif _capacity(code, body_type, message):
+            error_type = "capacity_unavailable"  # flex: no capacity, not the key's quota
         elif _too_large(message):
             retriable = False
         elif wait is None:
@@ -82,6 +88,14 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, api_key: str)
         retry_after=wait,
         dooms_batch=dooms and not retriable,
     )
+
+
+def tokens_charged(failure: Failure) -> int | None:
+    """What a TPM 429 says the server charges for the request ("... Requested 1234.")."""
+    if failure.status != 429:
+        return None
+    match = _TOKENS_CHARGED.search(failure.message)
+    return int(match.group(1)) if match else None
 
 
 def response_failure(response: Mapping[str, Any], status: int) -> Failure:
@@ -121,6 +135,14 @@ def _error_object(body: bytes) -> dict[str, Any]:
         return {}
     error = data.get("error") if isinstance(data, dict) else None
     return error if isinstance(error, dict) else {}
+
+
+def _capacity(code: str | None, body_type: object, message: str) -> bool:
+    """A flex 429 "Resource Unavailable": the tier has no capacity now ("You will not be
+    charged"). Retried with backoff, and never taken for the key's quota: it pauses no one."""
+    if "resource_unavailable" in (code, body_type):
+        return True
+    return _UNAVAILABLE.search(message) is not None
 
 
 def _too_large(message: str) -> bool:

@@ -1,0 +1,233 @@
+"""Servers that misbehave: redirects, odd values, bodies that are not what they claim.
+
+Every value read from a server is untrusted input. Each case here ends as that item's
+error (or is survived), never as an exception out of the batch, and never sends a key
+anywhere but to the origin it was given for. The odd servers are real aiohttp servers on
+loopback; the second one ("elsewhere") records what reached it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from genai_coroutines import DocumentConfig, DocumentProcessor, Journal
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine import Failure, RetryPolicy, parse_duration, retry_after
+from genai_coroutines.engine.headers import header_int
+from tests import samples
+from tests.responses_support import run
+
+DATALAB_KEY = "dl-secret-0123456789"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Server:
+    """One loopback server whose routes a test sets; it records every request's headers."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.seen: list[dict[str, str]] = []
+        self.url = ""
+
+    async def start(self, routes: list[tuple[str, str, Handler]]) -> None:
+        async def record(request: web.Request, handler: Handler) -> web.StreamResponse:
+            self.seen.append(dict(request.headers))
+            return await handler(request)
+
+        self.app.middlewares.append(web.middleware(record))
+        for method, path, handler in routes:
+            self.app.router.add_route(method, path, handler)
+        self.runner = web.AppRunner(self.app, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[Server, Server]]:
+    """(the API the client was given, "elsewhere": where a redirect would take the key)."""
+    pair = (Server(), Server())
+    yield pair
+    for server in pair:
+        if server.url:
+            await server.runner.cleanup()
+
+
+async def _elsewhere(server: Server) -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"status": "complete", "success": True, "markdown": "stolen"})
+
+    await server.start([("*", "/{tail:.*}", ok)])
+
+
+def _redirect(to: Callable[[], str], status: int) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=status, headers={"Location": to()})
+
+    return handler
+
+
+def _config(url: str, **options: Any) -> DocumentConfig:
+    return DocumentConfig(
+        api_key=DATALAB_KEY,
+        api_url=f"{url}/api/v1/marker",
+        poll_interval_secs=0.01,
+        base_retry_delay_secs=0.01,
+        **options,
+    )
+
+
+def _accepting(check_url: Callable[[], str]) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"success": True, "request_check_url": check_url()})
+
+    return handler
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_datalab_upload_redirect_never_takes_the_key_elsewhere(
+    servers: tuple[Server, Server], status: int
+) -> None:
+    api, elsewhere = servers
+    await _elsewhere(elsewhere)
+    await api.start([("POST", "/api/v1/marker", _redirect(lambda: elsewhere.url + "/x", status))])
+    [result] = await DocumentProcessor(_config(api.url)).process_multiparts([samples.pdf(1)])
+
+    assert not result["success"] and result["error_type"] == "redirect_refused"
+    assert elsewhere.url in result["error"] and result["attempts"] == 1
+    assert elsewhere.seen == []
+
+
+async def test_a_datalab_poll_redirect_never_takes_the_key_elsewhere(
+    servers: tuple[Server, Server],
+) -> None:
+    api, elsewhere = servers
+    await _elsewhere(elsewhere)
+    await api.start(
+        [
+            ("POST", "/api/v1/marker", _accepting(lambda: api.url + "/check/1")),
+            ("GET", "/check/1", _redirect(lambda: elsewhere.url + "/check/1", 302)),
+        ]
+    )
+    [result] = await DocumentProcessor(_config(api.url)).process_multiparts([samples.pdf(1)])
+
+    assert result["error_type"] == "redirect_refused" and elsewhere.seen == []
+    assert sum(1 for headers in api.seen if headers.get("X-Api-Key") == DATALAB_KEY) == 2
+
+
+async def test_an_openai_redirect_is_not_taken_as_a_success(
+    servers: tuple[Server, Server], emulator: Emulator
+) -> None:
+    api, elsewhere = servers
+    await _elsewhere(elsewhere)
+    await api.start([("POST", "/v1/responses", _redirect(lambda: elsewhere.url + "/v1", 302))])
+    results = await run(emulator, ["hi"], base_url=f"{api.url}/v1")
+
+    [result] = results["results"]
+    assert result["error_type"] == "redirect_refused" and elsewhere.seen == []
+
+
+@pytest.mark.parametrize(
+    "check_url",
+    ["ftp://127.0.0.1/check/1", "http://127.0.0.1:99999/check/1", "http://[::1/check/1"],
+)
+async def test_a_request_check_url_that_cannot_be_polled_ends_that_item_only(
+    servers: tuple[Server, Server], check_url: str
+) -> None:
+    api, _ = servers
+    await api.start([("POST", "/api/v1/marker", _accepting(lambda: check_url))])
+    results = await DocumentProcessor(_config(api.url)).process_multiparts(
+        [samples.pdf(1, tag="a"), samples.pdf(1, tag="b")]
+    )
+
+    assert [r["success"] for r in results] == [False, False]
+    assert all(r["error_type"] == "invalid_response" for r in results)
+    assert all(r["attempts"] == 1 for r in results)  # the upload is never repeated
+
+
+async def test_a_redirect_to_another_scheme_is_refused(servers: tuple[Server, Server]) -> None:
+    api, _ = servers
+    await api.start([("POST", "/api/v1/marker", _redirect(lambda: "ftp://127.0.0.1/x", 302))])
+    [result] = await DocumentProcessor(_config(api.url)).process_multiparts([samples.pdf(1)])
+    assert result["error_type"] == "redirect_refused" and "ftp://127.0.0.1" in result["error"]
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "9" * 400])
+def test_rate_limit_headers_that_are_not_numbers_are_ignored(value: str) -> None:
+    assert header_int({"x-ratelimit-limit-requests": value}, "x-ratelimit-limit-requests") is None
+    assert retry_after({"retry-after": value}) in (None, 0.0)
+    assert parse_duration(value) in (None, 0.0)
+
+
+async def test_a_server_announcing_infinite_limits_is_survived(
+    servers: tuple[Server, Server], emulator: Emulator
+) -> None:
+    api, _ = servers
+
+    async def infinite(request: web.Request) -> web.Response:
+        reply = await emulator.openai.create_response(request)
+        headers = {**reply.headers, "x-ratelimit-limit-requests": "inf"}
+        assert isinstance(reply, web.Response)
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+    await api.start([("POST", "/v1/responses", infinite)])
+    results = await run(emulator, ["a", "b", "c"], base_url=f"{api.url}/v1")
+    assert results["total_success"] == 3
+
+
+def test_more_than_a_thousand_retries_do_not_overflow_the_backoff() -> None:
+    policy = RetryPolicy(max_retries=5000, initial_delay=0.5, max_delay=30.0)
+    failure = Failure("boom", "server_error", retriable=True, status=503)
+    assert policy.backoff(1500) <= 30.0 and policy.delay_for(2000, failure) is not None
+
+
+async def test_a_datalab_error_echoing_the_key_is_redacted_everywhere(
+    servers: tuple[Server, Server], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    api, _ = servers
+
+    async def echo(request: web.Request) -> web.Response:
+        key = request.headers["X-Api-Key"]
+        return web.json_response({"detail": f"key {key} is not allowed here"}, status=400)
+
+    await api.start([("POST", "/api/v1/marker", echo)])
+    caplog.set_level(logging.DEBUG)
+    journal = tmp_path / "ocr.journal"
+    [result] = await DocumentProcessor(_config(api.url)).process_multiparts(
+        [samples.pdf(1)], journal=journal
+    )
+
+    assert "[redacted]" in result["error"] and DATALAB_KEY not in result["error"]
+    with Journal(journal, "documents") as records:
+        assert DATALAB_KEY not in repr(records.results())
+    assert DATALAB_KEY not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "upstream failed", "type": "server_error", "code": "server_error"}},
+        {"object": "response", "id": "resp_1", "status": "in_progress", "output": []},
+        {"object": "response", "id": "resp_2", "status": "queued", "output": []},
+    ],
+)
+async def test_a_200_that_is_not_a_finished_response_is_not_a_success(
+    servers: tuple[Server, Server], emulator: Emulator, body: dict[str, Any]
+) -> None:
+    api, _ = servers
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    await api.start([("POST", "/v1/responses", answer)])
+    [result] = (await run(emulator, ["hi"], base_url=f"{api.url}/v1", max_retries=1))["results"]
+    assert result["success"] is False
+    assert result["error_type"] in ("server_error", "invalid_response")
