@@ -3,7 +3,17 @@
 Internal: users import from `genai_coroutines`; adapters import from here.
 """
 
-from .batch import Adapter, BatchOptions, BatchRun, Driver, ItemRun, Submission
+from .batch import (
+    Adapter,
+    Admission,
+    Admitted,
+    BatchOptions,
+    BatchRun,
+    Driver,
+    DriverCore,
+    ItemRun,
+    Submission,
+)
 from .bookkeeping import Result
 from .headers import parse_duration, retry_after
 from .http import BodyReader, Reply, open_session, read_all, send
@@ -27,6 +37,8 @@ __all__ = [
     "ERROR_TYPES",
     "LOCAL",
     "Adapter",
+    "Admission",
+    "Admitted",
     "BatchOptions",
     "BatchRun",
     "BatchStop",
@@ -34,6 +46,7 @@ __all__ = [
     "Capacity",
     "Check",
     "Driver",
+    "DriverCore",
     "ErrorType",
     "Failure",
     "ItemRun",

@@ -19,6 +19,12 @@ what is API-specific:
 API accepted the item earlier (a Datalab job, a background response), the journaled
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
+
+`DriverCore` is all of this but how admitted items run; `Driver` runs one task per item
+through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
+file of requests, answered when its batch ends) runs them with `engine.grouped` instead,
+behind the same admission (`prepare`, `digest`, `failed`: the `Admission` protocol),
+journal, progress, summary, logging and batch stop.
 """
 
 from __future__ import annotations
@@ -50,8 +56,8 @@ class Submission:
     request_check_url: str
 
 
-class Adapter(Protocol[P]):
-    """What one API (or one execution path of it) adds to the driver."""
+class Admission(Protocol[P]):
+    """What every adapter tells the driver about an item before it runs (see `Adapter`)."""
 
     kind: str
     """The journal's kind: a journal of one kind is refused by another."""
@@ -63,9 +69,22 @@ class Adapter(Protocol[P]):
 
     def digest(self, prepared: P) -> tuple[bytes, ...]: ...
 
+    def failed(self, index: int, failure: Failure, started: float) -> Result: ...
+
+
+class Adapter(Admission[P], Protocol[P]):
+    """What one API (or one execution path of it) adds to the driver."""
+
     async def execute(self, run: ItemRun, prepared: P) -> Result: ...
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result: ...
+
+@dataclass(frozen=True, slots=True)
+class Admitted(Generic[P]):
+    """An item the driver admitted: prepared, not stopped, not answered by the journal."""
+
+    index: int
+    prepared: P
+    started: float
 
 
 @dataclass(slots=True)
@@ -111,10 +130,12 @@ class BatchOptions:
     """The fields of the `batch_start` log line (each adapter keeps its documented ones)."""
 
 
-class Driver(Generic[P]):
-    """One batch of one adapter (see the module docstring); `stream` runs it."""
+class DriverCore(Generic[P]):
+    """What every driver does around its items (see the module docstring): `stream` runs
+    the batch, `_results` runs its items, admitting each with `_admit` and journaling what
+    `_finish`es. `Driver` runs one task per item; `engine.grouped` runs them in groups."""
 
-    def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
+    def __init__(self, adapter: Admission[P], source: Source[Any], options: BatchOptions) -> None:
         self.adapter = adapter
         self.source = source
         self.options = options
@@ -139,13 +160,7 @@ class Driver(Generic[P]):
         try:
             async with open_session(options.concurrency, options.headers) as session:
                 run = BatchRun(session, self.stop, books.progress.wait, books.summary)
-
-                def work(index: int, item: Any) -> Awaitable[Result]:
-                    return self._one(run, index, item)
-
-                async for result in run_streaming(
-                    self.source, work, concurrency=options.concurrency
-                ):
+                async for result in self._results(run):
                     books.add(result)
                     yield result
         finally:
@@ -161,8 +176,13 @@ class Driver(Generic[P]):
                 secs=f"{time.perf_counter() - started:.2f}",
             )
 
-    async def _one(self, run: BatchRun, index: int, item: Any) -> Result:
-        """One item from its input to its result; never raises for its own failures."""
+    def _results(self, run: BatchRun) -> AsyncIterator[Result]:
+        """Every item's result, in completion order (each admitted by `_admit`)."""
+        raise NotImplementedError
+
+    async def _admit(self, index: int, item: Any) -> Admitted[P] | Result:
+        """The item prepared to run, or its result when it need not: the batch was stopped,
+        it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
         if self.stop.failure is not None:
@@ -179,19 +199,12 @@ class Driver(Generic[P]):
             return adapter.failed(index, Failure(str(exc), "invalid_input", False), started)
         if done is not None:
             return done
-        item_run = ItemRun(index, run, started, self._known(index))
-        if books.journal is not None:
-            item_run.on_submitted = lambda s: self._journal(books.submitted, index, s)
-        result = await adapter.execute(item_run, prepared)
-        self._journal(books.record, index, result)
-        return result
+        return Admitted(index, prepared, started)
 
-    def _known(self, index: int) -> Submission | None:
-        resumed = (self.options.resume or {}).get(index)
-        if resumed is not None:
-            return resumed
-        known = self.books.submission(index)
-        return None if known is None else Submission(*known)
+    def _finish(self, result: Result) -> Result:
+        """Journal the result of an admitted item (see `_journal`)."""
+        self._journal(self.books.record, result["index"], result)
+        return result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> None:
         """Journal a record; if the journal cannot be written, stop sending: every item not
@@ -204,3 +217,35 @@ class Driver(Generic[P]):
                     f"stopped: {exc}", "journal_error", retriable=False, dooms_batch=True
                 )
             log_event(self.adapter.logger, logging.ERROR, "journal_failed", error=str(exc))
+
+
+class Driver(DriverCore[P]):
+    """One batch of one adapter, one task per item, `concurrency` at once; `stream` runs it."""
+
+    def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
+        super().__init__(adapter, source, options)
+        self.executor = adapter
+
+    def _results(self, run: BatchRun) -> AsyncIterator[Result]:
+        def work(index: int, item: Any) -> Awaitable[Result]:
+            return self._one(run, index, item)
+
+        return run_streaming(self.source, work, concurrency=self.options.concurrency)
+
+    async def _one(self, run: BatchRun, index: int, item: Any) -> Result:
+        """One item from its input to its result; never raises for its own failures."""
+        admitted = await self._admit(index, item)
+        if not isinstance(admitted, Admitted):
+            return admitted
+        books = self.books
+        item_run = ItemRun(index, run, admitted.started, self._known(index))
+        if books.journal is not None:
+            item_run.on_submitted = lambda s: self._journal(books.submitted, index, s)
+        return self._finish(await self.executor.execute(item_run, admitted.prepared))
+
+    def _known(self, index: int) -> Submission | None:
+        resumed = (self.options.resume or {}).get(index)
+        if resumed is not None:
+            return resumed
+        known = self.books.submission(index)
+        return None if known is None else Submission(*known)
