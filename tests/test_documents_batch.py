@@ -184,10 +184,11 @@ async def test_a_429_pauses_every_upload_on_the_key(
     assert min(started for started, _, _ in later) >= limited[1] + 0.29
 
 
+@pytest.mark.parametrize("seconds", [1800, 86400])
 async def test_a_429_asking_half_an_hour_ends_its_item_and_pauses_nobody(
-    emulator: Emulator,
+    emulator: Emulator, seconds: int
 ) -> None:
-    emulator.config.fault_retry_after = 1800
+    emulator.config.fault_retry_after = seconds
     emulator.faults.schedule("marker_submit", "429-retry-after")
     documents = [samples.png(tag=str(i)) for i in range(6)]
     processor = DocumentProcessor(config_for(emulator, max_concurrent_requests=2))
