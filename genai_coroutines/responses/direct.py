@@ -5,14 +5,22 @@ retry by the policy (through `engine.retrying`, which also pauses every worker o
 key after a 429), settle the reservation with the real usage. While the key's limits
 are being learned, the probe's headers reach the limiter before its body is read, so
 the batch need not wait for a slow model's whole answer before it starts.
+
+Flex (`service_tier="flex"`): a 429 "Resource Unavailable" is `capacity_unavailable`, a
+counted retry after backoff that pauses nobody (the key's quota is not what ran out);
+after `flex_fallback_after` of them the item is sent with `service_tier: "auto"`. An
+attempt of a flex request may take 900 s unless `timeout_secs` was given.
+
+`attempt` (one POST, judged) is also the background path's way of sending
+(`background.py`), with its own reading of the 200.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -41,6 +49,27 @@ from .wire import check_prompt
 
 Outcome = Success[Answer] | Failure
 """A usable answer or why there is none."""
+
+
+class Answered(Protocol):
+    """What a 200 reply was read into: an `Answer`, or a background path's `Queued`."""
+
+    @property
+    def usage(self) -> dict[str, Any] | None: ...
+
+
+A = TypeVar("A", bound=Answered)
+
+
+@dataclass(slots=True)
+class Tries:
+    """What one item's attempts came to so far (its result's `attempts`, `rate_limited`)."""
+
+    counts: Retried = field(default_factory=Retried)
+    sent: int = 0
+    """POSTs sent."""
+    capacity: int = 0
+    """Flex "Resource Unavailable" 429s received (`flex_fallback_after` counts them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +104,7 @@ class DirectPath:
         self.template = request._template
         self.api_key = request.api_key or ""
         self.url = request.base_url.rstrip("/") + "/responses"
-        self.timeout = aiohttp.ClientTimeout(total=request.timeout_secs)
+        self.timeout = aiohttp.ClientTimeout(total=request.attempt_timeout_secs)
         self.limiter = limiter
         self.policy = retry_policy(request)
         self._read_body: BodyReader = read_final_event if request.stream else read_all
@@ -98,57 +127,87 @@ class DirectPath:
         return error_result(index, failure, model=self.model, attempts=0, started=started)
 
     async def execute(self, run: ItemRun, prepared: Prepared) -> Result:
-        started = run.started
-        stop = run.batch.stop
-        counts = Retried()
-        sent = 0
+        tries = Tries()
 
-        async def attempt() -> Outcome:
-            nonlocal sent
-            reserved = prepared.estimate + self.limiter.surcharge
-            if stop.failure is None:
-                await self.limiter.acquire(reserved)
-            if stop.failure is not None:
-                return stop.failure
-            sent += 1
-            reply = await send(
-                run.batch.session,
-                "POST",
-                self.url,
-                timeout=self.timeout,
-                data=prepared.body,
-                read_body=self._observe_then_read if self.limiter.learning else self._read_body,
-            )
-            return await self._judge(reply, reserved, prepared.estimate, stop.record)
-
-        def on_retry(details: RetryDetails) -> None:
-            _log_retry(run.index, details, self.policy.max_retries)
+        def attempt() -> Awaitable[Outcome]:
+            return self.attempt(run, prepared, tries, answer)
 
         outcome = await retrying(
             attempt,
             self.policy,
-            on_retry=on_retry,
+            on_retry=self.log_retry(run.index),
             sleep=run.batch.wait,
-            counts=counts,
+            counts=tries.counts,
             limiter=self.limiter,
         )
+        return self.result(run, outcome, tries)
+
+    async def attempt(
+        self,
+        run: ItemRun,
+        prepared: Prepared,
+        tries: Tries,
+        accept: Callable[[Reply], Success[A] | Failure],
+    ) -> Success[A] | Failure:
+        """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
+        stop = run.batch.stop
+        reserved = prepared.estimate + self.limiter.surcharge
+        if stop.failure is None:
+            await self.limiter.acquire(reserved)
+        if stop.failure is not None:
+            return stop.failure
+        tries.sent += 1
+        reply = await send(
+            run.batch.session,
+            "POST",
+            self.url,
+            timeout=self.timeout,
+            data=self._body(run.index, prepared, tries),
+            read_body=self._observe_then_read if self.limiter.learning else self._read_body,
+        )
+        outcome = await self._judge(reply, reserved, prepared.estimate, stop.record, accept)
+        if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
+            tries.capacity += 1
+        return outcome
+
+    def _body(self, index: int, prepared: Prepared, tries: Tries) -> bytes:
+        """The item's body, or after `flex_fallback_after` capacity 429s the same body with
+        `service_tier: "auto"` (OpenAI's other remedy; billed at the tier that serves it)."""
+        after = self.request.flex_fallback_after
+        if after is None or tries.capacity < after or self.request.service_tier != "flex":
+            return prepared.body
+        if tries.capacity == after:
+            log_event(logger, logging.INFO, "flex_fallback", index=index, capacity_429s=after)
+        body = orjson.loads(prepared.body)
+        body["service_tier"] = "auto"
+        return orjson.dumps(body)
+
+    def result(self, run: ItemRun, outcome: Success[Answer] | Failure, tries: Tries) -> Result:
+        """The item's result dict from its last outcome."""
+        counts = tries.counts
         if isinstance(outcome, Failure):
             return error_result(
                 run.index,
                 outcome,
                 model=self.model,
-                attempts=sent,
+                attempts=tries.sent,
                 rate_limited=counts.rate_limited,
-                started=started,
+                started=run.started,
             )
         return success_result(
             run.index,
             outcome.value,
             model=self.model,
-            attempts=sent,
+            attempts=tries.sent,
             rate_limited=counts.rate_limited,
-            started=started,
+            started=run.started,
         )
+
+    def log_retry(self, index: int) -> Callable[[RetryDetails], None]:
+        def on_retry(details: RetryDetails) -> None:
+            _log_retry(index, details, self.policy.max_retries)
+
+        return on_retry
 
     async def _observe_then_read(self, response: aiohttp.ClientResponse) -> bytes:
         await self.limiter.observe(response.headers)
@@ -160,7 +219,8 @@ class DirectPath:
         reserved: int,
         estimate: int,
         record: Callable[[Failure], None],
-    ) -> Outcome:
+        accept: Callable[[Reply], Success[A] | Failure],
+    ) -> Success[A] | Failure:
         """What one attempt produced, with the limiter and the batch stop told about it.
 
         The reservation is settled before the reply's `x-ratelimit-*` headers are
@@ -172,7 +232,7 @@ class DirectPath:
             await limiter.observe(None)
             return reply
         if reply.status == 200:
-            outcome = answer(reply)
+            outcome = accept(reply)
             if isinstance(outcome, Success):
                 usage = outcome.value.usage
                 used = usage.get("total_tokens") if usage is not None else None
@@ -240,7 +300,7 @@ def _log_retry(index: int, details: RetryDetails, max_retries: int) -> None:
     log_event(
         logger,
         logging.WARNING,
-        "rate_limit" if failure.status == 429 else "retry",
+        "rate_limit" if failure.rate_limited else "retry",
         index=index,
         retry=f"{details.retry_number}/{max_retries}",
         reason=failure.error_type,
