@@ -28,6 +28,14 @@ anything is paid for, and always raises a `JournalError` saying what:
   is not a journal, or, with `resume=True`, a missing or empty one.
 - `JournalMismatch`: a journal of the other kind of batch.
 
+Paths that send items in groups (the OpenAI Batch API: a file of requests, one batch
+per file) journal each group the moment the API accepts it: `record_group` writes the
+uploaded file's id and which items it holds (their index, digest, line id and round) in
+one transaction, `record_group_job` the batch created for it. An item's result ends its
+group membership (`record_result` deletes it in the same transaction), so a rerun finds
+in `group_line` exactly the items still waiting on a group: it polls that batch instead
+of uploading them again.
+
 A write failing later (disk full, the file vanishing under a network mount) raises
 `JournalError` from `record_result` / `record_submission`: the result was not
 journaled, and whoever drives the batch decides what to do with it.
@@ -47,6 +55,8 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -69,7 +79,47 @@ _TABLES = (
     check_url TEXT,
     result BLOB
 )""",
+    """CREATE TABLE IF NOT EXISTS group_files (
+    file_id TEXT PRIMARY KEY,
+    lines INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS group_jobs (
+    job_id TEXT PRIMARY KEY,
+    file_id TEXT NOT NULL UNIQUE,
+    cancelled INTEGER NOT NULL DEFAULT 0
+)""",
+    """CREATE TABLE IF NOT EXISTS group_lines (
+    idx INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS group_lines_file ON group_lines (file_id)",
 )
+_TABLE_NAMES = frozenset({"meta", "items", "group_files", "group_jobs", "group_lines"})
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLine:
+    """Where an unfinished item waits: its line in an uploaded group file, and the job (an
+    OpenAI batch) created for that file, if one was journaled."""
+
+    line_id: str
+    file_id: str
+    attempt: int
+    """How many groups the item was sent in before this one (0: this is its first)."""
+    lines: int
+    """Lines the file was uploaded with."""
+    tokens: int
+    """Estimated input tokens of the file (what its batch enqueues)."""
+    created_at: float
+    """`time.time()` when the file was journaled."""
+    job_id: str | None
+    cancelled: bool
+    """The job was cancelled by this library (Ctrl-C with cancel-on-interrupt)."""
 
 
 def request_digest(*parts: bytes) -> str:
@@ -180,7 +230,7 @@ class Journal:
             if "not a database" in str(exc):
                 raise JournalError(f"{self.path} is not a journal: {exc}") from None
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        if not tables <= {"meta", "items"}:
+        if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
         found = None
         if "meta" in tables:
@@ -237,13 +287,82 @@ class Journal:
         )
 
     def record_result(self, index: int, digest: str, result: dict[str, Any]) -> None:
-        """Journal an item's result; `JournalError` if the journal cannot take it."""
-        self._write(
+        """Journal an item's result (it leaves its group, if any); `JournalError` if the
+        journal cannot take it."""
+        self._transaction(
             f"the result of item {index}",
-            "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
-            " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest, result = excluded.result",
-            (index, digest, orjson.dumps(result)),
+            [
+                (
+                    "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
+                    " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
+                    " result = excluded.result",
+                    [(index, digest, orjson.dumps(result))],
+                ),
+                ("DELETE FROM group_lines WHERE idx = ?", [(index,)]),
+            ],
         )
+
+    def record_group(
+        self,
+        file_id: str,
+        members: Iterable[tuple[int, str, str, int]],
+        *,
+        tokens: int,
+    ) -> None:
+        """Journal an uploaded group file and its members, `(index, digest, line_id,
+        attempt)` each, in one transaction (a member of an earlier group moves to this one)."""
+        rows = list(members)
+        self._transaction(
+            f"group file {file_id}",
+            [
+                (
+                    "INSERT OR REPLACE INTO group_files (file_id, lines, tokens, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(file_id, len(rows), tokens, time.time())],
+                ),
+                (
+                    "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (idx, digest, line_id, file_id, attempt)
+                        for idx, digest, line_id, attempt in rows
+                    ],
+                ),
+            ],
+        )
+
+    def record_group_job(self, file_id: str, job_id: str) -> None:
+        """Journal the job (an OpenAI batch) the API created for a group file."""
+        self._write(
+            f"job {job_id}",
+            "INSERT OR REPLACE INTO group_jobs (job_id, file_id) VALUES (?, ?)",
+            (job_id, file_id),
+        )
+
+    def record_group_cancelled(self, job_id: str) -> None:
+        """Journal that this library cancelled a job (its lines that never ran are sent again)."""
+        self._write(
+            f"the cancel of job {job_id}",
+            "UPDATE group_jobs SET cancelled = 1 WHERE job_id = ?",
+            (job_id,),
+        )
+
+    def group_line(self, index: int, digest: str) -> GroupLine | None:
+        """Where this item, unfinished with this very request, waits on a group; else None."""
+        row = self._read(
+            "SELECT l.line_id, l.file_id, l.attempt, f.lines, f.tokens, f.created_at,"
+            " j.job_id, j.cancelled FROM group_lines l JOIN group_files f USING (file_id)"
+            " LEFT JOIN group_jobs j USING (file_id) WHERE l.idx = ? AND l.digest = ?",
+            (index, digest),
+        )
+        if row is None:
+            return None
+        return GroupLine(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7] or 0))
+
+    def group_members(self, file_id: str) -> int:
+        """How many items still wait on this group file."""
+        row = self._read("SELECT COUNT(*) FROM group_lines WHERE file_id = ?", (file_id,))
+        return int(row[0])
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export)."""
@@ -314,6 +433,26 @@ class Journal:
             self._db.execute(sql, params)
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"cannot write {what} to journal {self.path}: {exc}") from exc
+        self._written()
+
+    def _transaction(self, what: str, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Several statements, all or none."""
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for sql, rows in statements:
+                db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except (sqlite3.Error, OSError) as exc:
+            try:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise JournalError(f"cannot write {what} to journal {self.path}: {exc}") from exc
+        self._written()
+
+    def _written(self) -> None:
         self._unchecked += 1
         if (
             self._unchecked >= self.CHECKPOINT_RECORDS

@@ -23,7 +23,19 @@ class Progress:
     ) -> None:
         self.summary = summary
         self.retrying = 0
+        self.notes: dict[str, Any] = {}
+        """What an execution path adds to the counts (the Batch API: each batch's state)."""
         self._bar = tqdm(total=total, disable=not enabled, unit=unit, dynamic_ncols=True)
+
+    def note(self, **fields: Any) -> None:
+        """Show `fields` after the counts (a None value removes one), redrawing the bar."""
+        for key, value in fields.items():
+            if value is None:
+                self.notes.pop(key, None)
+            else:
+                self.notes[key] = value
+        if not self._bar.disable:
+            self._bar.set_postfix(self._postfix(), refresh=True)
 
     async def wait(self, seconds: float) -> None:
         """A backoff sleep, counted as "retrying" while it lasts."""
@@ -37,6 +49,10 @@ class Progress:
         self.summary.add(result)
         if self._bar.disable:
             return
+        self._bar.set_postfix(self._postfix(), refresh=False)
+        self._bar.update(1)
+
+    def _postfix(self) -> dict[str, Any]:
         s = self.summary
         postfix: dict[str, Any] = {"ok": s.succeeded, "failed": s.failed, "retrying": self.retrying}
         if s.input_tokens or s.output_tokens:
@@ -44,8 +60,7 @@ class Progress:
         if s.pages or s.cost_cents:
             postfix["pages"] = s.pages
             postfix["cents"] = f"{s.cost_cents:g}"
-        self._bar.set_postfix(postfix, refresh=False)
-        self._bar.update(1)
+        return {**postfix, **self.notes}
 
     def close(self) -> None:
         self.summary.finish()
