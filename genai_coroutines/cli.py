@@ -18,6 +18,7 @@ from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal, JournalError
+from .engine.limits import LimitStoreUnavailable
 from .engine.summary import BatchSummary
 from .params import add_flags, given, json_file
 from .responses import ResponsesProcessor, ResponsesRequest
@@ -42,6 +43,12 @@ def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue the batch recorded in an existing --journal"
     )
     cmd.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    cmd.add_argument(
+        "--limits-store",
+        metavar="URL",
+        help="share the key's limits with every process using this redis:// URL "
+        "(default: $GENAI_COROUTINES_LIMITS_STORE, else this process only)",
+    )
 
 
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -189,15 +196,23 @@ def _run_batch(args: argparse.Namespace) -> int:
     documents: NamedDocuments | None = None
     if args.command == "responses":
         journal = _journal_path(args, "responses")
-        stream = ResponsesProcessor().stream(
+        responses = ResponsesProcessor(limits_store=args.limits_store)
+        limits = responses.limits
+        stream = responses.stream(
             _responses_request(args), journal=journal, progress=args.progress, summary=summary
         )
     else:
         journal = _journal_path(args, "documents")
         documents = NamedDocuments(args.documents)
-        stream = DocumentProcessor(_document_config(args)).stream(
+        processor = DocumentProcessor(_document_config(args), limits_store=args.limits_store)
+        limits = processor.limits
+        stream = processor.stream(
             documents, journal=journal, progress=args.progress, summary=summary
         )
+    try:  # an unreachable store is refused before the output is opened
+        asyncio.run(limits.ready())
+    except LimitStoreUnavailable as exc:
+        raise UsageError(str(exc)) from None
     try:
         asyncio.run(_write_all(stream, args.output, documents))
     except KeyboardInterrupt:

@@ -21,7 +21,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..engine import (
-    LOCAL,
     BatchOptions,
     Driver,
     KeyLimits,
@@ -32,6 +31,7 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.limits import limits_for
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
@@ -62,11 +62,22 @@ class DocumentProcessor:
     last_summary: BatchSummary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, pages and Datalab cents."""
 
-    def __init__(self, config: DocumentConfig, *, limits: KeyLimits = LOCAL) -> None:
+    def __init__(
+        self,
+        config: DocumentConfig,
+        *,
+        limits: KeyLimits | None = None,
+        limits_store: str | None = None,
+    ) -> None:
+        """`limits_store`: a `redis://` URL whose limits (submission rate, pages in flight)
+        every process and machine using it shares (default `$GENAI_COROUTINES_LIMITS_STORE`,
+        else this process's memory); `limits`: a `KeyLimits` to use instead (not both)."""
         if not isinstance(config, DocumentConfig):
             raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
+        if limits is not None and limits_store is not None:
+            raise ValueError("give limits or limits_store, not both")
         self.config = config
-        self.limits = limits
+        self.limits = limits if limits is not None else limits_for(limits_store)
 
     def __repr__(self) -> str:
         return f"DocumentProcessor({self.config!r})"
@@ -125,6 +136,7 @@ class DocumentProcessor:
         """
         config = self.config
         key = config.api_key or ""
+        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
         pages = None
         if config.max_pages_in_flight is not None:
             pages = self.limits.capacity(_origin(config), key, config.max_pages_in_flight)

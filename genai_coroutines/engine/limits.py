@@ -9,11 +9,16 @@ pages another batch holds in flight all hold for the next batch too.
 
 Which store holds the state is the only choice: the process's memory by default
 (`LOCAL`), or a store shared by several processes (see `store.LimitStore`).
+`limits_for(url)` gives the one `KeyLimits` of a store URL in this process (a
+`redis://` URL: `redis_store.RedisStore`; none: `$GENAI_COROUTINES_LIMITS_STORE`, else
+`LOCAL`), so every processor naming the same store shares its limiters too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 
 from .limiter import Capacity, RateLimiter
 from .store import LimitStore, MemoryStore
@@ -37,6 +42,13 @@ class KeyLimits:
         self.store = store
         self._rates: dict[str, RateLimiter] = {}
         self._capacities: dict[str, Capacity] = {}
+
+    async def ready(self) -> None:
+        """Check the store can be used (called before a batch sends anything); a shared
+        store that cannot be reached raises `LimitStoreUnavailable`."""
+        check = getattr(self.store, "ready", None)
+        if check is not None:
+            await check()
 
     def rate(
         self,
@@ -78,3 +90,43 @@ class KeyLimits:
 
 LOCAL = KeyLimits(MemoryStore())
 """The limits of this process, used unless a batch is given a shared store."""
+
+ENV_STORE = "GENAI_COROUTINES_LIMITS_STORE"
+"""The environment variable naming the limits store when a processor is given none."""
+
+LOCAL_NAMES = ("", "local", "memory")
+"""Store names meaning this process's memory (`LOCAL`), e.g. to override `ENV_STORE`."""
+
+
+class LimitStoreUnavailable(ConnectionError):
+    """A shared limits store cannot be reached when a batch starts (nothing was sent)."""
+
+
+_SHARED: dict[str, KeyLimits] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def limits_for(store: str | None = None) -> KeyLimits:
+    """The `KeyLimits` of a store URL, one per URL in this process: `redis://host:port/db`
+    (or `rediss://`, `unix://`) is shared by every process and machine using that Redis;
+    None reads `$GENAI_COROUTINES_LIMITS_STORE`; "local" (or that variable unset) is
+    `LOCAL`. Nothing is sent here: a malformed URL raises ValueError, an unreachable one
+    `LimitStoreUnavailable` when a batch starts."""
+    if store is None:
+        store = os.environ.get(ENV_STORE, "")
+    if not isinstance(store, str):
+        raise TypeError(f"limits_store must be a URL string, not {type(store).__name__}")
+    if store.strip().lower() in LOCAL_NAMES:
+        return LOCAL
+    with _SHARED_LOCK:
+        limits = _SHARED.get(store)
+        if limits is None:
+            try:
+                from .redis_store import RedisStore
+            except ImportError as exc:
+                raise ImportError(
+                    "a shared limits store needs the redis client: "
+                    "pip install 'genai-coroutines[redis]'"
+                ) from exc
+            limits = _SHARED[store] = KeyLimits(RedisStore(store))
+    return limits

@@ -18,7 +18,8 @@ from collections.abc import AsyncIterator
 from operator import itemgetter
 from typing import Any
 
-from ..engine import LOCAL, BatchOptions, Driver, KeyLimits, Result, collect_in_order, count
+from ..engine import BatchOptions, Driver, KeyLimits, Result, collect_in_order, count
+from ..engine.limits import limits_for
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .direct import DirectPath
@@ -45,8 +46,13 @@ class ResponsesProcessor:
     last_summary: BatchSummary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(self, *, limits: KeyLimits = LOCAL) -> None:
-        self.limits = limits
+    def __init__(self, *, limits: KeyLimits | None = None, limits_store: str | None = None) -> None:
+        """`limits_store`: a `redis://` URL whose limits every process and machine using it
+        shares (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory);
+        `limits`: a `KeyLimits` to use instead (not both)."""
+        if limits is not None and limits_store is not None:
+            raise ValueError("give limits or limits_store, not both")
+        self.limits = limits if limits is not None else limits_for(limits_store)
 
     async def process_batch(
         self,
@@ -88,6 +94,7 @@ class ResponsesProcessor:
         """
         if not isinstance(request, ResponsesRequest):
             raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
+        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
         limiter = self.limits.rate(
             request.base_url,
             request.api_key or "",

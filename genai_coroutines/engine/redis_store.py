@@ -1,0 +1,461 @@
+"""`RedisStore`: one key's limit state shared by every process and machine using one Redis.
+
+Each `LimitStore` operation is one Lua script, a line-by-line translation of
+`store.MemoryStore`: it reads and writes the key's (level, stamp) pairs, pause deadline
+or leases in one atomic step on the server's clock (`TIME`), never a client's, so
+clients on machines whose clocks disagree still share one budget. The scripts are
+registered once per client and sent as `EVALSHA` (loaded again by the client if the
+server forgot them, e.g. after a restart).
+
+What Redis holds, per limited key (`limits.limit_key`: endpoint, a digest of the API
+key, the model; the braces are a Redis Cluster hash tag, so both entries of a key live
+on one shard):
+
+    genai-coroutines:{<endpoint>:<key digest>:<model>}:limits   a hash: per bucket
+        `<dim>:r` (per minute), `<dim>:c` (capacity), `<dim>:l` (level), `<dim>:t`
+        (stamp, server seconds); `pause` (the deadline of a 429 pause)
+    genai-coroutines:{...}:leases   a hash: lease id -> "<units> <expiry>" (pages in flight)
+
+Both expire after `idle_ttl` seconds without a write (the leases hash: not before its
+last lease would), so a key nobody uses leaves nothing behind. A bucket that expired
+while this process still knew its shape is recreated full by the next `take` (after
+that long idle it would have refilled anyway). The API key itself never reaches Redis.
+
+Failures: `ready()` (called when a batch starts) raises `LimitStoreUnavailable`, naming
+the URL without its credentials, when Redis cannot be reached, before anything is sent.
+Redis lost later, mid-batch, degrades this store to an in-process `MemoryStore`, seeded
+with the shapes and leases this process knew, with one warning; the batch goes on at
+in-process limits and loses nothing. The next batch to start finds Redis again (when
+reachable and no in-process lease is outstanding) and shares the limits again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .limits import LimitStoreUnavailable
+from .logs import log_event
+from .store import MemoryStore
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+"""Errors that mean the server cannot be reached (a script error is a bug and raises)."""
+
+_PRELUDE = """
+local function now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function load(key, dim)
+  local v = redis.call('HMGET', key, dim .. ':r', dim .. ':c', dim .. ':l', dim .. ':t')
+  if not v[1] then return nil end
+  return {pm = tonumber(v[1]), cap = tonumber(v[2]), level = tonumber(v[3]),
+          stamp = tonumber(v[4])}
+end
+local function refill(b, t)
+  b.level = math.min(b.cap, b.level + (t - b.stamp) * b.pm / 60)
+  b.stamp = t
+end
+local function save(key, dim, b)
+  redis.call('HSET', key, dim .. ':r', b.pm, dim .. ':c', b.cap, dim .. ':l', b.level,
+             dim .. ':t', b.stamp)
+end
+local function dims(key)
+  local all = redis.call('HGETALL', key)
+  local found = {}
+  for i = 1, #all, 2 do
+    local name = string.match(all[i], '^(.+):r$')
+    if name then found[#found + 1] = name end
+  end
+  return found
+end
+"""
+
+# KEYS[1] the limits hash. ARGV[1] idle ttl (ms), then per amount: dimension, amount, and the
+# per-minute rate and capacity this client knows for it ('' when none), to recreate a bucket
+# that expired while idle.
+_TAKE = """
+local t = now()
+local wait = (tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0) - t
+local found = {}
+for i = 2, #ARGV, 4 do
+  local dim, amount = ARGV[i], tonumber(ARGV[i + 1])
+  local b = load(KEYS[1], dim)
+  if not b and ARGV[i + 2] ~= '' then
+    b = {pm = tonumber(ARGV[i + 2]), cap = math.max(1, tonumber(ARGV[i + 3])), stamp = t}
+    b.level = b.cap
+  end
+  if b then
+    refill(b, t)
+    local need = math.min(amount, b.cap)
+    if b.level < need then wait = math.max(wait, (need - b.level) / (b.pm / 60)) end
+    found[#found + 1] = {dim, b, amount}
+  end
+end
+if wait > 0 then return string.format('%.17g', wait) end
+for _, f in ipairs(found) do
+  f[2].level = f[2].level - f[3]
+  save(KEYS[1], f[1], f[2])
+end
+if #found > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return '0'
+"""
+
+# ARGV: idle ttl (ms), dimension, amount.
+_GIVE = """
+local b = load(KEYS[1], ARGV[2])
+if not b then return 0 end
+refill(b, now())
+b.level = math.min(b.cap, b.level + tonumber(ARGV[3]))
+save(KEYS[1], ARGV[2], b)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# ARGV: idle ttl (ms), dimension, level.
+_LOWER = """
+local b = load(KEYS[1], ARGV[2])
+if not b then return 0 end
+refill(b, now())
+b.level = math.min(b.level, tonumber(ARGV[3]))
+save(KEYS[1], ARGV[2], b)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# ARGV: idle ttl (ms), dimension, per minute, capacity.
+_SHAPE = """
+local t = now()
+local fresh = {pm = tonumber(ARGV[3]), cap = math.max(1, tonumber(ARGV[4])), stamp = t}
+fresh.level = fresh.cap
+local old = load(KEYS[1], ARGV[2])
+if old then
+  refill(old, t)
+  if old.level >= 0 then
+    fresh.level = math.min(old.level, fresh.cap)
+  else
+    fresh.level = old.level / (old.pm / 60) * (fresh.pm / 60)
+  end
+end
+save(KEYS[1], ARGV[2], fresh)
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+
+# Returns dimension, per minute, capacity for each bucket.
+_LIMITS = """
+local out = {}
+for _, dim in ipairs(dims(KEYS[1])) do
+  local v = redis.call('HMGET', KEYS[1], dim .. ':r', dim .. ':c')
+  out[#out + 1] = dim
+  out[#out + 1] = v[1]
+  out[#out + 1] = v[2]
+end
+return out
+"""
+
+# ARGV: idle ttl (ms), seconds.
+_PAUSE = """
+local t = now()
+local seconds = tonumber(ARGV[2])
+local deadline = math.max(tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0, t + seconds)
+redis.call('HSET', KEYS[1], 'pause', deadline)
+for _, dim in ipairs(dims(KEYS[1])) do
+  local b = load(KEYS[1], dim)
+  refill(b, t)
+  b.level = math.min(b.level, -(b.pm / 60) * seconds)
+  save(KEYS[1], dim, b)
+end
+redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[1]) + seconds * 1000))
+return 1
+"""
+
+# KEYS[1] the leases hash. ARGV: lease id, units, total, ttl (s), idle ttl (ms).
+_LEASE = """
+local t = now()
+local units, total, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local used = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local held, expires = string.match(all[i + 1], '^(%S+) (%S+)$')
+  if tonumber(expires) <= t then
+    redis.call('HDEL', KEYS[1], all[i])
+  else
+    used = used + tonumber(held)
+  end
+end
+if used + math.min(units, total) > total then return false end
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.17g', units, t + ttl))
+local keep = math.floor(ttl * 1000) + tonumber(ARGV[5])
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return ARGV[1]
+"""
+
+_RELEASE = """
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+SCRIPTS = {
+    "take": _TAKE,
+    "give": _GIVE,
+    "lower": _LOWER,
+    "shape": _SHAPE,
+    "limits": _LIMITS,
+    "pause": _PAUSE,
+    "lease": _LEASE,
+    "release": _RELEASE,
+}
+
+
+def redact(url: str) -> str:
+    """The URL without user name or password (what errors and logs may show)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+SCHEMES = ("redis", "rediss", "unix")
+
+
+class _Client:
+    """One event loop's connection pool and registered scripts (asyncio clients are bound
+    to the loop that made them; a store outlives any one `asyncio.run`)."""
+
+    def __init__(self, url: str, connect_timeout: float, op_timeout: float) -> None:
+        self.redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=op_timeout,
+            retry=Retry(NoBackoff(), 1),  # one reconnect for a dropped idle connection
+        )
+        self.scripts = {name: self.redis.register_script(_PRELUDE + body)
+                        for name, body in SCRIPTS.items()}  # fmt: skip
+
+
+class RedisStore:
+    """`LimitStore` in Redis at `url` (`redis://`, `rediss://` or `unix://`), shared by
+    every process using that URL. See the module docstring."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        idle_ttl: float = 3600.0,
+        connect_timeout: float = 2.0,
+        op_timeout: float = 5.0,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in SCHEMES:
+            raise ValueError(
+                f"limits store {redact(url)!r}: expected a redis://, rediss:// or unix:// URL"
+            )
+        aioredis.ConnectionPool.from_url(url)  # a malformed URL fails now, naming nothing secret
+        self.url = url
+        self.name = redact(url)
+        self.idle_ttl = idle_ttl
+        self._idle_ms = str(int(idle_ttl * 1000))
+        self._timeouts = (connect_timeout, op_timeout)
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._shapes: dict[tuple[str, str], tuple[float, float]] = {}
+        """(key, dimension) -> (per minute, capacity) this process set or read."""
+        self._held: dict[str, tuple[str, int, float]] = {}
+        """Leases granted by Redis and not yet released: id -> (key, units, ttl)."""
+        self._fallback: MemoryStore | None = None
+        """The in-process store used while Redis is lost."""
+        self._aliases: dict[str, str] = {}
+        """Redis lease id -> its copy in the fallback."""
+        self._local_leases: set[str] = set()
+        """Leases the fallback granted (they hold Redis back until released)."""
+        self._orphans: list[tuple[str, str]] = []
+        """Redis leases released while Redis was lost: released there once it is back."""
+
+    def __repr__(self) -> str:
+        return f"RedisStore({self.name!r})"
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is lost and limits are counted in this process only."""
+        return self._fallback is not None
+
+    def _client(self) -> _Client:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = _Client(self.url, *self._timeouts)
+        return client
+
+    async def ready(self) -> None:
+        """Check that Redis answers (at the start of a batch); raise `LimitStoreUnavailable`
+        naming the URL if it does not. Redis found again ends a degraded period."""
+        try:
+            await self._client().redis.ping()
+        except LOST as exc:
+            raise LimitStoreUnavailable(
+                f"limits store {self.name} is unreachable: {exc or type(exc).__name__}"
+            ) from None
+        if self._fallback is not None and not self._local_leases:
+            try:
+                for key, lease in self._orphans:
+                    await self._run("release", [f"{key}:leases"], [lease])
+            except LOST:
+                return  # lost again: stay in-process
+            self._orphans.clear()
+            self._fallback = None
+            self._aliases.clear()
+            log_event(logger, logging.INFO, "limits_store_back", store=self.name)
+
+    async def aclose(self) -> None:
+        """Close this event loop's connections (others close with their loops)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.redis.aclose()
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._client().scripts[name](keys=list(keys), args=list(args))
+
+    async def _shared(
+        self, call: Callable[[], Awaitable[T]], local: Callable[[MemoryStore], Awaitable[T]]
+    ) -> T:
+        """`call` on Redis, or `local` on the fallback once Redis is lost."""
+        if self._fallback is None:
+            try:
+                return await call()
+            except LOST as exc:
+                await self._degrade(exc)
+        assert self._fallback is not None
+        return await local(self._fallback)
+
+    async def _degrade(self, exc: BaseException) -> None:
+        if self._fallback is not None:
+            return
+        fallback = self._fallback = MemoryStore()
+        log_event(
+            logger,
+            logging.WARNING,
+            "limits_store_lost",
+            store=self.name,
+            error=repr(str(exc) or type(exc).__name__),
+            now="limits counted in this process only until a batch starts with the store back",
+        )
+        for (key, dimension), (per_minute, capacity) in list(self._shapes.items()):
+            await fallback.shape(key, dimension, per_minute, capacity)
+        for lease_id, (key, units, ttl) in list(self._held.items()):
+            copy = await fallback.lease(key, units, 2**62, ttl)
+            if copy is not None:
+                self._aliases[lease_id] = copy
+
+    def _known(self, key: str, dimension: str) -> tuple[str, str]:
+        shape = self._shapes.get((key, dimension))
+        return ("", "") if shape is None else (repr(shape[0]), repr(shape[1]))
+
+    # -- LimitStore ------------------------------------------------------------------
+
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
+        args: list[Any] = [self._idle_ms]
+        for dimension, amount in amounts:
+            args += [dimension, repr(float(amount)), *self._known(key, dimension)]
+
+        async def call() -> float:
+            return float(await self._run("take", [f"{key}:limits"], args))
+
+        return await self._shared(call, lambda store: store.take(key, amounts))
+
+    async def give(self, key: str, dimension: str, amount: float) -> None:
+        async def call() -> None:
+            args = [self._idle_ms, dimension, repr(float(amount))]
+            await self._run("give", [f"{key}:limits"], args)
+
+        await self._shared(call, lambda store: store.give(key, dimension, amount))
+
+    async def lower(self, key: str, dimension: str, level: float) -> None:
+        async def call() -> None:
+            await self._run("lower", [f"{key}:limits"], [self._idle_ms, dimension, repr(level)])
+
+        await self._shared(call, lambda store: store.lower(key, dimension, level))
+
+    async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
+        self._shapes[(key, dimension)] = (float(per_minute), float(capacity))
+
+        async def call() -> None:
+            args = [self._idle_ms, dimension, repr(float(per_minute)), repr(float(capacity))]
+            await self._run("shape", [f"{key}:limits"], args)
+
+        await self._shared(call, lambda store: store.shape(key, dimension, per_minute, capacity))
+
+    async def limits(self, key: str) -> dict[str, float]:
+        async def call() -> dict[str, float]:
+            flat = await self._run("limits", [f"{key}:limits"], [])
+            found: dict[str, float] = {}
+            for i in range(0, len(flat), 3):
+                dimension, per_minute, capacity = flat[i], float(flat[i + 1]), float(flat[i + 2])
+                self._shapes[(key, dimension)] = (per_minute, capacity)
+                found[dimension] = per_minute
+            return found
+
+        return await self._shared(call, lambda store: store.limits(key))
+
+    async def pause(self, key: str, seconds: float) -> None:
+        async def call() -> None:
+            await self._run("pause", [f"{key}:limits"], [self._idle_ms, repr(float(seconds))])
+
+        await self._shared(call, lambda store: store.pause(key, seconds))
+
+    async def lease(self, key: str, units: int, total: int, ttl: float) -> str | None:
+        async def call() -> str | None:
+            lease_id = uuid.uuid4().hex
+            args = [lease_id, int(units), int(total), repr(float(ttl)), self._idle_ms]
+            granted = await self._run("lease", [f"{key}:leases"], args)
+            if granted is None:
+                return None
+            self._held[lease_id] = (key, int(units), float(ttl))
+            return lease_id
+
+        async def local(store: MemoryStore) -> str | None:
+            granted = await store.lease(key, units, total, ttl)
+            if granted is not None:
+                self._local_leases.add(granted)
+            return granted
+
+        return await self._shared(call, local)
+
+    async def release(self, key: str, lease: str) -> None:
+        if lease in self._local_leases:  # granted in-process while Redis was lost
+            self._local_leases.discard(lease)
+            if self._fallback is not None:
+                await self._fallback.release(key, lease)
+            return
+        self._held.pop(lease, None)
+        copy = self._aliases.pop(lease, None)
+        if copy is not None and self._fallback is not None:
+            await self._fallback.release(key, copy)
+        if self._fallback is not None:
+            self._orphans.append((key, lease))  # released in Redis once it is back
+            return
+        try:
+            await self._run("release", [f"{key}:leases"], [lease])
+        except LOST as exc:
+            await self._degrade(exc)
+            self._orphans.append((key, lease))

@@ -1,0 +1,275 @@
+"""`RedisStore` against a real `redis-server`: each operation, the server's clock, lease
+reclaim, idle expiry, the key never stored, one `KeyLimits` per URL, an unreachable
+store at start, and Redis lost mid-batch.
+
+One server per module (each test namespaces its own keys); the tests that stop Redis
+start their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from genai_coroutines import DocumentProcessor, ResponsesProcessor
+from genai_coroutines.cli import main
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine import LOCAL, key_digest, limit_key
+from genai_coroutines.engine.limits import ENV_STORE, LimitStoreUnavailable, limits_for
+from genai_coroutines.engine.redis_store import RedisStore, redact
+from genai_coroutines.engine.store import MemoryStore
+from tests.documents_support import config_for
+from tests.responses_support import request_for
+from tests.samples import pdf
+from tests.scale_support import RedisServer, free_port, prompts, redis_server
+
+STORE_LOGGER = "genai_coroutines.engine.redis_store"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+@pytest.fixture
+async def raw(server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def key(request: pytest.FixtureRequest) -> str:
+    return limit_key("test", request.node.name, "model")
+
+
+async def test_each_operation_matches_the_memory_store(server: RedisServer, key: str) -> None:
+    redis_store = RedisStore(server.url)
+    for store in (MemoryStore(), redis_store):
+        assert await store.limits(key) == {}
+        assert await store.take(key, [("requests", 5)]) == 0  # no bucket: unlimited
+        await store.shape(key, "requests", 600, 10)  # 10/s, 10 banked; a new bucket is full
+        await store.shape(key, "tokens", 6000, 100)
+        assert await store.limits(key) == {"requests": 600, "tokens": 6000}
+        for _ in range(10):
+            assert await store.take(key, [("requests", 1), ("tokens", 5)]) == 0
+        wait = await store.take(key, [("requests", 1), ("tokens", 5)])  # empty: ~1/10 s
+        assert 0.05 < wait <= 0.1
+        await store.give(key, "requests", 3)  # settle: 3 back
+        assert await store.take(key, [("requests", 3)]) == 0
+        await store.give(key, "tokens", 1000)  # never above capacity
+        assert await store.take(key, [("tokens", 101)]) == 0  # above capacity: full, borrows
+        assert await store.take(key, [("tokens", 1)]) > 0.0  # and the debt is repaid first
+        await store.lower(key, "tokens", -50)  # the server says less remains
+        assert await store.take(key, [("tokens", 1)]) > 0.4  # ~51 / 100 per s
+        await store.shape(key, "tokens", 12000, 200)  # a deficit is carried as time to repay
+        assert 0.45 < await store.take(key, [("tokens", 1)]) < 0.52
+        await store.pause(key, 0.5)
+        await store.pause(key, 0.2)  # pauses do not stack
+        wait = await store.take(key, [("requests", 1)])
+        assert 0.5 < wait <= 0.61  # the pause, then one request at 10/s
+        lease = await store.lease(key, 3, 5, 60)
+        assert lease is not None
+        assert await store.lease(key, 3, 5, 60) is None  # full
+        second = await store.lease(key, 2, 5, 60)
+        assert second is not None
+        await store.release(key, lease)
+        await store.release(key, lease)  # twice: ignored
+        assert await store.lease(key, 9, 5, 60) is None  # above total: only alone
+        await store.release(key, second)
+        alone = await store.lease(key, 9, 5, 60)
+        assert alone is not None
+        await store.release(key, alone)
+    await redis_store.aclose()
+
+
+async def test_operations_run_on_the_server_clock(
+    server: RedisServer, key: str, raw: aioredis.Redis
+) -> None:
+    store = RedisStore(server.url)
+    await store.shape(key, "requests", 60, 1)
+    assert await store.take(key, [("requests", 1)]) == 0
+    lease = await store.lease(key, 1, 1, 30)
+    seconds, micros = await raw.time()
+    server_now = seconds + micros / 1e6
+    state = await raw.hgetall(f"{key}:limits")
+    assert abs(float(state["requests:t"]) - server_now) < 1.0  # stamped with TIME
+    held = await raw.hgetall(f"{key}:leases")
+    units, expires = held[lease].split()
+    assert units == "1" and abs(float(expires) - (server_now + 30)) < 1.0
+    # The scripts are loaded once and sent by digest.
+    shas = [script.sha for script in store._client().scripts.values()]
+    assert all(await raw.script_exists(*shas))
+    await store.aclose()
+
+
+async def test_a_lease_not_released_is_reclaimed_after_its_ttl(
+    server: RedisServer, key: str
+) -> None:
+    died = RedisStore(server.url)  # a holder that dies without releasing
+    alive = RedisStore(server.url)
+    assert await died.lease(key, 4, 4, 0.2) is not None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await alive.lease(key, 1, 4, 60) is None
+    while (lease := await alive.lease(key, 4, 4, 60)) is None:
+        assert loop.time() - started < 5, "the lease was never reclaimed"
+        await asyncio.sleep(0.02)
+    assert loop.time() - started >= 0.15
+    await alive.release(key, lease)
+    await died.aclose()
+    await alive.aclose()
+
+
+async def test_idle_state_expires_and_a_known_bucket_comes_back_full(
+    server: RedisServer, key: str, raw: aioredis.Redis
+) -> None:
+    store = RedisStore(server.url, idle_ttl=0.2)
+    await store.shape(key, "requests", 60, 2)
+    assert 0 < await raw.pttl(f"{key}:limits") <= 200
+    assert await store.take(key, [("requests", 2)]) == 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while await raw.exists(f"{key}:limits"):
+        assert loop.time() < deadline
+        await asyncio.sleep(0.02)
+    # This process still knows the shape: the bucket is recreated full, and limits hold.
+    assert await store.take(key, [("requests", 2)]) == 0
+    assert await store.take(key, [("requests", 1)]) > 0.5
+    await store.aclose()
+
+
+async def test_the_api_key_never_reaches_redis(
+    server: RedisServer, raw: aioredis.Redis, emulator: Emulator
+) -> None:
+    await raw.flushall()  # only this test's state is scanned
+    emulator.config.openai_rpm = 6000
+    emulator.config.openai_tpm = 1_000_000
+    emulator.config.burst_seconds = 1
+    responses = ResponsesProcessor(limits_store=server.url)
+    result = await responses.process_batch(request_for(emulator, prompts(20, seed=1)))
+    assert result["total_success"] == 20
+    documents = DocumentProcessor(
+        config_for(emulator, max_pages_in_flight=10, requests_per_minute=6000),
+        limits_store=server.url,
+    )
+    done = await documents.process([pdf(2, tag=f"k{i}") for i in range(4)])
+    assert all(r["success"] for r in done)
+
+    secrets = (emulator.config.openai_api_key, emulator.config.datalab_api_key)
+    keys = [name async for name in raw.scan_iter("*")]
+    assert keys, "the batches stored nothing"
+    digests = {key_digest(secret) for secret in secrets}
+    for name in keys:
+        assert name.startswith("genai-coroutines:{") and "}" in name  # a hash tag
+        assert any(digest in name for digest in digests)
+        assert await raw.pttl(name) > 0  # idle state expires
+        dumped = name + repr(await raw.hgetall(name))
+        for secret in secrets:
+            assert secret not in dumped
+    assert {name.rsplit(":", 1)[1] for name in keys} == {"limits"}  # leases: all released
+
+
+async def test_one_key_limits_per_store_url(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, emulator: Emulator
+) -> None:
+    shared = limits_for(server.url)
+    assert limits_for(server.url) is shared
+    assert ResponsesProcessor(limits_store=server.url).limits is shared
+    assert DocumentProcessor(config_for(emulator), limits_store=server.url).limits is shared
+    monkeypatch.setenv(ENV_STORE, server.url)
+    assert ResponsesProcessor().limits is shared  # the environment variable
+    assert ResponsesProcessor(limits_store="local").limits is LOCAL  # overrides it
+    monkeypatch.delenv(ENV_STORE)
+    assert ResponsesProcessor().limits is LOCAL
+    with pytest.raises(ValueError, match="redis://"):
+        ResponsesProcessor(limits_store="memcached://127.0.0.1:1")
+    with pytest.raises(ValueError, match="not both"):
+        ResponsesProcessor(limits=LOCAL, limits_store=server.url)
+
+
+async def test_an_unreachable_store_fails_at_start_naming_the_url(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()  # nothing listens here
+    url = f"redis://worker:s3cret@127.0.0.1:{port}/0"
+    assert redact(url) == f"redis://127.0.0.1:{port}/0"
+    processor = ResponsesProcessor(limits_store=url)
+    with pytest.raises(LimitStoreUnavailable) as caught:
+        await processor.process_batch(request_for(emulator, ["hello"]))
+    message = str(caught.value)
+    assert f"redis://127.0.0.1:{port}/0" in message and "s3cret" not in message
+    documents = DocumentProcessor(config_for(emulator), limits_store=url)
+    with pytest.raises(LimitStoreUnavailable):
+        await documents.process([pdf(1)])
+    assert emulator.stats.requests == {}  # nothing was sent
+
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("hello\n")
+    output = tmp_path / "out.jsonl"
+    monkeypatch.setenv("OPENAI_API_KEY", emulator.config.openai_api_key)
+    code = await asyncio.to_thread(
+        main,
+        [
+            "responses", str(prompts_file), "--model", "gpt-4o-mini",
+            "--base-url", emulator.openai_base_url, "--limits-store", url, "-o", str(output),
+        ],
+    )  # fmt: skip
+    assert code == 2
+    assert not output.exists()  # refused before the output was opened
+    assert emulator.stats.requests == {}
+
+
+@pytest.mark.parametrize("kind", ["responses", "documents"])
+async def test_redis_lost_mid_batch_degrades_with_one_warning(
+    kind: str, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.config.openai_rpm = 3000
+    emulator.config.openai_tpm = 1_000_000
+    emulator.config.burst_seconds = 1
+    emulator.config.datalab_max_pages_in_flight = 6
+    emulator.config.seconds_per_page = 0.02
+    caplog.set_level(logging.WARNING, logger=STORE_LOGGER)
+    with redis_server() as lost:
+        if kind == "responses":
+            n = 150
+            stream = ResponsesProcessor(limits_store=lost.url).stream(
+                request_for(emulator, prompts(n, seed=2), max_concurrent_requests=20)
+            )
+        else:
+            n = 24
+            processor = DocumentProcessor(
+                config_for(emulator, max_pages_in_flight=6, max_concurrent_requests=8),
+                limits_store=lost.url,
+            )
+            stream = processor.stream([pdf(2, tag=f"lost{i}") for i in range(n)])
+        results = []
+        async for result in stream:
+            results.append(result)
+            if len(results) == n // 3:
+                lost.stop()  # mid-batch: every later operation finds Redis gone
+        store = limits_for(lost.url).store
+        assert isinstance(store, RedisStore) and store.degraded
+        with pytest.raises(LimitStoreUnavailable):  # a new batch is refused while it is down
+            await limits_for(lost.url).ready()
+        back = RedisServer(port=lost.port)  # the same URL, up again
+        try:
+            await limits_for(lost.url).ready()
+            assert not store.degraded
+        finally:
+            back.stop()
+    assert sorted(r["index"] for r in results) == list(range(n))  # nothing lost
+    assert all(r["success"] for r in results), [r for r in results if not r["success"]][:3]
+    lost_lines = [r for r in caplog.records if r.name == STORE_LOGGER and "lost" in r.getMessage()]
+    assert len(lost_lines) == 1, [r.getMessage() for r in lost_lines]
+    assert f"127.0.0.1:{lost.port}" in lost_lines[0].getMessage()
+    if kind == "responses":  # the in-process limits still held the rate
+        assert emulator.stats.rate_limited <= 0.02 * n
+    else:  # and the pages: no job was refused for pages in flight
+        assert emulator.stats.snapshot()["duplicate_submissions"] == 0
