@@ -206,9 +206,10 @@ class DriverCore(Generic[P]):
         self._journal(self.books.record, result["index"], result)
         return result
 
-    def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> None:
+    def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
         """Journal a record; if the journal cannot be written, stop sending: every item not
-        yet sent ends with that error, and what finished stays in the output."""
+        yet sent ends with that error, and what finished stays in the output. True when
+        written."""
         try:
             write(index, what)
         except JournalError as exc:
@@ -217,6 +218,8 @@ class DriverCore(Generic[P]):
                     f"stopped: {exc}", "journal_error", retriable=False, dooms_batch=True
                 )
             log_event(self.adapter.logger, logging.ERROR, "journal_failed", error=str(exc))
+            return False
+        return True
 
 
 class Driver(DriverCore[P]):
