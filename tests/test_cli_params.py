@@ -174,12 +174,20 @@ SAMPLES: dict[str, Sample | Callable[[Path], Sample]] = {
     "DocumentConfig.page_range": (["--page-range", "0,2-4"], "0,2-4"),
     "DocumentConfig.extras": (["--extras", '{"force_ocr": true}'], '{"force_ocr": true}'),
     "DocumentConfig.webhook_url": (["--webhook-url", "https://x.test/h"], "https://x.test/h"),
+    "DocumentConfig.additional_config": (["--additional-config", '{"a": true}'], '{"a": true}'),
     "EmulatorConfig.fault_rates": (
         ["--fault", "responses:503:0.1", "--fault", "marker_poll:reset:0.2"],
         {"responses": {"503": 0.1}, "marker_poll": {"reset": 0.2}},
     ),
     "EmulatorConfig.fault_error_code": (["--fault-error-code", "invalid_image"], "invalid_image"),
 }
+
+COMPANIONS: dict[str, tuple[list[str], set[str]]] = {
+    "DocumentConfig.checkpoint_id": (["--schema-id", "sch_1"], {"schema_id"}),
+    "DocumentConfig.schema_version": (["--schema-id", "sch_1"], {"schema_id"}),
+}
+"""Flags a field is only valid with (an /extract from a checkpoint needs a schema), given
+alongside its sample and expected among the forwarded ones."""
 
 
 def _generic_sample(item: dataclasses.Field[Any], flag: str, options: dict[str, Any]) -> Sample:
@@ -223,14 +231,16 @@ def test_each_flag_reaches_its_field(
     assert expected != getattr(_library_default(cls), item.name), (
         "the sample must not be the default"
     )
-    args = cli.build_parser().parse_args(_argv(cls, tmp_path, *flags))
+    companions, companion_names = COMPANIONS.get(name, ([], set()))
+    args = cli.build_parser().parse_args(_argv(cls, tmp_path, *companions, *flags))
     try:
         built = _build(cls, args)
     except (ValueError, TypeError) as exc:
         pytest.fail(f"{' '.join(flags)} is refused ({exc}): give {name} a valid one in SAMPLES")
     assert getattr(built, item.name) == expected
     required = {other.name for other, _, kw in cli_fields(cls) if kw.get("required")}
-    assert set(given(args, cls)) == {item.name} | required, "only the given flag is forwarded"
+    forwarded = {item.name} | required | companion_names
+    assert set(given(args, cls)) == forwarded, "only the given flag is forwarded"
 
 
 ALIASES = {

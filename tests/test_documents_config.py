@@ -12,7 +12,7 @@ from genai_coroutines import DocumentConfig, DocumentProcessor
 from genai_coroutines.documents.form import settings_fields
 
 SEED_DEFAULTS = {
-    "api_url": "https://www.datalab.to/api/v1/marker",
+    "api_url": None,  # the seed's /marker is deprecated upstream: None chooses (see below)
     "output_format": "json",
     "mode": "accurate",
     "max_concurrent_requests": 10,
@@ -37,6 +37,7 @@ def test_seed_parameters_keep_their_names_order_and_defaults() -> None:
     assert names[: 1 + len(SEED_DEFAULTS)] == ["api_key", *SEED_DEFAULTS]
     assert {name: getattr(config, name) for name in SEED_DEFAULTS} == SEED_DEFAULTS
     assert (config.requests_per_minute, config.max_pages_in_flight) == (None, 5000)
+    assert config.url == "https://www.datalab.to/api/v1/convert"
 
 
 def test_seed_parameters_can_be_passed_positionally() -> None:
@@ -108,6 +109,7 @@ def test_repr_never_shows_the_key() -> None:
 def test_settings_fields_send_every_setting_as_form_text() -> None:
     config = DocumentConfig(
         api_key="k",
+        api_url="https://www.datalab.to/api/v1/marker",  # /extract takes no paginate
         page_schema='{"type": "object"}',
         paginate=True,
         page_range="0,2-3",

@@ -1,15 +1,26 @@
 """`DocumentConfig`: every setting of a Datalab batch, checked once, before anything is sent.
 
 The seed's parameters keep their names, order and defaults, so its examples run
-unchanged; what this library adds comes after them and is keyword-only. A bad value
-raises `ValueError` naming the parameter at construction, because a typo found after
-ten thousand uploads has already been paid for.
+unchanged (but for `api_url`, see below); what this library adds comes after them and
+is keyword-only. A bad value raises `ValueError` naming the parameter at construction,
+because a typo found after ten thousand uploads has already been paid for.
+
+Endpoints. Datalab's API reference marks `POST /api/v1/marker` deprecated in favour of
+`/api/v1/convert` (conversion) and `/api/v1/extract` (schema extraction). `api_url`
+defaults to None, "choose": a config without `page_schema` or `schema_id` goes to
+`CONVERT_URL`, one with either to `EXTRACT_URL`, so the defaults never touch the
+deprecated endpoint. An explicit `api_url` is respected (the seed's `/marker` too); its
+last path segment names the endpoint, and a parameter that endpoint does not accept
+(`ENDPOINT_FIELDS`) is a `ValueError` at construction. An `api_url` whose path ends in
+none of the three (a gateway, a self-hosted server) is sent every field that is set,
+unchecked, as the seed did. `url` is the URL actually used, `endpoint` its name.
 """
 
 from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -17,7 +28,11 @@ from .. import validation as check
 from ..params import param, read_text
 from ..pdfpages import parse_page_range
 
-DEFAULT_API_URL = "https://www.datalab.to/api/v1/marker"
+DATALAB_API = "https://www.datalab.to/api/v1"
+MARKER_URL = f"{DATALAB_API}/marker"
+"""The seed's default endpoint, deprecated upstream; used only when named as `api_url`."""
+CONVERT_URL = f"{DATALAB_API}/convert"
+EXTRACT_URL = f"{DATALAB_API}/extract"
 OUTPUT_FORMATS = ("json", "html", "markdown", "chunks")
 MODES = ("fast", "balanced", "accurate")
 API_KEY_ENV = "DATALAB_API_KEY"
@@ -28,7 +43,33 @@ RESERVED_FIELDS = frozenset(
         "page_range", "max_pages", "disable_image_extraction", "webhook_url",
     }
 )  # fmt: skip
-"""Form fields `DocumentConfig` sets itself; `extras` may not set them a second time."""
+"""Form fields the seed's parameters set (always sent); `extras` may not set them again."""
+
+_COMMON = frozenset(
+    {"output_format", "mode", "max_pages", "page_range", "skip_cache", "save_checkpoint",
+     "webhook_url"}
+)  # fmt: skip
+_CONVERT = _COMMON | {
+    "paginate", "disable_image_extraction", "disable_image_captions", "add_block_ids",
+    "token_efficient_markdown", "additional_config",
+}  # fmt: skip
+ENDPOINT_FIELDS: dict[str, frozenset[str]] = {
+    "convert": _CONVERT,
+    "marker": _CONVERT | {"page_schema"},
+    "extract": _COMMON | {"page_schema", "schema_id", "schema_version", "checkpoint_id"},
+}
+"""Of the form fields `DocumentConfig` has a parameter for, those each endpoint accepts
+(Datalab's API reference: `Body_convert_api_v1_convert_post`,
+`Body_extract_api_v1_extract_post`, the deprecated marker page). Each endpoint takes more
+(`force_new`, `include_markdown_in_chunks`, `/marker`'s `force_ocr`...): send those with
+`extras`, which is not checked against these sets."""
+
+OPTIONAL_FIELDS = (
+    "skip_cache", "save_checkpoint", "checkpoint_id", "schema_id", "schema_version",
+    "add_block_ids", "token_efficient_markdown", "disable_image_captions", "additional_config",
+)  # fmt: skip
+"""The added form fields: sent only when set (True, or not None), Datalab's documented
+defaults being False/None; `extras` may set one that its parameter leaves unset."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +101,13 @@ class DocumentConfig:
     - `timeout_secs` bounds each HTTP request, upload or poll, from connect to last byte.
     - `max_retry_delay_secs` caps the exponential backoff before jitter (120 s, the
       Datalab SDK's cap), so a larger `max_retries` does not make waits grow without end.
+    - `api_url` None (the default) chooses `/convert` or `/extract` (module docstring).
+    - Datalab's current fields: `skip_cache`, `save_checkpoint`, `checkpoint_id`,
+      `schema_id`/`schema_version`, `add_block_ids`, `token_efficient_markdown`,
+      `disable_image_captions`, `additional_config` (a JSON object string), each sent
+      only when set. With `checkpoint_id` an `/extract` reads a checkpoint saved by an
+      earlier `/convert` (`save_checkpoint=True`, the result's `checkpoint_id`) and
+      uploads nothing: each input of the batch is then `None`.
 
     The float parameters (`poll_interval_secs`, `base_retry_delay_secs`, ...) accept
     fractions of a second. `api_key` may be omitted when DATALAB_API_KEY is set; it
@@ -69,7 +117,11 @@ class DocumentConfig:
     api_key: str | None = param(
         None, "Datalab key; default: $DATALAB_API_KEY (the CLI's only one)", cli=False, repr=False
     )
-    api_url: str = param(DEFAULT_API_URL, "the Marker endpoint", metavar="URL")
+    api_url: str | None = param(
+        None,
+        "the Datalab endpoint (default: /api/v1/convert, or /api/v1/extract with a schema)",
+        metavar="URL",
+    )
     output_format: str = param("json", "/".join(OUTPUT_FORMATS))
     mode: str = param("accurate", "/".join(MODES))
     max_concurrent_requests: int = param(
@@ -105,6 +157,44 @@ class DocumentConfig:
         "seconds one document may spend in all waiting out 429s (which spend no retry)",
         flag="--max-rate-limit-wait",
     )
+    skip_cache: bool = param(False, "ask Datalab not to answer from its cache of the same request")
+    save_checkpoint: bool = param(
+        False, "keep the parse for a later /extract (the result's checkpoint_id)"
+    )
+    checkpoint_id: str | None = param(
+        None, "/extract: read the pages of this saved checkpoint instead of a file (inputs: None)"
+    )
+    schema_id: str | None = param(None, "/extract: a saved schema's id (not with page_schema)")
+    schema_version: int | None = param(None, "/extract: the version of schema_id (default: latest)")
+    add_block_ids: bool = param(False, "data-block-id attributes in the HTML (for citations)")
+    token_efficient_markdown: bool = param(False, "markdown with fewer tokens, for LLM prompts")
+    disable_image_captions: bool = param(False, "no generated captions for images")
+    additional_config: str | None = param(
+        None,
+        "a JSON object of Datalab's additional_config, e.g. "
+        "'{\"keep_spreadsheet_formatting\": true}'",
+        metavar="JSON",
+    )
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL: `api_url` if given, else the one the schema fields choose."""
+        if self.api_url is not None:
+            return self.api_url
+        extracting = self.page_schema is not None or self.schema_id is not None
+        return EXTRACT_URL if extracting else CONVERT_URL
+
+    @property
+    def endpoint(self) -> str | None:
+        """ "convert", "extract" or "marker" (the last segment of `url`'s path); None for a
+        URL this library does not recognise (its fields are sent unchecked)."""
+        name = urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1]
+        return name if name in ENDPOINT_FIELDS else None
+
+    @property
+    def needs_file(self) -> bool:
+        """False for an /extract from `checkpoint_id`: each input is then None, not a document."""
+        return self.checkpoint_id is None
 
     def __post_init__(self) -> None:
         try:
@@ -115,7 +205,7 @@ class DocumentConfig:
 
     def _check(self) -> None:
         object.__setattr__(self, "api_key", check.api_key(self.api_key, API_KEY_ENV))
-        check.http_url("api_url", self.api_url)
+        check.http_url("api_url", self.api_url, optional=True)
         check.choice("output_format", self.output_format, OUTPUT_FORMATS)
         check.choice("mode", self.mode, MODES)
         check.integer("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
@@ -139,6 +229,60 @@ class DocumentConfig:
         check.number("timeout_secs", self.timeout_secs, positive=True)
         check.number("max_retry_delay_secs", self.max_retry_delay_secs)
         check.number("max_rate_limit_wait_secs", self.max_rate_limit_wait_secs)
+        for name in ("skip_cache", "save_checkpoint", "add_block_ids"):
+            check.flag(name, getattr(self, name))
+        for name in ("token_efficient_markdown", "disable_image_captions"):
+            check.flag(name, getattr(self, name))
+        for name in ("checkpoint_id", "schema_id"):
+            check.text(name, getattr(self, name), optional=True)
+        check.integer("schema_version", self.schema_version, minimum=1, optional=True)
+        check.json_object("additional_config", self.additional_config, optional=True)
+        self._check_endpoint()
+        if self.extras is not None:
+            clashes = sorted(self.set_fields().keys() & self.extra_fields.keys())
+            if clashes:
+                raise ValueError(
+                    f"extras may not set {', '.join(clashes)}: the parameter already sets it"
+                )
+
+    def set_fields(self) -> dict[str, Any]:
+        """The added form fields this config sets (see `OPTIONAL_FIELDS`)."""
+        values = {name: getattr(self, name) for name in OPTIONAL_FIELDS}
+        return {name: value for name, value in values.items() if value not in (None, False)}
+
+    def _check_endpoint(self) -> None:
+        """What the endpoint does not accept fails now, naming the parameter and endpoint."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return
+        given = {
+            **self.set_fields(),
+            **{
+                name: value
+                for name in ("page_schema", "paginate", "disable_image_extraction")
+                if (value := getattr(self, name)) not in (None, False)
+            },
+        }
+        refused = sorted(given.keys() - ENDPOINT_FIELDS[endpoint])
+        if refused:
+            hint = ""
+            if endpoint != "extract" and {"page_schema", "schema_id"} & set(refused):
+                hint = " (leave api_url unset and a schema goes to /api/v1/extract)"
+            elif endpoint == "extract":
+                hint = " (those are /convert fields: leave api_url unset to choose it)"
+            raise ValueError(
+                f"{', '.join(refused)}: not accepted by Datalab's /{endpoint} "
+                f"endpoint ({self.url}){hint}"
+            )
+        if endpoint == "extract":
+            if self.page_schema is not None and self.schema_id is not None:
+                raise ValueError("page_schema and schema_id: give one, not both (/extract)")
+            if self.page_schema is None and self.schema_id is None:
+                raise ValueError(
+                    f"page_schema or schema_id: /extract ({self.url}) needs one of them"
+                )
+        if self.schema_version is not None and self.schema_id is None:
+            raise ValueError("schema_version needs schema_id")
 
     @property
     def extra_fields(self) -> dict[str, Any]:

@@ -175,7 +175,7 @@ class Job:
         self.uploads += 1
         form = build_form(self.upload, batch.settings)
         reply = await send(
-            self.run_.batch.session, "POST", self.config.api_url, timeout=self.timeout, data=form
+            self.run_.batch.session, "POST", self.config.url, timeout=self.timeout, data=form
         )
         outcome = self._accepted(reply)
         if isinstance(outcome, Failure):
@@ -211,7 +211,7 @@ class Job:
                 status=reply.status if isinstance(reply, Reply) else None,
             )
         try:
-            check_url = urljoin(self.config.api_url, check_url)
+            check_url = urljoin(self.config.url, check_url)
             parts = urlsplit(check_url)
             usable = parts.scheme in ("http", "https") and bool(parts.hostname)
         except ValueError:  # e.g. an unclosed IPv6 bracket

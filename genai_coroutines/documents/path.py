@@ -18,7 +18,23 @@ import orjson
 from ..engine import Capacity, Failure, ItemRun, Result, Submission, log_event
 from .config import DocumentConfig
 from .job import Batch, Finished, Job, logger, page_weight
-from .sources import SourceError, Upload, as_source
+from .sources import Source, SourceError, Upload, as_source
+
+CHECKPOINT_UPLOAD = Upload(None, None, None)
+"""The "document" of an /extract from a `checkpoint_id`: no file is sent."""
+
+
+def check_input(item: object, index: int, config: DocumentConfig) -> Source | None:
+    """The input's `Source`, or None for the checkpoint's `None`; ValueError naming `index`
+    for anything else (a document given with `checkpoint_id`, or None without one)."""
+    if not config.needs_file:
+        if item is not None:
+            raise ValueError(
+                f"inputs[{index}]: with checkpoint_id the document is the checkpoint; "
+                "pass None for each extraction"
+            )
+        return None
+    return as_source(item, index)
 
 
 class DocumentsPath:
@@ -39,7 +55,10 @@ class DocumentsPath:
         self.settings = orjson.dumps(batch.settings)
 
     async def prepare(self, index: int, item: Any) -> Upload | Failure:
-        source = as_source(item, index)  # a lazy input's bad item: its own error only
+        source = check_input(item, index, self.config)  # a bad lazy item: its own error
+        if source is None:
+            log_event(logger, logging.DEBUG, "task_start", index=index, source="checkpoint")
+            return CHECKPOINT_UPLOAD
         log_event(logger, logging.DEBUG, "task_start", index=index, source=source.label)
         try:
             return await source.load()
@@ -47,6 +66,8 @@ class DocumentsPath:
             return Failure(str(exc), "read_error", retriable=False)
 
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
+        if upload.data is None and upload.url is None:  # the checkpoint, named in settings
+            return (b"", self.settings)
         return (upload.data or str(upload.url).encode(), self.settings)
 
     def failed(self, index: int, failure: Failure, started: float) -> Result:

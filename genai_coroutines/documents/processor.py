@@ -37,8 +37,8 @@ from ..engine.sync import run_sync
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch
-from .path import DocumentsPath
-from .sources import DocumentInput, as_source
+from .path import DocumentsPath, check_input
+from .sources import DocumentInput
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -52,7 +52,7 @@ def _user_agent() -> str:
 
 def _origin(config: DocumentConfig) -> str:
     """Where the key's limits apply: Datalab counts per key, whichever endpoint is used."""
-    parts = urlsplit(config.api_url)
+    parts = urlsplit(config.url)
     return f"datalab:{parts.scheme}://{parts.netloc}"
 
 
@@ -103,13 +103,14 @@ class DocumentProcessor:
         """Like `process_multiparts`, for bytes, paths, open binary files and http(s) URLs.
 
         Files are read only when their turn comes, so a batch of 10,000 paths holds at
-        most `max_concurrent_requests` documents in memory.
+        most `max_concurrent_requests` documents in memory. With `checkpoint_id` set the
+        document is the checkpoint: each input is None (`[None]` for one extraction).
         """
         if isinstance(inputs, bytes | bytearray | str):
             raise ValueError("inputs must be a list of documents, not a single document")
         if isinstance(inputs, Sequence):
             for index, item in enumerate(inputs):
-                as_source(item, index)  # a wrong type fails now, before anything is sent
+                check_input(item, index, self.config)  # a wrong type fails now, unsent
         return await collect_in_order(self.stream(inputs, **options), itemgetter("index"))
 
     def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:
@@ -137,12 +138,8 @@ class DocumentProcessor:
         config = self.config
         key = config.api_key or ""
         await self.limits.ready()  # an unreachable shared store fails here, nothing sent
-        pages = None
-        if config.max_pages_in_flight is not None:
-            pages = self.limits.capacity(_origin(config), key, config.max_pages_in_flight)
-        adapter = DocumentsPath(self._batch(), pages, self.on_submitted)
         driver = Driver(
-            adapter,
+            self.adapter(),
             inputs,
             BatchOptions(
                 concurrency=config.max_concurrent_requests,
@@ -160,6 +157,16 @@ class DocumentProcessor:
         self.last_summary = driver.summary
         async for result in driver.stream():
             yield result
+
+    def adapter(self) -> DocumentsPath:
+        """The engine `Adapter` of this config on the key's limits (what `stream` runs; the
+        pipeline composes it with a Responses one)."""
+        config = self.config
+        pages = None
+        if config.max_pages_in_flight is not None:
+            key = config.api_key or ""
+            pages = self.limits.capacity(_origin(config), key, config.max_pages_in_flight)
+        return DocumentsPath(self._batch(), pages, self.on_submitted)
 
     def on_submitted(self, index: int, request_id: str, request_check_url: str) -> None:
         """Called once Datalab accepts an upload, before the first poll; does nothing here.

@@ -9,6 +9,10 @@ memory, which keeps 100,000-item batches flat. With `synchronous=NORMAL` a commi
 survives the process dying at any point (it is in the OS page cache at once); only a
 power cut can lose the last few.
 
+An item whose work has stages (the pipeline: OCR, then extraction) journals each
+finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
+finished OCR even when the item's extraction is sent again.
+
 An item is matched by its index AND a digest of the request it would send, so an
 edited prompt, schema or file at the same position is sent again rather than answered
 from a stale record. Nothing here ever sees an API key: requests are digested without
@@ -98,8 +102,15 @@ _TABLES = (
     attempt INTEGER NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS group_lines_file ON group_lines (file_id)",
+    """CREATE TABLE IF NOT EXISTS stages (
+    idx INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    result BLOB NOT NULL,
+    PRIMARY KEY (idx, stage)
+)""",
 )
-_TABLE_NAMES = frozenset({"meta", "items", "group_files", "group_jobs", "group_lines"})
+_TABLE_NAMES = frozenset({"meta", "items", "group_files", "group_jobs", "group_lines", "stages"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +374,25 @@ class Journal:
         """How many items still wait on this group file."""
         row = self._read("SELECT COUNT(*) FROM group_lines WHERE file_id = ?", (file_id,))
         return int(row[0])
+
+    def stage_result(self, index: int, stage: str, digest: str) -> dict[str, Any] | None:
+        """The journaled result of one stage of an item (e.g. a pipeline's OCR), if that stage
+        finished with this very request; else None. Only successes are journaled as stages."""
+        row = self._read(
+            "SELECT result FROM stages WHERE idx = ? AND stage = ? AND digest = ?",
+            (index, stage, digest),
+        )
+        return None if row is None else self._load(row[0])
+
+    def record_stage(self, index: int, stage: str, digest: str, result: dict[str, Any]) -> None:
+        """Journal a finished stage of an item whose own result comes later (a pipeline's
+        OCR text before its extraction), so a rerun reuses it; `JournalError` if the journal
+        cannot take it."""
+        self._write(
+            f"stage {stage} of item {index}",
+            "INSERT OR REPLACE INTO stages (idx, stage, digest, result) VALUES (?, ?, ?, ?)",
+            (index, stage, digest, orjson.dumps(result)),
+        )
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export)."""
