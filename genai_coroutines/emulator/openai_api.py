@@ -151,6 +151,7 @@ class OpenAIEmulation:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         stats.remember({"endpoint": ENDPOINT, "body": seen, "headers": headers, "peer": peer})
         fields = body if isinstance(body, dict) else {}
+        stats.log(ENDPOINT, f"request {digest(orjson.dumps(fields.get('input')))}")
         fault = self.emulator.faults.pick(
             ENDPOINT,
             streaming=fields.get("stream") is True,

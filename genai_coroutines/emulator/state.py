@@ -164,7 +164,8 @@ class Stats:
         """Datalab: endpoint ("marker", "convert", "extract") -> digest -> accepted jobs."""
         self.events: deque[tuple[float, str, str]] = deque(maxlen=EVENTS_KEPT)
         """(`time.monotonic()`, endpoint, what) per request, oldest first, the last
-        `EVENTS_KEPT`: e.g. `(t, "convert", "submitted <request_id>")`."""
+        `EVENTS_KEPT`: e.g. `(t, "convert", "submitted <request_id>")`, or
+        `(t, "responses", "request <digest of its input>")` as a response request arrives."""
         self.responses_by_digest: Counter[str] = Counter()
         """OpenAI: requests per digest of their `input`, whatever the answer."""
         self.completed_by_digest: Counter[str] = Counter()
