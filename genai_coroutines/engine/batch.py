@@ -20,6 +20,13 @@ API accepted the item earlier (a Datalab job, a background response), the journa
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
 
+Two choices of the caller are the driver's too, so they hold for every adapter: with
+`dedupe`, items whose digests are equal are sent once and each gets the answer
+(`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
+`twin` set, to await through `_twin_of`, never to send); with a `budget`, each item's
+estimated cost is reserved before it is sent and settled when it finishes, and once the
+next one could pass the budget the rest end `budget_exceeded` unsent (`engine.budget`).
+
 `DriverCore` is all of this but how admitted items run; `Driver` runs one task per item
 through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
 file of requests, answered when its batch ends) runs them with `engine.grouped` instead,
@@ -38,8 +45,10 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
+from .budget import Budget
+from .dedupe import Twin, Twins, twin_result
 from .http import open_session
-from .journal import Journal, JournalError
+from .journal import JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failure
 from .runner import Source, run_streaming
@@ -85,6 +94,9 @@ class Admitted(Generic[P]):
     index: int
     prepared: P
     started: float
+    twin: Twin | None = None
+    """With `dedupe`: the identical item already running, whose result this one awaits
+    (`DriverCore._twin_of`) instead of being sent."""
 
 
 @dataclass(slots=True)
@@ -96,14 +108,6 @@ class BatchRun:
     wait: Callable[[float], Awaitable[None]]
     """How a backoff is slept (the progress bar counts the items sleeping in it)."""
     summary: BatchSummary
-    journal: Journal | None = None
-    """The batch's journal (None without one), for an adapter whose items run in stages
-    (`Journal.stage_result` / `record_stage`); write to it through `journaled`."""
-    note: Callable[..., None] = field(default=lambda **_: None)
-    """`note(key=value, ...)`: shown after the progress bar's counts (None removes one)."""
-    journaled: Callable[[Callable[[Journal], object]], bool] = field(default=lambda _: True)
-    """Run `write(journal)` (nothing without a journal); False, with the batch stopped as for
-    a result that cannot be journaled, when the journal cannot take it."""
 
 
 @dataclass(slots=True)
@@ -136,6 +140,11 @@ class BatchOptions:
     resume: Mapping[int, Submission] | None = None
     start_fields: Mapping[str, Any] = field(default_factory=dict)
     """The fields of the `batch_start` log line (each adapter keeps its documented ones)."""
+    dedupe: bool = False
+    """Send items whose requests are identical once; each gets the answer (`engine.dedupe`)."""
+    budget: Budget[Any] | None = None
+    """Send nothing more once the next request could pass it (`engine.budget`)."""
+
 
 
 class DriverCore(Generic[P]):
@@ -156,6 +165,9 @@ class DriverCore(Generic[P]):
             kind=adapter.kind,
         )
         self.stop = BatchStop()
+        self._twins = Twins() if options.dedupe else None
+        self._held: dict[int, float] = {}
+        """The budget's estimate held for each admitted item until it finishes."""
 
     @property
     def summary(self) -> BatchSummary:
@@ -167,15 +179,7 @@ class DriverCore(Generic[P]):
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)
         try:
             async with open_session(options.concurrency, options.headers) as session:
-                run = BatchRun(
-                    session,
-                    self.stop,
-                    books.progress.wait,
-                    books.summary,
-                    books.journal,
-                    books.progress.note,
-                    self._write_journal,
-                )
+                run = BatchRun(session, self.stop, books.progress.wait, books.summary)
                 async for result in self._results(run):
                     books.add(result)
                     yield result
@@ -210,23 +214,54 @@ class DriverCore(Generic[P]):
         if isinstance(prepared, Failure):
             return adapter.failed(index, prepared, started)
         try:
-            done = books.replay(index, *adapter.digest(prepared))
+            parts = adapter.digest(prepared)
+            done = books.replay(index, *parts)
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
             return adapter.failed(index, Failure(str(exc), "invalid_input", False), started)
+        twins, budget = self._twins, self.options.budget
+        digest = "" if twins is None else books.digests.get(index) or request_digest(*parts)
         if done is not None:
+            if twins is not None:
+                twins.answered(digest, done)
+            if budget is not None:
+                budget.charge(done)  # paid by the run that journaled it
             return done
+        twin = twins.admit(index, digest) if twins is not None else None
+        if isinstance(twin, Twin):
+            return Admitted(index, prepared, started, twin)
+        if twin is not None:  # a twin's success, already in
+            return self._finish(twin)
+        if budget is not None:
+            paid = index in (self.options.resume or {}) or books.submission(index) is not None
+            held = budget.reserve(prepared, paid=paid)
+            if isinstance(held, Failure):
+                return self._finish(adapter.failed(index, held, started))
+            self._held[index] = held
         return Admitted(index, prepared, started)
 
-    def _write_journal(self, write: Callable[[Journal], object]) -> bool:
-        """`BatchRun.journaled`: `write(journal)`, the batch stopped if it cannot be written."""
-        journal = self.books.journal
-        if journal is None:
-            return True
-        return self._journal(lambda _index, _what: write(journal), -1, None)
+    async def _twin_of(self, admitted: Admitted[P]) -> Result:
+        """The result of an admitted item whose twin is running: the twin's, once it ends."""
+        assert admitted.twin is not None
+        return self._finish(twin_result(await admitted.twin.result, admitted.index))
+
+    def _abandon(self, index: int) -> None:
+        """An admitted item will not finish (the batch is being cancelled)."""
+        if self._twins is not None:
+            self._twins.abandoned(index)
+        held = self._held.pop(index, None)
+        if held is not None and self.options.budget is not None:
+            self.options.budget.release(held)
 
     def _finish(self, result: Result) -> Result:
-        """Journal the result of an admitted item (see `_journal`)."""
-        self._journal(self.books.record, result["index"], result)
+        """Journal the result of an admitted item (see `_journal`), settle its budget and
+        give it to its waiting twins."""
+        index = result["index"]
+        if self._twins is not None:
+            self._twins.finished(result)
+        held = self._held.pop(index, None)
+        if held is not None and self.options.budget is not None:
+            self.options.budget.settle(held, result)
+        self._journal(self.books.record, index, result)
         return result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
@@ -263,11 +298,18 @@ class Driver(DriverCore[P]):
         admitted = await self._admit(index, item)
         if not isinstance(admitted, Admitted):
             return admitted
+        if admitted.twin is not None:
+            return await self._twin_of(admitted)
         books = self.books
         item_run = ItemRun(index, run, admitted.started, self._known(index))
         if books.journal is not None:
             item_run.on_submitted = lambda s: self._journal(books.submitted, index, s)
-        return self._finish(await self.executor.execute(item_run, admitted.prepared))
+        try:
+            result = await self.executor.execute(item_run, admitted.prepared)
+        except BaseException:
+            self._abandon(index)
+            raise
+        return self._finish(result)
 
     def _known(self, index: int) -> Submission | None:
         resumed = (self.options.resume or {}).get(index)

@@ -48,6 +48,25 @@ half, and flex is billed at Batch API rates (on the models that offer it). A res
 priced at standard."""
 
 
+def tier_share(tier: object) -> float:
+    """Share of the standard price an answer served at `tier` costs (`DISCOUNTED_TIERS`)."""
+    return DISCOUNTED_TIERS.get(tier, 1.0) if isinstance(tier, str) else 1.0
+
+
+def usage_cost(usage: Mapping[str, Any], price: Price, share: float = 1.0) -> float:
+    """US dollars of one answer's `usage` at `price` times `share`: cached input at its
+    own rate, reasoning tokens within the output tokens (as OpenAI bills them)."""
+    inputs = int(usage.get("input_tokens") or 0)
+    details = usage.get("input_tokens_details")
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
+    outputs = int(usage.get("output_tokens") or 0)
+    return (
+        share
+        * ((inputs - cached) * price.input + cached * price.cached_input + outputs * price.output)
+        / 1_000_000
+    )
+
+
 def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
     """The price of `model`, matching dated snapshots ("gpt-4o-2024-08-06") to their family."""
     if model in prices:
@@ -79,6 +98,8 @@ class BatchSummary:
     """Results counted by the `service_tier` that served them (when they say)."""
     pages: int = 0
     cost_cents: float = 0.0
+    duplicates: int = 0
+    """Results given a twin's answer (`dedupe`): counted, but neither priced nor tiered."""
 
     def add(self, result: Mapping[str, Any]) -> None:
         """Count one finished item (a Responses or a Documents result dict)."""
@@ -91,6 +112,9 @@ class BatchSummary:
         self.rate_limited += int(result.get("rate_limited") or 0)
         if result.get("from_journal"):
             self.reused += 1
+        if result.get("duplicate_of") is not None:
+            self.duplicates += 1
+            return  # a twin of an item sent once (`dedupe`): its tokens are that item's
         tier = result.get("service_tier")
         if isinstance(tier, str):
             self.tiers[tier] = self.tiers.get(tier, 0) + 1
@@ -121,15 +145,7 @@ class BatchSummary:
             if model:
                 self.unpriced_models.add(model)
             return
-        self.cost_usd += (
-            share
-            * (
-                (inputs - cached) * price.input
-                + cached * price.cached_input
-                + outputs * price.output
-            )
-            / 1_000_000
-        )
+        self.cost_usd += usage_cost(usage, price, share)
 
     def finish(self) -> BatchSummary:
         self.finished = time.monotonic()
@@ -157,6 +173,7 @@ class BatchSummary:
             "service_tiers": dict(self.tiers),
             "pages": self.pages,
             "cost_cents": self.cost_cents,
+            "duplicates": self.duplicates,
         }
 
     def describe(self) -> str:
@@ -164,6 +181,7 @@ class BatchSummary:
         lines = [
             f"items: {self.total} ({self.succeeded} ok, {self.failed} failed"
             + (f", {self.reused} from journal" if self.reused else "")
+            + (f", {self.duplicates} duplicates sent once" if self.duplicates else "")
             + f")  retries: {self.retries}  429s: {self.rate_limited}"
             + f"  wall: {self.wall_seconds:.2f}s"
         ]

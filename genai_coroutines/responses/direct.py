@@ -18,7 +18,7 @@ attempt of a flex request may take 900 s unless `timeout_secs` was given.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -41,6 +41,8 @@ from ..engine import (
     retrying,
     send,
 )
+from ..engine.budget import DEFAULT_OUTPUT_ALLOWANCE, Budget, token_budget
+from ..engine.summary import Price, tier_share
 from .errors import bad_body, classify, response_failure, stream_error, tokens_charged
 from .request import ResponsesRequest
 from .results import Answer, error_result, logger, success_result
@@ -77,6 +79,31 @@ class Prepared:
     body: bytes
     estimate: int
     """Tokens reserved on the limiter before sending."""
+
+
+def budget_for(
+    request: ResponsesRequest,
+    limit_usd: float,
+    prices: Mapping[str, Price],
+    *,
+    share: float | None = None,
+) -> Budget[Prepared]:
+    """`max_cost_usd` for this request's items: each estimated at its input estimate plus
+    its `max_output_tokens` (or `DEFAULT_OUTPUT_ALLOWANCE`), at the tier in force: half
+    price for flex unless it may fall back to standard (`flex_fallback_after`), or
+    `share` when the caller knows better (the Batch API: 0.5)."""
+    template = request._template
+    if share is None:
+        flex = request.service_tier == "flex" and request.flex_fallback_after is None
+        share = tier_share("flex") if flex else 1.0
+    return token_budget(
+        limit_usd,
+        model=request.model,
+        prices=prices,
+        share=share,
+        output_allowance=template.max_output or DEFAULT_OUTPUT_ALLOWANCE,
+        input_tokens=lambda prepared: prepared.estimate - template.max_output,
+    )
 
 
 def retry_policy(request: ResponsesRequest) -> RetryPolicy:

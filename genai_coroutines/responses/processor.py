@@ -22,7 +22,8 @@ from ..engine import BatchOptions, Driver, KeyLimits, Result, collect_in_order, 
 from ..engine.limits import limits_for
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
-from .direct import DirectPath
+from .background import BackgroundPath
+from .direct import DirectPath, budget_for
 from .request import ResponsesRequest
 
 USER_AGENT = "genai-coroutines/2 (python)"
@@ -61,13 +62,23 @@ class ResponsesProcessor:
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
         summary: BatchSummary | None = None,
+        dedupe: bool = False,
+        max_cost_usd: float | None = None,
     ) -> dict[str, Any]:
         """Every prompt's result in input order: `{"total_success", "total_errors", "results"}`.
 
         Never raises for per-item failures; they are result dicts with `success: False`.
+        The options are `stream()`'s.
         """
         results = await collect_in_order(
-            self.stream(request, journal=journal, progress=progress, summary=summary),
+            self.stream(
+                request,
+                journal=journal,
+                progress=progress,
+                summary=summary,
+                dedupe=dedupe,
+                max_cost_usd=max_cost_usd,
+            ),
             itemgetter("index"),
         )
         ok = sum(1 for result in results if result["success"])
@@ -84,6 +95,8 @@ class ResponsesProcessor:
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
         summary: BatchSummary | None = None,
+        dedupe: bool = False,
+        max_cost_usd: float | None = None,
     ) -> AsyncIterator[Result]:
         """Each item's result dict (carrying its `index`) as soon as it finishes.
 
@@ -91,6 +104,17 @@ class ResponsesProcessor:
         with it again and the items that succeeded come back from it (`"from_journal":
         True`) without being sent. `progress` shows a bar; `summary` (also kept as
         `last_summary`) totals counts, retries, 429s, tokens and an estimated cost.
+
+        `dedupe`: prompts whose request bodies are identical are sent once, and each
+        gets the answer (with `duplicate_of` naming the index that was sent); off by
+        default, since sampling one prompt several times is sometimes the point.
+        `max_cost_usd`: before each request, what was spent plus what is in flight plus
+        this request (its input estimate and `max_output_tokens`, priced by the
+        summary's table at the tier in force) must stay within it; once it would not,
+        nothing more is sent and the rest end `budget_exceeded` (resume with a larger
+        budget to continue them). With `request.background` each request runs in
+        background mode (`background.py`): its response id is journaled as soon as
+        OpenAI accepts it, and a rerun polls it instead of paying for it again.
         """
         if not isinstance(request, ResponsesRequest):
             raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
@@ -103,20 +127,27 @@ class ResponsesProcessor:
             tokens_per_minute=request.tokens_per_minute,
             learn=True,
         )
+        summary = summary or BatchSummary(model=request.model)
+        path = BackgroundPath if request.background else DirectPath
         driver = Driver(
-            DirectPath(request, limiter),
+            path(request, limiter),
             request.user_prompts,
             BatchOptions(
                 concurrency=request.max_concurrent_requests,
                 headers=request_headers(request),
                 journal=journal,
                 progress=progress,
-                summary=summary or BatchSummary(model=request.model),
+                summary=summary,
+                dedupe=dedupe,
+                budget=None
+                if max_cost_usd is None
+                else budget_for(request, max_cost_usd, summary.prices),
                 start_fields={
                     "model": request.model,
                     "prompts": count(request.user_prompts, "lazy"),
                     "concurrency": request.max_concurrent_requests,
                     "stream": bool(request.stream),
+                    **({"background": True} if request.background else {}),
                 },
             ),
         )
