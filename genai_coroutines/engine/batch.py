@@ -146,7 +146,6 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
 
 
-
 class DriverCore(Generic[P]):
     """What every driver does around its items (see the module docstring): `stream` runs
     the batch, `_results` runs its items, admitting each with `_admit` and journaling what
