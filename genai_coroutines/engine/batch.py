@@ -120,7 +120,7 @@ class ItemRun:
     """`time.perf_counter()` when the item's turn came (its latency starts here)."""
     submission: Submission | None = None
     """Accepted earlier (journal or `resume`): poll it instead of sending the item again."""
-    on_submitted: Callable[[Submission], None] = field(default=lambda _: None)
+    on_submitted: Callable[[Submission], object] = field(default=lambda _: None)
 
     def submitted(self, submission: Submission) -> None:
         """Journal work the API just accepted, before anything else happens to it."""
