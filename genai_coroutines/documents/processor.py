@@ -31,14 +31,15 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.budget import DATALAB_CENTS_PER_PAGE, Budget, page_budget
 from ..engine.limits import limits_for
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
 from .form import settings_fields
-from .job import Batch
+from .job import Batch, page_weight
 from .path import DocumentsPath, check_input
-from .sources import DocumentInput
+from .sources import DocumentInput, Upload
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -125,6 +126,9 @@ class DocumentProcessor:
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
         summary: BatchSummary | None = None,
+        dedupe: bool = False,
+        max_cost_cents: float | None = None,
+        cents_per_page: float | None = None,
     ) -> AsyncIterator[Result]:
         """Yield each document's result as it finishes.
 
@@ -134,12 +138,31 @@ class DocumentProcessor:
         documents come back from it (`"from_journal": True`), jobs still on Datalab are
         polled rather than uploaded, and only the rest is sent. `progress` shows a bar;
         `summary` (also kept as `last_summary`) totals pages, cents and retries.
+
+        `dedupe`: identical documents (same bytes or URL, same settings) are converted
+        once and each gets the result, with `duplicate_of` naming the index sent.
+        `max_cost_cents`: before each upload, the cents spent plus those in flight plus
+        this document's (its pages times `cents_per_page`, default Datalab's list price
+        for the `mode`, `engine.budget.DATALAB_CENTS_PER_PAGE`) must stay within it; once
+        they would not, nothing more is uploaded and the rest end `budget_exceeded`. Each
+        result's real `cost_breakdown` settles what it cost.
         """
         config = self.config
         key = config.api_key or ""
         await self.limits.ready()  # an unreachable shared store fails here, nothing sent
+        adapter = self.adapter()
+        budget: Budget[Upload] | None = None
+        if max_cost_cents is not None:
+            per_page = (
+                DATALAB_CENTS_PER_PAGE[config.mode] if cents_per_page is None else cents_per_page
+            )
+            budget = page_budget(
+                max_cost_cents,
+                cents_per_page=per_page,
+                pages=lambda upload: page_weight(upload, config),
+            )
         driver = Driver(
-            self.adapter(),
+            adapter,
             inputs,
             BatchOptions(
                 concurrency=config.max_concurrent_requests,
@@ -148,6 +171,8 @@ class DocumentProcessor:
                 progress=progress,
                 summary=summary,
                 resume=resume,
+                dedupe=dedupe,
+                budget=budget,
                 start_fields={
                     "files": count(inputs, "?"),
                     "concurrency": config.max_concurrent_requests,

@@ -38,6 +38,12 @@ from .summary import Price, price_for, tier_share, usage_cost
 
 P = TypeVar("P")
 
+DATALAB_CENTS_PER_PAGE = {"fast": 0.4, "balanced": 0.4, "accurate": 0.6}
+"""Datalab's list price per page by `mode`, in cents, for `max_cost_cents` (Datalab
+bills per page, "rounded up to the nearest cent", and publishes its prices on its pricing
+page, which changes: pass `cents_per_page` for yours). The real `cost_breakdown` of each
+result settles the budget, so the table only decides when to stop sending."""
+
 DEFAULT_OUTPUT_ALLOWANCE = 4096
 """Output tokens an OpenAI request is estimated at when it sets no `max_output_tokens`
 (then an answer may cost more than its estimate, and the budget is a softer bound)."""
