@@ -298,20 +298,23 @@ class Journal:
         )
 
     def record_result(self, index: int, digest: str, result: dict[str, Any]) -> None:
-        """Journal an item's result (it leaves its group, if any); `JournalError` if the
-        journal cannot take it."""
-        self._transaction(
-            f"the result of item {index}",
-            [
-                (
-                    "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
-                    " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                    " result = excluded.result",
-                    [(index, digest, orjson.dumps(result))],
-                ),
-                ("DELETE FROM group_lines WHERE idx = ?", [(index,)]),
-            ],
-        )
+        """Journal an item's result; `JournalError` if the journal cannot take it.
+
+        The item leaves its group, if any, unless the result says its group may still
+        answer it (`batch_pending`: its batch could not be polled or read), so a rerun
+        asks that batch again rather than sending the item twice.
+        """
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (
+                "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
+                " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
+                " result = excluded.result",
+                [(index, digest, orjson.dumps(result))],
+            )
+        ]
+        if not result.get("batch_pending"):
+            statements.append(("DELETE FROM group_lines WHERE idx = ?", [(index,)]))
+        self._transaction(f"the result of item {index}", statements)
 
     def record_group(
         self,
