@@ -51,6 +51,21 @@ def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cost_options(cmd: argparse.ArgumentParser, unit: str) -> None:
+    cmd.add_argument(
+        "--dedupe",
+        action="store_true",
+        help="send identical requests once; each line gets the answer, with duplicate_of",
+    )
+    cmd.add_argument(
+        "--max-cost",
+        type=float,
+        metavar=unit.split()[0],
+        help=f"budget in {unit}: nothing more is sent once the next request could pass it; "
+        "the rest end budget_exceeded (raise it and --resume to continue)",
+    )
+
+
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = commands.add_parser(
         "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
@@ -64,6 +79,7 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
     add_flags(cmd, ResponsesRequest)
     _add_batch_options(cmd)
+    _add_cost_options(cmd, "USD")
 
 
 def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,6 +89,13 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cmd.add_argument("documents", nargs="+", help="files, globs, http(s) URLs or @list.txt")
     add_flags(cmd, DocumentConfig)
     _add_batch_options(cmd)
+    _add_cost_options(cmd, "USD (Datalab's cents / 100)")
+    cmd.add_argument(
+        "--cents-per-page",
+        type=float,
+        help="the price per page --max-cost estimates with (default: Datalab's list price "
+        "for the --mode)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +222,12 @@ def _run_batch(args: argparse.Namespace) -> int:
         responses = ResponsesProcessor(limits_store=args.limits_store)
         limits = responses.limits
         stream = responses.stream(
-            _responses_request(args), journal=journal, progress=args.progress, summary=summary
+            _responses_request(args),
+            journal=journal,
+            progress=args.progress,
+            summary=summary,
+            dedupe=args.dedupe,
+            max_cost_usd=args.max_cost,
         )
     else:
         journal = _journal_path(args, "documents")
@@ -207,7 +235,13 @@ def _run_batch(args: argparse.Namespace) -> int:
         processor = DocumentProcessor(_document_config(args), limits_store=args.limits_store)
         limits = processor.limits
         stream = processor.stream(
-            documents, journal=journal, progress=args.progress, summary=summary
+            documents,
+            journal=journal,
+            progress=args.progress,
+            summary=summary,
+            dedupe=args.dedupe,
+            max_cost_cents=None if args.max_cost is None else args.max_cost * 100,
+            cents_per_page=args.cents_per_page,
         )
     try:  # an unreachable store is refused before the output is opened
         asyncio.run(limits.ready())
@@ -217,9 +251,26 @@ def _run_batch(args: argparse.Namespace) -> int:
         asyncio.run(_write_all(stream, args.output, documents))
     except KeyboardInterrupt:
         print(summary.finish().describe(), file=sys.stderr)
+        if getattr(args, "background", False):
+            print(_background_note(args), file=sys.stderr)
         raise
     print(summary.finish().describe(), file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _background_note(args: argparse.Namespace) -> str:
+    """What became of the background responses an interrupted batch had started."""
+    if getattr(args, "cancel_on_interrupt", False):
+        return "background responses still running were cancelled (--cancel-on-interrupt)"
+    if args.journal:
+        return (
+            "background responses still running keep going at OpenAI (their ids are in the "
+            "journal): run the same command with --resume to collect them without paying again"
+        )
+    return (
+        "background responses still running keep going at OpenAI, but without --journal "
+        "their ids are only in the log (left_running lines); use --journal next time"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
