@@ -20,7 +20,9 @@ from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal, JournalError
 from .engine.limits import LimitStoreUnavailable
 from .engine.summary import BatchSummary
-from .params import add_flags, given, json_file
+from .params import add_flags, cli_fields, given, json_file
+from .pipeline import KIND as PIPELINE_KIND
+from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import ResponsesProcessor, ResponsesRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -98,6 +100,60 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
 
+EXTRACT_SYSTEM = "Extract the fields of the schema from the document's text."
+"""The extract command's default `--system`."""
+EXTRACT_NO_OCR_FLAG = frozenset({"page_schema", "schema_id", "schema_version", "checkpoint_id"})
+"""DocumentConfig fields the extract command has no flag for: its OCR converts."""
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def extract_ocr_flags() -> dict[str, str | None]:
+    """Each DocumentConfig flag -> the extract command's flag for it (None: none). A name the
+    request flags also use (--timeout, --max-retries, --rpm...) takes the prefix --ocr-;
+    --concurrency is one flag bounding each stage."""
+    request_flags = {flag for _, flag, _ in cli_fields(ResponsesRequest)}
+    flags: dict[str, str | None] = {}
+    for item, flag, _ in cli_fields(DocumentConfig):
+        if item.name in EXTRACT_NO_OCR_FLAG or flag == "--concurrency":
+            flags[flag] = None
+        else:
+            flags[flag] = "--ocr-" + flag[2:] if flag in request_flags else flag
+    return flags
+
+
+def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    renamed = extract_ocr_flags()
+    prefixed = ", ".join(new for old, new in renamed.items() if new and new != old)
+    cmd = commands.add_parser(
+        "extract",
+        help="documents -> Datalab OCR -> OpenAI structured extraction, one streamed batch "
+        "(keys: DATALAB_API_KEY, OPENAI_API_KEY)",
+        description="Each document's extraction is sent as soon as its OCR arrives. One "
+        "JSONL row per document: source, success, fields, failed_stage, the OCR ids, pages "
+        "and cost, the extraction's usage. --concurrency bounds each stage; OCR flags whose "
+        f"names the request flags also use are prefixed --ocr-: {prefixed}.",
+    )
+    cmd.add_argument("documents", nargs="+", help="files, globs, http(s) URLs or @list.txt")
+    cmd.add_argument("--schema", required=True, help="JSON Schema file: the fields (strict)")
+    cmd.add_argument("--schema-name", default="extraction")
+    cmd.add_argument("--system", default=EXTRACT_SYSTEM, help="instructions for the model")
+    cmd.add_argument("--system-file", help="read the instructions from this file")
+    cmd.add_argument(
+        "--per-page", action="store_true", help="one extraction per page, merged (paginates)"
+    )
+    cmd.add_argument("--in-order", action="store_true", help="write rows in input order")
+    add_flags(cmd, ResponsesRequest, "extraction (ResponsesRequest) parameters")
+    group = cmd.add_argument_group("OCR (DocumentConfig) parameters")
+    for _, flag, options in cli_fields(DocumentConfig):
+        new = renamed[flag]
+        if new is not None:
+            group.add_argument(new, **{**options, "dest": _dest(new)})
+    _add_batch_options(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genai-coroutines", description=__doc__)
     parser.add_argument(
@@ -109,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_responses(commands)
     _add_ocr(commands)
+    _add_extract(commands)
     _add_emulate(commands)
     commands.add_parser("demo", help="OCR + extraction on the built-in emulator, no key needed")
     return parser
@@ -195,11 +252,45 @@ class NamedDocuments(Rereadable[str]):
 
     def label(self, result: dict[str, Any]) -> dict[str, Any]:
         """The result with the document's path as `source`, right after its index."""
-        return {"index": result["index"], "source": self.names.pop(result["index"], None), **result}
+        rest = {key: value for key, value in result.items() if key != "source"}
+        return {"index": result["index"], "source": self.names.pop(result["index"], None), **rest}
 
 
 def _document_config(args: argparse.Namespace) -> DocumentConfig:
     return DocumentConfig(**given(args, DocumentConfig))
+
+
+def _extract_ocr_config(args: argparse.Namespace) -> DocumentConfig:
+    """The extract command's OCR config: its (renamed) flags, --concurrency, and markdown
+    unless --output-format says otherwise (paginated with --per-page)."""
+    values, renamed = vars(args), extract_ocr_flags()
+    ocr_args = argparse.Namespace()
+    for _, flag, options in cli_fields(DocumentConfig):
+        new = renamed[flag]
+        if new is not None and _dest(new) in values:
+            setattr(ocr_args, options["dest"], values[_dest(new)])
+    chosen = given(ocr_args, DocumentConfig)
+    if "concurrency" in values:
+        chosen["max_concurrent_requests"] = values["concurrency"]
+    chosen.setdefault("output_format", "markdown")
+    if args.per_page and chosen["output_format"] in ("markdown", "html"):
+        chosen.setdefault("paginate", True)
+    return DocumentConfig(**chosen)
+
+
+def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
+    try:
+        schema = json_file(args.schema)
+    except ValueError as exc:
+        raise UsageError(f"--schema: {exc}") from None
+    if not isinstance(schema, dict):
+        raise UsageError(f"--schema: {args.schema} holds no JSON object")
+    return extraction_request(
+        schema=schema,
+        schema_name=args.schema_name,
+        system_prompt=_read_text(args.system_file) if args.system_file else args.system,
+        **given(args, ResponsesRequest),
+    )
 
 
 async def _write_all(
@@ -215,9 +306,29 @@ async def _write_all(
 
 def _run_batch(args: argparse.Namespace) -> int:
     """Run one batch; every input is checked before the output file is opened."""
-    summary = BatchSummary(model=getattr(args, "model", ""))
+    model = getattr(args, "model", "")
+    summary: BatchSummary = BatchSummary(model=model)
+    if args.command == "extract":
+        summary = PipelineSummary(model=model)
     documents: NamedDocuments | None = None
-    if args.command == "responses":
+    if args.command == "extract":
+        journal = _journal_path(args, PIPELINE_KIND)
+        pipeline = ExtractionPipeline(
+            _extract_ocr_config(args),
+            _extraction_request(args),
+            per_page=args.per_page,
+            limits_store=args.limits_store,
+        )
+        documents = NamedDocuments(args.documents)
+        limits = pipeline.limits
+        stream = pipeline.stream(
+            documents,
+            journal=journal,
+            progress=args.progress,
+            summary=summary,
+            ordered=args.in_order,
+        )
+    elif args.command == "responses":
         journal = _journal_path(args, "responses")
         responses = ResponsesProcessor(limits_store=args.limits_store)
         limits = responses.limits

@@ -516,6 +516,11 @@ class ExtractionPipeline:
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
                 "checkpoint_id): extraction is its Responses stage"
             )
+        if getattr(extraction, "background", False):
+            raise ValueError(
+                "extraction: the pipeline sends each request on the synchronous path "
+                "(no background mode)"
+            )
         kind = text_format(extraction.response_format).get("type")
         if kind not in ("json_schema", "json_object"):
             raise ValueError(
