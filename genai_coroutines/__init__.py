@@ -10,6 +10,7 @@ import logging
 from .documents import DocumentConfig, DocumentProcessor, parse_documents
 from .engine import ERROR_TYPES, ErrorType, KeyLimits, Submission
 from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatch
+from .engine.limits import LimitStoreUnavailable
 from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
 from .responses import ResponsesProcessor, ResponsesRequest, parse_responses, parse_responses_as
@@ -28,6 +29,7 @@ __all__ = [
     "JournalLocked",
     "JournalMismatch",
     "KeyLimits",
+    "LimitStoreUnavailable",
     "Price",
     "ResponsesProcessor",
     "ResponsesRequest",

@@ -1,0 +1,203 @@
+"""Several real processes on one key, sharing its limits over a real Redis.
+
+The emulator runs in its own process, with limits the workers learn only from its
+`x-ratelimit-*` headers; each worker is the CLI (`python -m genai_coroutines`), given the
+store by `--limits-store` or by `GENAI_COROUTINES_LIMITS_STORE`. What crossed the wire is
+counted by the emulator. The same three workers without a store are run for contrast:
+their figures are printed (`pytest -s` shows them), not asserted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.samples import pdf
+from tests.scale_support import (
+    EmulatorProcess,
+    RedisServer,
+    emulator_process,
+    prompts,
+    read_jsonl,
+    redis_server,
+    responses_sent,
+    worker_env,
+)
+
+RPM, TPM, LATENCY = 6000, 900_000, 0.05
+PER_WORKER, WORKERS, CONCURRENCY = 120, 3, 30
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[RedisServer]:
+    with redis_server() as running:
+        yield running
+
+
+@dataclass
+class Run:
+    results: list[list[dict[str, Any]]]
+    stats: dict[str, Any]
+    wall: float
+    codes: list[int]
+
+    @property
+    def sent(self) -> int:
+        return responses_sent(self.stats)
+
+    @property
+    def share_429(self) -> float:
+        return self.stats["rate_limited"] / max(self.sent, 1)
+
+    def lost(self, per_worker: int) -> int:
+        ok = sum(1 for rows in self.results for row in rows if row.get("success"))
+        return WORKERS * per_worker - ok
+
+    def describe(self, name: str, per_worker: int) -> str:
+        tokens = sum(
+            row["usage"]["total_tokens"]
+            for rows in self.results
+            for row in rows
+            if row.get("success") and row.get("usage")
+        )
+        return (
+            f"{name}: {self.sent} requests, {self.stats['rate_limited']} answered 429 "
+            f"({100 * self.share_429:.1f}%), {self.lost(per_worker)} of "
+            f"{WORKERS * per_worker} items lost, {self.wall:.2f} s, "
+            f"{60 * (self.sent - self.stats['rate_limited']) / self.wall:.0f} RPM and "
+            f"{60 * tokens / self.wall:.0f} TPM admitted (limits {RPM} / {TPM})"
+        )
+
+
+def start_workers(
+    tmp_path: Path, args_of: list[list[str]], envs: list[dict[str, str]]
+) -> list[subprocess.Popen[bytes]]:
+    workers = []
+    for number, (args, env) in enumerate(zip(args_of, envs, strict=True)):
+        with open(tmp_path / f"stderr{number}.txt", "wb") as stderr:
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "genai_coroutines", *args],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                )
+            )
+    return workers
+
+
+def finish(workers: list[subprocess.Popen[bytes]], timeout: float = 120) -> list[int]:
+    return [worker.wait(timeout) for worker in workers]
+
+
+def run_responses(emulator: EmulatorProcess, tmp_path: Path, url: str | None) -> Run:
+    emulator.reset()
+    args_of, envs = [], []
+    for number in range(WORKERS):
+        batch = tmp_path / f"prompts{number}.txt"
+        batch.write_text("\n".join(prompts(PER_WORKER, seed=100 + number)) + "\n")
+        args = [
+            "responses", str(batch), "--model", "gpt-4o-mini",
+            "--base-url", emulator.openai_base_url, "--concurrency", str(CONCURRENCY),
+            "--retry-delay-min-ms", "50", "-o", str(tmp_path / f"out{number}.jsonl"),
+        ]  # fmt: skip
+        env = worker_env()
+        if url is not None and number == 0:
+            env["GENAI_COROUTINES_LIMITS_STORE"] = url  # the environment variable's way
+        elif url is not None:
+            args += ["--limits-store", url]
+        args_of.append(args)
+        envs.append(env)
+    started = time.monotonic()
+    codes = finish(start_workers(tmp_path, args_of, envs))
+    wall = time.monotonic() - started
+    results = [read_jsonl(tmp_path / f"out{number}.jsonl") for number in range(WORKERS)]
+    return Run(results, emulator.stats(), wall, codes)
+
+
+@pytest.fixture(scope="module")
+def limited() -> Iterator[EmulatorProcess]:
+    flags = ["--openai-rpm", str(RPM), "--openai-tpm", str(TPM), "--burst-seconds", "1"]
+    with emulator_process(*flags, "--latency", str(LATENCY), "--seed", "3") as emulator:
+        yield emulator
+
+
+def test_three_processes_on_one_key_share_its_limits_over_redis(
+    limited: EmulatorProcess, store: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "shared").mkdir()
+    run = run_responses(limited, tmp_path / "shared", store.url)
+    print("\n" + run.describe("3 processes, one Redis store", PER_WORKER))
+    assert run.codes == [0] * WORKERS, [
+        (tmp_path / "shared" / f"stderr{n}.txt").read_text()[-2000:] for n in range(WORKERS)
+    ]
+    assert run.lost(PER_WORKER) == 0
+    for rows in run.results:  # every item once, each answered
+        assert sorted(row["index"] for row in rows) == list(range(PER_WORKER))
+    assert run.stats["duplicate_completions"] == 0
+    assert run.share_429 <= 0.01
+    # What the emulator admitted stayed within its limits: at most a second's burst
+    # above the steady rate, over the time the workers ran.
+    admitted = run.sent - run.stats["rate_limited"]
+    assert admitted == WORKERS * PER_WORKER
+    assert admitted <= RPM / 60 * (run.wall + 1)
+    tokens = sum(row["usage"]["total_tokens"] for rows in run.results for row in rows)
+    assert tokens <= TPM / 60 * (run.wall + 1)
+
+    (tmp_path / "alone").mkdir()
+    contrast = run_responses(limited, tmp_path / "alone", None)
+    print(contrast.describe("3 processes, no store (for contrast)", PER_WORKER))
+
+
+def test_pages_in_flight_shared_by_two_processes_are_never_exceeded(
+    store: RedisServer, tmp_path: Path
+) -> None:
+    limit, docs = 6, 10
+    flags = ["--datalab-max-pages", str(limit), "--seconds-per-page", "0.03"]
+    with emulator_process(*flags) as emulator:
+
+        def run(url: str | None, name: str) -> tuple[list[int], list[dict[str, Any]], Any]:
+            emulator.reset()
+            folder = tmp_path / name
+            folder.mkdir()
+            args_of = []
+            for number in range(2):
+                paths = []
+                for i in range(docs):
+                    path = folder / f"w{number}-{i}.pdf"
+                    path.write_bytes(pdf(2 + i % 2, tag=f"{name}-{number}-{i}"))
+                    paths.append(str(path))
+                args = [
+                    "ocr", *paths, "--api-url", emulator.marker_url,
+                    "--max-pages-in-flight", str(limit), "--concurrency", "6",
+                    "--poll-interval", "0.02", "--retry-delay", "0.02",
+                    "-o", str(folder / f"out{number}.jsonl"),
+                ]  # fmt: skip
+                if url is not None:
+                    args += ["--limits-store", url]
+                args_of.append(args)
+            codes = finish(start_workers(folder, args_of, [worker_env(), worker_env()]))
+            rows = [row for n in range(2) for row in read_jsonl(folder / f"out{n}.jsonl")]
+            return codes, rows, emulator.stats()
+
+        codes, rows, stats = run(store.url, "shared")
+        assert codes == [0, 0]
+        assert len(rows) == 2 * docs and all(row["success"] for row in rows)
+        # A job over the limit is refused by the emulator and uploaded again: none was.
+        assert all(row["attempts"] == 1 for row in rows)
+        assert stats["duplicate_submissions"] == 0
+        assert stats["requests"].get("marker_submit 200") == 2 * docs
+
+        codes, rows, stats = run(None, "alone")
+        print(
+            f"\n2 processes, no store (for contrast): {stats['duplicate_submissions']} uploads "
+            f"refused for pages in flight and sent again, "
+            f"{sum(1 for row in rows if not row['success'])} documents failed"
+        )
