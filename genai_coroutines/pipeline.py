@@ -211,13 +211,13 @@ class PipelineSummary(BatchSummary):
                 f"  retries: {self.retries}  429s: {self.rate_limited}"
                 f"  wall: {self.wall_seconds:.2f}s",
                 f"OCR (Datalab):       {self.ocr_done} documents, {self.pages} pages, "
-                f"{self.cost_cents:g} cents (${self.cost_cents / 100:.4f}), "
+                f"Datalab cost: {self.cost_cents:g} cents (${self.cost_cents / 100:.4f}), "
                 f"{_plural(self.ocr_retries, 'retry', 'retries')}",
                 f"extraction (OpenAI): {_plural(self.extraction_requests, 'request')}, "
                 f"{self.input_tokens} tokens in ({self.cached_tokens} cached), "
-                f"{self.output_tokens} out, estimated ${self.cost_usd:.4f}, "
+                f"{self.output_tokens} out, estimated cost: ${self.cost_usd:.4f}, "
                 f"{_plural(self.extraction_retries, 'retry', 'retries')}",
-                f"total: ${self.total_cost_usd:.4f}",
+                f"total cost: ${self.total_cost_usd:.4f}",
             ]
         )
 
