@@ -13,6 +13,7 @@ from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatc
 from .engine.limits import LimitStoreUnavailable
 from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
+from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import ResponsesProcessor, ResponsesRequest, parse_responses, parse_responses_as
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -24,16 +25,19 @@ __all__ = [
     "DocumentConfig",
     "DocumentProcessor",
     "ErrorType",
+    "ExtractionPipeline",
     "Journal",
     "JournalError",
     "JournalLocked",
     "JournalMismatch",
     "KeyLimits",
     "LimitStoreUnavailable",
+    "PipelineSummary",
     "Price",
     "ResponsesProcessor",
     "ResponsesRequest",
     "Submission",
+    "extraction_request",
     "parse_documents",
     "parse_responses",
     "parse_responses_as",
