@@ -14,13 +14,20 @@ from .engine.limits import LimitStoreUnavailable
 from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
-from .responses import ResponsesProcessor, ResponsesRequest, parse_responses, parse_responses_as
+from .responses import (
+    BatchAPI,
+    ResponsesProcessor,
+    ResponsesRequest,
+    parse_responses,
+    parse_responses_as,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ERROR_TYPES",
     "PRICES",
+    "BatchAPI",
     "BatchSummary",
     "DocumentConfig",
     "DocumentProcessor",

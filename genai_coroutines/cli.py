@@ -23,7 +23,7 @@ from .engine.summary import BatchSummary
 from .params import add_flags, cli_fields, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
-from .responses import ResponsesProcessor, ResponsesRequest
+from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -80,6 +80,13 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     cmd.add_argument("--schema-name", default="output")
     cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
     add_flags(cmd, ResponsesRequest)
+    cmd.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send the prompts through the OpenAI Batch API: half the price, answered within "
+        "24 h; an interrupted run leaves its batches running, --resume collects them",
+    )
+    add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
     _add_batch_options(cmd)
     _add_cost_options(cmd, "USD")
 
@@ -339,6 +346,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             summary=summary,
             dedupe=args.dedupe,
             max_cost_usd=args.max_cost,
+            batch_api=_batch_api(args),
         )
     else:
         journal = _journal_path(args, "documents")
@@ -364,9 +372,37 @@ def _run_batch(args: argparse.Namespace) -> int:
         print(summary.finish().describe(), file=sys.stderr)
         if getattr(args, "background", False):
             print(_background_note(args), file=sys.stderr)
+        if getattr(args, "batch_api", False):
+            print(_batch_api_note(args), file=sys.stderr)
         raise
     print(summary.finish().describe(), file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _batch_api(args: argparse.Namespace) -> BatchAPI | bool:
+    """`--batch-api` and its options (which mean nothing without it)."""
+    chosen = given(args, BatchAPI)
+    if not args.batch_api:
+        if chosen:
+            names = ", ".join(flag for item, flag, _ in cli_fields(BatchAPI) if item.name in chosen)
+            raise UsageError(f"{names}: only with --batch-api")
+        return False
+    return BatchAPI(**chosen)
+
+
+def _batch_api_note(args: argparse.Namespace) -> str:
+    """What became of the batches an interrupted --batch-api run had created."""
+    if getattr(args, "cancel_on_interrupt", False):
+        return "Batch API batches still running were cancelled (--cancel-on-interrupt)"
+    if args.journal:
+        return (
+            "Batch API batches still running keep going at OpenAI (their ids are in the "
+            "journal): run the same command with --resume to collect them without paying again"
+        )
+    return (
+        "Batch API batches still running keep going at OpenAI, but without --journal a rerun "
+        "sends their prompts again (their ids are in the batch_api_interrupted log line)"
+    )
 
 
 def _background_note(args: argparse.Namespace) -> str:

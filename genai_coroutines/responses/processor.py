@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator
 from operator import itemgetter
 from typing import Any
 
-from ..engine import BatchOptions, Driver, KeyLimits, Result, collect_in_order, count
+from ..engine import BatchOptions, Driver, DriverCore, KeyLimits, Result, collect_in_order, count
+from ..engine.grouped import GroupedDriver
 from ..engine.limits import limits_for
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .background import BackgroundPath
+from .batch_api import BatchAPI, BatchAPIPath
 from .direct import DirectPath, budget_for
 from .request import ResponsesRequest
 
@@ -64,6 +66,7 @@ class ResponsesProcessor:
         summary: BatchSummary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
+        batch_api: bool | BatchAPI = False,
     ) -> dict[str, Any]:
         """Every prompt's result in input order: `{"total_success", "total_errors", "results"}`.
 
@@ -78,6 +81,7 @@ class ResponsesProcessor:
                 summary=summary,
                 dedupe=dedupe,
                 max_cost_usd=max_cost_usd,
+                batch_api=batch_api,
             ),
             itemgetter("index"),
         )
@@ -97,6 +101,7 @@ class ResponsesProcessor:
         summary: BatchSummary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
+        batch_api: bool | BatchAPI = False,
     ) -> AsyncIterator[Result]:
         """Each item's result dict (carrying its `index`) as soon as it finishes.
 
@@ -115,9 +120,17 @@ class ResponsesProcessor:
         budget to continue them). With `request.background` each request runs in
         background mode (`background.py`): its response id is journaled as soon as
         OpenAI accepts it, and a rerun polls it instead of paying for it again.
+
+        `batch_api` (True, or a `BatchAPI` of options): the same requests through the
+        OpenAI Batch API at half the price, answered within its completion window
+        (`batch_api.py`); each result adds its `batch_id` and `custom_id`, and a rerun
+        with the same journal collects the batches an interrupted run left running.
         """
         if not isinstance(request, ResponsesRequest):
             raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
+        batch = BatchAPI.of(batch_api)
+        if batch is not None and (request.background or request.stream):
+            raise ValueError("background=True and stream=True cannot be used with batch_api")
         await self.limits.ready()  # an unreachable shared store fails here, nothing sent
         limiter = self.limits.rate(
             request.base_url,
@@ -129,28 +142,31 @@ class ResponsesProcessor:
         )
         summary = summary or BatchSummary(model=request.model)
         path = BackgroundPath if request.background else DirectPath
-        driver = Driver(
-            path(request, limiter),
-            request.user_prompts,
-            BatchOptions(
-                concurrency=request.max_concurrent_requests,
-                headers=request_headers(request),
-                journal=journal,
-                progress=progress,
-                summary=summary,
-                dedupe=dedupe,
-                budget=None
-                if max_cost_usd is None
-                else budget_for(request, max_cost_usd, summary.prices),
-                start_fields={
-                    "model": request.model,
-                    "prompts": count(request.user_prompts, "lazy"),
-                    "concurrency": request.max_concurrent_requests,
-                    "stream": bool(request.stream),
-                    **({"background": True} if request.background else {}),
-                },
-            ),
+        options = BatchOptions(
+            concurrency=request.max_concurrent_requests,
+            headers=request_headers(request),
+            journal=journal,
+            progress=progress,
+            summary=summary,
+            dedupe=dedupe,
+            budget=None
+            if max_cost_usd is None
+            else budget_for(request, max_cost_usd, summary.prices),
+            start_fields={
+                "model": request.model,
+                "prompts": count(request.user_prompts, "lazy"),
+                "concurrency": request.max_concurrent_requests,
+                "stream": bool(request.stream),
+                **({"background": True} if request.background else {}),
+                **({"batch_api": True} if batch is not None else {}),
+            },
         )
+        driver: DriverCore[Any]
+        if batch is not None:
+            adapter = BatchAPIPath(request, batch, DirectPath(request, limiter))
+            driver = GroupedDriver(adapter, request.user_prompts, options)
+        else:
+            driver = Driver(path(request, limiter), request.user_prompts, options)
         self.last_summary = driver.summary
         async for result in driver.stream():
             yield result

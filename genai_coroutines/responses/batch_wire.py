@@ -1,0 +1,208 @@
+"""The Files and Batch API calls the Batch API path makes, each through the retry policy.
+
+`POST /v1/files` (multipart, `purpose=batch`, the file streamed from disk),
+`POST /v1/batches`, `GET /v1/batches/{id}`, `GET /v1/batches` (to find a batch created
+for a file before a crash let its id be journaled), `POST /v1/batches/{id}/cancel` and
+`GET /v1/files/{id}/content`, read in chunks and handed over line by line so an output
+file of 50,000 responses is never held whole. Failures are classified by
+`errors.classify`, as on the synchronous path.
+
+A create that failed without an answer (a timeout, a reset, a 5xx) may still have
+created the batch, and a second create would run, and bill, every line twice; so before
+it is retried, the batches are listed for one created from this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..engine import Failure, Reply, Retried, RetryPolicy, Success, retrying, send
+from .errors import bad_body, classify
+
+Json = dict[str, Any]
+LineHandler = Callable[[bytes], Awaitable[None]]
+
+READ_CHUNK = 2**16
+LIST_PAGE = 100
+CLOCK_SKEW_SECS = 600
+"""A batch listed as created this long before its file was journaled is not its batch."""
+
+
+class BatchWire:
+    """The calls of one batch run, on its session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        api_key: str,
+        policy: RetryPolicy,
+        timeout_secs: float,
+        wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.session = session
+        self.base = base_url.rstrip("/")
+        self.api_key = api_key
+        self.policy = policy
+        self.wait = wait
+        self.timeout = aiohttp.ClientTimeout(total=timeout_secs)
+        self.transfer = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_secs)
+        """Uploads and downloads: no bound on the whole (200 MB takes a while), only on silence."""
+
+    async def upload(self, path: str | os.PathLike[str], name: str) -> Success[Json] | Failure:
+        """Upload a batch input file; its `FileObject`."""
+
+        async def attempt() -> Success[Json] | Failure:
+            with open(path, "rb") as handle:
+                form = aiohttp.FormData()
+                form.add_field("purpose", "batch")
+                form.add_field("file", handle, filename=name, content_type="application/jsonl")
+                payload = form()
+                reply = await send(
+                    self.session,
+                    "POST",
+                    f"{self.base}/files",
+                    timeout=self.transfer,
+                    data=payload,
+                    headers={"Content-Type": payload.content_type},
+                )
+            return self._json(reply)
+
+        return await self._retrying(attempt)
+
+    async def create(
+        self, file_id: str, window: str, metadata: dict[str, str] | None, since: float
+    ) -> Success[Json] | Failure:
+        """Create the batch of an uploaded file (or find the one an unanswered create made)."""
+        body: Json = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/responses",
+            "completion_window": window,
+        }
+        if metadata:
+            body["metadata"] = metadata
+        data = orjson.dumps(body)
+        unanswered = False
+
+        async def attempt() -> Success[Json] | Failure:
+            nonlocal unanswered
+            if unanswered:
+                found = await self.find(file_id, since)
+                if isinstance(found, Failure):
+                    return found
+                if found is not None:
+                    return Success(found)
+            reply = await send(
+                self.session, "POST", f"{self.base}/batches", timeout=self.timeout, data=data
+            )
+            outcome = self._json(reply)
+            unanswered = isinstance(outcome, Failure) and (
+                outcome.status is None or outcome.status >= 500
+            )
+            return outcome
+
+        return await self._retrying(attempt)
+
+    async def retrieve(self, batch_id: str) -> Success[Json] | Failure:
+        """One poll of a batch (`engine.poll_until` retries it)."""
+        reply = await send(
+            self.session, "GET", f"{self.base}/batches/{batch_id}", timeout=self.timeout
+        )
+        return self._json(reply)
+
+    async def cancel(self, batch_id: str) -> Success[Json] | Failure:
+        """Ask the API to cancel a batch (one attempt: it is asked on the way out)."""
+        reply = await send(
+            self.session, "POST", f"{self.base}/batches/{batch_id}/cancel", timeout=self.timeout
+        )
+        return self._json(reply)
+
+    async def find(self, file_id: str, since: float) -> Json | None | Failure:
+        """The batch created from `file_id`, listed newest first back to `since`; or None."""
+        after: str | None = None
+        while True:
+            query = f"?limit={LIST_PAGE}" + (f"&after={after}" if after else "")
+
+            async def attempt(query: str = query) -> Success[Json] | Failure:
+                reply = await send(
+                    self.session, "GET", f"{self.base}/batches{query}", timeout=self.timeout
+                )
+                return self._json(reply)
+
+            page = await self._retrying(attempt)
+            if isinstance(page, Failure):
+                return page
+            batches = [b for b in page.value.get("data") or [] if isinstance(b, dict)]
+            for batch in batches:
+                if batch.get("input_file_id") == file_id:
+                    return batch
+            oldest = batches[-1].get("created_at") if batches else None
+            if (
+                not batches
+                or not page.value.get("has_more")
+                or (isinstance(oldest, int | float) and oldest < since - CLOCK_SKEW_SECS)
+            ):
+                return None
+            after = str(batches[-1].get("id"))
+
+    async def lines(
+        self, file_id: str, handle: LineHandler, restart: Callable[[], None] | None = None
+    ) -> Success[None] | Failure:
+        """Hand every line of a file's content to `handle`, as it arrives. A download cut
+        short is retried from the start (`restart` is told first): `handle` must ignore
+        lines it has seen."""
+
+        async def attempt() -> Success[None] | Failure:
+            if restart is not None:
+                restart()
+            url = f"{self.base}/files/{file_id}/content"
+            try:
+                async with self.session.get(
+                    url, timeout=self.transfer, allow_redirects=False
+                ) as response:
+                    if response.status != 200:
+                        body = await response.read()
+                        return classify(response.status, response.headers, body, self.api_key)
+                    pending = b""
+                    async for chunk in response.content.iter_chunked(READ_CHUNK):
+                        *complete, pending = (pending + chunk).split(b"\n")
+                        for line in complete:
+                            if line.strip():
+                                await handle(line)
+                    if pending.strip():
+                        await handle(pending)
+            except asyncio.TimeoutError:
+                return Failure(f"Reading file {file_id} timed out", "timeout", retriable=True)
+            except aiohttp.ClientError as exc:
+                return Failure(
+                    f"Reading file {file_id} failed: {exc or type(exc).__name__}",
+                    "connection_error",
+                    retriable=True,
+                )
+            return Success(None)
+
+        return await self._retrying(attempt)
+
+    async def _retrying(
+        self, attempt: Callable[[], Awaitable[Success[Any] | Failure]]
+    ) -> Success[Any] | Failure:
+        return await retrying(attempt, self.policy, sleep=self.wait, counts=Retried())
+
+    def _json(self, reply: Reply | Failure) -> Success[Json] | Failure:
+        if isinstance(reply, Failure):
+            return reply
+        if reply.status != 200:
+            return classify(reply.status, reply.headers, reply.body, self.api_key)
+        try:
+            data = orjson.loads(reply.body)
+        except orjson.JSONDecodeError:
+            return bad_body(reply.status, len(reply.body))
+        if not isinstance(data, dict):
+            return bad_body(reply.status, len(reply.body))
+        return Success(data)
