@@ -1,0 +1,275 @@
+"""Background mode (`ResponsesRequest(background=True)`) against the emulator.
+
+What crossed the wire is counted by the emulator: `responses_by_digest` counts POSTs per
+input (never GET polls), `requests["responses_poll <status>"]` the polls,
+`completed_by_digest` the answers produced (what was paid for). The kill -9 tests run
+the real CLI in a subprocess and print the figures the issue asks for (`-s` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from genai_coroutines import ResponsesProcessor, ResponsesRequest
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.responses.background import BackgroundPath
+from tests.responses_support import TEXT, request_for, sent_bodies
+from tests.test_cli import (
+    assert_each_index_once,
+    journal_rows,
+    output_lines,
+    prompt_digest,
+    responses_args,
+    run,
+    start,
+    until,
+    write_prompts,
+)
+
+FAST = {"background": True, "poll_interval_secs": 0.01}
+
+
+def posts(emulator: Emulator) -> int:
+    return sum(emulator.stats.responses_by_digest.values())
+
+
+async def background(emulator: Emulator, prompts: Any, **options: Any) -> dict[str, Any]:
+    request = request_for(emulator, prompts, **{**FAST, **options})
+    return await ResponsesProcessor().process_batch(request)
+
+
+async def test_background_posts_background_and_store_then_polls(emulator: Emulator) -> None:
+    emulator.config.background_queue_seconds = 0.02
+    prompts = [f"prompt {i}" for i in range(12)]
+    out = await background(emulator, prompts, max_concurrent_requests=4)
+    assert out["total_success"] == 12
+    for body in sent_bodies(emulator):
+        assert body["background"] is True and body["store"] is True
+    assert set(emulator.stats.responses_by_digest.values()) == {1} and posts(emulator) == 12
+    assert emulator.stats.requests["responses_poll 200"] >= 12
+    for result, prompt in zip(out["results"], prompts, strict=True):
+        response = orjson.loads(result["raw_response"])
+        assert response["status"] == "completed" and response["background"] is True
+        assert prompt in response["output"][0]["content"][0]["text"]
+        assert result["attempts"] == 1 and result["usage"]["total_tokens"] > 0
+
+
+def test_store_false_with_background_is_refused_before_any_request() -> None:
+    with pytest.raises(ValueError, match="background=True needs store"):
+        ResponsesRequest(
+            api_key="sk-x",
+            base_url="http://127.0.0.1:9/v1",  # nothing listens there: nothing could be sent
+            model="gpt-4o-mini",
+            system_prompt="",
+            user_prompts=["x"],
+            response_format=TEXT,
+            background=True,
+            store=False,
+        )
+    with pytest.raises(ValueError, match="stream"):
+        ResponsesRequest(
+            api_key="sk-x",
+            model="gpt-4o-mini",
+            system_prompt="",
+            user_prompts=["x"],
+            response_format=TEXT,
+            background=True,
+            stream=True,
+        )
+
+
+async def test_store_false_with_background_is_a_cli_usage_error(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_prompts(tmp_path / "prompts.jsonl", ["x"])
+    args = responses_args(emulator, tmp_path, "--background", "--no-store")
+    code, _, err = await run(emulator, *args)
+    assert code == 2 and "store" in err
+    assert emulator.stats.total("responses") == 0 and not (tmp_path / "out.jsonl").exists()
+
+
+async def test_a_poll_failing_with_503_is_polled_again_never_posted_again(
+    emulator: Emulator,
+) -> None:
+    emulator.faults.schedule("responses_poll", "503", times=2)
+    [result] = (await background(emulator, ["only one"]))["results"]
+    assert result["success"] and result["attempts"] == 1
+    assert emulator.stats.requests["responses_poll 503"] == 2
+    assert posts(emulator) == 1 and emulator.stats.requests["responses 200"] == 1
+
+
+async def test_polls_failing_too_often_end_the_item_with_one_post(emulator: Emulator) -> None:
+    emulator.faults.schedule("responses_poll", "503", times=3)
+    [result] = (await background(emulator, ["one"], max_retries=2))["results"]
+    assert not result["success"] and "failed 3 times in a row" in result["error"]
+    assert posts(emulator) == 1
+
+
+async def test_a_failed_response_is_sent_again_and_ends_with_the_apis_message(
+    emulator: Emulator,
+) -> None:
+    emulator.config.background_failure_rate = 1.0  # every response ends `failed`, server_error
+    [result] = (await background(emulator, ["doomed"], max_retries=2))["results"]
+    assert not result["success"] and result["error_type"] == "server_error"
+    assert result["error"].startswith("Response failed: ") and result["code"] == "server_error"
+    assert result["attempts"] == 3 and posts(emulator) == 3  # retriable: POSTed again
+
+
+async def test_an_expired_response_is_an_error_with_the_apis_message(emulator: Emulator) -> None:
+    emulator.config.stored_response_ttl = 0.0  # gone before the first poll
+    [result] = (await background(emulator, ["too late"], poll_interval_secs=0.02))["results"]
+    assert not result["success"] and result["error_type"] == "not_found_error"
+    assert "Response with id 'resp_" in result["error"] and "not found" in result["error"]
+    assert result["status"] == 404 and posts(emulator) == 1
+
+
+async def _interrupt_midway(
+    emulator: Emulator, request: ResponsesRequest, journal: Path, *, running: int
+) -> list[dict[str, Any]]:
+    """Run the batch until `running` responses are journaled as started, then cancel it
+    (what Ctrl-C does inside `asyncio.run`); returns the results it yielded."""
+    results: list[dict[str, Any]] = []
+
+    async def consume() -> None:
+        async for result in ResponsesProcessor().stream(request, journal=journal):
+            results.append(result)
+
+    task = asyncio.ensure_future(consume())
+    deadline = asyncio.get_running_loop().time() + 10
+    while sum(1 for _, url, result in journal_rows(journal) if url and not result) < running:
+        assert not task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return results
+
+
+async def test_interrupted_responses_keep_running_and_resume_collects_them(
+    emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(6)]
+    request = request_for(emulator, prompts, **FAST, max_concurrent_requests=6)
+    with caplog.at_level(logging.WARNING, logger="genai_coroutines.responses"):
+        await _interrupt_midway(emulator, request, journal, running=6)
+    left = [r for r in caplog.records if "left_running" in r.getMessage()]
+    assert len(left) == 6 and all("resp_" in r.getMessage() for r in left)
+    assert emulator.stats.total("responses_cancel") == 0
+    assert posts(emulator) == 6
+
+    out = await ResponsesProcessor().process_batch(request, journal=journal)
+    assert out["total_success"] == 6
+    assert posts(emulator) == 6, "resume polled the journaled responses, it did not POST"
+    assert set(emulator.stats.completed_by_digest.values()) == {1}
+
+
+async def test_cancel_on_interrupt_cancels_the_running_responses(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.background_queue_seconds = 0.5
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(4)]
+    request = request_for(emulator, prompts, **FAST, cancel_on_interrupt=True)
+    await _interrupt_midway(emulator, request, journal, running=4)
+    assert emulator.stats.requests["responses_cancel 200"] == 4
+    assert sum(emulator.stats.completed_by_digest.values()) == 0, "nothing was produced"
+
+
+async def test_a_resumed_response_that_expired_is_sent_afresh(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "batch.journal"
+    request = request_for(emulator, ["resume me"], **FAST)
+    await _interrupt_midway(emulator, request, journal, running=1)
+    for kept in emulator.openai.background._kept.values():  # an hour older: expired
+        kept.created -= emulator.config.stored_response_ttl
+    emulator.config.background_queue_seconds = 0.0
+    [result] = (await ResponsesProcessor().process_batch(request, journal=journal))["results"]
+    assert result["success"] and result["attempts"] == 1
+    assert posts(emulator) == 2  # the lost one, and once afresh
+
+
+def test_background_path_polls_where_it_posted() -> None:
+    request = ResponsesRequest(
+        api_key="sk-x",
+        base_url="http://127.0.0.1:9/v1/",
+        model="gpt-4o-mini",
+        system_prompt="",
+        user_prompts=["x"],
+        response_format=TEXT,
+        background=True,
+        service_tier="flex",
+    )
+    path = BackgroundPath(request, limiter=None)  # type: ignore[arg-type]
+    assert path.responses_url == "http://127.0.0.1:9/v1/responses/"
+    assert path.timeout.total == 900 and path.poll_timeout.total == 60  # polls are quick
+
+
+# The kill -9 figures: a real CLI batch killed mid-way, then resumed.
+
+KILL_PROMPTS = 60
+
+
+async def _kill_then_resume(
+    emulator: Emulator, tmp_path: Path, *extra: str
+) -> tuple[list[str], dict[str, int]]:
+    prompts = [f"prompt {i}" for i in range(KILL_PROMPTS)]
+    write_prompts(tmp_path / "prompts.jsonl", prompts)
+    emulator.config.latency = 0.15  # 60 prompts, 10 at a time: under a second either way
+    emulator.config.background_queue_seconds = 0.05
+    journal, output = tmp_path / "batch.journal", tmp_path / "out.jsonl"
+    args = responses_args(emulator, tmp_path, "--concurrency", "10", *extra)
+
+    def midway() -> bool:
+        return len(output_lines(output)) >= 15 and len(journal_rows(journal)) >= 25
+
+    first = await start(emulator, tmp_path, *args)
+    await until(first, midway, "15 results written and 25 items started")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    started = sum(1 for _, url, result in journal_rows(journal) if url and not result)
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    records = output_lines(output)
+    assert_each_index_once(records, KILL_PROMPTS)
+    assert all(r["success"] for r in records)
+    return prompts, {
+        "posts": posts(emulator),
+        "posted_twice": sum(1 for n in emulator.stats.responses_by_digest.values() if n > 1),
+        "rebought": sum(emulator.stats.completed_by_digest.values()) - KILL_PROMPTS,
+        "from_journal": sum(1 for r in records if r.get("from_journal")),
+        "running_at_kill": started,
+    }
+
+
+async def test_kill_9_a_background_batch_then_resume_posts_no_item_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    prompts, figures = await _kill_then_resume(
+        emulator, tmp_path, "--background", "--poll-interval", "0.02"
+    )
+    print(f"\nkill -9 with --background: {figures}")
+    for prompt in prompts:
+        assert emulator.stats.responses_by_digest[prompt_digest(prompt)] == 1, prompt
+    assert figures["posts"] == KILL_PROMPTS and figures["rebought"] == 0
+    assert figures["running_at_kill"] >= 1, "some responses were polled on resume, not sent"
+    assert emulator.stats.requests["responses_poll 200"] > 0
+
+
+async def test_kill_9_a_synchronous_batch_then_resume_rebuys_what_was_in_flight(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    _, figures = await _kill_then_resume(emulator, tmp_path)
+    print(f"\nkill -9 without --background: {figures}")
+    assert figures["rebought"] >= 1, "what was in flight at the kill is paid for again"
+    assert figures["posted_twice"] == figures["posts"] - KILL_PROMPTS
