@@ -58,7 +58,7 @@ class Budget(Generic[P]):
     """The most an item may cost, before it is sent."""
     actual: Callable[[Result], float | None]
     """What a finished item cost; None when unknown (its estimate is kept as spent)."""
-    show: Callable[[float], str] = field(default=lambda amount: f"${amount:.4f}")
+    show: Callable[[float], str] = field(default=lambda amount: f"${amount:.6g}")
     spent: float = 0.0
     in_flight: float = 0.0
     exhausted: bool = False
@@ -183,4 +183,4 @@ def page_budget(
                 return float(cents)
         return None  # no figure from Datalab: the estimate stands
 
-    return Budget(limit_cents, estimate, actual, show=lambda cents: f"{cents:.2f} cents")
+    return Budget(limit_cents, estimate, actual, show=lambda cents: f"{cents:.6g} cents")
