@@ -1,0 +1,184 @@
+"""`genai-coroutines extract` as a user runs it: real subprocesses, kill -9 and --resume.
+
+As in `test_cli.py`, the emulator runs in the test's loop and its counters say what
+crossed the wire; the CLI is waited on by polling what it wrote, never paced by sleeps.
+"""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from genai_coroutines import cli
+from genai_coroutines.documents.parse import document_text
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.emulator.state import digest
+from tests.pipeline_support import INVOICE_SCHEMA, invoice_fields, invoice_pdf
+from tests.test_cli import assert_each_index_once, journal_rows, output_lines, run, start, until
+
+MODEL = "gpt-4o-mini"
+
+
+def extract_args(emulator: Emulator, tmp_path: Path, *extra: str) -> list[str]:
+    (tmp_path / "invoice.json").write_bytes(orjson.dumps(INVOICE_SCHEMA))
+    return [
+        "extract",
+        str(tmp_path / "docs" / "*.pdf"),
+        "--schema",
+        str(tmp_path / "invoice.json"),
+        "--model",
+        MODEL,
+        "--base-url",
+        emulator.openai_base_url,
+        "--api-url",
+        f"{emulator.datalab_base_url}/api/v1/convert",
+        "--ocr-poll-interval",
+        "0.05",
+        "--retry-delay",
+        "0.05",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        *extra,
+    ]
+
+
+def write_invoices(tmp_path: Path, pages: list[int]) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i, count in enumerate(pages):
+        (folder / f"doc{i}.pdf").write_bytes(invoice_pdf(i, count))
+
+
+def stage_rows(path: Path) -> list[tuple[int, str, bytes]]:
+    """(index, stage, result) of every journaled stage, read without writing."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT idx, stage, result FROM stages ORDER BY idx").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+
+
+async def test_extract_writes_one_row_per_document(emulator: Emulator, tmp_path: Path) -> None:
+    write_invoices(tmp_path, [1, 3, 2])
+    code, _, err = await run(emulator, *extract_args(emulator, tmp_path, "--in-order"))
+    assert code == 0, err
+    rows = output_lines(tmp_path / "out.jsonl")
+    assert [row["index"] for row in rows] == [0, 1, 2]
+    for i, row in enumerate(rows):
+        assert row["source"].endswith(f"doc{i}.pdf") and row["success"]
+        assert row["fields"] == {**invoice_fields(i)}
+        assert row["failed_stage"] is None and row["page_count"] == [1, 3, 2][i]
+    assert "documents: 3 (3 extracted, 0 failed)" in err and "total cost: $" in err
+    assert emulator.stats.submissions_by_endpoint["convert"], "the OCR went to /convert"
+
+
+async def test_kill_9_mid_pipeline_then_resume_buys_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.seconds_per_page = 0.15  # 1..8 pages: OCR ready after 0.15..1.2 s
+    emulator.config.latency = 0.2
+    write_invoices(tmp_path, list(range(1, 9)))
+    journal, output = tmp_path / "pipeline.journal", tmp_path / "out.jsonl"
+    args = extract_args(emulator, tmp_path, "--journal", str(journal), "--concurrency", "8")
+
+    def mid_pipeline() -> bool:
+        """Every job accepted, some documents extracted, one OCRed and not yet extracted."""
+        rows = journal_rows(journal)
+        submitted = len(rows) == 8 and all(url for _, url, _ in rows)
+        stages = [stage for _, stage, _ in stage_rows(journal)]
+        ocred, extracted = stages.count("ocr"), len(stages) - stages.count("ocr")
+        return submitted and 1 <= extracted < ocred < 8
+
+    first = await start(emulator, tmp_path, *args)
+    await until(first, mid_pipeline, "all 8 uploaded, some extracted, one only OCRed")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    assert sum(emulator.stats.submissions_by_digest.values()) == 8
+    ocr_done = {idx: orjson.loads(r) for idx, stage, r in stage_rows(journal) if stage == "ocr"}
+    extracted = {idx for idx, stage, _ in stage_rows(journal) if stage.startswith("extraction")}
+    assert extracted and len(extracted) < 8
+
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    stats = emulator.stats
+    assert len(stats.submissions_by_digest) == 8
+    assert set(stats.submissions_by_digest.values()) == {1}, "a document uploaded twice"
+    for index in extracted:  # what the journal holds as extracted was not bought again
+        prompt = document_text(ocr_done[index])
+        assert stats.completed_by_digest[digest(orjson.dumps(prompt))] == 1, index
+    rows = output_lines(output)
+    assert_each_index_once(rows, 8)
+    assert all(row["success"] for row in rows)
+    by_index = {row["index"]: row for row in rows}
+    assert all(by_index[i]["fields"] == invoice_fields(i) for i in range(8))
+    for index in set(ocr_done) - extracted:  # OCRed before the kill: its text was reused
+        assert by_index[index]["ocr"]["from_journal"] and not by_index[index].get("from_journal")
+    assert {i for i in range(8) if by_index[i].get("from_journal")} <= extracted
+    assert "from journal" in err
+
+
+def test_ocr_flags_take_the_ocr_prefix_where_the_request_flags_use_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATALAB_API_KEY", "dl-test")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    (tmp_path / "s.json").write_text('{"type": "object", "properties": {}}')
+    argv = [
+        "extract",
+        "a.pdf",
+        "--schema",
+        str(tmp_path / "s.json"),
+        "--model",
+        MODEL,
+        "--timeout",
+        "7",
+        "--ocr-timeout",
+        "9",
+        "--ocr-max-retries",
+        "1",
+        "--max-retries",
+        "2",
+        "--concurrency",
+        "3",
+        "--ocr-rpm",
+        "30",
+        "--skip-cache",
+    ]
+    args = cli.build_parser().parse_args(argv)
+    ocr = cli._extract_ocr_config(args)
+    request = cli._extraction_request(args)
+    options: dict[str, Any] = {
+        "timeout_secs": 9,
+        "max_retries": 1,
+        "max_concurrent_requests": 3,
+        "requests_per_minute": 30,
+        "skip_cache": True,
+        "output_format": "markdown",
+    }
+    assert {name: getattr(ocr, name) for name in options} == options
+    assert (request.timeout_secs, request.max_retries, request.max_concurrent_requests) == (7, 2, 3)
+    assert ocr.endpoint == "convert"
+    for flag in ("--page-schema", "--schema-id", "--checkpoint-id"):
+        assert flag not in cli.build_parser().format_help()
+
+
+async def test_extract_usage_errors_exit_2(emulator: Emulator, tmp_path: Path) -> None:
+    write_invoices(tmp_path, [1])
+    args = extract_args(emulator, tmp_path)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    bad_schema = [*args[:3], str(tmp_path / "bad.json"), *args[4:]]
+    code, _, err = await run(emulator, *bad_schema)
+    assert code == 2 and "--schema" in err
+    code, _, err = await run(emulator, *args, "--background")
+    assert code == 2 and "synchronous" in err
+    assert not (tmp_path / "out.jsonl").exists()
+    assert emulator.stats.total("marker_submit") == 0
