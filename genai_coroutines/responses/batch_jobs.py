@@ -788,7 +788,7 @@ class BatchJobs:
                 "batch_api_interrupted",
                 running=len(live),
                 batches=ids,
-                action="left running",
+                action="left_running",
                 resume=f'"{how}"',
             )
             return

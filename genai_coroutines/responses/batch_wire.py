@@ -15,6 +15,7 @@ it is retried, the batches are listed for one created from this file.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,8 +23,19 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..engine import Failure, Reply, Retried, RetryPolicy, Success, retrying, send
+from ..engine import (
+    Failure,
+    Reply,
+    Retried,
+    RetryDetails,
+    RetryPolicy,
+    Success,
+    log_event,
+    retrying,
+    send,
+)
 from .errors import bad_body, classify
+from .results import logger
 
 Json = dict[str, Any]
 LineHandler = Callable[[bytes], Awaitable[None]]
@@ -74,7 +86,7 @@ class BatchWire:
                 )
             return self._json(reply)
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, "upload")
 
     async def create(
         self, file_id: str, window: str, metadata: dict[str, str] | None, since: float
@@ -107,7 +119,7 @@ class BatchWire:
             )
             return outcome
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, "create")
 
     async def retrieve(self, batch_id: str) -> Success[Json] | Failure:
         """One poll of a batch (`engine.poll_until` retries it)."""
@@ -135,7 +147,7 @@ class BatchWire:
                 )
                 return self._json(reply)
 
-            page = await self._retrying(attempt)
+            page = await self._retrying(attempt, "list")
             if isinstance(page, Failure):
                 return page
             batches = [b for b in page.value.get("data") or [] if isinstance(b, dict)]
@@ -187,12 +199,27 @@ class BatchWire:
                 )
             return Success(None)
 
-        return await self._retrying(attempt)
+        return await self._retrying(attempt, "download")
 
     async def _retrying(
-        self, attempt: Callable[[], Awaitable[Success[Any] | Failure]]
+        self, attempt: Callable[[], Awaitable[Success[Any] | Failure]], call: str
     ) -> Success[Any] | Failure:
-        return await retrying(attempt, self.policy, sleep=self.wait, counts=Retried())
+        def on_retry(details: RetryDetails) -> None:
+            failure = details.failure
+            log_event(
+                logger,
+                logging.WARNING,
+                "rate_limit" if failure.status == 429 else "retry",
+                call=call,
+                retry=f"{details.retry_number}/{self.policy.max_retries}",
+                reason=failure.error_type,
+                status=failure.status,
+                delay=f"{details.wait:.3f}s",
+            )
+
+        return await retrying(
+            attempt, self.policy, on_retry=on_retry, sleep=self.wait, counts=Retried()
+        )
 
     def _json(self, reply: Reply | Failure) -> Success[Json] | Failure:
         if isinstance(reply, Failure):
