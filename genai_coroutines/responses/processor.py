@@ -21,7 +21,7 @@ from typing import Any
 from ..engine import BatchOptions, Driver, DriverCore, KeyLimits, Result, collect_in_order, count
 from ..engine.grouped import GroupedDriver
 from ..engine.limits import limits_for
-from ..engine.summary import BatchSummary
+from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch_api import BatchAPI, BatchAPIPath
@@ -151,7 +151,12 @@ class ResponsesProcessor:
             dedupe=dedupe,
             budget=None
             if max_cost_usd is None
-            else budget_for(request, max_cost_usd, summary.prices),
+            else budget_for(
+                request,
+                max_cost_usd,
+                summary.prices,
+                share=None if batch is None else tier_share("batch"),  # the Batch API: half
+            ),
             start_fields={
                 "model": request.model,
                 "prompts": count(request.user_prompts, "lazy"),
