@@ -215,6 +215,22 @@ def test_background_path_polls_where_it_posted() -> None:
     assert path.timeout.total == 900 and path.poll_timeout.total == 60  # polls are quick
 
 
+async def test_ctrl_c_of_a_background_cli_batch_says_how_to_collect_what_runs(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_prompts(tmp_path / "prompts.jsonl", [f"prompt {i}" for i in range(8)])
+    emulator.config.background_queue_seconds = 2.0  # still queued when interrupted
+    journal = tmp_path / "batch.journal"
+    args = responses_args(emulator, tmp_path, "--background", "--poll-interval", "0.02")
+    process = await start(emulator, tmp_path, *args)
+    await until(process, lambda: len(journal_rows(journal)) == 8, "8 responses started")
+    process.send_signal(signal.SIGINT)
+    assert await asyncio.wait_for(process.wait(), 10) == 130
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert stderr.count("left_running") == 8 and "--resume to collect them" in stderr
+    assert emulator.stats.total("responses_cancel") == 0 and posts(emulator) == 8
+
+
 # The kill -9 figures: a real CLI batch killed mid-way, then resumed.
 
 KILL_PROMPTS = 60
