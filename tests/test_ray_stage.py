@@ -32,6 +32,8 @@ from tests.scale_support import (  # noqa: E402
 
 RPM, TPM = 9000, 1_350_000
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own, at start
+
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
