@@ -14,6 +14,8 @@ import logging
 import signal
 import sqlite3
 import threading
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,10 +27,11 @@ from openai.types.responses import Response
 
 from genai_coroutines import BatchAPI, BatchSummary, ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator, openai_batch
-from genai_coroutines.engine import RateLimiter
-from genai_coroutines.engine.journal import Journal
+from genai_coroutines.engine import RateLimiter, limit_key
+from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
-from genai_coroutines.responses.batch_api import custom_id, judge
+from genai_coroutines.responses.batch_api import batch_line, custom_id, judge
+from genai_coroutines.responses.batch_jobs import _CREATIONS, CREATIONS_PER_HOUR, HOUR
 from genai_coroutines.responses.direct import DirectPath, Prepared
 from tests.test_cli import output_lines, run, start, until, write_prompts
 
@@ -353,6 +356,88 @@ async def test_a_create_whose_answer_was_lost_is_found_not_created_twice(
     assert emulator.stats.batches_created == 1, "the retry listed the batches and found it"
 
 
+async def test_batch_creations_stay_within_2000_an_hour(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    request = make_request(emulator, 3)
+    key = limit_key(request.base_url.rstrip("/") + "/batches", request.api_key or "")
+    now = time.monotonic()
+    creations = _CREATIONS.setdefault(key, deque())
+    creations.extend([now - HOUR + 0.2] + [now] * (CREATIONS_PER_HOUR - 1))
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    try:
+        results = (await ResponsesProcessor().process_batch(request, batch_api=fast()))["results"]
+    finally:
+        del _CREATIONS[key]
+    assert all(r["success"] for r in results)
+    assert any("batch_api_creation_limit" in r.getMessage() for r in caplog.records)
+    assert time.monotonic() - now >= 0.2, "the creation waited for the oldest to leave the hour"
+
+
+async def journal_a_file(
+    emulator: Emulator, client: openai.AsyncOpenAI, journal: Path, request: ResponsesRequest
+) -> str:
+    """What a run killed right after its upload leaves: the file at OpenAI, in the journal."""
+    path = DirectPath(request, cast(RateLimiter, None))
+    members, data = [], b""
+    for index, prompt in enumerate(cast(list[str], request.user_prompts)):
+        prepared = await path.prepare(index, prompt)
+        assert isinstance(prepared, Prepared)
+        line_id = custom_id(index, prepared.body)
+        members.append((index, request_digest(prepared.body), line_id, 0))
+        data += batch_line(line_id, prepared.body)
+    uploaded = await client.files.create(file=("killed.jsonl", data), purpose="batch")
+    with Journal(journal, "responses") as records:
+        records.record_group(uploaded.id, members, tokens=len(members))
+    return uploaded.id
+
+
+async def test_a_file_uploaded_before_a_crash_gets_its_batch_without_a_second_upload(
+    emulator: Emulator, client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 8)
+    file_id = await journal_a_file(emulator, client, journal, request)
+    done = await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal)
+    assert done["total_success"] == 8
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+    (batch,) = await all_batches(client)
+    assert batch.input_file_id == file_id
+
+
+async def test_a_batch_created_before_a_crash_journaled_it_is_found_not_created_again(
+    emulator: Emulator, client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 8)
+    file_id = await journal_a_file(emulator, client, journal, request)
+    created = await client.batches.create(
+        input_file_id=file_id, endpoint="/v1/responses", completion_window="24h"
+    )
+    done = await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal)
+    assert done["total_success"] == 8
+    assert {r["batch_id"] for r in done["results"]} == {created.id}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+    assert set(executions(emulator).values()) == {1}
+
+
+async def test_changed_prompts_leave_the_journaled_file_which_is_not_batched(
+    emulator: Emulator, client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 8)
+    stale = await journal_a_file(emulator, client, journal, request)
+    texts = [f"A new question {i}." for i in range(4)] + prompts(8)[4:]
+    changed = make_request(emulator, 8, user_prompts=texts)
+    done = await ResponsesProcessor().process_batch(changed, batch_api=fast(), journal=journal)
+    assert done["total_success"] == 8
+    batches = await all_batches(client)
+    assert stale not in {b.input_file_id for b in batches}, "its stale lines are never run"
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (3, 2)
+    assert len(executions(emulator)) == 8 and set(executions(emulator).values()) == {1}
+    sent = set()
+    for batch in batches:
+        sent |= {line["body"]["input"] for line in await file_lines(client, batch.input_file_id)}
+    assert sent == set(texts)
+
+
 async def test_a_bad_key_fails_every_item_at_the_upload(emulator: Emulator) -> None:
     request = make_request(emulator, 5, api_key="sk-wrong")
     results = (await ResponsesProcessor().process_batch(request, batch_api=fast()))["results"]
@@ -476,8 +561,8 @@ async def test_kill_9_after_the_second_batch_then_resume_creates_3_batches_and_u
 async def test_ctrl_c_leaves_the_batches_running_and_resume_collects_them(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    write_prompts(tmp_path / "prompts.jsonl", prompts(100))
-    emulator.config.batch_seconds_per_line = 0.02  # two seconds of work
+    write_prompts(tmp_path / "prompts.jsonl", prompts(60))
+    emulator.config.batch_seconds_per_line = 0.02  # 1.2 seconds of work
     journal = tmp_path / "batch.journal"
     args = cli_args(emulator, tmp_path)
     process = await start(emulator, tmp_path, *args)
@@ -489,20 +574,24 @@ async def test_ctrl_c_leaves_the_batches_running_and_resume_collects_them(
     assert "--resume" in stderr
     ((batch_id, cancelled),) = journal_jobs(journal)
     assert not cancelled
-    assert emulator.openai.batches.batches[batch_id].status in ("in_progress", "finalizing")
+    assert emulator.openai.batches.batches[batch_id].status in (
+        "validating",
+        "in_progress",
+        "finalizing",
+    ), "still running at OpenAI"
 
     code, _, err = await run(emulator, *args, "--resume")
     assert code == 0, err
     assert emulator.stats.batches_created == 1 and emulator.stats.files_uploaded == 1
     records = output_lines(tmp_path / "out.jsonl")
-    assert sorted(r["index"] for r in records) == list(range(100))
+    assert sorted(r["index"] for r in records) == list(range(60))
     assert {r["batch_id"] for r in records} == {batch_id}
 
 
 async def test_cancel_on_interrupt_cancels_and_resume_sends_only_what_never_ran(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    write_prompts(tmp_path / "prompts.jsonl", prompts(100))
+    write_prompts(tmp_path / "prompts.jsonl", prompts(60))
     emulator.config.batch_seconds_per_line = 0.02
     journal = tmp_path / "batch.journal"
     args = cli_args(emulator, tmp_path, "--cancel-on-interrupt")
@@ -524,7 +613,7 @@ async def test_cancel_on_interrupt_cancels_and_resume_sends_only_what_never_ran(
     code, _, err = await run(emulator, *args, "--resume")
     assert code == 0, err
     records = output_lines(tmp_path / "out.jsonl")
-    assert sorted(r["index"] for r in records) == list(range(100))
+    assert sorted(r["index"] for r in records) == list(range(60))
     assert set(executions(emulator).values()) == {1}, "what ran before the cancel was kept"
     assert emulator.stats.batches_created == 2
 
