@@ -116,7 +116,7 @@ async def run_demo() -> int:
 
 def table_rows(names: list[str], rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     """The demo's table: a header, then one row of cells per document."""
-    lines = [COLUMNS]
+    lines: list[tuple[str, ...]] = [COLUMNS]
     for name, row in zip(names, rows, strict=True):
         fields = row.get("fields") or {}
         total = fields.get("total")
