@@ -48,7 +48,7 @@ from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
 from .dedupe import Twin, Twins, twin_result
 from .http import open_session
-from .journal import JournalError, request_digest
+from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failure
 from .runner import Source, run_streaming
@@ -108,6 +108,14 @@ class BatchRun:
     wait: Callable[[float], Awaitable[None]]
     """How a backoff is slept (the progress bar counts the items sleeping in it)."""
     summary: BatchSummary
+    journal: Journal | None = None
+    """The batch's journal (None without one), for an adapter whose items run in stages
+    (`Journal.stage_result` / `record_stage`); write to it through `journaled`."""
+    note: Callable[..., None] = field(default=lambda **_: None)
+    """`note(key=value, ...)`: shown after the progress bar's counts (None removes one)."""
+    journaled: Callable[[Callable[[Journal], object]], bool] = field(default=lambda _: True)
+    """Run `write(journal)` (nothing without a journal); False, with the batch stopped as for
+    a result that cannot be journaled, when the journal cannot take it."""
 
 
 @dataclass(slots=True)
@@ -178,7 +186,15 @@ class DriverCore(Generic[P]):
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)
         try:
             async with open_session(options.concurrency, options.headers) as session:
-                run = BatchRun(session, self.stop, books.progress.wait, books.summary)
+                run = BatchRun(
+                    session,
+                    self.stop,
+                    books.progress.wait,
+                    books.summary,
+                    books.journal,
+                    books.progress.note,
+                    self._write_journal,
+                )
                 async for result in self._results(run):
                     books.add(result)
                     yield result
@@ -250,6 +266,13 @@ class DriverCore(Generic[P]):
         held = self._held.pop(index, None)
         if held is not None and self.options.budget is not None:
             self.options.budget.release(held)
+
+    def _write_journal(self, write: Callable[[Journal], object]) -> bool:
+        """`BatchRun.journaled`: `write(journal)`, the batch stopped if it cannot be written."""
+        journal = self.books.journal
+        if journal is None:
+            return True
+        return self._journal(lambda _index, _what: write(journal), -1, None)
 
     def _finish(self, result: Result) -> Result:
         """Journal the result of an admitted item (see `_journal`), settle its budget and
