@@ -484,6 +484,24 @@ async def test_results_of_the_sync_path_are_reused_by_the_batch_path(
     assert len(executions(emulator)) == 5
 
 
+async def test_a_batch_that_cannot_be_polled_is_asked_again_by_the_rerun_not_resent(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 10, max_retries=1)
+    emulator.faults.schedule("batches_poll", "503", times=2)
+    first = (await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal))[
+        "results"
+    ]
+    assert all(not r["success"] and r["batch_pending"] for r in first)
+    assert all("rerun with the same journal" in r["error"] for r in first)
+    again = (await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal))[
+        "results"
+    ]
+    assert all(r["success"] for r in again)
+    assert {r["batch_id"] for r in again} == {first[0]["batch_id"]}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+
+
 def journal_jobs(path: Path) -> list[tuple[str, int]]:
     """(batch id, cancelled) of every batch journaled, read without writing."""
     if not path.exists():

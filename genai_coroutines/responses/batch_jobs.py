@@ -495,6 +495,9 @@ class BatchJobs:
             )
         if not isinstance(outcome, Success) or outcome.value is None:
             failure = outcome if isinstance(outcome, Failure) else None
+            if failure is not None and failure.status == 404:  # no such batch: nothing to await
+                await self._fail(job, failure)
+                return None
             await self._fail(
                 job,
                 Failure(
@@ -580,7 +583,7 @@ class BatchJobs:
                     retriable=True,
                     status=unread.status,
                 )
-                await self._fail(job, failure, pending=True)
+                await self._fail(job, failure, pending=unread.status != 404)  # 404: gone
             else:
                 never = self._never_ran(job, status, errors)
                 for index in list(job.members):
