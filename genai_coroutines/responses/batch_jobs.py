@@ -182,6 +182,7 @@ class BatchJobs:
         self.ended = 0
         self.open = 0
         self.fed = False
+        self.closing = False
         self.creations = _CREATIONS.setdefault(
             limit_key(request.base_url.rstrip("/") + "/batches", self.api_key), deque()
         )
@@ -201,6 +202,7 @@ class BatchJobs:
                     return
                 yield got
         finally:
+            self.closing = True
             live = [j for j in self.jobs if j.batch_id and j.status not in TERMINAL]
             for task in list(self.tasks):
                 task.cancel()
@@ -227,7 +229,7 @@ class BatchJobs:
         await self.out.put(result)
 
     def _settled(self) -> None:
-        if self.fed and self.open == 0:
+        if self.fed and self.open == 0 and not self.closing:
             self._spawn(self.out.put(_Done()))
 
     # -- admitted items into files ----------------------------------------------------------
