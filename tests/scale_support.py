@@ -57,12 +57,13 @@ def _wait_for_line(process: subprocess.Popen[str], marker: str, what: str) -> li
     ready = threading.Event()
 
     def drain() -> None:
-        for line in stream:
-            if not ready.is_set():
-                seen.append(line)
-                if marker in line:
-                    ready.set()
-        ready.set()  # the process ended
+        with stream:  # closed when the process ends
+            for line in stream:
+                if not ready.is_set():
+                    seen.append(line)
+                    if marker in line:
+                        ready.set()
+        ready.set()
 
     threading.Thread(target=drain, daemon=True).start()
     ready.wait(60)

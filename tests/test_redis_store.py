@@ -86,7 +86,7 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
         alone = await store.lease(key, 9, 5, 60)
         assert alone is not None
         await store.release(key, alone)
-    await redis_store.aclose()
+    redis_store.close()
 
 
 async def test_operations_run_on_the_server_clock(
@@ -104,9 +104,9 @@ async def test_operations_run_on_the_server_clock(
     units, expires = held[lease].split()
     assert units == "1" and abs(float(expires) - (server_now + 30)) < 1.0
     # The scripts are loaded once and sent by digest.
-    shas = [script.sha for script in store._client().scripts.values()]
+    shas = [script.sha for script in store._connect().scripts.values()]
     assert all(await raw.script_exists(*shas))
-    await store.aclose()
+    store.close()
 
 
 async def test_a_lease_not_released_is_reclaimed_after_its_ttl(
@@ -123,8 +123,8 @@ async def test_a_lease_not_released_is_reclaimed_after_its_ttl(
         await asyncio.sleep(0.02)
     assert loop.time() - started >= 0.15
     await alive.release(key, lease)
-    await died.aclose()
-    await alive.aclose()
+    died.close()
+    alive.close()
 
 
 async def test_idle_state_expires_and_a_known_bucket_comes_back_full(
@@ -142,7 +142,7 @@ async def test_idle_state_expires_and_a_known_bucket_comes_back_full(
     # This process still knows the shape: the bucket is recreated full, and limits hold.
     assert await store.take(key, [("requests", 2)]) == 0
     assert await store.take(key, [("requests", 1)]) > 0.5
-    await store.aclose()
+    store.close()
 
 
 async def test_the_api_key_never_reaches_redis(

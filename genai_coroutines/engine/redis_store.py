@@ -32,10 +32,12 @@ reachable and no in-process lease is outstanding) and shares the limits again.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
+import os
+import threading
 import uuid
-import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -237,11 +239,21 @@ def redact(url: str) -> str:
 SCHEMES = ("redis", "rediss", "unix")
 
 
-class _Client:
-    """One event loop's connection pool and registered scripts (asyncio clients are bound
-    to the loop that made them; a store outlives any one `asyncio.run`)."""
+class _Connection:
+    """The Redis client of one store, owned by an event loop on a daemon thread of its own.
+
+    An asyncio client belongs to the loop it connects on, while a store serves every loop
+    of the process (each `asyncio.run`, `process_batch_sync`, a Ray actor's loop): the
+    callers' coroutines hand each call to this loop and await its answer, so the process
+    keeps one connection pool per store and never leaves one behind on a closed loop."""
 
     def __init__(self, url: str, connect_timeout: float, op_timeout: float) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="genai-coroutines-redis", daemon=True
+        )
+        self.thread.start()
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
@@ -251,6 +263,24 @@ class _Client:
         )
         self.scripts = {name: self.redis.register_script(_PRELUDE + body)
                         for name, body in SCRIPTS.items()}  # fmt: skip
+        atexit.register(self.close)
+
+    async def call(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run `work` on this connection's loop; await its result from any loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, self.loop))
+
+    def close(self) -> None:
+        if self.loop.is_closed() or os.getpid() != self.pid:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.redis.aclose(), self.loop).result(2)
+        except Exception:  # closing on the way out: nothing left to tell
+            pass
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(2)
+        if not self.thread.is_alive():
+            self.loop.close()
+        atexit.unregister(self.close)
 
 
 class RedisStore:
@@ -276,9 +306,8 @@ class RedisStore:
         self.idle_ttl = idle_ttl
         self._idle_ms = str(int(idle_ttl * 1000))
         self._timeouts = (connect_timeout, op_timeout)
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Client] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._connection: _Connection | None = None
+        self._connecting = threading.Lock()
         self._shapes: dict[tuple[str, str], tuple[float, float]] = {}
         """(key, dimension) -> (per minute, capacity) this process set or read."""
         self._held: dict[str, tuple[str, int, float]] = {}
@@ -300,18 +329,25 @@ class RedisStore:
         """True while Redis is lost and limits are counted in this process only."""
         return self._fallback is not None
 
-    def _client(self) -> _Client:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = _Client(self.url, *self._timeouts)
-        return client
+    def _connect(self) -> _Connection:
+        connection = self._connection
+        if connection is None or connection.pid != os.getpid():  # none yet, or forked
+            with self._connecting:
+                connection = self._connection
+                if connection is None or connection.pid != os.getpid():
+                    connection = self._connection = _Connection(self.url, *self._timeouts)
+        return connection
 
     async def ready(self) -> None:
         """Check that Redis answers (at the start of a batch); raise `LimitStoreUnavailable`
         naming the URL if it does not. Redis found again ends a degraded period."""
         try:
-            await self._client().redis.ping()
+            connection = self._connect()
+
+            async def ping() -> None:
+                await connection.redis.ping()
+
+            await connection.call(ping())
         except LOST as exc:
             raise LimitStoreUnavailable(
                 f"limits store {self.name} is unreachable: {exc or type(exc).__name__}"
@@ -327,14 +363,15 @@ class RedisStore:
             self._aliases.clear()
             log_event(logger, logging.INFO, "limits_store_back", store=self.name)
 
-    async def aclose(self) -> None:
-        """Close this event loop's connections (others close with their loops)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.redis.aclose()
+    def close(self) -> None:
+        """Close the connections (a later operation opens them again)."""
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return await self._client().scripts[name](keys=list(keys), args=list(args))
+        connection = self._connect()
+        return await connection.call(connection.scripts[name](keys=list(keys), args=list(args)))
 
     async def _shared(
         self, call: Callable[[], Awaitable[T]], local: Callable[[MemoryStore], Awaitable[T]]
