@@ -391,6 +391,7 @@ async def test_limits_and_faults_on_every_endpoint(
     emulator: Emulator, http: aiohttp.ClientSession, endpoint: str
 ) -> None:
     data = sample("invoice-acme.pdf")
+    emulator.config.seconds_per_page = 0.3  # the accepted job is still in flight when counted
 
     def body() -> aiohttp.FormData:
         return form(data, page_schema=schema_text())
