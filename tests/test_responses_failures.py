@@ -38,15 +38,16 @@ async def test_retried_failure_recovers_then_exhausts(
     emulator: Emulator, kind: str, status: int | None, error_type: str, message: str
 ) -> None:
     emulator.config.hang_seconds = 0.3  # beyond the timeout, and over by teardown
+    timeout = 0.15 if kind in ("stall", "hang") else 10.0  # short only where it is the fault
     emulator.faults.schedule("responses", kind, times=2)
-    [ok] = (await run(emulator, ["hi"], max_retries=2, timeout_secs=0.15))["results"]
+    [ok] = (await run(emulator, ["hi"], max_retries=2, timeout_secs=timeout))["results"]
     assert ok["success"] and ok["attempts"] == 3 and ok["status"] == 200
     assert (
         emulator.stats.completed_by_digest and sum(emulator.stats.completed_by_digest.values()) == 1
     )
 
     emulator.faults.schedule("responses", kind, times=3)
-    [failed] = (await run(emulator, ["hi"], max_retries=2, timeout_secs=0.15))["results"]
+    [failed] = (await run(emulator, ["hi"], max_retries=2, timeout_secs=timeout))["results"]
     assert failed["success"] is False
     assert failed["attempts"] == 3
     assert failed["is_retriable"] is True
