@@ -6,7 +6,6 @@ Exit codes: 0 every item succeeded, 1 some items failed, 2 bad usage, 130 interr
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal, JournalError
 from .engine.limits import LimitStoreUnavailable
 from .engine.summary import BatchSummary
+from .engine.sync import run
 from .params import add_flags, cli_fields, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
@@ -363,11 +363,11 @@ def _run_batch(args: argparse.Namespace) -> int:
             cents_per_page=args.cents_per_page,
         )
     try:  # an unreachable store is refused before the output is opened
-        asyncio.run(limits.ready())
+        run(limits.ready())
     except LimitStoreUnavailable as exc:
         raise UsageError(str(exc)) from None
     try:
-        asyncio.run(_write_all(stream, args.output, documents))
+        run(_write_all(stream, args.output, documents))
     except KeyboardInterrupt:
         print(summary.finish().describe(), file=sys.stderr)
         if getattr(args, "background", False):
@@ -431,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "emulate":
-            asyncio.run(serve_forever(emulator_config(args), args.port))
+            run(serve_forever(emulator_config(args), args.port))
             return EXIT_OK
         if args.command == "demo":
-            return EXIT_FAILED if asyncio.run(run_demo()) else EXIT_OK
+            return EXIT_FAILED if run(run_demo()) else EXIT_OK
         return _run_batch(args)
     except KeyboardInterrupt:
         print("interrupted: finished results are in the journal and the output", file=sys.stderr)

@@ -80,3 +80,14 @@ async def test_run_sync_returns_the_coroutines_value_inside_a_loop() -> None:
         return 42
 
     assert run_sync(answer()) == 42
+
+
+def test_the_library_runs_its_own_loops_on_uvloop_and_leaves_the_policy_alone() -> None:
+    import uvloop
+
+    async def loop_type() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert run_sync(loop_type()) is uvloop.Loop
+    assert not isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    assert asyncio.run(loop_type()) is not uvloop.Loop
