@@ -23,7 +23,9 @@ Choices where the real API is not observable from outside:
   `total_tokens` once it exists; with "provider" it is never refunded, and a request the
   buckets refuse still takes one from the RPM bucket.
 - Without `openai_rpm`/`openai_tpm` nothing is limited, and the headers report
-  `UNLIMITED_RPM` / `UNLIMITED_TPM` with full buckets.
+  `UNLIMITED_RPM` / `UNLIMITED_TPM` with full buckets: figures no client reaches, since a
+  client that follows the headers (as this library does, for the life of the process)
+  would otherwise pace itself to a limit that is never enforced.
 - `previous_response_id` must name one of the last `STORED_LIMIT` responses issued
   with `store` not false. Its context (input + output tokens) is added to this
   request's `input_tokens` and reported as `cached_tokens`.
@@ -76,8 +78,8 @@ __all__ = ["OpenAIEmulation", "mask_key", "new_id", "response_object"]
 
 ENDPOINT = "responses"
 ORGANIZATION = "org-emulator"
-UNLIMITED_RPM = 10_000
-UNLIMITED_TPM = 2_000_000
+UNLIMITED_RPM = 1_000_000
+UNLIMITED_TPM = 1_000_000_000
 STORED_LIMIT = 100_000
 REFRAMED_WRITE = 7
 """Bytes per write of a `stream-reframed` answer, so events arrive split across chunks."""
