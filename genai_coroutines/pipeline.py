@@ -83,7 +83,7 @@ from .engine import (
     open_session,
 )
 from .engine.journal import request_digest
-from .engine.limits import limits_for
+from .engine.limits import chosen_limits
 from .engine.summary import BatchSummary
 from .engine.sync import run_sync
 from .responses import ResponsesRequest, parse_responses
@@ -534,10 +534,8 @@ class ExtractionPipeline:
             )
         self.ocr = ocr
         self.extraction = extraction
-        if limits is not None and limits_store is not None:
-            raise ValueError("give limits or limits_store, not both")
         self.per_page = per_page
-        self.limits = limits if limits is not None else limits_for(limits_store)
+        self.limits = chosen_limits(limits, limits_store)
 
     def __repr__(self) -> str:
         return (

@@ -12,11 +12,23 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
-from ..engine import Capacity, Failure, ItemRun, Result, Submission, log_event
+from ..engine import (
+    Capacity,
+    Failure,
+    ItemRun,
+    KeyLimits,
+    Result,
+    RetryPolicy,
+    Submission,
+    log_event,
+)
+from ..engine.budget import DATALAB_CENTS_PER_PAGE, Budget, page_budget
 from .config import DocumentConfig
+from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
 from .sources import Source, SourceError, Upload, as_source
 
@@ -145,3 +157,64 @@ class DocumentsPath:
             error=outcome.message,
         )
         return result
+
+
+def documents_path(
+    config: DocumentConfig, limits: KeyLimits, on_submitted: Callable[[int, str, str], None]
+) -> DocumentsPath:
+    """The adapter of `config` on its key's limits: the submission rate and pages in flight
+    every batch on the key shares, and the retry policies of uploads and polls."""
+    origin = _origin(config)
+    key = config.api_key or ""
+    per_minute = config.requests_per_minute
+    # Uploads evenly spaced at `requests_per_minute`, with no burst: how Datalab counts its
+    # window is not documented, and an even pace stays under N per minute by any count.
+    # Without a rate the limiter bounds nothing, but a 429 still pauses every upload on
+    # the key.
+    limiter = limits.rate(
+        origin,
+        key,
+        requests_per_minute=per_minute,
+        burst_seconds=1.0 if per_minute is None else 60.0 / per_minute,
+    )
+    batch = Batch(
+        config=config,
+        settings=settings_fields(config),
+        policy=RetryPolicy(
+            max_retries=config.max_retries,
+            initial_delay=config.base_retry_delay_secs,
+            max_delay=config.max_retry_delay_secs,
+            jitter=config.jitter_percent / 100.0,
+            max_rate_limit_wait=config.max_rate_limit_wait_secs,
+        ),
+        poll_policy=RetryPolicy(
+            max_retries=config.max_retries,
+            initial_delay=config.poll_interval_secs,
+            max_delay=config.max_retry_delay_secs,
+            jitter=0.25,
+            jitter_down=False,  # a failed poll is never asked again sooner than the interval
+            max_rate_limit_wait=config.max_rate_limit_wait_secs,
+        ),
+        limiter=limiter,
+    )
+    pages = None
+    if config.max_pages_in_flight is not None:
+        pages = limits.capacity(origin, key, config.max_pages_in_flight)
+    return DocumentsPath(batch, pages, on_submitted)
+
+
+def pages_budget(
+    config: DocumentConfig, max_cost_cents: float, cents_per_page: float | None
+) -> Budget[Upload]:
+    """`max_cost_cents` for this config's documents: each weighed as its job will be, at
+    `cents_per_page` (default: Datalab's list price for the `mode`)."""
+    per_page = DATALAB_CENTS_PER_PAGE[config.mode] if cents_per_page is None else cents_per_page
+    return page_budget(
+        max_cost_cents, cents_per_page=per_page, pages=lambda upload: page_weight(upload, config)
+    )
+
+
+def _origin(config: DocumentConfig) -> str:
+    """Where the key's limits apply: Datalab counts per key, whichever endpoint is used."""
+    parts = urlsplit(config.url)
+    return f"datalab:{parts.scheme}://{parts.netloc}"

@@ -18,28 +18,14 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Seq
 from importlib.metadata import PackageNotFoundError, version
 from operator import itemgetter
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..engine import (
-    BatchOptions,
-    Driver,
-    KeyLimits,
-    RateLimiter,
-    Result,
-    RetryPolicy,
-    Submission,
-    collect_in_order,
-    count,
-)
-from ..engine.budget import DATALAB_CENTS_PER_PAGE, Budget, page_budget
-from ..engine.limits import limits_for
+from ..engine import BatchOptions, Driver, KeyLimits, Result, Submission, collect_in_order, count
+from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
-from .form import settings_fields
-from .job import Batch, page_weight
-from .path import DocumentsPath, check_input
-from .sources import DocumentInput, Upload
+from .path import DocumentsPath, check_input, documents_path, pages_budget
+from .sources import DocumentInput
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -49,12 +35,6 @@ def _user_agent() -> str:
         return f"genai-coroutines/{version('genai-coroutines')}"
     except PackageNotFoundError:
         return "genai-coroutines"
-
-
-def _origin(config: DocumentConfig) -> str:
-    """Where the key's limits apply: Datalab counts per key, whichever endpoint is used."""
-    parts = urlsplit(config.url)
-    return f"datalab:{parts.scheme}://{parts.netloc}"
 
 
 class DocumentProcessor:
@@ -75,10 +55,8 @@ class DocumentProcessor:
         else this process's memory); `limits`: a `KeyLimits` to use instead (not both)."""
         if not isinstance(config, DocumentConfig):
             raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
-        if limits is not None and limits_store is not None:
-            raise ValueError("give limits or limits_store, not both")
         self.config = config
-        self.limits = limits if limits is not None else limits_for(limits_store)
+        self.limits = chosen_limits(limits, limits_store)
 
     def __repr__(self) -> str:
         return f"DocumentProcessor({self.config!r})"
@@ -151,16 +129,9 @@ class DocumentProcessor:
         key = config.api_key or ""
         await self.limits.ready()  # an unreachable shared store fails here, nothing sent
         adapter = self.adapter()
-        budget: Budget[Upload] | None = None
-        if max_cost_cents is not None:
-            per_page = (
-                DATALAB_CENTS_PER_PAGE[config.mode] if cents_per_page is None else cents_per_page
-            )
-            budget = page_budget(
-                max_cost_cents,
-                cents_per_page=per_page,
-                pages=lambda upload: page_weight(upload, config),
-            )
+        budget = (
+            None if max_cost_cents is None else pages_budget(config, max_cost_cents, cents_per_page)
+        )
         driver = Driver(
             adapter,
             inputs,
@@ -186,12 +157,7 @@ class DocumentProcessor:
     def adapter(self) -> DocumentsPath:
         """The engine `Adapter` of this config on the key's limits (what `stream` runs; the
         pipeline composes it with a Responses one)."""
-        config = self.config
-        pages = None
-        if config.max_pages_in_flight is not None:
-            key = config.api_key or ""
-            pages = self.limits.capacity(_origin(config), key, config.max_pages_in_flight)
-        return DocumentsPath(self._batch(), pages, self.on_submitted)
+        return documents_path(self.config, self.limits, self.on_submitted)
 
     def on_submitted(self, index: int, request_id: str, request_check_url: str) -> None:
         """Called once Datalab accepts an upload, before the first poll; does nothing here.
@@ -200,40 +166,3 @@ class DocumentProcessor:
         It runs on the event loop, so keep it quick; an exception raised here ends the
         batch.
         """
-
-    def _batch(self) -> Batch:
-        config = self.config
-        return Batch(
-            config=config,
-            settings=settings_fields(config),
-            policy=RetryPolicy(
-                max_retries=config.max_retries,
-                initial_delay=config.base_retry_delay_secs,
-                max_delay=config.max_retry_delay_secs,
-                jitter=config.jitter_percent / 100.0,
-                max_rate_limit_wait=config.max_rate_limit_wait_secs,
-            ),
-            poll_policy=RetryPolicy(
-                max_retries=config.max_retries,
-                initial_delay=config.poll_interval_secs,
-                max_delay=config.max_retry_delay_secs,
-                jitter=0.25,
-                jitter_down=False,  # a failed poll is never asked again sooner than the interval
-                max_rate_limit_wait=config.max_rate_limit_wait_secs,
-            ),
-            limiter=self._submission_limiter(),
-        )
-
-    def _submission_limiter(self) -> RateLimiter:
-        """Uploads evenly spaced at `requests_per_minute`, with no burst: how Datalab counts
-        its window is not documented, and an even pace stays under N per minute by any
-        count. Without a rate the limiter bounds nothing, but a 429 still pauses every
-        upload on the key."""
-        per_minute = self.config.requests_per_minute
-        burst = 1.0 if per_minute is None else 60.0 / per_minute
-        return self.limits.rate(
-            _origin(self.config),
-            self.config.api_key or "",
-            requests_per_minute=per_minute,
-            burst_seconds=burst,
-        )

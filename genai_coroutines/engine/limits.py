@@ -106,6 +106,13 @@ _SHARED: dict[str, KeyLimits] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+def chosen_limits(limits: KeyLimits | None, limits_store: str | None) -> KeyLimits:
+    """What a processor's `limits=` / `limits_store=` arguments choose (not both)."""
+    if limits is not None and limits_store is not None:
+        raise ValueError("give limits or limits_store, not both")
+    return limits if limits is not None else limits_for(limits_store)
+
+
 def limits_for(store: str | None = None) -> KeyLimits:
     """The `KeyLimits` of a store URL, one per URL in this process: `redis://host:port/db`
     (or `rediss://`, `unix://`) is shared by every process and machine using that Redis;

@@ -20,7 +20,7 @@ from typing import Any
 
 from ..engine import BatchOptions, Driver, DriverCore, KeyLimits, Result, collect_in_order, count
 from ..engine.grouped import GroupedDriver
-from ..engine.limits import limits_for
+from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
@@ -53,9 +53,7 @@ class ResponsesProcessor:
         """`limits_store`: a `redis://` URL whose limits every process and machine using it
         shares (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory);
         `limits`: a `KeyLimits` to use instead (not both)."""
-        if limits is not None and limits_store is not None:
-            raise ValueError("give limits or limits_store, not both")
-        self.limits = limits if limits is not None else limits_for(limits_store)
+        self.limits = chosen_limits(limits, limits_store)
 
     async def process_batch(
         self,
