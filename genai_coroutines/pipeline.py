@@ -64,7 +64,7 @@ import orjson
 
 from .documents import DocumentConfig, DocumentProcessor
 from .documents.parse import _render, document_text
-from .documents.path import DocumentsPath, check_input
+from .documents.path import DocumentsPath, check_inputs
 from .documents.processor import _user_agent
 from .documents.sources import DocumentInput, Upload
 from .engine import (
@@ -545,11 +545,7 @@ class ExtractionPipeline:
 
     async def process(self, inputs: Inputs, **options: Any) -> list[Result]:
         """Every document's row, in input order (options as `stream`'s)."""
-        if isinstance(inputs, bytes | bytearray | str):
-            raise ValueError("inputs must be a list of documents, not a single document")
-        if isinstance(inputs, Sequence):
-            for index, item in enumerate(inputs):
-                check_input(item, index, self.ocr)  # a wrong type fails now, unsent
+        check_inputs(inputs, self.ocr)
         return await collect_in_order(self.stream(inputs, **options), itemgetter("index"))
 
     def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:

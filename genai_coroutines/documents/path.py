@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +47,17 @@ def check_input(item: object, index: int, config: DocumentConfig) -> Source | No
             )
         return None
     return as_source(item, index)
+
+
+def check_inputs(inputs: object, config: DocumentConfig) -> None:
+    """Refuse, before anything is sent, inputs that are not a list of documents (a single
+    document, or an item of the wrong type in a list; a lazy input's items are checked
+    as their turn comes)."""
+    if isinstance(inputs, bytes | bytearray | str):
+        raise ValueError("inputs must be a list of documents, not a single document")
+    if isinstance(inputs, Sequence):
+        for index, item in enumerate(inputs):
+            check_input(item, index, config)
 
 
 class DocumentsPath:

@@ -24,7 +24,7 @@ from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
-from .path import DocumentsPath, check_input, documents_path, pages_budget
+from .path import DocumentsPath, check_inputs, documents_path, pages_budget
 from .sources import DocumentInput
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
@@ -85,11 +85,7 @@ class DocumentProcessor:
         most `max_concurrent_requests` documents in memory. With `checkpoint_id` set the
         document is the checkpoint: each input is None (`[None]` for one extraction).
         """
-        if isinstance(inputs, bytes | bytearray | str):
-            raise ValueError("inputs must be a list of documents, not a single document")
-        if isinstance(inputs, Sequence):
-            for index, item in enumerate(inputs):
-                check_input(item, index, self.config)  # a wrong type fails now, unsent
+        check_inputs(inputs, self.config)
         return await collect_in_order(self.stream(inputs, **options), itemgetter("index"))
 
     def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:
