@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
-ray = pytest.importorskip("ray")
-
-from genai_coroutines import DocumentConfig, ResponsesRequest  # noqa: E402
-from genai_coroutines.ray import documents_stage, responses_stage  # noqa: E402
-from tests.samples import pdf  # noqa: E402
+from genai_coroutines import DocumentConfig, ResponsesRequest
+from genai_coroutines.ray import documents_stage, responses_stage
+from tests.samples import pdf
 from tests.scale_support import (  # noqa: E402
     DATALAB_KEY,
     OPENAI_KEY,
