@@ -238,6 +238,7 @@ class OpenAIEmulation:
             return
         used = 0 if result is None else (result.get("usage") or {}).get("total_tokens", 0)
         tokens.give_back(cost - used)
+        self.emulator.stats.tokens_charged -= cost - used
 
     def authenticate(self, authorization: str) -> None:
         scheme, _, key = authorization.partition(" ")
@@ -351,6 +352,8 @@ class OpenAIEmulation:
                     code="rate_limit_exceeded",
                     retry_after=wait,
                 )
+
+        self.emulator.stats.tokens_charged += cost
 
     def _base_headers(self, started: float) -> dict[str, str]:
         return {

@@ -175,6 +175,9 @@ class Stats:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.webhooks_sent = 0
+        self.tokens_charged = 0
+        """OpenAI: tokens the TPM bucket was charged for admitted requests, net of refunds
+        (what a benchmark's lower bound divides by the limit)."""
         # OpenAI async paths
         self.files_uploaded = 0
         self.batches_created = 0
@@ -216,6 +219,7 @@ class Stats:
             "duplicate_completions": sum(n - 1 for n in self.completed_by_digest.values() if n > 1),
             "peak_in_flight": self.peak_in_flight,
             "webhooks_sent": self.webhooks_sent,
+            "tokens_charged": self.tokens_charged,
             "files_uploaded": self.files_uploaded,
             "batches_created": self.batches_created,
             "batch_executions_by_custom_id": dict(self.batch_executions_by_custom_id),
