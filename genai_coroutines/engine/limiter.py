@@ -18,11 +18,11 @@ Algorithm, per `acquire(tokens)`:
      nothing until `seconds` have passed (several 429s at once do not stack): every
      worker resumes at the permitted rate when the server's reset has passed, instead
      of each sleeping and retrying on its own.
-  5. `charged(tokens, estimate)` (a token 429 says what the server charged for the request,
-     "Requested N") learns the `surcharge`: what the server counts beyond our estimate,
-     such as an output allowance it reserves for a request without `max_output_tokens`.
-     Reservations include it from then on, so the storm of 429s a low estimate causes
-     happens once, not on every refill.
+  5. `charged(tokens, estimate, kind)` (a token 429 says what the server charged for the
+     request, "Requested N") learns the `surcharge(kind)`: what the server counts beyond
+     our estimate for requests of that kind, such as the output allowance it reserves for
+     a request without `max_output_tokens`. Reservations include it from then on, so the
+     storm of 429s a low estimate causes happens once, not on every refill.
   6. With `learn=True` and no limits known for the key (given, or learned earlier by any
      batch on it), the first request goes out alone; the `x-ratelimit-limit-*`,
      `-remaining-*` and `-reset-*` headers of its reply shape the buckets, and every
@@ -84,8 +84,8 @@ class RateLimiter:
         self._limits: dict[str, float] | None = None
         """Per-minute limits in force (given or learned); None until first looked up."""
         self._learn = learn
-        self.surcharge = 0
-        """Tokens the server charges a request beyond its estimate, learned from 429s."""
+        self._surcharges: dict[str, int] = {}
+        """Tokens the server charges a request of a kind beyond its estimate (from 429s)."""
         self._told = False
         """A reply has been observed (with limits or without: then there are none to learn)."""
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
@@ -142,14 +142,17 @@ class RateLimiter:
         if reserved != used:
             await self.store.give(self.key, "tokens", reserved - used)
 
-    def charged(self, tokens: int, estimate: int) -> None:
-        """The server said a request estimated at `estimate` tokens costs it `tokens`: follow
-        a larger excess at once, a smaller one slowly (estimates vary from request to request)."""
+    def surcharge(self, kind: str) -> int:
+        """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""
+        return self._surcharges.get(kind, 0)
+
+    def charged(self, tokens: int, estimate: int, kind: str) -> None:
+        """The server said a request of `kind` estimated at `estimate` tokens costs it
+        `tokens`: follow a larger excess at once, a smaller one slowly (estimates vary from
+        request to request)."""
         excess = max(0, tokens - estimate)
-        if excess > self.surcharge:
-            self.surcharge = excess
-        else:
-            self.surcharge = (9 * self.surcharge + excess) // 10
+        known = self._surcharges.get(kind, 0)
+        self._surcharges[kind] = excess if excess > known else (9 * known + excess) // 10
 
     async def pause(self, seconds: float) -> None:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""

@@ -133,6 +133,9 @@ class DirectPath:
         self.url = request.base_url.rstrip("/") + "/responses"
         self.timeout = aiohttp.ClientTimeout(total=request.attempt_timeout_secs)
         self.limiter = limiter
+        self.shape = "output given" if request.max_output_tokens else "output unbounded"
+        """What the server's surcharge depends on: an output allowance of its own is
+        reserved only for requests without `max_output_tokens`."""
         self.policy = retry_policy(request)
         self._read_body: BodyReader = read_final_event if request.stream else read_all
 
@@ -178,7 +181,7 @@ class DirectPath:
     ) -> Success[A] | Failure:
         """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
         stop = run.batch.stop
-        reserved = prepared.estimate + self.limiter.surcharge
+        reserved = prepared.estimate + self.limiter.surcharge(self.shape)
         if stop.failure is None:
             await self.limiter.acquire(reserved)
         if stop.failure is not None:
@@ -271,7 +274,7 @@ class DirectPath:
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
-            limiter.charged(charged, estimate)
+            limiter.charged(charged, estimate, self.shape)
         record(failure)
         return failure
 
