@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import pytest
 
+from genai_coroutines import DocumentProcessor
 from genai_coroutines.emulator import Emulator
+from tests import samples
+from tests.documents_support import config_for
 from tests.responses_support import run
 
 
@@ -31,3 +34,18 @@ async def test_an_unknown_output_allowance_costs_no_item(
     sent = emulator.stats.total("responses")
     print(f"c={concurrency}: {sent} sent, {emulator.stats.rate_limited} answered 429")
     assert emulator.stats.rate_limited <= concurrency  # the first wave at most, not every refill
+
+
+async def test_datalab_concurrency_429s_cost_no_document(emulator: Emulator) -> None:
+    """Datalab allows 3 jobs at once and the batch sends 8: its 429s wait their turn and
+    spend no retry, so even with max_retries=0 every document is converted once."""
+    emulator.config.datalab_max_concurrent = 3
+    emulator.config.seconds_per_page = 0.05
+    documents = [samples.pdf(1, tag=str(i)) for i in range(12)]
+    results = await DocumentProcessor(
+        config_for(emulator, max_concurrent_requests=8, max_retries=0)
+    ).process_multiparts(documents)
+
+    assert all(r["success"] for r in results)
+    assert emulator.stats.rate_limited > 0
+    assert emulator.stats.snapshot()["duplicate_submissions"] == 0
