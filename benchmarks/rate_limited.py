@@ -64,6 +64,12 @@ def text(rng: random.Random, chars: int) -> str:
     return " ".join(words)[:chars]
 
 
+def prompts(n: int, seed: int = 7) -> list[str]:
+    """Prompts of 20 to 120 words (`scale_out.py`'s workload)."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(WORDS, k=rng.randint(20, 120))) for _ in range(n)]
+
+
 def workload(name: str, n: int, seed: int = 7) -> list[Batch]:
     rng = random.Random(seed)
     if name == "fixed":
