@@ -40,6 +40,11 @@ def pdf(pages: int = 1, *, tag: str = "", compact: bool = False, extra: bytes = 
         )
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
 
+    return assemble(objects, extra)
+
+
+def assemble(objects: list[bytes], extra: bytes = b"") -> bytes:
+    """A PDF file of these numbered objects (1 is the catalog), with its xref table."""
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
     for number, body in enumerate(objects, start=1):
