@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+
 from genai_coroutines import DocumentConfig
 from genai_coroutines.emulator import Emulator
 
@@ -20,3 +22,19 @@ def config_for(emulator: Emulator, **options: Any) -> DocumentConfig:
 def accepted_forms(emulator: Emulator) -> list[dict[str, str]]:
     """The form fields of every upload the emulator accepted, oldest first."""
     return [seen["form"] for seen in emulator.stats.received if seen.get("status") == 200]
+
+
+def form(
+    data: bytes | None = None,
+    *,
+    filename: str = "doc.pdf",
+    content_type: str = "application/pdf",
+    **fields: str,
+) -> aiohttp.FormData:
+    """A submission form; `data=None` sends no file part (for `file_url` tests)."""
+    body = aiohttp.FormData()
+    if data is not None:
+        body.add_field("file", data, filename=filename, content_type=content_type)
+    for name, value in fields.items():
+        body.add_field(name, value)
+    return body

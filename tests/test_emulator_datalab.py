@@ -26,33 +26,12 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.datalab_api import ACCEPTED, POLL, SUBMIT
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pdfpages import count_pdf_pages, pages_in_range, parse_page_range
+from tests.documents_support import form
 
 KEY = "dl-emulator"
 SEPARATOR = "-" * 48
 SCAN = "[emulated OCR: no text layer] "
 """What a page without a text layer says before naming itself (`samples.pdf` has none)."""
-
-
-@pytest.fixture
-async def http(emulator: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"X-Api-Key": KEY}) as session:
-        yield session
-
-
-def form(
-    data: bytes | None = None,
-    *,
-    filename: str = "doc.pdf",
-    content_type: str = "application/pdf",
-    **fields: str,
-) -> aiohttp.FormData:
-    """A submission form; `data=None` sends no file part (for `file_url` tests)."""
-    body = aiohttp.FormData()
-    if data is not None:
-        body.add_field("file", data, filename=filename, content_type=content_type)
-    for name, value in fields.items():
-        body.add_field(name, value)
-    return body
 
 
 async def submit(

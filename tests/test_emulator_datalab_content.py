@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,8 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.datalab_api import ACCEPTED, SUBMIT
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pdfpages import count_pdf_pages
+from tests.documents_support import form
+from tests.pipeline_support import INVOICE_SCHEMA
 
 KEY = "dl-emulator"
 
@@ -63,18 +64,6 @@ SAMPLES: dict[str, dict[str, Any]] = {
     },
 }
 
-INVOICE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "vendor": {"type": "string"},
-        "invoice_number": {"type": "string"},
-        "date": {"type": "string", "format": "date"},
-        "total": {"type": "number"},
-        "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
-    },
-    "required": ["vendor", "invoice_number", "date", "total", "currency"],
-    "additionalProperties": False,
-}
 FIELDS = ("vendor", "invoice_number", "date", "total", "currency")
 
 
@@ -84,27 +73,6 @@ def sample(name: str) -> bytes:
 
 def expected(name: str) -> dict[str, Any]:
     return {field: SAMPLES[name][field] for field in FIELDS}
-
-
-@pytest.fixture
-async def http(emulator: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(headers={"X-Api-Key": KEY}) as session:
-        yield session
-
-
-def form(
-    data: bytes | None = None,
-    *,
-    filename: str = "doc.pdf",
-    content_type: str = "application/pdf",
-    **fields: str,
-) -> aiohttp.FormData:
-    body = aiohttp.FormData()
-    if data is not None:
-        body.add_field("file", data, filename=filename, content_type=content_type)
-    for name, value in fields.items():
-        body.add_field(name, value)
-    return body
 
 
 async def post(

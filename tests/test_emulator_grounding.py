@@ -22,19 +22,8 @@ import pytest
 
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.schema_fill import instance
+from tests.pipeline_support import INVOICE_SCHEMA
 
-INVOICE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "vendor": {"type": "string"},
-        "invoice_number": {"type": "string"},
-        "date": {"type": "string", "format": "date"},
-        "total": {"type": "number"},
-        "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
-    },
-    "required": ["vendor", "invoice_number", "date", "total", "currency"],
-    "additionalProperties": False,
-}
 TRUTH = {
     "invoice-acme.pdf": {
         "vendor": "ACME Supplies Ltd",
