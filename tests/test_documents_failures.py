@@ -38,10 +38,10 @@ async def test_a_429_waits_exactly_its_retry_after(emulator: Emulator) -> None:
 async def test_submission_retried_on_5xx_reset_and_timeout_then_succeeds(
     emulator: Emulator,
 ) -> None:
-    emulator.config.hang_seconds = 0.4
+    emulator.config.hang_seconds = 2
     for kind in ("503", "reset", "502", "hang", "429"):
         emulator.faults.schedule("marker_submit", kind)
-    [result] = await run(emulator, [samples.pdf(1)], timeout_secs=0.3)
+    [result] = await run(emulator, [samples.pdf(1)], timeout_secs=0.8)
 
     assert result["success"], result["error"]
     assert result["attempts"] == 6 and result["rate_limited"] == 1
@@ -79,11 +79,11 @@ async def test_a_bad_key_ends_the_whole_batch_at_once(emulator: Emulator) -> Non
 
 
 async def test_transient_poll_failures_never_upload_again(emulator: Emulator) -> None:
-    emulator.config.hang_seconds = 0.4
+    emulator.config.hang_seconds = 2
     for kind in ("503", "reset", "malformed", "502", "hang", "stall", "500", "429"):
         emulator.faults.schedule("marker_poll", kind)
     documents = [samples.pdf(2, tag=str(i)) for i in range(3)]
-    results = await run(emulator, documents, timeout_secs=0.3, max_retries=8)
+    results = await run(emulator, documents, timeout_secs=0.8, max_retries=8)
 
     assert [r["success"] for r in results] == [True] * 3, [r["error"] for r in results]
     assert [r["attempts"] for r in results] == [1, 1, 1]

@@ -927,10 +927,10 @@ async def test_reset_is_a_connection_error(emulator: Emulator, client: openai.As
 async def test_hang_and_stall_time_out(
     emulator: Emulator, client: openai.AsyncOpenAI, kind: str
 ) -> None:
-    emulator.config.hang_seconds = 0.3
+    emulator.config.hang_seconds = 30
     emulator.faults.schedule("responses", kind)
     with pytest.raises(openai.APITimeoutError):
-        await client.with_options(timeout=0.1).responses.create(model="gpt-4o", input="hi")
+        await client.with_options(timeout=1.0).responses.create(model="gpt-4o", input="hi")
     assert emulator.stats.faults[f"responses {kind}"] == 1
     assert emulator.stats.completed_by_digest == {}
 
