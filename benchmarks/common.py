@@ -7,6 +7,7 @@ client's alone; it binds to 127.0.0.1 and is terminated when the `with` block en
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import sys
 from collections.abc import Iterator
@@ -22,8 +23,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
-def _serve(settings: dict[str, Any], url_out: Connection) -> None:
+def pin_to_cpu(cpu: int) -> None:
+    """Keep this process on one CPU (when the machine has more than one), so a client and
+    the emulator measured against it do not take turns on the same core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
+
+
+def _serve(settings: dict[str, Any], url_out: Connection, cpu: int | None) -> None:
     import asyncio
+
+    if cpu is not None:
+        pin_to_cpu(cpu)
 
     from genai_coroutines.emulator import Emulator, EmulatorConfig
 
@@ -36,11 +48,12 @@ def _serve(settings: dict[str, Any], url_out: Connection) -> None:
 
 
 @contextmanager
-def emulator_process(**settings: Any) -> Iterator[str]:
-    """Run an emulator with these `EmulatorConfig` settings; yield its base URL."""
+def emulator_process(*, cpu: int | None = None, **settings: Any) -> Iterator[str]:
+    """Run an emulator with these `EmulatorConfig` settings (on CPU `cpu` alone, if given);
+    yield its base URL."""
     receiver, sender = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(settings, sender), daemon=True
+        target=_serve, args=(settings, sender, cpu), daemon=True
     )
     process.start()
     try:

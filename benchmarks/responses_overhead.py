@@ -4,10 +4,11 @@ on asyncio's default event loop and on uvloop.
 The emulator answers at zero latency in its own process, so what is measured here is
 the client: requests per second, the client process's CPU time per request
 (`time.process_time()`, which the server's work cannot leak into) and its peak RSS.
-Each client runs in a fresh process of its own so peak RSS is its own; after a short
-warm-up batch (connections, imports, caches) it times `--rounds` batches of N and
-reports the median, because on a small machine sharing its cores with the emulator
-single runs vary by +-20%.
+Each client runs in a process of its own so peak RSS is its own. After a short warm-up
+batch each (imports, caches), the clients take turns: one timed batch of N each per
+round, `--rounds` rounds, medians reported, so a slow spell of the machine falls on
+every client alike. With two CPUs or more the emulator keeps one and the clients
+another, so a client never waits for the server's turn on its own core.
 
     python benchmarks/responses_overhead.py              # N=5000, concurrency 100
     python benchmarks/responses_overhead.py --n 500      # a quick run
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from common import emulator_process, peak_rss_mb
+from common import emulator_process, peak_rss_mb, pin_to_cpu
 
 API_KEY = "sk-emulator"
 MODEL = "gpt-4o-mini"
@@ -115,40 +116,35 @@ CLIENTS: dict[str, tuple[Callable[[str, list[str], int], Awaitable[int]], str]] 
 }
 
 
-def measure(
-    name: str, base_url: str, n: int, concurrency: int, rounds: int, out: Connection
-) -> None:
-    """Child process: warm up, then time `rounds` batches of `n`; report the medians."""
+def measure(name: str, base_url: str, n: int, concurrency: int, orders: Connection) -> None:
+    """Child process: warm up, then run one batch of `n` per order; send its figures back."""
+    pin_to_cpu(1)
     run, loop = CLIENTS[name]
-
-    async def main() -> dict[str, Any]:
-        await run(base_url, prompts(WARMUP), concurrency)
-        cpus, walls, oks = [], [], []
-        for _ in range(rounds):
-            cpu, wall = time.process_time(), time.perf_counter()
-            oks.append(await run(base_url, prompts(n), concurrency))
-            cpus.append(time.process_time() - cpu)
-            walls.append(time.perf_counter() - wall)
-        return {"ok": min(oks), "wall": statistics.median(walls), "cpu": statistics.median(cpus)}
-
     if loop == "uvloop":
         import uvloop
 
-        figures = uvloop.run(main())
+        run_loop: Callable[[Awaitable[int]], int] = uvloop.run  # type: ignore[assignment]
     else:
-        figures = asyncio.run(main())
-    figures["rss_mb"] = peak_rss_mb()
-    out.send(figures)
+        run_loop = asyncio.run  # type: ignore[assignment]
+    run_loop(run(base_url, prompts(WARMUP), concurrency))
+    orders.send("warm")
+    while orders.recv() == "run":
+        cpu, wall = time.process_time(), time.perf_counter()
+        ok = run_loop(run(base_url, prompts(n), concurrency))
+        orders.send(
+            {"ok": ok, "cpu": time.process_time() - cpu, "wall": time.perf_counter() - wall}
+        )
+    orders.send(peak_rss_mb())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000, help="requests per client (default 5000)")
     parser.add_argument("--concurrency", type=int, default=100, help="default 100")
-    parser.add_argument("--rounds", type=int, default=3, help="timed batches per client")
+    parser.add_argument("--rounds", type=int, default=5, help="timed batches per client")
     args = parser.parse_args()
     spawn = multiprocessing.get_context("spawn")
-    with emulator_process(openai_api_key=API_KEY) as emulator_url:
+    with emulator_process(cpu=0, openai_api_key=API_KEY) as emulator_url:
         rows = compare(spawn, f"{emulator_url}/v1", args)
     ours, floor = rows["genai-coroutines"]["cpu"], rows["bare aiohttp (floor)"]["cpu"]
     ours_uv, floor_uv = rows["genai-coroutines, uvloop"]["cpu"], rows["bare aiohttp, uvloop"]["cpu"]
@@ -162,21 +158,38 @@ def main() -> None:
 
 
 def compare(spawn: Any, base_url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each client in a fresh process of its own, one after the other; their figures."""
+    """Every client warmed up in a process of its own, then their timed batches taken in
+    turns (one of each client per round), so a slow spell of the machine falls on all of
+    them alike; each client's median figures."""
     print(
-        f"N={args.n} concurrency={args.concurrency} rounds={args.rounds} (medians) "
-        f"emulator={base_url} (separate process)"
+        f"N={args.n} concurrency={args.concurrency} rounds={args.rounds} (medians, clients "
+        f"in turns) emulator={base_url} (separate process)"
     )
-    print(f"{'client':34} {'req/s':>8} {'CPU us/req':>11} {'peak RSS MB':>12} {'ok':>6}")
-    rows: dict[str, dict[str, Any]] = {}
+    children = {}
     for name in CLIENTS:
-        receive, send = spawn.Pipe(duplex=False)
+        ours, theirs = spawn.Pipe()
         child = spawn.Process(
-            target=measure,
-            args=(name, base_url, args.n, args.concurrency, args.rounds, send),
+            target=measure, args=(name, base_url, args.n, args.concurrency, theirs)
         )
         child.start()
-        figures = rows[name] = receive.recv()
+        children[name] = (child, ours)
+    for _, orders in children.values():
+        orders.recv()
+    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in CLIENTS}
+    for _ in range(args.rounds):
+        for name, (_, orders) in children.items():
+            orders.send("run")
+            rounds[name].append(orders.recv())
+    print(f"{'client':34} {'req/s':>8} {'CPU us/req':>11} {'peak RSS MB':>12} {'ok':>6}")
+    rows: dict[str, dict[str, Any]] = {}
+    for name, (child, orders) in children.items():
+        orders.send("stop")
+        figures = rows[name] = {
+            "ok": min(r["ok"] for r in rounds[name]),
+            "cpu": statistics.median(r["cpu"] for r in rounds[name]),
+            "wall": statistics.median(r["wall"] for r in rounds[name]),
+            "rss_mb": orders.recv(),
+        }
         child.join()
         print(
             f"{name:34} {args.n / figures['wall']:8.0f} "
