@@ -1,0 +1,224 @@
+"""`ExtractionPipeline`, what a caller runs, and `extraction_request`, its extraction
+stage's request.
+
+`ExtractionPipeline` checks both stages' settings when it is made; each batch then opens
+one HTTP session per API and runs one driver batch over `path.PipelinePath`. One row per
+document (`stream()` as they finish, or in input order with `ordered=True`; `process()`
+returns the list in input order); the row's keys are listed in `path`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from operator import itemgetter
+from typing import Any
+
+from ..documents import DocumentConfig, DocumentProcessor
+from ..documents.path import check_inputs
+from ..documents.processor import _user_agent
+from ..documents.sources import DocumentInput
+from ..engine import (
+    BatchOptions,
+    Driver,
+    KeyLimits,
+    Result,
+    Submission,
+    collect_in_order,
+    count,
+    open_session,
+)
+from ..engine.limits import chosen_limits
+from ..engine.summary import BatchSummary
+from ..engine.sync import run_sync
+from ..responses import ResponsesRequest
+from ..responses.direct import DirectPath
+from ..responses.processor import request_headers
+from ..responses.wire import text_format
+from .path import PipelinePath
+from .summary import PipelineSummary
+
+Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
+
+
+def extraction_request(
+    *,
+    model: str,
+    schema: Mapping[str, Any] | None = None,
+    schema_name: str = "extraction",
+    system_prompt: str = "",
+    **options: Any,
+) -> ResponsesRequest:
+    """The `ResponsesRequest` of a pipeline's extraction stage: `schema` (a JSON Schema)
+    as a strict `json_schema` response format, or `response_format=` as for any request,
+    and any other `ResponsesRequest` parameter. Its prompts are the documents' OCR text,
+    so it has none of its own."""
+    if schema is not None:
+        if "response_format" in options:
+            raise ValueError("give schema or response_format, not both")
+        options["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": schema_name, "schema": dict(schema), "strict": True},
+        }
+    options.setdefault("response_format", {"type": "json_object"})
+    return ResponsesRequest(
+        model=model, system_prompt=system_prompt, user_prompts=iter(()), **options
+    )
+
+
+class ExtractionPipeline:
+    """Documents through Datalab OCR and OpenAI extraction, one streamed batch (see the
+    package docstring). Reuse one freely; it only remembers `last_summary`."""
+
+    last_summary: PipelineSummary | BatchSummary | None = None
+
+    def __init__(
+        self,
+        ocr: DocumentConfig,
+        extraction: ResponsesRequest,
+        *,
+        per_page: bool = False,
+        limits: KeyLimits | None = None,
+        limits_store: str | None = None,
+    ) -> None:
+        """`limits_store` / `limits`: where both keys' limits live, as for the processors
+        (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory)."""
+        if not isinstance(ocr, DocumentConfig):
+            raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
+        if not isinstance(extraction, ResponsesRequest):
+            raise TypeError(
+                f"extraction must be a ResponsesRequest, not {type(extraction).__name__}"
+            )
+        if ocr.page_schema is not None or ocr.schema_id is not None or not ocr.needs_file:
+            raise ValueError(
+                "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
+                "checkpoint_id): extraction is its Responses stage"
+            )
+        if getattr(extraction, "background", False):
+            raise ValueError(
+                "extraction: the pipeline sends each request on the synchronous path "
+                "(no background mode)"
+            )
+        kind = text_format(extraction.response_format).get("type")
+        if kind not in ("json_schema", "json_object"):
+            raise ValueError(
+                "extraction.response_format must be a JSON schema (or json_object): the "
+                "pipeline parses each answer into fields"
+            )
+        if per_page and not _paged(ocr):
+            raise ValueError(
+                "per_page needs the OCR's pages: output_format json or chunks, or "
+                "paginate=True with markdown or html"
+            )
+        self.ocr = ocr
+        self.extraction = extraction
+        self.per_page = per_page
+        self.limits = chosen_limits(limits, limits_store)
+
+    def __repr__(self) -> str:
+        return (
+            f"ExtractionPipeline(ocr={self.ocr.url!r}, model={self.extraction.model!r}, "
+            f"per_page={self.per_page})"
+        )
+
+    async def process(self, inputs: Inputs, **options: Any) -> list[Result]:
+        """Every document's row, in input order (options as `stream`'s)."""
+        check_inputs(inputs, self.ocr)
+        return await collect_in_order(self.stream(inputs, **options), itemgetter("index"))
+
+    def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:
+        """`process` for plain scripts and notebooks (see `run_sync`)."""
+        return run_sync(self.process(inputs, **options))
+
+    async def stream(
+        self,
+        inputs: Inputs,
+        *,
+        journal: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        summary: BatchSummary | None = None,
+        resume: Mapping[int, Submission] | None = None,
+        ordered: bool = False,
+    ) -> AsyncIterator[Result]:
+        """Each document's row as soon as it is done (`ordered=True`: in input order, each
+        as soon as every earlier one is out).
+
+        `journal` names a file holding both stages (see the package docstring): run the
+        same batch with it again and nothing finished is sent again. `progress` shows
+        one bar for both stages; `summary` (default a `PipelineSummary`, also kept as
+        `last_summary`) totals both. `resume` maps an input index to a Datalab job
+        submitted earlier, polled instead of uploaded.
+        """
+        ocr, request = self.ocr, self.extraction
+        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
+        documents = DocumentProcessor(ocr, limits=self.limits)
+        limiter = self.limits.rate(
+            request.base_url,
+            request.api_key or "",
+            request.model,
+            requests_per_minute=request.requests_per_minute,
+            tokens_per_minute=request.tokens_per_minute,
+            learn=True,
+        )
+        ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
+        datalab_headers = {"X-Api-Key": ocr.api_key or "", "User-Agent": _user_agent()}
+        async with (
+            open_session(ocr_slots, datalab_headers) as ocr_session,
+            open_session(extraction_slots, request_headers(request)) as extraction_session,
+        ):
+            adapter = PipelinePath(
+                documents.adapter(),
+                DirectPath(request, limiter),
+                ocr_slots=ocr_slots,
+                extraction_slots=extraction_slots,
+                per_page=self.per_page,
+                ocr_session=ocr_session,
+                extraction_session=extraction_session,
+            )
+            driver = Driver(
+                adapter,
+                inputs,
+                BatchOptions(
+                    concurrency=ocr_slots + extraction_slots,
+                    headers={"User-Agent": _user_agent()},  # each stage sends its own key
+                    journal=journal,
+                    progress=progress,
+                    summary=summary or PipelineSummary(model=request.model),
+                    resume=resume,
+                    start_fields={
+                        "files": count(inputs, "?"),
+                        "endpoint": ocr.endpoint or ocr.url,
+                        "model": request.model,
+                        "ocr_concurrency": ocr_slots,
+                        "extraction_concurrency": extraction_slots,
+                        "per_page": self.per_page,
+                    },
+                ),
+            )
+            self.last_summary = driver.summary
+            note = driver.books.progress.note
+            rows = driver.stream()
+            if ordered:
+                rows = in_input_order(rows)
+            async for row in rows:
+                adapter.replayed(note, row)
+                yield row
+
+
+async def in_input_order(rows: AsyncIterator[Result]) -> AsyncIterator[Result]:
+    """`rows` (each with its `index`, 0, 1, 2... in some order) in input order, each as
+    soon as every earlier one has come; holds only the rows that came early."""
+    waiting: dict[int, Result] = {}
+    expected = 0
+    async for row in rows:
+        waiting[row["index"]] = row
+        while expected in waiting:
+            yield waiting.pop(expected)
+            expected += 1
+    for index in sorted(waiting):  # gaps cannot happen with the driver; never lose a row
+        yield waiting[index]
+
+
+def _paged(config: DocumentConfig) -> bool:
+    formats = set(config.output_format.split(","))
+    return bool(formats & {"json", "chunks"}) or config.paginate

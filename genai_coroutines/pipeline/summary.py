@@ -1,0 +1,112 @@
+"""`PipelineSummary`: a pipeline batch's totals, each stage's share and the total cost.
+
+The default summary of `ExtractionPipeline.stream` (kept as its `last_summary`): a
+`BatchSummary` that also reads each row's `ocr` and `extraction` detail, so it needs
+nothing from the adapter but the stages' names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine.summary import BatchSummary
+from .path import EXTRACTION_STAGE, OCR_STAGE
+
+
+@dataclass
+class PipelineSummary(BatchSummary):
+    """A `BatchSummary` of pipeline rows, with each stage's share.
+
+    The inherited counts are the documents'; `pages`/`cost_cents` are the OCR's,
+    tokens/`cost_usd` the extraction's, `retries` both stages' (a row's `retries`).
+    `total_cost_usd` adds the two. A plain `BatchSummary` fed the same rows counts all
+    of it but the retries (a row has no single `attempts`).
+    """
+
+    ocr_done: int = 0
+    """Documents whose OCR succeeded (this run or a journaled one)."""
+    ocr_failed: int = 0
+    extraction_failed: int = 0
+    ocr_retries: int = 0
+    extraction_retries: int = 0
+    extraction_requests: int = 0
+    ocr_reused: int = 0
+    """OCR results reused from the journal (a row from the journal counts too)."""
+    extractions_reused: int = 0
+
+    def add(self, result: Mapping[str, Any]) -> None:
+        super().add(result)
+        self.retries += int(result.get("retries") or 0)
+        ocr, extraction = result.get("ocr"), result.get("extraction")
+        if not isinstance(ocr, Mapping):
+            return
+        stage = result.get("failed_stage")
+        self.ocr_failed += stage == OCR_STAGE
+        self.extraction_failed += stage == EXTRACTION_STAGE
+        whole = bool(result.get("from_journal"))
+        if stage != OCR_STAGE:
+            self.ocr_done += 1
+            self.ocr_reused += whole or bool(ocr.get("from_journal"))
+        if not whole:
+            self.ocr_retries += int(ocr.get("retries") or 0)
+        if isinstance(extraction, Mapping):
+            self.extraction_requests += int(extraction.get("requests") or 0)
+            reused = extraction.get("requests" if whole else "reused")
+            self.extractions_reused += int(reused or 0)
+            if not whole:
+                self.extraction_retries += int(extraction.get("retries") or 0)
+
+    @property
+    def total_cost_usd(self) -> float:
+        """Datalab's cents as dollars plus the estimated token cost."""
+        return self.cost_cents / 100.0 + self.cost_usd
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **super().as_dict(),
+            "ocr": {
+                "documents": self.ocr_done,
+                "failed": self.ocr_failed,
+                "reused_from_journal": self.ocr_reused,
+                "retries": self.ocr_retries,
+                "pages": self.pages,
+                "cost_cents": self.cost_cents,
+            },
+            "extraction": {
+                "requests": self.extraction_requests,
+                "failed": self.extraction_failed,
+                "reused_from_journal": self.extractions_reused,
+                "retries": self.extraction_retries,
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "estimated_cost_usd": round(self.cost_usd, 6),
+            },
+            "total_cost_usd": round(self.total_cost_usd, 6),
+        }
+
+    def describe(self) -> str:
+        failed = f"{self.failed} failed"
+        if self.failed:
+            failed += f": {self.ocr_failed} at OCR, {self.extraction_failed} at extraction"
+        reused = f", {self.reused} from journal" if self.reused else ""
+        return "\n".join(
+            [
+                f"documents: {self.total} ({self.succeeded} extracted, {failed}{reused})"
+                f"  retries: {self.retries}  429s: {self.rate_limited}"
+                f"  wall: {self.wall_seconds:.2f}s",
+                f"OCR (Datalab):       {self.ocr_done} documents, {self.pages} pages, "
+                f"Datalab cost: {self.cost_cents:g} cents (${self.cost_cents / 100:.4f}), "
+                f"{_plural(self.ocr_retries, 'retry', 'retries')}",
+                f"extraction (OpenAI): {_plural(self.extraction_requests, 'request')}, "
+                f"{self.input_tokens} tokens in ({self.cached_tokens} cached), "
+                f"{self.output_tokens} out, estimated cost: ${self.cost_usd:.4f}, "
+                f"{_plural(self.extraction_retries, 'retry', 'retries')}",
+                f"total cost: ${self.total_cost_usd:.4f}",
+            ]
+        )
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
