@@ -1,23 +1,13 @@
 """One run of the Batch API path: lines into files, files into batches, answers back.
 
 `BatchJobs.results` consumes the items the driver admitted, in input order, and yields
-each one's result once its batch ends. Per item it keeps only a `Member` (its line id,
-its round and when its turn came); the lines themselves go to a temporary file per
-upload (`Spool`), written as the items arrive, uploaded from disk, and kept until its
-batch ends so a follow-up batch can copy the lines it retries. Output and error files
-are read line by line. Memory stays flat whatever the size of the batch.
-
-A `Job` is one file and its batch. Files are cut by request count, bytes and (when
-`BatchAPI.max_enqueued_tokens` is set) estimated input tokens, and submitted one at a
-time, in order: upload, journal the file and its members, wait for room in the
-enqueued-token budget and for the hour's creations (2,000) to allow one, create,
-journal the batch id. Each batch is then polled (`engine.poll_until`) until it ends,
-whatever it ended as (`completed`, `expired`, `failed`, `cancelled`), and both its files
-are read: every line is judged (`batch_api.judge`), lines that failed retriably and
-lines that never ran (an expired batch) go into a follow-up batch, up to `max_retries`
-rounds. A batch that failed validation (`errors.data`) fails the lines it names with
-their message, fails every line with a file-level message (the enqueued-token limit's
-is retried once a batch has ended), and sends lines it did not name again.
+each one's result once its batch ends. The items go into `Job`s (`batch_spool`: the
+lines in a temporary file, a `Member` per item in memory), files cut by request count,
+bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated input tokens. Each job
+is submitted (`batch_submitter.Submitter`), its batch followed until it ends and its
+answers joined back (`batch_answers.Answers`); the lines they hand back go into a
+follow-up job, copied from the ended job's spool. Memory stays flat whatever the size
+of the batch.
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
 same journal finds each unfinished item's file and batch, polls that batch instead of
@@ -32,116 +22,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
-import tempfile
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import suppress
-from dataclasses import dataclass, field
-from typing import IO, Any
+from dataclasses import dataclass
+from typing import Any
 
-import orjson
-
-from ..engine import Admitted, Failure, Result, Success, limit_key, log_event, poll_until
+from ..engine import Admitted, Failure, Result, log_event
 from ..engine.grouped import GroupRun
 from ..engine.journal import GroupLine
-from .batch_api import (
-    TERMINAL,
-    BatchAPIPath,
-    batch_line,
-    custom_id,
-    index_of,
-    judge,
-)
-from .batch_wire import BatchWire, Json
+from .batch_answers import Answers
+from .batch_api import TERMINAL, BatchAPIPath, batch_line, custom_id, index_of
+from .batch_spool import Job, Member, custom_id_of
+from .batch_submitter import Submitter
+from .batch_wire import BatchWire
 from .direct import Prepared, retry_policy
 
-CREATIONS_PER_HOUR = 2_000
-"""The Batch API's limit on batches created per hour (per organisation)."""
-HOUR = 3600.0
 QUEUED_RESULTS = 256
 SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
-_CREATIONS: dict[str, deque[float]] = {}
-"""`time.monotonic()` of each batch created in the last hour, per key, in this process."""
-_LINE_ID_START = len(b'{"custom_id":')
-
-
-@dataclass(slots=True)
-class Member:
-    """What is kept in memory of an item waiting on a batch."""
-
-    line_id: str
-    attempt: int
-    """Batches the item was sent in before this one."""
-    started: float
-    tokens: int
-
-
-class Spool:
-    """Request lines in a temporary file: written for upload, then kept for follow-ups."""
-
-    def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="genai-coroutines-batch-", suffix=".jsonl")
-        self._out: IO[bytes] | None = os.fdopen(fd, "wb")
-        self.lines = self.bytes = self.tokens = 0
-
-    def add(self, line: bytes, tokens: int) -> None:
-        assert self._out is not None, "a sealed spool takes no more lines"
-        self._out.write(line)
-        self.lines += 1
-        self.bytes += len(line)
-        self.tokens += tokens
-
-    def seal(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
-
-    def read(self) -> Iterator[bytes]:
-        self.seal()
-        with open(self.path, "rb") as lines:
-            yield from lines
-
-    def remove(self) -> None:
-        self.seal()
-        with suppress(OSError):
-            os.unlink(self.path)
-
-
-@dataclass(eq=False)
-class Job:
-    """One batch file and the batch created for it."""
-
-    number: int
-    spool: Spool = field(default_factory=Spool)
-    members: dict[int, Member] = field(default_factory=dict)
-    """Items whose answer this batch still owes, by index."""
-    file_id: str | None = None
-    file_created: float = 0.0
-    file_lines: int = 0
-    uploaded_here: bool = False
-    """The file is this spool (so its line numbers are the spool's)."""
-    known_tokens: int | None = None
-    """The tokens journaled with a file uploaded by an earlier run."""
-    batch_id: str | None = None
-    status: str = "writing"
-    counts: dict[str, int] = field(default_factory=dict)
-    cancelled: bool = False
-    """Cancelled by this library (on interrupt): its lines that never ran are sent again."""
-    enqueued: bool = False
-    after_ended: int | None = None
-    """Submit only once more than this many batches have ended (after the API said its
-    enqueued-token limit was reached)."""
-
-    @property
-    def tokens(self) -> int:
-        return self.known_tokens if self.known_tokens is not None else self.spool.tokens
-
-    def add(self, index: int, member: Member, line: bytes) -> None:
-        self.members[index] = member
-        self.spool.add(line, member.tokens)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +55,13 @@ class BatchJobs:
         self.path = path
         self.run = run
         self.options = path.options
-        self.max_retries = request.max_retries
-        self.policy = retry_policy(request)
-        self.api_key = request.api_key or ""
+        policy = retry_policy(request)
+        api_key = request.api_key or ""
         self.wire = BatchWire(
             run.batch.session,
             request.base_url,
-            self.api_key,
-            self.policy,
+            api_key,
+            policy,
             request.timeout_secs,
             run.batch.wait,
         )
@@ -172,20 +69,13 @@ class BatchJobs:
         self.jobs: list[Job] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.numbers = itertools.count(1)
-        self.turn = asyncio.Lock()
-        """Held from a file's upload to its batch's creation: files go out one at a time,
-        in order."""
-        self.changed = asyncio.Event()
-        self.enqueued = 0
-        """Estimated input tokens of the batches created and not ended."""
-        self.live = 0
-        self.ended = 0
         self.open = 0
         self.fed = False
         self.closing = False
-        self.creations = _CREATIONS.setdefault(
-            limit_key(request.base_url.rstrip("/") + "/batches", self.api_key), deque()
+        self.answers = Answers(
+            path, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
         )
+        self.submitter = Submitter(path, run, self.wire, api_key, self.answers)
 
     # -- the stream of results --------------------------------------------------------------
 
@@ -305,7 +195,7 @@ class BatchJobs:
         job.cancelled = known.cancelled
         if job.batch_id is not None:
             job.status = "resumed"
-            self._enqueue(job)
+            self.submitter.enqueue(job)
         return job
 
     def _fits(self, job: Job, size: int, tokens: int) -> bool:
@@ -325,13 +215,17 @@ class BatchJobs:
 
     async def _life(self, job: Job) -> None:
         try:
-            if job.batch_id is None and not await self._submit(job):
+            if job.batch_id is None and not await self.submitter.submit(job):
                 return
-            batch = await self._follow(job)
+            batch = await self.answers.follow(job)
             if batch is not None:
-                await self._resolve(job, batch)
+                self.submitter.release(job)  # it ended: its tokens leave before it is read
+                retry, token_limited = await self.answers.resolve(job, batch)
+                if retry:
+                    after = self.submitter.ended if token_limited else None
+                    self._follow_up(job, retry, after=after)
         finally:
-            self._release(job)
+            self.submitter.release(job)
             job.spool.remove()
             with suppress(ValueError):
                 self.jobs.remove(job)
@@ -339,207 +233,17 @@ class BatchJobs:
             self.open -= 1
             self._settled()
 
-    async def _submit(self, job: Job) -> bool:
-        """Upload the job's file (unless an earlier run did) and create its batch."""
-        async with self.turn:
-            stop = self.run.batch.stop.failure
-            if stop is not None:
-                await self._fail(job, stop)
-                return False
-            await self._wait_for(lambda: self._room_for(job))
-            if job.file_id is not None:  # uploaded by an earlier run
-                found = await self.wire.find(job.file_id, job.file_created)
-                if isinstance(found, Failure):
-                    await self._fail(job, found, pending=True)
-                    return False
-                if found is not None:
-                    self._created(job, found)
-                    return True
-                if len(job.members) < job.file_lines:  # some of its lines are wanted no more
-                    job.file_id, job.known_tokens = None, None
-            if job.file_id is None and not await self._upload(job):
-                return False
-            assert job.file_id is not None
-            await self._creation_slot()
-            created = await self.wire.create(
-                job.file_id, self.options.completion_window, self.options.metadata, job.file_created
-            )
-            if isinstance(created, Failure):
-                self.run.batch.stop.record(created)
-                await self._fail(job, created)
-                return False
-            self._created(job, created.value)
-            return True
-
-    def _room_for(self, job: Job) -> bool:
-        if job.after_ended is not None and self.live and self.ended <= job.after_ended:
-            return False
-        limit = self.options.max_enqueued_tokens
-        return limit is None or self.enqueued == 0 or self.enqueued + job.tokens <= limit
-
-    async def _wait_for(self, ready: Callable[[], bool]) -> None:
-        while not ready():
-            self.changed.clear()
-            await self.changed.wait()
-
-    async def _upload(self, job: Job) -> bool:
-        spool = job.spool
-        spool.seal()
-        uploaded = await self.wire.upload(spool.path, f"genai-coroutines-{job.number}.jsonl")
-        file_id = uploaded.value.get("id") if isinstance(uploaded, Success) else None
-        if not isinstance(file_id, str) or not file_id:
-            failure = (
-                uploaded
-                if isinstance(uploaded, Failure)
-                else Failure("the upload was answered without a file id", "invalid_response", True)
-            )
-            self.run.batch.stop.record(failure)
-            await self._fail(job, failure)
-            return False
-        job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
-        job.uploaded_here = True
-        digests = self.run.digests
-        members = [
-            (index, digests[index], member.line_id, member.attempt)
-            for index, member in job.members.items()
-            if index in digests
-        ]
-        tokens = job.tokens
-        if not self.run.journaled(lambda j: j.record_group(file_id, members, tokens=tokens)):
-            stop = self.run.batch.stop.failure
-            await self._fail(job, stop or Failure("journal failed", "journal_error", False))
-            return False
-        log_event(
-            self.path.logger,
-            logging.INFO,
-            "batch_api_file",
-            file=file_id,
-            lines=spool.lines,
-            bytes=spool.bytes,
-            tokens=tokens,
-        )
-        return True
-
-    async def _creation_slot(self) -> None:
-        """Wait until a batch may be created without passing 2,000 in the last hour."""
-        creations = self.creations
-        while True:
-            now = time.monotonic()
-            while creations and creations[0] <= now - HOUR:
-                creations.popleft()
-            if len(creations) < CREATIONS_PER_HOUR:
-                return
-            wait = creations[0] + HOUR - now
-            log_event(
-                self.path.logger,
-                logging.WARNING,
-                "batch_api_creation_limit",
-                created_last_hour=len(creations),
-                wait=f"{wait:.0f}s",
-            )
-            await asyncio.sleep(wait)
-
-    def _created(self, job: Job, batch: Json) -> None:
-        batch_id = str(batch.get("id"))
-        job.batch_id = batch_id
-        file_id = job.file_id or ""
-        self.run.journaled(lambda j: j.record_group_job(file_id, batch_id))
-        self.creations.append(time.monotonic())
-        self._enqueue(job)
-        log_event(
-            self.path.logger,
-            logging.INFO,
-            "batch_api_created",
-            batch=batch_id,
-            file=file_id,
-            lines=len(job.members),
-        )
-        self._observe(job, batch)
-
-    def _enqueue(self, job: Job) -> None:
-        if not job.enqueued:
-            job.enqueued = True
-            self.enqueued += job.tokens
-            self.live += 1
-
-    def _release(self, job: Job) -> None:
-        """The job's batch ended (or will not be waited for): its tokens leave the queue."""
-        if job.enqueued:
-            job.enqueued = False
-            self.enqueued -= job.tokens
-            self.live -= 1
-            self.ended += 1
-            self.changed.set()
-
-    async def _follow(self, job: Job) -> Json | None:
-        """Poll the job's batch until it ends; None (its items failed) if polls fail."""
-        batch_id = job.batch_id
-        assert batch_id is not None
-
-        async def check() -> Success[Json | None] | Failure:
-            got = await self.wire.retrieve(batch_id)
-            if isinstance(got, Failure):
-                return got
-            self._observe(job, got.value)
-            return Success(got.value if job.status in TERMINAL else None)
-
-        outcome: Success[Json | None] | Failure | None = None
-        if job.status == "resumed":  # an earlier run's batch may have ended long ago
-            outcome = await check()
-        if not isinstance(outcome, Success) or outcome.value is None:
-            outcome = await poll_until(
-                check,
-                interval=self.options.poll_interval_secs,
-                max_polls=None,
-                policy=self.policy,
-                wait=self.run.batch.wait,
-                what=f"batch {batch_id}",
-            )
-        if not isinstance(outcome, Success) or outcome.value is None:
-            failure = outcome if isinstance(outcome, Failure) else None
-            if failure is not None and failure.status == 404:  # no such batch: nothing to await
-                await self._fail(job, failure)
-                return None
-            await self._fail(
-                job,
-                Failure(
-                    f"{failure.message if failure else 'polling stopped'}; batch {batch_id} "
-                    "may still be running: rerun with the same journal to collect it",
-                    failure.error_type if failure else "poll_timeout",
-                    retriable=True,
-                    status=failure.status if failure else None,
-                ),
-                pending=True,
-            )
-            return None
-        self._release(job)
-        return outcome.value
-
-    def _observe(self, job: Job, batch: Json) -> None:
-        status = batch.get("status")
-        counts = batch.get("request_counts")
-        counts = (
-            {k: v for k, v in counts.items() if isinstance(v, int)}
-            if isinstance(counts, dict)
-            else {}
-        )
-        if status == job.status and counts == job.counts:
-            return
-        changed = status != job.status
-        job.status = str(status)
-        job.counts = counts
-        if changed:
-            log_event(
-                self.path.logger,
-                logging.INFO,
-                "batch_api_status",
-                batch=job.batch_id,
-                status=job.status,
-                completed=counts.get("completed", 0),
-                failed=counts.get("failed", 0),
-                total=counts.get("total", 0),
-            )
-        self._note()
+    def _follow_up(self, job: Job, retry: dict[int, Member], after: int | None) -> None:
+        """A new job of the lines to send again, copied from the ended job's spool."""
+        follow = self._job()
+        follow.after_ended = after
+        for raw in job.spool.read():
+            index = index_of(custom_id_of(raw))
+            member = None if index is None else retry.pop(index, None)
+            if index is not None and member is not None:
+                member.attempt += 1
+                follow.add(index, member, raw)
+        self._launch(follow)
 
     def _note(self) -> None:
         """Each batch's state and `request_counts` on the progress bar."""
@@ -555,221 +259,6 @@ class BatchJobs:
         if len(shown) > SHOWN_BATCHES:
             parts.append(f"+{len(shown) - SHOWN_BATCHES} more")
         self.run.note(batches=", ".join(parts) or None)
-
-    # -- joining the answers back -----------------------------------------------------------
-
-    async def _resolve(self, job: Job, batch: Json) -> None:
-        """Every member's result from the ended batch, or its place in a follow-up."""
-        status = str(batch.get("status"))
-        retry: dict[int, Member] = {}
-        errors = _validation_errors(batch)
-        if status == "failed" and errors:
-            await self._invalid(job, errors, retry)
-        else:
-            unread: Failure | None = None
-            for key in ("output_file_id", "error_file_id"):
-                file_id = batch.get(key)
-                if isinstance(file_id, str) and file_id:
-
-                    async def each(raw: bytes) -> None:
-                        await self._line(job, raw, retry)
-
-                    got = await self.wire.lines(file_id, each)
-                    if isinstance(got, Failure):
-                        unread = got
-            if unread is not None:
-                failure = Failure(
-                    f"batch {job.batch_id} ended {status} but its results could not be read: "
-                    f"{unread.message}; rerun with the same journal to read them",
-                    unread.error_type,
-                    retriable=True,
-                    status=unread.status,
-                )
-                await self._fail(job, failure, pending=unread.status != 404)  # 404: gone
-            else:
-                never = self._never_ran(job, status, errors)
-                for index in list(job.members):
-                    await self._settle(job, index, never, retry)
-        log_event(
-            self.path.logger,
-            logging.INFO,
-            "batch_api_ended",
-            batch=job.batch_id,
-            status=status,
-            retried=len(retry),
-        )
-        if retry:
-            self._follow_up(job, retry, after=self.ended if _token_limited(errors) else None)
-
-    async def _line(self, job: Job, raw: bytes, retry: dict[int, Member]) -> None:
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        line_id = line.get("custom_id") if isinstance(line, dict) else None
-        index = index_of(line_id) if isinstance(line_id, str) else None
-        member = job.members.get(index) if index is not None else None
-        if index is None or member is None or member.line_id != line_id:
-            return  # not ours, seen already, or an item that changed since
-        await self._settle(job, index, judge(line, self.api_key), retry)
-
-    async def _settle(
-        self,
-        job: Job,
-        index: int,
-        outcome: Success[Any] | Failure,
-        retry: dict[int, Member],
-    ) -> None:
-        member = job.members.pop(index)
-        attempts = member.attempt + 1
-        if isinstance(outcome, Success):
-            await self._emit(
-                self.path.succeeded(
-                    index,
-                    outcome.value,
-                    attempts=attempts,
-                    started=member.started,
-                    batch_id=str(job.batch_id),
-                    line=member.line_id,
-                )
-            )
-        elif outcome.retriable and member.attempt < self.max_retries:
-            retry[index] = member
-        else:
-            await self._emit(
-                self.path.errored(
-                    index,
-                    outcome,
-                    attempts=attempts,
-                    started=member.started,
-                    batch_id=job.batch_id,
-                    line=member.line_id,
-                )
-            )
-
-    def _never_ran(self, job: Job, status: str, errors: list[Json]) -> Failure:
-        """Why a member with no line in either file has no answer."""
-        batch_id = job.batch_id
-        if status == "expired":
-            return Failure(
-                f"never ran: batch {batch_id} expired before this request ran",
-                "job_failed",
-                retriable=True,
-                code="batch_expired",
-            )
-        if status == "cancelled":
-            by = "on interrupt, by this library" if job.cancelled else "by someone else"
-            return Failure(
-                f"never ran: batch {batch_id} was cancelled ({by}) before this request ran",
-                "job_failed",
-                retriable=job.cancelled,
-                code="batch_cancelled",
-            )
-        if status == "failed":
-            why = f": {_described(errors)}" if errors else ""
-            return Failure(
-                f"never ran: batch {batch_id} failed{why}", "job_failed", True, code="batch_failed"
-            )
-        return Failure(
-            f"batch {batch_id} ended {status} without a line for this request",
-            "invalid_response",
-            retriable=True,
-        )
-
-    async def _invalid(self, job: Job, errors: list[Json], retry: dict[int, Member]) -> None:
-        """A batch that failed validation: each member failed with its line's message."""
-        batch_id = job.batch_id
-        named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
-        whole = [e for e in errors if not isinstance(e.get("line"), int)]
-        by_line_id = await self._line_errors(job, named) if named else {}
-        for index, member in list(job.members.items()):
-            error = by_line_id.get(member.line_id)
-            if error is not None:
-                failure = Failure(
-                    f"batch {batch_id} failed validation: line {error['line']}: "
-                    f"{error.get('message')}",
-                    "invalid_request_error",
-                    retriable=False,
-                    status=400,
-                    code=_text(error.get("code")),
-                    param=_text(error.get("param")),
-                )
-            elif whole:
-                code = _text(whole[0].get("code"))
-                failure = Failure(
-                    f"batch {batch_id} failed validation: {_described(whole)}",
-                    "invalid_request_error",
-                    retriable=code == "token_limit_exceeded",
-                    status=400,
-                    code=code,
-                )
-            else:
-                failure = Failure(
-                    f"never ran: batch {batch_id} failed validation because of other lines "
-                    f"({_described(errors)})",
-                    "job_failed",
-                    retriable=True,
-                    code="batch_failed",
-                )
-            await self._settle(job, index, failure, retry)
-
-    async def _line_errors(self, job: Job, named: dict[int, Json]) -> dict[str, Json]:
-        """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
-        found: dict[str, Json] = {}
-        number = 0
-
-        def numbered(raw: bytes) -> None:
-            nonlocal number
-            number += 1
-            error = named.get(number)
-            if error is not None:
-                found[_line_id(raw)] = error
-
-        if job.uploaded_here:
-            for raw in job.spool.read():
-                numbered(raw)
-            return found
-
-        def restart() -> None:
-            nonlocal number
-            number = 0
-            found.clear()
-
-        async def each(raw: bytes) -> None:
-            numbered(raw)
-
-        if job.file_id is not None:
-            await self.wire.lines(job.file_id, each, restart)
-        return found
-
-    def _follow_up(self, job: Job, retry: dict[int, Member], after: int | None) -> None:
-        """A new job of the lines to send again, copied from the ended job's spool."""
-        follow = self._job()
-        follow.after_ended = after
-        for raw in job.spool.read():
-            index = index_of(_line_id(raw))
-            member = None if index is None else retry.pop(index, None)
-            if index is not None and member is not None:
-                member.attempt += 1
-                follow.add(index, member, raw)
-        self._launch(follow)
-
-    async def _fail(self, job: Job, failure: Failure, *, pending: bool = False) -> None:
-        """End every member with `failure`. `pending`: the batch may still answer them, so a
-        rerun with the journal polls it rather than sending them again."""
-        for index in list(job.members):
-            member = job.members.pop(index)
-            result = self.path.errored(
-                index,
-                failure,
-                attempts=member.attempt + (job.batch_id is not None),
-                started=member.started,
-                batch_id=job.batch_id,
-                line=member.line_id,
-            )
-            if pending:
-                result["batch_pending"] = True
-            await self._emit(result)
 
     # -- interrupted ------------------------------------------------------------------------
 
@@ -821,37 +310,3 @@ class BatchJobs:
 
     def _journal_cancel(self, batch_id: str) -> None:
         self.run.journaled(lambda journal: journal.record_group_cancelled(batch_id))
-
-
-def _validation_errors(batch: Json) -> list[Json]:
-    errors = batch.get("errors")
-    data = errors.get("data") if isinstance(errors, dict) else None
-    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
-
-
-def _token_limited(errors: list[Json]) -> bool:
-    return any(e.get("code") == "token_limit_exceeded" for e in errors)
-
-
-def _described(errors: list[Json], shown: int = 3) -> str:
-    parts = []
-    for error in errors[:shown]:
-        where = f"line {error['line']}: " if isinstance(error.get("line"), int) else ""
-        parts.append(f"{where}{error.get('message') or error.get('code')}")
-    if len(errors) > shown:
-        parts.append(f"and {len(errors) - shown} more")
-    return "; ".join(parts)
-
-
-def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _line_id(raw: bytes) -> str:
-    """The custom_id of a line this module wrote (it comes first: see `batch_line`)."""
-    end = raw.find(b',"method":', _LINE_ID_START)
-    try:
-        value = orjson.loads(raw[_LINE_ID_START:end])
-    except orjson.JSONDecodeError:
-        return ""
-    return value if isinstance(value, str) else ""

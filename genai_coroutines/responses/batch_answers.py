@@ -1,0 +1,352 @@
+"""The answers of one job's batch: polled until it ends, then its output and error files read.
+
+Each batch is polled (`engine.poll_until`) until it ends, whatever it ended as
+(`completed`, `expired`, `failed`, `cancelled`), and both its files are read line by
+line: every line is judged (`batch_api.judge`), and lines that failed retriably and
+lines that never ran (an expired batch) are handed back for a follow-up batch, up to
+`max_retries` rounds. A batch that failed validation (`errors.data`) fails the lines it
+names with their message, fails every line with a file-level message (the
+enqueued-token limit's is retried once a batch has ended), and sends lines it did not
+name again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from ..engine import Failure, Result, RetryPolicy, Success, log_event, poll_until
+from .batch_api import TERMINAL, BatchAPIPath, index_of, judge
+from .batch_spool import Job, Member, custom_id_of
+from .batch_wire import BatchWire, Json
+
+
+class Answers:
+    """Each job's batch followed to its end and every member ended with its result, or
+    handed back for a follow-up."""
+
+    def __init__(
+        self,
+        path: BatchAPIPath,
+        wire: BatchWire,
+        api_key: str,
+        policy: RetryPolicy,
+        wait: Callable[[float], Awaitable[None]],
+        *,
+        emit: Callable[[Result], Awaitable[None]],
+        note: Callable[[], None],
+    ) -> None:
+        self.path = path
+        self.options = path.options
+        self.max_retries = path.request.max_retries
+        self.wire = wire
+        self.api_key = api_key
+        self.policy = policy
+        self.wait = wait
+        self.emit = emit
+        self.note = note
+        """Shows every batch's state on the progress bar."""
+
+    # -- polling ----------------------------------------------------------------------------
+
+    async def follow(self, job: Job) -> Json | None:
+        """Poll the job's batch until it ends; None (its items failed) if polls fail."""
+        batch_id = job.batch_id
+        assert batch_id is not None
+
+        async def check() -> Success[Json | None] | Failure:
+            got = await self.wire.retrieve(batch_id)
+            if isinstance(got, Failure):
+                return got
+            self.observe(job, got.value)
+            return Success(got.value if job.status in TERMINAL else None)
+
+        outcome: Success[Json | None] | Failure | None = None
+        if job.status == "resumed":  # an earlier run's batch may have ended long ago
+            outcome = await check()
+        if not isinstance(outcome, Success) or outcome.value is None:
+            outcome = await poll_until(
+                check,
+                interval=self.options.poll_interval_secs,
+                max_polls=None,
+                policy=self.policy,
+                wait=self.wait,
+                what=f"batch {batch_id}",
+            )
+        if not isinstance(outcome, Success) or outcome.value is None:
+            failure = outcome if isinstance(outcome, Failure) else None
+            if failure is not None and failure.status == 404:  # no such batch: nothing to await
+                await self.fail(job, failure)
+                return None
+            await self.fail(
+                job,
+                Failure(
+                    f"{failure.message if failure else 'polling stopped'}; batch {batch_id} "
+                    "may still be running: rerun with the same journal to collect it",
+                    failure.error_type if failure else "poll_timeout",
+                    retriable=True,
+                    status=failure.status if failure else None,
+                ),
+                pending=True,
+            )
+            return None
+        return outcome.value
+
+    def observe(self, job: Job, batch: Json) -> None:
+        """The batch's state and `request_counts` as last seen: on the job, the log and the
+        progress bar."""
+        status = batch.get("status")
+        counts = batch.get("request_counts")
+        counts = (
+            {k: v for k, v in counts.items() if isinstance(v, int)}
+            if isinstance(counts, dict)
+            else {}
+        )
+        if status == job.status and counts == job.counts:
+            return
+        changed = status != job.status
+        job.status = str(status)
+        job.counts = counts
+        if changed:
+            log_event(
+                self.path.logger,
+                logging.INFO,
+                "batch_api_status",
+                batch=job.batch_id,
+                status=job.status,
+                completed=counts.get("completed", 0),
+                failed=counts.get("failed", 0),
+                total=counts.get("total", 0),
+            )
+        self.note()
+
+    # -- joining the answers back -----------------------------------------------------------
+
+    async def resolve(self, job: Job, batch: Json) -> tuple[dict[int, Member], bool]:
+        """Every member's result from the ended batch, or its place in a follow-up: the
+        members to send again, and whether the batch failed on the API's enqueued-token
+        limit (their follow-up then waits for another batch to end)."""
+        status = str(batch.get("status"))
+        retry: dict[int, Member] = {}
+        errors = _validation_errors(batch)
+        if status == "failed" and errors:
+            await self._invalid(job, errors, retry)
+        else:
+            unread: Failure | None = None
+            for key in ("output_file_id", "error_file_id"):
+                file_id = batch.get(key)
+                if isinstance(file_id, str) and file_id:
+
+                    async def each(raw: bytes) -> None:
+                        await self._line(job, raw, retry)
+
+                    got = await self.wire.lines(file_id, each)
+                    if isinstance(got, Failure):
+                        unread = got
+            if unread is not None:
+                failure = Failure(
+                    f"batch {job.batch_id} ended {status} but its results could not be read: "
+                    f"{unread.message}; rerun with the same journal to read them",
+                    unread.error_type,
+                    retriable=True,
+                    status=unread.status,
+                )
+                await self.fail(job, failure, pending=unread.status != 404)  # 404: gone
+            else:
+                never = self._never_ran(job, status, errors)
+                for index in list(job.members):
+                    await self._settle(job, index, never, retry)
+        log_event(
+            self.path.logger,
+            logging.INFO,
+            "batch_api_ended",
+            batch=job.batch_id,
+            status=status,
+            retried=len(retry),
+        )
+        return retry, _token_limited(errors)
+
+    async def _line(self, job: Job, raw: bytes, retry: dict[int, Member]) -> None:
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        line_id = line.get("custom_id") if isinstance(line, dict) else None
+        index = index_of(line_id) if isinstance(line_id, str) else None
+        member = job.members.get(index) if index is not None else None
+        if index is None or member is None or member.line_id != line_id:
+            return  # not ours, seen already, or an item that changed since
+        await self._settle(job, index, judge(line, self.api_key), retry)
+
+    async def _settle(
+        self,
+        job: Job,
+        index: int,
+        outcome: Success[Any] | Failure,
+        retry: dict[int, Member],
+    ) -> None:
+        member = job.members.pop(index)
+        attempts = member.attempt + 1
+        if isinstance(outcome, Success):
+            await self.emit(
+                self.path.succeeded(
+                    index,
+                    outcome.value,
+                    attempts=attempts,
+                    started=member.started,
+                    batch_id=str(job.batch_id),
+                    line=member.line_id,
+                )
+            )
+        elif outcome.retriable and member.attempt < self.max_retries:
+            retry[index] = member
+        else:
+            await self.emit(
+                self.path.errored(
+                    index,
+                    outcome,
+                    attempts=attempts,
+                    started=member.started,
+                    batch_id=job.batch_id,
+                    line=member.line_id,
+                )
+            )
+
+    def _never_ran(self, job: Job, status: str, errors: list[Json]) -> Failure:
+        """Why a member with no line in either file has no answer."""
+        batch_id = job.batch_id
+        if status == "expired":
+            return Failure(
+                f"never ran: batch {batch_id} expired before this request ran",
+                "job_failed",
+                retriable=True,
+                code="batch_expired",
+            )
+        if status == "cancelled":
+            by = "on interrupt, by this library" if job.cancelled else "by someone else"
+            return Failure(
+                f"never ran: batch {batch_id} was cancelled ({by}) before this request ran",
+                "job_failed",
+                retriable=job.cancelled,
+                code="batch_cancelled",
+            )
+        if status == "failed":
+            why = f": {_described(errors)}" if errors else ""
+            return Failure(
+                f"never ran: batch {batch_id} failed{why}", "job_failed", True, code="batch_failed"
+            )
+        return Failure(
+            f"batch {batch_id} ended {status} without a line for this request",
+            "invalid_response",
+            retriable=True,
+        )
+
+    async def _invalid(self, job: Job, errors: list[Json], retry: dict[int, Member]) -> None:
+        """A batch that failed validation: each member failed with its line's message."""
+        batch_id = job.batch_id
+        named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
+        whole = [e for e in errors if not isinstance(e.get("line"), int)]
+        by_line_id = await self._line_errors(job, named) if named else {}
+        for index, member in list(job.members.items()):
+            error = by_line_id.get(member.line_id)
+            if error is not None:
+                failure = Failure(
+                    f"batch {batch_id} failed validation: line {error['line']}: "
+                    f"{error.get('message')}",
+                    "invalid_request_error",
+                    retriable=False,
+                    status=400,
+                    code=_text(error.get("code")),
+                    param=_text(error.get("param")),
+                )
+            elif whole:
+                code = _text(whole[0].get("code"))
+                failure = Failure(
+                    f"batch {batch_id} failed validation: {_described(whole)}",
+                    "invalid_request_error",
+                    retriable=code == "token_limit_exceeded",
+                    status=400,
+                    code=code,
+                )
+            else:
+                failure = Failure(
+                    f"never ran: batch {batch_id} failed validation because of other lines "
+                    f"({_described(errors)})",
+                    "job_failed",
+                    retriable=True,
+                    code="batch_failed",
+                )
+            await self._settle(job, index, failure, retry)
+
+    async def _line_errors(self, job: Job, named: dict[int, Json]) -> dict[str, Json]:
+        """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
+        found: dict[str, Json] = {}
+        number = 0
+
+        def numbered(raw: bytes) -> None:
+            nonlocal number
+            number += 1
+            error = named.get(number)
+            if error is not None:
+                found[custom_id_of(raw)] = error
+
+        if job.uploaded_here:
+            for raw in job.spool.read():
+                numbered(raw)
+            return found
+
+        def restart() -> None:
+            nonlocal number
+            number = 0
+            found.clear()
+
+        async def each(raw: bytes) -> None:
+            numbered(raw)
+
+        if job.file_id is not None:
+            await self.wire.lines(job.file_id, each, restart)
+        return found
+
+    async def fail(self, job: Job, failure: Failure, *, pending: bool = False) -> None:
+        """End every member with `failure`. `pending`: the batch may still answer them, so a
+        rerun with the journal polls it rather than sending them again."""
+        for index in list(job.members):
+            member = job.members.pop(index)
+            result = self.path.errored(
+                index,
+                failure,
+                attempts=member.attempt + (job.batch_id is not None),
+                started=member.started,
+                batch_id=job.batch_id,
+                line=member.line_id,
+            )
+            if pending:
+                result["batch_pending"] = True
+            await self.emit(result)
+
+
+def _validation_errors(batch: Json) -> list[Json]:
+    errors = batch.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
+
+
+def _token_limited(errors: list[Json]) -> bool:
+    return any(e.get("code") == "token_limit_exceeded" for e in errors)
+
+
+def _described(errors: list[Json], shown: int = 3) -> str:
+    parts = []
+    for error in errors[:shown]:
+        where = f"line {error['line']}: " if isinstance(error.get("line"), int) else ""
+        parts.append(f"{where}{error.get('message') or error.get('code')}")
+    if len(errors) > shown:
+        parts.append(f"and {len(errors) - shown} more")
+    return "; ".join(parts)
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None

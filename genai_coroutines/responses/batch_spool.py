@@ -1,0 +1,106 @@
+"""What the Batch API path keeps of a batch file: its lines on disk, its items in memory.
+
+A `Job` is one file and its batch. Per item it keeps only a `Member` (its line id, its
+round and when its turn came); the lines themselves go to a temporary file per upload
+(`Spool`), written as the items arrive, uploaded from disk, and kept until its batch
+ends so a follow-up batch can copy the lines it retries.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import IO
+
+import orjson
+
+_LINE_ID_START = len(b'{"custom_id":')
+
+
+@dataclass(slots=True)
+class Member:
+    """What is kept in memory of an item waiting on a batch."""
+
+    line_id: str
+    attempt: int
+    """Batches the item was sent in before this one."""
+    started: float
+    tokens: int
+
+
+class Spool:
+    """Request lines in a temporary file: written for upload, then kept for follow-ups."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="genai-coroutines-batch-", suffix=".jsonl")
+        self._out: IO[bytes] | None = os.fdopen(fd, "wb")
+        self.lines = self.bytes = self.tokens = 0
+
+    def add(self, line: bytes, tokens: int) -> None:
+        assert self._out is not None, "a sealed spool takes no more lines"
+        self._out.write(line)
+        self.lines += 1
+        self.bytes += len(line)
+        self.tokens += tokens
+
+    def seal(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def read(self) -> Iterator[bytes]:
+        self.seal()
+        with open(self.path, "rb") as lines:
+            yield from lines
+
+    def remove(self) -> None:
+        self.seal()
+        with suppress(OSError):
+            os.unlink(self.path)
+
+
+@dataclass(eq=False)
+class Job:
+    """One batch file and the batch created for it."""
+
+    number: int
+    spool: Spool = field(default_factory=Spool)
+    members: dict[int, Member] = field(default_factory=dict)
+    """Items whose answer this batch still owes, by index."""
+    file_id: str | None = None
+    file_created: float = 0.0
+    file_lines: int = 0
+    uploaded_here: bool = False
+    """The file is this spool (so its line numbers are the spool's)."""
+    known_tokens: int | None = None
+    """The tokens journaled with a file uploaded by an earlier run."""
+    batch_id: str | None = None
+    status: str = "writing"
+    counts: dict[str, int] = field(default_factory=dict)
+    cancelled: bool = False
+    """Cancelled by this library (on interrupt): its lines that never ran are sent again."""
+    enqueued: bool = False
+    after_ended: int | None = None
+    """Submit only once more than this many batches have ended (after the API said its
+    enqueued-token limit was reached)."""
+
+    @property
+    def tokens(self) -> int:
+        return self.known_tokens if self.known_tokens is not None else self.spool.tokens
+
+    def add(self, index: int, member: Member, line: bytes) -> None:
+        self.members[index] = member
+        self.spool.add(line, member.tokens)
+
+
+def custom_id_of(raw: bytes) -> str:
+    """The custom_id of a line this library wrote (it comes first: see `batch_line`)."""
+    end = raw.find(b',"method":', _LINE_ID_START)
+    try:
+        value = orjson.loads(raw[_LINE_ID_START:end])
+    except orjson.JSONDecodeError:
+        return ""
+    return value if isinstance(value, str) else ""
