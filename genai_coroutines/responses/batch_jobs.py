@@ -10,10 +10,10 @@ follow-up job, copied from the ended job's spool. Memory stays flat whatever the
 of the batch.
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
-same journal finds each unfinished item's file and batch, polls that batch instead of
-uploading the item again, creates the batch of a file uploaded just before a crash
-(after listing the batches for one the crash left unjournaled), and only then sends
-what never reached a file. An interrupt (Ctrl-C) leaves the batches running and says
+same journal finds each unfinished item's file and batch and, once the input has been
+read, polls that batch instead of uploading the item again, or creates the batch of a
+file uploaded just before a crash (after listing the batches for one the crash left
+unjournaled). What never reached a file goes out in new files as they fill. An interrupt (Ctrl-C) leaves the batches running and says
 how to collect them, or cancels them with `cancel_on_interrupt`.
 """
 
