@@ -1,9 +1,13 @@
 """Client overhead of a Responses batch: this library vs `AsyncOpenAI` vs bare aiohttp,
 on asyncio's default event loop and on uvloop.
 
-The emulator answers at zero latency in its own process, so what is measured here is
-the client: requests per second, the client process's CPU time per request
-(`time.process_time()`, which the server's work cannot leak into) and its peak RSS.
+What is measured is the client: requests per second, the client process's CPU time
+per request (`time.process_time()`, which the server's work cannot leak into) and its
+peak RSS. The server answers at zero latency in its own process: by default a replay
+server (`replay_server.py`) that sends every request the reply the emulator gave to
+the first prompt, headers and body byte for byte, because a server slower than the
+client makes the client wake for one reply at a time and its CPU per request then
+measures the server's pace; `--server emulator` has the emulator answer every request.
 Each client runs in a process of its own so peak RSS is its own. After a short warm-up
 batch each (imports, caches), the clients take turns: one timed batch of N each per
 round, `--rounds` rounds, medians reported, so a slow spell of the machine falls on
@@ -28,12 +32,15 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import orjson
 from common import emulator_process, peak_rss_mb, pin_to_cpu
+from replay_server import record, replay_server
 
 API_KEY = "sk-emulator"
 MODEL = "gpt-4o-mini"
 SYSTEM = "You are a terse assistant."
 WARMUP = 200
+HEADERS = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
 
 def prompts(n: int) -> list[str]:
@@ -76,30 +83,31 @@ async def run_openai(base_url: str, items: list[str], concurrency: int) -> int:
     return sum(done)
 
 
+def bare_body(prompt: str) -> bytes:
+    return orjson.dumps(
+        {
+            "model": MODEL,
+            "instructions": SYSTEM,
+            "text": {"format": {"type": "text"}},
+            "input": prompt,
+        }
+    )
+
+
 async def run_bare(base_url: str, items: list[str], concurrency: int) -> int:
     """The floor: one pooled session, pre-built headers, orjson both ways, no retries."""
     import aiohttp
-    import orjson
 
-    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
     url = base_url + "/responses"
     source = iter(items)
     ok = 0
     connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+    async with aiohttp.ClientSession(connector=connector, headers=HEADERS) as session:
 
         async def worker() -> None:
             nonlocal ok
             for prompt in source:
-                body = orjson.dumps(
-                    {
-                        "model": MODEL,
-                        "instructions": SYSTEM,
-                        "text": {"format": {"type": "text"}},
-                        "input": prompt,
-                    }
-                )
-                async with session.post(url, data=body) as response:
+                async with session.post(url, data=bare_body(prompt)) as response:
                     data = orjson.loads(await response.read())
                     ok += response.status == 200 and "usage" in data
 
@@ -142,10 +150,25 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000, help="requests per client (default 5000)")
     parser.add_argument("--concurrency", type=int, default=100, help="default 100")
     parser.add_argument("--rounds", type=int, default=5, help="timed batches per client")
+    parser.add_argument(
+        "--server",
+        choices=["replay", "emulator"],
+        default="replay",
+        help="replay: one recorded emulator reply served as fast as a core can (default); "
+        "emulator: the emulator answers every request",
+    )
     args = parser.parse_args()
     spawn = multiprocessing.get_context("spawn")
     with emulator_process(cpu=0, openai_api_key=API_KEY) as emulator_url:
-        rows = compare(spawn, f"{emulator_url}/v1", args)
+        if args.server == "emulator":
+            rows = compare(spawn, f"{emulator_url}/v1", args)
+        else:
+            reply = asyncio.run(
+                record(f"{emulator_url}/v1/responses", bare_body(prompts(1)[0]), HEADERS)
+            )
+    if args.server == "replay":
+        with replay_server(reply, cpu=0) as replay_url:
+            rows = compare(spawn, f"{replay_url}/v1", args)
     ours, floor = rows["genai-coroutines"]["cpu"], rows["bare aiohttp (floor)"]["cpu"]
     ours_uv, floor_uv = rows["genai-coroutines, uvloop"]["cpu"], rows["bare aiohttp, uvloop"]["cpu"]
     for label, ratio, target in [

@@ -8,7 +8,8 @@ the provider enforces instead of bursting into 429s and backing off.
 
 Algorithm, per `acquire(tokens)`:
   1. Callers in this process queue on one FIFO lock, so whoever asked first is served
-     first and only the head of the queue sleeps (no polling).
+     first and only the head of the queue sleeps (no polling). A caller who finds
+     nobody queued asks the store at once, and queues only if the buckets are short.
   2. The head asks the store to take one request and `tokens` tokens; the store either
      takes both or says how long until it could, and the head sleeps that long. A
      request larger than a bucket's capacity waits for a full bucket and then borrows,
@@ -52,13 +53,15 @@ DIMENSIONS = ("requests", "tokens")
 
 class _PerLoop:
     """A lock and probe event for each event loop using a limiter (asyncio primitives are
-    bound to one loop; a key's limiter outlives any one `asyncio.run`)."""
+    bound to one loop; a key's limiter outlives any one `asyncio.run`), and how many
+    callers queue on the lock."""
 
-    __slots__ = ("lock", "probe")
+    __slots__ = ("lock", "probe", "queued")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.probe: asyncio.Event | None = None
+        self.queued = 0
 
 
 class RateLimiter:
@@ -91,6 +94,8 @@ class RateLimiter:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
             weakref.WeakKeyDictionary()
         )
+        self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
+        """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
 
     def given(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         """A further batch's given limits, in force from its first request."""
@@ -106,9 +111,13 @@ class RateLimiter:
 
     def _local(self) -> _PerLoop:
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop:
+            return last[1]
         local = self._loops.get(loop)
         if local is None:
             local = self._loops[loop] = _PerLoop()
+        self._last = (loop, local)
         return local
 
     async def _setup(self) -> None:
@@ -120,22 +129,33 @@ class RateLimiter:
         self._limits = limits
 
     async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of `tokens` estimated tokens may be sent, then reserve it."""
+        """Wait until one request of `tokens` estimated tokens may be sent, then reserve it.
+
+        With nobody queued and the limits known, the store is asked at once: a request the
+        buckets can take right away costs one store call, no lock."""
         local = self._local()
-        async with local.lock:
-            if self._limits is None:
-                await self._setup()
-            while True:
-                if self.learning:
-                    if local.probe is None:
-                        local.probe = asyncio.Event()
+        amounts = (("requests", 1), ("tokens", tokens))
+        if not local.queued and self._limits is not None and not self.learning:
+            if await self.store.take(self.key, amounts) <= 0:
+                return
+        local.queued += 1
+        try:
+            async with local.lock:
+                if self._limits is None:
+                    await self._setup()
+                while True:
+                    if self.learning:
+                        if local.probe is None:
+                            local.probe = asyncio.Event()
+                            return
+                        await local.probe.wait()
+                        continue
+                    wait = await self.store.take(self.key, amounts)
+                    if wait <= 0:
                         return
-                    await local.probe.wait()
-                    continue
-                wait = await self.store.take(self.key, (("requests", 1), ("tokens", tokens)))
-                if wait <= 0:
-                    return
-                await asyncio.sleep(wait)
+                    await asyncio.sleep(wait)
+        finally:
+            local.queued -= 1
 
     async def settle(self, reserved: int, used: int) -> None:
         """Correct a token reservation with the usage the server reported."""
@@ -185,8 +205,8 @@ class RateLimiter:
         self._end_probe()
 
     def _end_probe(self) -> None:
-        local = self._loops.get(asyncio.get_running_loop())
-        if local is not None and local.probe is not None:
+        local = self._local()
+        if local.probe is not None:
             probe, local.probe = local.probe, None
             probe.set()
 

@@ -13,8 +13,9 @@ Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun wi
 same journal finds each unfinished item's file and batch and, once the input has been
 read, polls that batch instead of uploading the item again, or creates the batch of a
 file uploaded just before a crash (after listing the batches for one the crash left
-unjournaled). What never reached a file goes out in new files as they fill. An interrupt (Ctrl-C) leaves the batches running and says
-how to collect them, or cancels them with `cancel_on_interrupt`.
+unjournaled). What never reached a file goes out in new files as they fill. An interrupt
+(Ctrl-C) leaves the batches running and says how to collect them, or cancels them with
+`cancel_on_interrupt`.
 """
 
 from __future__ import annotations
