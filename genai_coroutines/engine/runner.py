@@ -56,9 +56,7 @@ async def run_streaming(
     takes another input only when the consumer comes back for the next result: a slow
     consumer holds the batch back instead of letting finished results pile up.
     """
-    finished: asyncio.Queue[tuple[R, asyncio.Future[None]] | BaseException | None] = (
-        asyncio.Queue()
-    )
+    finished: asyncio.Queue[tuple[R, asyncio.Future[None]] | BaseException | None] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     if isinstance(source, AsyncIterable):
         items: AsyncGenerator[tuple[int, T], None] | None = _numbered(source, start)
