@@ -266,6 +266,26 @@ async def test_limiter_learns_limits_from_headers_and_sends_one_probe_first() ->
     await asyncio.wait_for(asyncio.gather(again.acquire(), again.acquire()), 1.0)
 
 
+async def test_a_replys_remaining_does_not_forget_the_requests_still_on_their_way() -> None:
+    """The server counted `remaining` before the requests just sent reached it: lowering
+    the bucket to the bare figure would spend their tokens a second time (a 429 under
+    OpenAI's accounting, which keeps the output allowance the client gives back)."""
+    store = MemoryStore(clock=lambda: 0.0)  # no refill while the test runs
+    limiter = RateLimiter(store, "key", requests_per_minute=60_000, tokens_per_minute=600_000)
+    await limiter.acquire(1_000)
+    await limiter.acquire(500)
+    await limiter.settle(1_500, 1_500)
+    await limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "60000",
+            "x-ratelimit-remaining-requests": "1000",
+            "x-ratelimit-limit-tokens": "600000",
+            "x-ratelimit-remaining-tokens": "8000",
+        }
+    )
+    assert store.snapshot("key") == {"requests": 998.0, "tokens": 6_500.0}
+
+
 async def test_limiter_without_headers_stops_learning_and_runs_free() -> None:
     store = MemoryStore()
     limiter = RateLimiter(store, "key", learn=True)

@@ -28,7 +28,12 @@ Algorithm, per `acquire(tokens)`:
      batch on it), the first request goes out alone; the `x-ratelimit-limit-*`,
      `-remaining-*` and `-reset-*` headers of its reply shape the buckets, and every
      later reply keeps them honest (a bucket is lowered to the `remaining` the server
-     reports, never raised above its own accounting).
+     reports, never raised above its own accounting). That `remaining` was counted
+     before the requests this process sent in the last `IN_TRANSIT_SECS` reached the
+     server, so they are taken off it: lowering to the bare figure would forget them,
+     and the server, still to charge them, would answer the next request 429. (Most of
+     all where the server keeps what the client gives back: OpenAI charges
+     `max_output_tokens` at admission and refunds nothing, so every reply lowers.)
 
 `Capacity` is the same idea for a quantity held rather than spent (Datalab's pages in
 flight): leases from the store, released when the job ends.
@@ -42,13 +47,18 @@ would leave most of this logic outside the library anyway.
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
+from collections import deque
 from collections.abc import Mapping
 
 from .headers import header_int, parse_duration
 from .store import LimitStore
 
 DIMENSIONS = ("requests", "tokens")
+IN_TRANSIT_SECS = 0.05
+"""How long after it is sent a request may still be missing from a reply's `remaining`:
+it has not reached the server yet, or it has while that reply was on its way back."""
 
 
 class _PerLoop:
@@ -94,6 +104,10 @@ class RateLimiter:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
             weakref.WeakKeyDictionary()
         )
+        self._sent: deque[tuple[float, int]] = deque()
+        """(when, tokens) of the requests reserved in the last `IN_TRANSIT_SECS`, and their
+        tokens in all."""
+        self._sent_tokens = 0
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
 
@@ -137,6 +151,7 @@ class RateLimiter:
         amounts = (("requests", 1), ("tokens", tokens))
         if not local.queued and self._limits is not None and not self.learning:
             if await self.store.take(self.key, amounts) <= 0:
+                self._reserved(tokens)
                 return
         local.queued += 1
         try:
@@ -152,10 +167,27 @@ class RateLimiter:
                         continue
                     wait = await self.store.take(self.key, amounts)
                     if wait <= 0:
+                        self._reserved(tokens)
                         return
                     await asyncio.sleep(wait)
         finally:
             local.queued -= 1
+
+    def _reserved(self, tokens: int) -> None:
+        now = time.monotonic()
+        self._forget_before(now - IN_TRANSIT_SECS)
+        self._sent.append((now, tokens))
+        self._sent_tokens += tokens
+
+    def _in_transit(self) -> dict[str, float]:
+        """Requests and tokens reserved too recently for a reply's `remaining` to count."""
+        self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
+        return {"requests": len(self._sent), "tokens": self._sent_tokens}
+
+    def _forget_before(self, since: float) -> None:
+        sent = self._sent
+        while sent and sent[0][0] < since:
+            self._sent_tokens -= sent.popleft()[1]
 
     async def settle(self, reserved: int, used: int) -> None:
         """Correct a token reservation with the usage the server reported."""
@@ -186,6 +218,7 @@ class RateLimiter:
         if self._limits is None:
             await self._setup()
         assert self._limits is not None
+        in_transit = self._in_transit()
         for name in DIMENSIONS:
             reported = header_int(headers, f"x-ratelimit-limit-{name}")
             remaining = header_int(headers, f"x-ratelimit-remaining-{name}")
@@ -200,7 +233,7 @@ class RateLimiter:
                 capacity = max(limit * self.burst_seconds / 60.0, remaining + reset * limit / 60.0)
                 await self.store.shape(self.key, name, limit, min(capacity, limit))
                 self._limits[name] = limit
-            await self.store.lower(self.key, name, float(remaining))
+            await self.store.lower(self.key, name, float(remaining - in_transit[name]))
         self._told = True
         self._end_probe()
 
