@@ -27,8 +27,8 @@ Two choices of the caller are the driver's too, so they hold for every adapter: 
 estimated cost is reserved before it is sent and settled when it finishes, and once the
 next one could pass the budget the rest end `budget_exceeded` unsent (`engine.budget`).
 
-`DriverCore` is all of this but how admitted items run; `Driver` runs one task per item
-through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
+`DriverCore` is all of this but how admitted items run; `Driver` runs each item on its
+own through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
 file of requests, answered when its batch ends) runs them with `engine.grouped` instead,
 behind the same admission (`prepare`, `digest`, `failed`: the `Admission` protocol),
 journal, progress, summary, logging and batch stop.
@@ -157,7 +157,7 @@ class BatchOptions:
 class DriverCore(Generic[P]):
     """What every driver does around its items (see the module docstring): `stream` runs
     the batch, `_results` runs its items, admitting each with `_admit` and journaling what
-    `_finish`es. `Driver` runs one task per item; `engine.grouped` runs them in groups."""
+    `_finish`es. `Driver` runs each item on its own; `engine.grouped` runs them in groups."""
 
     def __init__(self, adapter: Admission[P], source: Source[Any], options: BatchOptions) -> None:
         self.adapter = adapter
@@ -303,7 +303,7 @@ class DriverCore(Generic[P]):
 
 
 class Driver(DriverCore[P]):
-    """One batch of one adapter, one task per item, `concurrency` at once; `stream` runs it."""
+    """One batch of one adapter, each item on its own, `concurrency` at once; `stream` runs it."""
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
         super().__init__(adapter, source, options)

@@ -1,10 +1,10 @@
 """Grouped execution: items the API answers many at a time, behind the same driver.
 
-`batch.Driver` runs one task per item, each waiting for its own answer. Some paths
+`batch.Driver` runs each item on its own, waiting for its own answer. Some paths
 cannot work that way: the OpenAI Batch API takes a file of up to 50,000 requests and
-answers all of them when its batch ends, hours later, so one waiting task per item
-would hold every item of the batch in memory at once, and nothing would say when the
-last item of a file has arrived. `GroupedDriver` is the driver with only that middle
+answers all of them when its batch ends, hours later, so items that each wait for their
+own answer would all be held in memory at once, and nothing would say when the last
+item of a file has arrived. `GroupedDriver` is the driver with only that middle
 replaced. Every item is still admitted by the driver (`DriverCore._admit`: the batch
 stop, `prepare`, the journal's replay of a finished item) and every result still goes
 through it (journal, progress, summary, the `batch_start`/`batch_done` log lines,
