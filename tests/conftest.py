@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
+import openai
 import pytest
 
 from genai_coroutines.emulator import Emulator, EmulatorConfig
@@ -21,3 +22,12 @@ async def http(emulator: Emulator) -> AsyncIterator[aiohttp.ClientSession]:
     headers = {"X-Api-Key": emulator.config.datalab_api_key}
     async with aiohttp.ClientSession(headers=headers) as session:
         yield session
+
+
+@pytest.fixture
+async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
+    """The official SDK pointed at the emulator (no retries: each test sees every answer)."""
+    async with openai.AsyncOpenAI(
+        api_key=emulator.config.openai_api_key, base_url=emulator.openai_base_url, max_retries=0
+    ) as sdk:
+        yield sdk

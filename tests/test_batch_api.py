@@ -16,7 +16,6 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -62,14 +61,6 @@ def make_request(emulator: Emulator, n: int, **fields: Any) -> ResponsesRequest:
         **fields,
     }
     return ResponsesRequest(**settings)
-
-
-@pytest.fixture
-async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        api_key="sk-emulator", base_url=emulator.openai_base_url, max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def all_batches(client: openai.AsyncOpenAI) -> list[Any]:

@@ -4,7 +4,6 @@ of the emulated `/v1/responses`, driven by the official SDK."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import openai
 import orjson
@@ -19,14 +18,6 @@ MODEL = "gpt-4o-mini"
 PENDING = ("queued", "in_progress")
 POLL_PAUSE = 0.002
 POLL_TRIES = 2000
-
-
-@pytest.fixture
-async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        api_key="sk-emulator", base_url=emulator.openai_base_url, max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def settle(client: openai.AsyncOpenAI, response_id: str) -> tuple[Response, list[str]]:

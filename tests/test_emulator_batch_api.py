@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -20,14 +19,6 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")
 POLL_PAUSE = 0.002
 POLL_TRIES = 3000
 """Polls before a wait gives up: a few seconds at most, far above what any state here needs."""
-
-
-@pytest.fixture
-async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        api_key="sk-emulator", base_url=emulator.openai_base_url, max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 def line(custom_id: str, text: str, **body: Any) -> dict[str, Any]:

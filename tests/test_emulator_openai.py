@@ -6,7 +6,7 @@ import math
 import re
 import time
 import typing
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
@@ -101,14 +101,6 @@ INVOICE_SCHEMA: dict[str, Any] = {
 
 def json_schema_format(schema: dict[str, Any], name: str = "invoice") -> dict[str, Any]:
     return {"format": {"type": "json_schema", "name": name, "schema": schema, "strict": True}}
-
-
-@pytest.fixture
-async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
-    async with openai.AsyncOpenAI(
-        base_url=emulator.openai_base_url, api_key=emulator.config.openai_api_key, max_retries=0
-    ) as sdk:
-        yield sdk
 
 
 async def create(client: openai.AsyncOpenAI, **params: Any) -> Response:
