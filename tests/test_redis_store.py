@@ -61,12 +61,12 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
             assert await store.take(key, [("requests", 1), ("tokens", 5)]) == 0
         wait = await store.take(key, [("requests", 1), ("tokens", 5)])  # empty: ~1/10 s
         assert 0.05 < wait <= 0.1
-        await store.give(key, "requests", 3)  # settle: 3 back
+        await store.adjust(key, [("requests", 3)])  # settle: 3 back
         assert await store.take(key, [("requests", 3)]) == 0
-        await store.give(key, "tokens", 1000)  # never above capacity
+        await store.adjust(key, [("tokens", 1000)])  # never above capacity
         assert await store.take(key, [("tokens", 101)]) == 0  # above capacity: full, borrows
         assert await store.take(key, [("tokens", 1)]) > 0.0  # and the debt is repaid first
-        await store.lower(key, "tokens", -50)  # the server says less remains
+        await store.adjust(key, [("tokens", 1000)], [("tokens", -50)])  # given, then lowered
         assert await store.take(key, [("tokens", 1)]) > 0.4  # ~51 / 100 per s
         await store.shape(key, "tokens", 12000, 200)  # a deficit is carried as time to repay
         assert 0.45 < await store.take(key, [("tokens", 1)]) < 0.52

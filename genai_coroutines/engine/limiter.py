@@ -14,7 +14,9 @@ Algorithm, per `acquire(tokens)`:
      takes both or says how long until it could, and the head sleeps that long. A
      request larger than a bucket's capacity waits for a full bucket and then borrows,
      rather than deadlocking.
-  3. `settle(reserved, used)` corrects a token reservation once the real usage is known.
+  3. `observe(headers, refund=...)` follows the reply: it gives back what the request
+     was reserved beyond what it used and lowers each bucket to the server's
+     `remaining` (see 6.), in one store call.
   4. `pause(seconds)` (after a 429) empties every bucket of the key so that it holds
      nothing until `seconds` have passed (several 429s at once do not stack): every
      worker resumes at the permitted rate when the server's reset has passed, instead
@@ -56,6 +58,10 @@ from .headers import header_int, parse_duration
 from .store import LimitStore
 
 DIMENSIONS = ("requests", "tokens")
+_HEADERS = tuple(
+    (f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
+    for name in DIMENSIONS
+)
 IN_TRANSIT_SECS = 0.05
 """How long after it is sent a request may still be missing from a reply's `remaining`:
 it has not reached the server yet, or it has while that reply was on its way back."""
@@ -63,15 +69,13 @@ it has not reached the server yet, or it has while that reply was on its way bac
 
 class _PerLoop:
     """A lock and probe event for each event loop using a limiter (asyncio primitives are
-    bound to one loop; a key's limiter outlives any one `asyncio.run`), and how many
-    callers queue on the lock."""
+    bound to one loop; a key's limiter outlives any one `asyncio.run`)."""
 
-    __slots__ = ("lock", "probe", "queued")
+    __slots__ = ("lock", "probe")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.probe: asyncio.Event | None = None
-        self.queued = 0
 
 
 class RateLimiter:
@@ -110,6 +114,12 @@ class RateLimiter:
         self._sent_tokens = 0
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
+        self._queued = 0
+        """Callers queued on a lock (of any loop): while there are, newcomers queue too."""
+        self._probes = 0
+        """Loops whose probe is out."""
+        self._ready = False
+        """Limits known and not learning: `acquire` may ask the store without queueing."""
 
     def given(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         """A further batch's given limits, in force from its first request."""
@@ -117,6 +127,7 @@ class RateLimiter:
             if value is not None and value != self._given[name]:
                 self._given[name] = value
                 self._limits = None  # shaped again at the next acquire
+                self._ready = False
 
     @property
     def learning(self) -> bool:
@@ -141,19 +152,20 @@ class RateLimiter:
                 await self.store.shape(self.key, name, given, given * self.burst_seconds / 60.0)
                 limits[name] = given
         self._limits = limits
+        self._ready = not self.learning
 
     async def acquire(self, tokens: int = 0) -> None:
         """Wait until one request of `tokens` estimated tokens may be sent, then reserve it.
 
         With nobody queued and the limits known, the store is asked at once: a request the
         buckets can take right away costs one store call, no lock."""
-        local = self._local()
         amounts = (("requests", 1), ("tokens", tokens))
-        if not local.queued and self._limits is not None and not self.learning:
+        if self._ready and not self._queued:
             if await self.store.take(self.key, amounts) <= 0:
                 self._reserved(tokens)
                 return
-        local.queued += 1
+        local = self._local()
+        self._queued += 1
         try:
             async with local.lock:
                 if self._limits is None:
@@ -162,6 +174,7 @@ class RateLimiter:
                     if self.learning:
                         if local.probe is None:
                             local.probe = asyncio.Event()
+                            self._probes += 1
                             return
                         await local.probe.wait()
                         continue
@@ -171,7 +184,7 @@ class RateLimiter:
                         return
                     await asyncio.sleep(wait)
         finally:
-            local.queued -= 1
+            self._queued -= 1
 
     def _reserved(self, tokens: int) -> None:
         now = time.monotonic()
@@ -179,20 +192,16 @@ class RateLimiter:
         self._sent.append((now, tokens))
         self._sent_tokens += tokens
 
-    def _in_transit(self) -> dict[str, float]:
-        """Requests and tokens reserved too recently for a reply's `remaining` to count."""
+    def _in_transit(self) -> tuple[int, int]:
+        """Requests and tokens (`DIMENSIONS`) reserved too recently for a reply's
+        `remaining` to count."""
         self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
-        return {"requests": len(self._sent), "tokens": self._sent_tokens}
+        return len(self._sent), self._sent_tokens
 
     def _forget_before(self, since: float) -> None:
         sent = self._sent
         while sent and sent[0][0] < since:
             self._sent_tokens -= sent.popleft()[1]
-
-    async def settle(self, reserved: int, used: int) -> None:
-        """Correct a token reservation with the usage the server reported."""
-        if reserved != used:
-            await self.store.give(self.key, "tokens", reserved - used)
 
     def surcharge(self, kind: str) -> int:
         """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""
@@ -210,37 +219,53 @@ class RateLimiter:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""
         await self.store.pause(self.key, seconds)
 
-    async def observe(self, headers: Mapping[str, str] | None) -> None:
-        """Follow the server's `x-ratelimit-*` headers; None means the attempt got no reply."""
+    async def observe(self, headers: Mapping[str, str] | None, *, refund: int = 0) -> None:
+        """Follow the server's `x-ratelimit-*` headers (None: the attempt got no reply),
+        after giving back `refund` tokens: what the request was reserved beyond what the
+        server reported it used."""
+        give = (("tokens", refund),) if refund else ()
         if headers is None:
+            if give:
+                await self.store.adjust(self.key, give)
             self._end_probe()
             return
         if self._limits is None:
             await self._setup()
-        assert self._limits is not None
+        limits = self._limits
+        assert limits is not None
+        lower: list[tuple[str, float]] = []
         in_transit = self._in_transit()
-        for name in DIMENSIONS:
-            reported = header_int(headers, f"x-ratelimit-limit-{name}")
-            remaining = header_int(headers, f"x-ratelimit-remaining-{name}")
+        for i, (name, (limit_header, remaining_header, reset_header)) in enumerate(
+            zip(DIMENSIONS, _HEADERS, strict=True)
+        ):
+            reported = header_int(headers, limit_header)
+            remaining = header_int(headers, remaining_header)
             if not reported or remaining is None:
                 continue
             # A limit the caller gave is a ceiling (the key may be shared with other
             # processes): the server's figure may lower it, never raise it.
             given = self._given[name]
             limit = min(float(reported), given) if given else float(reported)
-            if self._limits.get(name) != limit:
-                reset = parse_duration(headers.get(f"x-ratelimit-reset-{name}")) or 0.0
+            if limits.get(name) != limit:
+                reset = parse_duration(headers.get(reset_header)) or 0.0
                 capacity = max(limit * self.burst_seconds / 60.0, remaining + reset * limit / 60.0)
                 await self.store.shape(self.key, name, limit, min(capacity, limit))
-                self._limits[name] = limit
-            await self.store.lower(self.key, name, float(remaining - in_transit[name]))
-        self._told = True
+                limits[name] = limit
+            lower.append((name, float(remaining - in_transit[i])))
+        if give or lower:
+            await self.store.adjust(self.key, give, lower)
+        if not self._told:
+            self._told = True
+            self._ready = True
         self._end_probe()
 
     def _end_probe(self) -> None:
+        if not self._probes:
+            return
         local = self._local()
         if local.probe is not None:
             probe, local.probe = local.probe, None
+            self._probes -= 1
             probe.set()
 
 

@@ -118,25 +118,27 @@ if #found > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return '0'
 """
 
-# ARGV: idle ttl (ms), dimension, amount.
-_GIVE = """
-local b = load(KEYS[1], ARGV[2])
-if not b then return 0 end
-refill(b, now())
-b.level = math.min(b.cap, b.level + tonumber(ARGV[3]))
-save(KEYS[1], ARGV[2], b)
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-
-# ARGV: idle ttl (ms), dimension, level.
-_LOWER = """
-local b = load(KEYS[1], ARGV[2])
-if not b then return 0 end
-refill(b, now())
-b.level = math.min(b.level, tonumber(ARGV[3]))
-save(KEYS[1], ARGV[2], b)
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
+# ARGV: idle ttl (ms), the number of amounts to give, then (dimension, amount) pairs to
+# give, then (dimension, level) pairs to lower to.
+_ADJUST = """
+local t = now()
+local gives = tonumber(ARGV[2])
+local changed = false
+for i = 3, #ARGV, 2 do
+  local b = load(KEYS[1], ARGV[i])
+  if b then
+    refill(b, t)
+    local value = tonumber(ARGV[i + 1])
+    if (i - 3) / 2 < gives then
+      b.level = math.min(b.cap, b.level + value)
+    else
+      b.level = math.min(b.level, value)
+    end
+    save(KEYS[1], ARGV[i], b)
+    changed = true
+  end
+end
+if changed then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return 1
 """
 
@@ -214,8 +216,7 @@ return redis.call('HDEL', KEYS[1], ARGV[1])
 
 SCRIPTS = {
     "take": _TAKE,
-    "give": _GIVE,
-    "lower": _LOWER,
+    "adjust": _ADJUST,
     "shape": _SHAPE,
     "limits": _LIMITS,
     "pause": _PAUSE,
@@ -420,18 +421,20 @@ class RedisStore:
 
         return await self._shared(call, lambda store: store.take(key, amounts))
 
-    async def give(self, key: str, dimension: str, amount: float) -> None:
+    async def adjust(
+        self,
+        key: str,
+        give: Sequence[tuple[str, float]],
+        lower: Sequence[tuple[str, float]] = (),
+    ) -> None:
+        args: list[Any] = [self._idle_ms, len(give)]
+        for dimension, amount in (*give, *lower):
+            args += [dimension, repr(float(amount))]
+
         async def call() -> None:
-            args = [self._idle_ms, dimension, repr(float(amount))]
-            await self._run("give", [f"{key}:limits"], args)
+            await self._run("adjust", [f"{key}:limits"], args)
 
-        await self._shared(call, lambda store: store.give(key, dimension, amount))
-
-    async def lower(self, key: str, dimension: str, level: float) -> None:
-        async def call() -> None:
-            await self._run("lower", [f"{key}:limits"], [self._idle_ms, dimension, repr(level)])
-
-        await self._shared(call, lambda store: store.lower(key, dimension, level))
+        await self._shared(call, lambda store: store.adjust(key, give, lower))
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
         self._shapes[(key, dimension)] = (float(per_minute), float(capacity))

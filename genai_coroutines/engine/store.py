@@ -31,12 +31,17 @@ class LimitStore(Protocol):
         and then borrows (the level goes negative) rather than waiting forever."""
         ...
 
-    async def give(self, key: str, dimension: str, amount: float) -> None:
-        """Add `amount` back (negative: take more), e.g. to settle a token reservation."""
-        ...
-
-    async def lower(self, key: str, dimension: str, level: float) -> None:
-        """Lower a bucket to `level` if it holds more (what the server says remains)."""
+    async def adjust(
+        self,
+        key: str,
+        give: Sequence[tuple[str, float]],
+        lower: Sequence[tuple[str, float]] = (),
+    ) -> None:
+        """What a reply taught, in one step: add each `give` amount back to its bucket
+        (never above capacity; negative: take more), e.g. to settle a token reservation,
+        then lower each `lower` bucket to its level if it holds more (what the server
+        says remains). One call per reply, not one per figure: over a shared store that
+        is one round trip."""
         ...
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
@@ -77,15 +82,13 @@ class Bucket:
         self.level = self.capacity
         self.stamp = now
 
-    def refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait_for(self, amount: float, now: float) -> float:
-        """Seconds until `amount` can be taken (amounts above capacity need a full bucket)."""
-        self.refill(now)
-        need = min(amount, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+    def refill(self, now: float) -> float:
+        """The level now (stored)."""
+        level = self.level + (now - self.stamp) * self.rate
+        if level > self.capacity:
+            level = self.capacity
+        self.level, self.stamp = level, now
+        return level
 
 
 class MemoryStore:
@@ -93,42 +96,57 @@ class MemoryStore:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._buckets: dict[tuple[str, str], Bucket] = {}
+        self._buckets: dict[str, dict[str, Bucket]] = {}
+        """Each key's buckets, by dimension."""
         self._paused: dict[str, float] = {}
         self._leases: dict[str, dict[str, tuple[int, float]]] = {}
         self._ids = itertools.count()
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
         now = self._clock()
-        wait = self._paused.get(key, 0.0) - now
-        found: list[tuple[Bucket, float]] = []
+        wait = self._paused.get(key, now) - now
+        buckets = self._buckets.get(key)
+        if not buckets:
+            return wait if wait > 0 else 0.0
         for dimension, amount in amounts:
-            bucket = self._buckets.get((key, dimension))
+            bucket = buckets.get(dimension)
             if bucket is not None:
-                wait = max(wait, bucket.wait_for(amount, now))
-                found.append((bucket, amount))
+                need = amount if amount < bucket.capacity else bucket.capacity
+                short = need - bucket.refill(now)
+                if short > 0 and short / bucket.rate > wait:
+                    wait = short / bucket.rate
         if wait > 0:
             return wait
-        for bucket, amount in found:
-            bucket.level -= amount
+        for dimension, amount in amounts:
+            bucket = buckets.get(dimension)
+            if bucket is not None:
+                bucket.level -= amount
         return 0.0
 
-    async def give(self, key: str, dimension: str, amount: float) -> None:
-        bucket = self._buckets.get((key, dimension))
-        if bucket is not None:
-            bucket.refill(self._clock())
-            bucket.level = min(bucket.capacity, bucket.level + amount)
-
-    async def lower(self, key: str, dimension: str, level: float) -> None:
-        bucket = self._buckets.get((key, dimension))
-        if bucket is not None:
-            bucket.refill(self._clock())
-            bucket.level = min(bucket.level, level)
+    async def adjust(
+        self,
+        key: str,
+        give: Sequence[tuple[str, float]],
+        lower: Sequence[tuple[str, float]] = (),
+    ) -> None:
+        buckets = self._buckets.get(key)
+        if not buckets:
+            return
+        now = self._clock()
+        for dimension, amount in give:
+            bucket = buckets.get(dimension)
+            if bucket is not None:
+                bucket.level = min(bucket.capacity, bucket.refill(now) + amount)
+        for dimension, level in lower:
+            bucket = buckets.get(dimension)
+            if bucket is not None and bucket.refill(now) > level:
+                bucket.level = level
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
         now = self._clock()
         fresh = Bucket(per_minute, capacity, now)
-        old = self._buckets.get((key, dimension))
+        buckets = self._buckets.setdefault(key, {})
+        old = buckets.get(dimension)
         if old is not None:
             old.refill(now)
             fresh.level = (
@@ -136,18 +154,16 @@ class MemoryStore:
                 if old.level >= 0
                 else old.level / old.rate * fresh.rate
             )
-        self._buckets[(key, dimension)] = fresh
+        buckets[dimension] = fresh
 
     async def limits(self, key: str) -> dict[str, float]:
-        return {dim: b.per_minute for (owner, dim), b in self._buckets.items() if owner == key}
+        return {dim: b.per_minute for dim, b in self._buckets.get(key, {}).items()}
 
     async def pause(self, key: str, seconds: float) -> None:
         now = self._clock()
         self._paused[key] = max(self._paused.get(key, 0.0), now + seconds)
-        for (owner, _), bucket in self._buckets.items():
-            if owner == key:
-                bucket.refill(now)
-                bucket.level = min(bucket.level, -bucket.rate * seconds)
+        for bucket in self._buckets.get(key, {}).values():
+            bucket.level = min(bucket.refill(now), -bucket.rate * seconds)
 
     async def lease(self, key: str, units: int, total: int, ttl: float) -> str | None:
         now = self._clock()
@@ -167,9 +183,4 @@ class MemoryStore:
     def snapshot(self, key: str) -> Mapping[str, float]:
         """Levels of the key's buckets now (for inspection and tests)."""
         now = self._clock()
-        levels = {}
-        for (owner, dim), bucket in self._buckets.items():
-            if owner == key:
-                bucket.refill(now)
-                levels[dim] = bucket.level
-        return levels
+        return {dim: bucket.refill(now) for dim, bucket in self._buckets.get(key, {}).items()}

@@ -253,8 +253,8 @@ class DirectPath:
     ) -> Success[A] | Failure:
         """What one attempt produced, with the limiter and the batch stop told about it.
 
-        The reservation is settled before the reply's `x-ratelimit-*` headers are
-        observed, so where the server counts differently from our estimate (OpenAI
+        The reservation is settled (`refund`) before the reply's `x-ratelimit-*` headers
+        lower the buckets, so where the server counts differently from our estimate (OpenAI
         charges `max_output_tokens` up front), its `remaining` has the last word.
         """
         limiter = self.limiter
@@ -263,14 +263,14 @@ class DirectPath:
             return reply
         if reply.status == 200:
             outcome = accept(reply)
+            refund = 0
             if isinstance(outcome, Success):
                 usage = outcome.value.usage
                 used = usage.get("total_tokens") if usage is not None else None
-                await limiter.settle(reserved, used if isinstance(used, int) else reserved)
-            await limiter.observe(reply.headers)
+                refund = reserved - used if isinstance(used, int) else 0
+            await limiter.observe(reply.headers, refund=refund)
             return outcome
-        await limiter.settle(reserved, 0)
-        await limiter.observe(reply.headers)
+        await limiter.observe(reply.headers, refund=reserved)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
