@@ -87,7 +87,7 @@ class Adapter(Admission[P], Protocol[P]):
     async def execute(self, run: ItemRun, prepared: P) -> Result: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Admitted(Generic[P]):
     """An item the driver admitted: prepared, not stopped, not answered by the journal."""
 

@@ -29,7 +29,7 @@ from .outcome import Failure
 BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Reply:
     status: int
     headers: CIMultiDictProxy[str]

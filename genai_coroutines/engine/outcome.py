@@ -86,7 +86,7 @@ class Failure:
         return self.retriable and self.status == 429 and self.error_type == "rate_limit_error"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Success(Generic[T]):
     value: T
 

@@ -74,7 +74,7 @@ class Tries:
     """Flex "Resource Unavailable" 429s received (`flex_fallback_after` counts them)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
     body: bytes
     estimate: int

@@ -20,7 +20,7 @@ from ..engine import Failure, Result, log_event
 logger = logging.getLogger("genai_coroutines.responses")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """A finished response: its JSON text as received, and what the summary needs of it."""
 
