@@ -208,7 +208,30 @@ async def test_runner_cancels_in_flight_work_when_the_consumer_stops() -> None:
     await started.wait()
     await stream.aclose()
     assert first == 0
-    assert cancelled == 2  # items 1 and 2; the slot freed by item 0 was never refilled
+    assert cancelled == 3  # items 1 and 2, and 3, which the worker freed by item 0 took
+
+
+async def test_runner_holds_back_while_finished_results_wait_for_the_consumer() -> None:
+    """A consumer that stops reading stops the batch: once `concurrency` finished results
+    wait for it, no worker takes another input."""
+    taken = 0
+
+    def source() -> Iterator[int]:
+        nonlocal taken
+        for item in range(1000):
+            taken += 1
+            yield item
+
+    async def work(index: int, item: int) -> int:
+        await asyncio.sleep(0)
+        return item
+
+    stream = run_streaming(source(), work, concurrency=4)
+    assert await stream.__anext__() == 0
+    for _ in range(20):  # every worker gets as many turns as it would take
+        await asyncio.sleep(0)
+    assert taken <= 4 + 4 + 1  # those waiting, those running when the room filled, one taken
+    assert sorted([r async for r in stream]) == list(range(1, 1000))
 
 
 async def test_limiter_admits_a_burst_then_paces_at_the_rate() -> None:

@@ -13,6 +13,7 @@ caller's back and every result already yielded stays yielded.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -22,7 +23,7 @@ from collections.abc import (
     Iterable,
     Sized,
 )
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,6 +40,66 @@ async def _aiter(source: Source[T]) -> AsyncGenerator[T, None]:
             yield item
 
 
+class _Handoff(Generic[R]):
+    """Finished results on their way from the workers to the one consumer, in the order
+    they finished. At most `room` wait: a worker that finds it full waits until the
+    consumer takes one. A deque and a future per wait instead of an `asyncio.Queue` and a
+    future per result: this is on every item's path, and the waits happen only when the
+    consumer is the slower side."""
+
+    __slots__ = ("items", "room", "live", "failure", "_loop", "_consumer", "_workers")
+
+    def __init__(self, room: int, live: int) -> None:
+        self.items: deque[R] = deque()
+        self.room = room
+        self.live = live
+        """Workers still running."""
+        self.failure: BaseException | None = None
+        """What ended a worker (a bug in `work`), raised to the consumer after the results
+        that finished before it."""
+        self._loop = asyncio.get_running_loop()
+        self._consumer: asyncio.Future[None] | None = None
+        self._workers: list[asyncio.Future[None]] = []
+
+    def put(self, result: R) -> None:
+        self.items.append(result)
+        self._wake_consumer()
+
+    def fail(self, exc: BaseException) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._wake_consumer()
+
+    def retire(self) -> None:
+        self.live -= 1
+        self._wake_consumer()
+
+    def take(self) -> R:
+        result = self.items.popleft()
+        if self._workers and len(self.items) < self.room:
+            waiting, self._workers = self._workers, []
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+        return result
+
+    async def arrival(self) -> None:
+        """Until a worker puts, fails or retires."""
+        self._consumer = self._loop.create_future()
+        await self._consumer
+
+    async def wait_for_room(self) -> None:
+        while len(self.items) >= self.room:
+            future = self._loop.create_future()
+            self._workers.append(future)
+            await future
+
+    def _wake_consumer(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None and not consumer.done():
+            consumer.set_result(None)
+
+
 async def run_streaming(
     source: Source[T],
     work: Callable[[int, T], Awaitable[R]],
@@ -52,12 +113,10 @@ async def run_streaming(
     escaping `work` is a bug and ends the batch (after cancelling the rest).
 
     `concurrency` workers each take the next input when they are free and run it, so an
-    item costs a coroutine, not a task of its own. A worker hands its result over and
-    takes another input only when the consumer comes back for the next result: a slow
+    item costs a coroutine, not a task of its own. Up to `concurrency` finished results
+    wait for the consumer; while that many wait, no worker takes another input, so a slow
     consumer holds the batch back instead of letting finished results pile up.
     """
-    finished: asyncio.Queue[tuple[R, asyncio.Future[None]] | BaseException | None] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
     if isinstance(source, AsyncIterable):
         items: AsyncGenerator[tuple[int, T], None] | None = _numbered(source, start)
         turn = asyncio.Lock()
@@ -73,30 +132,34 @@ async def run_streaming(
         async def next_item() -> tuple[int, T] | None:
             return next(numbered, None)
 
+    size = max(1, concurrency)
+    handoff: _Handoff[R] = _Handoff(size, size)
+
     async def worker() -> None:
         try:
-            while (numbered_item := await next_item()) is not None:
-                taken = loop.create_future()
-                finished.put_nowait((await work(*numbered_item), taken))
-                await taken
+            while True:
+                if len(handoff.items) >= handoff.room:
+                    await handoff.wait_for_room()
+                numbered_item = await next_item()
+                if numbered_item is None:
+                    break
+                handoff.put(await work(*numbered_item))
         except BaseException as exc:  # handed to the consumer, which raises it
-            finished.put_nowait(exc)
+            handoff.fail(exc)
             raise
-        finished.put_nowait(None)
+        handoff.retire()
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
-    live = len(workers)
+    workers = [asyncio.ensure_future(worker()) for _ in range(size)]
     try:
-        while live:
-            entry = await finished.get()
-            if entry is None:
-                live -= 1
-            elif isinstance(entry, BaseException):
-                raise entry
+        while True:
+            if handoff.items:
+                yield handoff.take()
+            elif handoff.failure is not None:
+                raise handoff.failure
+            elif not handoff.live:
+                return
             else:
-                result, taken = entry
-                yield result
-                taken.set_result(None)
+                await handoff.arrival()
     finally:
         for task in workers:
             task.cancel()
