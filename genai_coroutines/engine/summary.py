@@ -41,6 +41,8 @@ PRICES: dict[str, Price] = {
 }
 """List prices (standard tier) used for the estimate; dated snapshots map to their family."""
 
+_UNSEEN = Price(0.0, 0.0, 0.0)
+
 DISCOUNTED_TIERS = {"batch": 0.5, "flex": 0.5}
 """Share of the standard price a result billed at this tier costs: the Batch API charges
 half, and flex is billed at Batch API rates (on the models that offer it). A result's
@@ -53,13 +55,26 @@ def tier_share(tier: object) -> float:
     return DISCOUNTED_TIERS.get(tier, 1.0) if isinstance(tier, str) else 1.0
 
 
+def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
+    """(input, cached input, output, reasoning) tokens of one answer's `usage`."""
+    inputs = int(usage.get("input_tokens") or 0)
+    details = usage.get("input_tokens_details")
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    outputs = int(usage.get("output_tokens") or 0)
+    details = usage.get("output_tokens_details")
+    reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
+    return inputs, cached, outputs, reasoning
+
+
 def usage_cost(usage: Mapping[str, Any], price: Price, share: float = 1.0) -> float:
     """US dollars of one answer's `usage` at `price` times `share`: cached input at its
     own rate, reasoning tokens within the output tokens (as OpenAI bills them)."""
-    inputs = int(usage.get("input_tokens") or 0)
-    details = usage.get("input_tokens_details")
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, Mapping) else 0
-    outputs = int(usage.get("output_tokens") or 0)
+    inputs, cached, outputs, _ = usage_tokens(usage)
+    return token_cost(inputs, cached, outputs, price, share)
+
+
+def token_cost(inputs: int, cached: int, outputs: int, price: Price, share: float) -> float:
+    """US dollars of these tokens (`cached` among the `inputs`) at `price` times `share`."""
     return (
         share
         * ((inputs - cached) * price.input + cached * price.cached_input + outputs * price.output)
@@ -100,52 +115,57 @@ class BatchSummary:
     cost_cents: float = 0.0
     duplicates: int = 0
     """Results given a twin's answer (`dedupe`): counted, but neither priced nor tiered."""
+    _prices: dict[str, Price | None] = field(default_factory=dict, init=False, repr=False)
+    """`price_for` each model seen, looked up once."""
 
     def add(self, result: Mapping[str, Any]) -> None:
         """Count one finished item (a Responses or a Documents result dict)."""
+        get = result.get
         self.total += 1
-        if result.get("success"):
+        if get("success"):
             self.succeeded += 1
         else:
             self.failed += 1
-        self.retries += max(0, int(result.get("attempts") or 1) - 1)
-        self.rate_limited += int(result.get("rate_limited") or 0)
-        if result.get("from_journal"):
+        attempts = int(get("attempts") or 1)
+        if attempts > 1:
+            self.retries += attempts - 1
+        rate_limited = get("rate_limited")
+        if rate_limited:
+            self.rate_limited += int(rate_limited)
+        if get("from_journal"):
             self.reused += 1
-        if result.get("duplicate_of") is not None:
+        if get("duplicate_of") is not None:
             self.duplicates += 1
             return  # a twin of an item sent once (`dedupe`): its tokens are that item's
-        tier = result.get("service_tier")
+        tier = get("service_tier")
         if isinstance(tier, str):
             self.tiers[tier] = self.tiers.get(tier, 0) + 1
-        usage = result.get("usage")
+        usage = get("usage")
         if usage:
-            share = DISCOUNTED_TIERS.get(tier, 1.0) if isinstance(tier, str) else 1.0
-            self._add_usage(usage, str(result.get("model") or self.model), share)
-        if result.get("page_count"):
-            self.pages += int(result["page_count"])
-        cost = result.get("cost_breakdown")
+            self._add_usage(usage, str(get("model") or self.model), tier_share(tier))
+        pages = get("page_count")
+        if pages:
+            self.pages += int(pages)
+        cost = get("cost_breakdown")
         if isinstance(cost, Mapping):
             cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
             if isinstance(cents, int | float):
                 self.cost_cents += cents
 
     def _add_usage(self, usage: Mapping[str, Any], model: str, share: float) -> None:
-        inputs = int(usage.get("input_tokens") or 0)
-        cached = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
-        outputs = int(usage.get("output_tokens") or 0)
+        inputs, cached, outputs, reasoning = usage_tokens(usage)
         self.input_tokens += inputs
         self.cached_tokens += cached
         self.output_tokens += outputs
-        self.reasoning_tokens += int(
-            (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
-        )
-        price = price_for(model, self.prices)
+        self.reasoning_tokens += reasoning
+        price = self._prices.get(model, _UNSEEN)
+        if price is _UNSEEN:
+            price = self._prices[model] = price_for(model, self.prices)
         if price is None:
             if model:
                 self.unpriced_models.add(model)
             return
-        self.cost_usd += usage_cost(usage, price, share)
+        self.cost_usd += token_cost(inputs, cached, outputs, price, share)
 
     def finish(self) -> BatchSummary:
         self.finished = time.monotonic()
