@@ -62,9 +62,13 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 def header_int(headers: Mapping[str, str], name: str) -> int | None:
-    """An integer header; tolerates "1000.0", ignores junk, infinities and negatives (Azure
-    sends -1): a value read from a server is untrusted input."""
-    value = headers.get(name)
+    """An integer header (see `count`)."""
+    return count(headers.get(name))
+
+
+def count(value: str | None) -> int | None:
+    """An integer read from a header; tolerates "1000.0", ignores junk, infinities and
+    negatives (Azure sends -1): a value read from a server is untrusted input."""
     if value is None:
         return None
     try:

@@ -54,7 +54,7 @@ import weakref
 from collections import deque
 from collections.abc import Mapping
 
-from .headers import header_int, parse_duration
+from .headers import count, header_int, parse_duration
 from .store import LimitStore
 
 DIMENSIONS = ("requests", "tokens")
@@ -62,6 +62,7 @@ _HEADERS = tuple(
     (f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
     for name in DIMENSIONS
 )
+"""The limit, remaining and reset headers of each of the `DIMENSIONS`."""
 IN_TRANSIT_SECS = 0.05
 """How long after it is sent a request may still be missing from a reply's `remaining`:
 it has not reached the server yet, or it has while that reply was on its way back."""
@@ -120,6 +121,9 @@ class RateLimiter:
         """Loops whose probe is out."""
         self._ready = False
         """Limits known and not learning: `acquire` may ask the store without queueing."""
+        self._followed: list[str | None] = [None] * len(DIMENSIONS)
+        """Each dimension's `x-ratelimit-limit-*` text last followed: a reply repeating it
+        (nearly all do) needs only its `remaining` read."""
 
     def given(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         """A further batch's given limits, in force from its first request."""
@@ -128,6 +132,7 @@ class RateLimiter:
                 self._given[name] = value
                 self._limits = None  # shaped again at the next acquire
                 self._ready = False
+                self._followed = [None] * len(DIMENSIONS)
 
     @property
     def learning(self) -> bool:
@@ -231,33 +236,45 @@ class RateLimiter:
             return
         if self._limits is None:
             await self._setup()
-        limits = self._limits
-        assert limits is not None
         lower: list[tuple[str, float]] = []
         in_transit = self._in_transit()
-        for i, (name, (limit_header, remaining_header, reset_header)) in enumerate(
-            zip(DIMENSIONS, _HEADERS, strict=True)
-        ):
-            reported = header_int(headers, limit_header)
+        for i, (limit_header, remaining_header, reset_header) in enumerate(_HEADERS):
             remaining = header_int(headers, remaining_header)
-            if not reported or remaining is None:
+            if remaining is None:
                 continue
-            # A limit the caller gave is a ceiling (the key may be shared with other
-            # processes): the server's figure may lower it, never raise it.
-            given = self._given[name]
-            limit = min(float(reported), given) if given else float(reported)
-            if limits.get(name) != limit:
-                reset = parse_duration(headers.get(reset_header)) or 0.0
-                capacity = max(limit * self.burst_seconds / 60.0, remaining + reset * limit / 60.0)
-                await self.store.shape(self.key, name, limit, min(capacity, limit))
-                limits[name] = limit
-            lower.append((name, float(remaining - in_transit[i])))
+            told = headers.get(limit_header)
+            if told != self._followed[i]:
+                if not await self._follow(i, told, remaining, headers.get(reset_header)):
+                    continue
+            lower.append((DIMENSIONS[i], float(remaining - in_transit[i])))
         if give or lower:
             await self.store.adjust(self.key, give, lower)
         if not self._told:
             self._told = True
             self._ready = True
         self._end_probe()
+
+    async def _follow(
+        self, i: int, told: str | None, remaining: int, reset: str | None
+    ) -> bool:
+        """Shape dimension `i`'s bucket to the limit a reply told (with its `remaining`
+        and `reset`); False when it told none."""
+        reported = count(told)
+        if not reported:
+            return False
+        assert self._limits is not None
+        name = DIMENSIONS[i]
+        # A limit the caller gave is a ceiling (the key may be shared with other
+        # processes): the server's figure may lower it, never raise it.
+        given = self._given[name]
+        limit = min(float(reported), given) if given else float(reported)
+        if self._limits.get(name) != limit:
+            seconds = parse_duration(reset) or 0.0
+            capacity = max(limit * self.burst_seconds / 60.0, remaining + seconds * limit / 60.0)
+            await self.store.shape(self.key, name, limit, min(capacity, limit))
+            self._limits[name] = limit
+        self._followed[i] = told
+        return True
 
     def _end_probe(self) -> None:
         if not self._probes:
