@@ -16,7 +16,7 @@ from .batch import (
 )
 from .bookkeeping import Result
 from .headers import parse_duration, retry_after
-from .http import BodyReader, Reply, open_session, read_all, send
+from .http import BodyReader, Reply, open_session, send
 from .limiter import Capacity, RateLimiter
 from .limits import LOCAL, KeyLimits, key_digest, limit_key
 from .logs import log_event
@@ -70,7 +70,6 @@ __all__ = [
     "open_session",
     "parse_duration",
     "poll_until",
-    "read_all",
     "retry_after",
     "retrying",
     "run_streaming",

@@ -280,10 +280,12 @@ class DriverCore(Generic[P]):
         index = result["index"]
         if self._twins is not None:
             self._twins.finished(result)
-        held = self._held.pop(index, None)
-        if held is not None and self.options.budget is not None:
-            self.options.budget.settle(held, result)
-        self._journal(self.books.record, index, result)
+        if self._held:
+            held = self._held.pop(index, None)
+            if held is not None and self.options.budget is not None:
+                self.options.budget.settle(held, result)
+        if self.books.journal is not None:
+            self._journal(self.books.record, index, result)
         return result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
@@ -334,8 +336,11 @@ class Driver(DriverCore[P]):
         return self._finish(result)
 
     def _known(self, index: int) -> Submission | None:
-        resumed = (self.options.resume or {}).get(index)
+        resume = self.options.resume
+        resumed = resume.get(index) if resume else None
         if resumed is not None:
             return resumed
+        if self.books.journal is None:
+            return None
         known = self.books.submission(index)
         return None if known is None else Submission(*known)

@@ -52,27 +52,24 @@ def open_session(
     )
 
 
-async def read_all(response: aiohttp.ClientResponse) -> bytes:
-    return await response.read()
-
-
 async def send(
     session: aiohttp.ClientSession,
     method: str,
     url: str,
     *,
     timeout: aiohttp.ClientTimeout,
-    read_body: BodyReader = read_all,
+    read_body: BodyReader | None = None,
     **kwargs: Any,
 ) -> Reply | Failure:
-    """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte."""
+    """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte,
+    read whole unless `read_body` reads it."""
     try:
         async with session.request(
             method, url, timeout=timeout, allow_redirects=False, **kwargs
         ) as response:
             if 300 <= response.status < 400:
                 return _redirect(response)
-            body = await read_body(response)
+            body = await (response.read() if read_body is None else read_body(response))
             return Reply(response.status, response.headers, body)
     except asyncio.TimeoutError:
         return Failure(f"Request timed out after {timeout.total:g}s", "timeout", retriable=True)

@@ -21,6 +21,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Iterator,
     Sized,
 )
 from typing import Generic, TypeVar
@@ -117,8 +118,10 @@ async def run_streaming(
     wait for the consumer; while that many wait, no worker takes another input, so a slow
     consumer holds the batch back instead of letting finished results pile up.
     """
+    numbered: Iterator[tuple[int, T]] | None = None
+    items: AsyncGenerator[tuple[int, T], None] | None = None
     if isinstance(source, AsyncIterable):
-        items: AsyncGenerator[tuple[int, T], None] | None = _numbered(source, start)
+        items = _numbered(source, start)
         turn = asyncio.Lock()
 
         async def next_item() -> tuple[int, T] | None:
@@ -127,10 +130,7 @@ async def run_streaming(
                 return await anext(items, None)
 
     else:
-        items, numbered = None, enumerate(source, start)
-
-        async def next_item() -> tuple[int, T] | None:
-            return next(numbered, None)
+        numbered = enumerate(source, start)
 
     size = max(1, concurrency)
     handoff: _Handoff[R] = _Handoff(size, size)
@@ -140,7 +140,10 @@ async def run_streaming(
             while True:
                 if len(handoff.items) >= handoff.room:
                     await handoff.wait_for_room()
-                numbered_item = await next_item()
+                if numbered is not None:
+                    numbered_item = next(numbered, None)
+                else:
+                    numbered_item = await next_item()
                 if numbered_item is None:
                     break
                 handoff.put(await work(*numbered_item))

@@ -37,7 +37,6 @@ from ..engine import (
     RetryPolicy,
     Success,
     log_event,
-    read_all,
     retrying,
     send,
 )
@@ -137,7 +136,8 @@ class DirectPath:
         """What the server's surcharge depends on: an output allowance of its own is
         reserved only for requests without `max_output_tokens`."""
         self.policy = retry_policy(request)
-        self._read_body: BodyReader = read_final_event if request.stream else read_all
+        self._read_body: BodyReader | None = read_final_event if request.stream else None
+        self._may_fall_back = request.service_tier == "flex" and request.flex_fallback_after is not None
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
         problem = check_prompt(prompt)
@@ -192,7 +192,7 @@ class DirectPath:
             "POST",
             self.url,
             timeout=self.timeout,
-            data=self._body(run.index, prepared, tries),
+            data=self._body(run.index, prepared, tries) if self._may_fall_back else prepared.body,
             read_body=self._observe_then_read if self.limiter.learning else self._read_body,
         )
         outcome = await self._judge(reply, reserved, prepared.estimate, stop.record, accept)
@@ -204,7 +204,8 @@ class DirectPath:
         """The item's body, or after `flex_fallback_after` capacity 429s the same body with
         `service_tier: "auto"` (OpenAI's other remedy; billed at the tier that serves it)."""
         after = self.request.flex_fallback_after
-        if after is None or tries.capacity < after or self.request.service_tier != "flex":
+        assert after is not None
+        if tries.capacity < after:
             return prepared.body
         if tries.capacity == after:
             log_event(logger, logging.INFO, "flex_fallback", index=index, capacity_429s=after)
@@ -241,7 +242,7 @@ class DirectPath:
 
     async def _observe_then_read(self, response: aiohttp.ClientResponse) -> bytes:
         await self.limiter.observe(response.headers)
-        return await self._read_body(response)
+        return await (response.read() if self._read_body is None else self._read_body(response))
 
     async def _judge(
         self,

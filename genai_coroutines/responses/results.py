@@ -46,7 +46,10 @@ def success_result(
     started: float,
 ) -> Result:
     latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
-    log_event(logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms)
+    if logger.isEnabledFor(logging.DEBUG):
+        log_event(
+            logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms
+        )
     return {
         "index": index,
         "success": True,
