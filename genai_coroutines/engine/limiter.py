@@ -31,11 +31,13 @@ Algorithm, per `acquire(tokens)`:
      `-remaining-*` and `-reset-*` headers of its reply shape the buckets, and every
      later reply keeps them honest (a bucket is lowered to the `remaining` the server
      reports, never raised above its own accounting). That `remaining` was counted
-     before the requests this process sent in the last `IN_TRANSIT_SECS` reached the
-     server, so they are taken off it: lowering to the bare figure would forget them,
-     and the server, still to charge them, would answer the next request 429. (Most of
-     all where the server keeps what the client gives back: OpenAI charges
-     `max_output_tokens` at admission and refunds nothing, so every reply lowers.)
+     before the requests this process sent in the last `IN_TRANSIT_SECS` (to twice
+     that) reached the server, so they are taken off it: lowering to the bare figure
+     would forget them, and the server, still to charge them, would answer the next
+     request 429. (Most of all where the server keeps what the client gives back:
+     OpenAI charges `max_output_tokens` at admission and refunds nothing, so every reply
+     lowers.) A `remaining` at or above what the bucket can hold cannot lower it, and is
+     not sent to the store.
 
 `Capacity` is the same idea for a quantity held rather than spent (Datalab's pages in
 flight): leases from the store, released when the job ends.
@@ -49,9 +51,9 @@ would leave most of this logic outside the library anyway.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import weakref
-from collections import deque
 from collections.abc import Mapping
 
 from .headers import count, header_int, parse_duration
@@ -109,10 +111,11 @@ class RateLimiter:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
             weakref.WeakKeyDictionary()
         )
-        self._sent: deque[tuple[float, int]] = deque()
-        """(when, tokens) of the requests reserved in the last `IN_TRANSIT_SECS`, and their
-        tokens in all."""
-        self._sent_tokens = 0
+        self._window_ends = 0.0
+        """The in-transit window: requests and tokens reserved from `_window_ends` minus
+        `IN_TRANSIT_SECS` until it ends (recent), and in the window before (earlier)."""
+        self._recent = [0, 0]
+        self._earlier = [0, 0]
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
         self._queued = 0
@@ -124,6 +127,9 @@ class RateLimiter:
         self._followed: list[str | None] = [None] * len(DIMENSIONS)
         """Each dimension's `x-ratelimit-limit-*` text last followed: a reply repeating it
         (nearly all do) needs only its `remaining` read."""
+        self._ceilings: list[float] = [math.inf] * len(DIMENSIONS)
+        """The capacity each dimension's bucket was last given here (inf: not by this
+        limiter): a `remaining` at or above it cannot lower the bucket."""
 
     def given(self, requests_per_minute: float | None, tokens_per_minute: float | None) -> None:
         """A further batch's given limits, in force from its first request."""
@@ -133,6 +139,7 @@ class RateLimiter:
                 self._limits = None  # shaped again at the next acquire
                 self._ready = False
                 self._followed = [None] * len(DIMENSIONS)
+                self._ceilings = [math.inf] * len(DIMENSIONS)
 
     @property
     def learning(self) -> bool:
@@ -152,9 +159,9 @@ class RateLimiter:
 
     async def _setup(self) -> None:
         limits = await self.store.limits(self.key)
-        for name, given in self._given.items():
+        for i, (name, given) in enumerate(self._given.items()):
             if given and limits.get(name, given) >= given:
-                await self.store.shape(self.key, name, given, given * self.burst_seconds / 60.0)
+                await self._shape(i, given, given * self.burst_seconds / 60.0)
                 limits[name] = given
         self._limits = limits
         self._ready = not self.learning
@@ -191,22 +198,33 @@ class RateLimiter:
         finally:
             self._queued -= 1
 
+    async def _shape(self, i: int, per_minute: float, capacity: float) -> None:
+        await self.store.shape(self.key, DIMENSIONS[i], per_minute, capacity)
+        self._ceilings[i] = max(1.0, capacity)
+
     def _reserved(self, tokens: int) -> None:
         now = time.monotonic()
-        self._forget_before(now - IN_TRANSIT_SECS)
-        self._sent.append((now, tokens))
-        self._sent_tokens += tokens
+        if now >= self._window_ends:
+            self._roll(now)
+        recent = self._recent
+        recent[0] += 1
+        recent[1] += tokens
 
     def _in_transit(self) -> tuple[int, int]:
         """Requests and tokens (`DIMENSIONS`) reserved too recently for a reply's
         `remaining` to count."""
-        self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
-        return len(self._sent), self._sent_tokens
+        now = time.monotonic()
+        if now >= self._window_ends:
+            self._roll(now)
+        recent, earlier = self._recent, self._earlier
+        return recent[0] + earlier[0], recent[1] + earlier[1]
 
-    def _forget_before(self, since: float) -> None:
-        sent = self._sent
-        while sent and sent[0][0] < since:
-            self._sent_tokens -= sent.popleft()[1]
+    def _roll(self, now: float) -> None:
+        """Start a new in-transit window at `now`; the one that just ended, if it did end
+        less than a window ago, is the earlier one."""
+        self._earlier = self._recent if now < self._window_ends + IN_TRANSIT_SECS else [0, 0]
+        self._recent = [0, 0]
+        self._window_ends = now + IN_TRANSIT_SECS
 
     def surcharge(self, kind: str) -> int:
         """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""
@@ -246,7 +264,9 @@ class RateLimiter:
             if told != self._followed[i]:
                 if not await self._follow(i, told, remaining, headers.get(reset_header)):
                     continue
-            lower.append((DIMENSIONS[i], float(remaining - in_transit[i])))
+            level = float(remaining - in_transit[i])
+            if level < self._ceilings[i]:
+                lower.append((DIMENSIONS[i], level))
         if give or lower:
             await self.store.adjust(self.key, give, lower)
         if not self._told:
@@ -254,9 +274,7 @@ class RateLimiter:
             self._ready = True
         self._end_probe()
 
-    async def _follow(
-        self, i: int, told: str | None, remaining: int, reset: str | None
-    ) -> bool:
+    async def _follow(self, i: int, told: str | None, remaining: int, reset: str | None) -> bool:
         """Shape dimension `i`'s bucket to the limit a reply told (with its `remaining`
         and `reset`); False when it told none."""
         reported = count(told)
@@ -271,7 +289,7 @@ class RateLimiter:
         if self._limits.get(name) != limit:
             seconds = parse_duration(reset) or 0.0
             capacity = max(limit * self.burst_seconds / 60.0, remaining + seconds * limit / 60.0)
-            await self.store.shape(self.key, name, limit, min(capacity, limit))
+            await self._shape(i, limit, min(capacity, limit))
             self._limits[name] = limit
         self._followed[i] = told
         return True

@@ -144,8 +144,12 @@ async def retrying(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     counts: Retried | None = None,
     limiter: RateLimiter | None = None,
+    first: Failure | None = None,
 ) -> Success[T] | Failure:
     """Run `attempt` until it succeeds or the policy gives up; return the last outcome.
+
+    `first`: the failure of an attempt the caller already made (counted here as the
+    first), so an item that succeeds at once costs its caller no retry loop.
 
     `counts` (given, it keeps adding up across calls) records attempts, counted retries
     and 429s. `sleep` takes each wait (a progress bar counts the items sleeping in it).
@@ -154,8 +158,8 @@ async def retrying(
     """
     counts = counts if counts is not None else Retried()
     waited = 0.0
+    outcome: Success[T] | Failure = first if first is not None else await attempt()
     while True:
-        outcome = await attempt()
         counts.attempts += 1
         if isinstance(outcome, Success):
             return outcome
@@ -176,3 +180,4 @@ async def retrying(
         if on_retry is not None:
             on_retry(RetryDetails(number, outcome, delay))
         await sleep(delay)
+        outcome = await attempt()

@@ -115,7 +115,7 @@ class BackgroundPath(DirectPath):
                 self.policy,
                 on_retry=self.log_retry(run.index),
                 sleep=run.batch.wait,
-                counts=tries.counts,
+                counts=tries,
                 limiter=self.limiter,
             )
         except asyncio.CancelledError:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
@@ -63,10 +63,10 @@ A = TypeVar("A", bound=Answered)
 
 
 @dataclass(slots=True)
-class Tries:
-    """What one item's attempts came to so far (its result's `attempts`, `rate_limited`)."""
+class Tries(Retried):
+    """What one item's attempts came to so far (its result's `attempts`, `rate_limited`):
+    `retrying`'s counts, and these."""
 
-    counts: Retried = field(default_factory=Retried)
     sent: int = 0
     """POSTs sent."""
     capacity: int = 0
@@ -137,7 +137,9 @@ class DirectPath:
         reserved only for requests without `max_output_tokens`."""
         self.policy = retry_policy(request)
         self._read_body: BodyReader | None = read_final_event if request.stream else None
-        self._may_fall_back = request.service_tier == "flex" and request.flex_fallback_after is not None
+        self._may_fall_back = (
+            request.service_tier == "flex" and request.flex_fallback_after is not None
+        )
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
         problem = check_prompt(prompt)
@@ -158,18 +160,23 @@ class DirectPath:
 
     async def execute(self, run: ItemRun, prepared: Prepared) -> Result:
         tries = Tries()
+        outcome = await self.attempt(run, prepared, tries, answer)
+        if isinstance(outcome, Failure):
 
-        def attempt() -> Awaitable[Outcome]:
-            return self.attempt(run, prepared, tries, answer)
+            def attempt() -> Awaitable[Outcome]:
+                return self.attempt(run, prepared, tries, answer)
 
-        outcome = await retrying(
-            attempt,
-            self.policy,
-            on_retry=self.log_retry(run.index),
-            sleep=run.batch.wait,
-            counts=tries.counts,
-            limiter=self.limiter,
-        )
+            outcome = await retrying(
+                attempt,
+                self.policy,
+                on_retry=self.log_retry(run.index),
+                sleep=run.batch.wait,
+                counts=tries,
+                limiter=self.limiter,
+                first=outcome,
+            )
+        else:
+            tries.attempts += 1
         return self.result(run, outcome, tries)
 
     async def attempt(
@@ -215,23 +222,17 @@ class DirectPath:
 
     def result(self, run: ItemRun, outcome: Success[Answer] | Failure, tries: Tries) -> Result:
         """The item's result dict from its last outcome."""
-        counts = tries.counts
         if isinstance(outcome, Failure):
             return error_result(
                 run.index,
                 outcome,
                 model=self.model,
                 attempts=tries.sent,
-                rate_limited=counts.rate_limited,
+                rate_limited=tries.rate_limited,
                 started=run.started,
             )
         return success_result(
-            run.index,
-            outcome.value,
-            model=self.model,
-            attempts=tries.sent,
-            rate_limited=counts.rate_limited,
-            started=run.started,
+            run.index, outcome.value, self.model, tries.sent, tries.rate_limited, run.started
         )
 
     def log_retry(self, index: int) -> Callable[[RetryDetails], None]:

@@ -37,13 +37,7 @@ class Answer:
 
 
 def success_result(
-    index: int,
-    answer: Answer,
-    *,
-    model: str,
-    attempts: int,
-    rate_limited: int,
-    started: float,
+    index: int, answer: Answer, model: str, attempts: int, rate_limited: int, started: float
 ) -> Result:
     latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
     if logger.isEnabledFor(logging.DEBUG):
