@@ -71,6 +71,8 @@ def count(value: str | None) -> int | None:
     negatives (Azure sends -1): a value read from a server is untrusted input."""
     if value is None:
         return None
+    if value.isdigit() and len(value) < 16:  # nearly every value, read at once
+        return int(value)
     try:
         number = int(float(value))
     except (ValueError, OverflowError):  # junk, "inf", "nan"

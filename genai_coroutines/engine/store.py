@@ -111,10 +111,14 @@ class MemoryStore:
         for dimension, amount in amounts:
             bucket = buckets.get(dimension)
             if bucket is not None:
-                need = amount if amount < bucket.capacity else bucket.capacity
-                short = need - bucket.refill(now)
-                if short > 0 and short / bucket.rate > wait:
-                    wait = short / bucket.rate
+                capacity, rate = bucket.capacity, bucket.rate
+                level = bucket.level + (now - bucket.stamp) * rate  # `refill`, inlined
+                if level > capacity:
+                    level = capacity
+                bucket.level, bucket.stamp = level, now
+                short = (amount if amount < capacity else capacity) - level
+                if short > 0 and short > wait * rate:
+                    wait = short / rate
         if wait > 0:
             return wait
         for dimension, amount in amounts:
@@ -139,7 +143,9 @@ class MemoryStore:
                 bucket.level = min(bucket.capacity, bucket.refill(now) + amount)
         for dimension, level in lower:
             bucket = buckets.get(dimension)
-            if bucket is not None and bucket.refill(now) > level:
+            if bucket is not None and (
+                bucket.level if bucket.stamp == now else bucket.refill(now)
+            ) > level:
                 bucket.level = level
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
