@@ -19,7 +19,7 @@ from aiohttp import web
 from genai_coroutines import DocumentConfig, DocumentProcessor, Journal
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import Failure, RetryPolicy, parse_duration, retry_after
-from genai_coroutines.engine.headers import header_int
+from genai_coroutines.engine.headers import count
 from tests import samples
 from tests.responses_support import run
 
@@ -162,9 +162,14 @@ async def test_a_redirect_to_another_scheme_is_refused(servers: tuple[Server, Se
 
 @pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "9" * 400])
 def test_rate_limit_headers_that_are_not_numbers_are_ignored(value: str) -> None:
-    assert header_int({"x-ratelimit-limit-requests": value}, "x-ratelimit-limit-requests") is None
+    assert count(value) is None
     assert retry_after({"retry-after": value}) in (None, 0.0)
     assert parse_duration(value) in (None, 0.0)
+
+
+def test_a_header_count_is_a_whole_number_below_2_to_the_53() -> None:
+    assert (count("42"), count("1000.0"), count(str(2**53 - 1))) == (42, 1000, 2**53 - 1)
+    assert count(str(2**53)) is count("-1") is count("1_0x") is None
 
 
 async def test_a_server_announcing_infinite_limits_is_survived(

@@ -61,11 +61,6 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def header_int(headers: Mapping[str, str], name: str) -> int | None:
-    """An integer header (see `count`)."""
-    return count(headers.get(name))
-
-
 def count(value: str | None) -> int | None:
     """An integer read from a header; tolerates "1000.0", ignores junk, infinities and
     negatives (Azure sends -1): a value read from a server is untrusted input."""

@@ -56,15 +56,21 @@ import time
 import weakref
 from collections.abc import Mapping
 
-from .headers import count, header_int, parse_duration
+from .headers import count, parse_duration
 from .store import LimitStore
 
 DIMENSIONS = ("requests", "tokens")
 _HEADERS = tuple(
-    (f"x-ratelimit-limit-{name}", f"x-ratelimit-remaining-{name}", f"x-ratelimit-reset-{name}")
-    for name in DIMENSIONS
+    (
+        i,
+        name,
+        f"x-ratelimit-limit-{name}",
+        f"x-ratelimit-remaining-{name}",
+        f"x-ratelimit-reset-{name}",
+    )
+    for i, name in enumerate(DIMENSIONS)
 )
-"""The limit, remaining and reset headers of each of the `DIMENSIONS`."""
+"""Each of the `DIMENSIONS`, numbered, with its limit, remaining and reset headers."""
 IN_TRANSIT_SECS = 0.05
 """How long after it is sent a request may still be missing from a reply's `remaining`:
 it has not reached the server yet, or it has while that reply was on its way back."""
@@ -250,14 +256,15 @@ class RateLimiter:
         if headers is None:
             if give:
                 await self.store.adjust(self.key, give)
-            self._end_probe()
+            if self._probes:
+                self._end_probe()
             return
         if self._limits is None:
             await self._setup()
         lower: list[tuple[str, float]] = []
         in_transit = self._in_transit()
-        for i, (limit_header, remaining_header, reset_header) in enumerate(_HEADERS):
-            remaining = header_int(headers, remaining_header)
+        for i, name, limit_header, remaining_header, reset_header in _HEADERS:
+            remaining = count(headers.get(remaining_header))
             if remaining is None:
                 continue
             told = headers.get(limit_header)
@@ -266,13 +273,14 @@ class RateLimiter:
                     continue
             level = float(remaining - in_transit[i])
             if level < self._ceilings[i]:
-                lower.append((DIMENSIONS[i], level))
+                lower.append((name, level))
         if give or lower:
             await self.store.adjust(self.key, give, lower)
         if not self._told:
             self._told = True
             self._ready = True
-        self._end_probe()
+        if self._probes:
+            self._end_probe()
 
     async def _follow(self, i: int, told: str | None, remaining: int, reset: str | None) -> bool:
         """Shape dimension `i`'s bucket to the limit a reply told (with its `remaining`
@@ -295,8 +303,6 @@ class RateLimiter:
         return True
 
     def _end_probe(self) -> None:
-        if not self._probes:
-            return
         local = self._local()
         if local.probe is not None:
             probe, local.probe = local.probe, None

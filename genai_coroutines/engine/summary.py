@@ -138,11 +138,14 @@ class BatchSummary:
             self.duplicates += 1
             return  # a twin of an item sent once (`dedupe`): its tokens are that item's
         tier = get("service_tier")
+        share = 1.0
         if isinstance(tier, str):
-            self.tiers[tier] = self.tiers.get(tier, 0) + 1
+            tiers = self.tiers
+            tiers[tier] = tiers.get(tier, 0) + 1
+            share = DISCOUNTED_TIERS.get(tier, 1.0)
         usage = get("usage")
         if usage:
-            self._add_usage(usage, str(get("model") or self.model), tier_share(tier))
+            self._add_usage(usage, str(get("model") or self.model), share)
         pages = get("page_count")
         if pages:
             self.pages += int(pages)
