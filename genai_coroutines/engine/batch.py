@@ -324,16 +324,20 @@ class Driver(DriverCore[P]):
             return admitted
         if admitted.twin is not None:
             return await self._twin_of(admitted)
-        books = self.books
         item_run = ItemRun(index, run, admitted.started, self._known(index))
-        if books.journal is not None:
-            item_run.on_submitted = lambda s: self._journal(books.submitted, index, s)
+        if self.books.journal is not None:
+            item_run.on_submitted = self._journal_submission(index)
         try:
             result = await self.executor.execute(item_run, admitted.prepared)
         except BaseException:
             self._abandon(index)
             raise
         return self._finish(result)
+
+    def _journal_submission(self, index: int) -> Callable[[Submission], object]:
+        """`ItemRun.on_submitted` of item `index`. (Its own function: a closure in `_one`
+        would cost every item its cells, journal or not.)"""
+        return lambda submission: self._journal(self.books.submitted, index, submission)
 
     def _known(self, index: int) -> Submission | None:
         resume = self.options.resume

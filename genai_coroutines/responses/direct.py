@@ -162,22 +162,29 @@ class DirectPath:
         tries = Tries()
         outcome = await self.attempt(run, prepared, tries, answer)
         if isinstance(outcome, Failure):
-
-            def attempt() -> Awaitable[Outcome]:
-                return self.attempt(run, prepared, tries, answer)
-
-            outcome = await retrying(
-                attempt,
-                self.policy,
-                on_retry=self.log_retry(run.index),
-                sleep=run.batch.wait,
-                counts=tries,
-                limiter=self.limiter,
-                first=outcome,
-            )
+            outcome = await self._retry(run, prepared, tries, outcome)
         else:
             tries.attempts += 1
         return self.result(run, outcome, tries)
+
+    async def _retry(
+        self, run: ItemRun, prepared: Prepared, tries: Tries, first: Failure
+    ) -> Outcome:
+        """The attempts after a `first` that failed, as the policy allows. (Its own function:
+        the closure in `execute` would cost every item its cells.)"""
+
+        def attempt() -> Awaitable[Outcome]:
+            return self.attempt(run, prepared, tries, answer)
+
+        return await retrying(
+            attempt,
+            self.policy,
+            on_retry=self.log_retry(run.index),
+            sleep=run.batch.wait,
+            counts=tries,
+            limiter=self.limiter,
+            first=first,
+        )
 
     async def attempt(
         self,
