@@ -58,14 +58,15 @@ async def send(
     url: str,
     *,
     timeout: aiohttp.ClientTimeout,
+    data: Any = None,
+    headers: Mapping[str, str] | None = None,
     read_body: BodyReader | None = None,
-    **kwargs: Any,
 ) -> Reply | Failure:
     """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte,
     read whole unless `read_body` reads it."""
     try:
         async with session.request(
-            method, url, timeout=timeout, allow_redirects=False, **kwargs
+            method, url, timeout=timeout, allow_redirects=False, data=data, headers=headers
         ) as response:
             if 300 <= response.status < 400:
                 return _redirect(response)

@@ -137,16 +137,16 @@ async def run_streaming(
 
     async def worker() -> None:
         try:
-            while True:
-                if len(handoff.items) >= handoff.room:
-                    await handoff.wait_for_room()
-                if numbered is not None:
-                    numbered_item = next(numbered, None)
-                else:
-                    numbered_item = await next_item()
-                if numbered_item is None:
-                    break
-                handoff.put(await work(*numbered_item))
+            if numbered is not None:  # a plain iterable: no coroutine per input
+                for index, item in numbered:
+                    handoff.put(await work(index, item))
+                    if len(handoff.items) >= handoff.room:
+                        await handoff.wait_for_room()
+            else:
+                while (numbered_item := await next_item()) is not None:
+                    handoff.put(await work(*numbered_item))
+                    if len(handoff.items) >= handoff.room:
+                        await handoff.wait_for_room()
         except BaseException as exc:  # handed to the consumer, which raises it
             handoff.fail(exc)
             raise
