@@ -31,13 +31,13 @@ Algorithm, per `acquire(tokens)`:
      `-remaining-*` and `-reset-*` headers of its reply shape the buckets, and every
      later reply keeps them honest (a bucket is lowered to the `remaining` the server
      reports, never raised above its own accounting). That `remaining` was counted
-     before the requests this process sent in the last `IN_TRANSIT_SECS` (to twice
-     that) reached the server, so they are taken off it: lowering to the bare figure
-     would forget them, and the server, still to charge them, would answer the next
-     request 429. (Most of all where the server keeps what the client gives back:
-     OpenAI charges `max_output_tokens` at admission and refunds nothing, so every reply
-     lowers.) A `remaining` at or above what the bucket can hold cannot lower it, and is
-     not sent to the store.
+     before the requests this process sent in the last `IN_TRANSIT_SECS` reached the
+     server, so they are taken off it: lowering to the bare figure would forget them,
+     and the server, still to charge them, would answer the next request 429. (Most of
+     all where the server keeps what the client gives back: OpenAI charges
+     `max_output_tokens` at admission and refunds nothing, so every reply lowers.) A
+     `remaining` at or above what the bucket can hold cannot lower it, and is not sent
+     to the store.
 
 `Capacity` is the same idea for a quantity held rather than spent (Datalab's pages in
 flight): leases from the store, released when the job ends.
@@ -54,6 +54,7 @@ import asyncio
 import math
 import time
 import weakref
+from collections import deque
 from collections.abc import Mapping
 
 from .headers import count, parse_duration
@@ -117,11 +118,10 @@ class RateLimiter:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
             weakref.WeakKeyDictionary()
         )
-        self._window_ends = 0.0
-        """The in-transit window: requests and tokens reserved from `_window_ends` minus
-        `IN_TRANSIT_SECS` until it ends (recent), and in the window before (earlier)."""
-        self._recent = [0, 0]
-        self._earlier = [0, 0]
+        self._sent: deque[tuple[float, int]] = deque()
+        """(when, tokens) of the requests reserved in the last `IN_TRANSIT_SECS`, and their
+        tokens in all."""
+        self._sent_tokens = 0
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
         self._queued = 0
@@ -210,27 +210,20 @@ class RateLimiter:
 
     def _reserved(self, tokens: int) -> None:
         now = time.monotonic()
-        if now >= self._window_ends:
-            self._roll(now)
-        recent = self._recent
-        recent[0] += 1
-        recent[1] += tokens
+        self._forget_before(now - IN_TRANSIT_SECS)
+        self._sent.append((now, tokens))
+        self._sent_tokens += tokens
 
     def _in_transit(self) -> tuple[int, int]:
         """Requests and tokens (`DIMENSIONS`) reserved too recently for a reply's
         `remaining` to count."""
-        now = time.monotonic()
-        if now >= self._window_ends:
-            self._roll(now)
-        recent, earlier = self._recent, self._earlier
-        return recent[0] + earlier[0], recent[1] + earlier[1]
+        self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
+        return len(self._sent), self._sent_tokens
 
-    def _roll(self, now: float) -> None:
-        """Start a new in-transit window at `now`; the one that just ended, if it did end
-        less than a window ago, is the earlier one."""
-        self._earlier = self._recent if now < self._window_ends + IN_TRANSIT_SECS else [0, 0]
-        self._recent = [0, 0]
-        self._window_ends = now + IN_TRANSIT_SECS
+    def _forget_before(self, since: float) -> None:
+        sent = self._sent
+        while sent and sent[0][0] < since:
+            self._sent_tokens -= sent.popleft()[1]
 
     def surcharge(self, kind: str) -> int:
         """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""
