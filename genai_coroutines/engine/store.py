@@ -108,23 +108,23 @@ class MemoryStore:
         buckets = self._buckets.get(key)
         if not buckets:
             return wait if wait > 0 else 0.0
-        for dimension, amount in amounts:
+        for dimension, amount in amounts:  # taken as it goes; given back if short
             bucket = buckets.get(dimension)
             if bucket is not None:
                 capacity, rate = bucket.capacity, bucket.rate
                 level = bucket.level + (now - bucket.stamp) * rate  # `refill`, inlined
                 if level > capacity:
                     level = capacity
-                bucket.level, bucket.stamp = level, now
+                bucket.level, bucket.stamp = level - amount, now
                 short = (amount if amount < capacity else capacity) - level
                 if short > 0 and short > wait * rate:
                     wait = short / rate
         if wait > 0:
+            for dimension, amount in amounts:
+                bucket = buckets.get(dimension)
+                if bucket is not None:
+                    bucket.level += amount
             return wait
-        for dimension, amount in amounts:
-            bucket = buckets.get(dimension)
-            if bucket is not None:
-                bucket.level -= amount
         return 0.0
 
     async def adjust(

@@ -150,7 +150,7 @@ class BatchSummary:
         if pages:
             self.pages += int(pages)
         cost = get("cost_breakdown")
-        if isinstance(cost, Mapping):
+        if cost is not None and isinstance(cost, Mapping):  # an ABC check: only when present
             cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
             if isinstance(cents, int | float):
                 self.cost_cents += cents
