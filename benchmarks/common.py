@@ -1,7 +1,8 @@
 """What every benchmark needs: the emulator in a child process, its counters, peak RSS.
 
-The emulator runs in its own process so the client's CPU time and memory are the
-client's alone; it binds to 127.0.0.1 and is terminated when the `with` block ends.
+The emulator (and any other server a benchmark needs, `server_process`) runs in its own
+process so the client's CPU time and memory are the client's alone; it binds to
+127.0.0.1 and is terminated when the `with` block ends.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import multiprocessing
 import os
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -31,7 +32,7 @@ def pin_to_cpu(cpu: int) -> None:
         os.sched_setaffinity(0, {cpus[cpu % len(cpus)]})
 
 
-def _serve(settings: dict[str, Any], url_out: Connection, cpu: int | None) -> None:
+def _serve(settings: dict[str, Any], cpu: int | None, url_out: Connection) -> None:
     import asyncio
 
     if cpu is not None:
@@ -48,21 +49,29 @@ def _serve(settings: dict[str, Any], url_out: Connection, cpu: int | None) -> No
 
 
 @contextmanager
-def emulator_process(*, cpu: int | None = None, **settings: Any) -> Iterator[str]:
-    """Run an emulator with these `EmulatorConfig` settings (on CPU `cpu` alone, if given);
-    yield its base URL."""
+def server_process(serve: Callable[..., None], *args: Any, name: str) -> Iterator[str]:
+    """Run `serve(*args, url_out)` in a spawned child process; yield the base URL it sends
+    on `url_out` once it listens, and terminate it when the block ends."""
     receiver, sender = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(settings, sender, cpu), daemon=True
+        target=serve, args=(*args, sender), daemon=True
     )
     process.start()
     try:
         if not receiver.poll(30):
-            raise RuntimeError("the emulator did not start within 30 s")
+            raise RuntimeError(f"{name} did not start within 30 s")
         yield str(receiver.recv())
     finally:
         process.terminate()
         process.join(5)
+
+
+@contextmanager
+def emulator_process(*, cpu: int | None = None, **settings: Any) -> Iterator[str]:
+    """Run an emulator with these `EmulatorConfig` settings (on CPU `cpu` alone, if given);
+    yield its base URL."""
+    with server_process(_serve, settings, cpu, name="the emulator") as url:
+        yield url
 
 
 async def emulator_stats(base_url: str, *, reset: bool = False) -> dict[str, Any]:

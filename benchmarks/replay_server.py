@@ -14,14 +14,13 @@ emulator.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from typing import cast
 
 import aiohttp
-from common import pin_to_cpu
+from common import pin_to_cpu, server_process
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 
@@ -66,13 +65,13 @@ async def record(url: str, body: bytes, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
 
 
-def _serve(reply: bytes, cpu: int, port_out: Connection) -> None:
+def _serve(reply: bytes, cpu: int, url_out: Connection) -> None:
     pin_to_cpu(cpu)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         server = await loop.create_server(lambda: _Replay(reply), "127.0.0.1", 0, backlog=1024)
-        port_out.send(server.sockets[0].getsockname()[1])
+        url_out.send(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
         await server.serve_forever()
 
     try:
@@ -86,15 +85,5 @@ def _serve(reply: bytes, cpu: int, port_out: Connection) -> None:
 @contextmanager
 def replay_server(reply: bytes, *, cpu: int = 0) -> Iterator[str]:
     """Serve `reply` to every request from a child process on CPU `cpu`; yield its base URL."""
-    receiver, sender = multiprocessing.Pipe(duplex=False)
-    process = multiprocessing.get_context("spawn").Process(
-        target=_serve, args=(reply, cpu, sender), daemon=True
-    )
-    process.start()
-    try:
-        if not receiver.poll(30):
-            raise RuntimeError("the replay server did not start within 30 s")
-        yield f"http://127.0.0.1:{receiver.recv()}"
-    finally:
-        process.terminate()
-        process.join(5)
+    with server_process(_serve, reply, cpu, name="the replay server") as url:
+        yield url

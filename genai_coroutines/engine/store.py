@@ -143,10 +143,7 @@ class MemoryStore:
                 bucket.level = min(bucket.capacity, bucket.refill(now) + amount)
         for dimension, level in lower:
             bucket = buckets.get(dimension)
-            if (
-                bucket is not None
-                and (bucket.level if bucket.stamp == now else bucket.refill(now)) > level
-            ):
+            if bucket is not None and bucket.refill(now) > level:
                 bucket.level = level
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
