@@ -41,8 +41,6 @@ PRICES: dict[str, Price] = {
 }
 """List prices (standard tier) used for the estimate; dated snapshots map to their family."""
 
-_UNSEEN = Price(0.0, 0.0, 0.0)
-
 DISCOUNTED_TIERS = {"batch": 0.5, "flex": 0.5}
 """Share of the standard price a result billed at this tier costs: the Batch API charges
 half, and flex is billed at Batch API rates (on the models that offer it). A result's
@@ -57,13 +55,14 @@ def tier_share(tier: object) -> float:
 
 def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
     """(input, cached input, output, reasoning) tokens of one answer's `usage`."""
-    inputs = int(usage.get("input_tokens") or 0)
-    details = usage.get("input_tokens_details")
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    outputs = int(usage.get("output_tokens") or 0)
-    details = usage.get("output_tokens_details")
-    reasoning = int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0
-    return inputs, cached, outputs, reasoning
+    get = usage.get
+    details, more = get("input_tokens_details"), get("output_tokens_details")
+    return (
+        int(get("input_tokens") or 0),
+        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+        int(get("output_tokens") or 0),
+        int(more.get("reasoning_tokens") or 0) if isinstance(more, dict) else 0,
+    )
 
 
 def usage_cost(usage: Mapping[str, Any], price: Price, share: float = 1.0) -> float:
@@ -103,20 +102,18 @@ class BatchSummary:
     retries: int = 0
     rate_limited: int = 0
     reused: int = 0
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: float = 0.0
-    unpriced_models: set[str] = field(default_factory=set)
     tiers: dict[str, int] = field(default_factory=dict)
     """Results counted by the `service_tier` that served them (when they say)."""
     pages: int = 0
     cost_cents: float = 0.0
     duplicates: int = 0
     """Results given a twin's answer (`dedupe`): counted, but neither priced nor tiered."""
-    _prices: dict[str, Price | None] = field(default_factory=dict, init=False, repr=False)
-    """`price_for` each model seen, looked up once."""
+    _billed: dict[tuple[str, float], list[int]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """[input, cached input, output, reasoning] tokens by (model, tier share): the token
+    counts and what `cost_usd` prices. Cost is linear in tokens, so an item adds four
+    integers and the pricing happens once, when the cost is read."""
 
     def add(self, result: Mapping[str, Any]) -> None:
         """Count one finished item (a Responses or a Documents result dict)."""
@@ -126,9 +123,9 @@ class BatchSummary:
             self.succeeded += 1
         else:
             self.failed += 1
-        attempts = int(get("attempts") or 1)
-        if attempts > 1:
-            self.retries += attempts - 1
+        attempts = get("attempts")
+        if attempts and attempts != 1:
+            self.retries += int(attempts) - 1
         rate_limited = get("rate_limited")
         if rate_limited:
             self.rate_limited += int(rate_limited)
@@ -145,7 +142,7 @@ class BatchSummary:
             share = DISCOUNTED_TIERS.get(tier, 1.0)
         usage = get("usage")
         if usage:
-            self._add_usage(usage, str(get("model") or self.model), share)
+            self._add_usage(usage, get("model") or self.model, share)
         pages = get("page_count")
         if pages:
             self.pages += int(pages)
@@ -155,20 +152,51 @@ class BatchSummary:
             if isinstance(cents, int | float):
                 self.cost_cents += cents
 
-    def _add_usage(self, usage: Mapping[str, Any], model: str, share: float) -> None:
+    def _add_usage(self, usage: Mapping[str, Any], model: object, share: float) -> None:
         inputs, cached, outputs, reasoning = usage_tokens(usage)
-        self.input_tokens += inputs
-        self.cached_tokens += cached
-        self.output_tokens += outputs
-        self.reasoning_tokens += reasoning
-        price = self._prices.get(model, _UNSEEN)
-        if price is _UNSEEN:
-            price = self._prices[model] = price_for(model, self.prices)
-        if price is None:
-            if model:
-                self.unpriced_models.add(model)
-            return
-        self.cost_usd += token_cost(inputs, cached, outputs, price, share)
+        key = (str(model), share)
+        billed = self._billed.get(key)
+        if billed is None:
+            billed = self._billed[key] = [0, 0, 0, 0]
+        billed[0] += inputs
+        billed[1] += cached
+        billed[2] += outputs
+        billed[3] += reasoning
+
+    def _tokens(self, kind: int) -> int:
+        return sum(billed[kind] for billed in self._billed.values())
+
+    @property
+    def input_tokens(self) -> int:
+        return self._tokens(0)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self._tokens(1)
+
+    @property
+    def output_tokens(self) -> int:
+        return self._tokens(2)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        return self._tokens(3)
+
+    @property
+    def cost_usd(self) -> float:
+        """Estimated US dollars of the tokens counted, at `prices`."""
+        return sum(
+            token_cost(inputs, cached, outputs, price, share)
+            for (model, share), (inputs, cached, outputs, _) in self._billed.items()
+            if (price := price_for(model, self.prices)) is not None
+        )
+
+    @property
+    def unpriced_models(self) -> set[str]:
+        """Models of counted tokens that `prices` does not name (their tokens cost 0 here)."""
+        return {
+            model for model, _ in self._billed if model and price_for(model, self.prices) is None
+        }
 
     def finish(self) -> BatchSummary:
         self.finished = time.monotonic()
