@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from genai_coroutines import KeyLimits, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.engine import MemoryStore, RateLimiter
-from tests.responses_support import record_attempts, run
+from genai_coroutines.engine import MemoryStore, RateLimiter, limit_key
+from tests.responses_support import record_attempts, request_for, run
 
 
 async def test_given_rpm_is_never_exceeded(emulator: Emulator) -> None:
@@ -67,6 +68,28 @@ async def test_a_429_pauses_every_worker(emulator: Emulator, monkeypatch: Any) -
     later = [a for a in log if a.started > limited.ended]
     assert len(later) >= 9
     assert min(a.started for a in later) >= limited.ended + 0.3
+
+
+async def test_a_replys_remaining_already_counts_the_requests_sent_before_it(
+    emulator: Emulator, monkeypatch: Any
+) -> None:
+    """One request at a time, each answered within milliseconds (as a 429 is, right after
+    the burst that emptied the bucket): the last reply's `remaining` counts it and every
+    request before it, so none of them may be taken off it again as still in transit.
+    That would put the bucket below the server's, and idle the key until it refilled."""
+    emulator.config.openai_rpm = 600
+    emulator.config.burst_seconds = 1.0
+    log = record_attempts(monkeypatch)
+    store = MemoryStore()
+    request = request_for(
+        emulator, ["p0", "p1", "p2"], max_concurrent_requests=1, requests_per_minute=600
+    )
+    results = await ResponsesProcessor(limits=KeyLimits(store)).process_batch(request)
+    assert results["total_success"] == 3
+    level = store.snapshot(limit_key(request.base_url, request.api_key or "", request.model))
+    remaining = int(log[-1].headers["x-ratelimit-remaining-requests"])
+    assert remaining < 10  # the reply lowered the bucket
+    assert level["requests"] > remaining - 0.5
 
 
 async def test_a_given_limit_is_a_ceiling_the_server_cannot_raise() -> None:

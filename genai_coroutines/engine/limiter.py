@@ -35,9 +35,13 @@ Algorithm, per `acquire(tokens)`:
      server, so they are taken off it: lowering to the bare figure would forget them,
      and the server, still to charge them, would answer the next request 429. (Most of
      all where the server keeps what the client gives back: OpenAI charges
-     `max_output_tokens` at admission and refunds nothing, so every reply lowers.) A
-     `remaining` at or above what the bucket can hold cannot lower it, and is not sent
-     to the store.
+     `max_output_tokens` at admission and refunds nothing, so every reply lowers.) Only
+     those sent after the request answered are taken off: the ones sent before it
+     reached the server before it did, and are counted. (A 429 comes back at once,
+     milliseconds after the burst that emptied the bucket: taking that whole burst off
+     its `remaining` a second time would put the bucket up to a second of refill below
+     the server's, and idle the key that long.) A `remaining` at or above what the
+     bucket can hold cannot lower it, and is not sent to the store.
 
 `Capacity` is the same idea for a quantity held rather than spent (Datalab's pages in
 flight): leases from the store, released when the job ends.
@@ -51,6 +55,7 @@ would leave most of this logic outside the library anyway.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 import weakref
@@ -122,6 +127,8 @@ class RateLimiter:
         """(when, tokens) of the requests reserved in the last `IN_TRANSIT_SECS`, and their
         tokens in all."""
         self._sent_tokens = 0
+        self._reservations = 0
+        """Requests reserved so far (the number `acquire` returns counts its own)."""
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
         self._queued = 0
@@ -172,16 +179,16 @@ class RateLimiter:
         self._limits = limits
         self._ready = not self.learning
 
-    async def acquire(self, tokens: int = 0) -> None:
-        """Wait until one request of `tokens` estimated tokens may be sent, then reserve it.
+    async def acquire(self, tokens: int = 0) -> int:
+        """Wait until one request of `tokens` estimated tokens may be sent, then reserve it;
+        returns its number, for `observe` to tell the requests sent after it.
 
         With nobody queued and the limits known, the store is asked at once: a request the
         buckets can take right away costs one store call, no lock."""
         amounts = (("requests", 1), ("tokens", tokens))
         if self._ready and not self._queued:
             if await self.store.take(self.key, amounts) <= 0:
-                self._reserved(tokens)
-                return
+                return self._reserved(tokens)
         local = self._local()
         self._queued += 1
         try:
@@ -193,13 +200,12 @@ class RateLimiter:
                         if local.probe is None:
                             local.probe = asyncio.Event()
                             self._probes += 1
-                            return
+                            return self._reservations
                         await local.probe.wait()
                         continue
                     wait = await self.store.take(self.key, amounts)
                     if wait <= 0:
-                        self._reserved(tokens)
-                        return
+                        return self._reserved(tokens)
                     await asyncio.sleep(wait)
         finally:
             self._queued -= 1
@@ -208,17 +214,24 @@ class RateLimiter:
         await self.store.shape(self.key, DIMENSIONS[i], per_minute, capacity)
         self._ceilings[i] = max(1.0, capacity)
 
-    def _reserved(self, tokens: int) -> None:
+    def _reserved(self, tokens: int) -> int:
         now = time.monotonic()
         self._forget_before(now - IN_TRANSIT_SECS)
         self._sent.append((now, tokens))
         self._sent_tokens += tokens
+        self._reservations += 1
+        return self._reservations
 
-    def _in_transit(self) -> tuple[int, int]:
+    def _in_transit(self, number: int | None) -> tuple[int, int]:
         """Requests and tokens (`DIMENSIONS`) reserved too recently for a reply's
-        `remaining` to count."""
+        `remaining` to count: in the last `IN_TRANSIT_SECS`, and after the request the
+        reply answers (the number `acquire` gave it; None: not known, all of them)."""
         self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
-        return len(self._sent), self._sent_tokens
+        sent = self._sent
+        later = len(sent) if number is None else self._reservations - number
+        if later >= len(sent):
+            return len(sent), self._sent_tokens
+        return later, sum(tokens for _, tokens in itertools.islice(reversed(sent), later))
 
     def _forget_before(self, since: float) -> None:
         sent = self._sent
@@ -241,10 +254,18 @@ class RateLimiter:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""
         await self.store.pause(self.key, seconds)
 
-    async def observe(self, headers: Mapping[str, str] | None, *, refund: int = 0) -> None:
+    async def observe(
+        self,
+        headers: Mapping[str, str] | None,
+        *,
+        refund: int = 0,
+        number: int | None = None,
+    ) -> None:
         """Follow the server's `x-ratelimit-*` headers (None: the attempt got no reply),
         after giving back `refund` tokens: what the request was reserved beyond what the
-        server reported it used."""
+        server reported it used. `number`: the one `acquire` gave the request
+        answered (None: not known; every request sent in the last `IN_TRANSIT_SECS` is
+        then taken to be in transit)."""
         give = (("tokens", refund),) if refund else ()
         if headers is None:
             if give:
@@ -255,7 +276,7 @@ class RateLimiter:
         if self._limits is None:
             await self._setup()
         lower: list[tuple[str, float]] = []
-        in_transit = self._in_transit()
+        in_transit = self._in_transit(number)
         for i, name, limit_header, remaining_header, reset_header in _HEADERS:
             remaining = count(headers.get(remaining_header))
             if remaining is None:

@@ -196,8 +196,9 @@ class DirectPath:
         """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
         stop = run.batch.stop
         reserved = prepared.estimate + self.limiter.surcharge(self.shape)
-        if stop.failure is None:
-            await self.limiter.acquire(reserved)
+        if stop.failure is not None:
+            return stop.failure
+        number = await self.limiter.acquire(reserved)
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
@@ -209,7 +210,7 @@ class DirectPath:
             data=self._body(run.index, prepared, tries) if self._may_fall_back else prepared.body,
             read_body=self._observe_then_read if self.limiter.learning else self._read_body,
         )
-        outcome = await self._judge(reply, reserved, prepared.estimate, stop.record, accept)
+        outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
         if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
             tries.capacity += 1
         return outcome
@@ -256,6 +257,7 @@ class DirectPath:
         self,
         reply: Reply | Failure,
         reserved: int,
+        number: int,
         estimate: int,
         record: Callable[[Failure], None],
         accept: Callable[[Reply], Success[A] | Failure],
@@ -277,9 +279,9 @@ class DirectPath:
                 usage = outcome.value.usage
                 used = usage.get("total_tokens") if usage is not None else None
                 refund = reserved - used if isinstance(used, int) else 0
-            await limiter.observe(reply.headers, refund=refund)
+            await limiter.observe(reply.headers, refund=refund, number=number)
             return outcome
-        await limiter.observe(reply.headers, refund=reserved)
+        await limiter.observe(reply.headers, refund=reserved, number=number)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
