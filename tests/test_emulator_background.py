@@ -102,9 +102,9 @@ async def test_cancel_a_background_response(emulator: Emulator, client: openai.A
 
 
 async def test_stored_responses_expire(emulator: Emulator, client: openai.AsyncOpenAI) -> None:
-    emulator.config.stored_response_ttl = 0.05
     stored = await client.responses.create(model=MODEL, input="keep me")
     assert (await client.responses.retrieve(stored.id)).output_text == stored.output_text
+    emulator.config.stored_response_ttl = 0.05  # checked at each retrieve: it now runs out
     for _ in range(POLL_TRIES):
         try:
             await client.responses.retrieve(stored.id)
