@@ -21,9 +21,11 @@ another, so a client never waits for the server's turn on its own core.
 `--instructions` counts instead of timing: each aiohttp client runs under valgrind's
 callgrind twice, with 500 and with N requests, and the difference of the instructions
 its process executed, over the difference of requests, is its instructions per request
-(start-up and warm-up cancel out). The count moves by about 2% from run to run where a
-busy machine's CPU times move by 30%, so it is the steadier figure for the ratios; it
-counts user-space work only (no system calls), and needs `valgrind` on the PATH.
+(start-up and warm-up cancel out). On the default loop the count repeats to within 0.5%
+from run to run where a busy machine's CPU times move by 30%, so it is the steadier
+figure for the ratios; on uvloop it moves by up to 10% (how many replies one turn of
+its loop reads varies). It counts user-space work only (no system calls), and needs
+`valgrind` on the PATH.
 
 Targets: this library within 1.1x of bare aiohttp's CPU per request on the same loop,
 and on uvloop at or below bare aiohttp's on the default loop.
