@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import multiprocessing
 import os
 import re
@@ -245,14 +246,11 @@ def main() -> None:
         raise SystemExit("--instructions needs valgrind on the PATH (Debian: apt install valgrind)")
     if args.instructions and args.n <= 500:
         raise SystemExit("--instructions needs --n above 500 (the runs it subtracts)")
-    spawn = multiprocessing.get_context("spawn")
-    if args.instructions:
-        measured = count_instructions
-    else:
-
-        def measured(base_url: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-            return compare(spawn, base_url, args)
-
+    measured: Callable[[str, argparse.Namespace], dict[str, dict[str, Any]]] = (
+        count_instructions
+        if args.instructions
+        else functools.partial(compare, multiprocessing.get_context("spawn"))
+    )
     with emulator_process(cpu=0, openai_api_key=API_KEY) as emulator_url:
         if args.server == "emulator":
             rows = measured(f"{emulator_url}/v1", args)

@@ -62,9 +62,11 @@ class _Handoff(Generic[R]):
         self._consumer: asyncio.Future[None] | None = None
         self._workers: list[asyncio.Future[None]] = []
 
-    def put(self, result: R) -> None:
+    def put(self, result: R) -> bool:
+        """Hand a result over; True when that leaves no room (see `wait_for_room`)."""
         self.items.append(result)
         self._wake_consumer()
+        return len(self.items) >= self.room
 
     def fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -139,13 +141,11 @@ async def run_streaming(
         try:
             if numbered is not None:  # a plain iterable: no coroutine per input
                 for index, item in numbered:
-                    handoff.put(await work(index, item))
-                    if len(handoff.items) >= handoff.room:
+                    if handoff.put(await work(index, item)):
                         await handoff.wait_for_room()
             else:
                 while (numbered_item := await next_item()) is not None:
-                    handoff.put(await work(*numbered_item))
-                    if len(handoff.items) >= handoff.room:
+                    if handoff.put(await work(*numbered_item)):
                         await handoff.wait_for_room()
         except BaseException as exc:  # handed to the consumer, which raises it
             handoff.fail(exc)
