@@ -269,7 +269,7 @@ async def test_redis_lost_mid_batch_degrades_with_one_warning(
     lost_lines = [r for r in caplog.records if r.name == STORE_LOGGER and "lost" in r.getMessage()]
     assert len(lost_lines) == 1, [r.getMessage() for r in lost_lines]
     assert f"127.0.0.1:{lost.port}" in lost_lines[0].getMessage()
-    if kind == "responses":  # the in-process limits still held the rate
-        assert emulator.stats.rate_limited <= 0.02 * n
+    if kind == "responses":  # the in-process limits still held the rate, with no burst
+        assert emulator.stats.rate_limited <= 1  # at the switch (the store's was spent)
     else:  # and the pages: no job was refused for pages in flight
         assert emulator.stats.snapshot()["duplicate_submissions"] == 0

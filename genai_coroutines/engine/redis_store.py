@@ -24,9 +24,10 @@ that long idle it would have refilled anyway). The API key itself never reaches 
 Failures: `ready()` (called when a batch starts) raises `LimitStoreUnavailable`, naming
 the URL without its credentials, when Redis cannot be reached, before anything is sent.
 Redis lost later, mid-batch, degrades this store to an in-process `MemoryStore`, seeded
-with the shapes and leases this process knew, with one warning; the batch goes on at
-in-process limits and loses nothing. The next batch to start finds Redis again (when
-reachable and no in-process lease is outstanding) and shares the limits again.
+with the shapes and leases this process knew, its buckets empty, with one warning; the
+batch goes on at in-process limits and loses nothing. The next batch to start finds
+Redis again (when reachable and no in-process lease is outstanding) and shares the
+limits again.
 """
 
 from __future__ import annotations
@@ -400,6 +401,10 @@ class RedisStore:
         )
         for (key, dimension), (per_minute, capacity) in list(self._shapes.items()):
             await fallback.shape(key, dimension, per_minute, capacity)
+        for key in {key for key, _ in self._shapes}:
+            # Start empty, at the steady rate: the burst a new bucket banks was most
+            # likely spent on Redis already, by this process or others.
+            await fallback.pause(key, 0.0)
         for lease_id, (key, units, ttl) in list(self._held.items()):
             copy = await fallback.lease(key, units, 2**62, ttl)
             if copy is not None:
