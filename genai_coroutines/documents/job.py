@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-import aiohttp
-
 from ..engine import (
     Failure,
     ItemRun,
@@ -117,7 +115,7 @@ class Job:
         self.config = batch.config
         self.run_ = run
         self.upload = upload
-        self.timeout = aiohttp.ClientTimeout(total=self.config.timeout_secs)
+        self.timeout = self.config.timeout_secs
         self.counts = Retried()
         self.uploads = 0
         """Uploads sent (the result's `attempts`)."""

@@ -16,7 +16,7 @@ from .batch import (
 )
 from .bookkeeping import Result
 from .headers import parse_duration, retry_after
-from .http import BodyReader, Reply, open_session, send
+from .http import BodyReader, Reply, open_session, send, transfer_timeout
 from .limiter import Capacity, RateLimiter
 from .limits import LOCAL, KeyLimits, key_digest, limit_key
 from .logs import log_event
@@ -74,5 +74,6 @@ __all__ = [
     "retrying",
     "run_streaming",
     "send",
+    "transfer_timeout",
     "status_is_retriable",
 ]

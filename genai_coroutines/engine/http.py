@@ -4,7 +4,9 @@ One `aiohttp.ClientSession` per batch, its connection pool sized to the batch's
 concurrency so keep-alive connections are reused instead of opened per request.
 `send` performs one attempt under one deadline that covers connecting, sending and
 reading the whole body: a server that sends headers and then stalls is a timeout,
-not a half-read reply. Network trouble comes back as a `Failure`, never as an
+not a half-read reply. The deadline is `deadlines`' (one watchdog per timeout) rather
+than aiohttp's `ClientTimeout.total` (one event-loop timer per request, a twentieth of
+the request's CPU). Network trouble comes back as a `Failure`, never as an
 exception, so the retry policy sees every outcome in one shape.
 
 Redirects are never followed. aiohttp would follow them carrying every header but
@@ -24,9 +26,14 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from . import deadlines
 from .outcome import Failure
 
 BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
+
+CONNECT_TIMEOUT_SECS = 30.0
+"""Bound on opening a connection, within any attempt's own deadline."""
+_IDLE = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECS)
 
 
 @dataclass(slots=True)
@@ -46,7 +53,7 @@ def open_session(
     return aiohttp.ClientSession(
         connector=connector,
         headers=dict(headers or {}),
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30),
+        timeout=_IDLE,
         auto_decompress=True,
         raise_for_status=False,
     )
@@ -57,23 +64,38 @@ async def send(
     method: str,
     url: str,
     *,
-    timeout: aiohttp.ClientTimeout,
+    timeout: float | None,
+    idle_timeout: float | None = None,
     data: Any = None,
     headers: Mapping[str, str] | None = None,
     read_body: BodyReader | None = None,
 ) -> Reply | Failure:
-    """One HTTP attempt. `timeout.total` bounds it from connect to the last body byte,
-    read whole unless `read_body` reads it."""
+    """One HTTP attempt. `timeout` seconds bound it from connect to the last body byte,
+    read whole unless `read_body` reads it; or with `timeout` None (a transfer of any
+    size), `idle_timeout` bounds each wait for the next bytes."""
+    deadline = None if timeout is None else deadlines.start(timeout)
     try:
         async with session.request(
-            method, url, timeout=timeout, allow_redirects=False, data=data, headers=headers
+            method,
+            url,
+            timeout=_IDLE if idle_timeout is None else transfer_timeout(idle_timeout),
+            allow_redirects=False,
+            data=data,
+            headers=headers,
         ) as response:
             if 300 <= response.status < 400:
                 return _redirect(response)
             body = await (response.read() if read_body is None else read_body(response))
             return Reply(response.status, response.headers, body)
-    except asyncio.TimeoutError:
-        return Failure(f"Request timed out after {timeout.total:g}s", "timeout", retriable=True)
+    except asyncio.CancelledError:
+        if deadline is not None and deadline.timed_out():
+            return Failure(f"Request timed out after {timeout:g}s", "timeout", retriable=True)
+        raise
+    except asyncio.TimeoutError:  # aiohttp's own bounds: connecting, or an idle transfer
+        bounds = f"{CONNECT_TIMEOUT_SECS:g}s to connect" + (
+            f", {idle_timeout:g}s without data" if idle_timeout is not None else ""
+        )
+        return Failure(f"Request timed out ({bounds})", "timeout", retriable=True)
     except aiohttp.ClientPayloadError as exc:
         return Failure(f"Response body cut short: {exc}", "connection_error", retriable=True)
     except aiohttp.ClientConnectionError as exc:
@@ -86,6 +108,14 @@ async def send(
         )
     except (aiohttp.InvalidURL, ValueError) as exc:  # a URL a server handed us
         return Failure(f"Unusable URL {url[:200]!r}: {exc}", "invalid_response", retriable=False)
+    finally:
+        if deadline is not None:
+            deadline.end()
+
+
+def transfer_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """aiohttp's bounds for a transfer of any size: connecting, and each wait for data."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECS, sock_read=seconds)
 
 
 def _redirect(response: aiohttp.ClientResponse) -> Failure:

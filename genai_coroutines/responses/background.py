@@ -41,7 +41,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..engine import (
@@ -92,7 +91,7 @@ class BackgroundPath(DirectPath):
         super().__init__(request, limiter)
         self.responses_url = self.url + "/"
         self.interval = request.poll_interval_secs
-        self.poll_timeout = aiohttp.ClientTimeout(total=float(request.timeout_secs))
+        self.poll_timeout = float(request.timeout_secs)
         self.poll_policy = RetryPolicy(
             max_retries=request.max_retries,
             initial_delay=request.poll_interval_secs,
@@ -264,7 +263,7 @@ class BackgroundPath(DirectPath):
             run.batch.session,
             "POST",
             submission.request_check_url + "/cancel",
-            timeout=aiohttp.ClientTimeout(total=CANCEL_TIMEOUT_SECS),
+            timeout=CANCEL_TIMEOUT_SECS,
         )
         status = reply.status if isinstance(reply, Reply) else None
         log_event(

@@ -33,6 +33,7 @@ from ..engine import (
     log_event,
     retrying,
     send,
+    transfer_timeout,
 )
 from .errors import bad_body, classify
 from .results import logger
@@ -63,9 +64,9 @@ class BatchWire:
         self.api_key = api_key
         self.policy = policy
         self.wait = wait
-        self.timeout = aiohttp.ClientTimeout(total=timeout_secs)
-        self.transfer = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_secs)
-        """Uploads and downloads: no bound on the whole (200 MB takes a while), only on silence."""
+        self.timeout = timeout_secs
+        self.transfer = transfer_timeout(timeout_secs)
+        """Downloads: no bound on the whole (200 MB takes a while), only on silence."""
 
     async def upload(self, path: str | os.PathLike[str], name: str) -> Success[Json] | Failure:
         """Upload a batch input file; its `FileObject`."""
@@ -80,7 +81,8 @@ class BatchWire:
                     self.session,
                     "POST",
                     f"{self.base}/files",
-                    timeout=self.transfer,
+                    timeout=None,  # 200 MB takes a while: only silence is bounded
+                    idle_timeout=self.timeout,
                     data=payload,
                     headers={"Content-Type": payload.content_type},
                 )

@@ -130,7 +130,7 @@ class DirectPath:
         self.template = request._template
         self.api_key = request.api_key or ""
         self.url = request.base_url.rstrip("/") + "/responses"
-        self.timeout = aiohttp.ClientTimeout(total=request.attempt_timeout_secs)
+        self.timeout = request.attempt_timeout_secs
         self.limiter = limiter
         self.shape = "output given" if request.max_output_tokens else "output unbounded"
         """What the server's surcharge depends on: an output allowance of its own is
