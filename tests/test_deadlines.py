@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 
 import pytest
 
@@ -83,3 +85,24 @@ async def test_one_slow_attempt_does_not_let_finished_ones_pile_up() -> None:
     slow.cancel()
     with pytest.raises(asyncio.CancelledError):
         await slow
+
+
+def test_a_closed_event_loop_is_not_kept_alive() -> None:
+    def one_batch() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.new_event_loop()
+        try:
+            assert not loop.run_until_complete(attempt(60, released()))
+        finally:
+            loop.close()
+        return weakref.ref(loop)
+
+    first = one_batch()
+    one_batch()  # the loop served last may be remembered, not one before it
+    gc.collect()
+    assert first() is None
+
+
+def released() -> asyncio.Event:
+    event = asyncio.Event()
+    event.set()
+    return event

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections import deque
-from typing import Any
 
 COMPACT_SLACK = 64
 """Finished entries a FIFO may hold beyond its attempts in flight before it is compacted."""
@@ -64,33 +63,34 @@ class Deadline:
 class _Watch:
     """The attempts of one loop with one timeout, oldest first, and their watchdog."""
 
-    __slots__ = ("loop", "seconds", "queue", "live", "watchdog")
+    __slots__ = ("seconds", "queue", "live", "watchdog")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
-        self.loop = loop
+    def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.queue: deque[Deadline] = deque()
         self.live = 0
         self.watchdog: asyncio.Task[None] | None = None
 
-    def start(self, task: asyncio.Task[object]) -> Deadline:
-        deadline = Deadline(self.loop.time() + self.seconds, task, self)
+    def start(self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[object]) -> Deadline:
+        """(No reference to `loop` is kept: `_watches` holds this weakly by its loop.)"""
+        deadline = Deadline(loop.time() + self.seconds, task, self)
         queue = self.queue
         queue.append(deadline)
         self.live += 1
         if self.watchdog is None:
-            self.watchdog = self.loop.create_task(self._watch())
+            self.watchdog = loop.create_task(self._watch())
         elif len(queue) > 2 * self.live + COMPACT_SLACK:
             self.queue = deque(d for d in queue if not d.done)
         return deadline
 
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
         while self.queue:
             head = self.queue[0]
             if head.done:
                 self.queue.popleft()
                 continue
-            wait = head.when - self.loop.time()
+            wait = head.when - loop.time()
             if wait > 0:
                 await asyncio.sleep(wait)
                 continue
@@ -103,21 +103,24 @@ class _Watch:
 _watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Watch]] = (
     weakref.WeakKeyDictionary()
 )
-_last: list[Any] = [None, {}]
-"""The loop `start` served last and its watches (a batch runs on one loop throughout)."""
+_last: tuple[asyncio.AbstractEventLoop | None, dict[float, _Watch]] = (None, {})
+"""The loop `start` served last and its watches (a batch runs on one loop throughout);
+one tuple, replaced whole, so a thread running another loop never reads half of it."""
 
 
 def start(seconds: float) -> Deadline:
     """A deadline `seconds` from now for the current task's attempt."""
+    global _last
     loop = asyncio.get_running_loop()
-    if _last[0] is loop:
-        watches: dict[float, _Watch] = _last[1]
+    last = _last
+    if last[0] is loop:
+        watches = last[1]
     else:
         watches = _watches.setdefault(loop, {})
-        _last[:] = loop, watches
+        _last = (loop, watches)
     watch = watches.get(seconds)
     if watch is None:
-        watch = watches[seconds] = _Watch(loop, seconds)
+        watch = watches[seconds] = _Watch(seconds)
     task = asyncio.current_task(loop)
     assert task is not None, "a deadline needs a task to cancel"
-    return watch.start(task)
+    return watch.start(loop, task)
