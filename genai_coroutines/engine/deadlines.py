@@ -1,11 +1,12 @@
 """Attempt deadlines: one watchdog task per timeout, in place of one timer per request.
 
-aiohttp's `ClientTimeout(total=...)` puts a timer on the event loop for each request and
-cancels it when the request ends. On asyncio's default loop that timer is a push onto
-the loop's heap (its entries compared in Python), a cancelled entry left behind and a
-share of the heap's periodic rebuild: about 30,000 instructions, a twentieth of a whole
-request (`benchmarks/responses_overhead.py --instructions`), spent on a timer that
-almost never fires.
+aiohttp's `ClientTimeout(total=...)` puts a timer on the event loop for each request,
+wrapped in aiohttp's own timer context, and cancels it when the request ends. On
+asyncio's default loop the timer is also a push onto the loop's heap (its entries
+compared in Python), a cancelled entry left behind and a share of the heap's periodic
+rebuild. Measured with callgrind, a request's transport cost about 30,000 instructions
+less without it, on the default loop and on uvloop alike (some 6% of a whole request),
+all spent on a timer that almost never fires.
 
 Attempts given the same timeout get their deadlines in the order they start, so a FIFO
 holds them sorted for free. One watchdog per (event loop, timeout) sleeps until the
