@@ -5,7 +5,7 @@ concurrency so keep-alive connections are reused instead of opened per request.
 `send` performs one attempt under one deadline that covers connecting, sending and
 reading the whole body: a server that sends headers and then stalls is a timeout,
 not a half-read reply. The deadline is `deadlines`' (one watchdog per timeout) rather
-than aiohttp's `ClientTimeout.total` (one event-loop timer per request, a twentieth of
+than aiohttp's `ClientTimeout.total` (one event-loop timer per request, some 6% of
 the request's CPU). Network trouble comes back as a `Failure`, never as an
 exception, so the retry policy sees every outcome in one shape.
 
