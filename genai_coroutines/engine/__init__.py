@@ -74,6 +74,6 @@ __all__ = [
     "retrying",
     "run_streaming",
     "send",
-    "transfer_timeout",
     "status_is_retriable",
+    "transfer_timeout",
 ]

@@ -33,7 +33,7 @@ BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
 
 CONNECT_TIMEOUT_SECS = 30.0
 """Bound on opening a connection, within any attempt's own deadline."""
-_IDLE = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECS)
+_CONNECT_ONLY = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_SECS)
 
 
 @dataclass(slots=True)
@@ -53,7 +53,7 @@ def open_session(
     return aiohttp.ClientSession(
         connector=connector,
         headers=dict(headers or {}),
-        timeout=_IDLE,
+        timeout=_CONNECT_ONLY,
         auto_decompress=True,
         raise_for_status=False,
     )
@@ -78,7 +78,7 @@ async def send(
         async with session.request(
             method,
             url,
-            timeout=_IDLE if idle_timeout is None else transfer_timeout(idle_timeout),
+            timeout=_CONNECT_ONLY if idle_timeout is None else transfer_timeout(idle_timeout),
             allow_redirects=False,
             data=data,
             headers=headers,

@@ -65,8 +65,8 @@ class BatchWire:
         self.policy = policy
         self.wait = wait
         self.timeout = timeout_secs
-        self.transfer = transfer_timeout(timeout_secs)
-        """Downloads: no bound on the whole (200 MB takes a while), only on silence."""
+        """Each request's bound; for uploads and downloads (200 MB takes a while), the bound
+        on each silence instead."""
 
     async def upload(self, path: str | os.PathLike[str], name: str) -> Success[Json] | Failure:
         """Upload a batch input file; its `FileObject`."""
@@ -178,7 +178,7 @@ class BatchWire:
             url = f"{self.base}/files/{file_id}/content"
             try:
                 async with self.session.get(
-                    url, timeout=self.transfer, allow_redirects=False
+                    url, timeout=transfer_timeout(self.timeout), allow_redirects=False
                 ) as response:
                     if response.status != 200:
                         body = await response.read()
