@@ -96,10 +96,12 @@ class PipelineSummary(BatchSummary):
                 f"documents: {self.total} ({self.succeeded} extracted, {failed}{reused})"
                 f"  retries: {self.retries}  429s: {self.rate_limited}"
                 f"  wall: {self.wall_seconds:.2f}s",
-                f"OCR (Datalab):       {self.ocr_done} documents, {self.pages} pages, "
+                f"OCR (Datalab):       {self.ocr_done} documents"
+                f"{_from_journal(self.ocr_reused)}, {self.pages} pages, "
                 f"Datalab cost: {self.cost_cents:g} cents (${self.cost_cents / 100:.4f}), "
                 f"{_plural(self.ocr_retries, 'retry', 'retries')}",
-                f"extraction (OpenAI): {_plural(self.extraction_requests, 'request')}, "
+                f"extraction (OpenAI): {_plural(self.extraction_requests, 'request')}"
+                f"{_from_journal(self.extractions_reused)}, "
                 f"{self.input_tokens} tokens in ({self.cached_tokens} cached), "
                 f"{self.output_tokens} out, estimated cost: ${self.cost_usd:.4f}, "
                 f"{_plural(self.extraction_retries, 'retry', 'retries')}",
@@ -110,3 +112,9 @@ class PipelineSummary(BatchSummary):
 
 def _plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else many or one + 's'}"
+
+
+def _from_journal(n: int) -> str:
+    """A stage's reuse, said on a rerun (a row rebuilt from journaled stages reuses them
+    without being a row from the journal itself)."""
+    return f" ({n} from journal)" if n else ""
