@@ -308,6 +308,26 @@ async def test_a_replys_remaining_does_not_forget_the_requests_still_on_their_wa
     assert store.snapshot("key") == {"requests": 998.0, "tokens": 6_500.0}
 
 
+async def test_a_replys_remaining_counts_the_requests_sent_before_its_own() -> None:
+    """Only the requests reserved after the one a reply answers are still on their way:
+    the ones before it reached the server first and are in its `remaining`."""
+    store = MemoryStore(clock=lambda: 0.0)  # no refill while the test runs
+    limiter = RateLimiter(store, "key", requests_per_minute=60_000, tokens_per_minute=600_000)
+    first = await limiter.acquire(1_000)
+    for tokens in (500, 200, 40):
+        await limiter.acquire(tokens)
+    await limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "60000",
+            "x-ratelimit-remaining-requests": "1000",
+            "x-ratelimit-limit-tokens": "600000",
+            "x-ratelimit-remaining-tokens": "8000",
+        },
+        number=first + 1,  # the second request's reply: the third and fourth are in transit
+    )
+    assert store.snapshot("key") == {"requests": 996.0, "tokens": 7_760.0}
+
+
 async def test_limiter_without_headers_stops_learning_and_runs_free() -> None:
     store = MemoryStore()
     limiter = RateLimiter(store, "key", learn=True)

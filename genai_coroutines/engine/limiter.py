@@ -55,7 +55,6 @@ would leave most of this logic outside the library anyway.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import time
 import weakref
@@ -124,9 +123,11 @@ class RateLimiter:
             weakref.WeakKeyDictionary()
         )
         self._sent: deque[tuple[float, int]] = deque()
-        """(when, tokens) of the requests reserved in the last `IN_TRANSIT_SECS`, and their
-        tokens in all."""
-        self._sent_tokens = 0
+        """(when, `_tokens` before it) of each request reserved in the last
+        `IN_TRANSIT_SECS`: the tokens of the latest few are one subtraction, not a sum
+        (some 100 of them for every reply of a batch at concurrency 100)."""
+        self._tokens = 0
+        """Tokens reserved so far."""
         self._reservations = 0
         """Requests reserved so far (the number `acquire` returns counts its own)."""
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
@@ -217,8 +218,8 @@ class RateLimiter:
     def _reserved(self, tokens: int) -> int:
         now = time.monotonic()
         self._forget_before(now - IN_TRANSIT_SECS)
-        self._sent.append((now, tokens))
-        self._sent_tokens += tokens
+        self._sent.append((now, self._tokens))
+        self._tokens += tokens
         self._reservations += 1
         return self._reservations
 
@@ -228,15 +229,15 @@ class RateLimiter:
         reply answers (the number `acquire` gave it; None: not known, all of them)."""
         self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
         sent = self._sent
-        later = len(sent) if number is None else self._reservations - number
-        if later >= len(sent):
-            return len(sent), self._sent_tokens
-        return later, sum(tokens for _, tokens in itertools.islice(reversed(sent), later))
+        later = len(sent) if number is None else min(len(sent), self._reservations - number)
+        if later <= 0:
+            return 0, 0
+        return later, self._tokens - sent[-later][1]
 
     def _forget_before(self, since: float) -> None:
         sent = self._sent
         while sent and sent[0][0] < since:
-            self._sent_tokens -= sent.popleft()[1]
+            sent.popleft()
 
     def surcharge(self, kind: str) -> int:
         """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""

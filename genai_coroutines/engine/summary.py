@@ -54,14 +54,18 @@ def tier_share(tier: object) -> float:
 
 
 def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
-    """(input, cached input, output, reasoning) tokens of one answer's `usage`."""
+    """(input, cached input, output, reasoning) tokens of one answer's `usage`. (On every
+    result's path: a count that is already an int is taken as it is, without `int()`.)"""
     get = usage.get
     details, more = get("input_tokens_details"), get("output_tokens_details")
+    inputs, outputs = get("input_tokens"), get("output_tokens")
+    cached = details.get("cached_tokens") if type(details) is dict else 0
+    reasoning = more.get("reasoning_tokens") if type(more) is dict else 0
     return (
-        int(get("input_tokens") or 0),
-        int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
-        int(get("output_tokens") or 0),
-        int(more.get("reasoning_tokens") or 0) if isinstance(more, dict) else 0,
+        inputs if type(inputs) is int else int(inputs or 0),
+        cached if type(cached) is int else int(cached or 0),
+        outputs if type(outputs) is int else int(outputs or 0),
+        reasoning if type(reasoning) is int else int(reasoning or 0),
     )
 
 
@@ -136,13 +140,23 @@ class BatchSummary:
             return  # a twin of an item sent once (`dedupe`): its tokens are that item's
         tier = get("service_tier")
         share = 1.0
-        if isinstance(tier, str):
+        if type(tier) is str:
             tiers = self.tiers
             tiers[tier] = tiers.get(tier, 0) + 1
-            share = DISCOUNTED_TIERS.get(tier, 1.0)
+            if tier in DISCOUNTED_TIERS:
+                share = DISCOUNTED_TIERS[tier]
         usage = get("usage")
         if usage:
-            self._add_usage(usage, get("model") or self.model, share)
+            model = get("model") or self.model
+            key = (model if type(model) is str else str(model), share)
+            billed = self._billed.get(key)
+            if billed is None:
+                billed = self._billed[key] = [0, 0, 0, 0]
+            inputs, cached, outputs, reasoning = usage_tokens(usage)
+            billed[0] += inputs
+            billed[1] += cached
+            billed[2] += outputs
+            billed[3] += reasoning
         pages = get("page_count")
         if pages:
             self.pages += int(pages)
@@ -151,17 +165,6 @@ class BatchSummary:
             cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
             if isinstance(cents, int | float):
                 self.cost_cents += cents
-
-    def _add_usage(self, usage: Mapping[str, Any], model: object, share: float) -> None:
-        inputs, cached, outputs, reasoning = usage_tokens(usage)
-        key = (str(model), share)
-        billed = self._billed.get(key)
-        if billed is None:
-            billed = self._billed[key] = [0, 0, 0, 0]
-        billed[0] += inputs
-        billed[1] += cached
-        billed[2] += outputs
-        billed[3] += reasoning
 
     def _tokens(self, kind: int) -> int:
         return sum(billed[kind] for billed in self._billed.values())
