@@ -289,6 +289,29 @@ async def test_limiter_learns_limits_from_headers_and_sends_one_probe_first() ->
     await asyncio.wait_for(asyncio.gather(again.acquire(), again.acquire()), 1.0)
 
 
+async def test_after_the_probe_a_newcomer_does_not_queue_behind_the_callers_it_held() -> None:
+    """The callers the probe held leave the lock one per turn of the event loop; a
+    newcomer queueing behind them would keep that queue alive for the whole batch, every
+    request paying a lock and a suspension."""
+    limiter = RateLimiter(MemoryStore(), "key", learn=True)
+    await limiter.acquire()  # the probe
+    held = [asyncio.ensure_future(limiter.acquire()) for _ in range(20)]
+    await asyncio.sleep(0)  # one turn: one waits for the probe, holding the lock; 19 for it
+    await limiter.observe(
+        {
+            "x-ratelimit-limit-requests": "60000",
+            "x-ratelimit-remaining-requests": "59999",
+            "x-ratelimit-limit-tokens": "6000000",
+            "x-ratelimit-remaining-tokens": "5999999",
+        }
+    )
+    await asyncio.sleep(0)  # one turn: the caller the probe held is answered, 19 wait
+    newcomer = limiter.acquire()
+    with pytest.raises(StopIteration):  # answered without suspending
+        newcomer.send(None)
+    await asyncio.wait_for(asyncio.gather(*held), 1.0)
+
+
 async def test_a_replys_remaining_does_not_forget_the_requests_still_on_their_way() -> None:
     """The server counted `remaining` before the requests just sent reached it: lowering
     the bucket to the bare figure would spend their tokens a second time (a 429 under

@@ -9,7 +9,8 @@ the provider enforces instead of bursting into 429s and backing off.
 Algorithm, per `acquire(tokens)`:
   1. Callers in this process queue on one FIFO lock, so whoever asked first is served
      first and only the head of the queue sleeps (no polling). A caller who finds
-     nobody queued asks the store at once, and queues only if the buckets are short.
+     nobody waiting for quota asks the store at once, and queues only if the buckets
+     are short.
   2. The head asks the store to take one request and `tokens` tokens; the store either
      takes both or says how long until it could, and the head sleeps that long. A
      request larger than a bucket's capacity waits for a full bucket and then borrows,
@@ -59,7 +60,7 @@ import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from .headers import count, parse_duration
 from .store import LimitStore
@@ -133,7 +134,10 @@ class RateLimiter:
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
         self._queued = 0
-        """Callers queued on a lock (of any loop): while there are, newcomers queue too."""
+        """Callers waiting for quota or for the probe (of any loop): while there are,
+        newcomers queue behind them. (Callers merely waiting for the lock do not count:
+        if they did, the queue the probe leaves behind would never drain, newcomers
+        joining it as fast as the lock hands over, one caller per turn of the loop.)"""
         self._probes = 0
         """Loops whose probe is out."""
         self._ready = False
@@ -191,25 +195,31 @@ class RateLimiter:
             if await self.store.take(self.key, amounts) <= 0:
                 return self._reserved(tokens)
         local = self._local()
-        self._queued += 1
+        waiting = False  # counted in `_queued`: this caller waits for quota or the probe
         try:
             async with local.lock:
                 if self._limits is None:
                     await self._setup()
                 while True:
+                    pending: Awaitable[object]
                     if self.learning:
                         if local.probe is None:
                             local.probe = asyncio.Event()
                             self._probes += 1
                             return self._reservations
-                        await local.probe.wait()
-                        continue
-                    wait = await self.store.take(self.key, amounts)
-                    if wait <= 0:
-                        return self._reserved(tokens)
-                    await asyncio.sleep(wait)
+                        pending = local.probe.wait()
+                    else:
+                        wait = await self.store.take(self.key, amounts)
+                        if wait <= 0:
+                            return self._reserved(tokens)
+                        pending = asyncio.sleep(wait)
+                    if not waiting:
+                        waiting = True
+                        self._queued += 1
+                    await pending
         finally:
-            self._queued -= 1
+            if waiting:
+                self._queued -= 1
 
     async def _shape(self, i: int, per_minute: float, capacity: float) -> None:
         await self.store.shape(self.key, DIMENSIONS[i], per_minute, capacity)
