@@ -7,6 +7,7 @@ never timed."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 
 from genai_coroutines import BatchSummary, Price, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
@@ -66,3 +67,18 @@ def test_flex_and_batch_results_are_priced_at_half() -> None:
         summary.add({"success": True, "usage": usage, "model": "m", "service_tier": tier})
     assert summary.cost_usd == 2.0 + 1.0 + 1.0
     assert summary.tiers == {"default": 1, "flex": 1, "batch": 1}
+
+
+def test_token_counts_are_read_from_any_dict_and_any_number() -> None:
+    """Counts that are not plain ints (a float, a numeric string, a bool) and details in a
+    dict subclass (a usage built by other code) are counted as `int()` reads them."""
+    summary = BatchSummary(prices={"m": Price(1.0, 0.5, 2.0)})
+    usage = {
+        "input_tokens": 10.0,
+        "input_tokens_details": OrderedDict(cached_tokens="4"),
+        "output_tokens": True,
+        "output_tokens_details": OrderedDict(reasoning_tokens=0),
+    }
+    summary.add({"success": True, "usage": usage, "model": "m"})
+    assert (summary.input_tokens, summary.cached_tokens, summary.output_tokens) == (10, 4, 1)
+    assert type(summary.output_tokens) is int

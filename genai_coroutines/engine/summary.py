@@ -59,8 +59,8 @@ def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
     get = usage.get
     details, more = get("input_tokens_details"), get("output_tokens_details")
     inputs, outputs = get("input_tokens"), get("output_tokens")
-    cached = details.get("cached_tokens") if type(details) is dict else 0
-    reasoning = more.get("reasoning_tokens") if type(more) is dict else 0
+    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+    reasoning = more.get("reasoning_tokens") if isinstance(more, dict) else 0
     return (
         inputs if type(inputs) is int else int(inputs or 0),
         cached if type(cached) is int else int(cached or 0),
@@ -140,15 +140,14 @@ class BatchSummary:
             return  # a twin of an item sent once (`dedupe`): its tokens are that item's
         tier = get("service_tier")
         share = 1.0
-        if type(tier) is str:
+        if isinstance(tier, str):
             tiers = self.tiers
             tiers[tier] = tiers.get(tier, 0) + 1
-            if tier in DISCOUNTED_TIERS:
-                share = DISCOUNTED_TIERS[tier]
+            share = DISCOUNTED_TIERS.get(tier, 1.0)
         usage = get("usage")
         if usage:
             model = get("model") or self.model
-            key = (model if type(model) is str else str(model), share)
+            key = (model if isinstance(model, str) else str(model), share)
             billed = self._billed.get(key)
             if billed is None:
                 billed = self._billed[key] = [0, 0, 0, 0]
