@@ -260,6 +260,50 @@ async def test_a_completed_batch_whose_every_line_failed_says_so_line_by_line(
         assert result["error"].startswith("500 Internal Server Error: The server had an error")
 
 
+def warnings_of(caplog: pytest.LogCaptureFixture, event: str) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.getMessage().startswith(event)
+    ]
+
+
+async def test_custom_ids_this_run_did_not_write_are_ignored_with_a_warning(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    emulator.faults.schedule("batch_lines", "line-odd-ids", times=2)  # "²0-…", "999…9990-…"
+    done = await ResponsesProcessor().process_batch(make_request(emulator, 10), batch_api=fast())
+    assert done["total_success"] == 10, "no paid result is lost to a line that is not ours"
+    assert all(r["attempts"] == 1 for r in done["results"])
+    assert set(executions(emulator).values()) == {1}
+    (warning,) = warnings_of(caplog, "batch_api_foreign_lines")
+    assert f"batch={done['results'][0]['batch_id']}" in warning and "count=4" in warning
+    assert len(warning) < 400, "a 5,000-digit custom_id is not logged whole"
+
+
+async def test_lines_bought_again_are_logged_with_the_batch_the_count_and_the_reason(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    faults = emulator.faults
+    faults.schedule("batch_lines", "line-body-not-json", times=2)
+    faults.schedule("batch_lines", "line-not-json")
+    faults.schedule("batch_lines", "line-missing", times=3)
+    results = (
+        await ResponsesProcessor().process_batch(make_request(emulator, 10), batch_api=fast())
+    )["results"]
+    assert all(r["success"] for r in results)
+    assert [r["attempts"] for r in results] == [2] * 6 + [1] * 4
+    first = results[9]["batch_id"]
+    (resend,) = warnings_of(caplog, "batch_api_resend")
+    assert f"batch={first}" in resend and "count=6" in resend
+    assert "2 x 200 OK but the body is not a complete response" in resend
+    assert f"4 x batch {first} ended completed without a line for this request" in resend
+    (unreadable,) = warnings_of(caplog, "batch_api_unreadable_lines")
+    assert f"batch={first}" in unreadable and "count=1" in unreadable
+
+
 def test_lines_are_judged_by_their_status_code_and_body() -> None:
     body = {"id": "resp_1", "object": "response", "status": "completed", "output": []}
     ok = judge({"custom_id": "0-a", "response": {"status_code": 200, "body": body}}, "")

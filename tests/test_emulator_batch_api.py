@@ -340,6 +340,30 @@ async def test_faults_on_the_batch_endpoints(
     assert emulator.stats.requests["batches_poll 500"] == 1
 
 
+async def test_line_faults_spoil_what_a_batch_writes_of_its_lines(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    faults = emulator.faults
+    for kind in ("line-odd-ids", "line-not-json", "line-body-not-json", "line-missing"):
+        faults.schedule("batch_lines", kind)
+    with pytest.raises(ValueError, match="only they"):
+        faults.schedule("batch_lines", "503")
+    with pytest.raises(ValueError, match="only they"):
+        faults.schedule("batches_poll", "line-missing")
+    created = await submit(client, jsonl(rows(5)))
+    batch, _ = await wait_for(client, created.id)
+    assert batch.status == "completed" and batch.output_file_id is not None
+    raw = (await client.files.content(batch.output_file_id)).content.splitlines()
+    assert len(raw) == 6, "row-0 and its two copies, row-1 cut, row-2, row-4; row-3 missing"
+    ids = [orjson.loads(raw[n])["custom_id"] for n in (0, 1, 2, 4, 5)]
+    assert ids == ["row-0", "\u00b2row-0", "9" * 5000 + "row-0", "row-2", "row-4"]
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(raw[3])
+    assert orjson.loads(raw[4])["response"]["status_code"] == 200
+    assert isinstance(orjson.loads(raw[4])["response"]["body"], str)
+    assert sum(emulator.stats.batch_executions_by_custom_id.values()) == 5, "every line ran"
+
+
 async def test_a_20000_line_file_runs(emulator: Emulator, client: openai.AsyncOpenAI) -> None:
     emulator.config.batch_validating_seconds = 0.0
     emulator.config.batch_finalizing_seconds = 0.0

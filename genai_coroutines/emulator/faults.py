@@ -13,6 +13,9 @@ if it were not there; a random draw of one for such a request is no fault):
   asked for `stream: true`;
 - a fault scheduled `when_input_contains=marker` fits `/v1/responses` requests whose
   input message texts contain `marker`, to fail one chosen item of a batch.
+
+`batch_lines` is no HTTP endpoint: its faults (`LINE_FAULTS`, and only those) are picked
+for each line a batch runs and spoil what the batch writes into its output file.
 """
 
 from __future__ import annotations
@@ -57,6 +60,14 @@ few deltas, `stream-error` sends an `error` event, `stream-failed` a `response.f
 terminal event; `stream-reframed` is a whole answer framed as a proxy might pass it on
 (CRLF, a comment, multi-line `data:`, 7-byte writes)."""
 
+LINE_ENDPOINT = "batch_lines"
+LINE_FAULTS = ("line-odd-ids", "line-not-json", "line-body-not-json", "line-missing")
+"""Faults of one line of a batch's output (endpoint `batch_lines`): `line-odd-ids` adds,
+after the line, two copies under custom_ids no client wrote (`²` and 5,000 `9`s before
+its own); `line-not-json` writes the line cut in half; `line-body-not-json` answers it
+`status_code` 200 with a body that is a string of HTML, not a response; `line-missing`
+runs the line but writes it into neither file."""
+
 SHOULD_RETRY = {"should-retry": "true", "no-retry": "false"}
 FAULT_ENDPOINTS = (
     "responses",
@@ -70,13 +81,15 @@ FAULT_ENDPOINTS = (
     "marker_submit",
     "marker_poll",
     "marker_accepted",
+    LINE_ENDPOINT,
 )
 """Where faults can be injected; "marker_accepted" fires after a job was accepted, so the
 job runs (and is billed) but the client never learns its id. The OpenAI async paths:
 `responses_poll` is `GET /v1/responses/{id}`, `responses_cancel` its `/cancel`;
 `files_upload` is `POST /v1/files`, `files_read` `GET /v1/files/{id}` and its `/content`;
 `batches_create` is `POST /v1/batches`, `batches_poll` `GET /v1/batches[/{id}]`,
-`batches_cancel` `POST /v1/batches/{id}/cancel`."""
+`batches_cancel` `POST /v1/batches/{id}/cancel`; `batch_lines` each line a batch runs
+(`LINE_FAULTS`)."""
 STATUS_SUFFIXES = ("", "retry-after", *SHOULD_RETRY)
 TARGETED_ENDPOINT = "responses"
 """The only endpoint that tells `pick` whether a request streams and what its input says."""
@@ -89,9 +102,20 @@ PROXY_502 = (
 
 
 def is_fault_kind(kind: str) -> bool:
-    """A named kind, or a status with one of the `STATUS_SUFFIXES`."""
+    """A named kind, a status with one of the `STATUS_SUFFIXES`, or a line fault."""
     status, _, suffix = kind.partition("-")
-    return kind in FAULT_KINDS or (status.isdigit() and suffix in STATUS_SUFFIXES)
+    return (
+        kind in FAULT_KINDS
+        or kind in LINE_FAULTS
+        or (status.isdigit() and suffix in STATUS_SUFFIXES)
+    )
+
+
+def misfit(endpoint: str, kind: str) -> str | None:
+    """Why `kind` can never fire at `endpoint`; None when it can."""
+    if (endpoint == LINE_ENDPOINT) != (kind in LINE_FAULTS):
+        return f"line faults ({', '.join(LINE_FAULTS)}) fit {LINE_ENDPOINT!r}, and only they"
+    return None
 
 
 class FaultPlan:
@@ -111,6 +135,9 @@ class FaultPlan:
             kind in STREAM_FAULTS or when_input_contains is not None
         ):
             raise ValueError(f"stream faults and input markers fit {TARGETED_ENDPOINT!r} only")
+        problem = misfit(endpoint, kind)
+        if problem is not None:
+            raise ValueError(problem)
         self.queued[endpoint].extend([(kind, when_input_contains)] * times)
 
     def clear(self) -> None:

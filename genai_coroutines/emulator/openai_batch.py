@@ -40,7 +40,10 @@ validation errors are the emulator's own unless noted):
   400. A cancel of a batch that is finalizing or has ended is a 409; of one cancelling or
   cancelled it answers the batch again. Cancelled batches keep the lines that ran (output
   and error files); lines that never ran appear in neither.
-- Faults: `batches_create`, `batches_poll` (retrieve and list), `batches_cancel`.
+- Faults: `batches_create`, `batches_poll` (retrieve and list), `batches_cancel`, and
+  `batch_lines` (`faults.LINE_FAULTS`), which spoils the output of a line that ran:
+  copies under odd custom_ids, the line cut in half, a 200 whose body is no response, or
+  no line at all.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from .faults import LINE_ENDPOINT
 from .openai_output import input_tokens
 from .openai_validate import JSON_BODY_ERROR, ApiError, invalid_type, invalid_value, missing
 
@@ -108,6 +112,28 @@ EXPIRED: dict[str, Any] = {
     "code": "batch_expired",
     "message": "This request could not be executed before the completion window expired.",
 }
+
+NOT_A_RESPONSE = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+"""The body of a `line-body-not-json` line: what a proxy might have put in its place."""
+ODD_ID_PREFIXES = ("\u00b2", "9" * 5000)
+"""Put before a line's custom_id by `line-odd-ids`: a digit `int()` refuses, and more
+digits than Python's `int()` takes."""
+
+
+def _spoiled(raw: bytes, fault: str | None) -> list[bytes]:
+    """What is written of an output line `raw` under a `batch_lines` fault (see
+    `faults.LINE_FAULTS`; `line-body-not-json` is applied before the line is made)."""
+    if fault == "line-missing":
+        return []
+    if fault == "line-not-json":
+        return [raw[: len(raw) // 2]]
+    if fault == "line-odd-ids":
+        line = orjson.loads(raw)
+        return [raw] + [
+            orjson.dumps({**line, "custom_id": prefix + line["custom_id"]})
+            for prefix in ODD_ID_PREFIXES
+        ]
+    return [raw]
 
 
 @dataclass
@@ -551,20 +577,25 @@ class BatchEmulation:
     def _execute(
         self, batch: Batch, line: Line, outputs: list[bytes], failures: list[bytes]
     ) -> None:
-        """Answer one line as `POST /v1/responses` would (with no rate limit), or fail it."""
+        """Answer one line as `POST /v1/responses` would (with no rate limit), or fail it;
+        a `batch_lines` fault then spoils what is written of it."""
         self.api.emulator.stats.batch_executions_by_custom_id[line.custom_id] += 1
+        fault = self.api.emulator.faults.pick(LINE_ENDPOINT)
+        if fault is not None:
+            self.api.emulator.stats.faults[f"{LINE_ENDPOINT} {fault}"] += 1
         if self._rng.random() < self.api.emulator.config.batch_line_failure_rate:
-            failures.append(self._output_line(line, 500, SERVER_ERROR))
+            failures.extend(_spoiled(self._output_line(line, 500, SERVER_ERROR), fault))
             batch.counts["failed"] += 1
             return
         try:
             self.api.check(line.body)
         except ApiError as error:
-            failures.append(self._output_line(line, error.status, error.body()))
+            failures.extend(_spoiled(self._output_line(line, error.status, error.body()), fault))
             batch.counts["failed"] += 1
             return
         result = self.api.produce(line.body, keep=False)
-        outputs.append(self._output_line(line, 200, result))
+        answered: Any = NOT_A_RESPONSE if fault == "line-body-not-json" else result
+        outputs.extend(_spoiled(self._output_line(line, 200, answered), fault))
         batch.counts["completed"] += 1
         used, total = result["usage"], batch.usage
         total["input_tokens"] += used["input_tokens"]
@@ -581,7 +612,7 @@ class BatchEmulation:
     def _output_line(
         line: Line,
         status: int | None,
-        body: dict[str, Any] | None,
+        body: Any,
         error: dict[str, Any] | None = None,
     ) -> bytes:
         response = (

@@ -19,7 +19,7 @@ from ..params import param, spec
 
 def parse_fault(text: str) -> tuple[str, str, float]:
     """`ENDPOINT:KIND:RATE`, as `emulate --fault` takes it."""
-    from .faults import FAULT_ENDPOINTS, FAULT_KINDS, is_fault_kind  # faults imports us
+    from .faults import FAULT_ENDPOINTS, FAULT_KINDS, is_fault_kind, misfit  # faults imports us
 
     try:
         endpoint, kind, rate = text.split(":")
@@ -30,6 +30,9 @@ def parse_fault(text: str) -> tuple[str, str, float]:
         raise ValueError(f"unknown endpoint {endpoint!r}; known: {', '.join(FAULT_ENDPOINTS)}")
     if not is_fault_kind(kind):
         raise ValueError(f"unknown fault {kind!r}; known: any NNN, {', '.join(FAULT_KINDS)}")
+    problem = misfit(endpoint, kind)
+    if problem is not None:
+        raise ValueError(problem)
     return endpoint, kind, share
 
 

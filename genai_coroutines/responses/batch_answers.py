@@ -8,12 +8,19 @@ lines that never ran (an expired batch) are handed back for a follow-up batch, u
 names with their message, fails every line with a file-level message (the
 enqueued-token limit's is retried once a batch has ended), and sends lines it did not
 name again.
+
+Nothing is bought again silently: the lines handed back are logged at WARNING
+(`batch_api_resend`: the batch, how many, and why), as are lines that are not JSON
+(`batch_api_unreadable_lines`) and custom_ids this library did not write
+(`batch_api_foreign_lines`), which are ignored.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -22,6 +29,40 @@ from ..engine import Failure, Result, RetryPolicy, Success, log_event, poll_unti
 from .batch_api import TERMINAL, BatchAPIPath, index_of, judge
 from .batch_spool import Job, Member, custom_id_of
 from .batch_wire import BatchWire, Json
+
+SHOWN_REASONS = 3
+SHOWN_ID_CHARS = 40
+
+
+@dataclass(slots=True)
+class Resend:
+    """The members of an ended batch handed back for a follow-up batch, and why."""
+
+    members: dict[int, Member] = field(default_factory=dict)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+    def add(self, index: int, member: Member, failure: Failure) -> None:
+        self.members[index] = member
+        self.reasons[failure.message] += 1
+
+    def described(self) -> str:
+        shown = [f"{n} x {why}" for why, n in self.reasons.most_common(SHOWN_REASONS)]
+        if len(self.reasons) > SHOWN_REASONS:
+            shown.append(f"and {len(self.reasons) - SHOWN_REASONS} other reasons")
+        return "; ".join(shown)
+
+
+@dataclass(slots=True)
+class _Oddities:
+    """Lines of one output or error file that answer none of this run's items."""
+
+    unreadable: int = 0
+    foreign: int = 0
+    example: str = ""
+    """The first foreign custom_id, cut short (one may be megabytes long)."""
+
+    def reset(self) -> None:  # the download restarted from the top
+        self.unreadable = self.foreign = 0
 
 
 class Answers:
@@ -125,12 +166,12 @@ class Answers:
 
     # -- joining the answers back -----------------------------------------------------------
 
-    async def resolve(self, job: Job, batch: Json) -> tuple[dict[int, Member], bool]:
+    async def resolve(self, job: Job, batch: Json) -> tuple[Resend, bool]:
         """Every member's result from the ended batch, or its place in a follow-up: the
         members to send again, and whether the batch failed on the API's enqueued-token
         limit (their follow-up then waits for another batch to end)."""
         status = str(batch.get("status"))
-        retry: dict[int, Member] = {}
+        retry = Resend()
         errors = _validation_errors(batch)
         if status == "failed" and errors:
             await self._invalid(job, errors, retry)
@@ -139,13 +180,15 @@ class Answers:
             for key in ("output_file_id", "error_file_id"):
                 file_id = batch.get(key)
                 if isinstance(file_id, str) and file_id:
+                    odd = _Oddities()
 
-                    async def each(raw: bytes) -> None:
-                        await self._line(job, raw, retry)
+                    async def each(raw: bytes, odd: _Oddities = odd) -> None:
+                        await self._line(job, raw, retry, odd)
 
-                    got = await self.wire.lines(file_id, each)
+                    got = await self.wire.lines(file_id, each, odd.reset)
                     if isinstance(got, Failure):
                         unread = got
+                    self._odd_lines(job, file_id, odd)
             if unread is not None:
                 failure = Failure(
                     f"batch {job.batch_id} ended {status} but its results could not be read: "
@@ -165,28 +208,70 @@ class Answers:
             "batch_api_ended",
             batch=job.batch_id,
             status=status,
-            retried=len(retry),
+            retried=len(retry.members),
         )
+        if retry.members:
+            log_event(
+                self.path.logger,
+                logging.WARNING,
+                "batch_api_resend",
+                batch=job.batch_id,
+                status=status,
+                count=len(retry.members),
+                reasons=orjson.dumps(retry.described()).decode(),
+            )
         return retry, _token_limited(errors)
 
-    async def _line(self, job: Job, raw: bytes, retry: dict[int, Member]) -> None:
+    async def _line(self, job: Job, raw: bytes, retry: Resend, odd: _Oddities) -> None:
         try:
             line = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            line = None
+        if not isinstance(line, dict):
+            odd.unreadable += 1
             return
-        line_id = line.get("custom_id") if isinstance(line, dict) else None
+        line_id = line.get("custom_id")
         index = index_of(line_id) if isinstance(line_id, str) else None
         member = job.members.get(index) if index is not None else None
-        if index is None or member is None or member.line_id != line_id:
-            return  # not ours, seen already, or an item that changed since
+        if index is None or (member is not None and member.line_id != line_id):
+            odd.foreign += 1
+            odd.example = odd.example or repr(line_id)[:SHOWN_ID_CHARS]
+            return
+        if member is None:
+            return  # seen already (a download restarted), or an item not rerun since
         await self._settle(job, index, judge(line, self.api_key), retry)
+
+    def _odd_lines(self, job: Job, file_id: str, odd: _Oddities) -> None:
+        """Say what in a file answered no item: ignored, but never silently."""
+        logger = self.path.logger
+        if odd.unreadable:
+            log_event(
+                logger,
+                logging.WARNING,
+                "batch_api_unreadable_lines",
+                batch=job.batch_id,
+                file=file_id,
+                count=odd.unreadable,
+                action='"ignored: the items they answered, if any, go to a follow-up batch"',
+            )
+        if odd.foreign:
+            log_event(
+                logger,
+                logging.WARNING,
+                "batch_api_foreign_lines",
+                batch=job.batch_id,
+                file=file_id,
+                count=odd.foreign,
+                first=orjson.dumps(odd.example).decode(),
+                action='"ignored: custom_ids this run did not write"',
+            )
 
     async def _settle(
         self,
         job: Job,
         index: int,
         outcome: Success[Any] | Failure,
-        retry: dict[int, Member],
+        retry: Resend,
     ) -> None:
         member = job.members.pop(index)
         attempts = member.attempt + 1
@@ -202,7 +287,7 @@ class Answers:
                 )
             )
         elif outcome.retriable and member.attempt < self.max_retries:
-            retry[index] = member
+            retry.add(index, member, outcome)
         else:
             await self.emit(
                 self.path.errored(
@@ -244,7 +329,7 @@ class Answers:
             retriable=True,
         )
 
-    async def _invalid(self, job: Job, errors: list[Json], retry: dict[int, Member]) -> None:
+    async def _invalid(self, job: Job, errors: list[Json], retry: Resend) -> None:
         """A batch that failed validation: each member failed with its line's message."""
         batch_id = job.batch_id
         named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}

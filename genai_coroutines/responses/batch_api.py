@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -132,9 +133,15 @@ def custom_id(index: int, body: bytes) -> str:
     return f"{index}-{hashlib.sha256(body).hexdigest()[:12]}"
 
 
+_LINE_ID = re.compile(r"(0|[1-9][0-9]{0,17})-[0-9a-f]{12}")
+"""What `custom_id` writes (ASCII digits only: `str.isdigit` also takes `²`, which `int`
+refuses, and `int` refuses more than 4,300 digits)."""
+
+
 def index_of(line_id: str) -> int | None:
-    head = line_id.partition("-")[0]
-    return int(head) if head.isdigit() else None
+    """The index in a custom_id `custom_id` wrote; None for any other."""
+    match = _LINE_ID.fullmatch(line_id)
+    return int(match[1]) if match else None
 
 
 def batch_line(line_id: str, body: bytes) -> bytes:

@@ -222,9 +222,9 @@ class BatchJobs:
             if batch is not None:
                 self.submitter.release(job)  # it ended: its tokens leave before it is read
                 retry, token_limited = await self.answers.resolve(job, batch)
-                if retry:
+                if retry.members:
                     after = self.submitter.ended if token_limited else None
-                    self._follow_up(job, retry, after=after)
+                    self._follow_up(job, retry.members, after=after)
         finally:
             self.submitter.release(job)
             job.spool.remove()
