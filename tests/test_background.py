@@ -172,6 +172,24 @@ async def test_interrupted_responses_keep_running_and_resume_collects_them(
     assert set(emulator.stats.completed_by_digest.values()) == {1}
 
 
+async def test_a_rerun_without_background_warns_how_many_started_responses_it_abandons(
+    emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(4)]
+    await _interrupt_midway(emulator, request_for(emulator, prompts, **FAST), journal, running=4)
+    with caplog.at_level(logging.WARNING, logger="genai_coroutines.responses"):
+        out = await ResponsesProcessor().process_batch(
+            request_for(emulator, prompts), journal=journal
+        )
+    assert out["total_success"] == 4
+    (warning,) = [
+        r.getMessage() for r in caplog.records if "background_abandoned" in r.getMessage()
+    ]
+    assert "responses=4" in warning and "background=True" in warning
+
+
 async def test_cancel_on_interrupt_cancels_the_running_responses(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -537,6 +537,69 @@ async def test_a_batch_that_cannot_be_polled_is_asked_again_by_the_rerun_not_res
     assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
 
 
+async def interrupt_after_the_batch_is_created(
+    request: ResponsesRequest, journal: Path, batches: int = 1
+) -> str:
+    """Run `request` on the Batch API path until its batch is journaled, then cancel it
+    (what Ctrl-C does inside `asyncio.run`): the batch runs on. Returns its id."""
+    task = asyncio.ensure_future(
+        ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal)
+    )
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(journal_jobs(journal)) < batches:
+        assert not task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return journal_jobs(journal)[0][0]
+
+
+async def test_a_rerun_without_batch_api_collects_the_journaled_batch_instead_of_paying_twice(
+    emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    emulator.config.batch_seconds_per_line = 0.005  # the batch runs on after the interrupt
+    journal = tmp_path / "batch.journal"
+    request = make_request(emulator, 60, poll_interval_secs=0.01)
+    batch_id = await interrupt_after_the_batch_is_created(request, journal)
+    for other in ({"background": True}, {"stream": True}):  # other bodies: refused, unsent
+        with pytest.raises(ValueError, match=f"{batch_id}.*rerun with batch_api=True"):
+            await ResponsesProcessor().process_batch(
+                make_request(emulator, 60, **other), journal=journal
+            )
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    again = await ResponsesProcessor().process_batch(request, journal=journal)
+    assert again["total_success"] == 60
+    assert emulator.stats.total("responses") == 0, "nothing was POSTed synchronously"
+    assert len(executions(emulator)) == 60 and set(executions(emulator).values()) == {1}
+    assert {r["batch_id"] for r in again["results"]} == {batch_id}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+    (collecting,) = warnings_of(caplog, "batch_api_collect")
+    assert batch_id in collecting
+
+
+async def test_a_rerun_without_batch_api_sends_synchronously_only_what_its_batch_does_not_answer(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    for name, value in NO_LIMITS.items():
+        setattr(emulator.config, name, value)
+    emulator.config.batch_seconds_per_line = 0.005
+    emulator.config.batch_line_failure_rate = 0.2
+    journal = tmp_path / "batch.journal"
+    batch_id = await interrupt_after_the_batch_is_created(make_request(emulator, 40), journal)
+    longer = make_request(emulator, 60, poll_interval_secs=0.01)
+    results = (await ResponsesProcessor().process_batch(longer, journal=journal))["results"]
+    assert all(r["success"] for r in results)
+    collected = [r for r in results[:40] if r.get("batch_id") == batch_id]
+    failed_in_batch = [r for r in results[:40] if r.get("batch_id") != batch_id]
+    assert failed_in_batch, "the seeded 20% failed some lines"
+    assert all(r["attempts"] == 2 for r in failed_in_batch), "one batch, then one POST"
+    assert all(r["attempts"] == 1 for r in collected)
+    assert emulator.stats.total("responses") == len(failed_in_batch) + 20
+    assert emulator.stats.batches_created == 1, "what the batch failed is not batched again"
+    assert set(executions(emulator).values()) == {1}
+
+
 def journal_jobs(path: Path) -> list[tuple[str, int]]:
     """(batch id, cancelled) of every batch journaled, read without writing."""
     if not path.exists():

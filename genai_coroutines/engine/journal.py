@@ -540,6 +540,43 @@ def _peek_kind(path: Path) -> str | None:
     return None if row is None else str(row[0])
 
 
+@dataclass(frozen=True, slots=True)
+class Unfinished:
+    """Work an earlier run of a journal left running at the API (see `unfinished`)."""
+
+    jobs: tuple[str, ...] = ()
+    """Group jobs (OpenAI batches) that items still wait on."""
+    submissions: int = 0
+    """Items submitted one by one (background responses, Datalab jobs) with no result."""
+
+
+def unfinished(path: str | os.PathLike[str], kind: str) -> Unfinished:
+    """What a journal of `kind` at `path` left running, read without opening it as a
+    `Journal` (nothing is locked or written), so a rerun can choose how to collect it
+    before anything is sent. Nothing for a missing file, another kind, or one that cannot
+    be read (opening it as a `Journal` then says why)."""
+    if not Path(path).is_file():
+        return Unfinished()
+    try:
+        db = sqlite3.connect(path)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
+            if row is None or row[0] != kind:
+                return Unfinished()
+            jobs = db.execute(
+                "SELECT DISTINCT j.job_id FROM group_lines l JOIN group_jobs j USING (file_id)"
+                " ORDER BY j.job_id"
+            ).fetchall()
+            (submissions,) = db.execute(
+                "SELECT COUNT(*) FROM items WHERE result IS NULL AND check_url IS NOT NULL"
+            ).fetchone()
+        finally:
+            db.close()
+    except (sqlite3.Error, OSError):
+        return Unfinished()
+    return Unfinished(tuple(job for (job,) in jobs), int(submissions))
+
+
 def _read_pid(fd: int) -> str:
     try:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()

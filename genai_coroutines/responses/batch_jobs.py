@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -48,10 +48,15 @@ class _Done:
     error: BaseException | None = None
 
 
+SendAgain = Callable[[Job, dict[int, Member]], None]
+"""Takes the members of an ended job that are to be sent again, instead of a follow-up
+batch (their lines are still in the job's spool)."""
+
+
 class BatchJobs:
     """The files and batches of one `stream()` on the Batch API path."""
 
-    def __init__(self, path: BatchAPIPath, run: GroupRun) -> None:
+    def __init__(self, path: BatchAPIPath, run: GroupRun, resend: SendAgain | None = None) -> None:
         request = path.request
         self.path = path
         self.run = run
@@ -77,6 +82,7 @@ class BatchJobs:
             path, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
         )
         self.submitter = Submitter(path, run, self.wire, api_key, self.answers)
+        self.resend = resend
 
     # -- the stream of results --------------------------------------------------------------
 
@@ -222,7 +228,9 @@ class BatchJobs:
             if batch is not None:
                 self.submitter.release(job)  # it ended: its tokens leave before it is read
                 retry, token_limited = await self.answers.resolve(job, batch)
-                if retry.members:
+                if retry.members and self.resend is not None:
+                    self.resend(job, retry.members)
+                elif retry.members:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.members, after=after)
         finally:

@@ -18,6 +18,7 @@ from typing import IO
 import orjson
 
 _LINE_ID_START = len(b'{"custom_id":')
+_BODY_KEY = b',"body":'
 
 
 @dataclass(slots=True)
@@ -104,3 +105,9 @@ def custom_id_of(raw: bytes) -> str:
     except orjson.JSONDecodeError:
         return ""
     return value if isinstance(value, str) else ""
+
+
+def body_of(raw: bytes) -> bytes:
+    """The request body of a line this library wrote (it comes last: see `batch_line`)."""
+    start = raw.index(_BODY_KEY, _LINE_ID_START) + len(_BODY_KEY)
+    return raw[start : raw.rindex(b"}")]

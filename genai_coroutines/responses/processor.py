@@ -13,20 +13,33 @@ store, any process), draws on one rate limiter, learned once.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator
 from operator import itemgetter
 from typing import Any
 
-from ..engine import BatchOptions, Driver, DriverCore, KeyLimits, Result, collect_in_order, count
+from ..engine import (
+    BatchOptions,
+    Driver,
+    DriverCore,
+    KeyLimits,
+    Result,
+    collect_in_order,
+    count,
+    log_event,
+)
 from ..engine.grouped import GroupedDriver
+from ..engine.journal import Unfinished, unfinished
 from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch_api import BatchAPI, BatchAPIPath
+from .batch_collect import CollectingPath, check_rerun
 from .direct import DirectPath, budget_for
 from .request import ResponsesRequest
+from .results import logger
 
 USER_AGENT = "genai-coroutines/2 (python)"
 
@@ -129,6 +142,19 @@ class ResponsesProcessor:
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
+        left = Unfinished() if journal is None else unfinished(journal, DirectPath.kind)
+        if batch is None and journal is not None:
+            check_rerun(request, journal, left)
+            if left.submissions and not request.background:
+                log_event(
+                    logger,
+                    logging.WARNING,
+                    "background_abandoned",
+                    responses=left.submissions,
+                    action='"responses an earlier run started in background mode are not '
+                    "collected: their items are sent again (rerun with background=True to "
+                    'collect them)"',
+                )
         await self.limits.ready()  # an unreachable shared store fails here, nothing sent
         limiter = self.limits.rate(
             request.base_url,
@@ -168,6 +194,9 @@ class ResponsesProcessor:
         if batch is not None:
             adapter = BatchAPIPath(request, batch, DirectPath(request, limiter))
             driver = GroupedDriver(adapter, request.user_prompts, options)
+        elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
+            collecting = CollectingPath(DirectPath(request, limiter))
+            driver = GroupedDriver(collecting, request.user_prompts, options)
         else:
             driver = Driver(path(request, limiter), request.user_prompts, options)
         self.last_summary = driver.summary

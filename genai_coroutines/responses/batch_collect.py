@@ -1,0 +1,209 @@
+"""A rerun without `batch_api` of a journal whose items wait on Batch API batches.
+
+An interrupted run with `batch_api` and a journal leaves its batches running at OpenAI,
+and they answer (and bill) every line they hold. A rerun of that journal on the
+synchronous path must not buy those items a second time, so it collects them:
+`CollectingPath` runs the items whose lines sit in a journaled batch as `BatchAPIPath`
+would on resume (the batch polled every `poll_interval_secs` until it ends, its files
+read: `batch_jobs.BatchJobs`), and every other item synchronously, as asked,
+`max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
+never ran) is sent synchronously too, not in a new batch.
+
+A rerun with `stream` or `background` sends other request bodies, which the journal's
+batches cannot answer item by item, so it is refused (`check_rerun`) before anything is
+sent, naming the batches; so is nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..engine import Admitted, Failure, ItemRun, Result, log_event
+from ..engine.grouped import GroupRun
+from ..engine.journal import Unfinished
+from .batch_api import BatchAPI, BatchAPIPath, index_of
+from .batch_jobs import BatchJobs
+from .batch_spool import Job, Member, body_of, custom_id_of
+from .direct import DirectPath, Prepared
+from .request import ResponsesRequest
+from .results import logger
+
+QUEUED_RESULTS = 256
+SHOWN_JOBS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: BaseException | None = None
+
+
+def check_rerun(
+    request: ResponsesRequest, journal: str | os.PathLike[str], left: Unfinished
+) -> None:
+    """Refuse, before anything is sent, a rerun that would buy again the items an earlier
+    run's batches still answer; log what a synchronous rerun will collect from them."""
+    if not left.jobs:
+        return
+    named = ", ".join(left.jobs[:SHOWN_JOBS])
+    if len(left.jobs) > SHOWN_JOBS:
+        named += f" and {len(left.jobs) - SHOWN_JOBS} more"
+    if request.stream or request.background:
+        mode = "stream=True" if request.stream else "background=True"
+        raise ValueError(
+            f"journal {journal} has items waiting on Batch API batches ({named}), which would "
+            f"answer and bill them a second time: {mode} cannot collect them; rerun with "
+            "batch_api=True (or without stream and background) to collect them"
+        )
+    log_event(
+        logger,
+        logging.WARNING,
+        "batch_api_collect",
+        batches=",".join(left.jobs),
+        action='"the items waiting on these batches (journaled by a batch_api run) are '
+        'collected from them, not sent again; the rest are sent synchronously"',
+    )
+
+
+class CollectingPath:
+    """The `engine.grouped.GroupedAdapter` of a synchronous rerun that collects batches."""
+
+    kind = DirectPath.kind
+    unit = "prompt"
+    logger: logging.Logger = logger
+
+    def __init__(self, direct: DirectPath) -> None:
+        request = direct.request
+        self.direct = direct
+        self.collector = BatchAPIPath(
+            request,
+            BatchAPI(
+                poll_interval_secs=request.poll_interval_secs,
+                cancel_on_interrupt=request.cancel_on_interrupt,
+            ),
+            direct,
+        )
+        self.concurrency = request.max_concurrent_requests
+
+    async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
+        return await self.direct.prepare(index, prompt)
+
+    def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
+        return self.direct.digest(prepared)
+
+    def failed(self, index: int, failure: Failure, started: float) -> Result:
+        return self.direct.failed(index, failure, started)
+
+    def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
+        return _Collecting(self, run).results(items)
+
+
+class _Collecting:
+    """One `stream()` of a `CollectingPath`."""
+
+    def __init__(self, path: CollectingPath, run: GroupRun) -> None:
+        self.path = path
+        self.run = run
+        self.out: asyncio.Queue[Result | _End] = asyncio.Queue(QUEUED_RESULTS)
+        self.batched: asyncio.Queue[Admitted[Prepared] | None] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(path.concurrency)
+        self.sending: set[asyncio.Task[None]] = set()
+
+    async def results(self, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
+        supervisor = asyncio.ensure_future(self._supervise(items))
+        try:
+            while True:
+                got = await self.out.get()
+                if isinstance(got, _End):
+                    if got.error is not None:
+                        raise got.error
+                    return
+                yield got
+        finally:
+            supervisor.cancel()
+            for task in self.sending:
+                task.cancel()
+            await asyncio.gather(supervisor, *self.sending, return_exceptions=True)
+
+    async def _supervise(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
+        error: BaseException | None = None
+        try:
+            await asyncio.gather(self._dispatch(items), self._collect())
+            while self.sending:
+                await asyncio.gather(*self.sending)
+        except Exception as exc:  # a bug: the batch ends with it
+            error = exc
+        await self.out.put(_End(error))
+
+    async def _dispatch(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
+        """Each item to its batch, if a journaled one holds its line, else to be sent."""
+        journal, digests = self.run.journal, self.run.digests
+        try:
+            async for item in items:
+                digest = digests.get(item.index)
+                known = (
+                    None
+                    if digest is None or journal is None
+                    else journal.group_line(item.index, digest)
+                )
+                if known is not None and known.job_id is not None:
+                    self.batched.put_nowait(item)
+                else:
+                    await self.slots.acquire()
+                    self._send(item.index, item.prepared, item.started, earlier=0, held=True)
+        finally:
+            self.batched.put_nowait(None)
+
+    async def _collect(self) -> None:
+        async def batched() -> AsyncIterator[Admitted[Prepared]]:
+            while (item := await self.batched.get()) is not None:
+                yield item
+
+        jobs = BatchJobs(self.path.collector, self.run, resend=self._again)
+        async for result in jobs.results(batched()):
+            await self.out.put(result)
+
+    def _again(self, job: Job, members: dict[int, Member]) -> None:
+        """Send synchronously what an ended batch handed back (its lines are in the spool)."""
+        max_output = self.path.direct.template.max_output
+        for raw in job.spool.read():
+            index = index_of(custom_id_of(raw))
+            member = None if index is None else members.pop(index, None)
+            if index is not None and member is not None:
+                prepared = Prepared(body_of(raw), member.tokens + max_output)
+                self._send(index, prepared, member.started, earlier=member.attempt + 1, held=False)
+
+    def _send(
+        self, index: int, prepared: Prepared, started: float, *, earlier: int, held: bool
+    ) -> None:
+        """Run one item on the synchronous path; `earlier`: batches it was sent in before."""
+
+        async def one() -> None:
+            if not held:
+                await self.slots.acquire()
+            try:
+                item = ItemRun(index, self.run.batch, started)
+                result = await self.path.direct.execute(item, prepared)
+            finally:
+                self.slots.release()
+            result["attempts"] = result.get("attempts", 0) + earlier
+            await self.out.put(result)
+
+        self._spawn(one())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: the batch ends with it
+                await self.out.put(_End(exc))
+
+        task = asyncio.ensure_future(guarded())
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
