@@ -11,7 +11,7 @@ never ran) is sent synchronously too, not in a new batch.
 
 A rerun with `stream` or `background` sends other request bodies, which the journal's
 batches cannot answer item by item, so it is refused (`check_rerun`) before anything is
-sent, naming the batches; so is nothing else.
+sent, naming the batches and how to collect them.
 """
 
 from __future__ import annotations
@@ -55,15 +55,17 @@ def check_rerun(
     if request.stream or request.background:
         mode = "stream=True" if request.stream else "background=True"
         raise ValueError(
-            f"journal {journal} has items waiting on Batch API batches ({named}), which would "
-            f"answer and bill them a second time: {mode} cannot collect them; rerun with "
-            "batch_api=True (or without stream and background) to collect them"
+            f"journal {journal} has items waiting on Batch API batches ({named}), which "
+            f"answer and bill them: sending them again with {mode} would pay twice; rerun "
+            "with batch_api=True (or without stream and background) to collect them"
         )
     log_event(
         logger,
         logging.WARNING,
         "batch_api_collect",
-        batches=",".join(left.jobs),
+        batches=",".join(left.jobs[:SHOWN_JOBS]),
+        count=len(left.jobs),
+        poll_interval=f"{request.poll_interval_secs}s",
         action='"the items waiting on these batches (journaled by a batch_api run) are '
         'collected from them, not sent again; the rest are sent synchronously"',
     )
