@@ -143,9 +143,10 @@ class ResponsesProcessor:
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
         left = Unfinished()
-        if batch is None and journal is not None:  # what an earlier run left running
+        if journal is not None:  # what an earlier run left running
             left = unfinished(journal, DirectPath.kind)
-            check_rerun(request, journal, left)
+            if batch is None:
+                check_rerun(request, journal, left)
             if left.submissions and not request.background:
                 log_event(
                     logger,
