@@ -11,9 +11,11 @@ NaN slips through every bound comparison and neither is a usable count or delay.
 
 What would otherwise fail later, on the wire, fails here too: a URL with a port out
 of range or with credentials in it, a control character in a key or a header (which
-would split or corrupt the HTTP request), and values orjson cannot serialise or, for
-NaN and infinity, silently sends as `null` (`json_value`). Messages name the
-parameter and never echo a key, a header value or a URL's credentials.
+would split or corrupt the HTTP request) or a character outside ASCII (HTTP field
+values are ASCII; aiohttp would send such a one as UTF-8 bytes, which the server
+reads as Latin-1 or refuses: an API key that cannot match), and values orjson cannot
+serialise or, for NaN and infinity, silently sends as `null` (`json_value`). Messages
+name the parameter and never echo a key, a header value or a URL's credentials.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """C0 and C1 control characters and DEL: never valid in a key or a URL."""
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 """An HTTP field name: an RFC 9110 token."""
-_HEADER_VALUE_BAD = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-"""What may not appear in an HTTP field value (a tab may)."""
+_KEY_BAD = re.compile(r"[^\x21-\x7e]")
+"""What may not appear in an API key: anything but visible ASCII (control characters,
+spaces, non-ASCII letters, lone surrogates)."""
+_HEADER_VALUE_BAD = re.compile(r"[^\t\x20-\x7e]")
+"""What may not appear in an HTTP field value: anything but visible ASCII, space and tab."""
 _INT_RANGE = (-(2**63), 2**64 - 1)
 """The integers orjson serialises."""
 _MAX_DEPTH = 254
@@ -52,10 +57,12 @@ def api_key(value: object, env: str) -> str:
         raise ValueError(f"api_key is required: pass it or set {env}")
     key = key.strip()
     source = "api_key" if value is not None else f"api_key (from {env})"
-    if _CONTROL.search(key):  # the key itself is never shown
-        raise ValueError(f"{source} contains a control character (a line break or similar)")
-    if not _utf8(key):
-        raise ValueError(f"{source} contains a lone surrogate, which is not valid text")
+    if _KEY_BAD.search(key):  # the key itself is never shown
+        raise ValueError(
+            f"{source} contains a character that cannot be sent in an HTTP header: only "
+            "visible ASCII may (not a control character such as a line break, a space, or "
+            "a non-ASCII letter); its value is not shown"
+        )
     return key
 
 
@@ -157,8 +164,9 @@ def http_url(name: str, value: object, *, optional: bool = False) -> None:
 def headers(name: str, value: object) -> None:
     """None or a mapping of str to str that can be sent as HTTP header fields.
 
-    A CR or LF in a name or value would end the header early or inject another;
-    values are never shown in the message (one may hold a token).
+    A CR or LF in a name or value would end the header early or inject another; a
+    non-ASCII character would go out as UTF-8 bytes the server reads otherwise. Values
+    are never shown in the message (one may hold a token).
     """
     if value is None:
         return
@@ -174,10 +182,11 @@ def headers(name: str, value: object) -> None:
                 f"{name}: {key[:40]!r} is not a valid header name "
                 "(letters, digits and !#$%&'*+-.^_`|~ only)"
             )
-        if _HEADER_VALUE_BAD.search(item) or not _utf8(item):
+        if _HEADER_VALUE_BAD.search(item):
             raise ValueError(
-                f"{name}[{key!r}] contains a control character (CR, LF or similar) or "
-                "invalid text; its value is not shown"
+                f"{name}[{key!r}] contains a control character (CR, LF or similar) or a "
+                "non-ASCII character: only visible ASCII, spaces and tabs can be sent in an "
+                "HTTP header; its value is not shown"
             )
 
 

@@ -1115,3 +1115,19 @@ def test_every_fault_kind_is_covered_here() -> None:
     covered |= {"503-retry-after", "500-no-retry", "400-should-retry"}
     covered |= {"stream-error", "stream-failed", "stream-cut", "stream-reframed"}
     assert covered == set(FAULT_KINDS)
+
+
+async def test_a_request_within_the_tpm_limit_but_above_the_burst_borrows(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    """With a bucket banking one second (100 of 6,000 TPM), a request of 1,000 tokens is
+    not "too large" (OpenAI compares with the limit per minute): it takes the full bucket
+    and borrows the rest, which the next request waits to repay (the charge is kept)."""
+    emulator.config.openai_tpm = 6000
+    emulator.config.burst_seconds = 1.0
+    emulator.config.token_accounting = "provider"
+    await client.responses.create(model="gpt-4o", input="hi", max_output_tokens=999)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.responses.create(model="gpt-4o", input="hi", max_output_tokens=16)
+    assert caught.value.body["message"].startswith("Rate limit reached for gpt-4o")
+    assert float(caught.value.response.headers["retry-after"]) >= 9

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from genai_coroutines import DocumentConfig, ResponsesRequest
+from genai_coroutines import DocumentConfig, DocumentProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator
 from tests.responses_support import run
 
@@ -87,7 +87,7 @@ def test_good_urls_still_pass() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", ["sk-abc\ndef", "sk-abc\rdef", "sk-\x00abc", "sk-abc\x7f", "sk-\ud800"]
+    "bad", ["sk-abc\ndef", "sk-abc\rdef", "sk-\x00abc", "sk-abc\x7f", "sk-\ud800", "sk-abc def"]
 )
 def test_a_control_character_inside_the_key_is_refused_without_showing_the_key(bad: str) -> None:
     for build in (lambda: request(api_key=bad), lambda: config(api_key=bad)):
@@ -126,6 +126,32 @@ def test_a_header_that_would_break_the_request_is_refused(
     with pytest.raises(ValueError, match=f"extra_headers.*{message}|{message}") as caught:
         request(extra_headers=headers)
     assert "secret-value" not in str(caught.value)
+
+
+@pytest.mark.parametrize("secret", ["sk-clé-0123456789", "sk-ключ-0123456789", "sk-\xa00123456789"])
+async def test_a_key_or_header_value_beyond_ascii_is_refused_before_sending(
+    emulator: Emulator, secret: str
+) -> None:
+    """aiohttp would send either as UTF-8 bytes: a key that can never match, a header the
+    server reads otherwise. Refused at construction, naming the parameter, not echoing it."""
+    builds = [
+        ("api_key", lambda: run(emulator, ["hi"], api_key=secret)),
+        (
+            r"extra_headers\['X-Token'\]",
+            lambda: run(emulator, ["hi"], extra_headers={"X-Token": secret}),
+        ),
+        (  # Datalab: the key goes in X-Api-Key
+            "api_key",
+            lambda: DocumentProcessor(
+                DocumentConfig(api_key=secret, api_url=emulator.marker_url)
+            ).process([b"%PDF-1.4"]),
+        ),
+    ]
+    for name, build in builds:
+        with pytest.raises(ValueError, match=name) as caught:
+            await build()
+        assert "0123456789" not in str(caught.value)
+    assert not emulator.stats.received
 
 
 def test_headers_of_the_wrong_type_are_a_type_error_and_tabs_are_allowed() -> None:

@@ -139,7 +139,7 @@ async def test_request_too_large_is_not_retried(emulator: Emulator) -> None:
     [failed] = (await run(emulator, ["hi"], max_output_tokens=5000))["results"]
     assert failed["attempts"] == 1 and failed["is_retriable"] is False
     assert failed["status"] == 429 and failed["code"] == "rate_limit_exceeded"
-    assert "Request too large" in failed["error"]
+    assert failed["error_type"] == "request_too_large" and "Request too large" in failed["error"]
 
 
 async def test_rate_limit_429_waits_its_retry_after(emulator: Emulator, monkeypatch: Any) -> None:

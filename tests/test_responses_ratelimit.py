@@ -5,12 +5,13 @@ Whether the limits held is counted on the emulator (its 429s), never timed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from genai_coroutines import KeyLimits, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import MemoryStore, RateLimiter, limit_key
-from tests.responses_support import record_attempts, request_for, run
+from tests.responses_support import record_attempts, request_for, run, sent_bodies
 
 
 async def test_given_rpm_is_never_exceeded(emulator: Emulator) -> None:
@@ -131,3 +132,50 @@ async def test_a_pause_survives_a_lower_reported_limit_as_time_not_units() -> No
     assert (await store.limits("key"))["requests"] == 10000
     wait = await store.take("key", (("requests", 1),))
     assert 0.2 < wait < 0.35
+
+
+BIG = "word " * 16_000
+"""A prompt estimated at about 20,000 tokens (four characters a token)."""
+
+
+async def test_a_request_above_the_tpm_limit_is_not_sent_and_holds_no_one_back(
+    emulator: Emulator,
+) -> None:
+    """It can never pass. Sent, it would take a full bucket (100 tokens at 6,000 TPM) and
+    borrow the rest, and the prompts behind it would wait some 200 s to repay that."""
+    emulator.config.openai_tpm = 6000
+    store = MemoryStore()
+    request = request_for(
+        emulator,
+        [BIG, "p1", "p2", "p3"],
+        max_concurrent_requests=2,
+        tokens_per_minute=6000,
+    )
+    processor = ResponsesProcessor(limits=KeyLimits(store))
+    results = await asyncio.wait_for(processor.process_batch(request), 5)
+    big, *small = results["results"]
+    assert big["error_type"] == "request_too_large" and big["attempts"] == 0
+    assert big["is_retriable"] is False and "6,000 tokens per minute" in big["error"]
+    assert results["total_success"] == 3 and all(r["attempts"] == 1 for r in small)
+    assert [body["input"] for body in sent_bodies(emulator)] == ["p1", "p2", "p3"]
+    key = limit_key(request.base_url, request.api_key or "", request.model)
+    assert store.snapshot(key)["tokens"] > 0  # nothing borrowed
+
+
+async def test_a_request_too_large_for_the_server_gives_its_borrow_back_at_once(
+    emulator: Emulator,
+) -> None:
+    """The client believes in 60,000 TPM (a bucket of 1,000 tokens, refilled at 1,000 a
+    second), the server enforces 6,000: the big prompt borrows 19,000 tokens, the prompt
+    behind it goes to sleep for 19 s, and the server refuses the big one "Request too
+    large". Its reservation comes back, and the sleeper must not sleep on."""
+    emulator.config.openai_tpm = 6000
+    request = request_for(
+        emulator, [BIG, "p1", "p2"], max_concurrent_requests=2, tokens_per_minute=60_000
+    )
+    processor = ResponsesProcessor(limits=KeyLimits(MemoryStore()))
+    results = await asyncio.wait_for(processor.process_batch(request), 5)
+    big, *small = results["results"]
+    assert big["error_type"] == "request_too_large" and big["status"] == 429
+    assert big["attempts"] == 1 and big["is_retriable"] is False
+    assert results["total_success"] == 2 and emulator.stats.total("responses") == 3

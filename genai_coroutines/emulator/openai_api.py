@@ -18,7 +18,8 @@ Choices where the real API is not observable from outside:
   except 401 and injected faults carries the six `x-ratelimit-*` headers.
 - A request's token cost for the TPM bucket is its estimated input tokens plus
   `max_output_tokens`, or `default_output_tokens` (16) when that is unset. A cost above the
-  bucket's capacity can never pass and is refused as "Request too large". With
+  TPM limit can never pass and is refused as "Request too large"; one within it but above
+  what the bucket banks (`burst_seconds` below 60) waits for a full bucket and borrows. With
   `token_accounting="settle"` (the default) the charge is corrected to the answer's real
   `total_tokens` once it exists; with "provider" it is never refunded, and a request the
   buckets refuse still takes one from the RPM bucket.
@@ -321,7 +322,7 @@ class OpenAIEmulation:
         requests, tokens = self._window("requests"), self._window("tokens")
         provider = self.emulator.config.token_accounting == "provider"
         where = f"for {model} in organization {ORGANIZATION}"
-        if tokens is not None and cost > tokens.capacity:
+        if tokens is not None and cost > tokens.per_minute:
             if provider and requests is not None:
                 requests.give_back(-1)
             raise ApiError(

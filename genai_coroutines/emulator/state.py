@@ -254,12 +254,14 @@ class RateWindow:
         self.stamp = now
 
     def take(self, amount: float) -> float:
-        """Take `amount` if the bucket holds it and return 0, else return the seconds to wait."""
+        """Take `amount` if the bucket holds it and return 0, else return the seconds to wait.
+        An amount above the capacity needs a full bucket, then borrows (the level goes
+        below zero), as it could otherwise never be taken."""
         self._refill()
-        if amount <= self.level:
+        if min(amount, self.capacity) <= self.level:
             self.level -= amount
             return 0.0
-        return (amount - self.level) / self.rate
+        return (min(amount, self.capacity) - self.level) / self.rate
 
     def give_back(self, amount: float) -> None:
         self._refill()

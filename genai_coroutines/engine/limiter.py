@@ -14,10 +14,15 @@ Algorithm, per `acquire(tokens)`:
   2. The head asks the store to take one request and `tokens` tokens; the store either
      takes both or says how long until it could, and the head sleeps that long. A
      request larger than a bucket's capacity waits for a full bucket and then borrows,
-     rather than deadlocking.
+     rather than deadlocking. A request above the tokens-per-minute limit itself is
+     refused (`acquire` returns None): it can never pass (OpenAI answers it 429
+     "Request too large"), and its borrow would hold every request behind it for more
+     than a minute.
   3. `observe(headers, refund=...)` follows the reply: it gives back what the request
      was reserved beyond what it used and lowers each bucket to the server's
-     `remaining` (see 6.), in one store call.
+     `remaining` (see 6.), in one store call. Giving back more than a full bucket (a
+     borrow the server refused, "Request too large") wakes the head at once: it slept
+     for the time that borrow would take to repay.
   4. `pause(seconds)` (after a 429) empties every bucket of the key so that it holds
      nothing until `seconds` have passed (several 429s at once do not stack): every
      worker resumes at the permitted rate when the server's reset has passed, instead
@@ -77,20 +82,29 @@ _HEADERS = tuple(
     for i, name in enumerate(DIMENSIONS)
 )
 """Each of the `DIMENSIONS`, numbered, with its limit, remaining and reset headers."""
+_TOKENS = DIMENSIONS.index("tokens")
 IN_TRANSIT_SECS = 0.05
 """How long after it is sent a request may still be missing from a reply's `remaining`:
 it has not reached the server yet, or it has while that reply was on its way back."""
 
 
 class _PerLoop:
-    """A lock and probe event for each event loop using a limiter (asyncio primitives are
-    bound to one loop; a key's limiter outlives any one `asyncio.run`)."""
+    """A lock, probe event and the head's nap for each event loop using a limiter (asyncio
+    primitives are bound to one loop; a key's limiter outlives any one `asyncio.run`)."""
 
-    __slots__ = ("lock", "probe")
+    __slots__ = ("lock", "probe", "nap")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.probe: asyncio.Event | None = None
+        self.nap: asyncio.Future[None] | None = None
+        """The head's sleep for quota, while it sleeps: `observe` ends it early when a
+        borrow comes back."""
+
+
+def _wake(nap: asyncio.Future[None]) -> None:
+    if not nap.done():
+        nap.set_result(None)
 
 
 class RateLimiter:
@@ -115,6 +129,9 @@ class RateLimiter:
         }
         self._limits: dict[str, float] | None = None
         """Per-minute limits in force (given or learned); None until first looked up."""
+        self.max_tokens = tokens_per_minute or math.inf
+        """The most tokens one request may reserve: the tokens-per-minute limit in force
+        (inf: none known)."""
         self._learn = learn
         self._surcharges: dict[str, int] = {}
         """Tokens the server charges a request of a kind beyond its estimate (from 429s)."""
@@ -154,6 +171,8 @@ class RateLimiter:
         for name, value in zip(DIMENSIONS, (requests_per_minute, tokens_per_minute), strict=True):
             if value is not None and value != self._given[name]:
                 self._given[name] = value
+                if name == "tokens":
+                    self.max_tokens = value
                 self._limits = None  # shaped again at the next acquire
                 self._ready = False
                 self._followed = [None] * len(DIMENSIONS)
@@ -182,16 +201,20 @@ class RateLimiter:
                 await self._shape(i, given, given * self.burst_seconds / 60.0)
                 limits[name] = given
         self._limits = limits
+        self.max_tokens = limits.get("tokens", math.inf)
         self._ready = not self.learning
 
-    async def acquire(self, tokens: int = 0) -> int:
+    async def acquire(self, tokens: int = 0) -> int | None:
         """Wait until one request of `tokens` estimated tokens may be sent, then reserve it;
-        returns its number, for `observe` to tell the requests sent after it.
+        returns its number, for `observe` to tell the requests sent after it. None: the
+        request is above `max_tokens` and can never pass (nothing is reserved).
 
         With nobody queued and the limits known, the store is asked at once: a request the
         buckets can take right away costs one store call, no lock."""
         amounts = (("requests", 1), ("tokens", tokens))
         if self._ready and not self._queued:
+            if tokens > self.max_tokens:
+                return None
             if await self.store.take(self.key, amounts) <= 0:
                 return self._reserved(tokens)
         local = self._local()
@@ -201,6 +224,8 @@ class RateLimiter:
                 if self._limits is None:
                     await self._setup()
                 while True:
+                    if tokens > self.max_tokens:  # limits known now (set up, or learned)
+                        return None
                     pending: Awaitable[object]
                     if self.learning:
                         if local.probe is None:
@@ -212,7 +237,7 @@ class RateLimiter:
                         wait = await self.store.take(self.key, amounts)
                         if wait <= 0:
                             return self._reserved(tokens)
-                        pending = asyncio.sleep(wait)
+                        pending = self._nap(local, wait)
                     if not waiting:
                         waiting = True
                         self._queued += 1
@@ -220,6 +245,26 @@ class RateLimiter:
         finally:
             if waiting:
                 self._queued -= 1
+
+    @staticmethod
+    async def _nap(local: _PerLoop, seconds: float) -> None:
+        """Sleep `seconds`, or until `_returned` wakes the head sooner."""
+        loop = asyncio.get_running_loop()
+        nap = local.nap = loop.create_future()
+        timer = loop.call_later(seconds, _wake, nap)
+        try:
+            await nap
+        finally:
+            timer.cancel()
+            local.nap = None
+
+    def _returned(self, refund: int) -> None:
+        """`refund` tokens went back: more than a full bucket means a borrow came back
+        unspent, and the head, sleeping off that borrow, may go now."""
+        if refund > self._ceilings[_TOKENS]:
+            nap = self._local().nap
+            if nap is not None:
+                _wake(nap)
 
     async def _shape(self, i: int, per_minute: float, capacity: float) -> None:
         await self.store.shape(self.key, DIMENSIONS[i], per_minute, capacity)
@@ -281,6 +326,7 @@ class RateLimiter:
         if headers is None:
             if give:
                 await self.store.adjust(self.key, give)
+                self._returned(refund)
             if self._probes:
                 self._end_probe()
             return
@@ -301,6 +347,8 @@ class RateLimiter:
                 lower.append((name, level))
         if give or lower:
             await self.store.adjust(self.key, give, lower)
+            if give:
+                self._returned(refund)
         if not self._told:
             self._told = True
             self._ready = True
@@ -324,6 +372,8 @@ class RateLimiter:
             capacity = max(limit * self.burst_seconds / 60.0, remaining + seconds * limit / 60.0)
             await self._shape(i, limit, min(capacity, limit))
             self._limits[name] = limit
+            if name == "tokens":
+                self.max_tokens = limit
         self._followed[i] = told
         return True
 

@@ -30,6 +30,7 @@ ErrorType = Literal[
     # what a body said
     "insufficient_quota",
     "capacity_unavailable",
+    "request_too_large",
     "invalid_response",
     "response_failed",
     "job_failed",

@@ -6,6 +6,10 @@ key after a 429), settle the reservation with the real usage. While the key's li
 are being learned, the probe's headers reach the limiter before its body is read, so
 the batch need not wait for a slow model's whole answer before it starts.
 
+A request estimated above the key's tokens-per-minute limit is not sent: it could never
+pass (OpenAI answers it 429 "Request too large"), so it ends `request_too_large` with no
+attempt, and reserves nothing that would hold back the requests behind it.
+
 Flex (`service_tier="flex"`): a 429 "Resource Unavailable" is `capacity_unavailable`, a
 counted retry after backoff that pauses nobody (the key's quota is not what ran out);
 after `flex_fallback_after` of them the item is sent with `service_tier: "auto"`. An
@@ -42,7 +46,14 @@ from ..engine import (
 )
 from ..engine.budget import DEFAULT_OUTPUT_ALLOWANCE, Budget, token_budget
 from ..engine.summary import Price, tier_share
-from .errors import bad_body, classify, response_failure, stream_error, tokens_charged
+from .errors import (
+    bad_body,
+    classify,
+    response_failure,
+    stream_error,
+    tokens_charged,
+    too_large,
+)
 from .request import ResponsesRequest
 from .results import Answer, error_result, logger, success_result
 from .sse import is_event_stream, read_final_event
@@ -199,6 +210,8 @@ class DirectPath:
         if stop.failure is not None:
             return stop.failure
         number = await self.limiter.acquire(reserved)
+        if number is None:
+            return too_large(reserved, self.limiter.max_tokens)
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1

@@ -3,12 +3,11 @@
 Classification is the API adapter's job because only it can read the bodies: a 429
 is retried when it says `rate_limit_exceeded`, but not when it says
 `insufficient_quota` (no retry will pay the bill; it dooms the whole batch, like a 401)
-or "Request too large" (a request above the per-minute limit can never pass); a flex
-request's "Resource Unavailable" 429 is `capacity_unavailable`, retried with backoff
-but never a pause of the key's quota. Every
-other status follows the engine's rule (408, 409, 429 and any 5xx are retried,
-whatever the body), unless the server sends `x-should-retry`, which wins, as in the
-official SDK.
+or "Request too large" (`request_too_large`: a request above the per-minute limit can
+never pass); a flex request's "Resource Unavailable" 429 is `capacity_unavailable`,
+retried with backoff but never a pause of the key's quota. Every other status follows
+the engine's rule (408, 409, 429 and any 5xx are retried, whatever the body), unless the
+server sends `x-should-retry`, which wins, as in the official SDK.
 
 `error_type` is the class of failure in the SDK's vocabulary (`authentication_error`
 for 401, `rate_limit_error` for 429, ...), as the seed's example shows; the body's own
@@ -70,7 +69,7 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, api_key: str)
         elif _capacity(code, body_type, message):
             error_type = "capacity_unavailable"  # flex: no capacity, not the key's quota
         elif _too_large(message):
-            retriable = False
+            error_type, retriable = "request_too_large", False
         elif wait is None:
             wait = _rate_limit_wait(message, headers)
     should_retry = headers.get("x-should-retry")
@@ -87,6 +86,18 @@ def classify(status: int, headers: Mapping[str, str], body: bytes, api_key: str)
         param=param,
         retry_after=wait,
         dooms_batch=dooms and not retriable,
+    )
+
+
+def too_large(tokens: int, limit: float) -> Failure:
+    """A request estimated above the tokens-per-minute limit, refused before it is sent:
+    the server would refuse it the same way ("Request too large"), however long it waited."""
+    return Failure(
+        f"Request too large: estimated at {tokens:,} tokens (input and output allowance), "
+        f"above the limit of {limit:,.0f} tokens per minute; it can never pass, so it was "
+        "not sent. Shorten the prompt or lower max_output_tokens",
+        "request_too_large",
+        retriable=False,
     )
 
 
