@@ -317,6 +317,29 @@ async def test_an_output_that_cannot_be_written_stops_sending_and_journals_what_
     assert {r["index"] for r in records if r.get("from_journal")} == sent
 
 
+async def test_with_the_batch_api_an_output_that_fails_ends_the_run_at_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Its batches may run for hours: the run ends as after Ctrl-C, the batch still running
+    is left to OpenAI (journaled), and the resume collects it without paying again."""
+    write_prompts(tmp_path / "prompts.jsonl", [f"prompt {i}" for i in range(5)])
+    emulator.config.batch_seconds_per_line = 0.3  # files of 4 lines and 1: 1.2 s and 0.3 s
+    batch = ["--batch-api", "--batch-poll-interval", "0.02", "--batch-max-requests-per-file", "4"]
+    args = responses_args(emulator, tmp_path, *batch)
+    args[args.index("--output") + 1] = "/dev/full"
+
+    code, _, err = await run(emulator, *args)
+    assert code == 3, err
+    assert "Traceback" not in err and "keep going at OpenAI" in err
+    assert succeeded_in_journal(tmp_path / "batch.journal") == {4}, "the 4-line batch was left"
+
+    code, _, err = await run(emulator, *responses_args(emulator, tmp_path, *batch), "--resume")
+    assert code == 0, err
+    assert emulator.stats.batches_created == 2
+    assert sorted(emulator.stats.batch_executions_by_custom_id.values()) == [1] * 5
+    assert_each_index_once(output_lines(tmp_path / "out.jsonl"), 5)
+
+
 async def test_an_output_in_a_missing_folder_is_bad_usage(
     emulator: Emulator, tmp_path: Path
 ) -> None:
