@@ -1,6 +1,8 @@
 """The `genai-coroutines` command line.
 
-Exit codes: 0 every item succeeded, 1 some items failed, 2 bad usage, 130 interrupted.
+Exit codes: 0 every item succeeded, 1 some items failed, 2 bad usage, 3 the output could not
+be written (a full disk...: nothing more was sent, what was answered is in the journal),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
@@ -25,7 +27,8 @@ from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+T = TypeVar("T")
 
 
 def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -182,6 +185,10 @@ class UsageError(Exception):
     """A command line that cannot run as given (exit code 2)."""
 
 
+class OutputFailed(Exception):
+    """The output file could not be written mid-batch (exit code 3)."""
+
+
 def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -207,6 +214,7 @@ def _journal_path(args: argparse.Namespace, kind: str) -> str | None:
 
 
 def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
+    """The request of the responses command; its prompts come through a `Feed`."""
     response_format: dict[str, Any] = {"type": "text"}
     if args.schema:
         try:
@@ -221,7 +229,7 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
         response_format = {"type": "json_object"}
     return ResponsesRequest(
         system_prompt=_read_text(args.system_file) if args.system_file else args.system,
-        user_prompts=_prompts(args),
+        user_prompts=Feed.of(_prompts(args)),
         response_format=response_format,
         **given(args, ResponsesRequest),
     )
@@ -238,6 +246,37 @@ def _prompts(args: argparse.Namespace) -> Iterable[str | list[Any]]:
     if count == 0:
         raise UsageError(f"no prompts in {args.prompts}")
     return prompts
+
+
+class Feed(Generic[T]):
+    """The inputs the command line hands its batch, until `halt()`: then no more come, so
+    the batch finishes the requests in flight (journaling their answers) and ends, where
+    cancelling it would throw away answers already paid for."""
+
+    def __init__(self, items: Iterable[T]) -> None:
+        self._items = items
+        self._halted = False
+
+    @staticmethod
+    def of(items: Iterable[T]) -> Feed[T]:
+        """A feed of `items`, counted (for the progress bar) when they know their count."""
+        return CountedFeed(items) if isinstance(items, Sized) else Feed(items)
+
+    def halt(self) -> None:
+        self._halted = True
+
+    def __iter__(self) -> Iterator[T]:
+        for item in self._items:
+            if self._halted:
+                return
+            yield item
+
+
+class CountedFeed(Feed[T]):
+    """A `Feed` of inputs that know their count."""
+
+    def __len__(self) -> int:
+        return len(cast(Sized, self._items))
 
 
 class NamedDocuments(Rereadable[str]):
@@ -301,14 +340,45 @@ def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
 
 
 async def _write_all(
-    results: AsyncIterator[dict[str, Any]], output: str, documents: NamedDocuments | None
+    results: AsyncIterator[dict[str, Any]],
+    output: str,
+    documents: NamedDocuments | None,
+    feed: Feed[Any],
+    *,
+    drain: bool,
 ) -> None:
-    writer = JsonlWriter(output)
+    """Write each result as it comes. When the output fails (a full disk), halt the feed
+    and, with `drain`, let the results in flight come (their answers go to the journal),
+    then raise `OutputFailed`; without it (the Batch API, whose batches may take hours
+    and are journaled already), stop at once as Ctrl-C does."""
+    try:
+        writer = JsonlWriter(output)
+    except OSError as exc:  # nothing sent yet
+        raise UsageError(f"cannot write the output {output}: {exc.strerror or exc}") from None
+    failure: OSError | None = None
+    unwritten = 0
     try:
         async for result in results:
-            writer.write(documents.label(result) if documents is not None else result)
+            if failure is None:
+                try:
+                    writer.write(documents.label(result) if documents is not None else result)
+                    continue
+                except OSError as exc:
+                    failure = exc
+                    feed.halt()
+            unwritten += 1
+            if not drain:
+                break
     finally:
-        writer.close()
+        try:
+            writer.close()
+        except OSError as exc:  # what it still held was not written
+            failure = failure or exc
+    if failure is not None:
+        raise OutputFailed(
+            f"cannot write the output {output}: {failure.strerror or failure}; sending "
+            f"stopped with {unwritten} result(s) unwritten"
+        )
 
 
 def _run_batch(args: argparse.Namespace) -> int:
@@ -318,6 +388,7 @@ def _run_batch(args: argparse.Namespace) -> int:
     if args.command == "extract":
         summary = PipelineSummary(model=model)
     documents: NamedDocuments | None = None
+    feed: Feed[Any]
     if args.command == "extract":
         journal = _journal_path(args, PIPELINE_KIND)
         pipeline = ExtractionPipeline(
@@ -327,9 +398,10 @@ def _run_batch(args: argparse.Namespace) -> int:
             limits_store=args.limits_store,
         )
         documents = NamedDocuments(args.documents)
+        feed = Feed.of(documents)
         limits = pipeline.limits
         stream = pipeline.stream(
-            documents,
+            feed,
             journal=journal,
             progress=args.progress,
             summary=summary,
@@ -339,8 +411,11 @@ def _run_batch(args: argparse.Namespace) -> int:
         journal = _journal_path(args, "responses")
         responses = ResponsesProcessor(limits_store=args.limits_store)
         limits = responses.limits
+        request = _responses_request(args)
+        assert isinstance(request.user_prompts, Feed)
+        feed = request.user_prompts
         stream = responses.stream(
-            _responses_request(args),
+            request,
             journal=journal,
             progress=args.progress,
             summary=summary,
@@ -351,10 +426,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     else:
         journal = _journal_path(args, "documents")
         documents = NamedDocuments(args.documents)
+        feed = Feed.of(documents)
         processor = DocumentProcessor(_document_config(args), limits_store=args.limits_store)
         limits = processor.limits
         stream = processor.stream(
-            documents,
+            feed,
             journal=journal,
             progress=args.progress,
             summary=summary,
@@ -366,15 +442,27 @@ def _run_batch(args: argparse.Namespace) -> int:
         run(limits.ready())
     except LimitStoreUnavailable as exc:
         raise UsageError(str(exc)) from None
+    batch_api = getattr(args, "batch_api", False)
     try:
-        run(_write_all(stream, args.output, documents))
+        run(_write_all(stream, args.output, documents, feed, drain=not batch_api))
     except KeyboardInterrupt:
         print(summary.finish().describe(), file=sys.stderr)
         if getattr(args, "background", False):
             print(_background_note(args), file=sys.stderr)
-        if getattr(args, "batch_api", False):
+        if batch_api:
             print(_batch_api_note(args), file=sys.stderr)
         raise
+    except OutputFailed as exc:
+        print(summary.finish().describe(), file=sys.stderr)
+        if batch_api:
+            print(_batch_api_note(args), file=sys.stderr)
+        kept = (
+            "the journal holds them: --resume writes them without paying again"
+            if args.journal
+            else "lost: there is no --journal"
+        )
+        print(f"genai-coroutines {args.command}: {exc} ({kept})", file=sys.stderr)
+        return EXIT_OUTPUT
     print(summary.finish().describe(), file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
 

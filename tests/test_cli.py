@@ -285,6 +285,73 @@ async def test_a_failed_prompt_exits_1(emulator: Emulator, tmp_path: Path) -> No
     assert "1 failed" in err
 
 
+async def test_an_output_that_cannot_be_written_stops_sending_and_journals_what_was_paid(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """/dev/full fails every write with ENOSPC, as a full disk does: the CLI sends nothing
+    more, lets the requests in flight finish into the journal, and ends with one line (exit
+    3); the resume then sends each prompt that was not answered, and none twice."""
+    prompts = [f"prompt {i}" for i in range(12)]
+    write_prompts(tmp_path / "prompts.jsonl", prompts)
+    emulator.config.latency = 0.2  # lognormal: the answers come apart, 4 in flight at a time
+    args = responses_args(emulator, tmp_path, "--concurrency", "4")
+    args[args.index("--output") + 1] = "/dev/full"
+
+    code, _, err = await run(emulator, *args)
+    assert code == 3, err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith(
+        "genai-coroutines responses: cannot write the output /dev/full: No space left on device"
+    ), err
+    sent = {
+        i for i, p in enumerate(prompts) if emulator.stats.responses_by_digest[prompt_digest(p)]
+    }
+    assert len(sent) < 12, "sending stopped when the output failed"
+    assert succeeded_in_journal(tmp_path / "batch.journal") == sent, "every paid answer kept"
+
+    code, _, err = await run(emulator, *responses_args(emulator, tmp_path), "--resume")
+    assert code == 0, err
+    assert all(emulator.stats.responses_by_digest[prompt_digest(p)] == 1 for p in prompts)
+    records = output_lines(tmp_path / "out.jsonl")
+    assert_each_index_once(records, 12)
+    assert {r["index"] for r in records if r.get("from_journal")} == sent
+
+
+async def test_with_the_batch_api_an_output_that_fails_ends_the_run_at_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Its batches may run for hours: the run ends as after Ctrl-C, the batch still running
+    is left to OpenAI (journaled), and the resume collects it without paying again."""
+    write_prompts(tmp_path / "prompts.jsonl", [f"prompt {i}" for i in range(5)])
+    emulator.config.batch_seconds_per_line = 0.3  # files of 4 lines and 1: 1.2 s and 0.3 s
+    batch = ["--batch-api", "--batch-poll-interval", "0.02", "--batch-max-requests-per-file", "4"]
+    args = responses_args(emulator, tmp_path, *batch)
+    args[args.index("--output") + 1] = "/dev/full"
+
+    code, _, err = await run(emulator, *args)
+    assert code == 3, err
+    assert "Traceback" not in err and "keep going at OpenAI" in err
+    assert succeeded_in_journal(tmp_path / "batch.journal") == {4}, "the 4-line batch was left"
+
+    code, _, err = await run(emulator, *responses_args(emulator, tmp_path, *batch), "--resume")
+    assert code == 0, err
+    assert emulator.stats.batches_created == 2
+    assert sorted(emulator.stats.batch_executions_by_custom_id.values()) == [1] * 5
+    assert_each_index_once(output_lines(tmp_path / "out.jsonl"), 5)
+
+
+async def test_an_output_in_a_missing_folder_is_bad_usage(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_prompts(tmp_path / "prompts.jsonl", ["a"])
+    args = responses_args(emulator, tmp_path)
+    args[args.index("--output") + 1] = str(tmp_path / "missing" / "out.jsonl")
+    code, _, err = await run(emulator, *args)
+    assert code == 2, err
+    assert "Traceback" not in err and "cannot write the output" in err
+    assert emulator.stats.total("responses") == 0
+
+
 async def test_a_failed_document_exits_1(emulator: Emulator, tmp_path: Path) -> None:
     (tmp_path / "good.pdf").write_bytes(pdf(1, tag="good"))
     (tmp_path / "bad.pdf").write_bytes(pdf(1, tag="bad", extra=FAIL_MARKER))

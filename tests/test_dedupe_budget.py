@@ -220,6 +220,26 @@ async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
     assert summary.cost_cents == pytest.approx(4.8)  # the real cost_breakdown, under 5
 
 
+async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
+    emulator: Emulator,
+) -> None:
+    """A cheaper item after the stop is refused too; its message must not quote its own
+    figures, which fit within the budget (3.6 spent + 0.6 is under 5), but the stop's."""
+    config = DocumentConfig(
+        api_key="dl-emulator",
+        api_url=emulator.marker_url,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+    )  # mode "accurate": 0.6 cents a page
+    documents = [pdf(2, tag=f"doc {i}") for i in range(3)] + [pdf(8, tag="big"), pdf(1)]
+    results = await DocumentProcessor(config).process(documents, max_cost_cents=5)
+    assert [r["success"] for r in results] == [True] * 3 + [False] * 2
+    assert {r["error_type"] for r in results[3:]} == {"budget_exceeded"}
+    assert "spent 3.6 cents, in flight 0 cents" in results[4]["error"]
+    assert "up to 4.8 cents" in results[4]["error"], results[4]["error"]
+    assert results[4]["error"] == results[3]["error"]
+
+
 def test_a_budget_settles_by_the_real_cost_and_frees_what_never_ended() -> None:
     budget: Budget[int] = page_budget(10, cents_per_page=1.0, pages=lambda pages: pages)
     held = budget.reserve(6)

@@ -32,6 +32,19 @@ class BrokenFile:
         raise RuntimeError("the share went away")
 
 
+class WholeReader:
+    """A file-like object whose `read()` takes no size (the README promises anything with
+    `read()`)."""
+
+    name = "whole.pdf"
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self) -> bytes:
+        return self.data
+
+
 class NotAFile:
     name = "odd.pdf"
     read = b"an attribute, not a method"
@@ -98,6 +111,12 @@ async def test_each_bad_input_fails_alone_and_the_good_ones_succeed(
     assert_read_error(results[6], "broken.pdf", "the share went away")
     assert_read_error(results[7], "odd.pdf", "not a method")
     assert sum(emulator.stats.submissions_by_digest.values()) == 3
+
+
+async def test_a_file_object_whose_read_takes_no_size_is_read_whole(emulator: Emulator) -> None:
+    results = await run(emulator, [WholeReader(samples.pdf(2, tag="whole"))])
+    assert results[0]["success"] is True, results[0]
+    assert results[0]["page_count"] == 2
 
 
 async def test_bad_inputs_fail_alone_in_a_lazy_batch_too(

@@ -288,6 +288,35 @@ def test_another_applications_database_is_refused_and_left_alone(tmp_path: Path)
     assert tables == {"users"}
 
 
+async def test_an_unreadable_record_is_sent_again_with_a_warning_not_a_crash(
+    emulator: Emulator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whether each result decodes is not checked at open (that reads every record): one that
+    does not counts as unfinished, named at WARNING, and the rest of the batch is unharmed."""
+    path = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(8)]
+    processor = ResponsesProcessor()
+    await processor.process_batch(request_for(emulator, prompts[:6]), journal=path)
+    db = sqlite3.connect(path)  # a newer encoding, bit rot: bytes that are not JSON
+    db.execute("UPDATE items SET result = x'ff00fe' WHERE idx = 2")
+    db.execute("UPDATE items SET result = '[1, 2]' WHERE idx = 4")
+    db.commit()
+    db.close()
+
+    with caplog.at_level("WARNING", logger="genai_coroutines.engine.journal"):
+        rerun = await processor.process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r["success"] for r in rerun["results"])
+    assert [r["index"] for r in rerun["results"] if not r.get("from_journal")] == [2, 4, 6, 7]
+    assert emulator.stats.total("responses") == 6 + 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("record of item 2 is unreadable, not JSON" in w for w in warnings), warnings
+    assert any(f"journal {path}: 2 unreadable record(s)" in w for w in warnings), warnings
+
+    third = await processor.process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r.get("from_journal") for r in third["results"])  # the new results replaced them
+    assert emulator.stats.total("responses") == 10
+
+
 def test_an_empty_file_is_refused_for_resume_but_starts_afresh_otherwise(tmp_path: Path) -> None:
     path = tmp_path / "batch.journal"
     path.write_bytes(b"")

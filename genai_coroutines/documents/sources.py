@@ -7,7 +7,8 @@ until `load()` is awaited, which `DocumentProcessor` does when a concurrency slo
 frees. Reading and sniffing happen on a worker thread, so a 200 MB PDF does not
 stall every other request while its pages are counted.
 
-Inputs: bytes-like objects, paths (`str` or `os.PathLike`), open binary files and
+Inputs: bytes-like objects, paths (`str` or `os.PathLike`), open binary files (anything
+with `read()`: one that takes no size is read whole, then bounded) and
 http(s) URLs (a `str` starting with "http://" or "https://"), which Datalab fetches
 itself (`file_url`), so they are never downloaded here.
 
@@ -176,9 +177,12 @@ class FileSource:
             raise SourceError(f"{self.label}: its 'read' attribute is not a method")
         _check_file_object(self.file, self.label)
         try:
-            # One byte more than Datalab takes: a larger file (or an endless stream) is
-            # refused without being read whole.
-            data = read(MAX_UPLOAD_BYTES + 1)
+            try:
+                # One byte more than Datalab takes: a larger file (or an endless stream) is
+                # refused without being read whole.
+                data = read(MAX_UPLOAD_BYTES + 1)
+            except TypeError:  # a read() without a size ("anything with read()"): read it all
+                data = read()
         except Exception as exc:  # a file object is user code: whatever it raises is its own
             reason = str(exc) or type(exc).__name__
             raise SourceError(f"cannot read {self.label}: {reason}") from None

@@ -61,7 +61,11 @@ class Budget(Generic[P]):
     show: Callable[[float], str] = field(default=lambda amount: f"${amount:.6g}")
     spent: float = 0.0
     in_flight: float = 0.0
-    exhausted: bool = False
+    stop: Failure | None = None
+    """The `budget_exceeded` failure of the first item refused, which every later one gets
+    too: it quotes the figures that stopped the batch. A later item's own figures could fit
+    within the budget (a cheaper item, or once what was in flight settled lower), which
+    would contradict its refusal."""
     refused: int = 0
     """Items ended `budget_exceeded`."""
 
@@ -76,19 +80,24 @@ class Budget(Generic[P]):
         `paid`: the API accepted it earlier (it is polled, not sent), so it is admitted."""
         estimate = max(0.0, float(self.estimate(prepared)))
         if not paid:
-            total = self.spent + self.in_flight + estimate
-            if self.exhausted or total > self.limit:
-                self.exhausted = True
-                self.refused += 1
-                return Failure(
-                    f"not sent: the budget of {self.show(self.limit)} is reached (spent "
-                    f"{self.show(self.spent)}, in flight {self.show(self.in_flight)}, this "
-                    f"request up to {self.show(estimate)}); raise it and resume to continue",
+            if self.stop is None and self.spent + self.in_flight + estimate > self.limit:
+                self.stop = Failure(
+                    f"not sent: the budget of {self.show(self.limit)} is reached (when sending "
+                    f"stopped: spent {self.show(self.spent)}, in flight "
+                    f"{self.show(self.in_flight)}, the next request up to {self.show(estimate)})"
+                    "; raise it and resume to continue",
                     "budget_exceeded",
                     retriable=False,
                 )
+            if self.stop is not None:
+                self.refused += 1
+                return self.stop
         self.in_flight += estimate
         return estimate
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stop is not None
 
     def settle(self, reserved: float, result: Result) -> None:
         """The item ended: its estimate is replaced by what it cost."""

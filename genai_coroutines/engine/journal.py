@@ -32,6 +32,10 @@ anything is paid for, and always raises a `JournalError` saying what:
   is not a journal, or, with `resume=True`, a missing or empty one.
 - `JournalMismatch`: a journal of the other kind of batch.
 
+Whether each result decodes is not checked at open (that would read every record of a
+million-item journal): a record that does not (a newer encoding, bit rot) counts as
+unfinished when its item is reached, with a WARNING, so only that item is bought again.
+
 Paths that send items in groups (the OpenAI Batch API: a file of requests, one batch
 per file) journal each group the moment the API accepts it: `record_group` writes the
 uploaded file's id and which items it holds (their index, digest, line id and round) in
@@ -189,6 +193,8 @@ class Journal:
             os.close(self._lock)
             raise
         self._closed = False
+        self._unreadable = 0
+        """Records `_load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
 
@@ -274,10 +280,8 @@ class Journal:
             "SELECT result FROM items WHERE idx = ? AND digest = ? AND result IS NOT NULL",
             (index, digest),
         )
-        if row is None:
-            return None
-        result = self._load(row[0])
-        return result if result.get("success") else None
+        result = None if row is None else self._load(row[0], index)
+        return result if result is not None and result.get("success") else None
 
     def submitted(self, index: int, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of a job submitted for this item and not finished."""
@@ -385,7 +389,7 @@ class Journal:
             "SELECT result FROM stages WHERE idx = ? AND stage = ? AND digest = ?",
             (index, stage, digest),
         )
-        return None if row is None else self._load(row[0])
+        return None if row is None else self._load(row[0], index)
 
     def record_stage(self, index: int, stage: str, digest: str, result: dict[str, Any]) -> None:
         """Journal a finished stage of an item whose own result comes later (a pipeline's
@@ -398,14 +402,16 @@ class Journal:
         )
 
     def results(self) -> list[dict[str, Any]]:
-        """Every finished result, in input order (for inspection and export)."""
+        """Every finished result, in input order (for inspection and export); an unreadable
+        record is left out (see `_load`)."""
         try:
             rows = self._db.execute(
-                "SELECT result FROM items WHERE result IS NOT NULL ORDER BY idx"
+                "SELECT idx, result FROM items WHERE result IS NOT NULL ORDER BY idx"
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        return [self._load(row[0]) for row in rows]
+        loaded = (self._load(blob, index) for index, blob in rows)
+        return [result for result in loaded if result is not None]
 
     def checkpoint(self) -> None:
         """Copy the WAL into the journal's main file now (it is also done periodically).
@@ -425,6 +431,12 @@ class Journal:
         if self._closed:
             return
         self._closed = True
+        if self._unreadable:
+            logger.warning(
+                "journal %s: %d unreadable record(s) were treated as unfinished",
+                self.path,
+                self._unreadable,
+            )
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:  # the WAL stays valid; SQLite replays it on next open
@@ -450,16 +462,32 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
 
-    def _load(self, blob: bytes) -> dict[str, Any]:
+    def _load(self, blob: bytes, index: int) -> dict[str, Any] | None:
+        """A journaled result, or None when it cannot be read (not JSON: a newer encoding,
+        bit rot; or not an object). Such a record counts as unfinished, so its item is
+        sent again and its new result replaces it: raising instead would end the batch
+        when the item's turn came, losing the answers paid for meanwhile, and end every
+        rerun the same way. Results are only decoded when their item is reached (decoding
+        them all at open would cost a large journal seconds), so the first one is logged
+        as it is met and `close` logs how many there were."""
         try:
             result = orjson.loads(blob)
         except orjson.JSONDecodeError as exc:
-            raise JournalError(
-                f"journal {self.path} is damaged: a result is not JSON: {exc}"
-            ) from None
-        if not isinstance(result, dict):
-            raise JournalError(f"journal {self.path} is damaged: a result is not an object")
-        return result
+            problem = f"not JSON ({exc})"
+        else:
+            if isinstance(result, dict):
+                return result
+            problem = f"a JSON {type(result).__name__}, not an object"
+        self._unreadable += 1
+        if self._unreadable == 1:
+            logger.warning(
+                "journal %s: the record of item %d is unreadable, %s: the item is treated "
+                "as unfinished (sent again); more are counted at close",
+                self.path,
+                index,
+                problem,
+            )
+        return None
 
     def _write(self, what: str, sql: str, params: tuple[Any, ...]) -> None:
         try:
