@@ -567,6 +567,7 @@ class BatchEmulation:
         outputs.append(self._output_line(line, 200, result))
         batch.counts["completed"] += 1
         used, total = result["usage"], batch.usage
+        self.api.emulator.stats.bill(used)
         total["input_tokens"] += used["input_tokens"]
         total["input_tokens_details"]["cached_tokens"] += used["input_tokens_details"][
             "cached_tokens"

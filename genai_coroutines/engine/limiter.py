@@ -62,6 +62,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Mapping
 
+from . import telemetry
 from .headers import count, parse_duration
 from .store import LimitStore
 
@@ -263,6 +264,7 @@ class RateLimiter:
 
     async def pause(self, seconds: float) -> None:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""
+        telemetry.paused(seconds)
         await self.store.pause(self.key, seconds)
 
     async def observe(
@@ -324,6 +326,7 @@ class RateLimiter:
             capacity = max(limit * self.burst_seconds / 60.0, remaining + seconds * limit / 60.0)
             await self._shape(i, limit, min(capacity, limit))
             self._limits[name] = limit
+            telemetry.limit_learned(name, limit)
         self._followed[i] = told
         return True
 
