@@ -50,6 +50,7 @@ CHAT = "chat"
 """`gen_ai.operation.name` of a Responses API request."""
 POLL_RESPONSE, POLL_BATCH, POLL_JOB = "poll_response", "poll_batch", "poll_job"
 UPLOAD_FILE, CREATE_BATCH = "upload_file", "create_batch"
+POLLS = frozenset({POLL_RESPONSE, POLL_BATCH, POLL_JOB})
 
 TOKEN_BUCKETS = [4.0**n for n in range(14)]
 """`gen_ai.client.token.usage` buckets, as the GenAI conventions advise (1 to 4**13)."""
@@ -324,7 +325,11 @@ class Attempt:
             value = outcome.value
             response_id = response_id or getattr(value, "response_id", None)
             usage = getattr(value, "usage", None)
-            if isinstance(usage, Mapping) and usage:
+            if (
+                isinstance(usage, Mapping)
+                and usage
+                and attributes["gen_ai.operation.name"] not in POLLS
+            ):
                 inputs, _, outputs, _ = usage_tokens(usage)
                 span.set_attribute("gen_ai.usage.input_tokens", inputs)
                 span.set_attribute("gen_ai.usage.output_tokens", outputs)
