@@ -33,12 +33,21 @@ from .summary import Price, price_for, tier_share, token_cost, usage_tokens
 
 try:
     from opentelemetry import metrics, trace
-    from opentelemetry.metrics import NoOpMeterProvider
-    from opentelemetry.metrics._internal import _ProxyMeterProvider
 
     _API = True
 except ImportError:  # the [otel] extra is not installed: there is nothing to report to
     _API = False
+
+_NO_METERS: tuple[type, ...] = ()
+"""The API's own meter providers: the no-op one, and the proxy it hands out until an SDK's
+is set (private: where it has moved, a batch measures into no-op instruments instead)."""
+if _API:
+    try:
+        from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+        _NO_METERS = (metrics.NoOpMeterProvider, _ProxyMeterProvider)
+    except ImportError:
+        _NO_METERS = (metrics.NoOpMeterProvider,)
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
@@ -153,7 +162,7 @@ def sdk_installed() -> bool:
     if not _API:
         return False
     meters = metrics.get_meter_provider()
-    if not isinstance(meters, NoOpMeterProvider | _ProxyMeterProvider):
+    if not isinstance(meters, _NO_METERS):
         return True
     tracers = trace.get_tracer_provider()
     return not isinstance(tracers, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
