@@ -90,13 +90,15 @@ class Telemetry:
 
 @pytest.fixture(scope="module")
 def sdk() -> Iterator[None]:
-    """SDK providers, set globally once for the process (the API refuses a second)."""
+    """SDK providers, set globally once for the process (the API refuses a second); the
+    spans of later test modules are not kept."""
     if not isinstance(metrics.get_meter_provider(), MeterProvider):
         metrics.set_meter_provider(MeterProvider(metric_readers=[READER]))
         tracers = TracerProvider()
         tracers.add_span_processor(SimpleSpanProcessor(EXPORTER))
         trace.set_tracer_provider(tracers)
     yield
+    EXPORTER.shutdown()
 
 
 @pytest.fixture
