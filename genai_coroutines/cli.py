@@ -22,6 +22,7 @@ from .engine.journal import Journal, JournalError
 from .engine.limits import LimitStoreUnavailable
 from .engine.summary import BatchSummary
 from .engine.sync import run
+from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
 from .params import add_flags, cli_fields, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
@@ -54,6 +55,14 @@ def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
         help="share the key's limits with every process using this redis:// URL "
         "(default: $GENAI_COROUTINES_LIMITS_STORE, else this process only)",
     )
+    cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
+        help="serve Prometheus metrics at http://127.0.0.1:N/metrics while the job runs "
+        "(default: $GENAI_COROUTINES_METRICS_PORT; 0: a free port; needs [prometheus])",
+    )
+    cmd.add_argument("--metrics-host", default=DEFAULT_HOST, help="address /metrics binds to")
 
 
 def _add_cost_options(cmd: argparse.ArgumentParser, unit: str) -> None:
@@ -523,10 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "demo":
             return EXIT_FAILED if run(run_demo()) else EXIT_OK
-        return _run_batch(args)
+        with serving(metrics_port(args.metrics_port, os.environ), args.metrics_host):
+            return _run_batch(args)
     except KeyboardInterrupt:
         print("interrupted: finished results are in the journal and the output", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (UsageError, JournalError, ValueError, TypeError) as exc:  # options, keys, files
+    except (UsageError, JournalError, ValueError, TypeError, MetricsUnavailable) as exc:
         print(f"genai-coroutines {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -45,6 +45,7 @@ from ..engine import (
     retrying,
     send,
 )
+from ..engine.telemetry import DATALAB, POLL_JOB
 from ..pdfpages import pages_in_range, parse_page_range
 from .config import DocumentConfig
 from .errors import http_failure, json_object
@@ -172,10 +173,18 @@ class Job:
             return stop.failure
         self.uploads += 1
         form = build_form(self.upload, batch.settings)
+        trace = self.run_.trace
+        span = (
+            None
+            if trace is None
+            else trace.attempt(DATALAB, self.config.endpoint or "convert", None, self.uploads - 1)
+        )
         reply = await send(
             self.run_.batch.session, "POST", self.config.url, timeout=self.timeout, data=form
         )
         outcome = self._accepted(reply)
+        if span is not None:
+            span.end(reply, outcome, None if isinstance(outcome, Failure) else outcome.request_id)
         if isinstance(outcome, Failure):
             stop.record(outcome)
             return outcome
@@ -227,10 +236,13 @@ class Job:
         config = self.config
 
         async def check() -> Success[Finished | JobFailed | None] | Failure:
+            span = None if self.run_.trace is None else self.run_.trace.attempt(DATALAB, POLL_JOB)
             reply = await send(
                 self.run_.batch.session, "GET", submission.request_check_url, timeout=self.timeout
             )
             polled = self._polled(reply, submission)
+            if span is not None:
+                span.end(reply, polled, submission.request_id)
             if isinstance(polled, Failure):
                 self.run_.batch.stop.record(polled)
                 return polled

@@ -27,6 +27,7 @@ from ..engine import (
     log_event,
 )
 from ..engine.budget import DATALAB_CENTS_PER_PAGE, Budget, page_budget
+from ..engine.telemetry import DATALAB, Identity
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
@@ -76,6 +77,7 @@ class DocumentsPath:
         self.pages = pages
         self.on_submitted = on_submitted
         self.settings = orjson.dumps(batch.settings)
+        self.telemetry_identity = Identity(self.config.endpoint or "convert", DATALAB)
 
     async def prepare(self, index: int, item: Any) -> Upload | Failure:
         source = check_input(item, index, self.config)  # a bad lazy item: its own error

@@ -318,6 +318,7 @@ class DatalabEmulation:
             ready_at = now + self.emulator.config.seconds_per_page * pages
             heapq.heappush(self._running, (ready_at, pages))
             self._pages_in_flight += pages
+            self.emulator.stats.pages_processed += pages
 
         request_id = secrets.token_urlsafe(16)
         job = Job(

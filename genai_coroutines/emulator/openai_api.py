@@ -192,6 +192,7 @@ class OpenAIEmulation:
         self.settle(cost, result)
         if fault not in BROKEN_STREAMS:
             self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+            self.emulator.stats.bill(result["usage"])
         if body.get("stream"):
             return await self._stream(request, result, started, fault)
         return self._json(200, result, started)

@@ -134,6 +134,7 @@ class BackgroundResponses:
             self.api.settle(kept.cost, result)
             stats = self.api.emulator.stats
             stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+            stats.bill(result["usage"])
         kept.task = None
 
     async def retrieve(self, request: web.Request) -> web.StreamResponse:

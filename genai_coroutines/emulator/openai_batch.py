@@ -598,6 +598,7 @@ class BatchEmulation:
         outputs.extend(_spoiled(self._output_line(line, 200, answered), fault))
         batch.counts["completed"] += 1
         used, total = result["usage"], batch.usage
+        self.api.emulator.stats.bill(used)
         total["input_tokens"] += used["input_tokens"]
         total["input_tokens_details"]["cached_tokens"] += used["input_tokens_details"][
             "cached_tokens"

@@ -187,11 +187,21 @@ class Stats:
         self.batch_executions_by_custom_id: Counter[str] = Counter()
         """Batch lines run per `custom_id`, across batches (a second one means it ran twice)."""
         self.flex_unavailable = 0
+        self.billed_tokens: Counter[str] = Counter()
+        """OpenAI: "input" and "output" tokens of every answer completed (synchronous,
+        background, Batch API line): what the account would be billed."""
+        self.pages_processed = 0
+        """Datalab: pages of every job accepted for processing (what is billed)."""
 
     def remember(self, item: dict[str, Any], keep: int = 1000) -> None:
         self.received.append(item)
         if len(self.received) > keep:
             del self.received[: len(self.received) - keep]
+
+    def bill(self, usage: dict[str, Any]) -> None:
+        """Count an answer's usage as billed."""
+        self.billed_tokens["input"] += usage["input_tokens"]
+        self.billed_tokens["output"] += usage["output_tokens"]
 
     def log(self, endpoint: str, what: str) -> None:
         """Add to `events`, stamped now, so a test can prove what happened in which order."""
@@ -230,6 +240,8 @@ class Stats:
                 n - 1 for n in self.batch_executions_by_custom_id.values() if n > 1
             ),
             "flex_unavailable": self.flex_unavailable,
+            "billed_tokens": dict(self.billed_tokens),
+            "pages_processed": self.pages_processed,
         }
 
 

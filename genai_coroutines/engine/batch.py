@@ -53,6 +53,7 @@ from .logs import log_event
 from .outcome import BatchStop, Failure
 from .runner import Source, run_streaming
 from .summary import BatchSummary
+from .telemetry import BatchTelemetry, ItemTelemetry, start_batch
 
 P = TypeVar("P")
 
@@ -116,6 +117,8 @@ class BatchRun:
     journaled: Callable[[Callable[[Journal], object]], bool] = field(default=lambda _: True)
     """Run `write(journal)` (nothing without a journal); False, with the batch stopped as for
     a result that cannot be journaled, when the journal cannot take it."""
+    telemetry: BatchTelemetry | None = None
+    """The batch's spans and metrics; None without an OpenTelemetry SDK (`engine.telemetry`)."""
 
 
 @dataclass(slots=True)
@@ -129,6 +132,8 @@ class ItemRun:
     submission: Submission | None = None
     """Accepted earlier (journal or `resume`): poll it instead of sending the item again."""
     on_submitted: Callable[[Submission], object] = field(default=lambda _: None)
+    trace: ItemTelemetry | None = None
+    """The item's span, parent of its attempts'; None without an OpenTelemetry SDK."""
 
     def submitted(self, submission: Submission) -> None:
         """Journal work the API just accepted, before anything else happens to it."""
@@ -184,6 +189,9 @@ class DriverCore(Generic[P]):
         books, options, logger = self.books, self.options, self.adapter.logger
         started = time.perf_counter()
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)
+        telemetry = start_batch(
+            getattr(self.adapter, "telemetry_identity", None), books.summary.prices
+        )
         try:
             async with open_session(options.concurrency, options.headers) as session:
                 run = BatchRun(
@@ -194,12 +202,17 @@ class DriverCore(Generic[P]):
                     books.journal,
                     books.progress.note,
                     self._write_journal,
+                    telemetry,
                 )
                 async for result in self._results(run):
                     books.add(result)
+                    if telemetry is not None:
+                        telemetry.finished(result)
                     yield result
         finally:
             books.close()
+            if telemetry is not None:
+                telemetry.end(books.succeeded, books.failed)
             log_event(
                 logger,
                 logging.INFO,
@@ -327,11 +340,17 @@ class Driver(DriverCore[P]):
         item_run = ItemRun(index, run, admitted.started, self._known(index))
         if self.books.journal is not None:
             item_run.on_submitted = self._journal_submission(index)
+        if run.telemetry is not None:
+            item_run.trace = run.telemetry.item(index)
         try:
             result = await self.executor.execute(item_run, admitted.prepared)
         except BaseException:
             self._abandon(index)
+            if item_run.trace is not None:
+                item_run.trace.end(None)
             raise
+        if item_run.trace is not None:
+            item_run.trace.end(result)
         return self._finish(result)
 
     def _journal_submission(self, index: int) -> Callable[[Submission], object]:

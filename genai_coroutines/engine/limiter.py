@@ -67,6 +67,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Mapping
 
+from . import telemetry
 from .headers import count, parse_duration
 from .store import LimitStore
 
@@ -308,6 +309,7 @@ class RateLimiter:
 
     async def pause(self, seconds: float) -> None:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""
+        telemetry.paused(seconds)
         await self.store.pause(self.key, seconds)
 
     async def observe(
@@ -374,6 +376,7 @@ class RateLimiter:
             self._limits[name] = limit
             if name == "tokens":
                 self.max_tokens = limit
+            telemetry.limit_learned(name, limit)
         self._followed[i] = told
         return True
 

@@ -31,6 +31,7 @@ from ..documents.path import DocumentsPath
 from ..documents.sources import Upload
 from ..engine import BatchRun, ErrorType, Failure, ItemRun, Result, log_event
 from ..engine.journal import request_digest
+from ..engine.telemetry import Identity
 from ..responses import parse_responses
 from ..responses.direct import DirectPath, Prepared
 from .fields import _fields, merge_fields
@@ -75,6 +76,7 @@ class PipelinePath:
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
+        self.telemetry_identity = Identity(KIND, model=extraction.model)
         self.per_page = per_page
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
         self.extraction_slots = asyncio.Semaphore(extraction_slots)
@@ -167,6 +169,7 @@ class PipelinePath:
                 time.perf_counter(),
                 run.submission,
                 on_submitted=run.submitted,
+                trace=run.trace,
             )
             result = await self.ocr.execute(stage_run, upload)
         if result["success"]:
@@ -224,7 +227,9 @@ class PipelinePath:
 
     async def _send(self, run: ItemRun, prepared: Prepared) -> Result:
         async with self.extraction_slots:
-            stage_run = ItemRun(run.index, self._batch(run, EXTRACTION_STAGE), time.perf_counter())
+            stage_run = ItemRun(
+                run.index, self._batch(run, EXTRACTION_STAGE), time.perf_counter(), trace=run.trace
+            )
             return await self.extraction.execute(stage_run, prepared)
 
     # The row.

@@ -58,6 +58,7 @@ from ..engine import (
     retrying,
     send,
 )
+from ..engine.telemetry import OPENAI, POLL_RESPONSE, background_in_flight
 from .direct import DirectPath, Outcome, Prepared, Tries, answer
 from .errors import bad_body, classify, response_failure
 from .request import ResponsesRequest
@@ -137,7 +138,11 @@ class BackgroundPath(DirectPath):
                 log_event(
                     logger, logging.DEBUG, "submitted", index=run.index, response_id=response_id
                 )
-            ended = await self._poll(run, submission)
+            background_in_flight(1)
+            try:
+                ended = await self._poll(run, submission)
+            finally:
+                background_in_flight(-1)
             if isinstance(ended, Success):
                 return ended
             if ended.error_type == "not_found_error" and submission is resumed:
@@ -178,10 +183,15 @@ class BackgroundPath(DirectPath):
         record = run.batch.stop.record
 
         async def check() -> Success[Answer | Ended | None] | Failure:
+            span = (
+                None if run.trace is None else run.trace.attempt(OPENAI, POLL_RESPONSE, self.model)
+            )
             reply = await send(
                 run.batch.session, "GET", submission.request_check_url, timeout=self.poll_timeout
             )
             polled = self._polled(reply, submission)
+            if span is not None:
+                span.end(reply, polled, submission.request_id)
             if isinstance(polled, Failure):
                 record(polled)
             return polled

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from ..engine import Failure, Result, RetryPolicy, Success, log_event, poll_until
+from ..engine.telemetry import batch_api_status
 from .batch_api import TERMINAL, BatchAPIPath, index_of, judge
 from .batch_spool import Job, Member, custom_id_of
 from .batch_wire import BatchWire, Json
@@ -152,6 +153,7 @@ class Answers:
         job.status = str(status)
         job.counts = counts
         if changed:
+            batch_api_status(job.status)
             log_event(
                 self.path.logger,
                 logging.INFO,

@@ -208,6 +208,7 @@ class BatchAPIPath:
         self.options = options
         self.direct = direct
         self.model = request.model
+        self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
         return await self.direct.prepare(index, prompt)

@@ -70,6 +70,7 @@ class BatchJobs:
             policy,
             request.timeout_secs,
             run.batch.wait,
+            run.batch.telemetry,
         )
         self.out: asyncio.Queue[Result | _Done] = asyncio.Queue(QUEUED_RESULTS)
         self.jobs: list[Job] = []

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from ..engine import Failure, Success, limit_key, log_event
 from ..engine.grouped import GroupRun
+from ..engine.telemetry import batch_api_file
 from .batch_answers import Answers
 from .batch_api import BatchAPIPath
 from .batch_spool import Job
@@ -116,8 +117,10 @@ class Submitter:
                 else Failure("the upload was answered without a file id", "invalid_response", True)
             )
             self.run.batch.stop.record(failure)
+            batch_api_file("failed")
             await self.answers.fail(job, failure)
             return False
+        batch_api_file("uploaded")
         job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
         job.uploaded_here = True
         digests = self.run.digests

@@ -35,6 +35,14 @@ from ..engine import (
     send,
     transfer_timeout,
 )
+from ..engine.telemetry import (
+    CREATE_BATCH,
+    OPENAI,
+    POLL_BATCH,
+    UPLOAD_FILE,
+    Attempt,
+    BatchTelemetry,
+)
 from .errors import bad_body, classify
 from .results import logger
 
@@ -58,8 +66,10 @@ class BatchWire:
         policy: RetryPolicy,
         timeout_secs: float,
         wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        telemetry: BatchTelemetry | None = None,
     ) -> None:
         self.session = session
+        self.telemetry = telemetry
         self.base = base_url.rstrip("/")
         self.api_key = api_key
         self.policy = policy
@@ -77,6 +87,9 @@ class BatchWire:
                 form.add_field("purpose", "batch")
                 form.add_field("file", handle, filename=name, content_type="application/jsonl")
                 payload = form()
+                span = (
+                    None if self.telemetry is None else self.telemetry.attempt(OPENAI, UPLOAD_FILE)
+                )
                 reply = await send(
                     self.session,
                     "POST",
@@ -86,7 +99,7 @@ class BatchWire:
                     data=payload,
                     headers={"Content-Type": payload.content_type},
                 )
-            return self._json(reply)
+            return self._traced(span, reply)
 
         return await self._retrying(attempt, "upload")
 
@@ -112,10 +125,11 @@ class BatchWire:
                     return found
                 if found is not None:
                     return Success(found)
+            span = None if self.telemetry is None else self.telemetry.attempt(OPENAI, CREATE_BATCH)
             reply = await send(
                 self.session, "POST", f"{self.base}/batches", timeout=self.timeout, data=data
             )
-            outcome = self._json(reply)
+            outcome = self._traced(span, reply)
             unanswered = isinstance(outcome, Failure) and (
                 outcome.status is None or outcome.status >= 500
             )
@@ -125,10 +139,11 @@ class BatchWire:
 
     async def retrieve(self, batch_id: str) -> Success[Json] | Failure:
         """One poll of a batch (`engine.poll_until` retries it)."""
+        span = None if self.telemetry is None else self.telemetry.attempt(OPENAI, POLL_BATCH)
         reply = await send(
             self.session, "GET", f"{self.base}/batches/{batch_id}", timeout=self.timeout
         )
-        return self._json(reply)
+        return self._traced(span, reply)
 
     async def cancel(self, batch_id: str) -> Success[Json] | Failure:
         """Ask the API to cancel a batch (one attempt: it is asked on the way out)."""
@@ -222,6 +237,14 @@ class BatchWire:
         return await retrying(
             attempt, self.policy, on_retry=on_retry, sleep=self.wait, counts=Retried()
         )
+
+    def _traced(self, span: Attempt | None, reply: Reply | Failure) -> Success[Json] | Failure:
+        """`_json`, its attempt's span ended with what it said (`engine.telemetry`)."""
+        outcome = self._json(reply)
+        if span is not None:
+            batch_id = outcome.value.get("id") if isinstance(outcome, Success) else None
+            span.end(reply, outcome, batch_id if isinstance(batch_id, str) else None)
+        return outcome
 
     def _json(self, reply: Reply | Failure) -> Success[Json] | Failure:
         if isinstance(reply, Failure):

@@ -46,6 +46,7 @@ from ..engine import (
 )
 from ..engine.budget import DEFAULT_OUTPUT_ALLOWANCE, Budget, token_budget
 from ..engine.summary import Price, tier_share
+from ..engine.telemetry import CHAT, OPENAI, Identity
 from .errors import (
     bad_body,
     classify,
@@ -143,6 +144,7 @@ class DirectPath:
         self.url = request.base_url.rstrip("/") + "/responses"
         self.timeout = request.attempt_timeout_secs
         self.limiter = limiter
+        self.telemetry_identity = Identity(CHAT, OPENAI, self.model)
         self.shape = "output given" if request.max_output_tokens else "output unbounded"
         """What the server's surcharge depends on: an output allowance of its own is
         reserved only for requests without `max_output_tokens`."""
@@ -215,6 +217,11 @@ class DirectPath:
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
+        span = (
+            None
+            if run.trace is None
+            else run.trace.attempt(OPENAI, CHAT, self.model, tries.sent - 1)
+        )
         reply = await send(
             run.batch.session,
             "POST",
@@ -224,6 +231,8 @@ class DirectPath:
             read_body=self._observe_then_read if self.limiter.learning else self._read_body,
         )
         outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
+        if span is not None:
+            span.end(reply, outcome)
         if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
             tries.capacity += 1
         return outcome

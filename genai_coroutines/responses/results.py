@@ -27,12 +27,16 @@ class Answer:
     raw: str
     usage: dict[str, Any] | None
     service_tier: str | None
+    response_id: str | None = None
 
     @classmethod
     def of(cls, raw: str, data: dict[str, Any]) -> Answer:
-        usage, tier = data.get("usage"), data.get("service_tier")
+        usage, tier, response_id = data.get("usage"), data.get("service_tier"), data.get("id")
         return cls(
-            raw, usage if isinstance(usage, dict) else None, tier if isinstance(tier, str) else None
+            raw,
+            usage if isinstance(usage, dict) else None,
+            tier if isinstance(tier, str) else None,
+            response_id if isinstance(response_id, str) else None,
         )
 
 
