@@ -21,6 +21,10 @@ One "round" (upload if needed, then poll to the end) is one attempt of the engin
 same `max_retries`. Once Datalab has given a request id the document is not uploaded
 again, except after the page limit refused it or, when polling resumed from a
 journaled request, after that request expired.
+
+Polls carry the key, so they go only to the origin (scheme, host, port) of `api_url`:
+a `request_check_url` naming another origin is polled at its path on the API's own
+origin (`on_origin`), whoever sent it, the key never leaving for another address.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from ..engine import (
     Failure,
@@ -212,7 +216,8 @@ class Job:
             check_url = urljoin(self.config.url, check_url)
             parts = urlsplit(check_url)
             usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
+            polled = on_origin(check_url, self.config.url) if usable else check_url
+        except ValueError:  # e.g. an unclosed IPv6 bracket, a port above 65535
             usable = False
         if not usable:
             return Failure(
@@ -221,15 +226,27 @@ class Job:
                 retriable=False,
             )
         request_id = body.get("request_id") or parts.path.rstrip("/").rsplit("/", 1)[-1]
-        return Submission(str(request_id), check_url)
+        if polled != check_url:
+            log_event(
+                logger,
+                logging.WARNING,
+                "check_url_elsewhere",
+                index=self.run_.index,
+                request_id=request_id,
+                named=_origin_text(parts),
+                polled=_origin_text(urlsplit(polled)),
+            )
+        return Submission(str(request_id), polled)
 
     async def _poll(self, submission: Submission) -> Finished | Failure:
         config = self.config
+        try:
+            url = on_origin(submission.request_check_url, config.url)  # a journaled one too
+        except ValueError as exc:
+            return Failure(f"Unusable request_check_url: {exc}", "invalid_response", False)
 
         async def check() -> Success[Finished | JobFailed | None] | Failure:
-            reply = await send(
-                self.run_.batch.session, "GET", submission.request_check_url, timeout=self.timeout
-            )
+            reply = await send(self.run_.batch.session, "GET", url, timeout=self.timeout)
             polled = self._polled(reply, submission)
             if isinstance(polled, Failure):
                 self.run_.batch.stop.record(polled)
@@ -317,6 +334,30 @@ class Job:
             error=failure.message,
             **({"request_id": self.request_id} if self.request_id else {}),
         )
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def on_origin(url: str, api_url: str) -> str:
+    """`url` if it is on `api_url`'s origin (scheme, host and port), else its path and
+    query on that origin: what a poll, which carries the key, may be sent to. A check URL
+    elsewhere is polled where the upload went rather than refused, since the upload is
+    paid for and a gateway in front of the API may well answer with the API's own URLs.
+    Raises ValueError for a URL whose port is not a number below 65536."""
+    parts, api = urlsplit(url), urlsplit(api_url)
+    if _origin_of(parts) == _origin_of(api):
+        return url
+    return urlunsplit((api.scheme, api.netloc, parts.path, parts.query, ""))
+
+
+def _origin_of(parts: SplitResult) -> tuple[str, str, int | None]:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(parts: SplitResult) -> str:
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def _json_reply(reply: Reply | Failure, what: str, api_key: str) -> dict[str, Any] | Failure:
