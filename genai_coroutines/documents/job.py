@@ -5,8 +5,11 @@
       |                    +-- 5xx, 429, timeout, reset, malformed body: polled again
       |                    |   after the poll policy's backoff; never a new upload; at
       |                    |   most `max_retries` in a row (`engine.poll_until`)
-      |                    +-- failed with "Page rate limit exceeded": back to SUBMIT
-      |                    |   after backoff, as a counted retry (the job never ran)
+      |                    +-- failed with "Page rate limit exceeded": the key's pages
+      |                    |   ceiling is lowered (learned), the pages are given back, and
+      |                    |   after backoff the document waits for pages under the new
+      |                    |   ceiling and goes back to SUBMIT, as a counted retry (the job
+      |                    |   never ran)
       |                    +-- failed, 404 (expired or unknown), 401/403: the item fails
       |                    +-- still processing after `max_poll_attempts`: the item fails
       |
@@ -20,7 +23,9 @@ One "round" (upload if needed, then poll to the end) is one attempt of the engin
 `retrying`, so every counted retry of a document, whatever its cause, draws on the
 same `max_retries`. Once Datalab has given a request id the document is not uploaded
 again, except after the page limit refused it or, when polling resumed from a
-journaled request, after that request expired.
+journaled request, after that request expired. The pages a job puts in flight are held
+on the key's `Capacity` from its first round until it ends, but for the wait between
+a page-limit refusal and the resubmission.
 
 Polls carry the key, so they go only to the origin (scheme, host, port) of `api_url`:
 a `request_check_url` naming another origin is polled at its path on the API's own
@@ -35,6 +40,7 @@ from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from ..engine import (
+    Capacity,
     Failure,
     ItemRun,
     RateLimiter,
@@ -59,6 +65,12 @@ logger = logging.getLogger("genai_coroutines.ocr")
 
 PAGE_LIMIT_ERROR = "page rate limit exceeded"
 """How Datalab words a job refused for too many pages in flight (matched case-insensitively)."""
+
+PAGE_CEILING_SECS = 600.0
+"""How long a pages-in-flight ceiling learned from a refusal holds (each refusal renews it).
+The refusal says the key's limit, or other clients' share of it, is lower than configured,
+neither of which is told; after this long without one the configured bound is tried
+again, so a ceiling learned while another job shared the key does not hold for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +104,8 @@ class Batch:
     and the job runs on meanwhile, while uploads are paid for and rate limited."""
     limiter: RateLimiter
     """The key's submission rate (shared by every batch on the key)."""
+    pages: Capacity | None
+    """The key's pages in flight (None: `max_pages_in_flight` turned off)."""
 
 
 def page_weight(upload: Upload, config: DocumentConfig) -> int:
@@ -123,6 +137,9 @@ class Job:
         self.counts = Retried()
         self.uploads = 0
         """Uploads sent (the result's `attempts`)."""
+        self.weight = page_weight(upload, self.config)
+        self.lease: str | None = None
+        """The job's hold on the key's pages in flight, while it has one."""
 
     @property
     def request_id(self) -> str | None:
@@ -130,20 +147,28 @@ class Job:
         return submission.request_id if submission is not None else None
 
     async def run(self) -> Finished | Failure:
-        outcome = await retrying(
-            self._round,
-            self.batch.policy,
-            on_retry=self._log_retry,
-            sleep=self.run_.batch.wait,
-            counts=self.counts,
-            limiter=self.batch.limiter,
-        )
+        try:
+            outcome = await retrying(
+                self._round,
+                self.batch.policy,
+                on_retry=self._log_retry,
+                sleep=self.run_.batch.wait,
+                counts=self.counts,
+                limiter=self.batch.limiter,
+            )
+        finally:
+            pages, lease = self.batch.pages, self.lease
+            if pages is not None and lease is not None:
+                await pages.release(lease)
         return outcome.value if isinstance(outcome, Success) else outcome
 
     async def _round(self) -> Success[Finished] | Failure:
         """Upload unless a submission is known, then poll the job to its end."""
         run = self.run_
         resumed = run.submission
+        pages = self.batch.pages
+        if pages is not None and self.lease is None:
+            self.lease = await pages.acquire(self.weight)
         while True:
             submission = run.submission
             if submission is None:
@@ -166,7 +191,27 @@ class Job:
                 continue
             if ended.error_type == "page_limit":
                 run.submission = None
+                await self._refused()
             return ended
+
+    async def _refused(self) -> None:
+        """Datalab refused the job for pages in flight: learn the lower ceiling from the
+        pages the key's other jobs hold, and give this job's pages back, so that it
+        waits its turn again under that ceiling instead of being refused again."""
+        pages, lease = self.batch.pages, self.lease
+        if pages is None or lease is None:
+            return
+        self.lease = None
+        ceiling = await pages.refused(lease, PAGE_CEILING_SECS)
+        if ceiling is not None:
+            log_event(
+                logger,
+                logging.WARNING,
+                "pages_ceiling",
+                index=self.run_.index,
+                pages_in_flight=ceiling,
+                for_secs=f"{PAGE_CEILING_SECS:g}",
+            )
 
     async def _submit(self) -> Submission | Failure:
         batch, stop = self.batch, self.run_.batch.stop
