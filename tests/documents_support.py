@@ -6,8 +6,9 @@ from typing import Any
 
 import aiohttp
 
-from genai_coroutines import DocumentConfig
+from genai_coroutines import DocumentConfig, DocumentProcessor
 from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine import LimitStore, limit_key
 
 
 def config_for(emulator: Emulator, **options: Any) -> DocumentConfig:
@@ -38,3 +39,29 @@ def form(
     for name, value in fields.items():
         body.add_field(name, value)
     return body
+
+
+class ServerPages(DocumentProcessor):
+    """Notes the emulator's pages in flight as each upload is accepted."""
+
+    seen: list[int]
+
+    def __init__(self, config: DocumentConfig, emulator: Emulator, **options: Any) -> None:
+        super().__init__(config, **options)
+        self.emulator = emulator
+        self.seen = []
+
+    def on_submitted(self, index: int, request_id: str, request_check_url: str) -> None:
+        self.seen.append(self.emulator.datalab.pages_in_flight)
+
+
+async def pages_admitted(store: LimitStore, emulator: Emulator) -> int:
+    """How many one-page jobs the emulator key's pages capacity admits now, nothing else in
+    flight, under its default total of 5,000: the ceiling it learned, if any."""
+    key = limit_key(f"datalab:{emulator.base_url}", emulator.config.datalab_api_key)
+    leases = []
+    while len(leases) <= 5000 and (lease := await store.lease(key, 1, 5000, 60)) is not None:
+        leases.append(lease)
+    for lease in leases:
+        await store.release(key, lease)
+    return len(leases)

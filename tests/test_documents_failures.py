@@ -12,8 +12,9 @@ import pytest
 from genai_coroutines import DocumentConfig, DocumentProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
+from genai_coroutines.engine import KeyLimits, MemoryStore
 from tests import samples
-from tests.documents_support import config_for
+from tests.documents_support import ServerPages, config_for, pages_admitted
 
 
 async def run(emulator: Emulator, documents: list[bytes], **options: Any) -> list[dict[str, Any]]:
@@ -137,6 +138,33 @@ async def test_a_page_limit_refusal_draws_on_max_retries(emulator: Emulator) -> 
 
     assert not result["success"] and result["error_type"] == "page_limit"
     assert "Page rate limit exceeded" in result["error"] and result["attempts"] == 3
+
+
+async def test_a_page_limit_the_client_does_not_know_is_learned_and_loses_nothing(
+    emulator: Emulator,
+) -> None:
+    emulator.config.datalab_max_pages_in_flight = 30  # the client keeps its default 5,000
+    store = MemoryStore()
+    limits = KeyLimits(store)
+    documents = [samples.pdf(2 + i % 5, tag=str(i)) for i in range(80)]
+    results = await DocumentProcessor(config_for(emulator), limits=limits).process_multiparts(
+        documents
+    )
+
+    assert [r["error_type"] for r in results] == [None] * 80
+    attempts = [r["attempts"] for r in results]
+    assert max(attempts) > 1  # refused, then resubmitted as a counted retry
+    assert sum(attempts) == sum(emulator.stats.submissions_by_digest.values())
+    assert sum(attempts) - len(documents) <= 10  # a few refusals taught the ceiling
+    ceiling = await pages_admitted(store, emulator)
+    assert 20 <= ceiling <= 30
+
+    # Learned, the ceiling holds for the key's next batch: nothing refused, never above it.
+    after = ServerPages(config_for(emulator), emulator, limits=limits)
+    more = [samples.pdf(2 + i % 5, tag=f"again {i}") for i in range(30)]
+    again = await after.process_multiparts(more)
+    assert [r["attempts"] for r in again] == [1] * 30, [r["error"] for r in again]
+    assert 0 < max(after.seen) <= ceiling
 
 
 async def test_failed_jobs_end_with_datalabs_error(emulator: Emulator) -> None:

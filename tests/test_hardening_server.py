@@ -13,14 +13,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
-from genai_coroutines import DocumentConfig, DocumentProcessor, Journal
+from genai_coroutines import DocumentConfig, DocumentProcessor, Journal, Submission
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import Failure, RetryPolicy, parse_duration, retry_after
 from genai_coroutines.engine.headers import count
 from tests import samples
+from tests.documents_support import config_for, form
 from tests.responses_support import run
 
 DATALAB_KEY = "dl-secret-0123456789"
@@ -121,6 +123,51 @@ async def test_a_datalab_poll_redirect_never_takes_the_key_elsewhere(
 
     assert result["error_type"] == "redirect_refused" and elsewhere.seen == []
     assert sum(1 for headers in api.seen if headers.get("X-Api-Key") == DATALAB_KEY) == 2
+
+
+async def test_a_request_check_url_on_another_origin_is_polled_on_the_apis_own(
+    servers: tuple[Server, Server], emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, elsewhere = servers
+    await _elsewhere(elsewhere)  # 127.0.0.1 as the emulator, another port: another origin
+    emulator.config.datalab_check_origin = elsewhere.url
+    documents = [samples.pdf(2, tag=str(i)) for i in range(3)]
+    with caplog.at_level(logging.WARNING, logger="genai_coroutines.ocr"):
+        results = await DocumentProcessor(config_for(emulator)).process_multiparts(documents)
+
+    assert elsewhere.seen == []  # not a poll, so never the key
+    assert [r["success"] for r in results] == [True] * 3, [r["error"] for r in results]
+    assert [r["attempts"] for r in results] == [1, 1, 1]
+    assert all("Page 0" in r["json_response"] for r in results)  # the emulator's answers
+    assert emulator.stats.requests["marker_poll 200"] >= 3
+    assert caplog.text.count("check_url_elsewhere") == 3 and elsewhere.url in caplog.text
+
+
+async def test_a_resumed_job_on_another_origin_is_polled_on_the_apis_own(
+    servers: tuple[Server, Server], emulator: Emulator
+) -> None:
+    _, elsewhere = servers
+    await _elsewhere(elsewhere)
+    emulator.config.datalab_check_origin = elsewhere.url
+    document = samples.pdf(1)
+    processor = DocumentProcessor(config_for(emulator))
+    accepted = await _submit_directly(emulator, document)
+    assert accepted["request_check_url"].startswith(elsewhere.url)
+
+    resume = {0: Submission(accepted["request_id"], accepted["request_check_url"])}
+    [result] = [r async for r in processor.stream([document], resume=resume)]
+
+    assert elsewhere.seen == []
+    assert result["success"] and result["attempts"] == 0, result["error"]
+
+
+async def _submit_directly(emulator: Emulator, document: bytes) -> dict[str, Any]:
+    """Upload as another client of the key would, outside any batch: the emulator's answer."""
+    headers = {"X-Api-Key": emulator.config.datalab_api_key}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        async with http.post(emulator.marker_url, data=form(document)) as response:
+            answer: dict[str, Any] = await response.json()
+    return answer
 
 
 async def test_an_openai_redirect_is_not_taken_as_a_success(

@@ -19,11 +19,11 @@ import redis.asyncio as aioredis
 from genai_coroutines import DocumentProcessor, ResponsesProcessor
 from genai_coroutines.cli import main
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.engine import LOCAL, key_digest, limit_key
+from genai_coroutines.engine import LOCAL, KeyLimits, key_digest, limit_key
 from genai_coroutines.engine.limits import ENV_STORE, LimitStoreUnavailable, limits_for
 from genai_coroutines.engine.redis_store import RedisStore, redact
 from genai_coroutines.engine.store import MemoryStore
-from tests.documents_support import config_for
+from tests.documents_support import ServerPages, config_for, pages_admitted
 from tests.responses_support import request_for
 from tests.samples import pdf
 from tests.scale_support import RedisServer, free_port, prompts, redis_server
@@ -87,6 +87,73 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
         assert alone is not None
         await store.release(key, alone)
     redis_store.close()
+
+
+async def test_a_learned_ceiling_matches_the_memory_store(
+    server: RedisServer, key: str, raw: aioredis.Redis
+) -> None:
+    redis_store = RedisStore(server.url)
+    for store, name in ((MemoryStore(), key), (redis_store, f"{key}:redis")):
+        three, two, four = [await store.lease(name, n, 100, 60) for n in (3, 2, 4)]
+        assert three and two and four
+        assert await store.learn_ceiling(name, four, 60) == 5  # what the other two hold
+        await store.release(name, four)
+        assert await store.lease(name, 1, 100, 60) is None  # 5 of a ceiling of 5 held
+        await store.release(name, two)
+        assert await store.learn_ceiling(name, three, 60) is None  # nothing else held
+        assert (one := await store.lease(name, 2, 100, 60)) is not None
+        assert await store.learn_ceiling(name, three, 60) == 2  # lowered to what others hold
+        assert await store.learn_ceiling(name, three, 60) == 1  # and always lowered further
+        for lease in (three, one):
+            await store.release(name, lease)
+        assert (alone := await store.lease(name, 5, 100, 60)) is not None  # admitted alone
+        assert await store.lease(name, 1, 100, 60) is None
+        await store.release(name, alone)
+        assert await store.learn_ceiling(name, "gone", 60) is None  # nothing held
+    assert 0 < await raw.pttl(f"{key}:redis:ceiling") <= 60_000  # Redis expires it itself
+    redis_store.close()
+
+
+async def test_a_learned_ceiling_expires_after_its_ttl(server: RedisServer, key: str) -> None:
+    redis_store = RedisStore(server.url)
+    for store, name in ((MemoryStore(), key), (redis_store, f"{key}:redis")):
+        held = await store.lease(name, 3, 100, 60)
+        refused = await store.lease(name, 3, 100, 60)
+        assert held and refused
+        assert await store.learn_ceiling(name, refused, 0.2) == 3
+        await store.release(name, refused)
+        assert await store.lease(name, 1, 100, 60) is None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (lease := await store.lease(name, 1, 100, 60)) is None:
+            assert loop.time() - started < 5, "the ceiling never expired"
+            await asyncio.sleep(0.02)
+        assert loop.time() - started >= 0.15
+        for done in (held, lease):
+            await store.release(name, done)
+    redis_store.close()
+
+
+async def test_a_page_limit_learned_in_redis_holds_for_every_process(
+    server: RedisServer, emulator: Emulator
+) -> None:
+    emulator.config.datalab_max_pages_in_flight = 30  # the clients keep their default 5,000
+    documents = [pdf(2 + i % 5, tag=str(i)) for i in range(60)]
+    mine = RedisStore(server.url)
+    first = DocumentProcessor(config_for(emulator), limits=KeyLimits(mine))
+    results = await first.process_multiparts(documents)
+
+    assert [r["error_type"] for r in results] == [None] * 60
+    assert max(r["attempts"] for r in results) > 1
+    other = RedisStore(server.url)  # another process's view of the key's limits
+    ceiling = await pages_admitted(other, emulator)
+    assert 20 <= ceiling <= 30
+    after = ServerPages(config_for(emulator), emulator, limits=KeyLimits(other))
+    again = await after.process_multiparts([pdf(2 + i % 5, tag=f"b{i}") for i in range(20)])
+    assert [r["attempts"] for r in again] == [1] * 20, [r["error"] for r in again]
+    assert 0 < max(after.seen) <= ceiling
+    other.close()
+    mine.close()
 
 
 async def test_operations_run_on_the_server_clock(

@@ -96,8 +96,10 @@ class DocumentConfig:
       counted from the PDF itself, `page_range` and `max_pages`. Default 5,000,
       Datalab's documented per-key limit: going past it gives no 429 but a job that
       fails at once with "Page rate limit exceeded", an upload wasted. Other clients
-      of the same key are invisible here; their share is caught by resubmitting such
-      jobs. None turns the bound off.
+      of the same key, or a plan's lower limit, are invisible here: such a refusal
+      lowers a ceiling learned for the key (`job.PAGE_CEILING_SECS`) and the document
+      is resubmitted once pages drain under it. None turns the bound off (refused
+      jobs are then only resubmitted after backoff).
     - `timeout_secs` bounds each HTTP request, upload or poll, from connect to last byte.
     - `max_retry_delay_secs` caps the exponential backoff before jitter (120 s, the
       Datalab SDK's cap), so a larger `max_retries` does not make waits grow without end.

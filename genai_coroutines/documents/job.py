@@ -5,8 +5,11 @@
       |                    +-- 5xx, 429, timeout, reset, malformed body: polled again
       |                    |   after the poll policy's backoff; never a new upload; at
       |                    |   most `max_retries` in a row (`engine.poll_until`)
-      |                    +-- failed with "Page rate limit exceeded": back to SUBMIT
-      |                    |   after backoff, as a counted retry (the job never ran)
+      |                    +-- failed with "Page rate limit exceeded": the key's pages
+      |                    |   ceiling is lowered (learned), the pages are given back, and
+      |                    |   after backoff the document waits for pages under the new
+      |                    |   ceiling and goes back to SUBMIT, as a counted retry (the job
+      |                    |   never ran)
       |                    +-- failed, 404 (expired or unknown), 401/403: the item fails
       |                    +-- still processing after `max_poll_attempts`: the item fails
       |
@@ -20,7 +23,13 @@ One "round" (upload if needed, then poll to the end) is one attempt of the engin
 `retrying`, so every counted retry of a document, whatever its cause, draws on the
 same `max_retries`. Once Datalab has given a request id the document is not uploaded
 again, except after the page limit refused it or, when polling resumed from a
-journaled request, after that request expired.
+journaled request, after that request expired. The pages a job puts in flight are held
+on the key's `Capacity` from its first round until it ends, but for the wait between
+a page-limit refusal and the resubmission.
+
+Polls carry the key, so they go only to the origin (scheme, host, port) of `api_url`:
+a `request_check_url` naming another origin is polled at its path on the API's own
+origin (`on_origin`), whoever sent it, the key never leaving for another address.
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 from ..engine import (
+    Capacity,
     Failure,
     ItemRun,
     RateLimiter,
@@ -56,6 +66,12 @@ logger = logging.getLogger("genai_coroutines.ocr")
 
 PAGE_LIMIT_ERROR = "page rate limit exceeded"
 """How Datalab words a job refused for too many pages in flight (matched case-insensitively)."""
+
+PAGE_CEILING_SECS = 600.0
+"""How long a pages-in-flight ceiling learned from a refusal holds (each refusal renews it).
+The refusal says the key's limit, or other clients' share of it, is lower than configured,
+neither of which is told; after this long without one the configured bound is tried
+again, so a ceiling learned while another job shared the key does not hold for good."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,8 @@ class Batch:
     and the job runs on meanwhile, while uploads are paid for and rate limited."""
     limiter: RateLimiter
     """The key's submission rate (shared by every batch on the key)."""
+    pages: Capacity | None
+    """The key's pages in flight (None: `max_pages_in_flight` turned off)."""
 
 
 def page_weight(upload: Upload, config: DocumentConfig) -> int:
@@ -120,6 +138,9 @@ class Job:
         self.counts = Retried()
         self.uploads = 0
         """Uploads sent (the result's `attempts`)."""
+        self.weight = page_weight(upload, self.config)
+        self.lease: str | None = None
+        """The job's hold on the key's pages in flight, while it has one."""
 
     @property
     def request_id(self) -> str | None:
@@ -127,20 +148,28 @@ class Job:
         return submission.request_id if submission is not None else None
 
     async def run(self) -> Finished | Failure:
-        outcome = await retrying(
-            self._round,
-            self.batch.policy,
-            on_retry=self._log_retry,
-            sleep=self.run_.batch.wait,
-            counts=self.counts,
-            limiter=self.batch.limiter,
-        )
+        try:
+            outcome = await retrying(
+                self._round,
+                self.batch.policy,
+                on_retry=self._log_retry,
+                sleep=self.run_.batch.wait,
+                counts=self.counts,
+                limiter=self.batch.limiter,
+            )
+        finally:
+            pages, lease = self.batch.pages, self.lease
+            if pages is not None and lease is not None:
+                await pages.release(lease)
         return outcome.value if isinstance(outcome, Success) else outcome
 
     async def _round(self) -> Success[Finished] | Failure:
         """Upload unless a submission is known, then poll the job to its end."""
         run = self.run_
         resumed = run.submission
+        pages = self.batch.pages
+        if pages is not None and self.lease is None:
+            self.lease = await pages.acquire(self.weight)
         while True:
             submission = run.submission
             if submission is None:
@@ -163,7 +192,27 @@ class Job:
                 continue
             if ended.error_type == "page_limit":
                 run.submission = None
+                await self._refused()
             return ended
+
+    async def _refused(self) -> None:
+        """Datalab refused the job for pages in flight: learn the lower ceiling from the
+        pages the key's other jobs hold, and give this job's pages back, so that it
+        waits its turn again under that ceiling instead of being refused again."""
+        pages, lease = self.batch.pages, self.lease
+        if pages is None or lease is None:
+            return
+        self.lease = None
+        ceiling = await pages.refused(lease, PAGE_CEILING_SECS)
+        if ceiling is not None:
+            log_event(
+                logger,
+                logging.WARNING,
+                "pages_ceiling",
+                index=self.run_.index,
+                pages_in_flight=ceiling,
+                for_secs=f"{PAGE_CEILING_SECS:g}",
+            )
 
     async def _submit(self) -> Submission | Failure:
         batch, stop = self.batch, self.run_.batch.stop
@@ -221,7 +270,8 @@ class Job:
             check_url = urljoin(self.config.url, check_url)
             parts = urlsplit(check_url)
             usable = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:  # e.g. an unclosed IPv6 bracket
+            polled = on_origin(check_url, self.config.url) if usable else check_url
+        except ValueError:  # e.g. an unclosed IPv6 bracket, a port above 65535
             usable = False
         if not usable:
             return Failure(
@@ -230,16 +280,28 @@ class Job:
                 retriable=False,
             )
         request_id = body.get("request_id") or parts.path.rstrip("/").rsplit("/", 1)[-1]
-        return Submission(str(request_id), check_url)
+        if polled != check_url:
+            log_event(
+                logger,
+                logging.WARNING,
+                "check_url_elsewhere",
+                index=self.run_.index,
+                request_id=request_id,
+                named=_origin_text(parts),
+                polled=_origin_text(urlsplit(polled)),
+            )
+        return Submission(str(request_id), polled)
 
     async def _poll(self, submission: Submission) -> Finished | Failure:
         config = self.config
+        try:
+            url = on_origin(submission.request_check_url, config.url)  # a journaled one too
+        except ValueError as exc:
+            return Failure(f"Unusable request_check_url: {exc}", "invalid_response", False)
 
         async def check() -> Success[Finished | JobFailed | None] | Failure:
             span = None if self.run_.trace is None else self.run_.trace.attempt(DATALAB, POLL_JOB)
-            reply = await send(
-                self.run_.batch.session, "GET", submission.request_check_url, timeout=self.timeout
-            )
+            reply = await send(self.run_.batch.session, "GET", url, timeout=self.timeout)
             polled = self._polled(reply, submission)
             if span is not None:
                 span.end(reply, polled, submission.request_id)
@@ -329,6 +391,30 @@ class Job:
             error=failure.message,
             **({"request_id": self.request_id} if self.request_id else {}),
         )
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def on_origin(url: str, api_url: str) -> str:
+    """`url` if it is on `api_url`'s origin (scheme, host and port), else its path and
+    query on that origin: what a poll, which carries the key, may be sent to. A check URL
+    elsewhere is polled where the upload went rather than refused, since the upload is
+    paid for and a gateway in front of the API may well answer with the API's own URLs.
+    Raises ValueError for a URL whose port is not a number below 65536."""
+    parts, api = urlsplit(url), urlsplit(api_url)
+    if _origin_of(parts) == _origin_of(api):
+        return url
+    return urlunsplit((api.scheme, api.netloc, parts.path, parts.query, ""))
+
+
+def _origin_of(parts: SplitResult) -> tuple[str, str, int | None]:
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def _origin_text(parts: SplitResult) -> str:
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def _json_reply(reply: Reply | Failure, what: str, api_key: str) -> dict[str, Any] | Failure:

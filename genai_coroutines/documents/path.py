@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..engine import (
-    Capacity,
     Failure,
     ItemRun,
     KeyLimits,
@@ -66,15 +65,9 @@ class DocumentsPath:
     unit = "doc"
     logger = logger
 
-    def __init__(
-        self,
-        batch: Batch,
-        pages: Capacity | None,
-        on_submitted: Callable[[int, str, str], None],
-    ) -> None:
+    def __init__(self, batch: Batch, on_submitted: Callable[[int, str, str], None]) -> None:
         self.batch = batch
         self.config: DocumentConfig = batch.config
-        self.pages = pages
         self.on_submitted = on_submitted
         self.settings = orjson.dumps(batch.settings)
         self.telemetry_identity = Identity(self.config.endpoint or "convert", DATALAB)
@@ -106,14 +99,8 @@ class DocumentsPath:
             journal(submission)
 
         run.on_submitted = submitted
-        weight = page_weight(upload, self.config)
-        lease = None if self.pages is None else await self.pages.acquire(weight)
         job = Job(self.batch, run, upload)
-        try:
-            outcome = await job.run()
-        finally:
-            if self.pages is not None and lease is not None:
-                await self.pages.release(lease)
+        outcome = await job.run()
         return self._result(run.index, run.started, outcome, job, upload)
 
     def _result(
@@ -209,11 +196,13 @@ def documents_path(
             max_rate_limit_wait=config.max_rate_limit_wait_secs,
         ),
         limiter=limiter,
+        pages=(
+            None
+            if config.max_pages_in_flight is None
+            else limits.capacity(origin, key, config.max_pages_in_flight)
+        ),
     )
-    pages = None
-    if config.max_pages_in_flight is not None:
-        pages = limits.capacity(origin, key, config.max_pages_in_flight)
-    return DocumentsPath(batch, pages, on_submitted)
+    return DocumentsPath(batch, on_submitted)
 
 
 def pages_budget(

@@ -321,8 +321,9 @@ class DatalabEmulation:
             self.emulator.stats.pages_processed += pages
 
         request_id = secrets.token_urlsafe(16)
+        origin = self.emulator.config.datalab_check_origin or f"{request.scheme}://{request.host}"
         job = Job(
-            base=self._base(f"{request.scheme}://{request.host}{path}"),
+            base=self._base(f"{origin}{path}"),
             options=options,
             content=content,
             submitted_at=now,

@@ -116,6 +116,12 @@ class EmulatorConfig:
         0.0, 'share of accepted jobs that end {"status": "failed"} (seeded)'
     )
     webhooks: bool = param(True, "POST Datalab's webhook body to webhook_url when a job ends")
+    datalab_check_origin: str | None = param(
+        None,
+        "answer request_check_url on this origin (scheme://host:port), not the emulator's: "
+        "a server sending the client's polls, and its key, elsewhere",
+        metavar="URL",
+    )
 
     # Faults: endpoint name -> {fault kind -> probability}. See `faults.FAULT_KINDS`.
     fault_rates: dict[str, dict[str, float]] = field(

@@ -441,3 +441,13 @@ class Capacity:
     async def release(self, lease: str) -> None:
         await self.store.release(self.key, lease)
         self._local()[1].set()
+
+    async def refused(self, lease: str, ttl: float) -> int | None:
+        """The provider refused the holder of `lease` for exceeding a capacity it enforces
+        below `total` (other clients of the key, or a lower plan): learn a ceiling for `ttl`
+        seconds (`LimitStore.learn_ceiling`, shared like the rest of the key's limits), and
+        give the lease back so the holder queues again behind the pages now in flight.
+        Returns the ceiling learned, or None when nothing was."""
+        ceiling = await self.store.learn_ceiling(self.key, lease, ttl)
+        await self.release(lease)
+        return ceiling

@@ -15,8 +15,10 @@ on one shard):
         `<dim>:r` (per minute), `<dim>:c` (capacity), `<dim>:l` (level), `<dim>:t`
         (stamp, server seconds); `pause` (the deadline of a 429 pause)
     genai-coroutines:{...}:leases   a hash: lease id -> "<units> <expiry>" (pages in flight)
+    genai-coroutines:{...}:ceiling  the capacity's learned ceiling (`learn_ceiling`), a
+        number that Redis expires itself when its time is up
 
-Both expire after `idle_ttl` seconds without a write (the leases hash: not before its
+The first two expire after `idle_ttl` seconds without a write (the leases hash: not before its
 last lease would), so a key nobody uses leaves nothing behind. A bucket that expired
 while this process still knew its shape is recreated full by the next `take` (after
 that long idle it would have refilled anyway). The API key itself never reaches Redis.
@@ -190,10 +192,13 @@ redis.call('PEXPIRE', KEYS[1], math.floor(tonumber(ARGV[1]) + seconds * 1000))
 return 1
 """
 
-# KEYS[1] the leases hash. ARGV: lease id, units, total, ttl (s), idle ttl (ms).
+# KEYS[1] the leases hash, KEYS[2] the learned ceiling. ARGV: lease id, units, total, ttl (s),
+# idle ttl (ms).
 _LEASE = """
 local t = now()
 local units, total, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ceiling = tonumber(redis.call('GET', KEYS[2]))
+if ceiling and ceiling < total then total = ceiling end
 local used = 0
 local all = redis.call('HGETALL', KEYS[1])
 for i = 1, #all, 2 do
@@ -215,6 +220,26 @@ _RELEASE = """
 return redis.call('HDEL', KEYS[1], ARGV[1])
 """
 
+# KEYS[1] the leases hash, KEYS[2] the learned ceiling. ARGV: the refused lease's id, ttl (ms).
+_LEARN_CEILING = """
+local t = now()
+local others = 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local held, expires = string.match(all[i + 1], '^(%S+) (%S+)$')
+  if tonumber(expires) <= t then
+    redis.call('HDEL', KEYS[1], all[i])
+  elseif all[i] ~= ARGV[1] then
+    others = others + tonumber(held)
+  end
+end
+if others <= 0 then return false end
+local ceiling = tonumber(redis.call('GET', KEYS[2])) or (others + 1)
+local learned = math.max(1, math.min(others, ceiling - 1))
+redis.call('SET', KEYS[2], learned, 'PX', ARGV[2])
+return learned
+"""
+
 SCRIPTS = {
     "take": _TAKE,
     "adjust": _ADJUST,
@@ -223,6 +248,7 @@ SCRIPTS = {
     "pause": _PAUSE,
     "lease": _LEASE,
     "release": _RELEASE,
+    "learn_ceiling": _LEARN_CEILING,
 }
 
 
@@ -472,7 +498,7 @@ class RedisStore:
         async def call() -> str | None:
             lease_id = uuid.uuid4().hex
             args = [lease_id, int(units), int(total), repr(float(ttl)), self._idle_ms]
-            granted = await self._run("lease", [f"{key}:leases"], args)
+            granted = await self._run("lease", [f"{key}:leases", f"{key}:ceiling"], args)
             if granted is None:
                 return None
             self._held[lease_id] = (key, int(units), float(ttl))
@@ -483,6 +509,17 @@ class RedisStore:
             if granted is not None:
                 self._local_leases.add(granted)
             return granted
+
+        return await self._shared(call, local)
+
+    async def learn_ceiling(self, key: str, lease: str, ttl: float) -> int | None:
+        async def call() -> int | None:
+            args = [lease, max(1, int(ttl * 1000))]
+            learned = await self._run("learn_ceiling", [f"{key}:leases", f"{key}:ceiling"], args)
+            return None if learned is None else int(learned)
+
+        async def local(store: MemoryStore) -> int | None:
+            return await store.learn_ceiling(key, self._aliases.get(lease, lease), ttl)
 
         return await self._shared(call, local)
 

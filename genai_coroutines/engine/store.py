@@ -4,7 +4,8 @@ Providers enforce their limits per key (OpenAI: per organisation and model), so 
 state that paces requests belongs to the key, not to a batch: every batch, processor
 and (with a shared store) process spending one key reads and writes the same state.
 That state is small on purpose: per bucket a shape (`per_minute`, `capacity`) and a
-(level, stamp) pair, per key a pause deadline, and per capacity the units leased.
+(level, stamp) pair, per key a pause deadline, and per capacity the units leased and
+the ceiling a refusal taught (see `learn_ceiling`).
 Each operation below reads and writes it in one atomic step on the store's own clock,
 so an implementation over a shared server (a Redis script using `TIME`) is a
 line-by-line translation of `MemoryStore`, and nothing above this interface changes.
@@ -62,7 +63,19 @@ class LimitStore(Protocol):
         """Lease `units` of a capacity of `total` for at most `ttl` seconds, or None when it
         is full. A request for more than `total` is granted alone (when nothing else is
         leased) instead of never. A lease not released within `ttl` is reclaimed, so a
-        holder that died does not keep its units."""
+        holder that died does not keep its units. A ceiling `learn_ceiling` set, until it
+        expires, bounds `total`."""
+        ...
+
+    async def learn_ceiling(self, key: str, lease: str, ttl: float) -> int | None:
+        """The holder of `lease` was refused by the provider for exceeding a capacity it
+        enforces and the client was not told (Datalab's pages in flight): set the
+        capacity's ceiling to the units the other leases hold (they were accepted), and
+        below any ceiling learned before, so refusals always lower it; never below 1. It
+        holds for `ttl` seconds from now, then the configured total applies again.
+        Returns the ceiling, or None when no other lease holds units: the refused one
+        alone overran the capacity (or other clients of the key did), which teaches
+        nothing about how much this key's own holders may take."""
         ...
 
     async def release(self, key: str, lease: str) -> None:
@@ -100,6 +113,8 @@ class MemoryStore:
         """Each key's buckets, by dimension."""
         self._paused: dict[str, float] = {}
         self._leases: dict[str, dict[str, tuple[int, float]]] = {}
+        self._ceilings: dict[str, tuple[int, float]] = {}
+        """Each capacity's learned ceiling: (units, expiry)."""
         self._ids = itertools.count()
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
@@ -171,15 +186,35 @@ class MemoryStore:
 
     async def lease(self, key: str, units: int, total: int, ttl: float) -> str | None:
         now = self._clock()
-        leases = self._leases.setdefault(key, {})
-        for lease_id in [i for i, (_, expires) in leases.items() if expires <= now]:
-            del leases[lease_id]
+        leases = self._live_leases(key, now)
+        ceiling, expires = self._ceilings.get(key, (total, now))
+        if expires > now:
+            total = min(total, ceiling)
         used = sum(held for held, _ in leases.values())
         if used + min(units, total) > total:
             return None
         lease_id = str(next(self._ids))
         leases[lease_id] = (units, now + ttl)
         return lease_id
+
+    async def learn_ceiling(self, key: str, lease: str, ttl: float) -> int | None:
+        now = self._clock()
+        others = sum(held for i, (held, _) in self._live_leases(key, now).items() if i != lease)
+        if others <= 0:
+            return None
+        ceiling, expires = self._ceilings.get(key, (others + 1, now))
+        if expires <= now:
+            ceiling = others + 1
+        learned = max(1, min(others, ceiling - 1))
+        self._ceilings[key] = (learned, now + ttl)
+        return learned
+
+    def _live_leases(self, key: str, now: float) -> dict[str, tuple[int, float]]:
+        """The key's leases, those past their ttl reclaimed."""
+        leases = self._leases.setdefault(key, {})
+        for lease_id in [i for i, (_, expires) in leases.items() if expires <= now]:
+            del leases[lease_id]
+        return leases
 
     async def release(self, key: str, lease: str) -> None:
         self._leases.get(key, {}).pop(lease, None)
