@@ -144,6 +144,7 @@ async def test_a_page_limit_the_client_does_not_know_is_learned_and_loses_nothin
     emulator: Emulator,
 ) -> None:
     emulator.config.datalab_max_pages_in_flight = 30  # the client keeps its default 5,000
+    emulator.config.seconds_per_page = 0.05  # jobs long enough to overlap on a busy machine
     store = MemoryStore()
     limits = KeyLimits(store)
     documents = [samples.pdf(2 + i % 5, tag=str(i)) for i in range(80)]

@@ -138,6 +138,7 @@ async def test_a_page_limit_learned_in_redis_holds_for_every_process(
     server: RedisServer, emulator: Emulator
 ) -> None:
     emulator.config.datalab_max_pages_in_flight = 30  # the clients keep their default 5,000
+    emulator.config.seconds_per_page = 0.05  # jobs long enough to overlap on a busy machine
     documents = [pdf(2 + i % 5, tag=str(i)) for i in range(60)]
     mine = RedisStore(server.url)
     first = DocumentProcessor(config_for(emulator), limits=KeyLimits(mine))
