@@ -29,8 +29,8 @@ from genai_coroutines.emulator import Emulator, openai_batch
 from genai_coroutines.engine import RateLimiter, limit_key
 from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
-from genai_coroutines.responses.batch_api import batch_line, custom_id, judge
-from genai_coroutines.responses.batch_submitter import _CREATIONS, CREATIONS_PER_HOUR, HOUR
+from genai_coroutines.responses.batch.path import batch_line, custom_id, judge
+from genai_coroutines.responses.batch.submitter import _CREATIONS, CREATIONS_PER_HOUR, HOUR
 from genai_coroutines.responses.direct import DirectPath, Prepared
 from tests.test_cli import output_lines, run, start, until, write_prompts
 

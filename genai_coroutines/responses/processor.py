@@ -35,8 +35,8 @@ from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
-from .batch_api import BatchAPI, BatchAPIPath
-from .batch_collect import CollectingPath, check_rerun
+from .batch.collect import CollectingPath, check_rerun
+from .batch.path import BatchAPI, BatchAPIPath
 from .direct import DirectPath, budget_for
 from .request import ResponsesRequest
 from .results import logger

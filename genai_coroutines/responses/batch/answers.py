@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from ..engine import Failure, Result, RetryPolicy, Success, log_event, poll_until
-from .batch_api import TERMINAL, BatchAPIPath, index_of, judge
-from .batch_spool import Job, Member, custom_id_of
-from .batch_wire import BatchWire, Json
+from ...engine import Failure, Result, RetryPolicy, Success, log_event, poll_until
+from .path import TERMINAL, BatchAPIPath, index_of, judge
+from .spool import Job, Member, custom_id_of
+from .wire import BatchWire, Json
 
 SHOWN_REASONS = 3
 SHOWN_ID_CHARS = 40

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..engine import (
+from ...engine import (
     Failure,
     Reply,
     Retried,
@@ -35,8 +35,8 @@ from ..engine import (
     send,
     transfer_timeout,
 )
-from .errors import bad_body, classify
-from .results import logger
+from ..errors import bad_body, classify
+from ..results import logger
 
 Json = dict[str, Any]
 LineHandler = Callable[[bytes], Awaitable[None]]

@@ -23,15 +23,15 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import Admitted, Failure, ItemRun, Result, log_event
-from ..engine.grouped import GroupRun
-from ..engine.journal import Unfinished
-from .batch_api import BatchAPI, BatchAPIPath, index_of
-from .batch_jobs import BatchJobs
-from .batch_spool import Job, Member, body_of, custom_id_of
-from .direct import DirectPath, Prepared
-from .request import ResponsesRequest
-from .results import logger
+from ...engine import Admitted, Failure, ItemRun, Result, log_event
+from ...engine.grouped import GroupRun
+from ...engine.journal import Unfinished
+from ..direct import DirectPath, Prepared
+from ..request import ResponsesRequest
+from ..results import logger
+from .jobs import BatchJobs
+from .path import BatchAPI, BatchAPIPath, index_of
+from .spool import Job, Member, body_of, custom_id_of
 
 QUEUED_RESULTS = 256
 SHOWN_JOBS = 5

@@ -18,12 +18,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from ..engine import Failure, Success, limit_key, log_event
-from ..engine.grouped import GroupRun
-from .batch_answers import Answers
-from .batch_api import BatchAPIPath
-from .batch_spool import Job
-from .batch_wire import BatchWire, Json
+from ...engine import Failure, Success, limit_key, log_event
+from ...engine.grouped import GroupRun
+from .answers import Answers
+from .path import BatchAPIPath
+from .spool import Job
+from .wire import BatchWire, Json
 
 CREATIONS_PER_HOUR = 2_000
 """The Batch API's limit on batches created per hour (per organisation)."""

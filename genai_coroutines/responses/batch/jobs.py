@@ -28,15 +28,15 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import Admitted, Failure, Result, log_event
-from ..engine.grouped import GroupRun
-from ..engine.journal import GroupLine
-from .batch_answers import Answers
-from .batch_api import TERMINAL, BatchAPIPath, batch_line, custom_id, index_of
-from .batch_spool import Job, Member, custom_id_of
-from .batch_submitter import Submitter
-from .batch_wire import BatchWire
-from .direct import Prepared, retry_policy
+from ...engine import Admitted, Failure, Result, log_event
+from ...engine.grouped import GroupRun
+from ...engine.journal import GroupLine
+from ..direct import Prepared, retry_policy
+from .answers import Answers
+from .path import TERMINAL, BatchAPIPath, batch_line, custom_id, index_of
+from .spool import Job, Member, custom_id_of
+from .submitter import Submitter
+from .wire import BatchWire
 
 QUEUED_RESULTS = 256
 SHOWN_BATCHES = 3

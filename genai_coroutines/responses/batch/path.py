@@ -31,14 +31,14 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .. import validation as check
-from ..engine import Admitted, Failure, Reply, Result, Success
-from ..engine.grouped import GroupRun
-from ..params import json_text, param
-from .direct import DirectPath, Prepared, answer
-from .errors import classify
-from .request import ResponsesRequest, _check_metadata
-from .results import Answer, error_result, logger, success_result
+from ... import validation as check
+from ...engine import Admitted, Failure, Reply, Result, Success
+from ...engine.grouped import GroupRun
+from ...params import json_text, param
+from ..direct import DirectPath, Prepared, answer
+from ..errors import classify
+from ..request import ResponsesRequest, _check_metadata
+from ..results import Answer, error_result, logger, success_result
 
 MAX_REQUESTS_PER_FILE = 50_000
 MAX_BYTES_PER_FILE = 199_000_000
@@ -252,6 +252,6 @@ class BatchAPIPath:
         return with_batch(result, batch_id, line)
 
     def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
-        from .batch_jobs import BatchJobs
+        from .jobs import BatchJobs
 
         return BatchJobs(self, run).results(items)
