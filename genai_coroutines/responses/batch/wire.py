@@ -37,10 +37,13 @@ from ...engine import (
 )
 from ..errors import bad_body, classify
 from ..results import logger
+from .spool import ENDPOINT
 
 Json = dict[str, Any]
 LineHandler = Callable[[bytes], Awaitable[None]]
 
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+"""The statuses a batch ends in."""
 READ_CHUNK = 2**16
 LIST_PAGE = 100
 CLOCK_SKEW_SECS = 600
@@ -96,7 +99,7 @@ class BatchWire:
         """Create the batch of an uploaded file (or find the one an unanswered create made)."""
         body: Json = {
             "input_file_id": file_id,
-            "endpoint": "/v1/responses",
+            "endpoint": ENDPOINT,
             "completion_window": window,
         }
         if metadata:
