@@ -5,12 +5,12 @@ Each `Job` is submitted in turn: wait for room in the enqueued-token budget
 not ended), upload, journal the file and its members, wait for a creation slot
 (`BatchAPI.max_batches_per_hour`, 2,000 by default: counted with the key's other limits,
 `KeyLimits.take_slot`, so every process sharing a limits store shares the hour), create,
-journal the batch id. The slot is taken before the create: a create that fails still
-counted, which errs on the side of the API's limit. A file an earlier run uploaded is reused: the
-batches are listed first for one a crash left unjournaled, and a batch is created only
-if none is found (from a new upload if some of its lines are wanted no more). A failed
-upload or create stops the batch; the members of a job that could not be submitted end
-with the failure (`Answers.fail`).
+journal the batch id. The slot is taken before the create (a create that fails has still
+counted: the side of the API's limit to err on). A file an earlier run uploaded is
+reused: the batches are listed first for one a crash left unjournaled, and a batch is
+created only if none is found (from a new upload if some of its lines are wanted no
+more). A failed upload or create stops the batch; the members of a job that could not be
+submitted end with the failure (`Answers.fail`).
 """
 
 from __future__ import annotations
