@@ -10,7 +10,7 @@ import logging
 from .documents import DocumentConfig, DocumentProcessor, parse_documents
 from .engine import ERROR_TYPES, ErrorType, KeyLimits, Submission
 from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatch
-from .engine.limits import LimitStoreUnavailable
+from .engine.store import LimitStoreUnavailable
 from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request

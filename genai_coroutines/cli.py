@@ -19,7 +19,7 @@ from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal, JournalError
-from .engine.limits import LimitStoreUnavailable
+from .engine.store import LimitStoreUnavailable
 from .engine.summary import BatchSummary
 from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving

@@ -15,7 +15,6 @@ import signal
 import sqlite3
 import threading
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any, cast
 
@@ -26,11 +25,12 @@ from openai.types.responses import Response
 
 from genai_coroutines import BatchAPI, BatchSummary, ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator, openai_batch
-from genai_coroutines.engine import RateLimiter, limit_key
+from genai_coroutines.engine import KeyLimits, MemoryStore, RateLimiter
 from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
-from genai_coroutines.responses.batch_api import batch_line, custom_id, judge
-from genai_coroutines.responses.batch_submitter import _CREATIONS, CREATIONS_PER_HOUR, HOUR
+from genai_coroutines.responses.batch.answers import judge
+from genai_coroutines.responses.batch.spool import batch_line, custom_id
+from genai_coroutines.responses.batch.submitter import HOUR
 from genai_coroutines.responses.direct import DirectPath, Prepared
 from tests.test_cli import output_lines, run, start, until, write_prompts
 
@@ -391,22 +391,41 @@ async def test_a_create_whose_answer_was_lost_is_found_not_created_twice(
     assert emulator.stats.batches_created == 1, "the retry listed the batches and found it"
 
 
-async def test_batch_creations_stay_within_2000_an_hour(
+def creation_waits(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "batch_api_creation_limit" in r.getMessage()]
+
+
+async def test_batches_created_per_hour_are_one_count_in_the_shared_limits_store(
     emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
-    request = make_request(emulator, 3)
-    key = limit_key(request.base_url.rstrip("/") + "/batches", request.api_key or "")
-    now = time.monotonic()
-    creations = _CREATIONS.setdefault(key, deque())
-    creations.extend([now - HOUR + 0.2] + [now] * (CREATIONS_PER_HOUR - 1))
+    """Two processors stand for two processes: the hour's creations are counted in the
+    limits store they share, not per processor or per process. The store's clock is moved
+    on by the test so that the first run's creations leave the hour 0.3 s later."""
+    shift = 0.0
+    shared = MemoryStore(clock=lambda: time.monotonic() + shift)
+    options = fast(max_requests_per_file=1, max_batches_per_hour=2)
     caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
-    try:
-        results = (await ResponsesProcessor().process_batch(request, batch_api=fast()))["results"]
-    finally:
-        del _CREATIONS[key]
-    assert all(r["success"] for r in results)
-    assert any("batch_api_creation_limit" in r.getMessage() for r in caplog.records)
-    assert time.monotonic() - now >= 0.2, "the creation waited for the oldest to leave the hour"
+    first_started = time.monotonic()
+    first = await ResponsesProcessor(limits=KeyLimits(shared)).process_batch(
+        make_request(emulator, 2), batch_api=options
+    )
+    assert first["total_success"] == 2 and emulator.stats.batches_created == 2
+    assert not creation_waits(caplog)
+    shift = HOUR - 0.3 - (time.monotonic() - first_started)
+
+    second_started = time.monotonic()
+    second = await ResponsesProcessor(limits=KeyLimits(shared)).process_batch(
+        make_request(emulator, 1), batch_api=options
+    )
+    assert second["total_success"] == 1 and emulator.stats.batches_created == 3
+    assert time.monotonic() - second_started >= 0.25, "it waited for the first to leave the hour"
+    assert len(waits := creation_waits(caplog)) == 1 and "per_hour=2" in waits[0]
+
+    caplog.clear()  # a store of its own counts an hour of its own
+    own = await ResponsesProcessor(limits=KeyLimits(MemoryStore())).process_batch(
+        make_request(emulator, 1), batch_api=options
+    )
+    assert own["total_success"] == 1 and not creation_waits(caplog)
 
 
 async def journal_a_file(
@@ -784,7 +803,10 @@ async def test_progress_shows_each_batch_state_and_counts(
         ({"max_bytes_per_file": 300 * 2**20}, ValueError, "max_bytes_per_file"),
         ({"max_enqueued_tokens": 0}, ValueError, "max_enqueued_tokens"),
         ({"metadata": {"a": 1}}, TypeError, "metadata"),
-        ({"cancel_on_interrupt": "yes"}, TypeError, "cancel_on_interrupt"),
+        ({"max_batches_per_hour": 0}, ValueError, "max_batches_per_hour"),
+        ({"max_batches_per_hour": 1.5}, TypeError, "max_batches_per_hour"),
+        # declared once, on the request (`ResponsesRequest.cancel_on_interrupt`)
+        ({"cancel_on_interrupt": True}, TypeError, "cancel_on_interrupt"),
     ],
 )
 def test_batch_api_options_are_checked_at_construction(

@@ -20,9 +20,9 @@ from genai_coroutines import DocumentProcessor, ResponsesProcessor
 from genai_coroutines.cli import main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import LOCAL, KeyLimits, key_digest, limit_key
-from genai_coroutines.engine.limits import ENV_STORE, LimitStoreUnavailable, limits_for
+from genai_coroutines.engine.limits import ENV_STORE, limits_for
 from genai_coroutines.engine.redis_store import RedisStore, redact
-from genai_coroutines.engine.store import MemoryStore
+from genai_coroutines.engine.store import LimitStoreUnavailable, MemoryStore
 from tests.documents_support import ServerPages, config_for, pages_admitted
 from tests.responses_support import request_for
 from tests.samples import pdf
@@ -155,6 +155,30 @@ async def test_a_page_limit_learned_in_redis_holds_for_every_process(
     assert 0 < max(after.seen) <= ceiling
     other.close()
     mine.close()
+
+
+async def test_creation_slots_are_one_count_for_every_client_of_one_redis(
+    server: RedisServer, key: str, raw: aioredis.Redis
+) -> None:
+    """The Batch API's batches created per hour: two clients of one Redis (two processes)
+    count one sliding window, as one `MemoryStore` does for the batches of one process."""
+    memory = MemoryStore()
+    one, two = RedisStore(server.url), RedisStore(server.url)
+    for first, second, name in ((memory, memory, key), (one, two, f"{key}:redis")):
+        assert await first.take_slot(name, 3, 60) == 0
+        assert await second.take_slot(name, 3, 60) == 0
+        assert await first.take_slot(name, 3, 60) == 0
+        assert 59 < await second.take_slot(name, 3, 60) <= 60  # full: nothing counted
+        assert 59 < await first.take_slot(name, 3, 60) <= 60
+        assert await second.take_slot(name, 4, 60) == 0  # the latest limit is the one in force
+        assert 59 < await first.take_slot(name, 2, 60) <= 60  # until the 3rd oldest leaves
+        # A short window: the oldest leaves it, and a slot frees.
+        assert await first.take_slot(f"{name}:short", 1, 0.2) == 0
+        assert 0 < await second.take_slot(f"{name}:short", 1, 0.2) <= 0.2
+    assert await raw.zcard(f"{key}:redis:slots") == 4
+    assert 0 < await raw.pttl(f"{key}:redis:slots") <= 60_000  # gone a window after the last
+    one.close()
+    two.close()
 
 
 async def test_operations_run_on_the_server_clock(

@@ -9,24 +9,26 @@ replaced. Every item is still admitted by the driver (`DriverCore._admit`: the b
 stop, `prepare`, the journal's replay of a finished item) and every result still goes
 through it (journal, progress, summary, the `batch_start`/`batch_done` log lines,
 cancellation); the admitted items are handed, in input order, to the adapter's `run`,
-which groups them as its API needs and yields their results as its groups end.
+which groups them as its API needs and emits their results as its groups end.
 
-`run` gets a `GroupRun`: the batch's shared state, the journal (to record each group the
-moment the API accepts it; `journaled` stops the batch when it cannot be written, as a
-result that cannot be journaled does), each admitted item's journal digest, and `note`
-to show the groups' state on the progress bar.
+`run` gets a `GroupRun`: the batch's shared state (`BatchRun`: its session, stop, journal
+to record each group the moment the API accepts it, `note` for the progress bar), each
+admitted item's journal digest, and `emit`, which hands a result to the driver. The
+driver owns the one queue of results between the groups and the consumer, so a path
+keeps none of its own: `emit` waits while `QUEUED_RESULTS` results wait for the
+consumer, and the groups' downloads pause with it. `Tasks` runs a path's concurrent
+work (its files, its batches) as the driver runs its own: the first bug ends them all.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from .batch import Admission, Admitted, BatchOptions, BatchRun, DriverCore
 from .bookkeeping import Result
-from .journal import Journal
 from .runner import Source, _aiter
 
 P = TypeVar("P")
@@ -40,27 +42,59 @@ class GroupRun:
     """What a grouped path's `run` shares with the driver."""
 
     batch: BatchRun
-    journal: Journal | None
     digests: Mapping[int, str]
     """The journal digest of each admitted item until its result is recorded (empty
     without a journal)."""
-    note: Callable[..., None]
-    """`note(key=value, ...)`: shown after the progress bar's counts (None removes one)."""
-    _journaled: Callable[[Callable[[Journal], object]], bool]
-
-    def journaled(self, write: Callable[[Journal], object]) -> bool:
-        """Run `write(journal)` (nothing without a journal); False, with the batch stopped,
-        when the journal cannot take it."""
-        return self._journaled(write)
+    emit: Callable[[Result], Awaitable[None]]
+    """Hand an item's result to the driver (journal, budget, dedupe, then the consumer);
+    waits while the consumer is `QUEUED_RESULTS` results behind."""
 
 
 class GroupedAdapter(Admission[P], Protocol[P]):
     """What a grouped path adds to the driver's admission (see the module docstring)."""
 
-    def run(self, run: GroupRun, items: AsyncIterator[Admitted[P]]) -> AsyncIterator[Result]:
-        """Consume the admitted items; yield each one's result exactly once, in any order.
-        Per-item failures are results; an exception is a bug and ends the batch."""
+    async def run(self, run: GroupRun, items: AsyncIterator[Admitted[P]]) -> None:
+        """Consume the admitted items and `run.emit` each one's result exactly once, in any
+        order; return once all are emitted. Per-item failures are results; an exception is
+        a bug and ends the batch."""
         ...
+
+
+class Tasks:
+    """Coroutines running side by side in one grouped run: `spawn` starts one (from any of
+    them, at any time); `join` returns once all have ended, or raises the first exception
+    one of them raised (a bug: the batch ends with it); `cancel` ends those still running
+    (on the way out)."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[None]] = set()
+        self._error: BaseException | None = None
+        self._ended = asyncio.Event()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._end)
+
+    def _end(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None and self._error is None:
+            self._error = error
+        self._ended.set()
+
+    async def join(self) -> None:
+        while self._running and self._error is None:
+            self._ended.clear()
+            await self._ended.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def cancel(self) -> None:
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +111,10 @@ class GroupedDriver(DriverCore[P]):
 
     async def _results(self, run: BatchRun) -> AsyncIterator[Result]:
         out: asyncio.Queue[Result | _End] = asyncio.Queue(QUEUED_RESULTS)
-        books = self.books
-        group = GroupRun(run, books.journal, books.digests, books.progress.note, self._journaled)
+        twins = Tasks()
 
-        twins: set[asyncio.Task[None]] = set()
+        async def emit(result: Result) -> None:
+            await out.put(self._finish(result))
 
         async def twin(item: Admitted[P]) -> None:
             await out.put(await self._twin_of(item))
@@ -93,19 +127,15 @@ class GroupedDriver(DriverCore[P]):
                 if not isinstance(decided, Admitted):  # stopped, unsendable, from the journal
                     await out.put(decided)
                 elif decided.twin is not None:  # dedupe: its identical item answers it
-                    waiting = asyncio.ensure_future(twin(decided))
-                    twins.add(waiting)
-                    waiting.add_done_callback(twins.discard)
+                    twins.spawn(twin(decided))
                 else:
                     yield decided
 
         async def execute() -> None:
             error: BaseException | None = None
             try:
-                async for result in self.grouped.run(group, admitted()):
-                    await out.put(self._finish(result))
-                if twins:
-                    await asyncio.gather(*twins)
+                await self.grouped.run(GroupRun(run, self.books.digests, emit), admitted())
+                await twins.join()
             except Exception as exc:  # a bug: the consumer raises it
                 error = exc
             await out.put(_End(error))
@@ -120,13 +150,6 @@ class GroupedDriver(DriverCore[P]):
                     return
                 yield got
         finally:
-            for pending in (task, *twins):
-                if not pending.done():
-                    pending.cancel()
-            await asyncio.gather(task, *twins, return_exceptions=True)
-
-    def _journaled(self, write: Callable[[Journal], object]) -> bool:
-        journal = self.books.journal
-        if journal is None:
-            return True
-        return self._journal(lambda _index, _what: write(journal), -1, None)
+            task.cancel()
+            await twins.cancel()
+            await asyncio.gather(task, return_exceptions=True)

@@ -87,6 +87,11 @@ class KeyLimits:
         capacity.total = total
         return capacity
 
+    async def take_slot(self, endpoint: str, api_key: str, limit: int, window: float) -> float:
+        """One of the key's `limit` events per `window` seconds at `endpoint` (the Batch API's
+        batches created per hour): 0 when counted, else the seconds to wait (nothing was)."""
+        return await self.store.take_slot(limit_key(endpoint, api_key), limit, window)
+
 
 LOCAL = KeyLimits(MemoryStore())
 """The limits of this process, used unless a batch is given a shared store."""
@@ -96,10 +101,6 @@ ENV_STORE = "GENAI_COROUTINES_LIMITS_STORE"
 
 LOCAL_NAMES = ("", "local", "memory")
 """Store names meaning this process's memory (`LOCAL`), e.g. to override `ENV_STORE`."""
-
-
-class LimitStoreUnavailable(ConnectionError):
-    """A shared limits store cannot be reached when a batch starts (nothing was sent)."""
 
 
 _SHARED: dict[str, KeyLimits] = {}

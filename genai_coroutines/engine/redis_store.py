@@ -17,11 +17,14 @@ on one shard):
     genai-coroutines:{...}:leases   a hash: lease id -> "<units> <expiry>" (pages in flight)
     genai-coroutines:{...}:ceiling  the capacity's learned ceiling (`learn_ceiling`), a
         number that Redis expires itself when its time is up
+    genai-coroutines:{...}:slots    a sorted set: one member per event of a sliding window
+        (batches created), scored by its server time
 
-The first two expire after `idle_ttl` seconds without a write (the leases hash: not before its
-last lease would), so a key nobody uses leaves nothing behind. A bucket that expired
-while this process still knew its shape is recreated full by the next `take` (after
-that long idle it would have refilled anyway). The API key itself never reaches Redis.
+The hashes expire after `idle_ttl` seconds without a write (the leases hash: not before its
+last lease would), the slots one window after their last event, so a key nobody uses
+leaves nothing behind. A bucket that expired while this process still knew its shape is
+recreated full by the next `take` (after that long idle it would have refilled anyway).
+The API key itself never reaches Redis.
 
 Failures: `ready()` (called when a batch starts) raises `LimitStoreUnavailable`, naming
 the URL without its credentials, when Redis cannot be reached, before anything is sent.
@@ -50,9 +53,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .limits import LimitStoreUnavailable
 from .logs import log_event
-from .store import MemoryStore
+from .store import LimitStoreUnavailable, MemoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -240,6 +242,21 @@ redis.call('SET', KEYS[2], learned, 'PX', ARGV[2])
 return learned
 """
 
+# KEYS[1] the slots sorted set. ARGV: event id, limit, window (s).
+_TAKE_SLOT = """
+local t = now()
+local limit, window = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
+local count = redis.call('ZCARD', KEYS[1])
+if count < limit then
+  redis.call('ZADD', KEYS[1], t, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 1000))
+  return '0'
+end
+local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITHSCORES')
+return string.format('%.17g', tonumber(oldest[2]) + window - t)
+"""
+
 SCRIPTS = {
     "take": _TAKE,
     "adjust": _ADJUST,
@@ -249,6 +266,7 @@ SCRIPTS = {
     "lease": _LEASE,
     "release": _RELEASE,
     "learn_ceiling": _LEARN_CEILING,
+    "take_slot": _TAKE_SLOT,
 }
 
 
@@ -541,3 +559,10 @@ class RedisStore:
         except LOST as exc:
             await self._degrade(exc)
             self._orphans.append((key, lease))
+
+    async def take_slot(self, key: str, limit: int, window: float) -> float:
+        async def call() -> float:
+            args = [uuid.uuid4().hex, int(limit), repr(float(window))]
+            return float(await self._run("take_slot", [f"{key}:slots"], args))
+
+        return await self._shared(call, lambda store: store.take_slot(key, limit, window))

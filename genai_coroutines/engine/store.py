@@ -4,8 +4,9 @@ Providers enforce their limits per key (OpenAI: per organisation and model), so 
 state that paces requests belongs to the key, not to a batch: every batch, processor
 and (with a shared store) process spending one key reads and writes the same state.
 That state is small on purpose: per bucket a shape (`per_minute`, `capacity`) and a
-(level, stamp) pair, per key a pause deadline, and per capacity the units leased and
-the ceiling a refusal taught (see `learn_ceiling`).
+(level, stamp) pair, per key a pause deadline, per capacity the units leased and the
+ceiling a refusal taught (see `learn_ceiling`), and per sliding window the times of its
+events (the Batch API's batches created in the hour).
 Each operation below reads and writes it in one atomic step on the store's own clock,
 so an implementation over a shared server (a Redis script using `TIME`) is a
 line-by-line translation of `MemoryStore`, and nothing above this interface changes.
@@ -18,12 +19,17 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 
+class LimitStoreUnavailable(ConnectionError):
+    """A shared limits store cannot be reached when a batch starts (nothing was sent)."""
+
+
 class LimitStore(Protocol):
-    """Atomic operations on one key's buckets, pause and capacity leases."""
+    """Atomic operations on one key's buckets, pause, capacity leases and windows."""
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
         """Take every amount from its bucket and return 0, or take nothing and return the
@@ -82,6 +88,12 @@ class LimitStore(Protocol):
         """Give a lease's units back (a lease already reclaimed is ignored)."""
         ...
 
+    async def take_slot(self, key: str, limit: int, window: float) -> float:
+        """Count one event against at most `limit` in any `window` seconds (a sliding
+        window, exact: the Batch API's 2,000 batches created per hour) and return 0, or
+        count nothing and return the seconds until the oldest event leaves the window."""
+        ...
+
 
 class Bucket:
     """Continuously refilled quota: `rate` units per second, at most `capacity` banked."""
@@ -116,6 +128,8 @@ class MemoryStore:
         self._ceilings: dict[str, tuple[int, float]] = {}
         """Each capacity's learned ceiling: (units, expiry)."""
         self._ids = itertools.count()
+        self._slots: dict[str, deque[float]] = {}
+        """Each window's event times, oldest first."""
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
         now = self._clock()
@@ -218,6 +232,16 @@ class MemoryStore:
 
     async def release(self, key: str, lease: str) -> None:
         self._leases.get(key, {}).pop(lease, None)
+
+    async def take_slot(self, key: str, limit: int, window: float) -> float:
+        now = self._clock()
+        events = self._slots.setdefault(key, deque())
+        while events and events[0] <= now - window:
+            events.popleft()
+        if len(events) < limit:
+            events.append(now)
+            return 0.0
+        return events[len(events) - limit] + window - now
 
     def snapshot(self, key: str) -> Mapping[str, float]:
         """Levels of the key's buckets now (for inspection and tests)."""

@@ -1,7 +1,7 @@
 """OpenAI Responses API adapter: the seed's `ResponsesRequest` / `ResponsesProcessor` /
 `parse_responses`, correct on the wire and resilient to every failure."""
 
-from .batch_api import BatchAPI
+from .batch import BatchAPI
 from .parse import parse_responses, parse_responses_as
 from .processor import ResponsesProcessor
 from .request import ResponsesRequest

@@ -35,8 +35,7 @@ from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
-from .batch_api import BatchAPI, BatchAPIPath
-from .batch_collect import CollectingPath, check_rerun
+from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
 from .direct import DirectPath, budget_for
 from .request import ResponsesRequest
 from .results import logger
@@ -134,7 +133,7 @@ class ResponsesProcessor:
 
         `batch_api` (True, or a `BatchAPI` of options): the same requests through the
         OpenAI Batch API at half the price, answered within its completion window
-        (`batch_api.py`); each result adds its `batch_id` and `custom_id`, and a rerun
+        (`responses.batch`); each result adds its `batch_id` and `custom_id`, and a rerun
         with the same journal collects the batches an interrupted run left running.
         """
         if not isinstance(request, ResponsesRequest):
@@ -194,10 +193,10 @@ class ResponsesProcessor:
         )
         driver: DriverCore[Any]
         if batch is not None:
-            adapter = BatchAPIPath(request, batch, DirectPath(request, limiter))
+            adapter = BatchAPIPath(request, batch, DirectPath(request, limiter), self.limits)
             driver = GroupedDriver(adapter, request.user_prompts, options)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
-            collecting = CollectingPath(DirectPath(request, limiter))
+            collecting = CollectingPath(DirectPath(request, limiter), self.limits)
             driver = GroupedDriver(collecting, request.user_prompts, options)
         else:
             driver = Driver(path(request, limiter), request.user_prompts, options)

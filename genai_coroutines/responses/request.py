@@ -173,7 +173,7 @@ class ResponsesRequest:
         check.integer("flex_fallback_after", self.flex_fallback_after, minimum=1, optional=True)
         check.text("previous_response_id", self.previous_response_id, optional=True)
         _check_include(self.include)
-        _check_metadata(self.metadata)
+        check_metadata(self.metadata)
         check.http_url("base_url", self.base_url)
         _check_headers(self.extra_headers)
         for name in ("requests_per_minute", "tokens_per_minute"):
@@ -256,7 +256,7 @@ def _check_json(request: ResponsesRequest) -> None:
     check.json_value("response_format", response_format)
 
 
-def _check_metadata(metadata: object) -> None:
+def check_metadata(metadata: object) -> None:
     """The API's documented bounds: at most 16 pairs, keys <= 64 chars, values <= 512."""
     if metadata is None:
         return

@@ -1,11 +1,11 @@
 """One run of the Batch API path: lines into files, files into batches, answers back.
 
-`BatchJobs.results` consumes the items the driver admitted, in input order, and yields
-each one's result once its batch ends. The items go into `Job`s (`batch_spool`: the
-lines in a temporary file, a `Member` per item in memory), files cut by request count,
-bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated input tokens. Each job
-is submitted (`batch_submitter.Submitter`), its batch followed until it ends and its
-answers joined back (`batch_answers.Answers`); the lines they hand back go into a
+`BatchJobs.run` consumes the items the driver admitted, in input order, and emits each
+one's result to the driver (`GroupRun.emit`) once its batch ends. The items go into
+`Job`s (`spool`: the lines in a temporary file, a `Member` per item in memory), files
+cut by request count, bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated
+input tokens. Each job is submitted (`submitter.Submitter`), its batch followed until it
+ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
 follow-up job, copied from the ended job's spool. Memory stays flat whatever the size
 of the batch.
 
@@ -15,37 +15,28 @@ read, polls that batch instead of uploading the item again, or creates the batch
 file uploaded just before a crash (after listing the batches for one the crash left
 unjournaled). What never reached a file goes out in new files as they fill. An interrupt
 (Ctrl-C) leaves the batches running and says how to collect them, or cancels them with
-`cancel_on_interrupt`.
+the request's `cancel_on_interrupt`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
-from dataclasses import dataclass
-from typing import Any
 
-from ..engine import Admitted, Failure, Result, log_event
-from ..engine.grouped import GroupRun
-from ..engine.journal import GroupLine
-from .batch_answers import Answers
-from .batch_api import TERMINAL, BatchAPIPath, batch_line, custom_id, index_of
-from .batch_spool import Job, Member, custom_id_of
-from .batch_submitter import Submitter
-from .batch_wire import BatchWire
-from .direct import Prepared, retry_policy
+from ...engine import Admitted, Failure, log_event
+from ...engine.grouped import GroupRun, Tasks
+from ...engine.journal import GroupLine
+from ..direct import Prepared, retry_policy
+from .answers import Answers
+from .context import BatchContext
+from .spool import Job, Member, batch_line, custom_id, custom_id_of, index_of
+from .submitter import Submitter
+from .wire import TERMINAL, BatchWire
 
-QUEUED_RESULTS = 256
 SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Done:
-    error: BaseException | None = None
 
 
 SendAgain = Callable[[Job, dict[int, Member]], None]
@@ -56,11 +47,13 @@ batch (their lines are still in the job's spool)."""
 class BatchJobs:
     """The files and batches of one `stream()` on the Batch API path."""
 
-    def __init__(self, path: BatchAPIPath, run: GroupRun, resend: SendAgain | None = None) -> None:
-        request = path.request
-        self.path = path
-        self.run = run
-        self.options = path.options
+    def __init__(
+        self, context: BatchContext, run: GroupRun, resend: SendAgain | None = None
+    ) -> None:
+        request = context.request
+        self.context = context
+        self.group = run
+        self.options = context.options
         policy = retry_policy(request)
         api_key = request.api_key or ""
         self.wire = BatchWire(
@@ -72,63 +65,30 @@ class BatchJobs:
             run.batch.wait,
             run.batch.telemetry,
         )
-        self.out: asyncio.Queue[Result | _Done] = asyncio.Queue(QUEUED_RESULTS)
         self.jobs: list[Job] = []
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Tasks()
         self.numbers = itertools.count(1)
-        self.open = 0
-        self.fed = False
-        self.closing = False
         self.answers = Answers(
-            path, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
+            context, self.wire, api_key, policy, run.batch.wait, emit=run.emit, note=self._note
         )
-        self.submitter = Submitter(path, run, self.wire, api_key, self.answers)
+        self.submitter = Submitter(context, run, self.wire, api_key, self.answers)
         self.resend = resend
 
-    # -- the stream of results --------------------------------------------------------------
-
-    async def results(self, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
-        self._spawn(self._feed(items))
+    async def run(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
+        """Every item's result emitted; on the way out (Ctrl-C, a bug) the batches still
+        running are left running or cancelled (`_interrupted`)."""
         finished = False
         try:
-            while True:
-                got = await self.out.get()
-                if isinstance(got, _Done):
-                    if got.error is not None:
-                        raise got.error
-                    finished = True
-                    return
-                yield got
+            self.tasks.spawn(self._feed(items))
+            await self.tasks.join()
+            finished = True
         finally:
-            self.closing = True
             live = [j for j in self.jobs if j.batch_id and j.status not in TERMINAL]
-            for task in list(self.tasks):
-                task.cancel()
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.tasks.cancel()
             if not finished:
                 await self._interrupted(live)
             for job in self.jobs:
                 job.spool.remove()
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug: the batch ends with it
-                await self.out.put(_Done(exc))
-
-        task = asyncio.ensure_future(guarded())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _emit(self, result: Result) -> None:
-        await self.out.put(result)
-
-    def _settled(self) -> None:
-        if self.fed and self.open == 0 and not self.closing:
-            self._spawn(self.out.put(_Done()))
 
     # -- admitted items into files ----------------------------------------------------------
 
@@ -138,7 +98,7 @@ class BatchJobs:
         resumed: dict[str, Job] = {}
         async for item in items:
             index, body = item.index, item.prepared.body
-            tokens = self.path.input_tokens(item.prepared)
+            tokens = self.context.input_tokens(item.prepared)
             known = self._known(index)
             if known is not None:
                 job = resumed.get(known.file_id)
@@ -157,8 +117,8 @@ class BatchJobs:
                     retriable=False,
                     param="user_prompts",
                 )
-                await self._emit(
-                    self.path.errored(
+                await self.group.emit(
+                    self.context.errored(
                         index,
                         failure,
                         attempts=0,
@@ -178,11 +138,9 @@ class BatchJobs:
             self._launch(writer)
         for job in resumed.values():
             self._launch(job)
-        self.fed = True
-        self._settled()
 
     def _known(self, index: int) -> GroupLine | None:
-        journal, digest = self.run.journal, self.run.digests.get(index)
+        journal, digest = self.group.batch.journal, self.group.digests.get(index)
         if journal is None or digest is None:
             return None
         return journal.group_line(index, digest)
@@ -216,8 +174,7 @@ class BatchJobs:
         )
 
     def _launch(self, job: Job) -> None:
-        self.open += 1
-        self._spawn(self._life(job))
+        self.tasks.spawn(self._life(job))
 
     # -- one file and its batch -------------------------------------------------------------
 
@@ -240,8 +197,6 @@ class BatchJobs:
             with suppress(ValueError):
                 self.jobs.remove(job)
             self._note()
-            self.open -= 1
-            self._settled()
 
     def _follow_up(self, job: Job, retry: dict[int, Member], after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""
@@ -268,7 +223,7 @@ class BatchJobs:
             parts.append(text)
         if len(shown) > SHOWN_BATCHES:
             parts.append(f"+{len(shown) - SHOWN_BATCHES} more")
-        self.run.note(batches=", ".join(parts) or None)
+        self.group.batch.note(batches=", ".join(parts) or None)
 
     # -- interrupted ------------------------------------------------------------------------
 
@@ -277,12 +232,12 @@ class BatchJobs:
         if not live:
             return
         ids = ",".join(str(job.batch_id) for job in live)
-        logger = self.path.logger
-        if not (self.options.cancel_on_interrupt or self.path.request.cancel_on_interrupt):
+        logger = self.context.logger
+        if not self.context.request.cancel_on_interrupt:
             how = (
                 "rerun with the same journal (the CLI: the same command with --resume) to "
                 "collect their results"
-                if self.run.journal is not None
+                if self.group.batch.journal is not None
                 else "no journal, so a rerun sends them again: cancel them "
                 "(POST /v1/batches/{id}/cancel) or let them finish"
             )
@@ -319,4 +274,4 @@ class BatchJobs:
         )
 
     def _journal_cancel(self, batch_id: str) -> None:
-        self.run.journaled(lambda journal: journal.record_group_cancelled(batch_id))
+        self.group.batch.journaled(lambda journal: journal.record_group_cancelled(batch_id))

@@ -1,5 +1,7 @@
 """What the Batch API path keeps of a batch file: its lines on disk, its items in memory.
 
+A line is `batch_line`'s: its `custom_id` first (`custom_id`: the item's index and a
+digest of its body, read back by `index_of` and `custom_id_of`), its body last (`body_of`).
 A `Job` is one file and its batch. Per item it keeps only a `Member` (its line id, its
 round and when its turn came); the lines themselves go to a temporary file per upload
 (`Spool`), written as the items arrive, uploaded from disk, and kept until its batch
@@ -8,7 +10,9 @@ ends so a follow-up batch can copy the lines it retries.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import suppress
@@ -17,8 +21,36 @@ from typing import IO
 
 import orjson
 
+ENDPOINT = "/v1/responses"
 _LINE_ID_START = len(b'{"custom_id":')
 _BODY_KEY = b',"body":'
+_LINE_ID = re.compile(r"(0|[1-9][0-9]{0,17})-[0-9a-f]{12}")
+"""What `custom_id` writes (ASCII digits only: `str.isdigit` also takes `²`, which `int`
+refuses, and `int` refuses more than 4,300 digits)."""
+
+
+def custom_id(index: int, body: bytes) -> str:
+    """Unique per item (its index) and stable across reruns of the same request (its body)."""
+    return f"{index}-{hashlib.sha256(body).hexdigest()[:12]}"
+
+
+def index_of(line_id: str) -> int | None:
+    """The index in a custom_id `custom_id` wrote; None for any other."""
+    match = _LINE_ID.fullmatch(line_id)
+    return int(match[1]) if match else None
+
+
+def batch_line(line_id: str, body: bytes) -> bytes:
+    """One JSONL request line; `body` is already the JSON the synchronous path sends."""
+    return (
+        b'{"custom_id":'
+        + orjson.dumps(line_id)
+        + b',"method":"POST","url":"'
+        + ENDPOINT.encode()
+        + b'","body":'
+        + body
+        + b"}\n"
+    )
 
 
 @dataclass(slots=True)

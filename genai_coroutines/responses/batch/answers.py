@@ -2,12 +2,13 @@
 
 Each batch is polled (`engine.poll_until`) until it ends, whatever it ended as
 (`completed`, `expired`, `failed`, `cancelled`), and both its files are read line by
-line: every line is judged (`batch_api.judge`), and lines that failed retriably and
-lines that never ran (an expired batch) are handed back for a follow-up batch, up to
-`max_retries` rounds. A batch that failed validation (`errors.data`) fails the lines it
-names with their message, fails every line with a file-level message (the
-enqueued-token limit's is retried once a batch has ended), and sends lines it did not
-name again.
+line: every line is judged (`judge`: a success only with `status_code` 200 and a
+finished response, anything else by the synchronous path's rules), and lines that
+failed retriably and lines that never ran (an expired batch) are handed back for a
+follow-up batch, up to `max_retries` rounds. A batch that failed validation
+(`errors.data`) fails the lines it names with their message, fails every line with a
+file-level message (the enqueued-token limit's is retried once a batch has ended), and
+sends lines it did not name again.
 
 Nothing is bought again silently: the lines handed back are logged at WARNING
 (`batch_api_resend`: the batch, how many, and why), as are lines that are not JSON
@@ -24,15 +25,51 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from ..engine import Failure, Result, RetryPolicy, Success, log_event, poll_until
-from ..engine.telemetry import batch_api_status
-from .batch_api import TERMINAL, BatchAPIPath, index_of, judge
-from .batch_spool import Job, Member, custom_id_of
-from .batch_wire import BatchWire, Json
+from ...engine import Failure, Reply, Result, RetryPolicy, Success, log_event, poll_until
+from ...engine.telemetry import batch_api_status
+from ..direct import answer
+from ..errors import classify
+from ..results import Answer
+from .context import BatchContext
+from .spool import Job, Member, custom_id_of, index_of
+from .wire import TERMINAL, BatchWire, Json
 
 SHOWN_REASONS = 3
 SHOWN_ID_CHARS = 40
+RETRIABLE_LINE_CODES = frozenset({"batch_expired", "server_error", "rate_limit_exceeded"})
+"""`error.code`s of a line without a response that a follow-up batch may still answer."""
+NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+def judge(line: dict[str, Any], api_key: str) -> Success[Answer] | Failure:
+    """What one output or error line says: a usable answer, or why there is none."""
+    response, error = line.get("response"), line.get("error")
+    if isinstance(response, dict):
+        status, body = response.get("status_code"), response.get("body")
+        raw = b"" if body is None else orjson.dumps(body)
+        if status == 200:
+            return answer(Reply(200, NO_HEADERS, raw))
+        if isinstance(status, int) and not isinstance(status, bool) and status >= 100:
+            return classify(status, NO_HEADERS, raw, api_key)
+        return Failure(
+            f"the line came back with status_code {status!r} and no answer",
+            "server_error",
+            retriable=True,
+        )
+    if isinstance(error, dict):
+        code = error.get("code") if isinstance(error.get("code"), str) else None
+        message = error.get("message") or "no message"
+        if code == "batch_expired":
+            message = f"never ran: {message}"
+        return Failure(
+            f"{code or 'error'}: {message}",
+            "job_failed",
+            retriable=code in RETRIABLE_LINE_CODES,
+            code=code,
+        )
+    return Failure("the line holds neither a response nor an error", "invalid_response", True)
 
 
 @dataclass(slots=True)
@@ -72,7 +109,7 @@ class Answers:
 
     def __init__(
         self,
-        path: BatchAPIPath,
+        context: BatchContext,
         wire: BatchWire,
         api_key: str,
         policy: RetryPolicy,
@@ -81,9 +118,9 @@ class Answers:
         emit: Callable[[Result], Awaitable[None]],
         note: Callable[[], None],
     ) -> None:
-        self.path = path
-        self.options = path.options
-        self.max_retries = path.request.max_retries
+        self.context = context
+        self.options = context.options
+        self.max_retries = context.request.max_retries
         self.wire = wire
         self.api_key = api_key
         self.policy = policy
@@ -155,7 +192,7 @@ class Answers:
         if changed:
             batch_api_status(job.status)
             log_event(
-                self.path.logger,
+                self.context.logger,
                 logging.INFO,
                 "batch_api_status",
                 batch=job.batch_id,
@@ -205,7 +242,7 @@ class Answers:
                 for index in list(job.members):
                     await self._settle(job, index, never, retry)
         log_event(
-            self.path.logger,
+            self.context.logger,
             logging.INFO,
             "batch_api_ended",
             batch=job.batch_id,
@@ -214,7 +251,7 @@ class Answers:
         )
         if retry.members:
             log_event(
-                self.path.logger,
+                self.context.logger,
                 logging.WARNING,
                 "batch_api_resend",
                 batch=job.batch_id,
@@ -245,7 +282,7 @@ class Answers:
 
     def _odd_lines(self, job: Job, file_id: str, odd: _Oddities) -> None:
         """Say what in a file answered no item: ignored, but never silently."""
-        logger = self.path.logger
+        logger = self.context.logger
         if odd.unreadable:
             log_event(
                 logger,
@@ -279,7 +316,7 @@ class Answers:
         attempts = member.attempt + 1
         if isinstance(outcome, Success):
             await self.emit(
-                self.path.succeeded(
+                self.context.succeeded(
                     index,
                     outcome.value,
                     attempts=attempts,
@@ -292,7 +329,7 @@ class Answers:
             retry.add(index, member, outcome)
         else:
             await self.emit(
-                self.path.errored(
+                self.context.errored(
                     index,
                     outcome,
                     attempts=attempts,
@@ -402,7 +439,7 @@ class Answers:
         rerun with the journal polls it rather than sending them again."""
         for index in list(job.members):
             member = job.members.pop(index)
-            result = self.path.errored(
+            result = self.context.errored(
                 index,
                 failure,
                 attempts=member.attempt + (job.batch_id is not None),

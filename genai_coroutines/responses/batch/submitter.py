@@ -2,12 +2,15 @@
 
 Each `Job` is submitted in turn: wait for room in the enqueued-token budget
 (`BatchAPI.max_enqueued_tokens`: the estimated input tokens of the batches created and
-not ended), upload, journal the file and its members, wait for the hour's creations
-(2,000) to allow one, create, journal the batch id. A file an earlier run uploaded is reused: the
-batches are listed first for one a crash left unjournaled, and a batch is created only
-if none is found (from a new upload if some of its lines are wanted no more). A failed
-upload or create stops the batch; the members of a job that could not be submitted end
-with the failure (`Answers.fail`).
+not ended), upload, journal the file and its members, wait for a creation slot
+(`BatchAPI.max_batches_per_hour`, 2,000 by default: counted with the key's other limits,
+`KeyLimits.take_slot`, so every process sharing a limits store shares the hour), create,
+journal the batch id. The slot is taken before the create (a create that fails has still
+counted: the side of the API's limit to err on). A file an earlier run uploaded is
+reused: the batches are listed first for one a crash left unjournaled, and a batch is
+created only if none is found (from a new upload if some of its lines are wanted no
+more). A failed upload or create stops the batch; the members of a job that could not be
+submitted end with the failure (`Answers.fail`).
 """
 
 from __future__ import annotations
@@ -15,22 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 
-from ..engine import Failure, Success, limit_key, log_event
-from ..engine.grouped import GroupRun
-from ..engine.telemetry import batch_api_file
-from .batch_answers import Answers
-from .batch_api import BatchAPIPath
-from .batch_spool import Job
-from .batch_wire import BatchWire, Json
+from ...engine import Failure, Success, log_event
+from ...engine.grouped import GroupRun
+from ...engine.telemetry import batch_api_file
+from .answers import Answers
+from .context import BatchContext
+from .spool import Job
+from .wire import BatchWire, Json
 
-CREATIONS_PER_HOUR = 2_000
-"""The Batch API's limit on batches created per hour (per organisation)."""
 HOUR = 3600.0
-_CREATIONS: dict[str, deque[float]] = {}
-"""`time.monotonic()` of each batch created in the last hour, per key, in this process."""
 
 
 class Submitter:
@@ -39,15 +37,15 @@ class Submitter:
 
     def __init__(
         self,
-        path: BatchAPIPath,
+        context: BatchContext,
         run: GroupRun,
         wire: BatchWire,
         api_key: str,
         answers: Answers,
     ) -> None:
-        self.path = path
-        self.run = run
-        self.options = path.options
+        self.context = context
+        self.group = run
+        self.options = context.options
         self.wire = wire
         self.answers = answers
         self.turn = asyncio.Lock()
@@ -58,14 +56,13 @@ class Submitter:
         """Estimated input tokens of the batches created and not ended."""
         self.live = 0
         self.ended = 0
-        self.creations = _CREATIONS.setdefault(
-            limit_key(path.request.base_url.rstrip("/") + "/batches", api_key), deque()
-        )
+        self.api_key = api_key
+        self.endpoint = context.request.base_url.rstrip("/") + "/batches"
 
     async def submit(self, job: Job) -> bool:
         """Upload the job's file (unless an earlier run did) and create its batch."""
         async with self.turn:
-            stop = self.run.batch.stop.failure
+            stop = self.group.batch.stop.failure
             if stop is not None:
                 await self.answers.fail(job, stop)
                 return False
@@ -88,7 +85,7 @@ class Submitter:
                 job.file_id, self.options.completion_window, self.options.metadata, job.file_created
             )
             if isinstance(created, Failure):
-                self.run.batch.stop.record(created)
+                self.group.batch.stop.record(created)
                 await self.answers.fail(job, created)
                 return False
             self._created(job, created.value)
@@ -116,26 +113,28 @@ class Submitter:
                 if isinstance(uploaded, Failure)
                 else Failure("the upload was answered without a file id", "invalid_response", True)
             )
-            self.run.batch.stop.record(failure)
+            self.group.batch.stop.record(failure)
             batch_api_file("failed")
             await self.answers.fail(job, failure)
             return False
         batch_api_file("uploaded")
         job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
         job.uploaded_here = True
-        digests = self.run.digests
+        digests = self.group.digests
         members = [
             (index, digests[index], member.line_id, member.attempt)
             for index, member in job.members.items()
             if index in digests
         ]
         tokens = job.tokens
-        if not self.run.journaled(lambda j: j.record_group(file_id, members, tokens=tokens)):
-            stop = self.run.batch.stop.failure
+        if not self.group.batch.journaled(
+            lambda j: j.record_group(file_id, members, tokens=tokens)
+        ):
+            stop = self.group.batch.stop.failure
             await self.answers.fail(job, stop or Failure("journal failed", "journal_error", False))
             return False
         log_event(
-            self.path.logger,
+            self.context.logger,
             logging.INFO,
             "batch_api_file",
             file=file_id,
@@ -146,21 +145,15 @@ class Submitter:
         return True
 
     async def _creation_slot(self) -> None:
-        """Wait until a batch may be created without passing 2,000 in the last hour."""
-        creations = self.creations
-        while True:
-            now = time.monotonic()
-            while creations and creations[0] <= now - HOUR:
-                creations.popleft()
-            if len(creations) < CREATIONS_PER_HOUR:
-                return
-            wait = creations[0] + HOUR - now
+        """Wait until a batch may be created within the key's creations per hour."""
+        limit = self.options.max_batches_per_hour
+        while wait := await self.context.limits.take_slot(self.endpoint, self.api_key, limit, HOUR):
             log_event(
-                self.path.logger,
+                self.context.logger,
                 logging.WARNING,
                 "batch_api_creation_limit",
-                created_last_hour=len(creations),
-                wait=f"{wait:.0f}s",
+                per_hour=limit,
+                wait=f"{wait:.1f}s",
             )
             await asyncio.sleep(wait)
 
@@ -168,11 +161,10 @@ class Submitter:
         batch_id = str(batch.get("id"))
         job.batch_id = batch_id
         file_id = job.file_id or ""
-        self.run.journaled(lambda j: j.record_group_job(file_id, batch_id))
-        self.creations.append(time.monotonic())
+        self.group.batch.journaled(lambda j: j.record_group_job(file_id, batch_id))
         self.enqueue(job)
         log_event(
-            self.path.logger,
+            self.context.logger,
             logging.INFO,
             "batch_api_created",
             batch=batch_id,

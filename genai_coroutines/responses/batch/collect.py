@@ -5,7 +5,7 @@ and they answer (and bill) every line they hold. A rerun of that journal on the
 synchronous path must not buy those items a second time, so it collects them:
 `CollectingPath` runs the items whose lines sit in a journaled batch as `BatchAPIPath`
 would on resume (the batch polled every `poll_interval_secs` until it ends, its files
-read: `batch_jobs.BatchJobs`), and every other item synchronously, as asked,
+read: `jobs.BatchJobs`), and every other item synchronously, as asked,
 `max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
 never ran) is sent synchronously too, not in a new batch.
 
@@ -19,27 +19,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ..engine import Admitted, Failure, ItemRun, Result, log_event
-from ..engine.grouped import GroupRun
-from ..engine.journal import Unfinished
-from .batch_api import BatchAPI, BatchAPIPath, index_of
-from .batch_jobs import BatchJobs
-from .batch_spool import Job, Member, body_of, custom_id_of
-from .direct import DirectPath, Prepared
-from .request import ResponsesRequest
-from .results import logger
+from ...engine import Admitted, Failure, ItemRun, KeyLimits, Result, log_event
+from ...engine.grouped import GroupRun, Tasks
+from ...engine.journal import Unfinished
+from ..direct import DirectPath, Prepared
+from ..request import ResponsesRequest
+from ..results import logger
+from .context import BatchContext
+from .jobs import BatchJobs
+from .options import BatchAPI
+from .spool import Job, Member, body_of, custom_id_of, index_of
 
-QUEUED_RESULTS = 256
 SHOWN_JOBS = 5
-
-
-@dataclass(frozen=True, slots=True)
-class _End:
-    error: BaseException | None = None
 
 
 def check_rerun(
@@ -78,18 +72,14 @@ class CollectingPath:
     unit = "prompt"
     logger: logging.Logger = logger
 
-    def __init__(self, direct: DirectPath) -> None:
+    def __init__(self, direct: DirectPath, limits: KeyLimits) -> None:
         request = direct.request
         self.direct = direct
-        self.collector = BatchAPIPath(
-            request,
-            BatchAPI(
-                poll_interval_secs=request.poll_interval_secs,
-                cancel_on_interrupt=request.cancel_on_interrupt,
-            ),
-            direct,
+        self.collector = BatchContext(
+            request, BatchAPI(poll_interval_secs=request.poll_interval_secs), direct, limits
         )
         self.concurrency = request.max_concurrent_requests
+        self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
         return await self.direct.prepare(index, prompt)
@@ -100,8 +90,8 @@ class CollectingPath:
     def failed(self, index: int, failure: Failure, started: float) -> Result:
         return self.direct.failed(index, failure, started)
 
-    def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
-        return _Collecting(self, run).results(items)
+    async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
+        await _Collecting(self, run).run(items)
 
 
 class _Collecting:
@@ -109,41 +99,23 @@ class _Collecting:
 
     def __init__(self, path: CollectingPath, run: GroupRun) -> None:
         self.path = path
-        self.run = run
-        self.out: asyncio.Queue[Result | _End] = asyncio.Queue(QUEUED_RESULTS)
+        self.group = run
         self.batched: asyncio.Queue[Admitted[Prepared] | None] = asyncio.Queue()
+        """The items a journaled batch answers, on their way to `_collect`."""
         self.slots = asyncio.Semaphore(path.concurrency)
-        self.sending: set[asyncio.Task[None]] = set()
+        self.tasks = Tasks()
 
-    async def results(self, items: AsyncIterator[Admitted[Prepared]]) -> AsyncIterator[Result]:
-        supervisor = asyncio.ensure_future(self._supervise(items))
+    async def run(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
         try:
-            while True:
-                got = await self.out.get()
-                if isinstance(got, _End):
-                    if got.error is not None:
-                        raise got.error
-                    return
-                yield got
+            self.tasks.spawn(self._dispatch(items))
+            self.tasks.spawn(self._collect())
+            await self.tasks.join()
         finally:
-            supervisor.cancel()
-            for task in self.sending:
-                task.cancel()
-            await asyncio.gather(supervisor, *self.sending, return_exceptions=True)
-
-    async def _supervise(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        error: BaseException | None = None
-        try:
-            await asyncio.gather(self._dispatch(items), self._collect())
-            while self.sending:
-                await asyncio.gather(*self.sending)
-        except Exception as exc:  # a bug: the batch ends with it
-            error = exc
-        await self.out.put(_End(error))
+            await self.tasks.cancel()
 
     async def _dispatch(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
         """Each item to its batch, if a journaled one holds its line, else to be sent."""
-        journal, digests = self.run.journal, self.run.digests
+        journal, digests = self.group.batch.journal, self.group.digests
         try:
             async for item in items:
                 digest = digests.get(item.index)
@@ -165,9 +137,7 @@ class _Collecting:
             while (item := await self.batched.get()) is not None:
                 yield item
 
-        jobs = BatchJobs(self.path.collector, self.run, resend=self._again)
-        async for result in jobs.results(batched()):
-            await self.out.put(result)
+        await BatchJobs(self.path.collector, self.group, resend=self._again).run(batched())
 
     def _again(self, job: Job, members: dict[int, Member]) -> None:
         """Send synchronously what an ended batch handed back (its lines are in the spool)."""
@@ -188,24 +158,11 @@ class _Collecting:
             if not held:
                 await self.slots.acquire()
             try:
-                item = ItemRun(index, self.run.batch, started)
+                item = ItemRun(index, self.group.batch, started)
                 result = await self.path.direct.execute(item, prepared)
             finally:
                 self.slots.release()
             result["attempts"] = result.get("attempts", 0) + earlier
-            await self.out.put(result)
+            await self.group.emit(result)
 
-        self._spawn(one())
-
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        async def guarded() -> None:
-            try:
-                await work
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug: the batch ends with it
-                await self.out.put(_End(exc))
-
-        task = asyncio.ensure_future(guarded())
-        self.sending.add(task)
-        task.add_done_callback(self.sending.discard)
+        self.tasks.spawn(one())

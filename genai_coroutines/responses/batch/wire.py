@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..engine import (
+from ...engine import (
     Failure,
     Reply,
     Retried,
@@ -35,7 +35,7 @@ from ..engine import (
     send,
     transfer_timeout,
 )
-from ..engine.telemetry import (
+from ...engine.telemetry import (
     CREATE_BATCH,
     OPENAI,
     POLL_BATCH,
@@ -43,12 +43,15 @@ from ..engine.telemetry import (
     Attempt,
     BatchTelemetry,
 )
-from .errors import bad_body, classify
-from .results import logger
+from ..errors import bad_body, classify
+from ..results import logger
+from .spool import ENDPOINT
 
 Json = dict[str, Any]
 LineHandler = Callable[[bytes], Awaitable[None]]
 
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+"""The statuses a batch ends in."""
 READ_CHUNK = 2**16
 LIST_PAGE = 100
 CLOCK_SKEW_SECS = 600
@@ -109,7 +112,7 @@ class BatchWire:
         """Create the batch of an uploaded file (or find the one an unanswered create made)."""
         body: Json = {
             "input_file_id": file_id,
-            "endpoint": "/v1/responses",
+            "endpoint": ENDPOINT,
             "completion_window": window,
         }
         if metadata:

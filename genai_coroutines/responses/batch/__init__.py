@@ -1,0 +1,21 @@
+"""The OpenAI Batch API path: the same requests as files of JSONL lines, at half the price.
+
+Its modules depend on each other in one direction only (no import circle, deferred or
+not), each on those after it:
+
+    path       BatchAPIPath, the adapter `engine.grouped.GroupedDriver` runs
+    collect    CollectingPath: a synchronous rerun that collects a journal's batches
+    jobs       BatchJobs: admitted items into files, files into batches, results emitted
+    submitter  uploads and creates, within the enqueued tokens and creations per hour
+    answers    each batch polled to its end, its lines judged and joined back
+    context    BatchContext: the request, options, key limits, result rendering
+    options    BatchAPI: the user's options
+    wire       the Files and Batch API calls
+    spool      the lines on disk (their format) and the items in memory
+"""
+
+from .collect import CollectingPath, check_rerun
+from .options import BatchAPI
+from .path import BatchAPIPath
+
+__all__ = ["BatchAPI", "BatchAPIPath", "CollectingPath", "check_rerun"]

@@ -1,0 +1,94 @@
+"""`BatchAPI`: how the Batch API path runs, checked when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ... import validation as check
+from ...params import json_text, param
+from ..request import check_metadata
+
+MAX_REQUESTS_PER_FILE = 50_000
+MAX_BYTES_PER_FILE = 199_000_000
+"""Just under the API's 200 MB per input file (whether it means 10**6 or 2**20 bytes)."""
+CREATIONS_PER_HOUR = 2_000
+"""The Batch API's limit on batches created per hour (per organisation)."""
+COMPLETION_WINDOWS = ("24h",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchAPI:
+    """How the Batch API path runs (`process_batch(request, batch_api=BatchAPI(...))`).
+
+    Files are cut at `max_requests_per_file` lines, `max_bytes_per_file` bytes and, when
+    `max_enqueued_tokens` is set, that many estimated input tokens; with it set, a file
+    goes out only when the estimated input tokens of the unfinished batches leave room
+    for it (the next file when an earlier batch ends), as the API's per-model enqueued
+    token limit would otherwise fail the batch. `max_batches_per_hour` is counted with the
+    key's other limits, so every process sharing a limits store shares it. On Ctrl-C the
+    batches still running are left running (a rerun with the same journal collects them)
+    unless the request says `cancel_on_interrupt`.
+    """
+
+    poll_interval_secs: float = param(
+        60.0, "seconds between polls of each batch", flag="--batch-poll-interval"
+    )
+    completion_window: str = param(
+        "24h", "the batches' completion window", flag="--batch-completion-window"
+    )
+    max_requests_per_file: int = param(
+        MAX_REQUESTS_PER_FILE,
+        "most requests in one batch file",
+        flag="--batch-max-requests-per-file",
+    )
+    max_bytes_per_file: int = param(
+        MAX_BYTES_PER_FILE, "largest batch file, bytes", flag="--batch-max-bytes-per-file"
+    )
+    max_enqueued_tokens: int | None = param(
+        None,
+        "estimated input tokens the unfinished batches may hold (the model's enqueued limit)",
+        flag="--batch-max-enqueued-tokens",
+    )
+    max_batches_per_hour: int = param(
+        CREATIONS_PER_HOUR,
+        "batches created in any hour on the key, across the processes sharing the limits "
+        "store (the API's limit)",
+        flag="--batch-max-per-hour",
+    )
+    metadata: dict[str, str] | None = param(
+        None,
+        'each batch\'s metadata, a JSON object, e.g. \'{"run": "nightly"}\'',
+        convert=json_text,
+        metavar="JSON",
+        flag="--batch-metadata",
+    )
+
+    def __post_init__(self) -> None:
+        check.number("poll_interval_secs", self.poll_interval_secs, positive=True)
+        check.choice("completion_window", self.completion_window, COMPLETION_WINDOWS)
+        check.integer("max_requests_per_file", self.max_requests_per_file, minimum=1)
+        if self.max_requests_per_file > MAX_REQUESTS_PER_FILE:
+            raise ValueError(
+                f"max_requests_per_file is at most {MAX_REQUESTS_PER_FILE:,} (the API's limit), "
+                f"not {self.max_requests_per_file:,}"
+            )
+        check.integer("max_bytes_per_file", self.max_bytes_per_file, minimum=1024)
+        if self.max_bytes_per_file > MAX_BYTES_PER_FILE:
+            raise ValueError(
+                f"max_bytes_per_file is at most {MAX_BYTES_PER_FILE:,} (the API takes 200 MB), "
+                f"not {self.max_bytes_per_file:,}"
+            )
+        check.integer("max_enqueued_tokens", self.max_enqueued_tokens, minimum=1, optional=True)
+        check.integer("max_batches_per_hour", self.max_batches_per_hour, minimum=1)
+        check_metadata(self.metadata)
+
+    @classmethod
+    def of(cls, value: object) -> BatchAPI | None:
+        """`batch_api=` as given: True (the defaults), a `BatchAPI`, or False/None (not used)."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        raise TypeError(f"batch_api must be True, False or a BatchAPI, not {type(value).__name__}")

@@ -1,0 +1,65 @@
+"""The OpenAI Batch API behind the same `ResponsesRequest`: half the price for work that can wait.
+
+    results = await ResponsesProcessor().process_batch(request, batch_api=True)
+    results = await ResponsesProcessor().process_batch(request, batch_api=BatchAPI(...))
+
+The same prompts, the same result dicts in the same order as the synchronous path,
+each adding the `batch_id` and `custom_id` that answered it; the requests are sent as
+JSONL lines whose `body` is exactly what the synchronous path would `POST /responses`
+(its `DirectPath.prepare`, every translation included). `BatchAPIPath` is the adapter:
+it admits items as the synchronous path does (`prepare`, `digest` and `failed` are
+`DirectPath`'s) and runs them grouped behind the engine's driver (`engine.grouped`);
+`jobs.BatchJobs` writes the files, submits, polls and joins the answers.
+
+A line is a success only with `response.status_code == 200` and a body that is a
+finished response (`direct.answer`); anything else is a failure with its code, judged
+by the synchronous path's rules (`answers.judge`). Retriable ones (a 5xx, a 429, a
+line of an expired batch that never ran) go into a follow-up batch, up to
+`max_retries` rounds; results say `attempts` (batches the item was sent in) and
+`service_tier: "batch"`, which the summary prices at half.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ...engine import Admitted, Failure, KeyLimits, Result
+from ...engine.grouped import GroupRun
+from ..direct import DirectPath, Prepared
+from ..request import ResponsesRequest
+from ..results import logger
+from .context import BatchContext
+from .jobs import BatchJobs
+from .options import BatchAPI
+
+
+class BatchAPIPath:
+    """The `engine.grouped.GroupedAdapter` of the Batch API path (see the module docstring)."""
+
+    kind = DirectPath.kind
+    """The synchronous path's: the same request journals the same digest, so a result
+    either path finished is reused by the other."""
+    unit = "prompt"
+    logger: logging.Logger = logger
+
+    def __init__(
+        self, request: ResponsesRequest, options: BatchAPI, direct: DirectPath, limits: KeyLimits
+    ) -> None:
+        if request.stream:
+            raise ValueError("stream=True cannot be used with batch_api: a batch answers whole")
+        self.context = BatchContext(request, options, direct, limits)
+        self.telemetry_identity = direct.telemetry_identity
+
+    async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
+        return await self.context.direct.prepare(index, prompt)
+
+    def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
+        return self.context.direct.digest(prepared)
+
+    def failed(self, index: int, failure: Failure, started: float) -> Result:
+        return self.context.failed(index, failure, started)
+
+    async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
+        await BatchJobs(self.context, run).run(items)
