@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from genai_coroutines import BatchSummary, Price
 from genai_coroutines.engine import (
     Capacity,
     Failure,
@@ -25,7 +26,6 @@ from genai_coroutines.engine import (
     run_streaming,
 )
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
-from genai_coroutines.engine.summary import BatchSummary, Price
 
 
 @pytest.mark.parametrize(

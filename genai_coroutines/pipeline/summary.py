@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.summary import BatchSummary
+from ..summary import BatchSummary
 from .path import EXTRACTION_STAGE, OCR_STAGE
 
 
