@@ -11,7 +11,6 @@ from .documents import DocumentConfig, DocumentProcessor, parse_documents
 from .engine import ERROR_TYPES, ErrorType, KeyLimits, Submission
 from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatch
 from .engine.store import LimitStoreUnavailable
-from .engine.summary import PRICES, BatchSummary, Price
 from .engine.sync import run_sync
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import (
@@ -21,6 +20,8 @@ from .responses import (
     parse_responses,
     parse_responses_as,
 )
+from .responses.prices import PRICES, Price
+from .summary import BatchSummary
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

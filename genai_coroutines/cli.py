@@ -20,13 +20,13 @@ from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
 from .engine.journal import Journal, JournalError
 from .engine.store import LimitStoreUnavailable
-from .engine.summary import BatchSummary
 from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
 from .params import add_flags, cli_fields, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
+from .summary import BatchSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 T = TypeVar("T")

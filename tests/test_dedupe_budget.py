@@ -15,11 +15,17 @@ from typing import Any
 
 import pytest
 
-from genai_coroutines import DocumentConfig, DocumentProcessor, ResponsesProcessor
+from genai_coroutines import (
+    PRICES,
+    BatchSummary,
+    DocumentConfig,
+    DocumentProcessor,
+    ResponsesProcessor,
+)
+from genai_coroutines.documents.prices import page_budget
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.engine.budget import Budget, page_budget
+from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.dedupe import Twin, Twins
-from genai_coroutines.engine.summary import PRICES, BatchSummary
 from tests.responses_support import request_for
 from tests.samples import pdf
 from tests.test_cli import output_lines, responses_args, run, write_prompts

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from genai_coroutines import BatchSummary, Price
 from genai_coroutines.engine import (
     Capacity,
     Failure,
@@ -24,8 +27,10 @@ from genai_coroutines.engine import (
     retrying,
     run_streaming,
 )
+from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
-from genai_coroutines.engine.summary import BatchSummary, Price
+from genai_coroutines.engine.pricing import Charges
+from genai_coroutines.engine.summary import Summary
 
 
 @pytest.mark.parametrize(
@@ -434,3 +439,46 @@ def test_summary_price_table_can_be_overridden_and_unknown_models_are_named() ->
     assert summary.cost_usd == pytest.approx(1.0)
     assert summary.as_dict()["unpriced_models"] == ["mystery-model"]
     assert "estimated cost: $1.0000" in summary.describe()
+
+
+@dataclass(eq=False)
+class PerMinutePrices:
+    """A provider added in its own room: it bills seconds of audio (`audio_seconds`) at
+    $0.006 a minute, reported in cents, and its model's tokens at $1 a million."""
+
+    def read(self, result: Mapping[str, Any], charges: Charges) -> None:
+        seconds = result.get("audio_seconds")
+        if seconds:
+            charges.cost_cents += 0.6 * seconds / 60
+            billed = charges.billed.setdefault((self, "whisper-x", 1.0), [0, 0, 0, 0])
+            billed[0] += result["tokens"]
+
+    def usd(self, model: str, share: float, inputs: int, cached: int, outputs: int) -> float:
+        return share * (inputs + outputs) / 1_000_000
+
+    def cost(self, result: Mapping[str, Any]) -> float | None:
+        seconds = result.get("audio_seconds")
+        return None if seconds is None else 0.6 * seconds / 60
+
+
+def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() -> None:
+    """The summary and the budget call only the price model they are given: a provider's
+    figures come from its own model, and the built-in ones price nothing of its results."""
+    result = {"success": True, "audio_seconds": 120, "tokens": 500_000}
+    summary = Summary(pricing=(PerMinutePrices(),))
+    summary.add(result)
+    summary.add({"success": True, "usage": {"input_tokens": 10**6}, "model": "gpt-4o"})
+    assert summary.cost_usd == pytest.approx(0.5) and summary.cost_cents == pytest.approx(1.2)
+    figures = summary.finish().as_dict()
+    assert figures["input_tokens"] == 500_000 and figures["estimated_cost_usd"] == 0.5
+    assert "estimated cost: $0.5000" in summary.describe()
+    built_in = BatchSummary()
+    built_in.add(result)
+    assert (built_in.cost_usd, built_in.cost_cents, built_in.input_tokens) == (0, 0, 0)
+
+    budget: Budget[float] = Budget(2.0, lambda cents: cents, PerMinutePrices())
+    held = budget.reserve(1.0)
+    assert isinstance(held, float)
+    budget.settle(held, result)
+    assert budget.spent == pytest.approx(1.2)
+    assert not isinstance(budget.reserve(1), float), "1.2 + 1 is over 2 cents"

@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from genai_coroutines import ResponsesProcessor
+from genai_coroutines import BatchSummary, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.openai_api import FLEX_UNAVAILABLE
 from genai_coroutines.engine import RateLimiter
-from genai_coroutines.engine.summary import BatchSummary
 from genai_coroutines.responses.direct import DirectPath
 from genai_coroutines.responses.errors import classify
 from tests.responses_support import request_for, sent_bodies

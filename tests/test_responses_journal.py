@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from genai_coroutines import ResponsesProcessor, ResponsesRequest, parse_responses
+from genai_coroutines import BatchSummary, ResponsesProcessor, ResponsesRequest, parse_responses
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.engine.summary import BatchSummary
 from tests.responses_support import request_for
 
 

@@ -25,11 +25,12 @@ from ..engine import (
     Submission,
     log_event,
 )
-from ..engine.budget import DATALAB_CENTS_PER_PAGE, Budget, page_budget
+from ..engine.budget import Budget
 from ..engine.telemetry import DATALAB, Identity
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
+from .prices import DATALAB_CENTS_PER_PAGE, page_budget
 from .sources import Source, SourceError, Upload, as_source
 
 CHECKPOINT_UPLOAD = Upload(None, None, None)

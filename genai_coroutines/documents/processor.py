@@ -21,10 +21,11 @@ from typing import Any
 
 from ..engine import BatchOptions, Driver, KeyLimits, Result, Submission, collect_in_order, count
 from ..engine.limits import chosen_limits
-from ..engine.summary import BatchSummary
+from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
 from .path import DocumentsPath, check_inputs, documents_path, pages_budget
+from .prices import DatalabPrices
 from .sources import DocumentInput
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
@@ -40,7 +41,7 @@ def _user_agent() -> str:
 class DocumentProcessor:
     """Runs batches of documents through the Datalab API with one `DocumentConfig`."""
 
-    last_summary: BatchSummary | None = None
+    last_summary: Summary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, pages and Datalab cents."""
 
     def __init__(
@@ -99,7 +100,7 @@ class DocumentProcessor:
         resume: Mapping[int, Submission] | None = None,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
-        summary: BatchSummary | None = None,
+        summary: Summary | None = None,
         dedupe: bool = False,
         max_cost_cents: float | None = None,
         cents_per_page: float | None = None,
@@ -117,7 +118,7 @@ class DocumentProcessor:
         once and each gets the result, with `duplicate_of` naming the index sent.
         `max_cost_cents`: before each upload, the cents spent plus those in flight plus
         this document's (its pages times `cents_per_page`, default Datalab's list price
-        for the `mode`, `engine.budget.DATALAB_CENTS_PER_PAGE`) must stay within it; once
+        for the `mode`, `documents.prices.DATALAB_CENTS_PER_PAGE`) must stay within it; once
         they would not, nothing more is uploaded and the rest end `budget_exceeded`. Each
         result's real `cost_breakdown` settles what it cost.
         """
@@ -136,7 +137,7 @@ class DocumentProcessor:
                 headers={"X-Api-Key": key, "User-Agent": _user_agent()},
                 journal=journal,
                 progress=progress,
-                summary=summary,
+                summary=summary or Summary(pricing=(DatalabPrices(),)),
                 resume=resume,
                 dedupe=dedupe,
                 budget=budget,

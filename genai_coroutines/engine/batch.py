@@ -52,7 +52,7 @@ from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failure
 from .runner import Source, run_streaming
-from .summary import BatchSummary
+from .summary import Summary
 from .telemetry import BatchTelemetry, ItemTelemetry, start_batch
 
 P = TypeVar("P")
@@ -108,7 +108,7 @@ class BatchRun:
     stop: BatchStop
     wait: Callable[[float], Awaitable[None]]
     """How a backoff is slept (the progress bar counts the items sleeping in it)."""
-    summary: BatchSummary
+    summary: Summary
     journal: Journal | None = None
     """The batch's journal (None without one), for an adapter whose items run in stages
     (`Journal.stage_result` / `record_stage`); write to it through `journaled`."""
@@ -149,7 +149,7 @@ class BatchOptions:
     headers: Mapping[str, str]
     journal: Any = None
     progress: bool = False
-    summary: BatchSummary | None = None
+    summary: Summary | None = None
     resume: Mapping[int, Submission] | None = None
     start_fields: Mapping[str, Any] = field(default_factory=dict)
     """The fields of the `batch_start` log line (each adapter keeps its documented ones)."""
@@ -170,7 +170,7 @@ class DriverCore(Generic[P]):
         self.options = options
         self.books = Bookkeeping(
             source,
-            summary=options.summary or BatchSummary(),
+            summary=options.summary or Summary(),
             progress=options.progress,
             unit=adapter.unit,
             journal=options.journal,
@@ -182,7 +182,7 @@ class DriverCore(Generic[P]):
         """The budget's estimate held for each admitted item until it finishes."""
 
     @property
-    def summary(self) -> BatchSummary:
+    def summary(self) -> Summary:
         return self.books.summary
 
     async def stream(self) -> AsyncIterator[Result]:
@@ -190,7 +190,7 @@ class DriverCore(Generic[P]):
         started = time.perf_counter()
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)
         telemetry = start_batch(
-            getattr(self.adapter, "telemetry_identity", None), books.summary.prices
+            getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
         try:
             async with open_session(options.concurrency, options.headers) as session:

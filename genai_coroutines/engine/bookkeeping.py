@@ -1,6 +1,6 @@
 """`Bookkeeping`: the records one batch keeps of its results, whichever API it calls.
 
-Every batch shows the same progress bar, totals the same `BatchSummary` and journals
+Every batch shows the same progress bar, totals the same `Summary` and journals
 results the same way; kept in one place (and used only by the driver, `batch.py`), a
 rule such as "a journaled success comes back marked `from_journal`, a failure is tried
 again" cannot hold for one adapter and not the other.
@@ -14,7 +14,7 @@ from typing import Any
 
 from .journal import Journal, request_digest
 from .progress import Progress
-from .summary import BatchSummary
+from .summary import Summary
 
 Result = dict[str, Any]
 
@@ -31,7 +31,7 @@ class Bookkeeping:
         self,
         items: object,
         *,
-        summary: BatchSummary,
+        summary: Summary,
         progress: bool,
         unit: str,
         journal: str | os.PathLike[str] | None,

@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .summary import BatchSummary
+from .summary import Summary
 
 
 class Progress:
@@ -18,9 +18,7 @@ class Progress:
     are waiting to try again right now.
     """
 
-    def __init__(
-        self, summary: BatchSummary, *, total: int | None, enabled: bool, unit: str
-    ) -> None:
+    def __init__(self, summary: Summary, *, total: int | None, enabled: bool, unit: str) -> None:
         self.summary = summary
         self.retrying = 0
         self.notes: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from .http import Reply
 from .outcome import Failure, Success
-from .summary import Price, price_for, tier_share, token_cost, usage_tokens
+from .pricing import Charges, PriceModel
 
 try:
     from opentelemetry import metrics, trace
@@ -168,21 +168,25 @@ def sdk_installed() -> bool:
     return not isinstance(tracers, trace.NoOpTracerProvider | trace.ProxyTracerProvider)
 
 
-def start_batch(identity: Identity | None, prices: Mapping[str, Price]) -> BatchTelemetry | None:
+def start_batch(
+    identity: Identity | None, pricing: tuple[PriceModel, ...]
+) -> BatchTelemetry | None:
     """The telemetry of a batch starting now; None (nothing to do) without an SDK."""
     if identity is None or not sdk_installed():
         return None
-    return BatchTelemetry(identity, prices)
+    return BatchTelemetry(identity, pricing)
 
 
 class BatchTelemetry:
     """One batch's span and its items' measurements."""
 
-    def __init__(self, identity: Identity, prices: Mapping[str, Price]) -> None:
+    def __init__(self, identity: Identity, pricing: tuple[PriceModel, ...]) -> None:
         self.instruments = tools = _get()
         self.identity = identity
         self.attributes = identity.attributes()
-        self.prices = prices
+        self.pricing = pricing
+        """The summary's price models: what an item was billed is read as the summary reads
+        it, so the metrics and the summary agree."""
         self.span = tools.tracer.start_span("genai_coroutines batch", attributes=self.attributes)
         self.context = trace.set_span_in_context(self.span)
         self._token_attributes: dict[tuple[str, str], dict[str, str]] = {}
@@ -209,27 +213,21 @@ class BatchTelemetry:
             tools.retries.add(attempts - 1, attributes)
         if get("from_journal") or get("duplicate_of") is not None:
             return
-        usage = get("usage")
-        if isinstance(usage, Mapping) and usage:
-            self._tokens(usage, str(get("model") or self.identity.model or ""), get("service_tier"))
-        pages = get("page_count")
-        if isinstance(pages, int) and pages:
-            tools.pages.add(pages, attributes)
-        cost = get("cost_breakdown")
-        if isinstance(cost, Mapping):
-            cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
-            if isinstance(cents, int | float) and cents:
-                tools.cents.add(cents, attributes)
-
-    def _tokens(self, usage: Mapping[str, Any], model: str, tier: object) -> None:
-        tools = self.instruments
-        inputs, cached, outputs, _ = usage_tokens(usage)
-        tools.tokens.record(inputs, self._token_attributes_of(model, "input"))
-        tools.tokens.record(outputs, self._token_attributes_of(model, "output"))
-        price = price_for(model, self.prices)
-        if price is not None:
-            dollars = token_cost(inputs, cached, outputs, price, tier_share(tier))
-            tools.cost.add(dollars, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model})
+        charges = Charges()
+        for model in self.pricing:
+            model.read(result, charges)
+        for (pricer, name, share), (inputs, cached, outputs, _) in charges.billed.items():
+            tools.tokens.record(inputs, self._token_attributes_of(name, "input"))
+            tools.tokens.record(outputs, self._token_attributes_of(name, "output"))
+            dollars = pricer.usd(name, share, inputs, cached, outputs)
+            if dollars:
+                tools.cost.add(
+                    dollars, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": name}
+                )
+        if charges.pages:
+            tools.pages.add(charges.pages, attributes)
+        if charges.cost_cents:
+            tools.cents.add(charges.cost_cents, attributes)
 
     def _token_attributes_of(self, model: str, kind: str) -> dict[str, str]:
         found = self._token_attributes.get((model, kind))
@@ -339,9 +337,8 @@ class Attempt:
                 and usage
                 and attributes["gen_ai.operation.name"] not in POLLS
             ):
-                inputs, _, outputs, _ = usage_tokens(usage)
-                span.set_attribute("gen_ai.usage.input_tokens", inputs)
-                span.set_attribute("gen_ai.usage.output_tokens", outputs)
+                span.set_attribute("gen_ai.usage.input_tokens", usage.get("input_tokens") or 0)
+                span.set_attribute("gen_ai.usage.output_tokens", usage.get("output_tokens") or 0)
         if isinstance(response_id, str):
             span.set_attribute("gen_ai.response.id", response_id)
         if status is not None:

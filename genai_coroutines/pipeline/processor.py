@@ -29,7 +29,7 @@ from ..engine import (
     open_session,
 )
 from ..engine.limits import chosen_limits
-from ..engine.summary import BatchSummary
+from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.direct import DirectPath
@@ -70,7 +70,7 @@ class ExtractionPipeline:
     """Documents through Datalab OCR and OpenAI extraction, one streamed batch (see the
     package docstring). Reuse one freely; it only remembers `last_summary`."""
 
-    last_summary: PipelineSummary | BatchSummary | None = None
+    last_summary: Summary | None = None
 
     def __init__(
         self,
@@ -136,7 +136,7 @@ class ExtractionPipeline:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
-        summary: BatchSummary | None = None,
+        summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
     ) -> AsyncIterator[Result]:

@@ -1,8 +1,9 @@
 """`PipelineSummary`: a pipeline batch's totals, each stage's share and the total cost.
 
 The default summary of `ExtractionPipeline.stream` (kept as its `last_summary`): a
-`BatchSummary` that also reads each row's `ocr` and `extraction` detail, so it needs
-nothing from the adapter but the stages' names.
+`BatchSummary` (each stage priced by its adapter's price model: the OCR's cents by
+`DatalabPrices`, the extraction's tokens by `TokenPrices`) that also reads each row's `ocr`
+and `extraction` detail, so it needs nothing from the adapter but the stages' names.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine.summary import BatchSummary
+from ..summary import BatchSummary
 from .path import EXTRACTION_STAGE, OCR_STAGE
 
 

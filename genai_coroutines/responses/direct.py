@@ -44,8 +44,7 @@ from ..engine import (
     retrying,
     send,
 )
-from ..engine.budget import DEFAULT_OUTPUT_ALLOWANCE, Budget, token_budget
-from ..engine.summary import Price, tier_share
+from ..engine.budget import Budget
 from ..engine.telemetry import CHAT, OPENAI, Identity
 from .errors import (
     bad_body,
@@ -55,6 +54,7 @@ from .errors import (
     tokens_charged,
     too_large,
 )
+from .prices import DEFAULT_OUTPUT_ALLOWANCE, Price, tier_share, token_budget
 from .request import ResponsesRequest
 from .results import Answer, error_result, logger, success_result
 from .sse import is_event_stream, read_final_event

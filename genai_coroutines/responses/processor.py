@@ -32,11 +32,12 @@ from ..engine import (
 from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
 from ..engine.limits import chosen_limits
-from ..engine.summary import BatchSummary, tier_share
+from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
 from .direct import DirectPath, budget_for
+from .prices import TokenPrices, table_of, tier_share
 from .request import ResponsesRequest
 from .results import logger
 
@@ -58,7 +59,7 @@ def request_headers(request: ResponsesRequest) -> dict[str, str]:
 class ResponsesProcessor:
     """Runs `ResponsesRequest` batches; reuse one freely (it only remembers `last_summary`)."""
 
-    last_summary: BatchSummary | None = None
+    last_summary: Summary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
     def __init__(self, *, limits: KeyLimits | None = None, limits_store: str | None = None) -> None:
@@ -73,7 +74,7 @@ class ResponsesProcessor:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
-        summary: BatchSummary | None = None,
+        summary: Summary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
         batch_api: bool | BatchAPI = False,
@@ -108,7 +109,7 @@ class ResponsesProcessor:
         *,
         journal: str | os.PathLike[str] | None = None,
         progress: bool = False,
-        summary: BatchSummary | None = None,
+        summary: Summary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
         batch_api: bool | BatchAPI = False,
@@ -165,7 +166,7 @@ class ResponsesProcessor:
             tokens_per_minute=request.tokens_per_minute,
             learn=True,
         )
-        summary = summary or BatchSummary(model=request.model)
+        summary = summary or Summary(pricing=(TokenPrices(model=request.model),))
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
@@ -179,7 +180,7 @@ class ResponsesProcessor:
             else budget_for(
                 request,
                 max_cost_usd,
-                summary.prices,
+                table_of(summary),
                 share=None if batch is None else tier_share("batch"),  # the Batch API: half
             ),
             start_fields={

@@ -1,0 +1,73 @@
+"""What a Datalab conversion costs: the cents Datalab reports in each result's
+`cost_breakdown`, and its list price per page to estimate a document before it is sent.
+
+`DatalabPrices` is the adapter's `engine.pricing.PriceModel`: the summary and the budget
+call it and hold no price.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..engine.budget import Budget
+from ..engine.pricing import Charges
+
+P = TypeVar("P")
+
+DATALAB_CENTS_PER_PAGE = {"fast": 0.4, "balanced": 0.4, "accurate": 0.6}
+"""Datalab's list price per page by `mode`, in cents, for `max_cost_cents` (Datalab
+bills per page, "rounded up to the nearest cent", and publishes its prices on its pricing
+page, which changes: pass `cents_per_page` for yours). The real `cost_breakdown` of each
+result settles the budget, so the table only decides when to stop sending."""
+
+
+def _cents(cost: Mapping[str, Any]) -> object:
+    """Datalab's figure in a `cost_breakdown`: its final cost, else its list cost."""
+    return cost.get("final_cost_cents", cost.get("list_cost_cents"))
+
+
+@dataclass(eq=False, slots=True)
+class DatalabPrices:
+    """The Datalab price model: pages and cents as each result reports them."""
+
+    def read(self, result: Mapping[str, Any], charges: Charges) -> None:
+        get = result.get
+        pages = get("page_count")
+        if pages:
+            charges.pages += int(pages)
+        cost = get("cost_breakdown")
+        if cost is not None and isinstance(cost, Mapping):  # an ABC check: only when present
+            cents = _cents(cost)
+            if isinstance(cents, int | float):
+                charges.cost_cents += cents
+
+    def cost(self, result: Mapping[str, Any]) -> float | None:
+        """Cents of a success's `cost_breakdown` (None when it has none: the estimate
+        stands); a document that failed costs nothing."""
+        if not result.get("success"):
+            return 0.0
+        cost = result.get("cost_breakdown")
+        if isinstance(cost, Mapping):
+            cents = _cents(cost)
+            if isinstance(cents, int | float) and not isinstance(cents, bool):
+                return float(cents)
+        return None
+
+
+def page_budget(
+    limit_cents: float, *, cents_per_page: float, pages: Callable[[P], int]
+) -> Budget[P]:
+    """A budget in cents for Datalab jobs: estimated at their pages times `cents_per_page`,
+    settled by `DatalabPrices.cost`."""
+    if isinstance(cents_per_page, bool) or not isinstance(cents_per_page, int | float):
+        raise TypeError("cents_per_page must be a number")
+    if not math.isfinite(cents_per_page) or cents_per_page < 0:
+        raise ValueError(f"cents_per_page must be a non-negative number, got {cents_per_page!r}")
+
+    def estimate(prepared: P) -> float:
+        return pages(prepared) * cents_per_page
+
+    return Budget(limit_cents, estimate, DatalabPrices(), show=lambda cents: f"{cents:.6g} cents")
