@@ -47,7 +47,7 @@ import aiohttp
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
 from .dedupe import Twin, Twins, twin_result
-from .http import open_session
+from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failure
@@ -152,6 +152,8 @@ class BatchOptions:
     """Send items whose requests are identical once; each gets the answer (`engine.dedupe`)."""
     budget: Budget[Any] | None = None
     """Send nothing more once the next request could pass it (`engine.budget`)."""
+    connector: ConnectorFactory | None = None
+    """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
 
 
 class DriverCore(Generic[P]):
@@ -185,7 +187,9 @@ class DriverCore(Generic[P]):
         started = time.perf_counter()
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)
         try:
-            async with open_session(options.concurrency, options.headers) as session:
+            async with open_session(
+                options.concurrency, options.headers, options.connector
+            ) as session:
                 run = BatchRun(
                     session,
                     self.stop,

@@ -20,7 +20,10 @@ from operator import itemgetter
 from typing import Any
 
 from ..engine import (
+    USER_AGENT,
     BatchOptions,
+    Clients,
+    ConnectorFactory,
     Driver,
     DriverCore,
     KeyLimits,
@@ -31,17 +34,14 @@ from ..engine import (
 )
 from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
-from ..engine.limits import chosen_limits
 from ..engine.summary import BatchSummary, tier_share
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch_api import BatchAPI, BatchAPIPath
 from .batch_collect import CollectingPath, check_rerun
-from .direct import DirectPath, budget_for
+from .direct import DirectPath, budget_for, key_limiter
 from .request import ResponsesRequest
 from .results import logger
-
-USER_AGENT = "genai-coroutines/2 (python)"
 
 
 def request_headers(request: ResponsesRequest) -> dict[str, str]:
@@ -62,11 +62,22 @@ class ResponsesProcessor:
     last_summary: BatchSummary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(self, *, limits: KeyLimits | None = None, limits_store: str | None = None) -> None:
-        """`limits_store`: a `redis://` URL whose limits every process and machine using it
-        shares (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory);
-        `limits`: a `KeyLimits` to use instead (not both)."""
-        self.limits = chosen_limits(limits, limits_store)
+    def __init__(
+        self,
+        *,
+        limits: KeyLimits | None = None,
+        limits_store: str | None = None,
+        connector: ConnectorFactory | None = None,
+    ) -> None:
+        """`limits_store` (a `redis://` URL whose limits every process using it shares),
+        `limits` (a `KeyLimits` instead) and `connector` (a factory of the aiohttp
+        connector each batch's session sends through): see `engine.clients.Clients`."""
+        self.clients = Clients(limits=limits, limits_store=limits_store, connector=connector)
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The limits every batch of this processor draws on."""
+        return self.clients.limits
 
     async def process_batch(
         self,
@@ -157,20 +168,14 @@ class ResponsesProcessor:
                     "collected: their items are sent again (rerun with background=True to "
                     'collect them)"',
                 )
-        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
-        limiter = self.limits.rate(
-            request.base_url,
-            request.api_key or "",
-            request.model,
-            requests_per_minute=request.requests_per_minute,
-            tokens_per_minute=request.tokens_per_minute,
-            learn=True,
-        )
+        await self.clients.ready()  # an unreachable shared store fails here, nothing sent
+        limiter = key_limiter(request, self.limits)
         summary = summary or BatchSummary(model=request.model)
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
             headers=request_headers(request),
+            connector=self.clients.connector,
             journal=journal,
             progress=progress,
             summary=summary,
