@@ -177,15 +177,19 @@ async def test_both_apis_are_sent_one_user_agent(emulator: Emulator) -> None:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda connector: ResponsesProcessor(connector=connector),
-        lambda connector: DocumentProcessor(DocumentConfig(api_key="k"), connector=connector),
-        lambda connector: ExtractionPipeline(
+        lambda **clients: ResponsesProcessor(**clients),
+        lambda **clients: DocumentProcessor(DocumentConfig(api_key="k"), **clients),
+        lambda **clients: ExtractionPipeline(
             DocumentConfig(api_key="k"),
             extraction_request(model="gpt-4o-mini", schema=INVOICE_SCHEMA, api_key="k"),
-            connector=connector,
+            **clients,
         ),
     ],
 )
-def test_a_connector_that_is_not_a_factory_is_refused_naming_it(make: Callable[[Any], Any]) -> None:
+def test_a_connector_that_is_no_factory_or_a_misspelt_keyword_is_refused_naming_it(
+    make: Callable[..., Any],
+) -> None:
     with pytest.raises(TypeError, match="connector must be a callable"):
-        make({"limit": 2})  # options, where a factory of a connector is expected
+        make(connector={"limit": 2})  # options, where a factory of a connector is expected
+    with pytest.raises(TypeError, match="'limit_store'"):  # the keywords are declared once
+        make(limit_store="local", connector=aiohttp.TCPConnector)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine import (
     USER_AGENT,
     BatchOptions,
+    ClientOptions,
     Clients,
-    ConnectorFactory,
     Driver,
     KeyLimits,
     Result,
@@ -35,6 +35,9 @@ from ..engine.sync import run_sync
 from .config import DocumentConfig
 from .path import DocumentsPath, check_inputs, documents_path, pages_budget
 from .sources import DocumentInput
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -53,19 +56,16 @@ class DocumentProcessor:
     def __init__(
         self,
         config: DocumentConfig,
-        *,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
-        connector: ConnectorFactory | None = None,
+        **clients: Unpack[ClientOptions],
     ) -> None:
         """`limits_store` (a `redis://` URL whose limits, submission rate and pages in
         flight, every process using it shares), `limits` (a `KeyLimits` instead) and
         `connector` (a factory of the aiohttp connector each batch's session sends
-        through): see `engine.clients.Clients`."""
+        through): see `engine.ClientOptions`."""
         if not isinstance(config, DocumentConfig):
             raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
         self.config = config
-        self.clients = Clients(limits=limits, limits_store=limits_store, connector=connector)
+        self.clients = Clients(**clients)
 
     @property
     def limits(self) -> KeyLimits:

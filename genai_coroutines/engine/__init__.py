@@ -15,7 +15,7 @@ from .batch import (
     Submission,
 )
 from .bookkeeping import Result
-from .clients import USER_AGENT, Clients
+from .clients import USER_AGENT, ClientOptions, Clients
 from .headers import parse_duration, retry_after
 from .http import BodyReader, ConnectorFactory, Reply, send, transfer_timeout
 from .limiter import Capacity, RateLimiter
@@ -47,6 +47,7 @@ __all__ = [
     "BodyReader",
     "Capacity",
     "Check",
+    "ClientOptions",
     "Clients",
     "ConnectorFactory",
     "Driver",

@@ -1,10 +1,10 @@
 """`Clients`: where every processor and the pipeline get their key limits and HTTP sessions.
 
 Each of `ResponsesProcessor`, `DocumentProcessor` and `ExtractionPipeline` makes one
-from its `limits=`, `limits_store=` and `connector=` arguments, which are checked and
-documented here only. The limits (`KeyLimits`) say whose rate limiters and capacities a
-batch draws on; the sessions are `http.open_session`'s, one per batch and API, built on
-the caller's connector when one is given.
+from its `limits=`, `limits_store=` and `connector=` arguments, which are declared
+(`ClientOptions`), checked and documented here only. The limits (`KeyLimits`) say whose
+rate limiters and capacities a batch draws on; the sessions are `http.open_session`'s,
+one per batch and API, built on the caller's connector when one is given.
 
 `connector` is the seam for whatever the transport should do differently: a proxy, a
 custom resolver or TLS context, a pool of another size, a connector a test counts.
@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, TypedDict
 
 import aiohttp
 
 from .http import ConnectorFactory, open_session
 from .limits import KeyLimits, chosen_limits
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing's own from Python 3.11
 
 
 def _package_version() -> str:
@@ -35,29 +39,37 @@ USER_AGENT = f"genai-coroutines/{_package_version()} (python)"
 """The `User-Agent` of every request to either API (a request's own headers may replace it)."""
 
 
+class ClientOptions(TypedDict, total=False):
+    """The keywords of every processor and the pipeline for their limits and sessions
+    (`**clients: Unpack[ClientOptions]`), each optional."""
+
+    limits_store: str | None
+    """A `redis://` URL whose limits every process and machine using it shares (default
+    `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory)."""
+    limits: KeyLimits | None
+    """A `KeyLimits` to use instead of `limits_store`'s (not both)."""
+    connector: ConnectorFactory | None
+    """Called with no arguments for each HTTP session a batch opens (one per batch, one
+    per API in a pipeline), it returns the `aiohttp.BaseConnector` the session sends
+    through and closes at its end; None (default): a pool of `max_concurrent_requests`
+    keep-alive connections."""
+
+
 class Clients:
     """The key limits and the session maker of one processor or pipeline."""
 
-    def __init__(
-        self,
-        *,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
-        connector: ConnectorFactory | None = None,
-    ) -> None:
-        """`limits_store`: a `redis://` URL whose limits every process and machine using it
-        shares (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory);
-        `limits`: a `KeyLimits` to use instead (not both). `connector`: called with no
-        arguments for each HTTP session a batch opens (one per batch, one per API in a
-        pipeline), it returns the `aiohttp.BaseConnector` the session sends through and
-        closes at its end; None (default): a pool of `max_concurrent_requests`
-        keep-alive connections."""
+    def __init__(self, **options: Unpack[ClientOptions]) -> None:
+        """`options`: see `ClientOptions`; a keyword it does not declare is a TypeError."""
+        unknown = sorted(set(options) - ClientOptions.__optional_keys__)
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+        connector = options.get("connector")
         if connector is not None and not callable(connector):
             raise TypeError(
                 "connector must be a callable returning an aiohttp connector, not "
                 f"{type(connector).__name__}"
             )
-        self.limits = chosen_limits(limits, limits_store)
+        self.limits = chosen_limits(options.get("limits"), options.get("limits_store"))
         self.connector = connector
 
     async def ready(self) -> None:

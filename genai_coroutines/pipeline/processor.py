@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..documents import DocumentConfig, DocumentProcessor
 from ..documents.path import check_inputs
@@ -21,8 +21,8 @@ from ..documents.sources import DocumentInput
 from ..engine import (
     USER_AGENT,
     BatchOptions,
+    ClientOptions,
     Clients,
-    ConnectorFactory,
     Driver,
     KeyLimits,
     Result,
@@ -38,6 +38,9 @@ from ..responses.processor import request_headers
 from ..responses.wire import text_format
 from .path import PipelinePath
 from .summary import PipelineSummary
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -79,13 +82,11 @@ class ExtractionPipeline:
         extraction: ResponsesRequest,
         *,
         per_page: bool = False,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
-        connector: ConnectorFactory | None = None,
+        **clients: Unpack[ClientOptions],
     ) -> None:
         """`limits_store` / `limits`: where both keys' limits live; `connector`: a factory
         of the aiohttp connector each API's session sends through; as for the processors
-        (see `engine.clients.Clients`)."""
+        (see `engine.ClientOptions`)."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
         if not isinstance(extraction, ResponsesRequest):
@@ -116,7 +117,7 @@ class ExtractionPipeline:
         self.ocr = ocr
         self.extraction = extraction
         self.per_page = per_page
-        self.clients = Clients(limits=limits, limits_store=limits_store, connector=connector)
+        self.clients = Clients(**clients)
 
     @property
     def limits(self) -> KeyLimits:

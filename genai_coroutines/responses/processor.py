@@ -17,13 +17,13 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine import (
     USER_AGENT,
     BatchOptions,
+    ClientOptions,
     Clients,
-    ConnectorFactory,
     Driver,
     DriverCore,
     KeyLimits,
@@ -42,6 +42,9 @@ from .batch_collect import CollectingPath, check_rerun
 from .direct import DirectPath, budget_for, key_limiter
 from .request import ResponsesRequest
 from .results import logger
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def request_headers(request: ResponsesRequest) -> dict[str, str]:
@@ -62,17 +65,11 @@ class ResponsesProcessor:
     last_summary: BatchSummary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(
-        self,
-        *,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
-        connector: ConnectorFactory | None = None,
-    ) -> None:
+    def __init__(self, **clients: Unpack[ClientOptions]) -> None:
         """`limits_store` (a `redis://` URL whose limits every process using it shares),
         `limits` (a `KeyLimits` instead) and `connector` (a factory of the aiohttp
-        connector each batch's session sends through): see `engine.clients.Clients`."""
-        self.clients = Clients(limits=limits, limits_store=limits_store, connector=connector)
+        connector each batch's session sends through): see `engine.ClientOptions`."""
+        self.clients = Clients(**clients)
 
     @property
     def limits(self) -> KeyLimits:
