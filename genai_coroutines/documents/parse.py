@@ -61,11 +61,13 @@ def _json_tree(payload: dict[str, Any]) -> str:
     tree = payload.get("json")
     if not isinstance(tree, dict) or not isinstance(tree.get("children"), list):
         return ""
-    return _joined(_render(page) for page in tree["children"])
+    return _joined(block_html(page) for page in tree["children"])
 
 
-def _render(block: Any) -> str:
-    """A block's HTML with each `<content-ref>` replaced by the HTML of the child it names."""
+def block_html(block: Any) -> str:
+    """A block's HTML with each `<content-ref>` replaced by the HTML of the child it names
+    (marker's `json` pages and `chunks` blocks are such templates): the block's text, as
+    `document_text` joins it and the pipeline's `page_texts` splits it by page."""
     if not isinstance(block, dict):
         return ""
     html = block.get("html")
@@ -73,7 +75,7 @@ def _render(block: Any) -> str:
         return ""
     children = block.get("children") or []
     by_id = {child.get("id"): child for child in children if isinstance(child, dict)}
-    return _CONTENT_REF.sub(lambda ref: _render(by_id.get(ref.group(2))), html)
+    return _CONTENT_REF.sub(lambda ref: block_html(by_id.get(ref.group(2))), html)
 
 
 def _text_field(name: str) -> Callable[[dict[str, Any]], str]:
@@ -89,7 +91,7 @@ def _chunks(payload: dict[str, Any]) -> str:
     blocks = chunks.get("blocks") if isinstance(chunks, dict) else None
     if not isinstance(blocks, list):
         return ""
-    return _joined(_render(block) for block in blocks)
+    return _joined(block_html(block) for block in blocks)
 
 
 def _pages(payload: dict[str, Any]) -> str:

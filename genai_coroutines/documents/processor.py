@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine import BatchOptions, Driver, KeyLimits, Result, Submission, collect_in_order, count
-from ..engine.limits import chosen_limits
+from ..engine import (
+    USER_AGENT,
+    BatchOptions,
+    ClientOptions,
+    Clients,
+    Driver,
+    KeyLimits,
+    Result,
+    Submission,
+    collect_in_order,
+    count,
+)
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
@@ -28,14 +37,15 @@ from .path import DocumentsPath, check_inputs, documents_path, pages_budget
 from .prices import DatalabPrices
 from .sources import DocumentInput
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
 
-def _user_agent() -> str:
-    try:
-        return f"genai-coroutines/{version('genai-coroutines')}"
-    except PackageNotFoundError:
-        return "genai-coroutines"
+def datalab_headers(config: DocumentConfig) -> dict[str, str]:
+    """The headers of every request to Datalab with this config: its key and our agent."""
+    return {"X-Api-Key": config.api_key or "", "User-Agent": USER_AGENT}
 
 
 class DocumentProcessor:
@@ -47,17 +57,21 @@ class DocumentProcessor:
     def __init__(
         self,
         config: DocumentConfig,
-        *,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
+        **clients: Unpack[ClientOptions],
     ) -> None:
-        """`limits_store`: a `redis://` URL whose limits (submission rate, pages in flight)
-        every process and machine using it shares (default `$GENAI_COROUTINES_LIMITS_STORE`,
-        else this process's memory); `limits`: a `KeyLimits` to use instead (not both)."""
+        """`limits_store` (a `redis://` URL whose limits, submission rate and pages in
+        flight, every process using it shares), `limits` (a `KeyLimits` instead) and
+        `connector` (a factory of the aiohttp connector each batch's session sends
+        through): see `engine.ClientOptions`."""
         if not isinstance(config, DocumentConfig):
             raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
         self.config = config
-        self.limits = chosen_limits(limits, limits_store)
+        self.clients = Clients(**clients)
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The limits every batch of this processor draws on."""
+        return self.clients.limits
 
     def __repr__(self) -> str:
         return f"DocumentProcessor({self.config!r})"
@@ -123,8 +137,7 @@ class DocumentProcessor:
         result's real `cost_breakdown` settles what it cost.
         """
         config = self.config
-        key = config.api_key or ""
-        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
+        await self.clients.ready()  # an unreachable shared store fails here, nothing sent
         adapter = self.adapter()
         budget = (
             None if max_cost_cents is None else pages_budget(config, max_cost_cents, cents_per_page)
@@ -134,7 +147,8 @@ class DocumentProcessor:
             inputs,
             BatchOptions(
                 concurrency=config.max_concurrent_requests,
-                headers={"X-Api-Key": key, "User-Agent": _user_agent()},
+                headers=datalab_headers(config),
+                connector=self.clients.connector,
                 journal=journal,
                 progress=progress,
                 summary=summary or Summary(pricing=(DatalabPrices(),)),

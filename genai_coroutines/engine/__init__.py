@@ -15,8 +15,9 @@ from .batch import (
     Submission,
 )
 from .bookkeeping import Result
+from .clients import USER_AGENT, ClientOptions, Clients
 from .headers import parse_duration, retry_after
-from .http import BodyReader, Reply, open_session, send, transfer_timeout
+from .http import BodyReader, ConnectorFactory, Reply, send, transfer_timeout
 from .limiter import Capacity, RateLimiter
 from .limits import LOCAL, KeyLimits, key_digest, limit_key
 from .logs import log_event
@@ -36,6 +37,7 @@ from .store import LimitStore, MemoryStore
 __all__ = [
     "ERROR_TYPES",
     "LOCAL",
+    "USER_AGENT",
     "Adapter",
     "Admission",
     "Admitted",
@@ -45,6 +47,9 @@ __all__ = [
     "BodyReader",
     "Capacity",
     "Check",
+    "ClientOptions",
+    "Clients",
+    "ConnectorFactory",
     "Driver",
     "DriverCore",
     "ErrorType",
@@ -67,7 +72,6 @@ __all__ = [
     "key_digest",
     "limit_key",
     "log_event",
-    "open_session",
     "parse_duration",
     "poll_until",
     "retry_after",

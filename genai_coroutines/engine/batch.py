@@ -47,7 +47,7 @@ import aiohttp
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
 from .dedupe import Twin, Twins, twin_result
-from .http import open_session
+from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failure
@@ -157,6 +157,8 @@ class BatchOptions:
     """Send items whose requests are identical once; each gets the answer (`engine.dedupe`)."""
     budget: Budget[Any] | None = None
     """Send nothing more once the next request could pass it (`engine.budget`)."""
+    connector: ConnectorFactory | None = None
+    """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
 
 
 class DriverCore(Generic[P]):
@@ -193,7 +195,9 @@ class DriverCore(Generic[P]):
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
         try:
-            async with open_session(options.concurrency, options.headers) as session:
+            async with open_session(
+                options.concurrency, options.headers, options.connector
+            ) as session:
                 run = BatchRun(
                     session,
                     self.stop,

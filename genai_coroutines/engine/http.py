@@ -1,7 +1,8 @@
 """Transport: how bytes move, and nothing about what they mean.
 
 One `aiohttp.ClientSession` per batch, its connection pool sized to the batch's
-concurrency so keep-alive connections are reused instead of opened per request.
+concurrency so keep-alive connections are reused instead of opened per request
+(unless the caller brings its own connector: `clients.Clients`).
 `send` performs one attempt under one deadline that covers connecting, sending and
 reading the whole body: a server that sends headers and then stalls is a timeout,
 not a half-read reply. The deadline is `deadlines`' (one watchdog per timeout) rather
@@ -30,6 +31,8 @@ from . import deadlines
 from .outcome import Failure
 
 BodyReader = Callable[[aiohttp.ClientResponse], Awaitable[bytes]]
+ConnectorFactory = Callable[[], aiohttp.BaseConnector]
+"""Makes the connector of one session, e.g. `lambda: aiohttp.TCPConnector(limit=20)`."""
 
 CONNECT_TIMEOUT_SECS = 30.0
 """Bound on opening a connection, within any attempt's own deadline."""
@@ -44,18 +47,24 @@ class Reply:
 
 
 def open_session(
-    concurrency: int, headers: Mapping[str, str] | None = None
+    concurrency: int,
+    headers: Mapping[str, str] | None = None,
+    connector: ConnectorFactory | None = None,
 ) -> aiohttp.ClientSession:
-    """A session whose pool holds as many connections as the batch runs requests at once."""
-    connector = aiohttp.TCPConnector(
-        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
-    )
+    """A session whose pool holds as many connections as the batch runs requests at once,
+    or on the connector `connector()` makes (see `clients.Clients`); it closes either."""
     return aiohttp.ClientSession(
-        connector=connector,
+        connector=_pool(concurrency) if connector is None else connector(),
         headers=dict(headers or {}),
         timeout=_CONNECT_ONLY,
         auto_decompress=True,
         raise_for_status=False,
+    )
+
+
+def _pool(concurrency: int) -> aiohttp.TCPConnector:
+    return aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..documents.parse import _render, document_text
+from ..documents.parse import block_html, document_text
 
 
 def _payload(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -38,14 +38,14 @@ def page_texts(result: Mapping[str, Any]) -> list[str]:
     payload = _payload(result)
     tree = payload.get("json")
     if isinstance(tree, dict) and isinstance(tree.get("children"), list):
-        return [_render(page) for page in tree["children"]]
+        return [block_html(page) for page in tree["children"]]
     chunks = payload.get("chunks")
     blocks = chunks.get("blocks") if isinstance(chunks, dict) else None
     if isinstance(blocks, list) and blocks:
         pages: dict[Any, list[str]] = {}
         for block in blocks:
             if isinstance(block, dict):
-                pages.setdefault(block.get("page"), []).append(_render(block))
+                pages.setdefault(block.get("page"), []).append(block_html(block))
         return ["\n".join(part for part in parts if part) for parts in pages.values()]
     html = payload.get("html")
     if isinstance(html, str) and "<div class='page'" in html:

@@ -12,31 +12,35 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..documents import DocumentConfig, DocumentProcessor
 from ..documents.path import check_inputs
-from ..documents.processor import _user_agent
+from ..documents.processor import datalab_headers
 from ..documents.sources import DocumentInput
 from ..engine import (
+    USER_AGENT,
     BatchOptions,
+    ClientOptions,
+    Clients,
     Driver,
     KeyLimits,
     Result,
     Submission,
     collect_in_order,
     count,
-    open_session,
 )
-from ..engine.limits import chosen_limits
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
-from ..responses.direct import DirectPath
+from ..responses.direct import DirectPath, key_limiter
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
 from .path import PipelinePath
 from .summary import PipelineSummary
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Inputs = Iterable[DocumentInput] | AsyncIterable[DocumentInput]
 
@@ -78,11 +82,11 @@ class ExtractionPipeline:
         extraction: ResponsesRequest,
         *,
         per_page: bool = False,
-        limits: KeyLimits | None = None,
-        limits_store: str | None = None,
+        **clients: Unpack[ClientOptions],
     ) -> None:
-        """`limits_store` / `limits`: where both keys' limits live, as for the processors
-        (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory)."""
+        """`limits_store` / `limits`: where both keys' limits live; `connector`: a factory
+        of the aiohttp connector each API's session sends through; as for the processors
+        (see `engine.ClientOptions`)."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
         if not isinstance(extraction, ResponsesRequest):
@@ -113,7 +117,12 @@ class ExtractionPipeline:
         self.ocr = ocr
         self.extraction = extraction
         self.per_page = per_page
-        self.limits = chosen_limits(limits, limits_store)
+        self.clients = Clients(**clients)
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The limits every batch of this pipeline draws on, for both keys."""
+        return self.clients.limits
 
     def __repr__(self) -> str:
         return (
@@ -149,26 +158,17 @@ class ExtractionPipeline:
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
         """
-        ocr, request = self.ocr, self.extraction
-        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
-        documents = DocumentProcessor(ocr, limits=self.limits)
-        limiter = self.limits.rate(
-            request.base_url,
-            request.api_key or "",
-            request.model,
-            requests_per_minute=request.requests_per_minute,
-            tokens_per_minute=request.tokens_per_minute,
-            learn=True,
-        )
+        ocr, request, clients = self.ocr, self.extraction, self.clients
+        await clients.ready()  # an unreachable shared store fails here, nothing sent
+        documents = DocumentProcessor(ocr, limits=clients.limits)
         ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
-        datalab_headers = {"X-Api-Key": ocr.api_key or "", "User-Agent": _user_agent()}
         async with (
-            open_session(ocr_slots, datalab_headers) as ocr_session,
-            open_session(extraction_slots, request_headers(request)) as extraction_session,
+            clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
+            clients.session(extraction_slots, request_headers(request)) as extraction_session,
         ):
             adapter = PipelinePath(
                 documents.adapter(),
-                DirectPath(request, limiter),
+                DirectPath(request, key_limiter(request, clients.limits)),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
@@ -180,7 +180,8 @@ class ExtractionPipeline:
                 inputs,
                 BatchOptions(
                     concurrency=ocr_slots + extraction_slots,
-                    headers={"User-Agent": _user_agent()},  # each stage sends its own key
+                    headers={"User-Agent": USER_AGENT},  # each stage sends its own key
+                    connector=clients.connector,
                     journal=journal,
                     progress=progress,
                     summary=summary or PipelineSummary(model=request.model),

@@ -33,6 +33,7 @@ from ..engine import (
     BodyReader,
     Failure,
     ItemRun,
+    KeyLimits,
     RateLimiter,
     Reply,
     Result,
@@ -114,6 +115,20 @@ def budget_for(
         share=share,
         output_allowance=template.max_output or DEFAULT_OUTPUT_ALLOWANCE,
         input_tokens=lambda prepared: prepared.estimate - template.max_output,
+    )
+
+
+def key_limiter(request: ResponsesRequest, limits: KeyLimits) -> RateLimiter:
+    """The rate limiter of the request's key and model in `limits`, which every batch on
+    them shares (the processor's and the pipeline's alike); its RPM/TPM learned from
+    headers, under the request's own `requests_per_minute`/`tokens_per_minute`."""
+    return limits.rate(
+        request.base_url,
+        request.api_key or "",
+        request.model,
+        requests_per_minute=request.requests_per_minute,
+        tokens_per_minute=request.tokens_per_minute,
+        learn=True,
     )
 
 

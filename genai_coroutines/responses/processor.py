@@ -17,10 +17,13 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from operator import itemgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engine import (
+    USER_AGENT,
     BatchOptions,
+    ClientOptions,
+    Clients,
     Driver,
     DriverCore,
     KeyLimits,
@@ -31,17 +34,17 @@ from ..engine import (
 )
 from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
-from ..engine.limits import chosen_limits
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
-from .direct import DirectPath, budget_for
+from .direct import DirectPath, budget_for, key_limiter
 from .prices import TokenPrices, table_of, tier_share
 from .request import ResponsesRequest
 from .results import logger
 
-USER_AGENT = "genai-coroutines/2 (python)"
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 def request_headers(request: ResponsesRequest) -> dict[str, str]:
@@ -62,11 +65,16 @@ class ResponsesProcessor:
     last_summary: Summary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(self, *, limits: KeyLimits | None = None, limits_store: str | None = None) -> None:
-        """`limits_store`: a `redis://` URL whose limits every process and machine using it
-        shares (default `$GENAI_COROUTINES_LIMITS_STORE`, else this process's memory);
-        `limits`: a `KeyLimits` to use instead (not both)."""
-        self.limits = chosen_limits(limits, limits_store)
+    def __init__(self, **clients: Unpack[ClientOptions]) -> None:
+        """`limits_store` (a `redis://` URL whose limits every process using it shares),
+        `limits` (a `KeyLimits` instead) and `connector` (a factory of the aiohttp
+        connector each batch's session sends through): see `engine.ClientOptions`."""
+        self.clients = Clients(**clients)
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The limits every batch of this processor draws on."""
+        return self.clients.limits
 
     async def process_batch(
         self,
@@ -157,20 +165,14 @@ class ResponsesProcessor:
                     "collected: their items are sent again (rerun with background=True to "
                     'collect them)"',
                 )
-        await self.limits.ready()  # an unreachable shared store fails here, nothing sent
-        limiter = self.limits.rate(
-            request.base_url,
-            request.api_key or "",
-            request.model,
-            requests_per_minute=request.requests_per_minute,
-            tokens_per_minute=request.tokens_per_minute,
-            learn=True,
-        )
+        await self.clients.ready()  # an unreachable shared store fails here, nothing sent
+        limiter = key_limiter(request, self.limits)
         summary = summary or Summary(pricing=(TokenPrices(model=request.model),))
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
             headers=request_headers(request),
+            connector=self.clients.connector,
             journal=journal,
             progress=progress,
             summary=summary,
