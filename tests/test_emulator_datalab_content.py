@@ -249,16 +249,23 @@ async def test_checkpoint_is_reused_by_extract(
     assert converted_at < extract_at
 
 
-async def test_checkpoints_expire_with_their_result(
+async def test_checkpoints_are_kept_for_their_own_retention(
     emulator: Emulator, http: aiohttp.ClientSession
 ) -> None:
+    """A checkpoint outlives its conversion's result: it is kept `datalab_checkpoint_ttl`."""
     converted = await run(
         http, emulator, "convert", form(sample("invoice-acme.pdf"), save_checkpoint="true")
     )
     emulator.config.result_ttl = 0.0
     body = form(checkpoint_id=converted["checkpoint_id"], page_schema=schema_text())
     status, answer = await post(http, emulator, "extract", body)
-    assert status == 404 and "Checkpoint" in answer["detail"]
+    assert status == 200 and answer["request_id"]  # the conversion's result is gone, not it
+    assert list(emulator.datalab.jobs) == [answer["request_id"]]
+
+    emulator.config.datalab_checkpoint_ttl = 0.0
+    body = form(checkpoint_id=converted["checkpoint_id"], page_schema=schema_text())
+    status, answer = await post(http, emulator, "extract", body)
+    assert status == 404 and converted["checkpoint_id"] in answer["detail"]
     assert not emulator.datalab.checkpoints
 
 

@@ -3,15 +3,22 @@
     POST /api/v1/marker   (deprecated upstream, still used)      multipart form
     POST /api/v1/convert  (what datalab-python-sdk >= 0.5 uses)   multipart form
     POST /api/v1/extract  (structured extraction: a JSON schema)  multipart form
-    GET  /api/v1/{marker,convert,extract}/{request_id}            poll
+    POST /api/v1/segment  (sections named by a schema)            multipart form
+    GET  /api/v1/{marker,convert,extract,segment}/{request_id}    poll
     POST /api/v1/extraction_schemas, GET .../{schema_id}          saved schemas (`schema_id`)
+    POST /api/v1/files/upload, PUT /storage/..., GET .../confirm  presigned (`datalab_files`)
 
 Each endpoint reads its own form fields (`datalab_form.FIELDS`) and ignores the rest.
-The content is the upload's own text (`datalab_render.read`); `/extract` and a
-`/marker` `page_schema` fill the schema from that text (`schema_fill`). A job
-submitted with `save_checkpoint` shows a `checkpoint_id` once complete; an `/extract`
-naming it needs no file and reads the checkpoint's pages. Checkpoints live as long as
-their job's result (`result_ttl`).
+The content is the upload's own text (`datalab_render.read`), or the bytes a
+`file_url=datalab://file-N` reference names; `/extract` and a `/marker` `page_schema` fill
+the schema from that text (`schema_fill`), `/segment` cuts it by `segmentation_schema`. A job
+submitted with `save_checkpoint` shows a `checkpoint_id` once complete; an `/extract` or
+`/segment` naming it needs no file and reads the checkpoint's pages without parsing them
+again (`Stats.parses_by_digest`, `Stats.checkpoint_reads_by_digest`). A checkpoint is kept
+`datalab_checkpoint_ttl` seconds after its job ends (undocumented upstream: "about an hour").
+An unknown or expired one is a 404 at submission, or with `datalab_lost_checkpoint="failed"`
+an accepted job that ends failed: both are plausible, neither is documented. Each job is
+billed per operation (`datalab_billing`), from `datalab_credits_cents` when set.
 
 Behaviour follows https://documentation.datalab.to: `X-API-Key` auth; 429 with
 FastAPI's `detail` when the per-key requests-per-minute or concurrent-request limit
@@ -23,9 +30,9 @@ upstream) after the job finishes.
 Choices where the docs say nothing: polls are neither rate limited nor counted
 against the submission RPM; every 429 carries an integer `Retry-After`; failed jobs
 answer `{"status": "failed"}` (what the SDK's tests use); a webhook fires once when
-a job ends, complete or failed, with no retries; an unknown `checkpoint_id` or
-`schema_id` is a 404. The three endpoints share one set of limits and one fault plan
-(`marker_submit`, `marker_poll`, `marker_accepted`).
+a job ends, complete or failed, with no retries; an unknown `schema_id` is a 404. The four
+endpoints share one set of limits and one fault plan (`marker_submit`, `marker_poll`,
+`marker_accepted`).
 
 A job is a small record holding when it will be ready and the text of its pages: a
 poll compares that with the clock, so nothing runs per job except webhook deliveries.
@@ -35,20 +42,21 @@ Uploaded bytes are digested and read at submission, then dropped.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import heapq
 import math
 import secrets
-import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from . import datalab_form, datalab_render
+from . import datalab_billing, datalab_form, datalab_render
+from .datalab_files import DatalabFiles
+from .datalab_form import reply
+from .datalab_schemas import SavedSchemas
 from .faults import maybe_fault
 from .state import RateWindow, digest
 
@@ -83,32 +91,17 @@ class Job:
     submitted_at: float
     ready_at: float
     error: str | None
+    cents: dict[str, float]
+    """What it costs, per operation (`datalab_billing.operations`); nothing when it fails."""
     checkpoint_id: str | None = None
 
 
 @dataclass(slots=True)
-class SavedSchema:
-    """An extraction schema saved with `POST /api/v1/extraction_schemas`; versions from 1."""
+class Checkpoint:
+    """A parse saved with `save_checkpoint`: usable from `ready_at` for `datalab_checkpoint_ttl`."""
 
-    schema_id: str
-    name: str
-    description: str | None
-    versions: list[dict[str, Any]] = field(default_factory=list)
-    created: str = ""
-
-    def body(self, number: int) -> dict[str, Any]:
-        return {
-            "id": number,
-            "schema_id": self.schema_id,
-            "name": self.name,
-            "description": self.description,
-            "schema_json": self.versions[-1],
-            "version": len(self.versions),
-            "version_history": [],
-            "archived": False,
-            "created": self.created,
-            "updated": self.created,
-        }
+    content: datalab_render.Content
+    ready_at: float
 
 
 class DatalabEmulation:
@@ -124,30 +117,25 @@ class DatalabEmulation:
         self._webhooks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._bases: dict[str, str] = {}
-        self.checkpoints: dict[str, str] = {}
-        """checkpoint_id -> request_id of the job whose pages it holds."""
-        self.schemas: dict[str, SavedSchema] = {}
+        self.checkpoints: dict[str, Checkpoint] = {}
+        self._checkpoint_expiry: list[tuple[float, str]] = []
+        """Heap of (ready_at, checkpoint_id)."""
+        self.saved_schemas = SavedSchemas(emulator)
+        self.files = DatalabFiles(emulator)
+        self.credits = datalab_billing.Credits(emulator.config)
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/api/v1/{endpoint:marker|convert|extract}", self.submit)
-        app.router.add_get("/api/v1/{endpoint:marker|convert|extract}/{request_id}", self.poll)
-        app.router.add_post("/api/v1/extraction_schemas", self.create_schema)
-        app.router.add_get("/api/v1/extraction_schemas/{schema_id}", self.get_schema)
+        endpoints = "|".join(datalab_form.ENDPOINTS)
+        app.router.add_post(f"/api/v1/{{endpoint:{endpoints}}}", self.submit)
+        app.router.add_get(f"/api/v1/{{endpoint:{endpoints}}}/{{request_id}}", self.poll)
+        self.saved_schemas.add_routes(app)
+        self.files.add_routes(app)
 
     def save_schema(
         self, schema_json: Any, name: str = "schema", description: str | None = None
     ) -> str:
         """Save an extraction schema as `POST /api/v1/extraction_schemas` does; its id."""
-        datalab_form.check_schema_json("schema_json", schema_json)
-        saved = SavedSchema(
-            schema_id=f"sch_{secrets.token_hex(6)}",
-            name=name,
-            description=description,
-            versions=[schema_json],
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        )
-        self.schemas[saved.schema_id] = saved
-        return saved.schema_id
+        return self.saved_schemas.save(schema_json, name, description)
 
     def reset_limits(self) -> None:
         """Refill the RPM bucket; jobs in flight keep counting, as they would upstream."""
@@ -207,8 +195,9 @@ class DatalabEmulation:
 
     async def _submit(self, request: web.Request) -> tuple[web.Response, str | None]:
         """The answer to a submission, and the request id when a job was accepted."""
-        if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED}), None
+        refused = self.unauthorized(request)
+        if refused is not None:
+            return refused, None
         endpoint = request.match_info["endpoint"]
         path = f"/api/v1/{endpoint}"
         config = self.emulator.config
@@ -228,12 +217,14 @@ class DatalabEmulation:
             "ignored": datalab_form.ignored_fields(form, endpoint),
         }
         self.emulator.stats.remember(seen)
+        lost: str | None = None
         try:
             options, upload = datalab_form.parse(form, endpoint)
-            options = self._with_schema(options)
+            options = self.saved_schemas.resolve(options)
             if upload is None:
-                key, content = self._from_checkpoint(options)
+                key, content, lost = self._from_checkpoint(options)
             else:
+                upload = self._resolve(upload, endpoint)
                 key = (
                     digest(upload.data)
                     if upload.data is not None
@@ -242,11 +233,15 @@ class DatalabEmulation:
                 content = await asyncio.to_thread(datalab_render.read, upload, options, key)
         except datalab_form.FormError as error:
             seen["status"] = error.status
-            return _json(error.status, {"detail": error.detail}), None
+            return reply(error.status, {"detail": error.detail}), None
         if upload is not None:
             seen.update(filename=upload.filename, content_type=upload.content_type)
         seen["digest"] = key
 
+        cents = datalab_billing.operations(options, len(content.pages), parses=upload is not None)
+        if not self.credits.covers(sum(cents.values())):
+            seen["status"] = 403
+            return reply(403, {"detail": datalab_billing.NO_CREDITS}), None
         now = asyncio.get_running_loop().time()
         self._settle(now)
         self._purge(now)
@@ -259,11 +254,13 @@ class DatalabEmulation:
             )
             return _too_many(detail, self._running[0][0] - now), None
 
-        request_id, job = self._accept(request, path, options, content, upload, now)
+        request_id, job = self._accept(request, path, options, content, upload, now, lost, cents)
         seen["status"] = 200
         stats = self.emulator.stats
         stats.submissions_by_digest[key] += 1
         stats.submissions_by_endpoint.setdefault(endpoint, Counter())[key] += 1
+        if upload is not None and upload.file_url is not None and upload.data is not None:
+            stats.references_used[upload.file_url] += 1
         answer: dict[str, Any] = {
             "success": True,
             "error": None,
@@ -271,34 +268,37 @@ class DatalabEmulation:
             "request_check_url": f"{job.base}/{request_id}",
             "versions": {},
         }
-        return _json(200, answer), request_id
+        return reply(200, answer), request_id
 
-    def _with_schema(self, options: datalab_form.Options) -> datalab_form.Options:
-        """`options` with a `schema_id` replaced by the saved schema it names."""
-        if options.schema_id is None:
-            return options
-        saved = self.schemas.get(options.schema_id)
-        version = options.schema_version or (len(saved.versions) if saved else 0)
-        if saved is None or not 1 <= version <= len(saved.versions):
-            detail = f"Extraction schema {options.schema_id!r}"
-            if options.schema_version is not None:
-                detail += f" version {options.schema_version}"
-            raise datalab_form.FormError(404, f"{detail} not found.")
-        return dataclasses.replace(options, page_schema=saved.versions[version - 1])
+    def _resolve(self, upload: datalab_form.Upload, endpoint: str) -> datalab_form.Upload:
+        """The stored file a `datalab://` reference names (an endpoint set to refuse
+        references answers as for any URL it cannot fetch); other uploads as they are."""
+        if not datalab_form.is_reference(upload.file_url):
+            return upload
+        if endpoint in self.emulator.config.datalab_refuse_references:
+            raise datalab_form.FormError(400, datalab_form.NOT_HTTP)
+        return self.files.resolve(str(upload.file_url))
 
-    def _from_checkpoint(self, options: datalab_form.Options) -> tuple[str, datalab_render.Content]:
-        """The counter key and the pages of the checkpoint an `/extract` names."""
+    def _from_checkpoint(
+        self, options: datalab_form.Options
+    ) -> tuple[str, datalab_render.Content, str | None]:
+        """The counter key and the pages of the checkpoint a job names, and why it fails
+        when the checkpoint is gone and `datalab_lost_checkpoint` is "failed" (else a 404)."""
         checkpoint_id = str(options.checkpoint_id)
+        key = f"checkpoint:{checkpoint_id}"
         now = asyncio.get_running_loop().time()
         self._purge(now)
-        source = self.jobs.get(self.checkpoints.get(checkpoint_id, ""))
-        if source is None or source.ready_at > now or source.error is not None:
-            raise datalab_form.FormError(
-                404,
-                f"Checkpoint {checkpoint_id!r} not found. Checkpoints are deleted with their "
-                "results; convert the document again with save_checkpoint=true.",
-            )
-        return f"checkpoint:{checkpoint_id}", source.content.select(options)
+        checkpoint = self.checkpoints.get(checkpoint_id)
+        if checkpoint is not None and checkpoint.ready_at <= now:
+            return key, checkpoint.content.select(options), None
+        lost = (
+            f"Checkpoint {checkpoint_id!r} not found. Checkpoints are deleted some time after "
+            "they are saved; convert the document again with save_checkpoint=true."
+        )
+        if self.emulator.config.datalab_lost_checkpoint != "failed":
+            raise datalab_form.FormError(404, lost)
+        nothing = datalab_render.Content(checkpoint_id, key, 0, (), ())
+        return key, nothing, lost
 
     def _accept(
         self,
@@ -308,17 +308,28 @@ class DatalabEmulation:
         content: datalab_render.Content,
         upload: datalab_form.Upload | None,
         now: float,
+        lost: str | None,
+        cents: dict[str, float],
     ) -> tuple[str, Job]:
-        """Create the job record and decide, now, how and when it ends."""
+        """Create the job record and decide, now, how and when it ends (`lost`: why a job
+        from a checkpoint that is gone fails); a job that will complete pays `cents`."""
         pages = len(content.pages)
-        error = self._refusal(options, content.total_pages, pages)
+        error = lost or self._refusal(options, content.total_pages, pages)
         ready_at = now
+        stats = self.emulator.stats
         if error is None:  # it gets processed, even if only to fail
             error = self._failure(upload.data if upload is not None else None)
             ready_at = now + self.emulator.config.seconds_per_page * pages
             heapq.heappush(self._running, (ready_at, pages))
             self._pages_in_flight += pages
-            self.emulator.stats.pages_processed += pages
+            stats.pages_processed += pages
+            reads = (
+                stats.parses_by_digest if upload is not None else stats.checkpoint_reads_by_digest
+            )
+            reads[content.digest] += 1
+        if error is None:
+            self.credits.spend(sum(cents.values()))
+            stats.cents_billed[options.endpoint] += sum(cents.values())
 
         request_id = secrets.token_urlsafe(16)
         origin = self.emulator.config.datalab_check_origin or f"{request.scheme}://{request.host}"
@@ -329,10 +340,12 @@ class DatalabEmulation:
             submitted_at=now,
             ready_at=ready_at,
             error=error,
+            cents=cents if error is None else {},
         )
         if options.save_checkpoint and error is None:
             job.checkpoint_id = f"ckpt_{secrets.token_hex(8)}"
-            self.checkpoints[job.checkpoint_id] = request_id
+            self.checkpoints[job.checkpoint_id] = Checkpoint(content, ready_at)
+            heapq.heappush(self._checkpoint_expiry, (ready_at, job.checkpoint_id))
         self.jobs[request_id] = job
         heapq.heappush(self._expiry, (ready_at, request_id))
         if options.webhook_url is not None and self.emulator.config.webhooks:
@@ -374,57 +387,37 @@ class DatalabEmulation:
 
     def _poll(self, request: web.Request) -> tuple[web.Response, str]:
         """The answer to a poll, and what it said (for `Stats.events`)."""
-        if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED}), "401"
+        refused = self.unauthorized(request)
+        if refused is not None:
+            return refused, "401"
+        if self.emulator.config.datalab_polls_need_credits and self.credits.exhausted:
+            return reply(403, {"detail": datalab_billing.NO_CREDITS}), "403"
         now = asyncio.get_running_loop().time()
         self._purge(now)
         job = self.jobs.get(request.match_info["request_id"])
         if job is None:
-            return _json(404, {"detail": NOT_FOUND}), "404"
+            return reply(404, {"detail": NOT_FOUND}), "404"
         if now < job.ready_at:
-            return _json(200, {"status": "processing"}), "processing"
+            return reply(200, {"status": "processing"}), "processing"
         if job.error is not None:
-            return _json(200, datalab_render.failed_payload(job.error)), "failed"
+            return reply(200, datalab_render.failed_payload(job.error)), "failed"
         payload = datalab_render.complete_payload(
             job.options,
             job.content,
             runtime=job.ready_at - job.submitted_at,
+            cost_breakdown=datalab_billing.cost_breakdown(job.cents),
+            segment_pages=self.emulator.config.datalab_segment_pages,
             checkpoint_id=job.checkpoint_id,
         )
-        return _json(200, payload), "complete"
-
-    # -- saved extraction schemas ---------------------------------------------------
-
-    async def create_schema(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED})
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _json(400, {"detail": "The request body must be JSON."})
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            return _json(400, {"detail": "name (a string) and schema_json are required."})
-        try:
-            schema_id = self.save_schema(
-                body.get("schema_json"), body["name"], body.get("description")
-            )
-        except datalab_form.FormError as error:
-            return _json(error.status, {"detail": error.detail})
-        return _json(200, self.schemas[schema_id].body(len(self.schemas)))
-
-    async def get_schema(self, request: web.Request) -> web.Response:
-        if not self._authorized(request):
-            return _json(401, {"detail": UNAUTHORIZED})
-        schema_id = request.match_info["schema_id"]
-        saved = self.schemas.get(schema_id)
-        if saved is None:
-            return _json(404, {"detail": f"Extraction schema {schema_id!r} not found."})
-        return _json(200, saved.body(list(self.schemas).index(schema_id) + 1))
+        return reply(200, payload), "complete"
 
     # -- bookkeeping --------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        return request.headers.get("X-API-Key") == self.emulator.config.datalab_api_key
+    def unauthorized(self, request: web.Request) -> web.Response | None:
+        """Datalab's 401, unless the request carries the key (every API path but storage)."""
+        if request.headers.get("X-API-Key") == self.emulator.config.datalab_api_key:
+            return None
+        return reply(401, {"detail": UNAUTHORIZED})
 
     def _rpm_wait(self) -> float:
         """Seconds until the submission RPM allows one more request; 0 takes it now."""
@@ -444,13 +437,16 @@ class DatalabEmulation:
             self._pages_in_flight -= pages
 
     def _purge(self, now: float) -> None:
-        """Drop results older than `result_ttl`; lazily, on each request."""
+        """Drop results older than `result_ttl`, checkpoints older than
+        `datalab_checkpoint_ttl`; lazily, on each request."""
         ttl = self.emulator.config.result_ttl
         while self._expiry and self._expiry[0][0] + ttl < now:
             _, request_id = heapq.heappop(self._expiry)
-            job = self.jobs.pop(request_id, None)
-            if job is not None and job.checkpoint_id is not None:
-                self.checkpoints.pop(job.checkpoint_id, None)
+            self.jobs.pop(request_id, None)
+        ttl = self.emulator.config.datalab_checkpoint_ttl
+        while self._checkpoint_expiry and self._checkpoint_expiry[0][0] + ttl < now:
+            _, checkpoint_id = heapq.heappop(self._checkpoint_expiry)
+            self.checkpoints.pop(checkpoint_id, None)
 
     async def _notify(self, request_id: str, job: Job, url: str) -> None:
         """POST Datalab's webhook body when the job ends; one attempt, failures ignored."""
@@ -470,11 +466,5 @@ class DatalabEmulation:
         self.emulator.stats.webhooks_sent += 1
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
-    )
-
-
 def _too_many(detail: str, wait: float) -> web.Response:
-    return _json(429, {"detail": detail}, {"Retry-After": str(max(1, math.ceil(wait)))})
+    return reply(429, {"detail": detail}, {"Retry-After": str(max(1, math.ceil(wait)))})

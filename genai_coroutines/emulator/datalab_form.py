@@ -25,7 +25,9 @@ from ..pdfpages import parse_page_range
 
 FORMATS = ("markdown", "html", "json", "chunks")
 MODES = ("fast", "balanced", "accurate")
-ENDPOINTS = ("marker", "convert", "extract")
+ENDPOINTS = ("marker", "convert", "extract", "segment")
+REFERENCE_SCHEME = "datalab"
+"""`file_url=datalab://file-N`: a file uploaded through a presigned URL (`datalab_files`)."""
 EXTRAS = (
     "track_changes", "chart_understanding", "extract_links", "table_row_bboxes", "infographic",
     "new_block_types",
@@ -51,7 +53,14 @@ MARKER_FIELDS = (CONVERT_FIELDS - {"force_new"}) | {
 """The deprecated `/marker`: what `/convert` takes but `force_new`, and its own old options."""
 EXTRACT_FIELDS = _COMMON | {"page_schema", "schema_id", "schema_version", "checkpoint_id"}
 """`Body_extract_api_v1_extract_post`, plus `schema_id`/`schema_version` (datalab-python-sdk)."""
-FIELDS = {"marker": MARKER_FIELDS, "convert": CONVERT_FIELDS, "extract": EXTRACT_FIELDS}
+SEGMENT_FIELDS = (_COMMON - {"output_format"}) | {"segmentation_schema", "checkpoint_id"}
+"""`Body_segment_api_v1_segment_post` (api-reference/segment-document; SDK `SegmentOptions`)."""
+FIELDS = {
+    "marker": MARKER_FIELDS,
+    "convert": CONVERT_FIELDS,
+    "extract": EXTRACT_FIELDS,
+    "segment": SEGMENT_FIELDS,
+}
 """What each endpoint reads. Like any FastAPI handler, it ignores every other form field."""
 
 BOOL_FIELDS = frozenset(
@@ -65,7 +74,7 @@ BOOL_FIELDS = frozenset(
     }
 )  # fmt: skip
 INT_FIELDS = frozenset({"max_pages", "workflowstepdata_id", "eval_rubric_id", "schema_version"})
-JSON_OBJECT_FIELDS = ("page_schema", "additional_config")
+JSON_OBJECT_FIELDS = ("page_schema", "additional_config", "segmentation_schema")
 
 Form = MultiDictProxy[str | bytes | bytearray | web.FileField]
 """What `aiohttp.web.Request.post()` returns."""
@@ -75,6 +84,9 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 """What pydantic accepts as a boolean string (case-insensitive); the SDK sends "True"/"False"."""
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
+
+NOT_HTTP = "file_url must be an http or https URL."
+"""The answer to a `file_url` the endpoint cannot fetch (also a refused `datalab://`)."""
 
 INVALID_FILE_TYPE = (
     "Invalid file type. Only PDF files, word documents, spreadsheets, powerpoints, HTML, "
@@ -123,6 +135,7 @@ class Options:
     token_efficient_markdown: bool
     save_checkpoint: bool
     page_schema: dict[str, Any] | None
+    segmentation_schema: dict[str, Any] | None
     schema_id: str | None
     schema_version: int | None
     checkpoint_id: str | None
@@ -131,12 +144,20 @@ class Options:
 
 @dataclass(frozen=True, slots=True)
 class Upload:
-    """The document part: its bytes (or the URL to fetch it from) and how it was labelled."""
+    """The document part: its bytes (or the URL to fetch it from, or the `datalab://`
+    reference of a stored file) and how it was labelled."""
 
     data: bytes | None
     file_url: str | None
     filename: str | None
     content_type: str | None
+
+
+def reply(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer, as FastAPI sends it (errors as `{"detail": ...}`)."""
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 def wire_fields(form: Form) -> dict[str, str]:
@@ -153,7 +174,7 @@ def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]
     """Validate a submission form; raise `FormError` as the real server would answer.
 
     Only the fields `endpoint` reads are looked at (see `FIELDS`); the upload is None
-    only for an `/extract` from a `checkpoint_id`.
+    only for an `/extract` or `/segment` from a `checkpoint_id`.
     """
     allowed = FIELDS[endpoint]
     fields = {name: value for name, value in wire_fields(form).items() if name in allowed}
@@ -221,6 +242,11 @@ def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]
     schema_version = numbers.get("schema_version")
     if endpoint == "extract":
         _check_extraction(objects.get("page_schema"), schema_id, schema_version)
+    if endpoint == "segment" and "segmentation_schema" not in objects:
+        missing = {"type": "missing", "loc": ["body", "segmentation_schema"]}
+        raise FormError(422, [{**missing, "msg": "Field required", "input": None}])
+    if "segmentation_schema" in objects:
+        segment_names(objects["segmentation_schema"])
 
     options = Options(
         endpoint=endpoint,
@@ -236,6 +262,7 @@ def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]
         token_efficient_markdown=flags.get("token_efficient_markdown", False),
         save_checkpoint=flags.get("save_checkpoint", False),
         page_schema=objects.get("page_schema"),
+        segmentation_schema=objects.get("segmentation_schema"),
         schema_id=schema_id,
         schema_version=schema_version,
         checkpoint_id=checkpoint_id,
@@ -262,6 +289,29 @@ def check_schema_json(name: str, schema: Any) -> None:
     """An extraction schema must be an object with a `properties` object (the API's rule)."""
     if not isinstance(schema, dict) or not isinstance(schema.get("properties"), dict):
         raise FormError(400, f"{name} must contain a 'properties' key.")
+
+
+def segment_names(schema: dict[str, Any]) -> list[str]:
+    """The segment names of a `segmentation_schema`: `{"segments": [{"name", "description"}]}`
+    (API reference, SDK tests), or the same list under `sections` (SDK docs page)."""
+    entries = schema.get("segments", schema.get("sections"))
+    names = (
+        [entry.get("name") for entry in entries if isinstance(entry, dict)]
+        if isinstance(entries, list)
+        else []
+    )
+    if not names or not all(isinstance(name, str) and name.strip() for name in names):
+        raise FormError(
+            400,
+            "segmentation_schema must contain a 'segments' list of objects, each with a "
+            "'name' and a 'description'.",
+        )
+    return [str(name) for name in names]
+
+
+def is_reference(url: str | None) -> bool:
+    """Whether a `file_url` names a stored file (`datalab://file-N`)."""
+    return url is not None and URL(url).scheme == REFERENCE_SCHEME
 
 
 def _type_error(kind: str, name: str, message: str, value: str) -> dict[str, Any]:
@@ -311,8 +361,8 @@ def _upload(file_part: web.FileField | None, file_url: str | None) -> Upload:
     if file_part is not None and file_url:
         raise FormError(400, "Provide either file or file_url, not both.")
     if file_url:
-        if URL(file_url).scheme not in ("http", "https"):
-            raise FormError(400, "file_url must be an http or https URL.")
+        if URL(file_url).scheme not in ("http", "https", REFERENCE_SCHEME):
+            raise FormError(400, NOT_HTTP)
         return Upload(data=None, file_url=file_url, filename=None, content_type=None)
     if file_part is None:
         raise FormError(400, "You must provide either file or file_url.")

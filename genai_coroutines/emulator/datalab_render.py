@@ -33,13 +33,10 @@ import orjson
 
 from ..pdfpages import count_pdf_pages, parse_page_range
 from . import schema_fill
-from .datalab_form import Options, Upload
+from .datalab_form import Options, Upload, segment_names
 
 PAGE_SEPARATOR = "-" * 48
 """marker's `MarkdownRenderer.page_separator`."""
-
-PRICE_CENTS_PER_PAGE = {"fast": 0.4, "balanced": 0.4, "accurate": 0.6}
-"""Emulator prices, not Datalab's (see datalab.to/pricing); only their shape matters."""
 
 PARSE_QUALITY_SCORE = 4.5
 VERSIONS = {"marker": "emulator"}
@@ -237,29 +234,31 @@ def complete_payload(
     content: Content,
     *,
     runtime: float,
+    cost_breakdown: dict[str, Any],
+    segment_pages: str = "pages",
     checkpoint_id: str | None = None,
 ) -> dict[str, Any]:
-    """Everything `GET request_check_url` returns once the job is done."""
+    """Everything `GET request_check_url` returns once the job is done. `/segment` answers
+    its segments, not the document's text."""
     doc = _Document(options, content)
-    cost = round(len(content.pages) * PRICE_CENTS_PER_PAGE[options.mode], 4)
-    payload: dict[str, Any] = {
-        "status": "complete",
-        "success": True,
-        "error": None,
-        "output_format": options.output_format,
-    }
-    renderers = {"markdown": doc.markdown, "html": doc.html, "json": doc.json, "chunks": doc.chunks}
-    for fmt in options.formats:
-        payload[fmt] = renderers[fmt]()
+    payload: dict[str, Any] = {"status": "complete", "success": True, "error": None}
+    if options.endpoint != "segment":
+        payload["output_format"] = options.output_format
+        renderers = {
+            "markdown": doc.markdown, "html": doc.html, "json": doc.json, "chunks": doc.chunks
+        }  # fmt: skip
+        for fmt in options.formats:
+            payload[fmt] = renderers[fmt]()
+        payload.update(images=doc.images(), metadata=doc.metadata())
     if options.page_schema is not None:
         payload["extraction_schema_json"] = orjson.dumps(extraction(options, content)).decode()
+    if options.segmentation_schema is not None:
+        payload["segmentation_results"] = segmentation(options, content, segment_pages)
     payload.update(
-        images=doc.images(),
-        metadata=doc.metadata(),
         page_count=len(content.pages),
         parse_quality_score=PARSE_QUALITY_SCORE,
         runtime=round(runtime, 3),
-        cost_breakdown={"list_cost_cents": cost, "final_cost_cents": cost},
+        cost_breakdown=cost_breakdown,
         versions=VERSIONS,
     )
     if checkpoint_id is not None:
@@ -274,6 +273,43 @@ def extraction(options: Options, content: Content) -> Any:
     return schema_fill.instance(
         options.page_schema, random.Random(label), [label], text=content.full_text()
     )
+
+
+def segmentation(options: Options, content: Content, spelling: str) -> dict[str, Any]:
+    """The document cut into runs of pages by the schema's segment names: a page whose text
+    names a segment (case-blind; the earliest name on the page wins) starts a run of it, a
+    page naming none continues the run before it (the first such page: the first segment).
+    `spelling` "pages" lists each run's pages, "page_range" writes them as Datalab's page
+    range ("0-2,5")."""
+    assert options.segmentation_schema is not None
+    names = segment_names(options.segmentation_schema)
+    runs: list[tuple[str, list[int], bool]] = []
+    for index, page in enumerate(content.pages):
+        text = content.text(index).lower()
+        found = [(text.find(name.lower()), name) for name in names if name.lower() in text]
+        if found:
+            runs.append((min(found)[1], [page], True))
+        elif runs:
+            runs[-1][1].append(page)
+        else:
+            runs.append((names[0], [page], False))
+    segments = []
+    for name, pages, named in runs:
+        where: Any = pages if spelling == "pages" else _page_range(pages)
+        segments.append({"name": name, spelling: where, "confidence": "high" if named else "low"})
+    metadata = {"total_pages": len(content.pages), "segmentation_method": "schema"}
+    return {"segments": segments, "metadata": metadata}
+
+
+def _page_range(pages: list[int]) -> str:
+    """Pages as Datalab writes a page range: `[0, 1, 2, 5]` is "0-2,5"."""
+    spans: list[list[int]] = []
+    for page in pages:
+        if spans and page == spans[-1][1] + 1:
+            spans[-1][1] = page
+        else:
+            spans.append([page, page])
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
 
 
 class _Document:

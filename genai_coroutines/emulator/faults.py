@@ -81,10 +81,14 @@ FAULT_ENDPOINTS = (
     "marker_submit",
     "marker_poll",
     "marker_accepted",
+    "datalab_files",
+    "storage_put",
     LINE_ENDPOINT,
 )
 """Where faults can be injected; "marker_accepted" fires after a job was accepted, so the
-job runs (and is billed) but the client never learns its id. The OpenAI async paths:
+job runs (and is billed) but the client never learns its id; `datalab_files` is Datalab's
+`POST /api/v1/files/upload` and `GET .../confirm`, `storage_put` the PUT to a presigned upload
+URL. The OpenAI async paths:
 `responses_poll` is `GET /v1/responses/{id}`, `responses_cancel` its `/cancel`;
 `files_upload` is `POST /v1/files`, `files_read` `GET /v1/files/{id}` and its `/content`;
 `batches_create` is `POST /v1/batches`, `batches_poll` `GET /v1/batches[/{id}]`,
@@ -163,7 +167,7 @@ class FaultPlan:
 
 def _error_body(status: int, endpoint: str) -> dict[str, object]:
     """The JSON a failing server sends: OpenAI's error object, or FastAPI's `detail` (Datalab)."""
-    if endpoint.startswith("marker"):
+    if endpoint.startswith(("marker", "datalab", "storage")):
         return {"detail": "Internal Server Error" if status == 500 else "Service Unavailable"}
     return {
         "error": {

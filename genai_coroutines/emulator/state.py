@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -116,6 +116,37 @@ class EmulatorConfig:
         0.0, 'share of accepted jobs that end {"status": "failed"} (seeded)'
     )
     webhooks: bool = param(True, "POST Datalab's webhook body to webhook_url when a job ends")
+    datalab_checkpoint_ttl: float = param(
+        3600.0, "seconds a checkpoint (save_checkpoint) stays usable after its job ends"
+    )
+    datalab_lost_checkpoint: Literal["404", "failed"] = param(
+        "404",
+        "the answer to an unknown or expired checkpoint_id: 404 at submit, or an accepted "
+        'job that ends {"status": "failed"}',
+    )
+    datalab_segment_pages: Literal["pages", "page_range"] = param(
+        "pages",
+        'how each segment names its pages: "pages": [0, 1] (Datalab\'s recipe) or '
+        '"page_range": "0-1" (datalab-python-sdk\'s tests)',
+    )
+    datalab_upload_url_ttl: float = param(
+        3600.0, "seconds a presigned upload URL accepts a PUT (then 403 Request has expired)"
+    )
+    datalab_refuse_references: list[str] = field(
+        default_factory=list,
+        metadata=spec(
+            "an endpoint (marker, convert, extract, segment) answering a datalab:// file_url "
+            "400, as for any non-http(s) URL (repeatable)",
+            metavar="ENDPOINT",
+        ),
+    )
+    datalab_credits_cents: float | None = param(
+        None,
+        "the account's credit, cents; a submit it cannot cover gets 403 (default: unlimited)",
+    )
+    datalab_polls_need_credits: bool = param(
+        False, "once a submit was refused for credits, polls get the same 403 too"
+    )
     datalab_check_origin: str | None = param(
         None,
         "answer request_check_url on this origin (scheme://host:port), not the emulator's: "
@@ -197,7 +228,24 @@ class Stats:
         """OpenAI: "input" and "output" tokens of every answer completed (synchronous,
         background, Batch API line): what the account would be billed."""
         self.pages_processed = 0
-        """Datalab: pages of every job accepted for processing (what is billed)."""
+        """Datalab: pages of every job accepted for processing."""
+        self.parses_by_digest: Counter[str] = Counter()
+        """Datalab: jobs that parsed (OCR'd) a document, per document digest; a job from a
+        checkpoint parses nothing."""
+        self.checkpoint_reads_by_digest: Counter[str] = Counter()
+        """Datalab: jobs that read a checkpoint instead, per digest of its document."""
+        self.cents_billed: defaultdict[str, float] = defaultdict(float)
+        """Datalab: cents billed per endpoint ("convert", "extract", ...), summed over the
+        `cost_breakdown` of every job that completes."""
+        self.storage_puts_by_digest: Counter[str] = Counter()
+        """Datalab presigned uploads: PUTs accepted by the storage URL, per digest of the bytes."""
+        self.storage_bytes = 0
+        """Datalab presigned uploads: bytes of every PUT accepted."""
+        self.storage_key_leaks = 0
+        """PUTs to the storage URL that carried an `X-Api-Key` or `Authorization` header: the
+        key sent to a host that must never see it."""
+        self.references_used: Counter[str] = Counter()
+        """Datalab: accepted jobs per `datalab://file-N` reference they read."""
 
     def remember(self, item: dict[str, Any], keep: int = 1000) -> None:
         self.received.append(item)
@@ -248,6 +296,13 @@ class Stats:
             "flex_unavailable": self.flex_unavailable,
             "billed_tokens": dict(self.billed_tokens),
             "pages_processed": self.pages_processed,
+            "parses_by_digest": dict(self.parses_by_digest),
+            "checkpoint_reads_by_digest": dict(self.checkpoint_reads_by_digest),
+            "cents_billed": dict(self.cents_billed),
+            "storage_puts_by_digest": dict(self.storage_puts_by_digest),
+            "storage_bytes": self.storage_bytes,
+            "storage_key_leaks": self.storage_key_leaks,
+            "references_used": dict(self.references_used),
         }
 
 
