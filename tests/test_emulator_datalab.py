@@ -7,19 +7,28 @@ sees exactly what crosses the wire.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import orjson
+import pypdf
 import pytest
 import samples
 from aiohttp import web
-from datalab_sdk import AsyncDatalabClient, ConvertOptions  # type: ignore[import-untyped]
+from datalab_sdk import (  # type: ignore[import-untyped]
+    AsyncDatalabClient,
+    ConvertOptions,
+    ExtractOptions,
+    SegmentOptions,
+)
 from datalab_sdk.exceptions import DatalabAPIError  # type: ignore[import-untyped]
 
 from genai_coroutines.emulator import Emulator
@@ -669,3 +678,362 @@ async def test_stats(emulator: Emulator, http: aiohttp.ClientSession) -> None:
     assert png_seen["form"] == {"mode": "fast"}
     assert (png_seen["filename"], png_seen["content_type"]) == ("scan.png", "image/png")
     assert png_seen["digest"] == digest(once) and png_seen["status"] == 200
+
+
+# -- convert once, extract and segment many ----------------------------------------------
+
+INVOICE = {
+    "type": "object",
+    "properties": {"vendor": {"type": "string"}},
+    "required": ["vendor"],
+}
+PARTIES = {
+    "type": "object",
+    "properties": {"date": {"type": "string", "format": "date"}},
+    "required": ["date"],
+}
+SECTIONS = {
+    "segments": [
+        {"name": "Invoice", "description": "an invoice"},
+        {"name": "Receipt", "description": "a receipt"},
+    ]
+}
+
+
+def bundle() -> bytes:
+    """Globex's 2-page invoice then Initech's 3-page receipt, as one 5-page PDF."""
+    writer = pypdf.PdfWriter()
+    for name in ("invoice-globex.pdf", "receipt-initech.pdf"):
+        writer.append(
+            io.BytesIO((resources.files("genai_coroutines") / "samples" / name).read_bytes())
+        )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+async def test_sdk_converts_once_then_extracts_and_segments_from_the_checkpoint(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "bundle.pdf"
+    path.write_bytes(bundle())
+    key = digest(path.read_bytes())
+    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+        converted = await client.convert(
+            path, options=ConvertOptions(save_checkpoint=True), poll_interval=0.01
+        )
+        checkpoint = converted.checkpoint_id
+        extracted = [
+            await client.extract(
+                options=ExtractOptions(page_schema=json.dumps(schema), checkpoint_id=checkpoint),
+                poll_interval=0.01,
+            )
+            for schema in (INVOICE, PARTIES)
+        ]
+        options = SegmentOptions(segmentation_schema=json.dumps(SECTIONS), checkpoint_id=checkpoint)
+        segmented = await client.segment(options=options, poll_interval=0.01)
+
+    assert [json.loads(result.extraction_schema_json) for result in extracted] == [
+        {"vendor": "Globex Corporation"},
+        {"date": "2026-09-18"},
+    ]
+    assert segmented.success and segmented.segmentation_results == {
+        "segments": [
+            {"name": "Invoice", "pages": [0, 1], "confidence": "high"},
+            {"name": "Receipt", "pages": [2, 3, 4], "confidence": "high"},
+        ],
+        "metadata": {"total_pages": 5, "segmentation_method": "schema"},
+    }
+    assert not any(seen["ignored"] for seen in emulator.stats.received)  # the SDK's fields
+    stats = emulator.stats
+    assert stats.parses_by_digest == {key: 1}  # OCR once...
+    assert stats.checkpoint_reads_by_digest == {key: 3}  # ...read three times
+    assert converted.cost_breakdown["operations"] == {"parse": 2.0}
+    assert [result.cost_breakdown for result in extracted] == [
+        {"list_cost_cents": 3.0, "final_cost_cents": 3.0, "operations": {"extract": 3.0}}
+    ] * 2
+    assert segmented.cost_breakdown["operations"] == {"segment": 1.0}
+    assert dict(stats.cents_billed) == {"convert": 2.0, "extract": 6.0, "segment": 1.0}
+
+
+async def test_extract_and_segment_from_a_file_parse_and_bill_both(
+    emulator: Emulator, http: aiohttp.ClientSession
+) -> None:
+    data = bundle()
+    body = form(data, page_schema=json.dumps(INVOICE))
+    extracted = await finish(
+        http, (await submit(http, emulator, body, "extract"))["request_check_url"]
+    )
+    assert extracted["cost_breakdown"]["operations"] == {"parse": 2.0, "extract": 3.0}
+    assert extracted["cost_breakdown"]["final_cost_cents"] == 5.0
+
+    emulator.config.datalab_segment_pages = "page_range"
+    body = form(
+        data,
+        segmentation_schema=json.dumps({"sections": SECTIONS["segments"]}),
+        page_range="1-3",
+        mode="accurate",
+    )
+    answer = await submit(http, emulator, body, "segment")
+    assert answer["request_check_url"].endswith(f"/api/v1/segment/{answer['request_id']}")
+    segmented = await finish(http, answer["request_check_url"])
+    assert segmented["segmentation_results"]["segments"] == [
+        {"name": "Invoice", "page_range": "1", "confidence": "low"},
+        {"name": "Receipt", "page_range": "2-3", "confidence": "high"},
+    ]
+    assert "markdown" not in segmented and segmented["page_count"] == 3
+    assert segmented["cost_breakdown"]["operations"] == {"parse": 1.8, "segment": 0.6}
+    assert emulator.stats.parses_by_digest == {digest(data): 2}
+    assert not emulator.stats.checkpoint_reads_by_digest
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "detail"),
+    [
+        ({}, 422, "missing"),
+        ({"segmentation_schema": "[]"}, 400, "JSON object"),
+        ({"segmentation_schema": '{"segments": []}'}, 400, "'segments' list"),
+        ({"segmentation_schema": '{"segments": [{"description": "x"}]}'}, 400, "'name'"),
+    ],
+)
+async def test_segment_needs_a_schema_of_named_segments(
+    emulator: Emulator,
+    http: aiohttp.ClientSession,
+    fields: dict[str, str],
+    status: int,
+    detail: str,
+) -> None:
+    url = f"{emulator.datalab_base_url}/api/v1/segment"
+    async with http.post(url, data=form(samples.pdf(), **fields)) as response:
+        assert response.status == status
+        answer = await response.json()
+    assert detail in (answer["detail"][0]["type"] if status == 422 else answer["detail"])
+    assert not emulator.stats.submissions_by_digest
+
+
+@pytest.mark.parametrize("endpoint", ["extract", "segment"])
+@pytest.mark.parametrize("lost", ["404", "failed"])
+async def test_a_lost_checkpoint_is_refused_or_fails_as_configured(
+    emulator: Emulator, http: aiohttp.ClientSession, endpoint: str, lost: str
+) -> None:
+    emulator.config.datalab_lost_checkpoint = lost  # type: ignore[assignment]
+    converted = await convert(http, emulator, form(samples.pdf(2), save_checkpoint="true"))
+    emulator.config.datalab_checkpoint_ttl = 0.0  # expired at once
+    schema = {
+        "extract": {"page_schema": json.dumps(INVOICE)},
+        "segment": {"segmentation_schema": json.dumps(SECTIONS)},
+    }[endpoint]
+    for checkpoint in (converted["checkpoint_id"], "ckpt_never_saved"):
+        body = form(checkpoint_id=checkpoint, **schema)
+        async with http.post(
+            f"{emulator.datalab_base_url}/api/v1/{endpoint}", data=body
+        ) as response:
+            answer = await response.json()
+            if lost == "404":
+                assert response.status == 404 and checkpoint in answer["detail"]
+                continue
+            assert response.status == 200
+        result = await finish(http, answer["request_check_url"])
+        assert result["status"] == "failed" and checkpoint in result["error"]
+        assert "cost_breakdown" not in result
+    assert not emulator.stats.checkpoint_reads_by_digest
+    assert set(emulator.stats.cents_billed) == {"marker"}  # the lost ones bill nothing
+
+
+# -- presigned uploads -----------------------------------------------------------------
+
+
+async def request_upload(
+    http: aiohttp.ClientSession, emulator: Emulator, filename: str = "scan.pdf"
+) -> dict[str, Any]:
+    url = f"{emulator.datalab_base_url}/api/v1/files/upload"
+    async with http.post(
+        url, json={"filename": filename, "content_type": "application/pdf"}
+    ) as response:
+        assert response.status == 200, await response.text()
+        answer: dict[str, Any] = await response.json()
+    return answer
+
+
+async def put(url: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """PUT to storage from a session with no key, as a presigned URL wants it."""
+    async with aiohttp.ClientSession() as storage:
+        async with storage.put(url, data=data, headers=headers) as response:
+            return response.status, await response.text()
+
+
+async def confirm(http: aiohttp.ClientSession, emulator: Emulator, file_id: int) -> tuple[int, Any]:
+    url = f"{emulator.datalab_base_url}/api/v1/files/{file_id}/confirm"
+    async with http.get(url) as response:
+        return response.status, await response.json()
+
+
+async def test_sdk_uploads_once_then_converts_extracts_and_segments_the_reference(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "bundle.pdf"
+    path.write_bytes(bundle())
+    key = digest(path.read_bytes())
+    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+        uploaded = await client.upload_files(path)
+        reference = uploaded.reference
+        converted = await client.convert(file_url=reference, poll_interval=0.01)
+        extracted = await client.extract(
+            file_url=reference,
+            options=ExtractOptions(page_schema=json.dumps(INVOICE)),
+            poll_interval=0.01,
+        )
+        segmented = await client.segment(
+            file_url=reference,
+            options=SegmentOptions(segmentation_schema=json.dumps(SECTIONS)),
+            poll_interval=0.01,
+        )
+        metadata = await client.get_file_metadata(uploaded.file_id)
+
+    assert reference == f"datalab://file-{uploaded.file_id}" and uploaded.created
+    assert (metadata.upload_status, metadata.file_size) == ("completed", len(path.read_bytes()))
+    assert "Globex Corporation - Invoice G-77" in converted.markdown and converted.page_count == 5
+    assert json.loads(extracted.extraction_schema_json)["vendor"] == "Globex Corporation"
+    assert [s["name"] for s in segmented.segmentation_results["segments"]] == ["Invoice", "Receipt"]
+    stats = emulator.stats
+    assert stats.storage_puts_by_digest == {key: 1} and stats.storage_bytes == len(
+        path.read_bytes()
+    )
+    assert stats.storage_key_leaks == 0  # the SDK PUTs from a session without the key
+    assert stats.references_used == {reference: 3}
+    assert stats.submissions_by_digest == {key: 3}  # the stored bytes, not the reference
+    assert [seen["filename"] for seen in stats.received] == ["bundle.pdf"] * 3
+
+
+async def test_storage_takes_no_key_and_counts_one_sent_anyway(
+    emulator: Emulator, http: aiohttp.ClientSession
+) -> None:
+    data = samples.pdf(2, tag="stored")
+    grant = await request_upload(http, emulator)
+    assert grant["expires_in"] == 3600 and "/storage/" in grant["upload_url"]
+    assert KEY not in grant["upload_url"]
+    reference = grant["reference"]
+
+    status, _ = await confirm(http, emulator, grant["file_id"])
+    assert status == 400  # nothing in storage yet
+    status, answer = await post_form(http, emulator, "convert", form(file_url=reference))
+    assert status == 400 and "pending" in answer["detail"]
+    status, body = await put(grant["upload_url"] + "0", data)  # a tampered signature
+    assert status == 403 and "<Code>SignatureDoesNotMatch</Code>" in body
+    emulator.faults.schedule("storage_put", "503")
+    assert (await put(grant["upload_url"], data))[0] == 503
+
+    async with http.put(grant["upload_url"], data=data) as response:  # the session has the key
+        assert response.status == 200
+    assert emulator.stats.storage_key_leaks == 1
+    assert (await put(grant["upload_url"], data))[0] == 200
+    assert emulator.stats.storage_key_leaks == 1
+    assert emulator.stats.storage_puts_by_digest == {digest(data): 2}
+
+    status, answer = await confirm(http, emulator, grant["file_id"])
+    assert status == 200 and answer["upload_status"] == "completed"
+    assert answer["file_size"] == len(data) and answer["reference"] == reference
+    result = await convert_ref(http, emulator, reference)
+    assert result["page_count"] == 2
+    status, answer = await post_form(http, emulator, "convert", form(file_url="datalab://file-99"))
+    assert status == 404 and "datalab://file-99" in answer["detail"]
+    async with aiohttp.ClientSession() as anonymous:
+        url = f"{emulator.datalab_base_url}/api/v1/files/upload"
+        async with anonymous.post(url, json={"filename": "x.pdf"}) as response:
+            assert response.status == 401
+
+
+async def test_an_expired_upload_url_is_refused_as_storage_does(
+    emulator: Emulator, http: aiohttp.ClientSession
+) -> None:
+    data = samples.pdf(1, tag="late")
+    stale = await request_upload(http, emulator)
+    emulator.config.datalab_upload_url_ttl = 0.0
+    status, body = await put(stale["upload_url"], data)
+    assert status == 403
+    assert "<Code>AccessDenied</Code><Message>Request has expired</Message>" in body
+    assert not emulator.stats.storage_puts_by_digest
+
+    emulator.config.datalab_upload_url_ttl = 60.0
+    fresh = await request_upload(http, emulator)
+    assert fresh["expires_in"] == 60 and fresh["reference"] != stale["reference"]
+    assert (await put(fresh["upload_url"], data))[0] == 200
+    assert (await confirm(http, emulator, fresh["file_id"]))[0] == 200
+    assert (await convert_ref(http, emulator, fresh["reference"]))["status"] == "complete"
+    assert emulator.stats.storage_puts_by_digest == {digest(data): 1}
+
+
+async def test_an_endpoint_can_refuse_references(
+    emulator: Emulator, http: aiohttp.ClientSession
+) -> None:
+    data = samples.pdf(1, tag="refused")
+    grant = await request_upload(http, emulator)
+    await put(grant["upload_url"], data)
+    await confirm(http, emulator, grant["file_id"])
+    emulator.config.datalab_refuse_references = ["convert"]
+    status, answer = await post_form(http, emulator, "convert", form(file_url=grant["reference"]))
+    assert status == 400 and answer["detail"] == "file_url must be an http or https URL."
+    body = form(file_url=grant["reference"], page_schema=json.dumps(INVOICE))
+    assert (await post_form(http, emulator, "extract", body))[0] == 200
+    assert (await post_form(http, emulator, "convert", form(data)))[0] == 200  # multipart still
+    assert emulator.stats.references_used == {grant["reference"]: 1}
+
+
+async def post_form(
+    http: aiohttp.ClientSession, emulator: Emulator, endpoint: str, body: aiohttp.FormData
+) -> tuple[int, Any]:
+    async with http.post(f"{emulator.datalab_base_url}/api/v1/{endpoint}", data=body) as response:
+        return response.status, await response.json()
+
+
+async def convert_ref(
+    http: aiohttp.ClientSession, emulator: Emulator, reference: str
+) -> dict[str, Any]:
+    answer = await submit(http, emulator, form(file_url=reference), "convert")
+    return await finish(http, answer["request_check_url"])
+
+
+# -- credits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("polls_need_credits", [False, True])
+async def test_credits_run_out(
+    emulator: Emulator, http: aiohttp.ClientSession, polls_need_credits: bool
+) -> None:
+    emulator.config.datalab_credits_cents = 1.0  # two 1-page conversions at 0.4 cents
+    emulator.config.datalab_polls_need_credits = polls_need_credits
+    first = await convert(http, emulator, form(samples.pdf(1, tag="a")))
+    emulator.config.seconds_per_page = 5.0  # the second is still processing when credits end
+    second = await submit(http, emulator, form(samples.pdf(1, tag="b")), "convert")
+    status, answer = await post_form(http, emulator, "convert", form(samples.pdf(1, tag="c")))
+    assert (status, answer) == (
+        403,
+        {"detail": "You need an active, paid subscription to use this API."},
+    )
+    assert emulator.datalab.credits.balance == pytest.approx(0.2)
+    assert dict(emulator.stats.cents_billed) == {"marker": 0.4, "convert": 0.4}
+
+    async with http.get(second["request_check_url"]) as response:
+        if polls_need_credits:
+            assert response.status == 403
+            assert (await response.json())["detail"].startswith("You need an active")
+        else:
+            assert response.status == 200 and (await response.json())["status"] == "processing"
+
+    emulator.config.datalab_credits_cents = 2.0  # topped up: submits and polls pass again
+    async with http.get(second["request_check_url"]) as response:
+        assert response.status == 200
+    assert first["cost_breakdown"]["final_cost_cents"] == 0.4
+
+
+async def test_sdk_reports_the_credits_403_without_retrying(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.datalab_credits_cents = 0.0
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(samples.pdf(1))
+    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+        with pytest.raises(DatalabAPIError, match="Forbidden") as caught:  # it drops the body
+            await client.convert(path, poll_interval=0.01)
+    assert caught.value.status_code == 403
+    assert emulator.stats.requests[f"{SUBMIT} 403"] == 1
