@@ -6,8 +6,10 @@ own fields (`FIELDS`) and, like any FastAPI handler, ignores the others: a `page
 sent to `/convert` extracts nothing, a bad `paginate` sent to `/extract` is no error.
 Sources: https://documentation.datalab.to/platform/errors (both shapes),
 https://documentation.datalab.to/api-reference/convert-document and
-.../extract-structured-data (the fields), datalab-python-sdk's `ConvertOptions` and
-`ExtractOptions` (what the SDK sends: `eval_rubric_id`, `schema_id`, `schema_version`).
+.../extract-structured-data and .../segment-document (the fields), datalab-python-sdk's
+`ConvertOptions`, `ExtractOptions` and `SegmentOptions` (what the SDK sends: `eval_rubric_id`,
+`schema_id`, `schema_version`). A `file_url` may also be a `datalab://file-N` reference to a
+file uploaded through a presigned URL; the caller resolves it (`datalab_files`).
 """
 
 from __future__ import annotations

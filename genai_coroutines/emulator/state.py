@@ -199,7 +199,8 @@ class Stats:
         self.faults: Counter[str] = Counter()
         """`"<endpoint> <fault>"` -> count."""
         self.submissions_by_digest: Counter[str] = Counter()
-        """Datalab: accepted uploads per file digest (or per `file_url`)."""
+        """Datalab: accepted uploads per file digest (or per `file_url`; a `datalab://`
+        reference counts under its stored bytes' digest)."""
         self.submissions_by_endpoint: dict[str, Counter[str]] = {}
         """Datalab: endpoint ("marker", "convert", "extract") -> digest -> accepted jobs."""
         self.events: deque[tuple[float, str, str]] = deque(maxlen=EVENTS_KEPT)
