@@ -282,7 +282,10 @@ def test_tool_choice_takes_a_mode_or_a_json_object() -> None:
     [
         (["--metadata", "{not json"], "--metadata: not JSON"),
         (["--tools", "{tmp}/missing.json"], "--tools: cannot read"),
-        (["--extra-headers", "[1]"], "extra_headers"),
+        (["--extra-headers", "[1]"], "--extra-headers: extra_headers must be a mapping"),
+        (["--concurrency", "0"], "--concurrency: max_concurrent_requests must be at least 1"),
+        (["--timeout", "0"], "--timeout: timeout_secs must be a positive number"),
+        (["--metadata", "[1]"], "--metadata: metadata must be a dict"),
         (["--schema", "{tmp}/missing.json"], "--schema: cannot read"),
     ],
 )

@@ -2,8 +2,9 @@
 
 The seed's parameters keep their names, order and defaults, so its examples run
 unchanged (but for `api_url`, see below); what this library adds comes after them and
-is keyword-only. A bad value raises `ValueError` naming the parameter at construction,
-because a typo found after ten thousand uploads has already been paid for.
+is keyword-only. A bad setting raises, naming the parameter, at construction, because a
+typo found after ten thousand uploads has already been paid for: `TypeError` for a value
+of the wrong type, `ValueError` for a wrong value (the package's rule, `validation`).
 
 Endpoints. Datalab's API reference marks `POST /api/v1/marker` deprecated in favour of
 `/api/v1/convert` (conversion) and `/api/v1/extract` (schema extraction). `api_url`
@@ -199,13 +200,6 @@ class DocumentConfig:
         return self.checkpoint_id is None
 
     def __post_init__(self) -> None:
-        try:
-            self._check()
-        except TypeError as exc:
-            # The seed raised ValueError for any bad setting, a wrong type included.
-            raise ValueError(str(exc)) from None
-
-    def _check(self) -> None:
         object.__setattr__(self, "api_key", check.api_key(self.api_key, API_KEY_ENV))
         check.http_url("api_url", self.api_url, optional=True)
         check.choice("output_format", self.output_format, OUTPUT_FORMATS)

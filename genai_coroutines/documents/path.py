@@ -55,7 +55,7 @@ def check_inputs(inputs: object, config: DocumentConfig) -> None:
     document, or an item of the wrong type in a list; a lazy input's items are checked
     as their turn comes)."""
     if isinstance(inputs, bytes | bytearray | str):
-        raise ValueError("inputs must be a list of documents, not a single document")
+        raise TypeError("inputs must be a list of documents, not a single document")
     if isinstance(inputs, Sequence):
         for index, item in enumerate(inputs):
             check_input(item, index, config)

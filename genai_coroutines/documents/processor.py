@@ -55,7 +55,7 @@ class DocumentProcessor:
         every process and machine using it shares (default `$GENAI_COROUTINES_LIMITS_STORE`,
         else this process's memory); `limits`: a `KeyLimits` to use instead (not both)."""
         if not isinstance(config, DocumentConfig):
-            raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a DocumentConfig, got {type(config).__name__}")
         self.config = config
         self.limits = chosen_limits(limits, limits_store)
 
@@ -67,10 +67,10 @@ class DocumentProcessor:
 
         Options are `stream()`'s (`journal`, `progress`, `summary`)."""
         if isinstance(multiparts, bytes | bytearray | str) or not isinstance(multiparts, Sequence):
-            raise ValueError(f"multiparts must be a list of bytes, got {type(multiparts).__name__}")
+            raise TypeError(f"multiparts must be a list of bytes, got {type(multiparts).__name__}")
         for index, item in enumerate(multiparts):
             if not isinstance(item, bytes | bytearray | memoryview):
-                raise ValueError(f"multiparts[{index}] is not bytes (got {type(item).__name__})")
+                raise TypeError(f"multiparts[{index}] is not bytes (got {type(item).__name__})")
             if not item:
                 raise ValueError(f"multiparts[{index}] is empty")
         return await collect_in_order(self.stream(multiparts, **options), itemgetter("index"))

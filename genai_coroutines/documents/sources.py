@@ -209,7 +209,7 @@ class UrlSource:
 
 
 def as_source(item: object, index: int) -> Source:
-    """The `Source` for one input; ValueError naming `index` for anything else."""
+    """The `Source` for one input; TypeError naming `index` for anything else."""
     if isinstance(item, bytes | bytearray | memoryview):
         return BytesSource(bytes(item))
     if isinstance(item, str) and item.startswith(("http://", "https://")):
@@ -218,7 +218,7 @@ def as_source(item: object, index: int) -> Source:
         return PathSource(Path(item))
     if hasattr(item, "read"):
         return FileSource(item)  # type: ignore[arg-type]  # duck-typed: anything with read()
-    raise ValueError(
+    raise TypeError(
         f"inputs[{index}] is {type(item).__name__}: expected bytes, a path, "
         "an open binary file or an http(s) URL"
     )

@@ -138,7 +138,7 @@ class ResponsesProcessor:
         with the same journal collects the batches an interrupted run left running.
         """
         if not isinstance(request, ResponsesRequest):
-            raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
+            raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")

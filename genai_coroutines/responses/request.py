@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import validation as check
 from ..params import json_file, json_object_or_text, json_text, not_cli, param, spec
-from .wire import BodyTemplate, check_prompt, text_format
+from .wire import BodyTemplate, prompt_error, text_format
 
 Prompt = str | list[dict[str, Any]]
 """A prompt is a string or a list of Responses input items (messages, images, files...)."""
@@ -208,9 +208,9 @@ def _check_prompts(prompts: object) -> None:
         if len(prompts) == 0:
             raise ValueError("user_prompts must not be empty")
         for index, prompt in enumerate(prompts):
-            problem = check_prompt(prompt)
-            if problem is not None:
-                raise TypeError(f"user_prompts[{index}] {problem}")
+            error = prompt_error(prompt)
+            if error is not None:
+                raise type(error)(f"user_prompts[{index}] {error}")
 
 
 def _check_background(request: ResponsesRequest) -> None:
