@@ -137,11 +137,6 @@ def json_object_or_text(text: str) -> Any:
 # Deriving the command line.
 
 
-def is_declared(item: dataclasses.Field[Any]) -> bool:
-    """Whether the field was declared (`param`, `spec` or `not_cli`): it has help text."""
-    return bool(item.metadata.get(HELP))
-
-
 def flag_of(item: dataclasses.Field[Any]) -> str:
     flag: str = item.metadata.get(FLAG) or "--" + item.name.replace("_", "-")
     return flag

@@ -30,8 +30,6 @@ from ..params import param, read_text
 from ..pdfpages import parse_page_range
 
 DATALAB_API = "https://www.datalab.to/api/v1"
-MARKER_URL = f"{DATALAB_API}/marker"
-"""The seed's default endpoint, deprecated upstream; used only when named as `api_url`."""
 CONVERT_URL = f"{DATALAB_API}/convert"
 EXTRACT_URL = f"{DATALAB_API}/extract"
 OUTPUT_FORMATS = ("json", "html", "markdown", "chunks")

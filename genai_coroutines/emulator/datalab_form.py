@@ -25,7 +25,6 @@ from ..pdfpages import parse_page_range
 
 FORMATS = ("markdown", "html", "json", "chunks")
 MODES = ("fast", "balanced", "accurate")
-ENDPOINTS = ("marker", "convert", "extract")
 EXTRAS = (
     "track_changes", "chart_understanding", "extract_links", "table_row_bboxes", "infographic",
     "new_block_types",

@@ -175,7 +175,7 @@ class ResponsesRequest:
         _check_include(self.include)
         check_metadata(self.metadata)
         check.http_url("base_url", self.base_url)
-        _check_headers(self.extra_headers)
+        check.headers("extra_headers", self.extra_headers)
         for name in ("requests_per_minute", "tokens_per_minute"):
             check.number(name, getattr(self, name), positive=True, optional=True)
         check.number("max_retry_wait_secs", self.max_retry_wait_secs)
@@ -239,10 +239,6 @@ def _check_include(include: object) -> None:
 
 def _str_to_str(pairs: Mapping[Any, Any]) -> bool:
     return all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())
-
-
-def _check_headers(headers: object) -> None:
-    check.headers("extra_headers", headers)
 
 
 def _check_json(request: ResponsesRequest) -> None:
