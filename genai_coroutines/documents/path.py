@@ -2,7 +2,7 @@
 
 An item is read only when its turn comes (`prepare`), is journaled under a digest of
 its content and the batch's form settings, holds its pages on the key's
-pages-in-flight capacity while its job runs, and ends as the seed's result dict plus
+pages-in-flight capacity while its job runs, and ends as the public result dict plus
 `index`, `request_id`, `page_count`, `attempts`, `error_type` and `rate_limited`.
 """
 

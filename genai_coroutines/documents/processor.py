@@ -6,7 +6,7 @@ This module holds what a caller configures: the entry points, and the key's limi
 (submission rate and pages in flight), which every batch on the key shares.
 
 `stream()` yields each document's result dict, carrying its `index`, the moment it
-ends; `process_multiparts()` (the seed's entry point) and `process()` collect that
+ends; `process_multiparts()` (the Rust library's entry point) and `process()` collect that
 stream back into input order. A per-item failure is a result with `success=False`,
 never an exception: the batch always finishes.
 """
@@ -63,7 +63,7 @@ class DocumentProcessor:
         return f"DocumentProcessor({self.config!r})"
 
     async def process_multiparts(self, multiparts: Sequence[bytes], **options: Any) -> list[Result]:
-        """The seed's entry point: one result per document's bytes, in input order.
+        """The Rust library's entry point: one result per document's bytes, in input order.
 
         Options are `stream()`'s (`journal`, `progress`, `summary`)."""
         if isinstance(multiparts, bytes | bytearray | str) or not isinstance(multiparts, Sequence):

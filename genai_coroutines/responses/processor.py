@@ -7,7 +7,7 @@ every batch on one key, from any processor in this process (or, given a shared
 store, any process), draws on one rate limiter, learned once.
 
 `stream()` yields each item's result as it finishes (with its `index`);
-`process_batch()` collects the same results in input order into the seed's
+`process_batch()` collects the same results in input order into the Rust library's
 `{"total_success", "total_errors", "results"}`.
 """
 

@@ -1,6 +1,6 @@
 """`ResponsesRequest`: one batch's parameters, checked when it is built.
 
-The names and defaults are the seed's (its README table), so its examples run
+The names and defaults are the Rust library's (its README's table), so its examples run
 unchanged; `base_url`, `extra_headers`, `requests_per_minute`, `tokens_per_minute`
 and `max_retry_wait_secs` are ours. Every mistake a user can make in a parameter
 fails here, naming the parameter, rather than as 1,000 identical 400s later: the
@@ -37,7 +37,7 @@ SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultraf
 
 
 class _Default(float):
-    """A default that remembers it was not given: `timeout_secs` reads 60 like the seed's,
+    """A default that remembers it was not given: `timeout_secs` reads 60 as documented,
     and a flex request that left it alone gets OpenAI's advised 900 s instead."""
 
     __slots__ = ()

@@ -1,13 +1,14 @@
-"""The seed's parameters, translated into bodies the real Responses API accepts.
+"""`ResponsesRequest`'s parameters, translated into bodies the real Responses API accepts.
 
-The seed documents Chat Completions shapes, which `POST /responses` rejects:
+The Rust library's README documents Chat Completions shapes, which `POST /responses`
+rejects:
   * `response_format={"type": "json_schema", "json_schema": {name, schema, strict}}`
     becomes `text.format = {"type": "json_schema", "name", "schema", "strict"}` (flat);
   * function tools `{"type": "function", "function": {...}}` become flat
     `{"type": "function", "name", "parameters", "strict"}`. Responses treats a missing
     `strict` as true and rewrites the schema to strict mode (making optional
     fields required), while Chat Completions treats it as false; the translation
-    writes Chat's default explicitly so a seed tool keeps its meaning;
+    writes Chat's default explicitly so a Chat Completions tool keeps its meaning;
   * `tool_choice={"type": "function", "function": {"name"}}` becomes `{"type": "function", "name"}`.
 Responses-native shapes and built-in tools pass through untouched.
 
