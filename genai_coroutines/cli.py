@@ -22,7 +22,7 @@ from .engine.journal import Journal, JournalError
 from .engine.store import LimitStoreUnavailable
 from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
-from .params import add_flags, cli_fields, given, json_file
+from .params import add_flags, cli_fields, flags_named, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
@@ -39,7 +39,8 @@ def _add_emulate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def emulator_config(args: argparse.Namespace) -> EmulatorConfig:
-    return EmulatorConfig(**given(args, EmulatorConfig))
+    with flags_named(EmulatorConfig):
+        return EmulatorConfig(**given(args, EmulatorConfig))
 
 
 def _add_batch_options(cmd: argparse.ArgumentParser) -> None:
@@ -236,12 +237,13 @@ def _responses_request(args: argparse.Namespace) -> ResponsesRequest:
         }
     elif args.json_object:
         response_format = {"type": "json_object"}
-    return ResponsesRequest(
-        system_prompt=_read_text(args.system_file) if args.system_file else args.system,
-        user_prompts=Feed.of(_prompts(args)),
-        response_format=response_format,
-        **given(args, ResponsesRequest),
-    )
+    with flags_named(ResponsesRequest):
+        return ResponsesRequest(
+            system_prompt=_read_text(args.system_file) if args.system_file else args.system,
+            user_prompts=Feed.of(_prompts(args)),
+            response_format=response_format,
+            **given(args, ResponsesRequest),
+        )
 
 
 def _prompts(args: argparse.Namespace) -> Iterable[str | list[Any]]:
@@ -312,7 +314,8 @@ class NamedDocuments(Rereadable[str]):
 
 
 def _document_config(args: argparse.Namespace) -> DocumentConfig:
-    return DocumentConfig(**given(args, DocumentConfig))
+    with flags_named(DocumentConfig):
+        return DocumentConfig(**given(args, DocumentConfig))
 
 
 def _extract_ocr_config(args: argparse.Namespace) -> DocumentConfig:
@@ -330,7 +333,8 @@ def _extract_ocr_config(args: argparse.Namespace) -> DocumentConfig:
     chosen.setdefault("output_format", "markdown")
     if args.per_page and chosen["output_format"] in ("markdown", "html"):
         chosen.setdefault("paginate", True)
-    return DocumentConfig(**chosen)
+    with flags_named(DocumentConfig, renamed):
+        return DocumentConfig(**chosen)
 
 
 def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
@@ -340,12 +344,13 @@ def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
         raise UsageError(f"--schema: {exc}") from None
     if not isinstance(schema, dict):
         raise UsageError(f"--schema: {args.schema} holds no JSON object")
-    return extraction_request(
-        schema=schema,
-        schema_name=args.schema_name,
-        system_prompt=_read_text(args.system_file) if args.system_file else args.system,
-        **given(args, ResponsesRequest),
-    )
+    with flags_named(ResponsesRequest):
+        return extraction_request(
+            schema=schema,
+            schema_name=args.schema_name,
+            system_prompt=_read_text(args.system_file) if args.system_file else args.system,
+            **given(args, ResponsesRequest),
+        )
 
 
 async def _write_all(
@@ -484,7 +489,8 @@ def _batch_api(args: argparse.Namespace) -> BatchAPI | bool:
             names = ", ".join(flag for item, flag, _ in cli_fields(BatchAPI) if item.name in chosen)
             raise UsageError(f"{names}: only with --batch-api")
         return False
-    return BatchAPI(**chosen)
+    with flags_named(BatchAPI):
+        return BatchAPI(**chosen)
 
 
 def _batch_api_note(args: argparse.Namespace) -> str:

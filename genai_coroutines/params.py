@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -133,11 +135,6 @@ def json_object_or_text(text: str) -> Any:
 
 
 # Deriving the command line.
-
-
-def is_declared(item: dataclasses.Field[Any]) -> bool:
-    """Whether the field was declared (`param`, `spec` or `not_cli`): it has help text."""
-    return bool(item.metadata.get(HELP))
 
 
 def flag_of(item: dataclasses.Field[Any]) -> str:
@@ -260,3 +257,24 @@ def given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
                 raise ValueError(f"{flag}: {exc}") from None
         chosen[item.name] = value
     return chosen
+
+
+@contextmanager
+def flags_named(cls: type, renamed: Mapping[str, str | None] | None = None) -> Iterator[None]:
+    """Around building `cls` from flags: a TypeError or ValueError whose message starts with
+    one of its fields' names is raised again led by that field's flag, what the user typed
+    (`--concurrency: max_concurrent_requests must be at least 1, got 0`). `renamed` maps a
+    field's flag to the one a command uses instead (None: it has none)."""
+    try:
+        yield
+    except (TypeError, ValueError) as exc:
+        message = str(exc)
+        for item, flag, _ in cli_fields(cls):
+            typed = renamed.get(flag, flag) if renamed is not None else flag
+            if (
+                typed
+                and type(exc) in (TypeError, ValueError)
+                and re.match(rf"{item.name}\b", message)
+            ):
+                raise type(exc)(f"{typed}: {message}") from None
+        raise

@@ -1,4 +1,5 @@
-"""The seed's parsing helpers, under the module name the seed's users may import from."""
+"""`parse_responses` and `parse_documents`, under the module name users of the Rust
+genai-coroutines library may import them from."""
 
 from .documents import parse_documents
 from .responses import parse_responses

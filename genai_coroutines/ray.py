@@ -38,10 +38,12 @@ import asyncio
 import dataclasses
 import importlib
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
+from . import validation as check
 from .documents import DocumentConfig, DocumentProcessor, parse_documents
 from .engine.limits import ENV_STORE, LOCAL_NAMES, limits_for
 from .engine.sync import run_sync
@@ -61,12 +63,12 @@ def _pandas() -> Any:
     return importlib.import_module("pandas")
 
 
-def _store(limits_store: str | None) -> str | None:
-    """The store URL the actors use (None: each its own), checked here, before Ray starts
-    any actor: a malformed URL raises ValueError, an unreachable one
+def _store(limits_store: str | None, concurrency: int) -> str | None:
+    """The store URL the actors use (None: each its own), checked here with `concurrency`,
+    before Ray starts any actor: a malformed URL raises ValueError, an unreachable one
     `LimitStoreUnavailable`."""
-    import os
-
+    check.integer("concurrency", concurrency, minimum=1)
+    check.text("limits_store", limits_store, empty=True, optional=True)
     url = limits_store if limits_store is not None else os.environ.get(ENV_STORE, "")
     if url.strip().lower() in LOCAL_NAMES:
         return None
@@ -215,8 +217,9 @@ def responses_stage(
     Responses API with `request`'s settings (its own `user_prompts` are ignored). Without a
     store, the request's given limits are divided by `concurrency` (the actors' number)."""
     if not isinstance(request, ResponsesRequest):
-        raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
-    url = _store(limits_store)
+        raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
+    check.text("prompt_column", prompt_column)
+    url = _store(limits_store, concurrency)
     template = dataclasses.replace(request, user_prompts=["-"])  # the column gives the prompts
     if url is None and concurrency > 1:
         template = dataclasses.replace(
@@ -247,8 +250,9 @@ def documents_stage(
     or bytes) through Datalab with `config`. Without a store, the config's
     `requests_per_minute` and `max_pages_in_flight` are divided by `concurrency`."""
     if not isinstance(config, DocumentConfig):
-        raise TypeError(f"expected a DocumentConfig, not {type(config).__name__}")
-    url = _store(limits_store)
+        raise TypeError(f"config must be a DocumentConfig, not {type(config).__name__}")
+    check.text("path_column", path_column)
+    url = _store(limits_store, concurrency)
     if url is None and concurrency > 1:
         pages = config.max_pages_in_flight
         config = dataclasses.replace(

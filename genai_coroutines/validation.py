@@ -1,12 +1,16 @@
-"""Parameter checks shared by `ResponsesRequest` and `DocumentConfig`.
+"""Parameter checks shared by every public constructor (`ResponsesRequest`,
+`DocumentConfig`, `BatchAPI`, the processors, the pipeline, the Ray stages).
 
-Both promise that a bad setting fails at construction, naming the parameter, before
+Each promises that a bad setting fails at construction, naming the parameter, before
 anything is paid for; one function per kind of check keeps them agreeing on what "a
-positive number" or "an http(s) URL" means and on how the error reads. Convention: a
-value of the wrong type raises `TypeError`, a value of the right type out of bounds
-raises `ValueError`. `bool` never passes as a number (Python counts True as 1, a user
-who wrote it meant something else), and NaN or infinity never passes either, because
-NaN slips through every bound comparison and neither is a usable count or delay.
+positive number" or "an http(s) URL" means and on how the error reads. The one rule
+for the whole package: a parameter, or an element inside it (`user_prompts[3]`,
+`tools[0]['function']`), of the wrong Python type raises `TypeError`; one of the right
+type whose value is out of bounds, malformed or missing a required key raises
+`ValueError`. Both name the parameter. `bool` never passes as a number (Python counts
+True as 1, a user who wrote it meant something else), and NaN or infinity never passes
+either, because NaN slips through every bound comparison and neither is a usable count
+or delay.
 `optional=True` lets None through, for parameters whose None means "not set".
 
 What would otherwise fail later, on the wire, fails here too: a URL with a port out
@@ -145,10 +149,7 @@ def http_url(name: str, value: object, *, optional: bool = False) -> None:
     except ValueError:  # an unclosed IPv6 bracket
         raise ValueError(f"{name} must be an http(s) URL, got {value!r}") from None
     if userinfo:  # not echoed: the URL holds a password
-        raise ValueError(
-            f"{name} must not contain credentials (user:password@): "
-            "pass the key as api_key (or a header in extra_headers)"
-        )
+        raise ValueError(f"{name} must not contain credentials (user:password@); it is not shown")
     if _CONTROL.search(value) or " " in value or not _utf8(value):
         raise ValueError(f"{name} contains a space, a control character or invalid text")
     if parts.scheme not in ("http", "https") or not parts.hostname:

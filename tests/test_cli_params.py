@@ -22,10 +22,10 @@ from genai_coroutines.documents import DocumentConfig
 from genai_coroutines.emulator import EmulatorConfig
 from genai_coroutines.params import (
     CLI,
+    HELP,
     cli_fields,
     flag_options,
     given,
-    is_declared,
     json_object_or_text,
     param,
     spec,
@@ -48,7 +48,7 @@ HOW_TO = (
 def declaration_problem(cls: type, item: dataclasses.Field[Any]) -> str | None:
     """Why a field fails the "declared once" rule, or None."""
     where = f"{cls.__name__}.{item.name}"
-    if not is_declared(item):
+    if not item.metadata.get(HELP):  # declared with `param`, `spec` or `not_cli`
         return f"{where} has no help text and no CLI declaration: {HOW_TO}"
     if item.metadata.get(CLI) is not False and flag_options(cls, item) is None:
         return (
@@ -282,7 +282,10 @@ def test_tool_choice_takes_a_mode_or_a_json_object() -> None:
     [
         (["--metadata", "{not json"], "--metadata: not JSON"),
         (["--tools", "{tmp}/missing.json"], "--tools: cannot read"),
-        (["--extra-headers", "[1]"], "extra_headers"),
+        (["--extra-headers", "[1]"], "--extra-headers: extra_headers must be a mapping"),
+        (["--concurrency", "0"], "--concurrency: max_concurrent_requests must be at least 1"),
+        (["--timeout", "0"], "--timeout: timeout_secs must be a positive number"),
+        (["--metadata", "[1]"], "--metadata: metadata must be a dict"),
         (["--schema", "{tmp}/missing.json"], "--schema: cannot read"),
     ],
 )

@@ -69,7 +69,6 @@ def test_waits_accept_fractions_of_a_second() -> None:
         ("max_pages", 0),
         ("max_pages", -3),
         ("max_concurrent_requests", 0),
-        ("max_concurrent_requests", 2.5),
         ("poll_interval_secs", 0),
         ("poll_interval_secs", -1),
         ("max_poll_attempts", 0),
@@ -79,16 +78,51 @@ def test_waits_accept_fractions_of_a_second() -> None:
         ("webhook_url", "ftp://example.com/hook"),
         ("webhook_url", "not a url"),
         ("api_url", "www.datalab.to/api/v1/marker"),
-        ("paginate", "yes"),
-        ("disable_image_extraction", 1),
         ("requests_per_minute", 0),
         ("max_pages_in_flight", 0),
         ("timeout_secs", 0),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name: str, value: Any) -> None:
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=name) as caught:
         DocumentConfig(api_key="k", **{name: value})
+    assert not isinstance(caught.value, TypeError)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("api_key", 123),
+        ("api_url", b"https://www.datalab.to/api/v1/convert"),
+        ("output_format", None),
+        ("mode", 1),
+        ("max_concurrent_requests", 2.5),
+        ("max_concurrent_requests", "10"),
+        ("poll_interval_secs", "2"),
+        ("max_retries", True),
+        ("page_schema", {"type": "object"}),
+        ("paginate", "yes"),
+        ("page_range", 5),
+        ("max_pages", 1.5),
+        ("disable_image_extraction", 1),
+        ("extras", {"force_ocr": True}),
+        ("webhook_url", 7),
+        ("requests_per_minute", "60"),
+        ("max_pages_in_flight", 10.0),
+        ("timeout_secs", None),
+        ("skip_cache", "no"),
+        ("schema_id", 3),
+        ("schema_version", "1"),
+        ("additional_config", {"a": 1}),
+    ],
+)
+def test_a_value_of_the_wrong_type_raises_type_error_naming_the_parameter(
+    name: str, value: Any
+) -> None:
+    """One rule with `ResponsesRequest`: a wrong type is a TypeError, not a ValueError."""
+    with pytest.raises(TypeError, match=name) as caught:
+        DocumentConfig(api_key="k", **{name: value})
+    assert not isinstance(caught.value, ValueError)
 
 
 def test_api_key_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,5 +167,5 @@ def test_settings_fields_send_every_setting_as_form_text() -> None:
 
 
 def test_processor_needs_a_document_config() -> None:
-    with pytest.raises(ValueError, match="config"):
+    with pytest.raises(TypeError, match="config must be a DocumentConfig"):
         DocumentProcessor({"api_key": "k"})  # type: ignore[arg-type]

@@ -152,13 +152,18 @@ async def test_files_are_read_only_when_their_turn_comes(
 async def test_non_bytes_item_raises_naming_its_index_before_anything_is_sent(
     emulator: Emulator,
 ) -> None:
+    """A wrong type is a TypeError, an empty document a ValueError (the package's rule)."""
     processor = DocumentProcessor(config_for(emulator))
-    with pytest.raises(ValueError, match=r"multiparts\[1\]"):
+    with pytest.raises(TypeError, match=r"multiparts\[1\] is not bytes"):
         await processor.process_multiparts([samples.pdf(1), "report.pdf", samples.png()])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="multiparts must be a list of bytes"):
+        await processor.process_multiparts(samples.pdf(1))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"multiparts\[0\] is empty"):
         await processor.process_multiparts([b""])
-    with pytest.raises(ValueError, match=r"inputs\[2\]"):
+    with pytest.raises(TypeError, match=r"inputs\[2\] is int"):
         await processor.process([samples.pdf(1), samples.png(), 42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="inputs must be a list of documents"):
+        await processor.process(samples.pdf(1))  # type: ignore[arg-type]
     assert emulator.stats.total("marker_submit") == 0
 
 

@@ -3,7 +3,8 @@
 Real files only: a path with a NUL byte, a directory, /dev/zero, a FIFO nobody writes
 to (opening it blocking would hang the batch for ever), a sparse 201 MB file (over
 Datalab's 200 MB; refused from its size, never read), and file objects whose `read`
-raises or is not a method, mixed with good documents that must still succeed.
+raises or is not a method, mixed with good documents that must still succeed. A string
+that starts like a URL but names no http(s) host is refused naming its index.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +165,35 @@ async def test_bytes_over_the_limit_are_refused(
     results = await run(emulator, [document, samples.pdf(1, tag="small")])
     assert_read_error(results[0], "1.0 MB", "at most 1 MB")
     assert results[1]["success"] is True
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://", "with a host"),
+        ("https://", "with a host"),
+        ("http:///doc.pdf", "with a host"),
+        ("https://:443/doc.pdf", "with a host"),
+        ("https://files.example.com:0/doc.pdf", "invalid port"),
+        ("ftp://files.example.com/doc.pdf", "must be an http(s) URL"),
+        ("file:///tmp/doc.pdf", "must be an http(s) URL"),
+    ],
+)
+async def test_a_url_input_without_a_host_or_of_another_scheme_is_refused_naming_its_index(
+    emulator: Emulator, url: str, problem: str
+) -> None:
+    """Such a string was sent to Datalab as a `file_url` (or read as a path that cannot
+    exist): in a list it fails before anything is sent, lazily it is its own error."""
+    with pytest.raises(ValueError, match=rf"inputs\[1\] .*{re.escape(problem)}"):
+        await run(emulator, [samples.pdf(1, tag="good"), url])
+    assert sum(emulator.stats.submissions_by_digest.values()) == 0
+
+    results = await run(emulator, iter([url, samples.pdf(1, tag="after")]))
+    assert [r["success"] for r in results] == [False, True]
+    assert results[0]["error_type"] == "invalid_input" and "inputs[0]" in results[0]["error"]
+    assert sum(emulator.stats.submissions_by_digest.values()) == 1
+
+
+async def test_an_http_url_with_a_host_is_still_sent_as_a_file_url(emulator: Emulator) -> None:
+    results = await run(emulator, ["HTTPS://files.example.com/doc.pdf"])
+    assert results[0]["success"] is True, results[0]

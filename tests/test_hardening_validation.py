@@ -255,9 +255,9 @@ def test_a_page_range_up_to_the_bound_passes() -> None:
 
 
 def test_a_prompt_that_cannot_be_sent_is_refused_in_a_list() -> None:
-    with pytest.raises(TypeError, match=r"user_prompts\[1\] cannot be sent: .*lone surrogate"):
+    with pytest.raises(ValueError, match=r"user_prompts\[1\] cannot be sent: .*lone surrogate"):
         request(user_prompts=["fine", "bad \ud800"])
-    with pytest.raises(TypeError, match=r"user_prompts\[0\] cannot be sent: .*NaN"):
+    with pytest.raises(ValueError, match=r"user_prompts\[0\] cannot be sent: .*NaN"):
         request(user_prompts=[[{"role": "user", "content": "hi", "weight": float("nan")}]])
 
 

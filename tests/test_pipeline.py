@@ -279,6 +279,13 @@ def test_per_page_needs_pages_and_merge_rules() -> None:
 
 def test_the_pipeline_refuses_what_it_cannot_run() -> None:
     request = extraction_request(model=MODEL, schema=INVOICE_SCHEMA, api_key="k")
+    ocr = DocumentConfig(api_key="k")
+    with pytest.raises(TypeError, match="ocr must be a DocumentConfig"):
+        ExtractionPipeline({"api_key": "k"}, request)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="extraction must be a ResponsesRequest"):
+        ExtractionPipeline(ocr, {"model": MODEL})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="per_page must be True or False"):
+        ExtractionPipeline(ocr, request, per_page="yes")  # type: ignore[arg-type]
     schema = json.dumps(INVOICE_SCHEMA)
     with pytest.raises(ValueError, match="OCR converts"):
         ExtractionPipeline(DocumentConfig(api_key="k", page_schema=schema), request)

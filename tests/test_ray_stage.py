@@ -167,3 +167,33 @@ def test_without_a_store_each_actor_gets_its_share_of_given_limits() -> None:
     config = DocumentConfig(api_key=DATALAB_KEY, requests_per_minute=60, max_pages_in_flight=100)
     pages = documents_stage(config, limits_store="local", concurrency=4).config
     assert pages.requests_per_minute == 15 and pages.max_pages_in_flight == 25
+
+
+STAGE_ARGUMENTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("responses", {"request": {"model": "m"}}, TypeError, "request must be a ResponsesRequest"),
+    ("documents", {"config": {"api_key": "k"}}, TypeError, "config must be a DocumentConfig"),
+    ("responses", {"concurrency": 0}, ValueError, "concurrency must be at least 1"),
+    ("documents", {"concurrency": 2.0}, TypeError, "concurrency must be an int"),
+    ("responses", {"prompt_column": 1}, TypeError, "prompt_column must be a str"),
+    ("documents", {"path_column": ""}, ValueError, "path_column must not be empty"),
+    ("responses", {"limits_store": 6379}, TypeError, "limits_store must be a str"),
+]
+
+
+@pytest.mark.parametrize(("stage", "changes", "error", "named"), STAGE_ARGUMENTS)
+def test_a_stage_refuses_bad_arguments_naming_them_before_any_actor(
+    stage: str, changes: dict[str, Any], error: type[Exception], named: str
+) -> None:
+    if stage == "responses":
+        request = ResponsesRequest(
+            api_key=OPENAI_KEY,
+            model="gpt-4o-mini",
+            system_prompt="",
+            user_prompts=["-"],
+            response_format={"type": "text"},
+        )
+        with pytest.raises(error, match=named):
+            responses_stage(**{"request": request, **changes})
+    else:
+        with pytest.raises(error, match=named):
+            documents_stage(**{"config": DocumentConfig(api_key=DATALAB_KEY), **changes})

@@ -1,19 +1,21 @@
 """`DocumentConfig`: every setting of a Datalab batch, checked once, before anything is sent.
 
-The seed's parameters keep their names, order and defaults, so its examples run
-unchanged (but for `api_url`, see below); what this library adds comes after them and
-is keyword-only. A bad value raises `ValueError` naming the parameter at construction,
-because a typo found after ten thousand uploads has already been paid for.
+The Rust library's parameters (its README's table) keep their names, order and defaults,
+so its examples run unchanged (but for `api_url`, see below); what this library adds
+comes after them and is keyword-only. A bad setting raises, naming the parameter, at
+construction, because a typo found after ten thousand uploads has already been paid for:
+`TypeError` for a value of the wrong type, `ValueError` for a wrong value (the package's
+rule, `validation`).
 
 Endpoints. Datalab's API reference marks `POST /api/v1/marker` deprecated in favour of
 `/api/v1/convert` (conversion) and `/api/v1/extract` (schema extraction). `api_url`
 defaults to None, "choose": a config without `page_schema` or `schema_id` goes to
 `CONVERT_URL`, one with either to `EXTRACT_URL`, so the defaults never touch the
-deprecated endpoint. An explicit `api_url` is respected (the seed's `/marker` too); its
-last path segment names the endpoint, and a parameter that endpoint does not accept
+deprecated endpoint. An explicit `api_url` is respected (the Rust library's `/marker`
+too); its last path segment names the endpoint, and a parameter that endpoint does not accept
 (`ENDPOINT_FIELDS`) is a `ValueError` at construction. An `api_url` whose path ends in
 none of the three (a gateway, a self-hosted server) is sent every field that is set,
-unchecked, as the seed did. `url` is the URL actually used, `endpoint` its name.
+unchecked, as the Rust library did. `url` is the URL actually used, `endpoint` its name.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ from ..params import param, read_text
 from ..pdfpages import parse_page_range
 
 DATALAB_API = "https://www.datalab.to/api/v1"
-MARKER_URL = f"{DATALAB_API}/marker"
-"""The seed's default endpoint, deprecated upstream; used only when named as `api_url`."""
 CONVERT_URL = f"{DATALAB_API}/convert"
 EXTRACT_URL = f"{DATALAB_API}/extract"
 OUTPUT_FORMATS = ("json", "html", "markdown", "chunks")
@@ -43,7 +43,8 @@ RESERVED_FIELDS = frozenset(
         "page_range", "max_pages", "disable_image_extraction", "webhook_url",
     }
 )  # fmt: skip
-"""Form fields the seed's parameters set (always sent); `extras` may not set them again."""
+"""Form fields the Rust library's parameters set (always sent); `extras` may not set them
+again."""
 
 _COMMON = frozenset(
     {"output_format", "mode", "max_pages", "page_range", "skip_cache", "save_checkpoint",
@@ -76,12 +77,12 @@ defaults being False/None; `extras` may set one that its parameter leaves unset.
 class DocumentConfig:
     """Settings for `DocumentProcessor`: what to ask Datalab for and how hard to push.
 
-    `extras` is, as the seed says, "additional API parameters as a JSON string": an
-    object whose entries are sent as form fields of their own, e.g.
+    `extras` is, as the Rust library's README says, "additional API parameters as a JSON
+    string": an object whose entries are sent as form fields of their own, e.g.
     '{"force_ocr": true, "extras": "track_changes"}' (the second is Datalab's own,
     comma-separated `extras` field). It may not repeat a field set by a parameter.
 
-    Beyond the seed:
+    Beyond the Rust library's parameters:
 
     - `requests_per_minute` bounds *submissions* (polls are free upstream), spaced
       evenly with no burst, since how Datalab counts its window is not documented and
@@ -199,13 +200,6 @@ class DocumentConfig:
         return self.checkpoint_id is None
 
     def __post_init__(self) -> None:
-        try:
-            self._check()
-        except TypeError as exc:
-            # The seed raised ValueError for any bad setting, a wrong type included.
-            raise ValueError(str(exc)) from None
-
-    def _check(self) -> None:
         object.__setattr__(self, "api_key", check.api_key(self.api_key, API_KEY_ENV))
         check.http_url("api_url", self.api_url, optional=True)
         check.choice("output_format", self.output_format, OUTPUT_FORMATS)

@@ -1,13 +1,14 @@
 """The multipart form of a Datalab submission.
 
 The settings part is computed once per batch (`settings_fields`); the form itself is
-built fresh for every attempt (`build_form`), because an `aiohttp.FormData` is
-consumed when sent: the Datalab SDK reuses one across its retries, so a retried
-upload goes out broken. Booleans are sent as "true"/"false" and every seed setting the
-endpoint accepts is sent even at its default, so what the server does never depends on
-*its* defaults (which differ from the seed's: Datalab defaults to markdown and "fast").
-Each endpoint gets its own fields (`config.ENDPOINT_FIELDS`): `/extract` is not sent
-`paginate` or `disable_image_extraction`, which it does not read. The added fields
+built fresh for every attempt (`build_form`), because an `aiohttp.FormData` is consumed
+when sent: the Datalab SDK reuses one across its retries, so a retried upload goes out
+broken. Booleans are sent as "true"/"false" and every setting named in the Rust
+library's README that the endpoint accepts is sent even at its default, so what the
+server does never depends on *its* defaults (which differ from `DocumentConfig`'s:
+Datalab defaults to markdown and "fast"). Each endpoint gets its own fields
+(`config.ENDPOINT_FIELDS`): `/extract` is not sent `paginate` or
+`disable_image_extraction`, which it does not read. The added fields
 (`config.OPTIONAL_FIELDS`) are sent only when set. An `/extract` from a `checkpoint_id`
 sends no file.
 """

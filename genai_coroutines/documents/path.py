@@ -2,7 +2,7 @@
 
 An item is read only when its turn comes (`prepare`), is journaled under a digest of
 its content and the batch's form settings, holds its pages on the key's
-pages-in-flight capacity while its job runs, and ends as the seed's result dict plus
+pages-in-flight capacity while its job runs, and ends as the public result dict plus
 `index`, `request_id`, `page_count`, `attempts`, `error_type` and `rate_limited`.
 """
 
@@ -55,7 +55,7 @@ def check_inputs(inputs: object, config: DocumentConfig) -> None:
     document, or an item of the wrong type in a list; a lazy input's items are checked
     as their turn comes)."""
     if isinstance(inputs, bytes | bytearray | str):
-        raise ValueError("inputs must be a list of documents, not a single document")
+        raise TypeError("inputs must be a list of documents, not a single document")
     if isinstance(inputs, Sequence):
         for index, item in enumerate(inputs):
             check_input(item, index, config)

@@ -6,7 +6,7 @@ This module holds what a caller configures: the entry points, and the key's limi
 (submission rate and pages in flight), which every batch on the key shares.
 
 `stream()` yields each document's result dict, carrying its `index`, the moment it
-ends; `process_multiparts()` (the seed's entry point) and `process()` collect that
+ends; `process_multiparts()` (the Rust library's entry point) and `process()` collect that
 stream back into input order. A per-item failure is a result with `success=False`,
 never an exception: the batch always finishes.
 """
@@ -64,7 +64,7 @@ class DocumentProcessor:
         `connector` (a factory of the aiohttp connector each batch's session sends
         through): see `engine.ClientOptions`."""
         if not isinstance(config, DocumentConfig):
-            raise ValueError(f"config must be a DocumentConfig, got {type(config).__name__}")
+            raise TypeError(f"config must be a DocumentConfig, got {type(config).__name__}")
         self.config = config
         self.clients = Clients(**clients)
 
@@ -77,14 +77,14 @@ class DocumentProcessor:
         return f"DocumentProcessor({self.config!r})"
 
     async def process_multiparts(self, multiparts: Sequence[bytes], **options: Any) -> list[Result]:
-        """The seed's entry point: one result per document's bytes, in input order.
+        """The Rust library's entry point: one result per document's bytes, in input order.
 
         Options are `stream()`'s (`journal`, `progress`, `summary`)."""
         if isinstance(multiparts, bytes | bytearray | str) or not isinstance(multiparts, Sequence):
-            raise ValueError(f"multiparts must be a list of bytes, got {type(multiparts).__name__}")
+            raise TypeError(f"multiparts must be a list of bytes, got {type(multiparts).__name__}")
         for index, item in enumerate(multiparts):
             if not isinstance(item, bytes | bytearray | memoryview):
-                raise ValueError(f"multiparts[{index}] is not bytes (got {type(item).__name__})")
+                raise TypeError(f"multiparts[{index}] is not bytes (got {type(item).__name__})")
             if not item:
                 raise ValueError(f"multiparts[{index}] is empty")
         return await collect_in_order(self.stream(multiparts, **options), itemgetter("index"))

@@ -10,7 +10,10 @@ stall every other request while its pages are counted.
 Inputs: bytes-like objects, paths (`str` or `os.PathLike`), open binary files (anything
 with `read()`: one that takes no size is read whole, then bounded) and
 http(s) URLs (a `str` starting with "http://" or "https://"), which Datalab fetches
-itself (`file_url`), so they are never downloaded here.
+itself (`file_url`), so they are never downloaded here. A `str` that starts like a URL
+(`scheme://`) must be an http(s) URL with a host: "http://", "http:///path" or "ftp://x"
+is a `ValueError` naming its index, not a request Datalab answers with an error (or a
+path that cannot exist); a file whose name really looks so is passed as a `Path`.
 
 Whatever is wrong with one input ends as that document's `SourceError` from `load()`,
 never the batch's: a path with a NUL byte, something other than a regular file (a
@@ -24,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, Union
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import validation as check
 from ..pdfpages import count_pdf_pages
 from .detect import detect
 
@@ -208,17 +213,23 @@ class UrlSource:
         return Upload(None, None, None, url=self.url)
 
 
+_URL_START = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+"""A URL's scheme and `//` (RFC 3986), which no ordinary path starts with."""
+
+
 def as_source(item: object, index: int) -> Source:
-    """The `Source` for one input; ValueError naming `index` for anything else."""
+    """The `Source` for one input; TypeError naming `index` for anything else, ValueError
+    for a `str` that starts like a URL but is no http(s) URL with a host."""
     if isinstance(item, bytes | bytearray | memoryview):
         return BytesSource(bytes(item))
-    if isinstance(item, str) and item.startswith(("http://", "https://")):
+    if isinstance(item, str) and _URL_START.match(item):
+        check.http_url(f"inputs[{index}]", item)
         return UrlSource(item)
     if isinstance(item, str | os.PathLike):
         return PathSource(Path(item))
     if hasattr(item, "read"):
         return FileSource(item)  # type: ignore[arg-type]  # duck-typed: anything with read()
-    raise ValueError(
+    raise TypeError(
         f"inputs[{index}] is {type(item).__name__}: expected bytes, a path, "
         "an open binary file or an http(s) URL"
     )

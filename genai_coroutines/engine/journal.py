@@ -377,11 +377,6 @@ class Journal:
             return None
         return GroupLine(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7] or 0))
 
-    def group_members(self, file_id: str) -> int:
-        """How many items still wait on this group file."""
-        row = self._read("SELECT COUNT(*) FROM group_lines WHERE file_id = ?", (file_id,))
-        return int(row[0])
-
     def stage_result(self, index: int, stage: str, digest: str) -> dict[str, Any] | None:
         """The journaled result of one stage of an item (e.g. a pipeline's OCR), if that stage
         finished with this very request; else None. Only successes are journaled as stages."""

@@ -1,4 +1,4 @@
-"""Structured log lines in the seed's format: `event | key=value key=value`."""
+"""Structured log lines in the Rust library's format: `event | key=value key=value`."""
 
 from __future__ import annotations
 

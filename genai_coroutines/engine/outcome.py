@@ -4,7 +4,7 @@ Per-item failures are values, never exceptions: a `Failure` names its `error_typ
 from `ErrorType`, one list for both APIs, with the same name for the same situation
 (a 429 is `rate_limit_error` whether OpenAI or Datalab sent it). The names are the
 OpenAI SDK's where it has one (`authentication_error`, `rate_limit_error`, ...), as
-the seed's README shows; the rest name what this library saw. Control flow branches
+the Rust genai-coroutines README shows; the rest name what this library saw. Control flow branches
 on these names, so a typo is a type error under mypy, not a silent mismatch.
 """
 
@@ -68,7 +68,7 @@ def error_type_for(status: int) -> ErrorType:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why an attempt did not succeed, in the terms the seed's result dicts use."""
+    """Why an attempt did not succeed, in the terms the public result dicts use."""
 
     message: str
     error_type: ErrorType

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from .. import validation as check
 from ..documents import DocumentConfig, DocumentProcessor
 from ..documents.path import check_inputs
 from ..documents.processor import datalab_headers
@@ -93,6 +94,7 @@ class ExtractionPipeline:
             raise TypeError(
                 f"extraction must be a ResponsesRequest, not {type(extraction).__name__}"
             )
+        check.flag("per_page", per_page)
         if ocr.page_schema is not None or ocr.schema_id is not None or not ocr.needs_file:
             raise ValueError(
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "

@@ -1,5 +1,6 @@
-"""OpenAI Responses API adapter: the seed's `ResponsesRequest` / `ResponsesProcessor` /
-`parse_responses`, correct on the wire and resilient to every failure."""
+"""OpenAI Responses API adapter: `ResponsesRequest` / `ResponsesProcessor` /
+`parse_responses` as the Rust library's README has them, correct on the wire and
+resilient to every failure."""
 
 from .batch import BatchAPI
 from .parse import parse_responses, parse_responses_as

@@ -138,7 +138,7 @@ def retry_policy(request: ResponsesRequest) -> RetryPolicy:
         initial_delay=request.retry_delay_min_ms / 1000.0,
         max_delay=request.retry_delay_max_ms / 1000.0,
         jitter=0.25,
-        jitter_down=False,  # the seed's bounds hold: no wait below retry_delay_min_ms
+        jitter_down=False,  # the documented bounds hold: no wait below retry_delay_min_ms
         max_server_wait=request.max_retry_wait_secs,
         max_rate_limit_wait=request.max_rate_limit_wait_secs,
     )

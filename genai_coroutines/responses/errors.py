@@ -10,7 +10,7 @@ the engine's rule (408, 409, 429 and any 5xx are retried, whatever the body), un
 server sends `x-should-retry`, which wins, as in the official SDK.
 
 `error_type` is the class of failure in the SDK's vocabulary (`authentication_error`
-for 401, `rate_limit_error` for 429, ...), as the seed's example shows; the body's own
+for 401, `rate_limit_error` for 429, ...), as the Rust library's README shows; the body's own
 `type` is less useful there (a real 401 says `invalid_request_error`), and its
 precise `code` and `param` are passed through. Messages are scrubbed of the API key
 (OpenAI echoes a masked key in 401 messages).

@@ -7,7 +7,7 @@ every batch on one key, from any processor in this process (or, given a shared
 store, any process), draws on one rate limiter, learned once.
 
 `stream()` yields each item's result as it finishes (with its `index`);
-`process_batch()` collects the same results in input order into the seed's
+`process_batch()` collects the same results in input order into the Rust library's
 `{"total_success", "total_errors", "results"}`.
 """
 
@@ -146,7 +146,7 @@ class ResponsesProcessor:
         with the same journal collects the batches an interrupted run left running.
         """
         if not isinstance(request, ResponsesRequest):
-            raise TypeError(f"expected a ResponsesRequest, not {type(request).__name__}")
+            raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")

@@ -1,6 +1,6 @@
 """`ResponsesRequest`: one batch's parameters, checked when it is built.
 
-The names and defaults are the seed's (its README table), so its examples run
+The names and defaults are the Rust library's (its README's table), so its examples run
 unchanged; `base_url`, `extra_headers`, `requests_per_minute`, `tokens_per_minute`
 and `max_retry_wait_secs` are ours. Every mistake a user can make in a parameter
 fails here, naming the parameter, rather than as 1,000 identical 400s later: the
@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import validation as check
 from ..params import json_file, json_object_or_text, json_text, not_cli, param, spec
-from .wire import BodyTemplate, check_prompt, text_format
+from .wire import BodyTemplate, prompt_error, text_format
 
 Prompt = str | list[dict[str, Any]]
 """A prompt is a string or a list of Responses input items (messages, images, files...)."""
@@ -37,7 +37,7 @@ SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultraf
 
 
 class _Default(float):
-    """A default that remembers it was not given: `timeout_secs` reads 60 like the seed's,
+    """A default that remembers it was not given: `timeout_secs` reads 60 as documented,
     and a flex request that left it alone gets OpenAI's advised 900 s instead."""
 
     __slots__ = ()
@@ -175,7 +175,7 @@ class ResponsesRequest:
         _check_include(self.include)
         check_metadata(self.metadata)
         check.http_url("base_url", self.base_url)
-        _check_headers(self.extra_headers)
+        check.headers("extra_headers", self.extra_headers)
         for name in ("requests_per_minute", "tokens_per_minute"):
             check.number(name, getattr(self, name), positive=True, optional=True)
         check.number("max_retry_wait_secs", self.max_retry_wait_secs)
@@ -208,9 +208,9 @@ def _check_prompts(prompts: object) -> None:
         if len(prompts) == 0:
             raise ValueError("user_prompts must not be empty")
         for index, prompt in enumerate(prompts):
-            problem = check_prompt(prompt)
-            if problem is not None:
-                raise TypeError(f"user_prompts[{index}] {problem}")
+            error = prompt_error(prompt)
+            if error is not None:
+                raise type(error)(f"user_prompts[{index}] {error}")
 
 
 def _check_background(request: ResponsesRequest) -> None:
@@ -239,10 +239,6 @@ def _check_include(include: object) -> None:
 
 def _str_to_str(pairs: Mapping[Any, Any]) -> bool:
     return all(isinstance(k, str) and isinstance(v, str) for k, v in pairs.items())
-
-
-def _check_headers(headers: object) -> None:
-    check.headers("extra_headers", headers)
 
 
 def _check_json(request: ResponsesRequest) -> None:

@@ -1,6 +1,6 @@
-"""The seed's result dicts for Responses items, whichever path produced them.
+"""The public result dicts of Responses items, whichever path produced them.
 
-A success carries the raw response JSON (`raw_response`, as the seed's
+A success carries the raw response JSON (`raw_response`, as
 `parse_responses` reads it) and its `usage`; a failure carries `error`, `error_type`
 (see `engine.ErrorType`), `param`, `code` and `is_retriable`. Both add `index`,
 `status`, `latency_ms`, `attempts`, `rate_limited` and `model` (what prices its

@@ -1,13 +1,14 @@
-"""The seed's parameters, translated into bodies the real Responses API accepts.
+"""`ResponsesRequest`'s parameters, translated into bodies the real Responses API accepts.
 
-The seed documents Chat Completions shapes, which `POST /responses` rejects:
+The Rust library's README documents Chat Completions shapes, which `POST /responses`
+rejects:
   * `response_format={"type": "json_schema", "json_schema": {name, schema, strict}}`
     becomes `text.format = {"type": "json_schema", "name", "schema", "strict"}` (flat);
   * function tools `{"type": "function", "function": {...}}` become flat
     `{"type": "function", "name", "parameters", "strict"}`. Responses treats a missing
     `strict` as true and rewrites the schema to strict mode (making optional
     fields required), while Chat Completions treats it as false; the translation
-    writes Chat's default explicitly so a seed tool keeps its meaning;
+    writes Chat's default explicitly so a Chat Completions tool keeps its meaning;
   * `tool_choice={"type": "function", "function": {"name"}}` becomes `{"type": "function", "name"}`.
 Responses-native shapes and built-in tools pass through untouched.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -33,6 +34,8 @@ from .schema import is_pydantic_model, model_text_format
 
 if TYPE_CHECKING:
     from .request import ResponsesRequest
+
+T = TypeVar("T")
 
 _NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
@@ -60,8 +63,7 @@ def text_format(response_format: Any) -> dict[str, Any]:
         if "schema" in response_format or "name" in response_format:
             raise ValueError("response_format mixes the Chat Completions and Responses shapes")
         inner = response_format["json_schema"]
-        if not isinstance(inner, dict):
-            raise ValueError("response_format['json_schema'] must be a dict")
+        _entry("response_format['json_schema']", inner, dict, "a dict")
         flat = {"type": "json_schema", **inner}
     elif "schema" in response_format:
         flat = dict(response_format)
@@ -70,16 +72,27 @@ def text_format(response_format: Any) -> dict[str, Any]:
             "response_format of type json_schema needs 'json_schema': {name, schema, strict} "
             "(Chat Completions shape) or 'name' and 'schema' (Responses shape)"
         )
-    name = flat.get("name")
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    name = _entry(
+        "response_format json_schema name", flat.get("name"), str, "1-64 of [a-zA-Z0-9_-]"
+    )
+    if not _NAME.fullmatch(name):
         raise ValueError(
             f"response_format json_schema name must be 1-64 of [a-zA-Z0-9_-], not {name!r}"
         )
-    if not isinstance(flat.get("schema"), dict):
-        raise ValueError("response_format json_schema 'schema' must be a dict (a JSON Schema)")
-    if "strict" in flat and not isinstance(flat["strict"], (bool, type(None))):
-        raise ValueError("response_format json_schema 'strict' must be a bool")
+    _entry("response_format json_schema 'schema'", flat.get("schema"), dict, "a JSON Schema dict")
+    if flat.get("strict") is not None:
+        _entry("response_format json_schema 'strict'", flat["strict"], bool, "a bool")
     return flat
+
+
+def _entry(where: str, value: object, kind: type[T], wanted: str) -> T:
+    """A required entry inside a parameter, returned: missing (None) is a ValueError, of
+    another type a TypeError (the package's rule, `validation`)."""
+    if value is None:
+        raise ValueError(f"{where} is missing: it must be {wanted}")
+    if not isinstance(value, kind):
+        raise TypeError(f"{where} must be {wanted}, not {type(value).__name__}")
+    return value
 
 
 def translate_tool(tool: Any, where: str) -> dict[str, Any]:
@@ -87,13 +100,12 @@ def translate_tool(tool: Any, where: str) -> dict[str, Any]:
     if not isinstance(tool, dict):
         raise TypeError(f"{where} must be a dict, not {type(tool).__name__}")
     kind = tool.get("type")
-    if not isinstance(kind, str):
-        raise ValueError(f"{where} has no 'type' (e.g. 'function', 'web_search', 'file_search')")
+    _entry(f"{where}['type']", kind, str, "a str, e.g. 'function', 'web_search', 'file_search'")
     if kind == "function":
         if "function" in tool:
             function = tool["function"]
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise ValueError(f"{where}['function'] must be a dict with a 'name'")
+            _entry(f"{where}['function']", function, dict, "a dict with a 'name'")
+            _entry(f"{where}['function']['name']", function.get("name"), str, "a str")
             flat: dict[str, Any] = {
                 "type": "function",
                 "name": function["name"],
@@ -120,21 +132,24 @@ def translate_tool_choice(choice: Any) -> str | dict[str, Any]:
             modes = ", ".join(TOOL_CHOICE_MODES)
             raise ValueError(f"tool_choice must be one of {modes} or a dict; got {choice!r}")
         return choice
-    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
-        raise TypeError("tool_choice must be 'none', 'auto', 'required' or a dict with a 'type'")
-    kind = choice["type"]
+    if not isinstance(choice, dict):
+        raise TypeError(
+            "tool_choice must be 'none', 'auto', 'required' or a dict with a 'type', "
+            f"not {type(choice).__name__}"
+        )
+    kind = choice.get("type")
+    _entry("tool_choice['type']", kind, str, "a str, e.g. 'function'")
     if kind in ("function", "custom") and kind in choice:
         named = choice[kind]
-        if not isinstance(named, dict) or not isinstance(named.get("name"), str):
-            raise ValueError(f"tool_choice['{kind}'] must be a dict with a 'name'")
+        _entry(f"tool_choice['{kind}']", named, dict, "a dict with a 'name'")
+        _entry(f"tool_choice['{kind}']['name']", named.get("name"), str, "a str")
         return {"type": kind, "name": named["name"]}
-    if kind in ("function", "custom") and not isinstance(choice.get("name"), str):
-        raise ValueError(f"tool_choice of type {kind!r} needs a 'name'")
+    if kind in ("function", "custom"):
+        _entry("tool_choice['name']", choice.get("name"), str, f"a str (type {kind!r})")
     if kind == "allowed_tools" and isinstance(choice.get("allowed_tools"), dict):
         allowed = choice["allowed_tools"]
         tools = allowed.get("tools")
-        if not isinstance(tools, list):
-            raise ValueError("tool_choice['allowed_tools'] needs a 'tools' list")
+        _entry("tool_choice['allowed_tools']['tools']", tools, list, "a list")
         return {
             "type": "allowed_tools",
             "mode": allowed.get("mode", "auto"),
@@ -145,23 +160,32 @@ def translate_tool_choice(choice: Any) -> str | dict[str, Any]:
     return choice
 
 
-def check_prompt(prompt: object) -> str | None:
-    """What is wrong with one prompt (completing "user_prompts[i] ..."), or None.
+def prompt_error(prompt: object) -> TypeError | ValueError | None:
+    """What is wrong with one prompt (its message completing "user_prompts[i] ..."), or None.
 
     Also what orjson would refuse when the request is sent (a lone surrogate, a
     non-str key...) or silently turn into null (NaN), so one such prompt is its own
-    error instead of ending the batch.
+    error instead of ending the batch. A prompt (or a part of it) of the wrong type is
+    a TypeError, an empty list or text JSON cannot carry a ValueError.
     """
     if isinstance(prompt, str):
         if prompt.isascii():
             return None
-    elif not (isinstance(prompt, list) and prompt and all(isinstance(i, dict) for i in prompt)):
-        return "must be a str or a non-empty list of input items (dicts)"
+    elif not (isinstance(prompt, list) and all(isinstance(i, dict) for i in prompt)):
+        return TypeError("must be a str or a non-empty list of input items (dicts)")
+    elif not prompt:
+        return ValueError("must be a str or a non-empty list of input items (dicts)")
     try:
         validation.json_value("prompt", prompt)
     except (TypeError, ValueError) as exc:
-        return f"cannot be sent: {exc}"
+        return type(exc)(f"cannot be sent: {exc}")
     return None
+
+
+def check_prompt(prompt: object) -> str | None:
+    """`prompt_error`'s message, or None: what a lazily read prompt's error result says."""
+    error = prompt_error(prompt)
+    return None if error is None else str(error)
 
 
 def mentions_json(prompt: str | list[dict[str, Any]]) -> bool:
