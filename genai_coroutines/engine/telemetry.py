@@ -22,8 +22,9 @@ HTTP status. Never a prompt, an index (except on an item's own span), or a key.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from .summary import Price, price_for, tier_share, token_cost, usage_tokens
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.metrics import CallbackOptions, Observation
 
     _API = True
 except ImportError:  # the [otel] extra is not installed: there is nothing to report to
@@ -88,6 +90,88 @@ class Identity:
         return found
 
 
+Key = tuple[str, frozenset[tuple[str, str]]]
+"""A running total's counter and attributes."""
+
+
+class _Tally(dict[Key, float]):
+    """One batch's running totals, written by its event loop's thread alone."""
+
+    __slots__ = ()
+
+    def add(self, key: Key, amount: float) -> None:
+        self[key] = self.get(key, 0) + amount
+
+
+class _Totals:
+    """The running totals of the counters counted per item or per answer (items finished
+    and failed, retries, 429s, cost, pages, cents), which observable counters report when
+    a reader collects: an addition to a dict where a counter's `add` would take the SDK's
+    measurement path (attributes cleaned, copied and hashed: some 8 us) on every item.
+
+    Each batch adds into a tally of its own, without a lock on the request path; an ended
+    batch's tally is folded into `ended`, under the lock a collection takes too, so the
+    totals only ever grow."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ended = _Tally()
+        self.running: dict[int, _Tally] = {}
+        """By `id()`: tallies compare equal by content."""
+
+    def tally(self) -> _Tally:
+        found = _Tally()
+        with self.lock:
+            self.running[id(found)] = found
+        return found
+
+    def end(self, tally: _Tally) -> None:
+        with self.lock:
+            del self.running[id(tally)]
+            for key, amount in tally.items():
+                self.ended.add(key, amount)
+
+    def observer(self, name: str) -> Callable[[CallbackOptions], list[Observation]]:
+        """The callback of the observable counter `name`."""
+
+        def observe(options: CallbackOptions) -> list[Observation]:
+            found = _Tally()
+            with self.lock:
+                for tally in (self.ended, *self.running.values()):
+                    for key, amount in tally.copy().items():  # copy(): atomic under the GIL
+                        if key[0] == name:
+                            found.add(key, amount)
+            return [Observation(amount, dict(key[1])) for key, amount in found.items()]
+
+        return observe
+
+
+def key(name: str, attributes: Mapping[str, str]) -> Key:
+    return name, frozenset(attributes.items())
+
+
+FINISHED, FAILED, RETRIES = (
+    "genai_coroutines.items.finished",
+    "genai_coroutines.items.failed",
+    ("genai_coroutines.retries"),
+)
+RATE_LIMITED, COST = "genai_coroutines.rate_limited", "genai_coroutines.cost.usd"
+PAGES, CENTS = "genai_coroutines.datalab.pages", "genai_coroutines.datalab.cost.cents"
+TOTALLED = {
+    FINISHED: ("{item}", "Items ended"),
+    FAILED: ("{item}", "Items ended without success, by error.type"),
+    RETRIES: ("{retry}", "Counted retries of items"),
+    RATE_LIMITED: (
+        "{response}",
+        "429 answers, by genai_coroutines.rate_limit.kind (rate, capacity, quota)",
+    ),
+    COST: ("{USD}", "Estimated US dollars of the tokens billed"),
+    PAGES: ("{page}", "Datalab pages billed"),
+    CENTS: ("{cent}", "Datalab's own cost, in cents"),
+}
+"""The counters kept as running totals: unit and description."""
+
+
 class _Instruments:
     """The library's meter and tracer, and every instrument, created once. (From the API's
     proxies when no SDK is set yet: they forward to the SDK's once one is.)"""
@@ -107,24 +191,12 @@ class _Instruments:
             description="Duration of each request attempt, polls included",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        self.totals = _Totals()
+        for name, (unit, description) in TOTALLED.items():
+            meter.create_observable_counter(
+                name, [self.totals.observer(name)], unit=unit, description=description
+            )
         counter = meter.create_counter
-        self.finished = counter("genai_coroutines.items.finished", "{item}", "Items ended")
-        self.failed = counter(
-            "genai_coroutines.items.failed", "{item}", "Items ended without success, by error.type"
-        )
-        self.retries = counter("genai_coroutines.retries", "{retry}", "Counted retries of items")
-        self.rate_limited = counter(
-            "genai_coroutines.rate_limited",
-            "{response}",
-            "429 answers, by genai_coroutines.rate_limit.kind (rate, capacity, quota)",
-        )
-        self.cost = counter(
-            "genai_coroutines.cost.usd", "{USD}", "Estimated US dollars of the tokens billed"
-        )
-        self.pages = counter("genai_coroutines.datalab.pages", "{page}", "Datalab pages billed")
-        self.cents = counter(
-            "genai_coroutines.datalab.cost.cents", "{cent}", "Datalab's own cost, in cents"
-        )
         self.files = counter(
             "genai_coroutines.batch_api.files", "{file}", "Batch API input files, by status"
         )
@@ -175,17 +247,45 @@ def start_batch(identity: Identity | None, prices: Mapping[str, Price]) -> Batch
     return BatchTelemetry(identity, prices)
 
 
+@dataclass(slots=True)
+class _Operation:
+    """What every attempt of one (operation, provider, model) shares, built once a batch:
+    the SDK copies and hashes a measurement's attributes whatever they are, so the saving
+    is the building of dicts and names, not the SDK's work."""
+
+    name: str
+    attributes: dict[str, str]
+    failed: dict[str, dict[str, str]]
+    """`attributes` with each `error.type` seen."""
+    rate_limited: dict[str, Key]
+    """The 429 counter's key by kind."""
+
+    def failed_with(self, error_type: str) -> dict[str, str]:
+        found = self.failed.get(error_type)
+        if found is None:
+            found = self.failed[error_type] = {**self.attributes, "error.type": error_type}
+        return found
+
+
 class BatchTelemetry:
     """One batch's span and its items' measurements."""
 
     def __init__(self, identity: Identity, prices: Mapping[str, Price]) -> None:
         self.instruments = tools = _get()
+        self.tracer = tools.tracer
         self.identity = identity
         self.attributes = identity.attributes()
         self.prices = prices
         self.span = tools.tracer.start_span("genai_coroutines batch", attributes=self.attributes)
         self.context = trace.set_span_in_context(self.span)
-        self._token_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self.tally = tools.totals.tally()
+        self._finished = key(FINISHED, self.attributes)
+        self._retries = key(RETRIES, self.attributes)
+        self._pages = key(PAGES, self.attributes)
+        self._cents = key(CENTS, self.attributes)
+        self._failed: dict[str, Key] = {}
+        self._models: dict[str, tuple[dict[str, str], dict[str, str], Price | None, Key]] = {}
+        self._operations: dict[tuple[str, str, str | None], _Operation] = {}
 
     def item(self, index: int) -> ItemTelemetry:
         return ItemTelemetry(self, index)
@@ -196,17 +296,31 @@ class BatchTelemetry:
         """A request attempt of the batch itself (the Batch API's files and batches)."""
         return Attempt(self, self.context, provider, operation, model, resends)
 
+    def operation(self, provider: str, operation: str, model: str | None) -> _Operation:
+        found = self._operations.get((operation, provider, model))
+        if found is None:
+            attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
+            if model:
+                attributes["gen_ai.request.model"] = model
+            found = self._operations[(operation, provider, model)] = _Operation(
+                f"{operation} {model}" if model else operation, attributes, {}, {}
+            )
+        return found
+
     def finished(self, result: Mapping[str, Any]) -> None:
         """Count a finished item: outcome, retries, and (unless an earlier run or its twin
         paid for it) its tokens, cost, pages and cents."""
-        tools, attributes, get = self.instruments, self.attributes, result.get
-        tools.finished.add(1, attributes)
+        tally, get = self.tally, result.get
+        tally.add(self._finished, 1)
         if not get("success"):
-            error = {**attributes, "error.type": str(get("error_type") or "_OTHER")}
-            tools.failed.add(1, error)
+            error = str(get("error_type") or "_OTHER")
+            failed = self._failed.get(error)
+            if failed is None:
+                failed = self._failed[error] = key(FAILED, {**self.attributes, "error.type": error})
+            tally.add(failed, 1)
         attempts = get("attempts")
         if isinstance(attempts, int) and attempts > 1:
-            tools.retries.add(attempts - 1, attributes)
+            tally.add(self._retries, attempts - 1)
         if get("from_journal") or get("duplicate_of") is not None:
             return
         usage = get("usage")
@@ -214,35 +328,42 @@ class BatchTelemetry:
             self._tokens(usage, str(get("model") or self.identity.model or ""), get("service_tier"))
         pages = get("page_count")
         if isinstance(pages, int) and pages:
-            tools.pages.add(pages, attributes)
+            tally.add(self._pages, pages)
         cost = get("cost_breakdown")
         if isinstance(cost, Mapping):
             cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
             if isinstance(cents, int | float) and cents:
-                tools.cents.add(cents, attributes)
+                tally.add(self._cents, cents)
 
     def _tokens(self, usage: Mapping[str, Any], model: str, tier: object) -> None:
-        tools = self.instruments
-        inputs, cached, outputs, _ = usage_tokens(usage)
-        tools.tokens.record(inputs, self._token_attributes_of(model, "input"))
-        tools.tokens.record(outputs, self._token_attributes_of(model, "output"))
-        price = price_for(model, self.prices)
-        if price is not None:
-            dollars = token_cost(inputs, cached, outputs, price, tier_share(tier))
-            tools.cost.add(dollars, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model})
-
-    def _token_attributes_of(self, model: str, kind: str) -> dict[str, str]:
-        found = self._token_attributes.get((model, kind))
+        found = self._models.get(model)
         if found is None:
-            found = self._token_attributes[(model, kind)] = {
-                "gen_ai.operation.name": CHAT,
-                "gen_ai.provider.name": OPENAI,
-                "gen_ai.request.model": model,
-                "gen_ai.token.type": kind,
-            }
-        return found
+            found = self._models[model] = self._model(model)
+        inputs_attributes, outputs_attributes, price, cost = found
+        inputs, cached, outputs, _ = usage_tokens(usage)
+        record = self.instruments.tokens.record
+        record(inputs, inputs_attributes)
+        record(outputs, outputs_attributes)
+        if price is not None:
+            self.tally.add(cost, token_cost(inputs, cached, outputs, price, tier_share(tier)))
+
+    def _model(self, model: str) -> tuple[dict[str, str], dict[str, str], Price | None, Key]:
+        """`gen_ai.client.token.usage`'s attributes for `model`'s input and output tokens,
+        its price, the cost counter's key."""
+        attributes = {
+            "gen_ai.operation.name": CHAT,
+            "gen_ai.provider.name": OPENAI,
+            "gen_ai.request.model": model,
+        }
+        return (
+            {**attributes, "gen_ai.token.type": "input"},
+            {**attributes, "gen_ai.token.type": "output"},
+            price_for(model, self.prices),
+            key(COST, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model}),
+        )
 
     def end(self, succeeded: int, failed: int) -> None:
+        self.instruments.totals.end(self.tally)
         self.span.set_attribute("genai_coroutines.items.succeeded", succeeded)
         self.span.set_attribute("genai_coroutines.items.failed", failed)
         self.span.end()
@@ -255,10 +376,10 @@ class ItemTelemetry:
 
     def __init__(self, batch: BatchTelemetry, index: int) -> None:
         self.batch = batch
-        self.span: Span = batch.instruments.tracer.start_span(
+        self.span: Span = batch.tracer.start_span(
             "genai_coroutines item",
             batch.context,
-            attributes={**batch.attributes, "genai_coroutines.item.index": index},
+            attributes={"genai_coroutines.item.index": index},
         )
         self.context: Context = trace.set_span_in_context(self.span)
 
@@ -283,9 +404,13 @@ class ItemTelemetry:
 
 
 class Attempt:
-    """One request on the wire: its span and its `gen_ai.client.operation.duration`."""
+    """One request on the wire: its span and its `gen_ai.client.operation.duration`.
 
-    __slots__ = ("attributes", "batch", "span", "started")
+    The span is made when the attempt ends, with every attribute at once and the start
+    time taken when it began: one `start_span` instead of a span opened, then given its
+    status, tokens and id one `set_attribute` (and one lock) at a time."""
+
+    __slots__ = ("batch", "operation", "parent", "resends", "started")
 
     def __init__(
         self,
@@ -297,19 +422,10 @@ class Attempt:
         resends: int,
     ) -> None:
         self.batch = batch
-        self.attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
-        if model:
-            self.attributes["gen_ai.request.model"] = model
-        span_attributes: dict[str, str | int] = dict(self.attributes)
-        if resends:
-            span_attributes["http.request.resend_count"] = resends
-        self.span = batch.instruments.tracer.start_span(
-            f"{operation} {model}" if model else operation,
-            parent,
-            kind=trace.SpanKind.CLIENT,
-            attributes=span_attributes,
-        )
-        self.started = time.perf_counter()
+        self.parent = parent
+        self.operation = batch.operation(provider, operation, model)
+        self.resends = resends
+        self.started = time.time_ns()
 
     def end(
         self, reply: Reply | Failure | None, outcome: object = None, response_id: str | None = None
@@ -317,19 +433,20 @@ class Attempt:
         """The attempt got `reply` (a `Failure`: none), judged `outcome` (a `Failure`, or a
         `Success` whose value may carry a `response_id` and a `usage`); `response_id`: the
         id the API gave the work, when the caller knows it."""
-        tools, span, attributes = self.batch.instruments, self.span, self.attributes
+        ended = time.time_ns()
+        operation = self.operation
+        measured = operation.attributes
+        attributes: dict[str, str | int] = dict(measured)
+        if self.resends:
+            attributes["http.request.resend_count"] = self.resends
         failure = outcome if isinstance(outcome, Failure) else reply
         status = reply.status if isinstance(reply, Reply) else None
         if isinstance(failure, Failure):
             status = status or failure.status
-            attributes = {**attributes, "error.type": failure.error_type}
-            span.set_attribute("error.type", failure.error_type)
-            span.set_status(trace.StatusCode.ERROR)
+            measured = operation.failed_with(failure.error_type)
+            attributes["error.type"] = failure.error_type
             if status == 429:
-                kind = RATE_LIMIT_KINDS.get(failure.error_type, "rate")
-                tools.rate_limited.add(
-                    1, {**self.attributes, "genai_coroutines.rate_limit.kind": kind}
-                )
+                self._rate_limited(failure.error_type)
         elif isinstance(outcome, Success):
             value = outcome.value
             response_id = response_id or getattr(value, "response_id", None)
@@ -337,17 +454,38 @@ class Attempt:
             if (
                 isinstance(usage, Mapping)
                 and usage
-                and attributes["gen_ai.operation.name"] not in POLLS
+                and measured["gen_ai.operation.name"] not in POLLS
             ):
                 inputs, _, outputs, _ = usage_tokens(usage)
-                span.set_attribute("gen_ai.usage.input_tokens", inputs)
-                span.set_attribute("gen_ai.usage.output_tokens", outputs)
+                attributes["gen_ai.usage.input_tokens"] = inputs
+                attributes["gen_ai.usage.output_tokens"] = outputs
         if isinstance(response_id, str):
-            span.set_attribute("gen_ai.response.id", response_id)
+            attributes["gen_ai.response.id"] = response_id
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
-        tools.duration.record(time.perf_counter() - self.started, attributes)
-        span.end()
+            attributes["http.response.status_code"] = status
+        batch = self.batch
+        span = batch.tracer.start_span(
+            operation.name,
+            self.parent,
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=self.started,
+        )
+        if isinstance(failure, Failure):
+            span.set_status(trace.StatusCode.ERROR)
+        span.end(ended)
+        batch.instruments.duration.record((ended - self.started) / 1e9, measured)
+
+    def _rate_limited(self, error_type: str) -> None:
+        kind = RATE_LIMIT_KINDS.get(error_type, "rate")
+        keys = self.operation.rate_limited
+        found = keys.get(kind)
+        if found is None:
+            found = keys[kind] = key(
+                RATE_LIMITED,
+                {**self.operation.attributes, "genai_coroutines.rate_limit.kind": kind},
+            )
+        self.batch.tally.add(found, 1)
 
 
 # Events outside any one item: rare, so they go through the instruments whatever the provider
