@@ -255,6 +255,8 @@ class _Operation:
 
     name: str
     attributes: dict[str, str]
+    counts_tokens: bool
+    """False for a poll: its answer's tokens were counted with the item."""
     failed: dict[str, dict[str, str]]
     """`attributes` with each `error.type` seen."""
     rate_limited: dict[str, Key]
@@ -278,6 +280,10 @@ class BatchTelemetry:
         self.prices = prices
         self.span = tools.tracer.start_span("genai_coroutines batch", attributes=self.attributes)
         self.context = trace.set_span_in_context(self.span)
+        self.traced = self.span.is_recording()
+        """False when the batch's span is not recorded (no SDK tracer provider, or its
+        sampler left this batch's trace out): then neither are its items' and attempts',
+        which a parent-based sampler (the SDK's default) would drop, so none is made."""
         self.tally = tools.totals.tally()
         self._finished = key(FINISHED, self.attributes)
         self._retries = key(RETRIES, self.attributes)
@@ -303,7 +309,11 @@ class BatchTelemetry:
             if model:
                 attributes["gen_ai.request.model"] = model
             found = self._operations[(operation, provider, model)] = _Operation(
-                f"{operation} {model}" if model else operation, attributes, {}, {}
+                f"{operation} {model}" if model else operation,
+                attributes,
+                operation not in POLLS,
+                {},
+                {},
             )
         return found
 
@@ -370,18 +380,22 @@ class BatchTelemetry:
 
 
 class ItemTelemetry:
-    """One item's span, the parent of its attempts'."""
+    """One item's span, the parent of its attempts' (none when the batch's is not
+    recorded)."""
 
     __slots__ = ("batch", "context", "span")
 
     def __init__(self, batch: BatchTelemetry, index: int) -> None:
         self.batch = batch
-        self.span: Span = batch.tracer.start_span(
-            "genai_coroutines item",
-            batch.context,
-            attributes={"genai_coroutines.item.index": index},
-        )
-        self.context: Context = trace.set_span_in_context(self.span)
+        self.span: Span | None = None
+        self.context: Context = batch.context
+        if batch.traced:
+            self.span = batch.tracer.start_span(
+                "genai_coroutines item",
+                batch.context,
+                attributes={"genai_coroutines.item.index": index},
+            )
+            self.context = trace.set_span_in_context(self.span)
 
     def attempt(
         self, provider: str, operation: str, model: str | None = None, resends: int = 0
@@ -392,6 +406,8 @@ class ItemTelemetry:
     def end(self, result: Mapping[str, Any] | None) -> None:
         """The item ended with `result` (None: it was cancelled)."""
         span = self.span
+        if span is None:
+            return
         if result is None:
             span.set_attribute("error.type", "cancelled")
             span.set_status(trace.StatusCode.ERROR)
@@ -404,7 +420,8 @@ class ItemTelemetry:
 
 
 class Attempt:
-    """One request on the wire: its span and its `gen_ai.client.operation.duration`.
+    """One request on the wire: its `gen_ai.client.operation.duration` and (when its batch
+    is traced) its span.
 
     The span is made when the attempt ends, with every attribute at once and the start
     time taken when it began: one `start_span` instead of a span opened, then given its
@@ -434,28 +451,36 @@ class Attempt:
         `Success` whose value may carry a `response_id` and a `usage`); `response_id`: the
         id the API gave the work, when the caller knows it."""
         ended = time.time_ns()
+        operation, batch = self.operation, self.batch
+        failure = outcome if isinstance(outcome, Failure) else reply
+        if isinstance(failure, Failure):
+            measured = operation.failed_with(failure.error_type)
+            status = reply.status if isinstance(reply, Reply) else None
+            if (status or failure.status) == 429:
+                self._rate_limited(failure.error_type)
+        else:
+            measured = operation.attributes
+        batch.instruments.duration.record((ended - self.started) / 1e9, measured)
+        if batch.traced:
+            self._span(ended, reply, outcome, response_id)
+
+    def _span(
+        self, ended: int, reply: Reply | Failure | None, outcome: object, response_id: str | None
+    ) -> None:
         operation = self.operation
-        measured = operation.attributes
-        attributes: dict[str, str | int] = dict(measured)
+        attributes: dict[str, str | int] = dict(operation.attributes)
         if self.resends:
             attributes["http.request.resend_count"] = self.resends
         failure = outcome if isinstance(outcome, Failure) else reply
         status = reply.status if isinstance(reply, Reply) else None
         if isinstance(failure, Failure):
             status = status or failure.status
-            measured = operation.failed_with(failure.error_type)
             attributes["error.type"] = failure.error_type
-            if status == 429:
-                self._rate_limited(failure.error_type)
         elif isinstance(outcome, Success):
             value = outcome.value
             response_id = response_id or getattr(value, "response_id", None)
             usage = getattr(value, "usage", None)
-            if (
-                isinstance(usage, Mapping)
-                and usage
-                and measured["gen_ai.operation.name"] not in POLLS
-            ):
+            if isinstance(usage, Mapping) and usage and operation.counts_tokens:
                 inputs, _, outputs, _ = usage_tokens(usage)
                 attributes["gen_ai.usage.input_tokens"] = inputs
                 attributes["gen_ai.usage.output_tokens"] = outputs
@@ -463,8 +488,7 @@ class Attempt:
             attributes["gen_ai.response.id"] = response_id
         if status is not None:
             attributes["http.response.status_code"] = status
-        batch = self.batch
-        span = batch.tracer.start_span(
+        span = self.batch.tracer.start_span(
             operation.name,
             self.parent,
             kind=trace.SpanKind.CLIENT,
@@ -474,7 +498,6 @@ class Attempt:
         if isinstance(failure, Failure):
             span.set_status(trace.StatusCode.ERROR)
         span.end(ended)
-        batch.instruments.duration.record((ended - self.started) / 1e9, measured)
 
     def _rate_limited(self, error_type: str) -> None:
         kind = RATE_LIMIT_KINDS.get(error_type, "rate")
