@@ -146,16 +146,13 @@ class _Totals:
         return observe
 
 
-def key(name: str, attributes: Mapping[str, str]) -> Key:
+def _key(name: str, attributes: Mapping[str, str]) -> Key:
     return name, frozenset(attributes.items())
 
 
-FINISHED, FAILED, RETRIES = (
-    "genai_coroutines.items.finished",
-    "genai_coroutines.items.failed",
-    ("genai_coroutines.retries"),
-)
-RATE_LIMITED, COST = "genai_coroutines.rate_limited", "genai_coroutines.cost.usd"
+FINISHED, FAILED = "genai_coroutines.items.finished", "genai_coroutines.items.failed"
+RETRIES, RATE_LIMITED = "genai_coroutines.retries", "genai_coroutines.rate_limited"
+COST = "genai_coroutines.cost.usd"
 PAGES, CENTS = "genai_coroutines.datalab.pages", "genai_coroutines.datalab.cost.cents"
 TOTALLED = {
     FINISHED: ("{item}", "Items ended"),
@@ -285,10 +282,10 @@ class BatchTelemetry:
         sampler left this batch's trace out): then neither are its items' and attempts',
         which a parent-based sampler (the SDK's default) would drop, so none is made."""
         self.tally = tools.totals.tally()
-        self._finished = key(FINISHED, self.attributes)
-        self._retries = key(RETRIES, self.attributes)
-        self._pages = key(PAGES, self.attributes)
-        self._cents = key(CENTS, self.attributes)
+        self._finished = _key(FINISHED, self.attributes)
+        self._retries = _key(RETRIES, self.attributes)
+        self._pages = _key(PAGES, self.attributes)
+        self._cents = _key(CENTS, self.attributes)
         self._failed: dict[str, Key] = {}
         self._models: dict[str, tuple[dict[str, str], dict[str, str], Price | None, Key]] = {}
         self._operations: dict[tuple[str, str, str | None], _Operation] = {}
@@ -326,7 +323,9 @@ class BatchTelemetry:
             error = str(get("error_type") or "_OTHER")
             failed = self._failed.get(error)
             if failed is None:
-                failed = self._failed[error] = key(FAILED, {**self.attributes, "error.type": error})
+                failed = self._failed[error] = _key(
+                    FAILED, {**self.attributes, "error.type": error}
+                )
             tally.add(failed, 1)
         attempts = get("attempts")
         if isinstance(attempts, int) and attempts > 1:
@@ -369,7 +368,7 @@ class BatchTelemetry:
             {**attributes, "gen_ai.token.type": "input"},
             {**attributes, "gen_ai.token.type": "output"},
             price_for(model, self.prices),
-            key(COST, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model}),
+            _key(COST, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model}),
         )
 
     def end(self, succeeded: int, failed: int) -> None:
@@ -504,7 +503,7 @@ class Attempt:
         keys = self.operation.rate_limited
         found = keys.get(kind)
         if found is None:
-            found = keys[kind] = key(
+            found = keys[kind] = _key(
                 RATE_LIMITED,
                 {**self.operation.attributes, "genai_coroutines.rate_limit.kind": kind},
             )
