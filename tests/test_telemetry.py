@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider
+from opentelemetry.sdk.metrics import Counter, Histogram, MeterProvider, ObservableCounter
 from opentelemetry.sdk.metrics.export import AggregationTemporality, InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -34,7 +34,9 @@ from tests.test_cli import ROOT, cli_env, start, write_prompts
 
 MODEL = "gpt-4o-mini"
 DELTA = AggregationTemporality.DELTA
-READER = InMemoryMetricReader(preferred_temporality={Counter: DELTA, Histogram: DELTA})
+READER = InMemoryMetricReader(
+    preferred_temporality={Counter: DELTA, ObservableCounter: DELTA, Histogram: DELTA}
+)
 EXPORTER = InMemorySpanExporter()
 
 

@@ -22,8 +22,9 @@ HTTP status. Never a prompt, an index (except on an item's own span), or a key.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from .pricing import Charges, PriceModel
 
 try:
     from opentelemetry import metrics, trace
+    from opentelemetry.metrics import CallbackOptions, Observation
 
     _API = True
 except ImportError:  # the [otel] extra is not installed: there is nothing to report to
@@ -88,6 +90,85 @@ class Identity:
         return found
 
 
+Key = tuple[str, frozenset[tuple[str, str]]]
+"""A running total's counter and attributes."""
+
+
+class _Tally(dict[Key, float]):
+    """One batch's running totals, written by its event loop's thread alone."""
+
+    __slots__ = ()
+
+    def add(self, key: Key, amount: float) -> None:
+        self[key] = self.get(key, 0) + amount
+
+
+class _Totals:
+    """The running totals of the counters counted per item or per answer (items finished
+    and failed, retries, 429s, cost, pages, cents), which observable counters report when
+    a reader collects: an addition to a dict where a counter's `add` would take the SDK's
+    measurement path (attributes cleaned, copied and hashed: some 8 us) on every item.
+
+    Each batch adds into a tally of its own, without a lock on the request path; an ended
+    batch's tally is folded into `ended`, under the lock a collection takes too, so the
+    totals only ever grow."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ended = _Tally()
+        self.running: dict[int, _Tally] = {}
+        """By `id()`: tallies compare equal by content."""
+
+    def tally(self) -> _Tally:
+        found = _Tally()
+        with self.lock:
+            self.running[id(found)] = found
+        return found
+
+    def end(self, tally: _Tally) -> None:
+        with self.lock:
+            del self.running[id(tally)]
+            for key, amount in tally.items():
+                self.ended.add(key, amount)
+
+    def observer(self, name: str) -> Callable[[CallbackOptions], list[Observation]]:
+        """The callback of the observable counter `name`."""
+
+        def observe(options: CallbackOptions) -> list[Observation]:
+            found = _Tally()
+            with self.lock:
+                for tally in (self.ended, *self.running.values()):
+                    for key, amount in tally.copy().items():  # copy(): atomic under the GIL
+                        if key[0] == name:
+                            found.add(key, amount)
+            return [Observation(amount, dict(key[1])) for key, amount in found.items()]
+
+        return observe
+
+
+def _key(name: str, attributes: Mapping[str, str]) -> Key:
+    return name, frozenset(attributes.items())
+
+
+FINISHED, FAILED = "genai_coroutines.items.finished", "genai_coroutines.items.failed"
+RETRIES, RATE_LIMITED = "genai_coroutines.retries", "genai_coroutines.rate_limited"
+COST = "genai_coroutines.cost.usd"
+PAGES, CENTS = "genai_coroutines.datalab.pages", "genai_coroutines.datalab.cost.cents"
+TOTALLED = {
+    FINISHED: ("{item}", "Items ended"),
+    FAILED: ("{item}", "Items ended without success, by error.type"),
+    RETRIES: ("{retry}", "Counted retries of items"),
+    RATE_LIMITED: (
+        "{response}",
+        "429 answers, by genai_coroutines.rate_limit.kind (rate, capacity, quota)",
+    ),
+    COST: ("{USD}", "Estimated US dollars of the tokens billed"),
+    PAGES: ("{page}", "Datalab pages billed"),
+    CENTS: ("{cent}", "Datalab's own cost, in cents"),
+}
+"""The counters kept as running totals: unit and description."""
+
+
 class _Instruments:
     """The library's meter and tracer, and every instrument, created once. (From the API's
     proxies when no SDK is set yet: they forward to the SDK's once one is.)"""
@@ -107,24 +188,12 @@ class _Instruments:
             description="Duration of each request attempt, polls included",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
+        self.totals = _Totals()
+        for name, (unit, description) in TOTALLED.items():
+            meter.create_observable_counter(
+                name, [self.totals.observer(name)], unit=unit, description=description
+            )
         counter = meter.create_counter
-        self.finished = counter("genai_coroutines.items.finished", "{item}", "Items ended")
-        self.failed = counter(
-            "genai_coroutines.items.failed", "{item}", "Items ended without success, by error.type"
-        )
-        self.retries = counter("genai_coroutines.retries", "{retry}", "Counted retries of items")
-        self.rate_limited = counter(
-            "genai_coroutines.rate_limited",
-            "{response}",
-            "429 answers, by genai_coroutines.rate_limit.kind (rate, capacity, quota)",
-        )
-        self.cost = counter(
-            "genai_coroutines.cost.usd", "{USD}", "Estimated US dollars of the tokens billed"
-        )
-        self.pages = counter("genai_coroutines.datalab.pages", "{page}", "Datalab pages billed")
-        self.cents = counter(
-            "genai_coroutines.datalab.cost.cents", "{cent}", "Datalab's own cost, in cents"
-        )
         self.files = counter(
             "genai_coroutines.batch_api.files", "{file}", "Batch API input files, by status"
         )
@@ -177,19 +246,53 @@ def start_batch(
     return BatchTelemetry(identity, pricing)
 
 
+@dataclass(slots=True)
+class _Operation:
+    """What every attempt of one (operation, provider, model) shares, built once a batch:
+    the SDK copies and hashes a measurement's attributes whatever they are, so the saving
+    is the building of dicts and names, not the SDK's work."""
+
+    name: str
+    attributes: dict[str, str]
+    counts_tokens: bool
+    """False for a poll: its answer's tokens were counted with the item."""
+    failed: dict[str, dict[str, str]]
+    """`attributes` with each `error.type` seen."""
+    rate_limited: dict[str, Key]
+    """The 429 counter's key by kind."""
+
+    def failed_with(self, error_type: str) -> dict[str, str]:
+        found = self.failed.get(error_type)
+        if found is None:
+            found = self.failed[error_type] = {**self.attributes, "error.type": error_type}
+        return found
+
+
 class BatchTelemetry:
     """One batch's span and its items' measurements."""
 
     def __init__(self, identity: Identity, pricing: tuple[PriceModel, ...]) -> None:
         self.instruments = tools = _get()
+        self.tracer = tools.tracer
         self.identity = identity
         self.attributes = identity.attributes()
         self.pricing = pricing
-        """The summary's price models: what an item was billed is read as the summary reads
-        it, so the metrics and the summary agree."""
+        """The summary's price models: an item's bill is read as the summary reads it, so
+        the metrics and the summary agree."""
         self.span = tools.tracer.start_span("genai_coroutines batch", attributes=self.attributes)
         self.context = trace.set_span_in_context(self.span)
-        self._token_attributes: dict[tuple[str, str], dict[str, str]] = {}
+        self.traced = self.span.is_recording()
+        """False when the batch's span is not recorded (no SDK tracer provider, or its
+        sampler left this batch's trace out): then neither are its items' and attempts',
+        which a parent-based sampler (the SDK's default) would drop, so none is made."""
+        self.tally = tools.totals.tally()
+        self._finished = _key(FINISHED, self.attributes)
+        self._retries = _key(RETRIES, self.attributes)
+        self._pages = _key(PAGES, self.attributes)
+        self._cents = _key(CENTS, self.attributes)
+        self._failed: dict[str, Key] = {}
+        self._models: dict[str, tuple[dict[str, str], dict[str, str], Key]] = {}
+        self._operations: dict[tuple[str, str, str | None], _Operation] = {}
 
     def item(self, index: int) -> ItemTelemetry:
         return ItemTelemetry(self, index)
@@ -200,65 +303,100 @@ class BatchTelemetry:
         """A request attempt of the batch itself (the Batch API's files and batches)."""
         return Attempt(self, self.context, provider, operation, model, resends)
 
+    def operation(self, provider: str, operation: str, model: str | None) -> _Operation:
+        found = self._operations.get((operation, provider, model))
+        if found is None:
+            attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
+            if model:
+                attributes["gen_ai.request.model"] = model
+            found = self._operations[(operation, provider, model)] = _Operation(
+                f"{operation} {model}" if model else operation,
+                attributes,
+                operation not in POLLS,
+                {},
+                {},
+            )
+        return found
+
     def finished(self, result: Mapping[str, Any]) -> None:
         """Count a finished item: outcome, retries, and (unless an earlier run or its twin
         paid for it) its tokens, cost, pages and cents."""
-        tools, attributes, get = self.instruments, self.attributes, result.get
-        tools.finished.add(1, attributes)
+        tally, get = self.tally, result.get
+        tally.add(self._finished, 1)
         if not get("success"):
-            error = {**attributes, "error.type": str(get("error_type") or "_OTHER")}
-            tools.failed.add(1, error)
+            error = str(get("error_type") or "_OTHER")
+            failed = self._failed.get(error)
+            if failed is None:
+                failed = self._failed[error] = _key(
+                    FAILED, {**self.attributes, "error.type": error}
+                )
+            tally.add(failed, 1)
         attempts = get("attempts")
         if isinstance(attempts, int) and attempts > 1:
-            tools.retries.add(attempts - 1, attributes)
+            tally.add(self._retries, attempts - 1)
         if get("from_journal") or get("duplicate_of") is not None:
             return
         charges = Charges()
         for model in self.pricing:
             model.read(result, charges)
-        for (pricer, name, share), (inputs, cached, outputs, _) in charges.billed.items():
-            tools.tokens.record(inputs, self._token_attributes_of(name, "input"))
-            tools.tokens.record(outputs, self._token_attributes_of(name, "output"))
-            dollars = pricer.usd(name, share, inputs, cached, outputs)
-            if dollars:
-                tools.cost.add(
-                    dollars, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": name}
-                )
+        if charges.billed:
+            self._tokens(charges)
         if charges.pages:
-            tools.pages.add(charges.pages, attributes)
+            tally.add(self._pages, charges.pages)
         if charges.cost_cents:
-            tools.cents.add(charges.cost_cents, attributes)
+            tally.add(self._cents, charges.cost_cents)
 
-    def _token_attributes_of(self, model: str, kind: str) -> dict[str, str]:
-        found = self._token_attributes.get((model, kind))
-        if found is None:
-            found = self._token_attributes[(model, kind)] = {
-                "gen_ai.operation.name": CHAT,
-                "gen_ai.provider.name": OPENAI,
-                "gen_ai.request.model": model,
-                "gen_ai.token.type": kind,
-            }
-        return found
+    def _tokens(self, charges: Charges) -> None:
+        record = self.instruments.tokens.record
+        for (pricer, model, share), (inputs, cached, outputs, _) in charges.billed.items():
+            found = self._models.get(model)
+            if found is None:
+                found = self._models[model] = self._model(model)
+            inputs_attributes, outputs_attributes, cost = found
+            record(inputs, inputs_attributes)
+            record(outputs, outputs_attributes)
+            dollars = pricer.usd(model, share, inputs, cached, outputs)
+            if dollars:
+                self.tally.add(cost, dollars)
+
+    def _model(self, model: str) -> tuple[dict[str, str], dict[str, str], Key]:
+        """`gen_ai.client.token.usage`'s attributes for `model`'s input and output tokens,
+        and the cost counter's key."""
+        attributes = {
+            "gen_ai.operation.name": CHAT,
+            "gen_ai.provider.name": OPENAI,
+            "gen_ai.request.model": model,
+        }
+        return (
+            {**attributes, "gen_ai.token.type": "input"},
+            {**attributes, "gen_ai.token.type": "output"},
+            _key(COST, {"gen_ai.provider.name": OPENAI, "gen_ai.request.model": model}),
+        )
 
     def end(self, succeeded: int, failed: int) -> None:
+        self.instruments.totals.end(self.tally)
         self.span.set_attribute("genai_coroutines.items.succeeded", succeeded)
         self.span.set_attribute("genai_coroutines.items.failed", failed)
         self.span.end()
 
 
 class ItemTelemetry:
-    """One item's span, the parent of its attempts'."""
+    """One item's span, the parent of its attempts' (none when the batch's is not
+    recorded)."""
 
     __slots__ = ("batch", "context", "span")
 
     def __init__(self, batch: BatchTelemetry, index: int) -> None:
         self.batch = batch
-        self.span: Span = batch.instruments.tracer.start_span(
-            "genai_coroutines item",
-            batch.context,
-            attributes={**batch.attributes, "genai_coroutines.item.index": index},
-        )
-        self.context: Context = trace.set_span_in_context(self.span)
+        self.span: Span | None = None
+        self.context: Context = batch.context
+        if batch.traced:
+            self.span = batch.tracer.start_span(
+                "genai_coroutines item",
+                batch.context,
+                attributes={"genai_coroutines.item.index": index},
+            )
+            self.context = trace.set_span_in_context(self.span)
 
     def attempt(
         self, provider: str, operation: str, model: str | None = None, resends: int = 0
@@ -269,6 +407,8 @@ class ItemTelemetry:
     def end(self, result: Mapping[str, Any] | None) -> None:
         """The item ended with `result` (None: it was cancelled)."""
         span = self.span
+        if span is None:
+            return
         if result is None:
             span.set_attribute("error.type", "cancelled")
             span.set_status(trace.StatusCode.ERROR)
@@ -281,9 +421,14 @@ class ItemTelemetry:
 
 
 class Attempt:
-    """One request on the wire: its span and its `gen_ai.client.operation.duration`."""
+    """One request on the wire: its `gen_ai.client.operation.duration` and (when its batch
+    is traced) its span.
 
-    __slots__ = ("attributes", "batch", "span", "started")
+    The span is made when the attempt ends, with every attribute at once and the start
+    time taken when it began: one `start_span` instead of a span opened, then given its
+    status, tokens and id one `set_attribute` (and one lock) at a time."""
+
+    __slots__ = ("batch", "operation", "parent", "resends", "started")
 
     def __init__(
         self,
@@ -295,19 +440,10 @@ class Attempt:
         resends: int,
     ) -> None:
         self.batch = batch
-        self.attributes = {"gen_ai.operation.name": operation, "gen_ai.provider.name": provider}
-        if model:
-            self.attributes["gen_ai.request.model"] = model
-        span_attributes: dict[str, str | int] = dict(self.attributes)
-        if resends:
-            span_attributes["http.request.resend_count"] = resends
-        self.span = batch.instruments.tracer.start_span(
-            f"{operation} {model}" if model else operation,
-            parent,
-            kind=trace.SpanKind.CLIENT,
-            attributes=span_attributes,
-        )
-        self.started = time.perf_counter()
+        self.parent = parent
+        self.operation = batch.operation(provider, operation, model)
+        self.resends = resends
+        self.started = time.time_ns()
 
     def end(
         self, reply: Reply | Failure | None, outcome: object = None, response_id: str | None = None
@@ -315,36 +451,64 @@ class Attempt:
         """The attempt got `reply` (a `Failure`: none), judged `outcome` (a `Failure`, or a
         `Success` whose value may carry a `response_id` and a `usage`); `response_id`: the
         id the API gave the work, when the caller knows it."""
-        tools, span, attributes = self.batch.instruments, self.span, self.attributes
+        ended = time.time_ns()
+        operation, batch = self.operation, self.batch
+        failure = outcome if isinstance(outcome, Failure) else reply
+        if isinstance(failure, Failure):
+            measured = operation.failed_with(failure.error_type)
+            status = reply.status if isinstance(reply, Reply) else None
+            if (status or failure.status) == 429:
+                self._rate_limited(failure.error_type)
+        else:
+            measured = operation.attributes
+        batch.instruments.duration.record((ended - self.started) / 1e9, measured)
+        if batch.traced:
+            self._span(ended, reply, outcome, response_id)
+
+    def _span(
+        self, ended: int, reply: Reply | Failure | None, outcome: object, response_id: str | None
+    ) -> None:
+        operation = self.operation
+        attributes: dict[str, str | int] = dict(operation.attributes)
+        if self.resends:
+            attributes["http.request.resend_count"] = self.resends
         failure = outcome if isinstance(outcome, Failure) else reply
         status = reply.status if isinstance(reply, Reply) else None
         if isinstance(failure, Failure):
             status = status or failure.status
-            attributes = {**attributes, "error.type": failure.error_type}
-            span.set_attribute("error.type", failure.error_type)
-            span.set_status(trace.StatusCode.ERROR)
-            if status == 429:
-                kind = RATE_LIMIT_KINDS.get(failure.error_type, "rate")
-                tools.rate_limited.add(
-                    1, {**self.attributes, "genai_coroutines.rate_limit.kind": kind}
-                )
+            attributes["error.type"] = failure.error_type
         elif isinstance(outcome, Success):
             value = outcome.value
             response_id = response_id or getattr(value, "response_id", None)
             usage = getattr(value, "usage", None)
-            if (
-                isinstance(usage, Mapping)
-                and usage
-                and attributes["gen_ai.operation.name"] not in POLLS
-            ):
-                span.set_attribute("gen_ai.usage.input_tokens", usage.get("input_tokens") or 0)
-                span.set_attribute("gen_ai.usage.output_tokens", usage.get("output_tokens") or 0)
+            if isinstance(usage, Mapping) and usage and operation.counts_tokens:
+                attributes["gen_ai.usage.input_tokens"] = usage.get("input_tokens") or 0
+                attributes["gen_ai.usage.output_tokens"] = usage.get("output_tokens") or 0
         if isinstance(response_id, str):
-            span.set_attribute("gen_ai.response.id", response_id)
+            attributes["gen_ai.response.id"] = response_id
         if status is not None:
-            span.set_attribute("http.response.status_code", status)
-        tools.duration.record(time.perf_counter() - self.started, attributes)
-        span.end()
+            attributes["http.response.status_code"] = status
+        span = self.batch.tracer.start_span(
+            operation.name,
+            self.parent,
+            kind=trace.SpanKind.CLIENT,
+            attributes=attributes,
+            start_time=self.started,
+        )
+        if isinstance(failure, Failure):
+            span.set_status(trace.StatusCode.ERROR)
+        span.end(ended)
+
+    def _rate_limited(self, error_type: str) -> None:
+        kind = RATE_LIMIT_KINDS.get(error_type, "rate")
+        keys = self.operation.rate_limited
+        found = keys.get(kind)
+        if found is None:
+            found = keys[kind] = _key(
+                RATE_LIMITED,
+                {**self.operation.attributes, "genai_coroutines.rate_limit.kind": kind},
+            )
+        self.batch.tally.add(found, 1)
 
 
 # Events outside any one item: rare, so they go through the instruments whatever the provider
