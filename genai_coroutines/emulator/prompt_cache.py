@@ -81,8 +81,10 @@ class PromptCache:
     def cached_tokens(self, body: dict[str, Any]) -> int:
         """Serve a checked request body: its cached tokens (0 when caching is off)."""
         config = self.emulator.config
+        if not config.prompt_caching:
+            return 0
         text = prompt_text(body)
-        if not config.prompt_caching or len(text) < MIN_CACHED_TOKENS * CHARS_PER_TOKEN:
+        if len(text) < MIN_CACHED_TOKENS * CHARS_PER_TOKEN:
             return 0
         now = time.monotonic()
         route = (
