@@ -30,6 +30,8 @@ Choices where the real API is not observable from outside:
 - `previous_response_id` must name one of the last `STORED_LIMIT` responses issued
   with `store` not false. Its context (input + output tokens) is added to this
   request's `input_tokens` and reported as `cached_tokens`.
+- With `prompt_caching` on, `cached_tokens` also counts the prompt's prefix the cache served
+  (`prompt_cache`); every path that answers (synchronous, background, Batch API lines) asks it.
 - `service_tier: "flex"` is refused at `flex_unavailable_rate` (seeded) with `FLEX_UNAVAILABLE`.
   The flex guide documents only "429 Resource Unavailable" and "You will not be charged";
   the body's `type` and `code` ("resource_unavailable") are the emulator's guess.
@@ -70,6 +72,7 @@ from .openai_output import (
     stream_events,
 )
 from .openai_validate import JSON_BODY_ERROR, ApiError, message_texts, validate
+from .prompt_cache import PromptCache
 from .state import RateWindow, digest, go_duration
 
 if TYPE_CHECKING:
@@ -126,6 +129,7 @@ class OpenAIEmulation:
         self.background = BackgroundResponses(self)
         self.files = FilesEmulation(self)
         self.batches = BatchEmulation(self)
+        self.prompt_cache = PromptCache(emulator)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.create_response)
@@ -134,7 +138,9 @@ class OpenAIEmulation:
         self.batches.add_routes(app)
 
     def reset_limits(self) -> None:
+        """Forget the rate windows and the prompt cache (its machines' per-minute shares)."""
         self._windows.clear()
+        self.prompt_cache.clear()
 
     async def close(self) -> None:
         """Stop the background responses and batches still running."""
@@ -213,11 +219,13 @@ class OpenAIEmulation:
     def produce(
         self, body: dict[str, Any], response_id: str | None = None, *, keep: bool = True
     ) -> dict[str, Any]:
-        """The full Response to a checked body. Unless `keep` is false or `store` is, it is
-        remembered for `previous_response_id` and for `GET /v1/responses/{id}`."""
+        """The full Response to a checked body, its prompt served by the prompt cache. Unless
+        `keep` is false or `store` is, it is remembered for `previous_response_id` and for
+        `GET /v1/responses/{id}`."""
         previous = body.get("previous_response_id")
         context_tokens = self._stored.get(previous, 0) if previous else 0
-        output, usage, incomplete = Answer(body, new_id, context_tokens).build()
+        cached = self.prompt_cache.cached_tokens(body)
+        output, usage, incomplete = Answer(body, new_id, context_tokens, cached).build()
         response = response_object(body, response_id or new_id("resp"), output, usage, incomplete)
         if keep and body.get("store") is not False:
             self._stored[response["id"]] = usage["total_tokens"]

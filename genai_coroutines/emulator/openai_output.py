@@ -17,6 +17,8 @@ test can predict them. The rules, chosen to make client behaviour testable:
   `REASONING_TOKENS[effort]` reasoning tokens; a summary part when `reasoning.summary` is set.
 - Tokens are estimated at 4 characters each: input = instructions + the JSON text of
   `input` (a plain string counts as itself), output = the visible text or arguments.
+- `cached_tokens` counts a `previous_response_id`'s context, plus, with prompt caching on,
+  the prefix of the prompt the cache served (see `prompt_cache`).
 - `max_output_tokens` caps output tokens (reasoning first): an answer that does not fit
   ends `status: "incomplete"`, `incomplete_details.reason: "max_output_tokens"`, with the
   text cut off (so a cut JSON answer does not parse, as with the real API).
@@ -67,11 +69,17 @@ def tokens(text: str) -> int:
     return math.ceil(len(text) / CHARS_PER_TOKEN)
 
 
-def input_tokens(body: Json) -> int:
-    """Estimated prompt tokens of a request (never below one)."""
+def prompt_text(body: Json) -> str:
+    """The text a request's prompt tokens are counted from: `instructions`, then `input`
+    (a plain string as itself, items as their JSON text)."""
     raw = body.get("input")
     text = raw if isinstance(raw, str) else "" if raw is None else orjson.dumps(raw).decode()
-    return max(1, tokens((body.get("instructions") or "") + text))
+    return (body.get("instructions") or "") + text
+
+
+def input_tokens(body: Json) -> int:
+    """Estimated prompt tokens of a request (never below one)."""
+    return max(1, tokens(prompt_text(body)))
 
 
 def reasoning_effort(body: Json) -> str | None:
@@ -99,7 +107,9 @@ def _as_text(value: Any) -> str:
 class Answer:
     """The emulated model's answer to one validated request body."""
 
-    def __init__(self, body: Json, new_id: NewId, context_tokens: int = 0) -> None:
+    def __init__(
+        self, body: Json, new_id: NewId, context_tokens: int = 0, cached_tokens: int = 0
+    ) -> None:
         self.body = body
         self.new_id = new_id
         strings = _input_strings(body.get("input"))
@@ -109,6 +119,8 @@ class Answer:
         self.words = re.findall(r"[A-Za-z][A-Za-z0-9]{2,}", self.text)[:200]
         self.last_message = " ".join((message_texts(body.get("input")) or [""])[-1].split())
         self.context_tokens = context_tokens
+        self.cached_tokens = cached_tokens
+        """Tokens of this request's own prompt served by the prompt cache (`prompt_cache`)."""
         self.refusal = REFUSAL_MARKER in self.text
         self.call = None if self.refusal else self._pick_tool()
 
@@ -133,7 +145,10 @@ class Answer:
         prompt = input_tokens(self.body) + self.context_tokens
         usage = {
             "input_tokens": prompt,
-            "input_tokens_details": {"cached_tokens": self.context_tokens, "cache_write_tokens": 0},
+            "input_tokens_details": {
+                "cached_tokens": self.context_tokens + self.cached_tokens,
+                "cache_write_tokens": 0,
+            },
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": prompt + output_tokens,

@@ -41,6 +41,8 @@ SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultraf
 TRUNCATIONS = ("auto", "disabled")
 VERBOSITIES = ("low", "medium", "high")
 CACHE_RETENTIONS = ("in_memory", "24h")
+CACHE_KEY_MAX_LENGTH = 64
+"""Longest `prompt_cache_key` (the SDK types say nothing; the real API's 400 says 64)."""
 INCLUDABLE = (
     "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
     "message.input_image.image_url", "computer_call_output.output.image_url",
@@ -179,6 +181,16 @@ def _check_range(param: str, value: Any, word: str, low: float, high: float | No
         )
 
 
+def _check_length(param: str, value: str | None, most: int) -> None:
+    if value is not None and len(value) > most:
+        raise _bad(
+            f"Invalid '{param}': string too long. Expected a string with maximum length {most}, "
+            f"but got a string with length {len(value)} instead.",
+            param,
+            "string_above_max_length",
+        )
+
+
 def _check_choice(param: str, value: Any, allowed: Sequence[str]) -> None:
     if value is not None and value not in allowed:
         raise invalid_value(param, value, allowed)
@@ -254,6 +266,7 @@ def _check_scalars(body: dict[str, Any]) -> None:
     _check_choice("service_tier", body.get("service_tier"), SERVICE_TIERS)
     _check_choice("truncation", body.get("truncation"), TRUNCATIONS)
     _check_choice("prompt_cache_retention", body.get("prompt_cache_retention"), CACHE_RETENTIONS)
+    _check_length("prompt_cache_key", body.get("prompt_cache_key"), CACHE_KEY_MAX_LENGTH)
     for index, value in enumerate(body.get("include") or []):
         _check_choice(f"include[{index}]", value, INCLUDABLE)
 

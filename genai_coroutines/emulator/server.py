@@ -59,7 +59,8 @@ class Emulator:
         return f"{self.base_url}/api/v1/marker"
 
     def reset(self) -> None:
-        """Forget counters, queued faults and rate windows; jobs already accepted stay."""
+        """Forget counters, queued faults, rate windows and the prompt cache; jobs already
+        accepted stay."""
         self.stats.reset()
         self.faults.clear()
         self.openai.reset_limits()

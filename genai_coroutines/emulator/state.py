@@ -84,6 +84,18 @@ class EmulatorConfig:
     stored_response_ttl: float = param(
         3600.0, "seconds a stored response stays retrievable by GET /v1/responses/{id}"
     )
+    prompt_caching: bool = param(
+        False, "serve repeated prompt prefixes of 1024+ tokens from a cache (cached_tokens)"
+    )
+    prompt_cache_ttl: float = param(
+        300.0, "seconds a cached prefix lives after its last use (in_memory retention)"
+    )
+    prompt_cache_extended_ttl: float = param(
+        86400.0, 'the same for requests with prompt_cache_retention "24h"'
+    )
+    prompt_cache_rpm_per_key: int = param(
+        15, "requests per rolling minute one cache machine (prefix + key) serves; beyond, a miss"
+    )
     batch_validating_seconds: float = param(0.05, "how long a batch stays validating, s")
     batch_seconds_per_line: float = param(0.0, "batch processing time per line, s")
     batch_finalizing_seconds: float = param(0.05, "how long a batch stays finalizing, s")
@@ -227,7 +239,11 @@ class Stats:
         self.flex_unavailable = 0
         self.billed_tokens: Counter[str] = Counter()
         """OpenAI: "input" and "output" tokens of every answer completed (synchronous,
-        background, Batch API line): what the account would be billed."""
+        background, Batch API line): what the account would be billed; "input" splits into
+        "cached_input" (its `cached_tokens`) and "uncached_input"."""
+        self.prompt_cache_lookups: Counter[str] = Counter()
+        """OpenAI, with `prompt_caching` on: answered prompts of 1024+ tokens by what the
+        cache did, "hit", "miss" or "spill" (beyond the machine's per-minute share)."""
         self.pages_processed = 0
         """Datalab: pages of every job accepted for processing."""
         self.parses_by_digest: Counter[str] = Counter()
@@ -254,8 +270,12 @@ class Stats:
             del self.received[: len(self.received) - keep]
 
     def bill(self, usage: dict[str, Any]) -> None:
-        """Count an answer's usage as billed."""
+        """Count an answer's usage as billed: cached input bills at a discount, so it is
+        counted apart from the uncached rest."""
+        cached = usage["input_tokens_details"]["cached_tokens"]
         self.billed_tokens["input"] += usage["input_tokens"]
+        self.billed_tokens["cached_input"] += cached
+        self.billed_tokens["uncached_input"] += usage["input_tokens"] - cached
         self.billed_tokens["output"] += usage["output_tokens"]
 
     def log(self, endpoint: str, what: str) -> None:
@@ -296,6 +316,7 @@ class Stats:
             ),
             "flex_unavailable": self.flex_unavailable,
             "billed_tokens": dict(self.billed_tokens),
+            "prompt_cache_lookups": dict(self.prompt_cache_lookups),
             "pages_processed": self.pages_processed,
             "parses_by_digest": dict(self.parses_by_digest),
             "checkpoint_reads_by_digest": dict(self.checkpoint_reads_by_digest),
