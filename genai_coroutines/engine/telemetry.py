@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .http import Reply
-from .outcome import Failure, Success
+from .outcome import Answered, Failure, ItemEnd, Outcome, Success
 from .pricing import Charges, PriceModel
 
 try:
@@ -200,22 +200,21 @@ class BatchTelemetry:
         """A request attempt of the batch itself (the Batch API's files and batches)."""
         return Attempt(self, self.context, provider, operation, model, resends)
 
-    def finished(self, result: Mapping[str, Any]) -> None:
+    def finished(self, end: ItemEnd[Any]) -> None:
         """Count a finished item: outcome, retries, and (unless an earlier run or its twin
         paid for it) its tokens, cost, pages and cents."""
-        tools, attributes, get = self.instruments, self.attributes, result.get
+        tools, attributes, outcome = self.instruments, self.attributes, end.outcome
         tools.finished.add(1, attributes)
-        if not get("success"):
-            error = {**attributes, "error.type": str(get("error_type") or "_OTHER")}
-            tools.failed.add(1, error)
-        attempts = get("attempts")
-        if isinstance(attempts, int) and attempts > 1:
+        if not isinstance(outcome, Answered):
+            tools.failed.add(1, {**attributes, "error.type": outcome.failure.error_type})
+        attempts = outcome.attempts
+        if attempts > 1:
             tools.retries.add(attempts - 1, attributes)
-        if get("from_journal") or get("duplicate_of") is not None:
+        if end.origin != "sent":
             return
         charges = Charges()
         for model in self.pricing:
-            model.read(result, charges)
+            model.read(outcome, charges)
         for (pricer, name, share), (inputs, cached, outputs, _) in charges.billed.items():
             tools.tokens.record(inputs, self._token_attributes_of(name, "input"))
             tools.tokens.record(outputs, self._token_attributes_of(name, "output"))
@@ -266,16 +265,16 @@ class ItemTelemetry:
         """A request of this item starting now; `resends`: how many were sent before it."""
         return Attempt(self.batch, self.context, provider, operation, model, resends)
 
-    def end(self, result: Mapping[str, Any] | None) -> None:
-        """The item ended with `result` (None: it was cancelled)."""
+    def end(self, outcome: Outcome[Any] | None) -> None:
+        """The item ended with `outcome` (None: it was cancelled)."""
         span = self.span
-        if result is None:
+        if outcome is None:
             span.set_attribute("error.type", "cancelled")
             span.set_status(trace.StatusCode.ERROR)
         else:
-            span.set_attribute("genai_coroutines.attempts", int(result.get("attempts") or 0))
-            if not result.get("success"):
-                span.set_attribute("error.type", str(result.get("error_type") or "_OTHER"))
+            span.set_attribute("genai_coroutines.attempts", outcome.attempts)
+            if not isinstance(outcome, Answered):
+                span.set_attribute("error.type", outcome.failure.error_type)
                 span.set_status(trace.StatusCode.ERROR)
         span.end()
 
