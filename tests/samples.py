@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import replace
+from typing import Any
+
+from genai_coroutines.engine import Answered, Failed, Failure, ItemEnd
+from genai_coroutines.responses.prices import bill_of
 
 FAIL_MARKER = b"%%FAIL%%"
 """Bytes the Datalab emulator treats as "this document fails to process"."""
@@ -94,3 +99,26 @@ def jpeg(*, tag: str = "") -> bytes:
 def text(content: str = "plain text, not a document") -> bytes:
     """Bytes that are no document format Datalab accepts."""
     return content.encode()
+
+
+def ended(
+    usage: dict[str, Any] | None = None,
+    *,
+    model: str = "",
+    tier: str | None = None,
+    attempts: int = 1,
+    rate_limited: int = 0,
+    pages: int | None = None,
+    cents: float | None = None,
+    value: Any = None,
+    success: bool = True,
+) -> ItemEnd[Any]:
+    """An item's end as a summary or a budget reads it: answered with this usage (billed as
+    the Responses adapter bills it) or these pages and cents; else failed."""
+    bill = bill_of(model, usage, tier)
+    if pages is not None or cents is not None:
+        bill = replace(bill, pages=pages, cents=cents)
+    if not success:
+        failure = Failure("failed", "server_error", True, status=500)
+        return ItemEnd(0, Failed(failure, attempts, rate_limited), 0.0)
+    return ItemEnd(0, Answered(value, attempts, rate_limited, bill), 0.0)

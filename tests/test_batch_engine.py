@@ -12,6 +12,7 @@ from collections import OrderedDict
 from genai_coroutines import BatchSummary, Price, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from tests.responses_support import request_for
+from tests.samples import ended
 
 
 async def test_three_batches_at_once_on_one_key_share_its_limits(emulator: Emulator) -> None:
@@ -64,7 +65,7 @@ def test_flex_and_batch_results_are_priced_at_half() -> None:
     usage = {"input_tokens": 1_000_000, "output_tokens": 0}
     summary = BatchSummary(prices={"m": Price(2.0, 1.0, 8.0)})
     for tier in ("default", "flex", "batch"):
-        summary.add({"success": True, "usage": usage, "model": "m", "service_tier": tier})
+        summary.add(ended(usage, model="m", tier=tier))
     assert summary.cost_usd == 2.0 + 1.0 + 1.0
     assert summary.tiers == {"default": 1, "flex": 1, "batch": 1}
 
@@ -79,6 +80,6 @@ def test_token_counts_are_read_from_any_dict_and_any_number() -> None:
         "output_tokens": True,
         "output_tokens_details": OrderedDict(reasoning_tokens=0),
     }
-    summary.add({"success": True, "usage": usage, "model": "m"})
+    summary.add(ended(usage, model="m"))
     assert (summary.input_tokens, summary.cached_tokens, summary.output_tokens) == (10, 4, 1)
     assert type(summary.output_tokens) is int

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from genai_coroutines.documents.prices import page_budget
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.dedupe import Twin, Twins
+from genai_coroutines.engine.outcome import ItemEnd
 from tests.responses_support import request_for
-from tests.samples import pdf
+from tests.samples import ended, pdf
 from tests.test_cli import output_lines, responses_args, run, write_prompts
 
 SYSTEM = "You are terse."  # request_for's system prompt
@@ -64,7 +66,7 @@ async def test_dedupe_sends_1000_prompts_with_100_distinct_as_100_requests(
     assert summary.duplicates == 900 and summary.succeeded == 1000
     alone = BatchSummary()
     for result in sent.values():
-        alone.add(result)
+        alone.add(ended(result["usage"], model=result["model"], tier=result["service_tier"]))
     assert summary.cost_usd == pytest.approx(alone.cost_usd), "twins are not priced again"
 
 
@@ -91,16 +93,19 @@ async def test_dedupe_works_on_a_lazy_input(emulator: Emulator) -> None:
 async def test_twins_keep_bounded_memory_and_share_only_with_the_waiting() -> None:
     twins = Twins(remembered=3)
     for i in range(10):
-        assert twins.admit(i, f"d{i}") is None
-        twins.finished({"index": i, "success": True})
+        assert twins.admit(i, f"d{i}", 0.0) is None
+        twins.finished(replace(ended(), index=i))
     assert len(twins._done) == 3 and not twins._running and not twins._leading
-    assert isinstance(twins.admit(20, "d9"), dict)  # remembered: answered at once
-    assert twins.admit(21, "d0") is None  # forgotten: sent again
-    waiting = twins.admit(22, "d0")
+    answered = twins.admit(20, "d9", 0.0)  # remembered: answered at once
+    assert isinstance(answered, ItemEnd) and answered.duplicate_of == 9
+    assert answered.origin == "twin" and answered.outcome.attempts == 0
+    assert twins.admit(21, "d0", 0.0) is None  # forgotten: sent again
+    waiting = twins.admit(22, "d0", 0.0)
     assert isinstance(waiting, Twin) and waiting.index == 21
-    twins.finished({"index": 21, "success": False})
-    assert waiting.result.result() == {"index": 21, "success": False}
-    assert twins.admit(23, "d0") is None, "a failure is not handed to later twins"
+    failed = replace(ended(success=False), index=21)
+    twins.finished(failed)
+    assert waiting.result.result() is failed
+    assert twins.admit(23, "d0", 0.0) is None, "a failure is not handed to later twins"
     twins.abandoned(23)
     assert not twins._running
 
@@ -250,7 +255,7 @@ def test_a_budget_settles_by_the_real_cost_and_frees_what_never_ended() -> None:
     budget: Budget[int] = page_budget(10, cents_per_page=1.0, pages=lambda pages: pages)
     held = budget.reserve(6)
     assert held == 6.0 and budget.in_flight == 6.0
-    budget.settle(6.0, {"success": True, "cost_breakdown": {"final_cost_cents": 2.5}})
+    budget.settle(6.0, ended(cents=2.5).outcome)
     assert budget.spent == 2.5 and budget.in_flight == 0.0
     held = budget.reserve(7)
     assert held == 7.0

@@ -29,8 +29,10 @@ from genai_coroutines.engine import (
 )
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
+from genai_coroutines.engine.outcome import Outcome
 from genai_coroutines.engine.pricing import Charges
 from genai_coroutines.engine.summary import Summary
+from tests.samples import ended
 
 
 @pytest.mark.parametrize(
@@ -420,9 +422,9 @@ def test_summary_prices_cached_and_reasoning_tokens_and_sums_datalab_cents() -> 
         "output_tokens": 100_000,
         "output_tokens_details": {"reasoning_tokens": 30_000},
     }
-    summary.add({"success": True, "usage": usage, "attempts": 3, "model": "gpt-4o-2024-08-06"})
-    summary.add({"success": False, "attempts": 1, "rate_limited": 2})
-    summary.add({"success": True, "page_count": 4, "cost_breakdown": {"final_cost_cents": 6}})
+    summary.add(ended(usage, attempts=3, model="gpt-4o-2024-08-06"))
+    summary.add(ended(attempts=1, rate_limited=2, success=False))
+    summary.add(ended(pages=4, cents=6))
     # gpt-4o (dated snapshot -> family): 600k new input, 400k cached, 100k output
     assert summary.cost_usd == pytest.approx(0.6 * 2.50 + 0.4 * 1.25 + 0.1 * 10.00)
     figures = summary.finish().as_dict()
@@ -434,8 +436,8 @@ def test_summary_prices_cached_and_reasoning_tokens_and_sums_datalab_cents() -> 
 
 def test_summary_price_table_can_be_overridden_and_unknown_models_are_named() -> None:
     summary = BatchSummary(model="my-finetune", prices={"my-finetune": Price(1.0, 0.5, 2.0)})
-    summary.add({"success": True, "usage": {"input_tokens": 1_000_000, "output_tokens": 0}})
-    summary.add({"success": True, "usage": {"input_tokens": 10}, "model": "mystery-model"})
+    summary.add(ended({"input_tokens": 1_000_000, "output_tokens": 0}))
+    summary.add(ended({"input_tokens": 10}, model="mystery-model"))
     assert summary.cost_usd == pytest.approx(1.0)
     assert summary.as_dict()["unpriced_models"] == ["mystery-model"]
     assert "estimated cost: $1.0000" in summary.describe()
@@ -446,28 +448,29 @@ class PerMinutePrices:
     """A provider added in its own room: it bills seconds of audio (`audio_seconds`) at
     $0.006 a minute, reported in cents, and its model's tokens at $1 a million."""
 
-    def read(self, result: Mapping[str, Any], charges: Charges) -> None:
-        seconds = result.get("audio_seconds")
-        if seconds:
-            charges.cost_cents += 0.6 * seconds / 60
+    def read(self, outcome: Outcome[Any], charges: Charges) -> None:
+        heard = getattr(outcome, "value", None)
+        if isinstance(heard, Mapping) and heard.get("audio_seconds"):
+            charges.cost_cents += 0.6 * heard["audio_seconds"] / 60
             billed = charges.billed.setdefault((self, "whisper-x", 1.0), [0, 0, 0, 0])
-            billed[0] += result["tokens"]
+            billed[0] += heard["tokens"]
 
     def usd(self, model: str, share: float, inputs: int, cached: int, outputs: int) -> float:
         return share * (inputs + outputs) / 1_000_000
 
-    def cost(self, result: Mapping[str, Any]) -> float | None:
-        seconds = result.get("audio_seconds")
+    def cost(self, outcome: Outcome[Any]) -> float | None:
+        heard = getattr(outcome, "value", None)
+        seconds = heard.get("audio_seconds") if isinstance(heard, Mapping) else None
         return None if seconds is None else 0.6 * seconds / 60
 
 
 def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() -> None:
     """The summary and the budget call only the price model they are given: a provider's
     figures come from its own model, and the built-in ones price nothing of its results."""
-    result = {"success": True, "audio_seconds": 120, "tokens": 500_000}
+    result = ended(value={"audio_seconds": 120, "tokens": 500_000})
     summary = Summary(pricing=(PerMinutePrices(),))
     summary.add(result)
-    summary.add({"success": True, "usage": {"input_tokens": 10**6}, "model": "gpt-4o"})
+    summary.add(ended({"input_tokens": 10**6}, model="gpt-4o"))
     assert summary.cost_usd == pytest.approx(0.5) and summary.cost_cents == pytest.approx(1.2)
     figures = summary.finish().as_dict()
     assert figures["input_tokens"] == 500_000 and figures["estimated_cost_usd"] == 0.5
@@ -479,6 +482,6 @@ def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() ->
     budget: Budget[float] = Budget(2.0, lambda cents: cents, PerMinutePrices())
     held = budget.reserve(1.0)
     assert isinstance(held, float)
-    budget.settle(held, result)
+    budget.settle(held, result.outcome)
     assert budget.spent == pytest.approx(1.2)
     assert not isinstance(budget.reserve(1), float), "1.2 + 1 is over 2 cents"

@@ -22,6 +22,7 @@ from genai_coroutines.engine import RateLimiter
 from genai_coroutines.responses.direct import DirectPath
 from genai_coroutines.responses.errors import classify
 from tests.responses_support import request_for, sent_bodies
+from tests.samples import ended
 
 PROMPTS = [f"flex prompt {i}" for i in range(150)]
 
@@ -102,7 +103,7 @@ async def test_30_percent_capacity_429s_every_item_succeeds_and_no_one_is_paused
     # priced at flex rates, half the standard price of the same tokens
     standard = BatchSummary()
     for result in out["results"]:
-        standard.add({**result, "service_tier": "default"})
+        standard.add(ended(result["usage"], model=result["model"], tier="default"))
     assert summary.cost_usd == pytest.approx(standard.cost_usd / 2)
 
 

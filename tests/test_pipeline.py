@@ -147,6 +147,7 @@ async def test_an_ocr_failure_and_an_extraction_failure_name_their_stage(
     assert ocr_failed["error_type"] == "job_failed" and "could not process" in ocr_failed["error"]
     assert ocr_failed["fields"] is None and ocr_failed["extraction"] is None
     assert extraction_failed["error_type"] == "invalid_request_error"
+    assert extraction_failed["status"] == 400 and extraction_failed["is_retriable"] is False
     assert extraction_failed["page_count"] == 1 and extraction_failed["request_id"]
     assert rows[0]["fields"] == invoice_fields(0) and rows[3]["fields"] == invoice_fields(3)
 
@@ -155,6 +156,24 @@ async def test_an_ocr_failure_and_an_extraction_failure_name_their_stage(
     assert (summary.succeeded, summary.ocr_failed, summary.extraction_failed) == (2, 1, 1)
     assert summary.ocr_done == 3 and summary.pages == 4  # the OCR of row 2 was paid for
     assert "1 at OCR, 1 at extraction" in summary.describe()
+
+
+@pytest.mark.parametrize(
+    ("fault", "times", "error_type", "retriable", "attempts"),
+    [("503", 3, "server_error", True, 3), ("400", 1, "invalid_request_error", False, 1)],
+)
+async def test_a_row_failed_at_ocr_carries_the_real_status_and_retriability(
+    emulator: Emulator, fault: str, times: int, error_type: str, retriable: bool, attempts: int
+) -> None:
+    emulator.faults.schedule("marker_submit", fault, times=times)
+    pipeline = pipeline_for(emulator, ocr={"max_retries": 2})
+    [row] = await pipeline.process([invoice_pdf(0)])
+
+    assert not row["success"] and row["failed_stage"] == "ocr"
+    assert row["status"] == int(fault) and row["error_type"] == error_type
+    assert row["is_retriable"] is retriable
+    assert row["ocr"]["attempts"] == attempts == emulator.stats.total("marker_submit")
+    assert row["fields"] is None and row["extraction"] is None
 
 
 async def test_a_row_carries_both_stages_and_the_summary_totals_them(emulator: Emulator) -> None:

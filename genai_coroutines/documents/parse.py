@@ -41,8 +41,12 @@ def document_text(result: Mapping[str, Any]) -> str:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return raw
-    if not isinstance(payload, dict):
-        return raw
+    return payload_text(payload, raw) if isinstance(payload, dict) else raw
+
+
+def payload_text(payload: dict[str, Any], raw: str) -> str:
+    """The content of a finished job's `payload` (its JSON text `raw`): see the module
+    docstring for what is taken from where."""
     for extract in _EXTRACTORS:
         text = extract(payload)
         if text:

@@ -2,24 +2,33 @@
 
 An item is read only when its turn comes (`prepare`), is journaled under a digest of
 its content and the batch's form settings, holds its pages on the key's
-pages-in-flight capacity while its job runs, and ends as the public result dict plus
-`index`, `request_id`, `page_count`, `attempts`, `error_type` and `rate_limited`.
+pages-in-flight capacity while its job runs, and ends as an outcome: `Answered` with the
+job's result (`Finished`), or `Failed` with the job's `Failure`. `render` writes it as
+the public result dict plus `index`, `request_id`, `page_count`, `attempts`,
+`error_type` and `rate_limited`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import orjson
 
 from ..engine import (
+    Answered,
+    Bill,
+    ErrorType,
+    Failed,
     Failure,
+    Ids,
+    ItemEnd,
     ItemRun,
     KeyLimits,
+    Outcome,
     Result,
     RetryPolicy,
     Submission,
@@ -30,7 +39,7 @@ from ..engine.telemetry import DATALAB, Identity
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
-from .prices import DATALAB_CENTS_PER_PAGE, page_budget
+from .prices import DATALAB_CENTS_PER_PAGE, cents_of, page_budget
 from .sources import Source, SourceError, Upload, as_source
 
 CHECKPOINT_UPLOAD = Upload(None, None, None)
@@ -89,10 +98,7 @@ class DocumentsPath:
             return (b"", self.settings)
         return (upload.data or str(upload.url).encode(), self.settings)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        return self._result(index, started, failure, None, None)
-
-    async def execute(self, run: ItemRun, upload: Upload) -> Result:
+    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Finished]:
         journal = run.on_submitted
 
         def submitted(submission: Submission) -> None:
@@ -101,40 +107,35 @@ class DocumentsPath:
 
         run.on_submitted = submitted
         job = Job(self.batch, run, upload)
-        outcome = await job.run()
-        return self._result(run.index, run.started, outcome, job, upload)
+        ended = await job.run()
+        ids = Ids(job.request_id)
+        attempts, rate_limited = job.uploads, job.counts.rate_limited
+        if isinstance(ended, Failure):
+            return Failed(ended, attempts, rate_limited, ids=ids)
+        return Answered(ended, attempts, rate_limited, _bill(ended, upload.pages), ids)
 
-    def _result(
-        self,
-        index: int,
-        started: float,
-        outcome: Finished | Failure,
-        job: Job | None,
-        upload: Upload | None,
-    ) -> Result:
-        elapsed = time.perf_counter() - started
-        attempts = job.uploads if job is not None else 0
+    def render(self, end: ItemEnd[Finished]) -> Result:
+        index, outcome = end.index, end.outcome
+        elapsed = time.perf_counter() - end.started
+        attempts = outcome.attempts
         result: Result = {
             "index": index,
-            "success": isinstance(outcome, Finished),
+            "success": isinstance(outcome, Answered),
             "json_response": None,
             "cost_breakdown": None,
             "processing_time_secs": elapsed,
             "error": None,
             "error_type": None,
-            "request_id": job.request_id if job is not None else None,
+            "request_id": None if outcome.ids is None else outcome.ids.request,
             "page_count": None,
             "attempts": attempts,
-            "rate_limited": job.counts.rate_limited if job is not None else 0,
+            "rate_limited": outcome.rate_limited,
         }
-        if isinstance(outcome, Finished):
-            cost = outcome.payload.get("cost_breakdown")
-            pages = outcome.payload.get("page_count")
-            result["json_response"] = outcome.body
+        if isinstance(outcome, Answered):
+            cost = outcome.value.payload.get("cost_breakdown")
+            result["json_response"] = outcome.value.body
             result["cost_breakdown"] = cost if isinstance(cost, dict) else None
-            result["page_count"] = (
-                pages if isinstance(pages, int) else (upload.pages if upload is not None else None)
-            )
+            result["page_count"] = None if outcome.bill is None else outcome.bill.pages
             log_event(
                 logger,
                 logging.INFO,
@@ -145,19 +146,49 @@ class DocumentsPath:
                 pages=result["page_count"],
             )
             return result
-        result["error"] = outcome.message
-        result["error_type"] = outcome.error_type
+        failure = outcome.failure
+        result["error"] = failure.message
+        result["error_type"] = failure.error_type
         log_event(
             logger,
             logging.WARNING,
             "task_failed",
             index=index,
-            error_type=outcome.error_type,
+            error_type=failure.error_type,
             time=f"{elapsed:.2f}s",
             attempts=attempts,
-            error=outcome.message,
+            error=failure.message,
         )
         return result
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Finished]:
+        get = record.get
+        attempts, rate_limited = int(get("attempts") or 0), int(get("rate_limited") or 0)
+        request_id = get("request_id")
+        ids = Ids(request_id if isinstance(request_id, str) else None)
+        body = get("json_response")
+        if get("success") and isinstance(body, str):
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                payload = None
+            if isinstance(payload, dict):
+                pages = get("page_count")
+                finished = Finished(payload, body)
+                bill = _bill(finished, pages if isinstance(pages, int) else None)
+                return Answered(finished, attempts, rate_limited, bill, ids)
+        kind = cast(ErrorType, get("error_type") or "api_error")
+        return Failed(Failure(str(get("error")), kind, False), attempts, rate_limited, ids=ids)
+
+
+def _bill(finished: Finished, pages: int | None) -> Bill:
+    """What a finished job was billed: its pages (as Datalab counted them, else as read from
+    the upload) and the cents of its `cost_breakdown`."""
+    counted = finished.payload.get("page_count")
+    return Bill(
+        pages=counted if isinstance(counted, int) else pages,
+        cents=cents_of(finished.payload.get("cost_breakdown")),
+    )
 
 
 def documents_path(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..engine.budget import Budget
+from ..engine.outcome import Answered, Outcome
 from ..engine.pricing import Charges
 
 P = TypeVar("P")
@@ -24,37 +25,33 @@ page, which changes: pass `cents_per_page` for yours). The real `cost_breakdown`
 result settles the budget, so the table only decides when to stop sending."""
 
 
-def _cents(cost: Mapping[str, Any]) -> object:
+def cents_of(cost: object) -> float | None:
     """Datalab's figure in a `cost_breakdown`: its final cost, else its list cost."""
-    return cost.get("final_cost_cents", cost.get("list_cost_cents"))
+    if not isinstance(cost, Mapping):
+        return None
+    cents = cost.get("final_cost_cents", cost.get("list_cost_cents"))
+    return float(cents) if isinstance(cents, int | float) and not isinstance(cents, bool) else None
 
 
 @dataclass(eq=False, slots=True)
 class DatalabPrices:
-    """The Datalab price model: pages and cents as each result reports them."""
+    """The Datalab price model: pages and cents as each outcome's `Bill` reports them."""
 
-    def read(self, result: Mapping[str, Any], charges: Charges) -> None:
-        get = result.get
-        pages = get("page_count")
-        if pages:
-            charges.pages += int(pages)
-        cost = get("cost_breakdown")
-        if cost is not None and isinstance(cost, Mapping):  # an ABC check: only when present
-            cents = _cents(cost)
-            if isinstance(cents, int | float):
-                charges.cost_cents += cents
+    def read(self, outcome: Outcome[Any], charges: Charges) -> None:
+        bill = outcome.bill
+        if bill is None:
+            return
+        if bill.pages:
+            charges.pages += bill.pages
+        if bill.cents is not None:
+            charges.cost_cents += bill.cents
 
-    def cost(self, result: Mapping[str, Any]) -> float | None:
+    def cost(self, outcome: Outcome[Any]) -> float | None:
         """Cents of a success's `cost_breakdown` (None when it has none: the estimate
         stands); a document that failed costs nothing."""
-        if not result.get("success"):
+        if not isinstance(outcome, Answered):
             return 0.0
-        cost = result.get("cost_breakdown")
-        if isinstance(cost, Mapping):
-            cents = _cents(cost)
-            if isinstance(cents, int | float) and not isinstance(cents, bool):
-                return float(cents)
-        return None
+        return None if outcome.bill is None else outcome.bill.cents
 
 
 def page_budget(

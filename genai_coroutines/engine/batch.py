@@ -12,8 +12,15 @@ what is API-specific:
     prepare(index, item) -> the item's request, or the Failure that stops it (raising
                             ValueError/TypeError is the same as an `invalid_input` Failure)
     digest(prepared)     -> the bytes that determine its answer (its journal identity)
-    execute(run, prepared) -> its result dict, attempts run through `retry.retrying`
-    failed(index, failure, started) -> the result dict of an item that never ran
+    execute(run, prepared) -> its typed `Outcome` (`engine.outcome`: `Answered`, `Failed`
+                            or `Pending`), attempts run through `retry.retrying`
+    render(end)          -> the public result dict of an `ItemEnd` (the only place its
+                            keys are written; an item that never ran is a `Failed` with
+                            no attempt)
+    revive(record)       -> the `Outcome` of a result dict it rendered earlier (the journal's)
+
+The driver and everything it feeds (budget, journal, dedupe, summary, telemetry) read
+outcomes, never the public keys: the dict is rendered once, at the edge.
 
 `execute` gets an `ItemRun`: the item's index, the batch's shared state, and, when the
 API accepted the item earlier (a Datalab job, a background response), the journaled
@@ -30,7 +37,7 @@ next one could pass the budget the rest end `budget_exceeded` unsent (`engine.bu
 `DriverCore` is all of this but how admitted items run; `Driver` runs each item on its
 own through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
 file of requests, answered when its batch ends) runs them with `engine.grouped` instead,
-behind the same admission (`prepare`, `digest`, `failed`: the `Admission` protocol),
+behind the same admission (`prepare`, `digest`, `render`, `revive`: `Admission`),
 journal, progress, summary, logging and batch stop.
 """
 
@@ -46,11 +53,11 @@ import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
-from .dedupe import Twin, Twins, twin_result
+from .dedupe import Twin, Twins, twin_end
 from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
-from .outcome import BatchStop, Failure
+from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
 from .runner import Source, run_streaming
 from .summary import Summary
 from .telemetry import BatchTelemetry, ItemTelemetry, start_batch
@@ -79,13 +86,19 @@ class Admission(Protocol[P]):
 
     def digest(self, prepared: P) -> tuple[bytes, ...]: ...
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result: ...
+    def render(self, end: ItemEnd[Any]) -> Result:
+        """The public result dict of an ended item (see the module docstring)."""
+        ...
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Any]:
+        """The outcome of a result dict `render` made in an earlier run (the journal's)."""
+        ...
 
 
 class Adapter(Admission[P], Protocol[P]):
     """What one API (or one execution path of it) adds to the driver."""
 
-    async def execute(self, run: ItemRun, prepared: P) -> Result: ...
+    async def execute(self, run: ItemRun, prepared: P) -> Outcome[Any]: ...
 
 
 @dataclass(slots=True)
@@ -96,8 +109,12 @@ class Admitted(Generic[P]):
     prepared: P
     started: float
     twin: Twin | None = None
-    """With `dedupe`: the identical item already running, whose result this one awaits
+    """With `dedupe`: the identical item already running, whose outcome this one awaits
     (`DriverCore._twin_of`) instead of being sent."""
+
+
+Ended = tuple[ItemEnd[Any], Result]
+"""An ended item and its result dict, rendered once (what `DriverCore._results` yields)."""
 
 
 @dataclass(slots=True)
@@ -208,10 +225,10 @@ class DriverCore(Generic[P]):
                     self._write_journal,
                     telemetry,
                 )
-                async for result in self._results(run):
-                    books.add(result)
+                async for end, result in self._results(run):
+                    books.add(end)
                     if telemetry is not None:
-                        telemetry.finished(result)
+                        telemetry.finished(end)
                     yield result
         finally:
             books.close()
@@ -228,37 +245,44 @@ class DriverCore(Generic[P]):
                 secs=f"{time.perf_counter() - started:.2f}",
             )
 
-    def _results(self, run: BatchRun) -> AsyncIterator[Result]:
-        """Every item's result, in completion order (each admitted by `_admit`)."""
+    def _results(self, run: BatchRun) -> AsyncIterator[Ended]:
+        """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
-    async def _admit(self, index: int, item: Any) -> Admitted[P] | Result:
-        """The item prepared to run, or its result when it need not: the batch was stopped,
+    def _unsent(self, index: int, failure: Failure, started: float) -> Ended:
+        """An item that ends without being sent."""
+        end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
+        return end, self.adapter.render(end)
+
+    async def _admit(self, index: int, item: Any) -> Admitted[P] | Ended:
+        """The item prepared to run, or its end when it need not: the batch was stopped,
         it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
         if self.stop.failure is not None:
-            return adapter.failed(index, self.stop.failure, started)
+            return self._unsent(index, self.stop.failure, started)
         try:
             prepared = await adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
             prepared = Failure(str(exc), "invalid_input", retriable=False)
         if isinstance(prepared, Failure):
-            return adapter.failed(index, prepared, started)
+            return self._unsent(index, prepared, started)
         try:
             parts = adapter.digest(prepared)
-            done = books.replay(index, *parts)
+            done = books.replay(index, adapter.revive, *parts)
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
-            return adapter.failed(index, Failure(str(exc), "invalid_input", False), started)
+            return self._unsent(index, Failure(str(exc), "invalid_input", False), started)
         twins, budget = self._twins, self.options.budget
         digest = "" if twins is None else books.digests.get(index) or request_digest(*parts)
         if done is not None:
+            end = done
             if twins is not None:
-                twins.answered(digest, done)
+                twins.answered(digest, end)
             if budget is not None:
-                budget.charge(done)  # paid by the run that journaled it
-            return done
-        twin = twins.admit(index, digest) if twins is not None else None
+                budget.charge(end)  # paid by the run that journaled it
+            assert end.record is not None
+            return end, {**end.record, "from_journal": True}
+        twin = twins.admit(index, digest, started) if twins is not None else None
         if isinstance(twin, Twin):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
@@ -267,14 +291,15 @@ class DriverCore(Generic[P]):
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
             held = budget.reserve(prepared, paid=paid)
             if isinstance(held, Failure):
-                return self._finish(adapter.failed(index, held, started))
+                return self._finish(ItemEnd(index, Failed(held, 0), started))
             self._held[index] = held
         return Admitted(index, prepared, started)
 
-    async def _twin_of(self, admitted: Admitted[P]) -> Result:
-        """The result of an admitted item whose twin is running: the twin's, once it ends."""
+    async def _twin_of(self, admitted: Admitted[P]) -> Ended:
+        """The end of an admitted item whose twin is running: the twin's, once it ends."""
         assert admitted.twin is not None
-        return self._finish(twin_result(await admitted.twin.result, admitted.index))
+        ended = await admitted.twin.result
+        return self._finish(twin_end(ended, admitted.index, admitted.started))
 
     def _abandon(self, index: int) -> None:
         """An admitted item will not finish (the batch is being cancelled)."""
@@ -291,19 +316,23 @@ class DriverCore(Generic[P]):
             return True
         return self._journal(lambda _index, _what: write(journal), -1, None)
 
-    def _finish(self, result: Result) -> Result:
-        """Journal the result of an admitted item (see `_journal`), settle its budget and
-        give it to its waiting twins."""
-        index = result["index"]
+    def _finish(self, end: ItemEnd[Any]) -> Ended:
+        """Render the end of an admitted item, journal it (see `_journal`), settle its
+        budget and give it to its waiting twins."""
+        index, outcome = end.index, end.outcome
+        result = self.adapter.render(end)
+        if end.duplicate_of is not None:
+            result["duplicate_of"] = end.duplicate_of
         if self._twins is not None:
-            self._twins.finished(result)
+            self._twins.finished(end)
         if self._held:
             held = self._held.pop(index, None)
             if held is not None and self.options.budget is not None:
-                self.options.budget.settle(held, result)
+                self.options.budget.settle(held, outcome)
         if self.books.journal is not None:
-            self._journal(self.books.record, index, result)
-        return result
+            pending = isinstance(outcome, Pending)
+            self._journal(self.books.record, index, (result, pending))
+        return end, result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
         """Journal a record; if the journal cannot be written, stop sending: every item not
@@ -328,14 +357,14 @@ class Driver(DriverCore[P]):
         super().__init__(adapter, source, options)
         self.executor = adapter
 
-    def _results(self, run: BatchRun) -> AsyncIterator[Result]:
-        def work(index: int, item: Any) -> Awaitable[Result]:
+    def _results(self, run: BatchRun) -> AsyncIterator[Ended]:
+        def work(index: int, item: Any) -> Awaitable[Ended]:
             return self._one(run, index, item)
 
         return run_streaming(self.source, work, concurrency=self.options.concurrency)
 
-    async def _one(self, run: BatchRun, index: int, item: Any) -> Result:
-        """One item from its input to its result; never raises for its own failures."""
+    async def _one(self, run: BatchRun, index: int, item: Any) -> Ended:
+        """One item from its input to its end; never raises for its own failures."""
         admitted = await self._admit(index, item)
         if not isinstance(admitted, Admitted):
             return admitted
@@ -347,15 +376,15 @@ class Driver(DriverCore[P]):
         if run.telemetry is not None:
             item_run.trace = run.telemetry.item(index)
         try:
-            result = await self.executor.execute(item_run, admitted.prepared)
+            outcome = await self.executor.execute(item_run, admitted.prepared)
         except BaseException:
             self._abandon(index)
             if item_run.trace is not None:
                 item_run.trace.end(None)
             raise
         if item_run.trace is not None:
-            item_run.trace.end(result)
-        return self._finish(result)
+            item_run.trace.end(outcome)
+        return self._finish(ItemEnd(index, outcome, admitted.started))
 
     def _journal_submission(self, index: int) -> Callable[[Submission], object]:
         """`ItemRun.on_submitted` of item `index`. (Its own function: a closure in `_one`

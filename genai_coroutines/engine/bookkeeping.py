@@ -9,10 +9,12 @@ again" cannot hold for one adapter and not the other.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sized
+import time
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 from .journal import Journal, request_digest
+from .outcome import Answered, ItemEnd, Outcome
 from .progress import Progress
 from .summary import Summary
 
@@ -47,16 +49,23 @@ class Bookkeeping:
         """Digest of each journaled item in flight, from `replay` to `record` (Datalab
         journals its submitted job under it in between)."""
 
-    def replay(self, index: int, *request: bytes) -> Result | None:
-        """The journal's success for this very request, marked `from_journal`; else None,
-        and the request's digest is kept in `digests` until `record`. Without a journal
-        nothing is hashed."""
+    def replay(
+        self, index: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]], *request: bytes
+    ) -> ItemEnd[Any] | None:
+        """The journal's success for this very request (its record, `revive`d by the adapter
+        that rendered it, is `Answered`); else None, and the request's digest is kept in
+        `digests` until `record`. Without a journal nothing is hashed."""
         if self.journal is None:
             return None
         digest = request_digest(*request)
-        done = self.journal.finished(index, digest)
-        if done is not None:
-            return {**done, "from_journal": True}
+        record = self.journal.finished(index, digest)
+        if record is not None:
+            outcome = revive(record)
+            if isinstance(outcome, Answered):
+                # `duplicate_of` is the driver's own key (`DriverCore._finish`): a twin's
+                # record, reused, is still a twin (counted, never charged again).
+                twin_of = record.get("duplicate_of")
+                return ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
         self.digests[index] = digest
         return None
 
@@ -74,18 +83,20 @@ class Bookkeeping:
                 index, self.digests[index], submission.request_id, submission.request_check_url
             )
 
-    def record(self, index: int, result: Result) -> None:
-        """Journal a result `replay` did not answer (success or failure)."""
+    def record(self, index: int, rendered: tuple[Result, bool]) -> None:
+        """Journal the result dict of an item `replay` did not answer (success or failure),
+        and whether its work is still pending on the provider's side (`Pending`)."""
         if self.journal is not None:
-            self.journal.record_result(index, self.digests.pop(index), result)
+            result, pending = rendered
+            self.journal.record_result(index, self.digests.pop(index), result, pending=pending)
 
-    def add(self, result: Mapping[str, Any]) -> None:
-        """Count a result the batch yields, in this batch's counts, the summary and the bar."""
-        if result["success"]:
+    def add(self, end: ItemEnd[Any]) -> None:
+        """Count an item the batch yields, in this batch's counts, the summary and the bar."""
+        if isinstance(end.outcome, Answered):
             self.succeeded += 1
         else:
             self.failed += 1
-        self.progress.add(result)
+        self.progress.add(end)
 
     def close(self) -> None:
         """Stop the summary's clock, close the bar and the journal."""

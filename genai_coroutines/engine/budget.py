@@ -31,8 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from .bookkeeping import Result
-from .outcome import Failure
+from .outcome import Failure, ItemEnd, Outcome
 from .pricing import PriceModel
 
 P = TypeVar("P")
@@ -88,20 +87,20 @@ class Budget(Generic[P]):
     def exhausted(self) -> bool:
         return self.stop is not None
 
-    def settle(self, reserved: float, result: Result) -> None:
+    def settle(self, reserved: float, outcome: Outcome[Any]) -> None:
         """The item ended: its estimate is replaced by what it cost."""
         self.in_flight = max(0.0, self.in_flight - reserved)
-        cost = self.pricing.cost(result)
+        cost = self.pricing.cost(outcome)
         self.spent += reserved if cost is None else cost
 
     def release(self, reserved: float) -> None:
         """The item never ended (the batch was cancelled): its estimate is freed."""
         self.in_flight = max(0.0, self.in_flight - reserved)
 
-    def charge(self, result: Result) -> None:
-        """A result paid for earlier (answered from the journal); a twin's cost nothing."""
-        if result.get("duplicate_of") is None:
-            self.spent += self.pricing.cost(result) or 0.0
+    def charge(self, end: ItemEnd[Any]) -> None:
+        """An item paid for earlier (answered from the journal); a twin's cost nothing."""
+        if end.duplicate_of is None:
+            self.spent += self.pricing.cost(end.outcome) or 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {

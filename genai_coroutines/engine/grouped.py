@@ -13,7 +13,8 @@ which groups them as its API needs and emits their results as its groups end.
 
 `run` gets a `GroupRun`: the batch's shared state (`BatchRun`: its session, stop, journal
 to record each group the moment the API accepts it, `note` for the progress bar), each
-admitted item's journal digest, and `emit`, which hands a result to the driver. The
+admitted item's journal digest, and `emit`, which hands an item's end (its `ItemEnd`:
+index, typed outcome, start) to the driver. The
 driver owns the one queue of results between the groups and the consumer, so a path
 keeps none of its own: `emit` waits while `QUEUED_RESULTS` results wait for the
 consumer, and the groups' downloads pause with it. `Tasks` runs a path's concurrent
@@ -27,8 +28,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from .batch import Admission, Admitted, BatchOptions, BatchRun, DriverCore
-from .bookkeeping import Result
+from .batch import Admission, Admitted, BatchOptions, BatchRun, DriverCore, Ended
+from .outcome import ItemEnd
 from .runner import Source, _aiter
 
 P = TypeVar("P")
@@ -45,17 +46,17 @@ class GroupRun:
     digests: Mapping[int, str]
     """The journal digest of each admitted item until its result is recorded (empty
     without a journal)."""
-    emit: Callable[[Result], Awaitable[None]]
-    """Hand an item's result to the driver (journal, budget, dedupe, then the consumer);
-    waits while the consumer is `QUEUED_RESULTS` results behind."""
+    emit: Callable[[ItemEnd[Any]], Awaitable[None]]
+    """Hand an item's end to the driver (rendering, journal, budget, dedupe, then the
+    consumer); waits while the consumer is `QUEUED_RESULTS` results behind."""
 
 
 class GroupedAdapter(Admission[P], Protocol[P]):
     """What a grouped path adds to the driver's admission (see the module docstring)."""
 
     async def run(self, run: GroupRun, items: AsyncIterator[Admitted[P]]) -> None:
-        """Consume the admitted items and `run.emit` each one's result exactly once, in any
-        order; return once all are emitted. Per-item failures are results; an exception is
+        """Consume the admitted items and `run.emit` each one's end exactly once, in any
+        order; return once all are emitted. Per-item failures are outcomes; an exception is
         a bug and ends the batch."""
         ...
 
@@ -109,12 +110,12 @@ class GroupedDriver(DriverCore[P]):
         super().__init__(adapter, source, options)
         self.grouped = adapter
 
-    async def _results(self, run: BatchRun) -> AsyncIterator[Result]:
-        out: asyncio.Queue[Result | _End] = asyncio.Queue(QUEUED_RESULTS)
+    async def _results(self, run: BatchRun) -> AsyncIterator[Ended]:
+        out: asyncio.Queue[Ended | _End] = asyncio.Queue(QUEUED_RESULTS)
         twins = Tasks()
 
-        async def emit(result: Result) -> None:
-            await out.put(self._finish(result))
+        async def emit(end: ItemEnd[Any]) -> None:
+            await out.put(self._finish(end))
 
         async def twin(item: Admitted[P]) -> None:
             await out.put(await self._twin_of(item))

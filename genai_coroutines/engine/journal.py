@@ -271,17 +271,17 @@ class Journal:
             raise JournalError(f"cannot write journal {self.path}: {exc}") from None
 
     def finished(self, index: int, digest: str) -> dict[str, Any] | None:
-        """The journaled result for this item, if it succeeded with this very request.
+        """The journaled result for this item, if it ended with this very request.
 
         Failures are journaled too (the journal is the batch's full record) but never
-        reused: a rerun tries them again.
+        reused: the driver reuses a record only when its adapter revives it as answered
+        (`Bookkeeping.replay`), so a rerun tries a failure again.
         """
         row = self._read(
             "SELECT result FROM items WHERE idx = ? AND digest = ? AND result IS NOT NULL",
             (index, digest),
         )
-        result = None if row is None else self._load(row[0], index)
-        return result if result is not None and result.get("success") else None
+        return None if row is None else self._load(row[0], index)
 
     def submitted(self, index: int, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of a job submitted for this item and not finished."""
@@ -301,12 +301,14 @@ class Journal:
             (index, digest, request_id, check_url),
         )
 
-    def record_result(self, index: int, digest: str, result: dict[str, Any]) -> None:
+    def record_result(
+        self, index: int, digest: str, result: dict[str, Any], *, pending: bool = False
+    ) -> None:
         """Journal an item's result; `JournalError` if the journal cannot take it.
 
-        The item leaves its group, if any, unless the result says its group may still
-        answer it (`batch_pending`: its batch could not be polled or read), so a rerun
-        asks that batch again rather than sending the item twice.
+        The item leaves its group, if any, unless its group may still answer it
+        (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
+        rerun asks that batch again rather than sending the item twice.
         """
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
             (
@@ -316,7 +318,7 @@ class Journal:
                 [(index, digest, orjson.dumps(result))],
             )
         ]
-        if not result.get("batch_pending"):
+        if not pending:
             statements.append(("DELETE FROM group_lines WHERE idx = ?", [(index,)]))
         self._transaction(f"the result of item {index}", statements)
 

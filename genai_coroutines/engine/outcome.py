@@ -10,8 +10,9 @@ on these names, so a typo is a type error under mypy, not a silent mismatch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar, get_args
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, get_args
 
 T = TypeVar("T")
 
@@ -89,7 +90,106 @@ class Failure:
 
 @dataclass(slots=True)
 class Success(Generic[T]):
+    """One attempt's (or one poll's) usable value, inside an adapter, before its item ends."""
+
     value: T
+
+
+# The outcome types below are values: never changed once made (`dataclasses.replace` makes
+# another). They are not `frozen` only because a frozen dataclass is built ~6 times slower
+# (each field set through `object.__setattr__`), and three are built for every item.
+
+
+@dataclass(slots=True)
+class Bill:
+    """What an item was billed, in the units its API bills (read by each adapter's price
+    model: the engine prices nothing). `cents`: the provider's own figure, when it says."""
+
+    model: str = ""
+    tier: str | None = None
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    tokens: bool = False
+    """The answer reported its tokens (a usage of zeros included)."""
+    pages: int | None = None
+    cents: float | None = None
+
+
+@dataclass(slots=True)
+class Ids:
+    """The provider's names for an item's work, as its result shows them."""
+
+    request: str | None = None
+    """The request the API accepted (a Datalab job)."""
+    group: str | None = None
+    """The group it ran in (an OpenAI batch)."""
+    line: str | None = None
+    """Its line in that group (a Batch API `custom_id`)."""
+
+
+@dataclass(slots=True)
+class Answered(Generic[T]):
+    """An item that ended with its answer: the adapter's parsed `value` (a Responses
+    `Answer`, a Datalab job's result, a pipeline's row facts)."""
+
+    value: T
+    attempts: int
+    rate_limited: int = 0
+    bill: Bill | None = None
+    ids: Ids | None = None
+
+
+@dataclass(slots=True)
+class Failed(Generic[T]):
+    """An item that ended without an answer, and why. `value`: what it has despite that
+    (a pipeline row's finished OCR), for its adapter's rendering; `bill`: what it was billed
+    anyway (that OCR)."""
+
+    failure: Failure
+    attempts: int
+    rate_limited: int = 0
+    bill: Bill | None = None
+    ids: Ids | None = None
+    value: T | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    """An item whose work the provider accepted and may still answer, given up on by this
+    run (`failure` says why): a failure for this run, but the journal keeps the work
+    (an OpenAI batch's line) so a rerun asks the provider again rather than resending it."""
+
+    failure: Failure
+    attempts: int
+    rate_limited: int = 0
+    bill: None = None
+    """Nothing billed yet (there for readers of any outcome)."""
+    ids: Ids | None = None
+
+
+Outcome: TypeAlias = Answered[T] | Failed[T] | Pending
+"""What an adapter's item came to: `Answered` is the only success."""
+
+Origin = Literal["sent", "journal", "twin"]
+
+
+@dataclass(slots=True)
+class ItemEnd(Generic[T]):
+    """The driver's record of an ended item, which the adapter renders as its result dict.
+
+    `origin`: "sent" (run now), "journal" (answered by the journal: `record` is the result
+    dict journaled then), "twin" (`dedupe`: the answer of item `duplicate_of`, at no cost:
+    its `attempts` and `rate_limited` are 0).
+    """
+
+    index: int
+    outcome: Outcome[T]
+    started: float
+    origin: Origin = "sent"
+    duplicate_of: int | None = None
+    record: Mapping[str, Any] | None = None
 
 
 class BatchStop:

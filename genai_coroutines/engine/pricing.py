@@ -1,18 +1,17 @@
 """What answers cost, as the adapter that sent them knows it: the `PriceModel` contract.
 
 The summary and the budget hold no price. Each adapter brings a price model that reads
-its own API's results (the summary's `Charges`: tokens by model and tier, pages, cents)
-and says what one finished item cost (the budget's `settle`), so adding an API adds a
-price model beside its adapter and changes nothing here.
+what its items' outcomes were billed (their `Bill`: tokens by model and tier, pages,
+cents, into the summary's `Charges`) and says what one finished item cost (the budget's
+`settle`), so adding an API adds a price model beside its adapter and changes nothing here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-Result = Mapping[str, Any]
+from .outcome import Outcome
 
 
 class TokenPricer(Protocol):
@@ -28,12 +27,13 @@ class TokenPricer(Protocol):
 class PriceModel(Protocol):
     """One API's prices, called by the summary (`read`) and the budget (`cost`)."""
 
-    def read(self, result: Result, charges: Charges) -> None:
-        """Add what `result` was billed to `charges`; a result of another API adds nothing.
-        (Called for every result a summary counts: keep it cheap.)"""
+    def read(self, outcome: Outcome[Any], charges: Charges) -> None:
+        """Add what `outcome` was billed (its `Bill`) to `charges`, in this model's terms
+        (another API's bill adds nothing). (Called for every item a summary counts: keep it
+        cheap.)"""
         ...
 
-    def cost(self, result: Result) -> float | None:
+    def cost(self, outcome: Outcome[Any]) -> float | None:
         """What a finished item cost, in the unit of the budget this model settles; None
         when unknown (the budget then keeps the item's estimate as spent)."""
         ...

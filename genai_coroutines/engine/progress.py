@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from typing import Any
 
 from tqdm import tqdm
 
+from .outcome import ItemEnd
 from .summary import Summary
 
 
@@ -43,8 +43,8 @@ class Progress:
         finally:
             self.retrying -= 1
 
-    def add(self, result: Mapping[str, Any]) -> None:
-        self.summary.add(result)
+    def add(self, end: ItemEnd[Any]) -> None:
+        self.summary.add(end)
         if self._bar.disable:
             return
         self._bar.set_postfix(self._postfix(), refresh=False)

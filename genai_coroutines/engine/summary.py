@@ -1,19 +1,19 @@
 """What a batch cost and how it went: counts, retries, 429s, and what its answers were billed.
 
-`Summary` is fed every result dict as it finishes (in any order), so it works the same
-for a list returned at the end and for a stream written to disk, and holds only running
-totals. It knows no price: its price models (`engine.pricing`, one per API, given by the
-adapter or the caller) read what each result was billed into its `Charges` and price
-the tokens when the cost is read.
+`Summary` is fed every item's end (`ItemEnd`: its typed outcome) as it finishes (in any
+order), so it works the same for a list returned at the end and for a stream written to
+disk, and holds only running totals. It knows no price: its price models
+(`engine.pricing`, one per API, given by the adapter or the caller) read what each
+outcome was billed into its `Charges` and price the tokens when the cost is read.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outcome import Answered, ItemEnd
 from .pricing import Charges, PriceModel
 
 
@@ -34,27 +34,26 @@ class Summary(Charges):
     duplicates: int = 0
     """Results given a twin's answer (`dedupe`): counted, but not charged."""
 
-    def add(self, result: Mapping[str, Any]) -> None:
+    def add(self, end: ItemEnd[Any]) -> None:
         """Count one finished item, and have each price model read its charges."""
-        get = result.get
+        outcome = end.outcome
         self.total += 1
-        if get("success"):
+        if isinstance(outcome, Answered):
             self.succeeded += 1
         else:
             self.failed += 1
-        attempts = get("attempts")
-        if attempts and attempts != 1:
-            self.retries += int(attempts) - 1
-        rate_limited = get("rate_limited")
-        if rate_limited:
-            self.rate_limited += int(rate_limited)
-        if get("from_journal"):
+        attempts = outcome.attempts
+        if attempts > 1:
+            self.retries += attempts - 1
+        if outcome.rate_limited:
+            self.rate_limited += outcome.rate_limited
+        if end.origin == "journal":
             self.reused += 1
-        if get("duplicate_of") is not None:
+        if end.duplicate_of is not None:
             self.duplicates += 1
             return  # a twin of an item sent once (`dedupe`): its charges are that item's
         for model in self.pricing:
-            model.read(result, self)
+            model.read(outcome, self)
 
     def finish(self) -> Summary:
         self.finished = time.monotonic()

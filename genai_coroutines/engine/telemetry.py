@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .http import Reply
-from .outcome import Failure, Success
+from .outcome import Answered, Failure, ItemEnd, Outcome, Success
 from .pricing import Charges, PriceModel
 
 try:
@@ -318,27 +318,27 @@ class BatchTelemetry:
             )
         return found
 
-    def finished(self, result: Mapping[str, Any]) -> None:
+    def finished(self, end: ItemEnd[Any]) -> None:
         """Count a finished item: outcome, retries, and (unless an earlier run or its twin
         paid for it) its tokens, cost, pages and cents."""
-        tally, get = self.tally, result.get
+        tally, outcome = self.tally, end.outcome
         tally.add(self._finished, 1)
-        if not get("success"):
-            error = str(get("error_type") or "_OTHER")
+        if not isinstance(outcome, Answered):
+            error = outcome.failure.error_type
             failed = self._failed.get(error)
             if failed is None:
                 failed = self._failed[error] = _key(
                     FAILED, {**self.attributes, "error.type": error}
                 )
             tally.add(failed, 1)
-        attempts = get("attempts")
-        if isinstance(attempts, int) and attempts > 1:
+        attempts = outcome.attempts
+        if attempts > 1:
             tally.add(self._retries, attempts - 1)
-        if get("from_journal") or get("duplicate_of") is not None:
+        if end.origin != "sent":
             return
         charges = Charges()
         for model in self.pricing:
-            model.read(result, charges)
+            model.read(outcome, charges)
         if charges.billed:
             self._tokens(charges)
         if charges.pages:
@@ -404,18 +404,18 @@ class ItemTelemetry:
         """A request of this item starting now; `resends`: how many were sent before it."""
         return Attempt(self.batch, self.context, provider, operation, model, resends)
 
-    def end(self, result: Mapping[str, Any] | None) -> None:
-        """The item ended with `result` (None: it was cancelled)."""
+    def end(self, outcome: Outcome[Any] | None) -> None:
+        """The item ended with `outcome` (None: it was cancelled)."""
         span = self.span
         if span is None:
             return
-        if result is None:
+        if outcome is None:
             span.set_attribute("error.type", "cancelled")
             span.set_status(trace.StatusCode.ERROR)
         else:
-            span.set_attribute("genai_coroutines.attempts", int(result.get("attempts") or 0))
-            if not result.get("success"):
-                span.set_attribute("error.type", str(result.get("error_type") or "_OTHER"))
+            span.set_attribute("genai_coroutines.attempts", outcome.attempts)
+            if not isinstance(outcome, Answered):
+                span.set_attribute("error.type", outcome.failure.error_type)
                 span.set_status(trace.StatusCode.ERROR)
         span.end()
 

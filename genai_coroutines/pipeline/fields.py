@@ -13,11 +13,9 @@ from typing import Any
 
 import orjson
 
-from ..responses import parse_responses
 
-
-def _fields(result: Mapping[str, Any]) -> dict[str, Any] | None:
-    text = parse_responses([result])[0]
+def fields_of(text: str) -> dict[str, Any] | None:
+    """The fields an extraction answered (its text, a JSON object); None if it is not one."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError:

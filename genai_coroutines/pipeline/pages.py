@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..documents.parse import block_html, document_text
+from ..documents.parse import block_html, payload_text
 
 
 def _payload(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,7 +35,14 @@ def page_texts(result: Mapping[str, Any]) -> list[str]:
     """The text of each page of an OCR result: `json` pages, `chunks` blocks grouped by
     page, paginated HTML (`<div class='page'>`) or markdown (`{N}---...`); else the whole
     text as one page."""
-    payload = _payload(result)
+    raw = result.get("json_response")
+    if not result.get("success") or not isinstance(raw, str) or not raw:
+        return [""]
+    return payload_pages(_payload(result), raw)
+
+
+def payload_pages(payload: dict[str, Any], raw: str) -> list[str]:
+    """`page_texts` of a finished job's `payload` (its JSON text `raw`)."""
     tree = payload.get("json")
     if isinstance(tree, dict) and isinstance(tree.get("children"), list):
         return [block_html(page) for page in tree["children"]]
@@ -55,4 +62,4 @@ def page_texts(result: Mapping[str, Any]) -> list[str]:
     if isinstance(markdown, str) and re.search(r"\{\d+\}" + _MARKDOWN_PAGE, markdown):
         parts = re.split(r"\{\d+\}" + _MARKDOWN_PAGE, markdown)
         return [part.strip() for part in parts if part.strip()]
-    return [document_text(result)]
+    return [payload_text(payload, raw) if payload else raw]

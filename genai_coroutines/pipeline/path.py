@@ -11,7 +11,12 @@ and each finished stage journaled as a stage of the item. Every document ends as
     over the requests), model, service_tier, response_ids, retries (both stages),
     rate_limited, processing_time_secs, from_journal (the whole row came from the
     journal), and the stages' detail in `ocr` and `extraction` (attempts, timings,
-    `from_journal` for a reused stage; `page_fields` with `per_page`).
+    `from_journal` for a reused stage; `page_fields` with `per_page`); a failed row adds
+    the failed stage's `status`, `code` and `is_retriable`.
+
+Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
+the stage's real `Failure`, and the extraction's answer is parsed once; the row is the
+pipeline's own outcome (`Row`), rendered by `render`.
 """
 
 from __future__ import annotations
@@ -22,20 +27,39 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 import orjson
 
-from ..documents.parse import document_text
+from ..documents.job import Finished
+from ..documents.parse import payload_text
 from ..documents.path import DocumentsPath
+from ..documents.prices import cents_of
 from ..documents.sources import Upload
-from ..engine import BatchRun, ErrorType, Failure, ItemRun, Result, log_event
+from ..engine import (
+    Answered,
+    BatchRun,
+    Bill,
+    ErrorType,
+    Failed,
+    Failure,
+    ItemEnd,
+    ItemRun,
+    Outcome,
+    Pending,
+    Result,
+    log_event,
+)
 from ..engine.journal import request_digest
 from ..engine.telemetry import Identity
-from ..responses import parse_responses
 from ..responses.direct import DirectPath, Prepared
-from .fields import _fields, merge_fields
-from .pages import _payload, page_texts
+from ..responses.parse import answer_text
+from ..responses.prices import usage_tokens
+from ..responses.results import Answer
+from .fields import fields_of, merge_fields
+from .pages import payload_pages
+
+T = TypeVar("T")
 
 logger = logging.getLogger("genai_coroutines.pipeline")  # the package's name: one logger
 
@@ -46,13 +70,38 @@ EXTRACTION_STAGE = "extraction"
 
 
 @dataclass(slots=True)
-class _Stages:
+class Stage(Generic[T]):
+    """One request of a document (its OCR, or an extraction): its outcome as the adapter
+    gave it, how long it took this run, and whether the journal answered it."""
+
+    outcome: Outcome[T]
+    seconds: float
+    reused: bool = False
+
+
+@dataclass(slots=True)
+class _Extractions:
     """What one document's extraction came to."""
 
-    results: list[Result] = field(default_factory=list)
+    stages: list[Stage[Answer]] = field(default_factory=list)
     fields: list[dict[str, Any]] = field(default_factory=list)
     failure: Failure | None = None
-    reused: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A document's row (the pipeline's outcome value): its keys but `index` and
+    `processing_time_secs`, rendered from the stages' outcomes, and the stage counts
+    `PipelineSummary` reads."""
+
+    keys: Mapping[str, Any]
+    failed_stage: str | None
+    ocr_reused: bool
+    ocr_retries: int
+    extraction_requests: int
+    extraction_reused: int
+    extraction_retries: int
+    seconds: float
 
 
 class PipelinePath:
@@ -97,29 +146,16 @@ class PipelinePath:
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        """A document that never ran (unreadable, or the batch was stopped): its OCR failed."""
-        log_event(
-            logger,
-            logging.WARNING,
-            "task_failed",
-            index=index,
-            stage=OCR_STAGE,
-            error_type=failure.error_type,
-            error=failure.message,
-        )
-        return self._row(index, started, None, None, _Stages(), OCR_STAGE, failure)
-
-    async def execute(self, run: ItemRun, upload: Upload) -> Result:
+    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row]:
         ocr = await self._ocr(run, upload)
-        if not ocr["success"]:
-            failure = _failure_of(ocr)
-            return self._row(run.index, run.started, upload, ocr, _Stages(), OCR_STAGE, failure)
+        if not isinstance(ocr.outcome, Answered):
+            failure = ocr.outcome.failure
+            return self._row(run.started, upload, ocr, _Extractions(), OCR_STAGE, failure)
         self.ocred += 1
         run.batch.note(ocred=self.ocred)
-        stages = await self._extract(run, ocr)
-        if stages.failure is not None:
-            failure = stages.failure
+        done = await self._extract(run, ocr.outcome.value)
+        if done.failure is not None:
+            failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
                 log_event(
                     logger,
@@ -130,10 +166,10 @@ class PipelinePath:
                     error_type=failure.error_type,
                     error=failure.message,
                 )
-            return self._row(run.index, run.started, upload, ocr, stages, EXTRACTION_STAGE, failure)
+            return self._row(run.started, upload, ocr, done, EXTRACTION_STAGE, failure)
         self.extracted += 1
         run.batch.note(extracted=self.extracted)
-        return self._row(run.index, run.started, upload, ocr, stages, None, None)
+        return self._row(run.started, upload, ocr, done, None, None)
 
     def replayed(self, run_note: Any, row: Mapping[str, Any]) -> None:
         """Count a row the journal answered in the bar's stage counts."""
@@ -153,82 +189,93 @@ class PipelinePath:
             self._batches[stage] = cached
         return cached[1]
 
-    async def _ocr(self, run: ItemRun, upload: Upload) -> Result:
-        """The document's OCR result: journaled earlier, or run now (polling the job the
-        journal holds, if any), and journaled at once as the item's "ocr" stage."""
+    async def _ocr(self, run: ItemRun, upload: Upload) -> Stage[Finished]:
+        """The document's OCR: journaled earlier, or run now (polling the job the journal
+        holds, if any), and journaled at once as the item's "ocr" stage."""
         journal = run.batch.journal
         digest = request_digest(*self.ocr.digest(upload))
         if journal is not None:
             done = journal.stage_result(run.index, OCR_STAGE, digest)
             if done is not None:
-                return {**done, "from_journal": True}
+                revived = self.ocr.revive(done)
+                if isinstance(revived, Answered):
+                    return Stage(revived, 0.0, reused=True)
+        started = time.perf_counter()
         async with self.ocr_slots:
             stage_run = ItemRun(
                 run.index,
                 self._batch(run, OCR_STAGE),
-                time.perf_counter(),
+                started,
                 run.submission,
                 on_submitted=run.submitted,
                 trace=run.trace,
             )
-            result = await self.ocr.execute(stage_run, upload)
-        if result["success"]:
-            run.batch.journaled(lambda j: j.record_stage(run.index, OCR_STAGE, digest, result))
-        return result
+            outcome = await self.ocr.execute(stage_run, upload)
+        if isinstance(outcome, Answered):
+            record = self.ocr.render(ItemEnd(run.index, outcome, started))
+            run.batch.journaled(lambda j: j.record_stage(run.index, OCR_STAGE, digest, record))
+        return Stage(outcome, time.perf_counter() - started)
 
-    async def _extract(self, run: ItemRun, ocr: Result) -> _Stages:
-        texts = page_texts(ocr) if self.per_page else [document_text(ocr)]
+    async def _extract(self, run: ItemRun, ocr: Finished) -> _Extractions:
+        if self.per_page:
+            texts = payload_pages(ocr.payload, ocr.body)
+        else:
+            texts = [payload_text(ocr.payload, ocr.body)]
         parts = await asyncio.gather(
             *(self._extract_one(run, page, text) for page, text in enumerate(texts))
         )
-        stages = _Stages()
-        for result, fields, failure in parts:
-            if result is not None:
-                stages.results.append(result)
-                stages.reused += bool(result.get("from_journal"))
-            if failure is not None and stages.failure is None:
-                stages.failure = failure
+        done = _Extractions()
+        for stage, fields, failure in parts:
+            if stage is not None:
+                done.stages.append(stage)
+            if failure is not None and done.failure is None:
+                done.failure = failure
             if fields is not None:
-                stages.fields.append(fields)
-        return stages
+                done.fields.append(fields)
+        return done
 
     async def _extract_one(
         self, run: ItemRun, page: int, text: str
-    ) -> tuple[Result | None, dict[str, Any] | None, Failure | None]:
-        """One extraction request (a page's, with `per_page`): its result, parsed fields,
+    ) -> tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]:
+        """One extraction request (a page's, with `per_page`): its stage, parsed fields,
         or why there are none."""
         if not text.strip():
             return None, None, Failure("the OCR text is empty", "invalid_input", False)
         prepared = await self.extraction.prepare(run.index, text)
         if isinstance(prepared, Failure):
             return None, None, prepared
-        stage = f"{EXTRACTION_STAGE}:{page}"
+        name = f"{EXTRACTION_STAGE}:{page}"
         digest = request_digest(*self.extraction.digest(prepared))
         journal = run.batch.journal
         if journal is not None:
-            done = journal.stage_result(run.index, stage, digest)
+            done = journal.stage_result(run.index, name, digest)
             if done is not None:
-                done = {**done, "from_journal": True}
-                return done, _fields(done), None
-        result = await self._send(run, prepared)
-        if not result["success"]:
-            return result, None, _failure_of(result)
-        fields = _fields(result)
+                revived = self.extraction.revive(done)
+                if isinstance(revived, Answered):
+                    reused = Stage(revived, 0.0, reused=True)
+                    return reused, fields_of(answer_text(revived.value.raw)), None
+        started = time.perf_counter()
+        outcome = await self._send(run, prepared, started)
+        stage = Stage(outcome, time.perf_counter() - started)
+        if not isinstance(outcome, Answered):
+            return stage, None, outcome.failure
+        text_out = answer_text(outcome.value.raw)
+        fields = fields_of(text_out)
         if fields is None:
-            text_out = parse_responses([result])[0]
             failure = Failure(
                 f"the extraction is not a JSON object: {text_out[:200]!r}",
                 "invalid_response",
                 False,
             )
-            return result, None, failure
-        run.batch.journaled(lambda j: j.record_stage(run.index, stage, digest, result))
-        return result, fields, None
+            return stage, None, failure
+        record = self.extraction.render(ItemEnd(run.index, outcome, started))
+        run.batch.journaled(lambda j: j.record_stage(run.index, name, digest, record))
+        return stage, fields, None
 
-    async def _send(self, run: ItemRun, prepared: Prepared) -> Result:
+    async def _send(self, run: ItemRun, prepared: Prepared, started: float) -> Outcome[Answer]:
         async with self.extraction_slots:
             stage_run = ItemRun(
-                run.index, self._batch(run, EXTRACTION_STAGE), time.perf_counter(), trace=run.trace
+                run.index, self._batch(run, EXTRACTION_STAGE), started, trace=run.trace
             )
             return await self.extraction.execute(stage_run, prepared)
 
@@ -236,79 +283,162 @@ class PipelinePath:
 
     def _row(
         self,
-        index: int,
         started: float,
         upload: Upload | None,
-        ocr: Result | None,
-        stages: _Stages,
+        ocr: Stage[Finished] | None,
+        done: _Extractions,
         failed_stage: str | None,
         failure: Failure | None,
-    ) -> Result:
-        ocr = ocr or {}
-        payload = _payload(ocr)
+    ) -> Outcome[Row]:
+        """The document's outcome, its row rendered from its stages' outcomes."""
+        ocr_outcome = None if ocr is None else ocr.outcome
+        job = ocr_outcome.value if isinstance(ocr_outcome, Answered) else None
+        payload = {} if job is None else job.payload
         ocr_done = failed_stage != OCR_STAGE
+        ocr_bill = None if ocr_outcome is None else ocr_outcome.bill
+        ocr_attempts = 0 if ocr_outcome is None else ocr_outcome.attempts
+        ocr_rate_limited = 0 if ocr_outcome is None else ocr_outcome.rate_limited
+        ocr_ids = None if ocr_outcome is None else ocr_outcome.ids
+        ocr_reused = ocr is not None and ocr.reused
+        ocr_retries = max(0, ocr_attempts - 1)
+        request_id = None if ocr_ids is None else ocr_ids.request
+        page_count = None if ocr_bill is None else ocr_bill.pages
+        cost = payload.get("cost_breakdown")
+        cost = cost if isinstance(cost, dict) else None
         checkpoint = payload.get("checkpoint_id")
-        ocr_retries = max(0, int(ocr.get("attempts") or 0) - 1)
-        results = stages.results
-        usage = _summed_usage([r.get("usage") for r in results if r.get("success")])
-        extraction_retries = sum(
-            max(0, int(r.get("attempts") or 0) - 1) for r in results if not r.get("from_journal")
-        )
-        response_ids = [_response_id(r) for r in results if r.get("success")]
-        fields = merge_fields(stages.fields) if failed_stage is None else None
-        fresh_ocr = not ocr.get("from_journal")
-        row: Result = {
-            "index": index,
+        stages = done.stages
+        answers = [s.outcome for s in stages if isinstance(s.outcome, Answered)]
+        usage = _summed_usage([answer.value.usage for answer in answers])
+        extraction_retries = sum(max(0, s.outcome.attempts - 1) for s in stages if not s.reused)
+        tier = next((a.value.service_tier for a in answers if a.value.service_tier), None)
+        fields = merge_fields(done.fields) if failed_stage is None else None
+        retries = (0 if ocr_reused else ocr_retries) + extraction_retries
+        rate_limited = ocr_rate_limited + sum(s.outcome.rate_limited for s in stages)
+        keys: dict[str, Any] = {
             "source": None if upload is None else (upload.url or upload.filename),
             "success": failed_stage is None,
             "fields": fields,
             "failed_stage": failed_stage,
             "error": None if failure is None else failure.message,
             "error_type": None if failure is None else failure.error_type,
-            "request_id": ocr.get("request_id"),
+            "request_id": request_id,
             "checkpoint_id": checkpoint if isinstance(checkpoint, str) else None,
-            "page_count": ocr.get("page_count") if ocr_done else None,
-            "cost_breakdown": ocr.get("cost_breakdown") if ocr_done else None,
+            "page_count": page_count if ocr_done else None,
+            "cost_breakdown": cost if ocr_done else None,
             "usage": usage,
             "model": self.extraction.model,
-            "service_tier": next(
-                (r.get("service_tier") for r in results if r.get("service_tier")), None
-            ),
-            "response_ids": response_ids,
-            "retries": (ocr_retries if fresh_ocr else 0) + extraction_retries,
-            "rate_limited": int(ocr.get("rate_limited") or 0)
-            + sum(int(r.get("rate_limited") or 0) for r in results),
-            "processing_time_secs": time.perf_counter() - started,
+            "service_tier": tier,
+            "response_ids": [answer.value.response_id for answer in answers],
+            "retries": retries,
+            "rate_limited": rate_limited,
             "ocr": {
-                "success": bool(ocr.get("success")),
-                "request_id": ocr.get("request_id"),
-                "page_count": ocr.get("page_count"),
-                "cost_breakdown": ocr.get("cost_breakdown"),
-                "attempts": int(ocr.get("attempts") or 0),
+                "success": job is not None,
+                "request_id": request_id,
+                "page_count": page_count,
+                "cost_breakdown": cost,
+                "attempts": ocr_attempts,
                 "retries": ocr_retries,
-                "rate_limited": int(ocr.get("rate_limited") or 0),
-                "processing_time_secs": ocr.get("processing_time_secs"),
-                "from_journal": bool(ocr.get("from_journal")),
+                "rate_limited": ocr_rate_limited,
+                "processing_time_secs": None if ocr is None else ocr.seconds,
+                "from_journal": ocr_reused,
             },
             "extraction": None
             if not ocr_done
             else {
-                "requests": len(results),
-                "attempts": sum(int(r.get("attempts") or 0) for r in results),
+                "requests": len(stages),
+                "attempts": sum(s.outcome.attempts for s in stages),
                 "retries": extraction_retries,
-                "reused": stages.reused,
-                "latency_ms": sum(float(r.get("latency_ms") or 0) for r in results),
+                "reused": sum(s.reused for s in stages),
+                "latency_ms": sum(s.seconds for s in stages) * 1000.0,
                 "usage": usage,
-                **({"page_fields": stages.fields} if self.per_page else {}),
+                **({"page_fields": done.fields} if self.per_page else {}),
             },
         }
-        return row
+        if failure is not None:
+            keys.update(status=failure.status, code=failure.code, is_retriable=failure.retriable)
+        row = Row(
+            keys,
+            failed_stage,
+            ocr_reused,
+            ocr_retries,
+            len(stages),
+            sum(s.reused for s in stages),
+            extraction_retries,
+            time.perf_counter() - started,
+        )
+        bill = Bill(
+            self.extraction.model,
+            tier,
+            *_tokens(usage),
+            tokens=usage is not None,
+            pages=page_count if ocr_done else None,
+            cents=None if not ocr_done or ocr_bill is None else ocr_bill.cents,
+        )
+        attempts = 1 + retries if ocr is not None else 0
+        if failure is None:
+            return Answered(row, attempts, rate_limited, bill)
+        return Failed(failure, attempts, rate_limited, bill, value=row)
+
+    def render(self, end: ItemEnd[Row]) -> Result:
+        outcome = end.outcome
+        row = None if isinstance(outcome, Pending) else outcome.value
+        if row is None:  # never ran: unreadable, or the batch was stopped
+            assert not isinstance(outcome, Answered)
+            failure = outcome.failure
+            log_event(
+                logger,
+                logging.WARNING,
+                "task_failed",
+                index=end.index,
+                stage=OCR_STAGE,
+                error_type=failure.error_type,
+                error=failure.message,
+            )
+            failed = self._row(end.started, None, None, _Extractions(), OCR_STAGE, failure)
+            assert isinstance(failed, Failed) and failed.value is not None
+            row = failed.value
+        return {
+            "index": end.index,
+            **row.keys,
+            "processing_time_secs": row.seconds,
+        }
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
+        get = record.get
+        ocr, extraction = get("ocr") or {}, get("extraction") or {}
+        keys = {k: v for k, v in record.items() if k not in ("index", "processing_time_secs")}
+        reused = int(extraction.get("requests") or 0)
+        row = Row(
+            keys,
+            get("failed_stage"),
+            True,
+            int(ocr.get("retries") or 0),
+            reused,
+            reused,
+            int(extraction.get("retries") or 0),
+            float(get("processing_time_secs") or 0.0),
+        )
+        usage = get("usage")
+        pages = get("page_count")
+        bill = Bill(
+            self.extraction.model,
+            get("service_tier"),
+            *_tokens(usage),
+            tokens=isinstance(usage, dict),
+            pages=pages if isinstance(pages, int) else None,
+            cents=cents_of(get("cost_breakdown")),
+        )
+        attempts = 1 + int(get("retries") or 0)
+        rate_limited = int(get("rate_limited") or 0)
+        if get("success"):
+            return Answered(row, attempts, rate_limited, bill)
+        kind = cast(ErrorType, get("error_type") or "api_error")
+        failure = Failure(str(get("error")), kind, bool(get("is_retriable")), get("status"))
+        return Failed(failure, attempts, rate_limited, bill, value=row)
 
 
-def _failure_of(result: Mapping[str, Any]) -> Failure:
-    """The failure a stage's failed result reports."""
-    kind = cast(ErrorType, result.get("error_type") or "api_error")
-    return Failure(str(result.get("error")), kind, bool(result.get("is_retriable")))
+def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int, int]:
+    return (0, 0, 0, 0) if usage is None else usage_tokens(usage)
 
 
 def _summed_usage(usages: Iterable[Any]) -> dict[str, Any] | None:
@@ -330,15 +460,3 @@ def _summed_usage(usages: Iterable[Any]) -> dict[str, Any] | None:
                 slot = total.setdefault(details, {})
                 slot[key] = slot.get(key, 0) + int(inner.get(key) or 0)
     return total if seen else None
-
-
-def _response_id(result: Mapping[str, Any]) -> str | None:
-    raw = result.get("raw_response")
-    if not isinstance(raw, str):
-        return None
-    try:
-        value = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    found = value.get("id") if isinstance(value, dict) else None
-    return found if isinstance(found, str) else None

@@ -8,12 +8,12 @@ and `extraction` detail, so it needs nothing from the adapter but the stages' na
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..engine import ItemEnd, Pending
 from ..summary import BatchSummary
-from .path import EXTRACTION_STAGE, OCR_STAGE
+from .path import EXTRACTION_STAGE, OCR_STAGE, Row
 
 
 @dataclass
@@ -37,27 +37,26 @@ class PipelineSummary(BatchSummary):
     """OCR results reused from the journal (a row from the journal counts too)."""
     extractions_reused: int = 0
 
-    def add(self, result: Mapping[str, Any]) -> None:
-        super().add(result)
-        self.retries += int(result.get("retries") or 0)
-        ocr, extraction = result.get("ocr"), result.get("extraction")
-        if not isinstance(ocr, Mapping):
+    def add(self, end: ItemEnd[Any]) -> None:
+        super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
+        outcome = end.outcome
+        row = None if isinstance(outcome, Pending) else outcome.value
+        if not isinstance(row, Row):
             return
-        stage = result.get("failed_stage")
+        stage = row.failed_stage
         self.ocr_failed += stage == OCR_STAGE
         self.extraction_failed += stage == EXTRACTION_STAGE
-        whole = bool(result.get("from_journal"))
+        whole = end.origin == "journal"
         if stage != OCR_STAGE:
             self.ocr_done += 1
-            self.ocr_reused += whole or bool(ocr.get("from_journal"))
+            self.ocr_reused += whole or row.ocr_reused
         if not whole:
-            self.ocr_retries += int(ocr.get("retries") or 0)
-        if isinstance(extraction, Mapping):
-            self.extraction_requests += int(extraction.get("requests") or 0)
-            reused = extraction.get("requests" if whole else "reused")
-            self.extractions_reused += int(reused or 0)
+            self.ocr_retries += row.ocr_retries
+        if stage != OCR_STAGE:
+            self.extraction_requests += row.extraction_requests
+            self.extractions_reused += row.extraction_reused
             if not whole:
-                self.extraction_retries += int(extraction.get("retries") or 0)
+                self.extraction_retries += row.extraction_retries
 
     @property
     def total_cost_usd(self) -> float:

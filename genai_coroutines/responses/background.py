@@ -46,9 +46,9 @@ import orjson
 from ..engine import (
     Failure,
     ItemRun,
+    Outcome,
     RateLimiter,
     Reply,
-    Result,
     RetryDetails,
     RetryPolicy,
     Submission,
@@ -59,7 +59,7 @@ from ..engine import (
     send,
 )
 from ..engine.telemetry import OPENAI, POLL_RESPONSE, background_in_flight
-from .direct import DirectPath, Outcome, Prepared, Tries, answer
+from .direct import Attempted, DirectPath, Prepared, Tries, answer
 from .errors import bad_body, classify, response_failure
 from .request import ResponsesRequest
 from .results import Answer, logger
@@ -103,10 +103,10 @@ class BackgroundPath(DirectPath):
             max_rate_limit_wait=request.max_rate_limit_wait_secs,
         )
 
-    async def execute(self, run: ItemRun, prepared: Prepared) -> Result:
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Outcome[Answer]:
         tries = Tries()
 
-        def one_round() -> Awaitable[Outcome]:
+        def one_round() -> Awaitable[Attempted]:
             return self._round(run, prepared, tries)
 
         try:
@@ -121,9 +121,9 @@ class BackgroundPath(DirectPath):
         except asyncio.CancelledError:
             await self._interrupted(run)
             raise
-        return self.result(run, outcome, tries)
+        return self.ended(outcome, tries)
 
-    async def _round(self, run: ItemRun, prepared: Prepared, tries: Tries) -> Outcome:
+    async def _round(self, run: ItemRun, prepared: Prepared, tries: Tries) -> Attempted:
         """POST unless a response is known (this run's or the journal's), then poll it."""
         resumed = run.submission
         while True:
@@ -178,7 +178,7 @@ class BackgroundPath(DirectPath):
             )
         return Success(Queued(response_id))
 
-    async def _poll(self, run: ItemRun, submission: Submission) -> Outcome:
+    async def _poll(self, run: ItemRun, submission: Submission) -> Attempted:
         """Poll the response until it ends: its answer, or why there is none."""
         record = run.batch.stop.record
 

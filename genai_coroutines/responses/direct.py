@@ -31,9 +31,12 @@ import orjson
 
 from ..engine import (
     BodyReader,
+    Failed,
     Failure,
+    ItemEnd,
     ItemRun,
     KeyLimits,
+    Outcome,
     RateLimiter,
     Reply,
     Result,
@@ -57,22 +60,22 @@ from .errors import (
 )
 from .prices import DEFAULT_OUTPUT_ALLOWANCE, Price, tier_share, token_budget
 from .request import ResponsesRequest
-from .results import Answer, error_result, logger, success_result
+from .results import Answer, answered, logger, rendered, revived
 from .sse import is_event_stream, read_final_event
 from .wire import check_prompt
 
-Outcome = Success[Answer] | Failure
-"""A usable answer or why there is none."""
+Attempted = Success[Answer] | Failure
+"""One attempt's usable answer, or why there is none."""
 
 
-class Answered(Protocol):
+class Read(Protocol):
     """What a 200 reply was read into: an `Answer`, or a background path's `Queued`."""
 
     @property
     def usage(self) -> dict[str, Any] | None: ...
 
 
-A = TypeVar("A", bound=Answered)
+A = TypeVar("A", bound=Read)
 
 
 @dataclass(slots=True)
@@ -183,25 +186,28 @@ class DirectPath:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return (prepared.body,)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        return error_result(index, failure, model=self.model, attempts=0, started=started)
+    def render(self, end: ItemEnd[Answer]) -> Result:
+        return rendered(end, self.model)
 
-    async def execute(self, run: ItemRun, prepared: Prepared) -> Result:
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
+        return revived(record, self.model)
+
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Outcome[Answer]:
         tries = Tries()
         outcome = await self.attempt(run, prepared, tries, answer)
         if isinstance(outcome, Failure):
             outcome = await self._retry(run, prepared, tries, outcome)
         else:
             tries.attempts += 1
-        return self.result(run, outcome, tries)
+        return self.ended(outcome, tries)
 
     async def _retry(
         self, run: ItemRun, prepared: Prepared, tries: Tries, first: Failure
-    ) -> Outcome:
+    ) -> Attempted:
         """The attempts after a `first` that failed, as the policy allows. (Its own function:
         the closure in `execute` would cost every item its cells.)"""
 
-        def attempt() -> Awaitable[Outcome]:
+        def attempt() -> Awaitable[Attempted]:
             return self.attempt(run, prepared, tries, answer)
 
         return await retrying(
@@ -265,20 +271,11 @@ class DirectPath:
         body["service_tier"] = "auto"
         return orjson.dumps(body)
 
-    def result(self, run: ItemRun, outcome: Success[Answer] | Failure, tries: Tries) -> Result:
-        """The item's result dict from its last outcome."""
-        if isinstance(outcome, Failure):
-            return error_result(
-                run.index,
-                outcome,
-                model=self.model,
-                attempts=tries.sent,
-                rate_limited=tries.rate_limited,
-                started=run.started,
-            )
-        return success_result(
-            run.index, outcome.value, self.model, tries.sent, tries.rate_limited, run.started
-        )
+    def ended(self, last: Attempted, tries: Tries) -> Outcome[Answer]:
+        """The item's outcome from its last attempt's."""
+        if isinstance(last, Failure):
+            return Failed(last, tries.sent, tries.rate_limited)
+        return answered(last.value, self.model, tries.sent, tries.rate_limited)
 
     def log_retry(self, index: int) -> Callable[[RetryDetails], None]:
         def on_retry(details: RetryDetails) -> None:
@@ -327,7 +324,7 @@ class DirectPath:
         return failure
 
 
-def answer(reply: Reply) -> Outcome:
+def answer(reply: Reply) -> Attempted:
     """A 200's response JSON and usage, from a plain body or a stream's final event."""
     body = reply.body
     streamed = is_event_stream(reply.headers.get("Content-Type"))

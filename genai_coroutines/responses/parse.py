@@ -65,6 +65,11 @@ def _text_of(result: Mapping[str, Any]) -> str:
     raw = result.get("raw_response")
     if not result.get("success") or not isinstance(raw, str):
         return ""
+    return answer_text(raw)
+
+
+def answer_text(raw: str) -> str:
+    """The assistant's text of one response, from its raw JSON (`Answer.raw`)."""
     try:
         response = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..engine.budget import Budget
+from ..engine.outcome import Answered, Bill, Outcome
 from ..engine.pricing import Charges
 from ..engine.summary import Summary
 
@@ -78,6 +79,14 @@ def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
     )
 
 
+def bill_of(model: str, usage: Mapping[str, Any] | None, tier: str | None) -> Bill:
+    """What an answer of `model` served at `tier` with this `usage` was billed."""
+    if not usage:
+        return Bill(model, tier)
+    inputs, cached, outputs, reasoning = usage_tokens(usage)
+    return Bill(model, tier, inputs, cached, outputs, reasoning, True)
+
+
 def token_cost(inputs: int, cached: int, outputs: int, price: Price, share: float) -> float:
     """US dollars of these tokens (`cached` among the `inputs`) at `price` times `share`:
     cached input at its own rate, reasoning tokens within the output tokens (as OpenAI
@@ -105,49 +114,51 @@ class TokenPrices:
     table: Mapping[str, Price] = field(default_factory=lambda: PRICES)
     model: str = ""
 
-    def read(self, result: Mapping[str, Any], charges: Charges) -> None:
-        get = result.get
-        tier = get("service_tier")
+    def read(self, outcome: Outcome[Any], charges: Charges) -> None:
+        bill = outcome.bill
+        if bill is None:
+            return
+        tier = bill.tier
         share = 1.0
-        if isinstance(tier, str):
+        if tier is not None:
             tiers = charges.tiers
             tiers[tier] = tiers.get(tier, 0) + 1
             share = DISCOUNTED_TIERS.get(tier, 1.0)
-        usage = get("usage")
-        if usage:
-            model = get("model") or self.model
-            key = (self, model if isinstance(model, str) else str(model), share)
+        if bill.tokens:
+            key = (self, bill.model or self.model, share)
             billed = charges.billed.get(key)
             if billed is None:
                 billed = charges.billed[key] = [0, 0, 0, 0]
-            inputs, cached, outputs, reasoning = usage_tokens(usage)
-            billed[0] += inputs
-            billed[1] += cached
-            billed[2] += outputs
-            billed[3] += reasoning
+            billed[0] += bill.input_tokens
+            billed[1] += bill.cached_tokens
+            billed[2] += bill.output_tokens
+            billed[3] += bill.reasoning_tokens
 
     def usd(self, model: str, share: float, inputs: int, cached: int, outputs: int) -> float | None:
         price = price_for(model, self.table)
         return None if price is None else token_cost(inputs, cached, outputs, price, share)
 
-    def cost(self, result: Mapping[str, Any]) -> float | None:
+    def cost(self, outcome: Outcome[Any]) -> float | None:
         """Dollars of a success's usage at the tier its response reports (at `model`'s price
         when its own model has none); a failure with an HTTP status costs nothing (a refused
         request is not billed), one without (a timeout, a reset: the answer may have been
         produced and billed) is unknown."""
-        if not result.get("success"):
-            return None if result.get("status") is None and result.get("attempts") else 0.0
-        usage = result.get("usage")
-        if not isinstance(usage, Mapping):
+        if not isinstance(outcome, Answered):
+            return None if outcome.failure.status is None and outcome.attempts else 0.0
+        bill = outcome.bill
+        if bill is None or not bill.tokens:
             return None
         table = self.table
-        price = price_for(str(result.get("model") or self.model), table) or price_for(
-            self.model, table
-        )
+        price = price_for(bill.model or self.model, table) or price_for(self.model, table)
         if price is None:
             return None
-        inputs, cached, outputs, _ = usage_tokens(usage)
-        return token_cost(inputs, cached, outputs, price, tier_share(result.get("service_tier")))
+        return token_cost(
+            bill.input_tokens,
+            bill.cached_tokens,
+            bill.output_tokens,
+            price,
+            tier_share(bill.tier),
+        )
 
 
 def table_of(summary: Summary) -> Mapping[str, Price]:

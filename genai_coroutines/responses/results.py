@@ -12,10 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from ..engine import Failure, Result, log_event
+import orjson
+
+from ..engine import (
+    Answered,
+    ErrorType,
+    Failed,
+    Failure,
+    Ids,
+    ItemEnd,
+    Outcome,
+    Result,
+    log_event,
+)
+from .prices import bill_of
 
 logger = logging.getLogger("genai_coroutines.responses")
 
@@ -38,6 +52,62 @@ class Answer:
             tier if isinstance(tier, str) else None,
             response_id if isinstance(response_id, str) else None,
         )
+
+
+def answered(
+    answer: Answer, model: str, attempts: int, rate_limited: int, ids: Ids | None = None
+) -> Answered[Answer]:
+    """The outcome of an item `answer`ed by a response of `model`."""
+    bill = bill_of(model, answer.usage, answer.service_tier)
+    return Answered(answer, attempts, rate_limited, bill, ids)
+
+
+def rendered(end: ItemEnd[Answer], model: str) -> Result:
+    """The result dict of an item that ended (the Responses adapters' `render`)."""
+    outcome = end.outcome
+    if isinstance(outcome, Answered):
+        answer = outcome.value
+        return success_result(
+            end.index, answer, model, outcome.attempts, outcome.rate_limited, end.started
+        )
+    return error_result(
+        end.index,
+        outcome.failure,
+        model=model,
+        attempts=outcome.attempts,
+        rate_limited=outcome.rate_limited,
+        started=end.started,
+    )
+
+
+def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
+    """The outcome of a result dict `rendered` earlier (the Responses adapters' `revive`)."""
+    get = record.get
+    attempts, rate_limited = int(get("attempts") or 0), int(get("rate_limited") or 0)
+    if not get("success"):
+        kind = cast(ErrorType, get("error_type") or "api_error")
+        failure = Failure(
+            str(get("error")),
+            kind,
+            bool(get("is_retriable")),
+            status=get("status"),
+            code=get("code"),
+            param=get("param"),
+        )
+        return Failed(failure, attempts, rate_limited)
+    raw, usage, tier = str(get("raw_response")), get("usage"), get("service_tier")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    found = data.get("id") if isinstance(data, dict) else None
+    answer = Answer(
+        raw,
+        usage if isinstance(usage, dict) else None,
+        tier if isinstance(tier, str) else None,
+        found if isinstance(found, str) else None,
+    )
+    return answered(answer, model, attempts, rate_limited)
 
 
 def success_result(

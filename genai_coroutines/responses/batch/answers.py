@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ...engine import Failure, Reply, Result, RetryPolicy, Success, log_event, poll_until
+from ...engine import Failure, ItemEnd, Reply, RetryPolicy, Success, log_event, poll_until
 from ...engine.telemetry import batch_api_status
 from ..direct import answer
 from ..errors import classify
@@ -115,7 +115,7 @@ class Answers:
         policy: RetryPolicy,
         wait: Callable[[float], Awaitable[None]],
         *,
-        emit: Callable[[Result], Awaitable[None]],
+        emit: Callable[[ItemEnd[Any]], Awaitable[None]],
         note: Callable[[], None],
     ) -> None:
         self.context = context
@@ -439,17 +439,17 @@ class Answers:
         rerun with the journal polls it rather than sending them again."""
         for index in list(job.members):
             member = job.members.pop(index)
-            result = self.context.errored(
-                index,
-                failure,
-                attempts=member.attempt + (job.batch_id is not None),
-                started=member.started,
-                batch_id=job.batch_id,
-                line=member.line_id,
+            await self.emit(
+                self.context.errored(
+                    index,
+                    failure,
+                    attempts=member.attempt + (job.batch_id is not None),
+                    started=member.started,
+                    batch_id=job.batch_id,
+                    line=member.line_id,
+                    pending=pending,
+                )
             )
-            if pending:
-                result["batch_pending"] = True
-            await self.emit(result)
 
 
 def _validation_errors(batch: Json) -> list[Json]:

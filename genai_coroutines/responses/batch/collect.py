@@ -19,15 +19,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 
-from ...engine import Admitted, Failure, ItemRun, KeyLimits, Result, log_event
+from ...engine import Admitted, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result, log_event
 from ...engine.grouped import GroupRun, Tasks
 from ...engine.journal import Unfinished
 from ..direct import DirectPath, Prepared
 from ..request import ResponsesRequest
-from ..results import logger
+from ..results import Answer, logger
 from .context import BatchContext
 from .jobs import BatchJobs
 from .options import BatchAPI
@@ -87,8 +88,15 @@ class CollectingPath:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return self.direct.digest(prepared)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        return self.direct.failed(index, failure, started)
+    def render(self, end: ItemEnd[Answer]) -> Result:
+        """A journaled batch's answer as the Batch API path renders it (with its `batch_id`
+        and `custom_id`); an item sent now as the synchronous path does."""
+        if end.outcome.ids is not None:
+            return self.collector.render(end)
+        return self.direct.render(end)
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
+        return self.collector.revive(record)
 
     async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
         await _Collecting(self, run).run(items)
@@ -159,10 +167,10 @@ class _Collecting:
                 await self.slots.acquire()
             try:
                 item = ItemRun(index, self.group.batch, started)
-                result = await self.path.direct.execute(item, prepared)
+                outcome = await self.path.direct.execute(item, prepared)
             finally:
                 self.slots.release()
-            result["attempts"] = result.get("attempts", 0) + earlier
-            await self.group.emit(result)
+            outcome = replace(outcome, attempts=outcome.attempts + earlier)
+            await self.group.emit(ItemEnd(index, outcome, started))
 
         self.tasks.spawn(one())

@@ -1,5 +1,5 @@
 """What every part of one Batch API run reads: the request, the options, the key's limits,
-and how a line's outcome becomes the item's result dict.
+and how a line's outcome becomes the item's outcome, and that its result dict.
 
 The files, submissions and answers (`jobs`, `submitter`, `answers`) take this, not the
 adapter (`path.BatchAPIPath`), which runs them: so they depend on it and never it on them.
@@ -8,18 +8,15 @@ adapter (`path.BatchAPIPath`), which runs them: so they depend on it and never i
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
-from ...engine import Failure, KeyLimits, Result
+from ...engine import Failed, Failure, Ids, ItemEnd, KeyLimits, Outcome, Pending, Result
 from ..direct import DirectPath, Prepared
 from ..request import ResponsesRequest
-from ..results import Answer, error_result, logger, success_result
+from ..results import Answer, answered, logger, rendered, revived
 from .options import BatchAPI
-
-
-def with_batch(result: Result, batch_id: str | None, line_id: str | None) -> Result:
-    result["batch_id"] = batch_id
-    result["custom_id"] = line_id
-    return result
 
 
 class BatchContext:
@@ -42,25 +39,39 @@ class BatchContext:
         """Estimated input tokens (what the API's enqueued-token limit counts)."""
         return max(1, prepared.estimate - self.direct.template.max_output)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        """An item that never reached a batch file."""
-        return with_batch(self.direct.failed(index, failure, started), None, None)
+    def render(self, end: ItemEnd[Answer]) -> Result:
+        """The result dict of an item: the synchronous path's, with its `batch_id` and
+        `custom_id` (None for an item that never reached a batch file), and
+        `batch_pending` when its batch may still answer it."""
+        result = rendered(end, self.model)
+        outcome = end.outcome
+        ids = outcome.ids
+        result["batch_id"] = None if ids is None else ids.group
+        result["custom_id"] = None if ids is None else ids.line
+        if isinstance(outcome, Pending):
+            result["batch_pending"] = True
+        return result
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
+        outcome = revived(record, self.model)
+        batch_id, line = record.get("batch_id"), record.get("custom_id")
+        if not isinstance(batch_id, str) or not isinstance(line, str):
+            return outcome
+        return replace(outcome, ids=Ids(group=batch_id, line=line))
 
     def succeeded(
         self,
         index: int,
-        outcome: Answer,
+        answer: Answer,
         *,
         attempts: int,
         started: float,
         batch_id: str,
         line: str,
-    ) -> Result:
-        result = success_result(
-            index, outcome, model=self.model, attempts=attempts, rate_limited=0, started=started
-        )
-        result["service_tier"] = "batch"  # what the summary prices at half
-        return with_batch(result, batch_id, line)
+    ) -> ItemEnd[Answer]:
+        answer = replace(answer, service_tier="batch")  # what the summary prices at half
+        outcome = answered(answer, self.model, attempts, 0, Ids(group=batch_id, line=line))
+        return ItemEnd(index, outcome, started)
 
     def errored(
         self,
@@ -71,6 +82,12 @@ class BatchContext:
         started: float,
         batch_id: str | None,
         line: str,
-    ) -> Result:
-        result = error_result(index, failure, model=self.model, attempts=attempts, started=started)
-        return with_batch(result, batch_id, line)
+        pending: bool = False,
+    ) -> ItemEnd[Answer]:
+        """An item that ended without its answer; `pending`: its batch may still answer it,
+        so a rerun with the journal polls it rather than sending it again."""
+        ids = Ids(group=batch_id, line=line)
+        outcome: Outcome[Answer] = (
+            Pending(failure, attempts, ids=ids) if pending else Failed(failure, attempts, ids=ids)
+        )
+        return ItemEnd(index, outcome, started)

@@ -7,9 +7,10 @@ The same prompts, the same result dicts in the same order as the synchronous pat
 each adding the `batch_id` and `custom_id` that answered it; the requests are sent as
 JSONL lines whose `body` is exactly what the synchronous path would `POST /responses`
 (its `DirectPath.prepare`, every translation included). `BatchAPIPath` is the adapter:
-it admits items as the synchronous path does (`prepare`, `digest` and `failed` are
-`DirectPath`'s) and runs them grouped behind the engine's driver (`engine.grouped`);
-`jobs.BatchJobs` writes the files, submits, polls and joins the answers.
+it admits items as the synchronous path does (`prepare` and `digest` are
+`DirectPath`'s, and its rendering adds `batch_id` and `custom_id`) and runs them grouped
+behind the engine's driver (`engine.grouped`); `jobs.BatchJobs` writes the files,
+submits, polls and joins the answers.
 
 A line is a success only with `response.status_code == 200` and a body that is a
 finished response (`direct.answer`); anything else is a failure with its code, judged
@@ -22,14 +23,14 @@ line of an expired batch that never ran) go into a follow-up batch, up to
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from ...engine import Admitted, Failure, KeyLimits, Result
+from ...engine import Admitted, Failure, ItemEnd, KeyLimits, Outcome, Result
 from ...engine.grouped import GroupRun
 from ..direct import DirectPath, Prepared
 from ..request import ResponsesRequest
-from ..results import logger
+from ..results import Answer, logger
 from .context import BatchContext
 from .jobs import BatchJobs
 from .options import BatchAPI
@@ -58,8 +59,11 @@ class BatchAPIPath:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return self.context.direct.digest(prepared)
 
-    def failed(self, index: int, failure: Failure, started: float) -> Result:
-        return self.context.failed(index, failure, started)
+    def render(self, end: ItemEnd[Answer]) -> Result:
+        return self.context.render(end)
+
+    def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
+        return self.context.revive(record)
 
     async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
         await BatchJobs(self.context, run).run(items)
