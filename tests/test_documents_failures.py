@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,3 +195,45 @@ async def test_poll_timeout_names_the_request(emulator: Emulator) -> None:
     assert result["error_type"] == "poll_timeout"
     assert f"request {result['request_id']} still processing after 3 polls" in result["error"]
     assert emulator.stats.requests["marker_poll 200"] == 3
+
+
+async def test_credits_running_out_end_the_batch_and_keep_what_finished(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.datalab_credits_cents = 1.3  # two 1-page "accurate" conversions at 0.6
+    documents = [samples.pdf(1, tag=f"credit {i}") for i in range(5)]
+    journal = tmp_path / "credits.journal"
+    processor = DocumentProcessor(config_for(emulator, max_concurrent_requests=1))
+    results = await processor.process_multiparts(documents, journal=journal)
+
+    assert [r["success"] for r in results] == [True, True, False, False, False]
+    assert [r["attempts"] for r in results] == [1, 1, 1, 0, 0]  # the rest were never sent
+    assert {r["error_type"] for r in results[2:]} == {"insufficient_quota"}
+    assert all(
+        "[403]: You need an active, paid subscription to use this API." in r["error"]
+        for r in results[2:]
+    )
+    assert emulator.stats.requests["marker_submit 403"] == 1  # never retried
+
+    emulator.config.datalab_credits_cents = 10.0  # topped up: the rerun pays for the rest only
+    again = await processor.process_multiparts(documents, journal=journal)
+    assert [r["success"] for r in again] == [True] * 5
+    assert [bool(r.get("from_journal")) for r in again] == [True, True, False, False, False]
+    assert emulator.stats.submissions_by_digest == {digest(d): 1 for d in documents}
+
+
+async def test_a_poll_refused_for_credits_ends_its_item_and_the_batch_without_looping(
+    emulator: Emulator,
+) -> None:
+    emulator.config.datalab_credits_cents = 0.6  # one 1-page conversion
+    emulator.config.datalab_polls_need_credits = True  # once a submission is refused
+    emulator.config.seconds_per_page = 0.5  # the accepted job still runs when the other is refused
+    documents = [samples.pdf(1, tag=f"poll {i}") for i in range(2)]
+    results = await run(emulator, documents, max_concurrent_requests=2, max_retries=5)
+
+    assert [r["error_type"] for r in results] == ["insufficient_quota"] * 2
+    assert sorted(r["attempts"] for r in results) == [1, 1]
+    accepted = next(r for r in results if r["request_id"] is not None)
+    assert "You need an active, paid subscription" in accepted["error"]
+    assert emulator.stats.requests["marker_poll 403"] == 1  # asked once, never again
+    assert emulator.stats.requests["marker_submit 403"] == 1

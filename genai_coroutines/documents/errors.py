@@ -5,15 +5,26 @@ the wrong type (422), a list of `{loc, msg}`; proxies in front of it answer with
 Either way the message says what went wrong in a line. `error_type` follows the
 engine's one vocabulary (`engine.ErrorType`): the same status has the same name as on
 the OpenAI side. A body that echoes the key has it redacted.
+
+A 403 that speaks of the account's subscription, credits or payment ("You need an active,
+paid subscription to use this API.", "Your subscription has expired...", "Your payment has
+failed...": platform/errors, platform/billing) is the account unable to pay, which OpenAI
+calls `insufficient_quota`: it has that name here too, is never retried and ends the batch
+(as any 403 does); another 403 stays `permission_error`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from ..engine import Failure, Reply, error_type_for, retry_after, status_is_retriable
+
+
+UNPAID = re.compile(r"subscription|credit|payment|invoice|billing|balance", re.IGNORECASE)
+"""What a 403 about the account's money says (Datalab words it several ways)."""
 
 
 def http_failure(reply: Reply, api_key: str) -> Failure:
@@ -22,9 +33,10 @@ def http_failure(reply: Reply, api_key: str) -> Failure:
     detail = _detail(reply.body)
     if api_key and api_key in detail:
         detail = detail.replace(api_key, "[redacted]")
+    unpaid = status == 403 and UNPAID.search(detail) is not None
     return Failure(
         f"Datalab API error [{status}]: {detail}",
-        error_type_for(status),
+        "insufficient_quota" if unpaid else error_type_for(status),
         retriable=status_is_retriable(status),
         status=status,
         retry_after=retry_after(reply.headers),
