@@ -122,7 +122,9 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 EXTRACT_SYSTEM = "Extract the fields of the schema from the document's text."
 """The extract command's default `--system`."""
-EXTRACT_NO_OCR_FLAG = frozenset({"page_schema", "schema_id", "schema_version", "checkpoint_id"})
+EXTRACT_NO_OCR_FLAG = frozenset(
+    {"page_schema", "schema_id", "schema_version", "checkpoint_id", "segmentation_schema"}
+)
 """DocumentConfig fields the extract command has no flag for: its OCR converts."""
 
 

@@ -6,10 +6,14 @@ digests, which is how a test tells its uploads apart in `Stats.submissions_by_di
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import replace
+from importlib import resources
 from typing import Any
+
+import pypdf
 
 from genai_coroutines.engine import Answered, Failed, Failure, ItemEnd
 from genai_coroutines.responses.prices import bill_of
@@ -65,6 +69,18 @@ def assemble(objects: list[bytes], extra: bytes = b"") -> bytes:
         xref,
     )
     return bytes(out)
+
+
+def bundle() -> bytes:
+    """Globex's 2-page invoice then Initech's 3-page receipt, as one 5-page PDF."""
+    writer = pypdf.PdfWriter()
+    for name in ("invoice-globex.pdf", "receipt-initech.pdf"):
+        writer.append(
+            io.BytesIO((resources.files("genai_coroutines") / "samples" / name).read_bytes())
+        )
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
 
 
 def png(*, tag: str = "") -> bytes:

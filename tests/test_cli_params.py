@@ -143,6 +143,7 @@ def test_no_flags_build_the_library_defaults(cls: type, tmp_path: Path) -> None:
 Sample = tuple[list[str], Any]
 TOOLS = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
 SCHEMA = '{"type": "object", "properties": {"total": {"type": "number"}}}'
+SEGMENTS = '{"segments": [{"name": "Invoice", "description": "a bill"}]}'
 
 
 def _tools(tmp: Path) -> Sample:
@@ -153,6 +154,11 @@ def _tools(tmp: Path) -> Sample:
 def _page_schema(tmp: Path) -> Sample:
     (tmp / "schema.json").write_text(SCHEMA)
     return ["--page-schema", str(tmp / "schema.json")], SCHEMA
+
+
+def _segmentation_schema(tmp: Path) -> Sample:
+    (tmp / "segments.json").write_text(SEGMENTS)
+    return ["--segmentation-schema", str(tmp / "segments.json")], SEGMENTS
 
 
 SAMPLES: dict[str, Sample | Callable[[Path], Sample]] = {
@@ -171,6 +177,7 @@ SAMPLES: dict[str, Sample | Callable[[Path], Sample]] = {
     "DocumentConfig.output_format": (["--output-format", "markdown"], "markdown"),
     "DocumentConfig.mode": (["--mode", "fast"], "fast"),
     "DocumentConfig.page_schema": _page_schema,
+    "DocumentConfig.segmentation_schema": _segmentation_schema,
     "DocumentConfig.page_range": (["--page-range", "0,2-4"], "0,2-4"),
     "DocumentConfig.extras": (["--extras", '{"force_ocr": true}'], '{"force_ocr": true}'),
     "DocumentConfig.webhook_url": (["--webhook-url", "https://x.test/h"], "https://x.test/h"),

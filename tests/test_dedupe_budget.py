@@ -287,3 +287,22 @@ async def test_cli_dedupe_and_max_cost(emulator: Emulator, tmp_path: Path) -> No
     records = output_lines(tmp_path / "out.jsonl")
     assert any(r.get("error_type") == "budget_exceeded" for r in records)
     assert posts(emulator) == 5 + sum(1 for r in records if r["success"])
+
+
+async def test_an_extract_budget_prices_the_parse_and_the_extraction(emulator: Emulator) -> None:
+    """/extract from a file bills the parse and the extraction (0.6 + 0.6 cents a page in
+    "accurate"): estimated at the parse alone, the second document would be sent and the
+    budget passed."""
+    config = DocumentConfig(
+        api_key="dl-emulator",
+        api_url=f"{emulator.datalab_base_url}/api/v1/extract",
+        page_schema='{"type": "object", "properties": {"title": {"type": "string"}}}',
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+    )
+    documents = [pdf(2, tag=f"doc {i}") for i in range(3)]
+    summary = BatchSummary()
+    results = await DocumentProcessor(config).process(documents, max_cost_cents=4, summary=summary)
+    assert [r["success"] for r in results] == [True, False, False]
+    assert summary.cost_cents == pytest.approx(2.4)
+    assert "spent 2.4 cents, in flight 0 cents, the next request up to 2.4" in results[1]["error"]

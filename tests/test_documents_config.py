@@ -81,6 +81,10 @@ def test_waits_accept_fractions_of_a_second() -> None:
         ("requests_per_minute", 0),
         ("max_pages_in_flight", 0),
         ("timeout_secs", 0),
+        ("segmentation_schema", "[1, 2]"),
+        ("segmentation_schema", '{"segments": []}'),
+        ("segmentation_schema", {"segments": [{"description": "no name"}]}),
+        ("presigned_upload_min_bytes", 0),
     ],
 )
 def test_bad_values_raise_value_error_naming_the_parameter(name: str, value: Any) -> None:
@@ -114,6 +118,9 @@ def test_bad_values_raise_value_error_naming_the_parameter(name: str, value: Any
         ("schema_id", 3),
         ("schema_version", "1"),
         ("additional_config", {"a": 1}),
+        ("segmentation_schema", ["Invoice"]),
+        ("segmentation_schema", {"segments": [{"name": b"bytes"}]}),
+        ("presigned_upload_min_bytes", 1.5),
     ],
 )
 def test_a_value_of_the_wrong_type_raises_type_error_naming_the_parameter(
@@ -169,3 +176,29 @@ def test_settings_fields_send_every_setting_as_form_text() -> None:
 def test_processor_needs_a_document_config() -> None:
     with pytest.raises(TypeError, match="config must be a DocumentConfig"):
         DocumentProcessor({"api_key": "k"})  # type: ignore[arg-type]
+
+
+def test_a_segmentation_schema_chooses_segment_and_is_checked_against_the_endpoint() -> None:
+    schema = {"segments": [{"name": "Invoice", "description": "a bill"}]}
+    config = DocumentConfig(api_key="k", segmentation_schema=schema)
+    assert config.url == "https://www.datalab.to/api/v1/segment"
+    assert config.segmentation_schema == '{"segments":[{"name":"Invoice","description":"a bill"}]}'
+    assert dict(settings_fields(config)) == {
+        "mode": "accurate",
+        "segmentation_schema": config.segmentation_schema,
+    }  # /segment takes no output_format
+    segment = "https://www.datalab.to/api/v1/segment"
+    with pytest.raises(ValueError, match="segmentation_schema: /segment"):
+        DocumentConfig(api_key="k", api_url=segment)
+    with pytest.raises(ValueError, match="paginate"):
+        DocumentConfig(api_key="k", api_url=segment, segmentation_schema=schema, paginate=True)
+    with pytest.raises(ValueError, match="segmentation_schema"):
+        DocumentConfig(
+            api_key="k",
+            api_url="https://www.datalab.to/api/v1/convert",
+            segmentation_schema=schema,
+        )
+    with pytest.raises(ValueError, match="segments or extracts"):
+        DocumentConfig(api_key="k", segmentation_schema=schema, page_schema='{"type": "object"}')
+    from_checkpoint = DocumentConfig(api_key="k", segmentation_schema=schema, checkpoint_id="c1")
+    assert not from_checkpoint.needs_file

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from genai_coroutines import DocumentConfig, DocumentProcessor, parse_documents
+from genai_coroutines.documents.parse import segment_pages
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from tests import samples
@@ -198,3 +199,65 @@ async def test_inputs_may_come_from_an_async_iterable(emulator: Emulator) -> Non
     assert [f"digest {digest(d)}." in text for d, text in zip(documents, texts, strict=True)] == [
         True
     ] * 5
+
+
+SECTIONS = {
+    "segments": [
+        {"name": "Invoice", "description": "an invoice"},
+        {"name": "Receipt", "description": "a receipt"},
+    ]
+}
+
+
+@pytest.mark.parametrize("named_by", ["pages", "page_range"])
+async def test_segment_results_carry_the_segments_as_datalab_names_them(
+    emulator: Emulator, named_by: str
+) -> None:
+    emulator.config.datalab_segment_pages = named_by  # type: ignore[assignment]
+    config = DocumentConfig(
+        api_key=emulator.config.datalab_api_key,
+        api_url=f"{emulator.datalab_base_url}/api/v1/segment",
+        segmentation_schema=SECTIONS,  # a dict, sent as its JSON
+        poll_interval_secs=0.01,
+    )
+    [result] = await DocumentProcessor(config).process([samples.bundle()])
+
+    assert result["success"], result["error"]
+    [sent] = accepted_forms(emulator)
+    assert sent == {
+        "mode": "accurate",
+        "segmentation_schema": json.dumps(SECTIONS, separators=(",", ":")),
+    }
+    names = [segment["name"] for segment in result["segments"]]
+    assert names == ["Invoice", "Receipt"]
+    assert {named_by} <= result["segments"][0].keys()  # as the API returned them
+    assert [segment_pages(segment) for segment in result["segments"]] == [[0, 1], [2, 3, 4]]
+    assert orjson.loads(parse_documents([result])[0])["segments"] == result["segments"]
+
+
+async def test_segment_from_a_checkpoint_reads_the_parse_again_without_parsing(
+    emulator: Emulator,
+) -> None:
+    data = samples.bundle()
+    convert = DocumentConfig(
+        api_key=emulator.config.datalab_api_key,
+        api_url=f"{emulator.datalab_base_url}/api/v1/convert",
+        save_checkpoint=True,
+        poll_interval_secs=0.01,
+    )
+    [converted] = await DocumentProcessor(convert).process([data])
+    checkpoint = orjson.loads(converted["json_response"])["checkpoint_id"]
+    segment = DocumentConfig(
+        api_key=emulator.config.datalab_api_key,
+        api_url=f"{emulator.datalab_base_url}/api/v1/segment",
+        segmentation_schema=json.dumps(SECTIONS),
+        checkpoint_id=checkpoint,
+        poll_interval_secs=0.01,
+    )
+    [result] = await DocumentProcessor(segment).process([None])
+
+    assert result["success"], result["error"]
+    assert [s["name"] for s in result["segments"]] == ["Invoice", "Receipt"]
+    assert emulator.stats.parses_by_digest == {digest(data): 1}
+    assert emulator.stats.checkpoint_reads_by_digest == {digest(data): 1}
+    assert orjson.loads(result["json_response"])["cost_breakdown"]["operations"] == {"segment": 1.0}

@@ -7,19 +7,16 @@ sees exactly what crosses the wire.
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import orjson
-import pypdf
 import pytest
 import samples
 from aiohttp import web
@@ -700,23 +697,11 @@ SECTIONS = {
 }
 
 
-def bundle() -> bytes:
-    """Globex's 2-page invoice then Initech's 3-page receipt, as one 5-page PDF."""
-    writer = pypdf.PdfWriter()
-    for name in ("invoice-globex.pdf", "receipt-initech.pdf"):
-        writer.append(
-            io.BytesIO((resources.files("genai_coroutines") / "samples" / name).read_bytes())
-        )
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
 async def test_sdk_converts_once_then_extracts_and_segments_from_the_checkpoint(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     path = tmp_path / "bundle.pdf"
-    path.write_bytes(bundle())
+    path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
     async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
         converted = await client.convert(
@@ -759,7 +744,7 @@ async def test_sdk_converts_once_then_extracts_and_segments_from_the_checkpoint(
 async def test_extract_and_segment_from_a_file_parse_and_bill_both(
     emulator: Emulator, http: aiohttp.ClientSession
 ) -> None:
-    data = bundle()
+    data = samples.bundle()
     body = form(data, page_schema=json.dumps(INVOICE))
     extracted = await finish(
         http, (await submit(http, emulator, body, "extract"))["request_check_url"]
@@ -872,7 +857,7 @@ async def test_sdk_uploads_once_then_converts_extracts_and_segments_the_referenc
     emulator: Emulator, tmp_path: Path
 ) -> None:
     path = tmp_path / "bundle.pdf"
-    path.write_bytes(bundle())
+    path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
     async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
         uploaded = await client.upload_files(path)

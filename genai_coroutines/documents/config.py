@@ -8,14 +8,15 @@ construction, because a typo found after ten thousand uploads has already been p
 rule, `validation`).
 
 Endpoints. Datalab's API reference marks `POST /api/v1/marker` deprecated in favour of
-`/api/v1/convert` (conversion) and `/api/v1/extract` (schema extraction). `api_url`
-defaults to None, "choose": a config without `page_schema` or `schema_id` goes to
-`CONVERT_URL`, one with either to `EXTRACT_URL`, so the defaults never touch the
-deprecated endpoint. An explicit `api_url` is respected (the Rust library's `/marker`
-too); its last path segment names the endpoint, and a parameter that endpoint does not accept
-(`ENDPOINT_FIELDS`) is a `ValueError` at construction. An `api_url` whose path ends in
-none of the three (a gateway, a self-hosted server) is sent every field that is set,
-unchecked, as the Rust library did. `url` is the URL actually used, `endpoint` its name.
+`/api/v1/convert` (conversion), `/api/v1/extract` (schema extraction) and `/api/v1/segment`
+(sections named by a `segmentation_schema`). `api_url` defaults to None, "choose": a config
+with `page_schema` or `schema_id` goes to `EXTRACT_URL`, one with `segmentation_schema` to
+`SEGMENT_URL`, any other to `CONVERT_URL`, so the defaults never touch the deprecated
+endpoint. An explicit `api_url` is respected (the Rust library's `/marker` too); its last
+path segment names the endpoint, and a parameter that endpoint does not accept
+(`ENDPOINT_FIELDS`) is a `ValueError` at construction. An `api_url` whose path ends in none
+of the four (a gateway, a self-hosted server) is sent every field that is set, unchecked,
+as the Rust library did. `url` is the URL actually used, `endpoint` its name.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from ..pdfpages import parse_page_range
 DATALAB_API = "https://www.datalab.to/api/v1"
 CONVERT_URL = f"{DATALAB_API}/convert"
 EXTRACT_URL = f"{DATALAB_API}/extract"
+SEGMENT_URL = f"{DATALAB_API}/segment"
+PRESIGNED_UPLOAD_MIN_BYTES = 10 * 1024 * 1024
+"""Files from this size on go through a presigned upload by default (`DocumentConfig`)."""
 OUTPUT_FORMATS = ("json", "html", "markdown", "chunks")
 MODES = ("fast", "balanced", "accurate")
 API_KEY_ENV = "DATALAB_API_KEY"
@@ -56,18 +60,21 @@ _CONVERT = _COMMON | {
 }  # fmt: skip
 ENDPOINT_FIELDS: dict[str, frozenset[str]] = {
     "convert": _CONVERT,
-    "marker": _CONVERT | {"page_schema"},
+    "marker": _CONVERT | {"page_schema", "segmentation_schema"},
     "extract": _COMMON | {"page_schema", "schema_id", "schema_version", "checkpoint_id"},
+    "segment": (_COMMON - {"output_format"}) | {"segmentation_schema", "checkpoint_id"},
 }
 """Of the form fields `DocumentConfig` has a parameter for, those each endpoint accepts
 (Datalab's API reference: `Body_convert_api_v1_convert_post`,
-`Body_extract_api_v1_extract_post`, the deprecated marker page). Each endpoint takes more
+`Body_extract_api_v1_extract_post`, `Body_segment_api_v1_segment_post`, the deprecated
+marker page). Each endpoint takes more
 (`force_new`, `include_markdown_in_chunks`, `/marker`'s `force_ocr`...): send those with
 `extras`, which is not checked against these sets."""
 
 OPTIONAL_FIELDS = (
     "skip_cache", "save_checkpoint", "checkpoint_id", "schema_id", "schema_version",
-    "add_block_ids", "token_efficient_markdown", "disable_image_captions", "additional_config",
+    "segmentation_schema", "add_block_ids", "token_efficient_markdown", "disable_image_captions",
+    "additional_config",
 )  # fmt: skip
 """The added form fields: sent only when set (True, or not None), Datalab's documented
 defaults being False/None; `extras` may set one that its parameter leaves unset."""
@@ -111,6 +118,15 @@ class DocumentConfig:
       only when set. With `checkpoint_id` an `/extract` reads a checkpoint saved by an
       earlier `/convert` (`save_checkpoint=True`, the result's `checkpoint_id`) and
       uploads nothing: each input of the batch is then `None`.
+    - `segmentation_schema` (a dict, or its JSON text: `{"segments": [{"name",
+      "description"}, ...]}`) sends each document to `/segment`, which names the pages of
+      each section; from a `checkpoint_id` too.
+    - `presigned_upload_min_bytes`: a file of at least this many bytes is PUT once to
+      Datalab's storage (`POST /api/v1/files/upload`, then its presigned URL, without the
+      key, then `.../confirm`) and submitted as its `datalab://file-N` reference, so a
+      retried or resumed submission never sends the bytes again (`presigned`). Default 10 MB:
+      Datalab's documents and SDK name no size; below it the three extra calls cost more
+      than resending the bytes would. None: always multipart.
 
     The float parameters (`poll_interval_secs`, `base_retry_delay_secs`, ...) accept
     fractions of a second. `api_key` may be omitted when DATALAB_API_KEY is set; it
@@ -169,6 +185,13 @@ class DocumentConfig:
     )
     schema_id: str | None = param(None, "/extract: a saved schema's id (not with page_schema)")
     schema_version: int | None = param(None, "/extract: the version of schema_id (default: latest)")
+    segmentation_schema: str | dict[str, Any] | None = param(
+        None,
+        'a JSON file of segments to split each document into ({"segments": [{"name", '
+        '"description"}]}): sends it to /api/v1/segment',
+        convert=read_text,
+        metavar="PATH",
+    )
     add_block_ids: bool = param(False, "data-block-id attributes in the HTML (for citations)")
     token_efficient_markdown: bool = param(False, "markdown with fewer tokens, for LLM prompts")
     disable_image_captions: bool = param(False, "no generated captions for images")
@@ -178,25 +201,33 @@ class DocumentConfig:
         "'{\"keep_spreadsheet_formatting\": true}'",
         metavar="JSON",
     )
+    presigned_upload_min_bytes: int | None = param(
+        PRESIGNED_UPLOAD_MIN_BYTES,
+        "files of at least this size are PUT once to Datalab's storage and sent by reference "
+        "(none: always multipart)",
+        metavar="BYTES",
+    )
 
     @property
     def url(self) -> str:
         """The endpoint's URL: `api_url` if given, else the one the schema fields choose."""
         if self.api_url is not None:
             return self.api_url
-        extracting = self.page_schema is not None or self.schema_id is not None
-        return EXTRACT_URL if extracting else CONVERT_URL
+        if self.page_schema is not None or self.schema_id is not None:
+            return EXTRACT_URL
+        return CONVERT_URL if self.segmentation_schema is None else SEGMENT_URL
 
     @property
     def endpoint(self) -> str | None:
-        """ "convert", "extract" or "marker" (the last segment of `url`'s path); None for a
-        URL this library does not recognise (its fields are sent unchecked)."""
+        """ "convert", "extract", "segment" or "marker" (the last segment of `url`'s path);
+        None for a URL this library does not recognise (its fields are sent unchecked)."""
         name = urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1]
         return name if name in ENDPOINT_FIELDS else None
 
     @property
     def needs_file(self) -> bool:
-        """False for an /extract from `checkpoint_id`: each input is then None, not a document."""
+        """False for an /extract or /segment from `checkpoint_id`: each input is then None,
+        not a document."""
         return self.checkpoint_id is None
 
     def __post_init__(self) -> None:
@@ -233,6 +264,13 @@ class DocumentConfig:
             check.text(name, getattr(self, name), optional=True)
         check.integer("schema_version", self.schema_version, minimum=1, optional=True)
         check.json_object("additional_config", self.additional_config, optional=True)
+        if self.segmentation_schema is not None:
+            object.__setattr__(
+                self, "segmentation_schema", _segmentation_schema(self.segmentation_schema)
+            )
+        check.integer(
+            "presigned_upload_min_bytes", self.presigned_upload_min_bytes, minimum=1, optional=True
+        )
         self._check_endpoint()
         if self.extras is not None:
             clashes = sorted(self.set_fields().keys() & self.extra_fields.keys())
@@ -248,6 +286,13 @@ class DocumentConfig:
 
     def _check_endpoint(self) -> None:
         """What the endpoint does not accept fails now, naming the parameter and endpoint."""
+        if self.segmentation_schema is not None and (
+            self.page_schema is not None or self.schema_id is not None
+        ):
+            raise ValueError(
+                "segmentation_schema and page_schema/schema_id: one job segments or extracts, "
+                "not both"
+            )
         endpoint = self.endpoint
         if endpoint is None:
             return
@@ -264,7 +309,7 @@ class DocumentConfig:
             hint = ""
             if endpoint != "extract" and {"page_schema", "schema_id"} & set(refused):
                 hint = " (leave api_url unset and a schema goes to /api/v1/extract)"
-            elif endpoint == "extract":
+            elif endpoint in ("extract", "segment"):
                 hint = " (those are /convert fields: leave api_url unset to choose it)"
             raise ValueError(
                 f"{', '.join(refused)}: not accepted by Datalab's /{endpoint} "
@@ -277,6 +322,8 @@ class DocumentConfig:
                 raise ValueError(
                     f"page_schema or schema_id: /extract ({self.url}) needs one of them"
                 )
+        if endpoint == "segment" and self.segmentation_schema is None:
+            raise ValueError(f"segmentation_schema: /segment ({self.url}) needs one")
         if self.schema_version is not None and self.schema_id is None:
             raise ValueError("schema_version needs schema_id")
 
@@ -284,6 +331,38 @@ class DocumentConfig:
     def extra_fields(self) -> dict[str, Any]:
         """The `extras` JSON object: additional form fields, sent as given."""
         return {} if self.extras is None else dict(orjson.loads(self.extras))
+
+
+def _segmentation_schema(value: object) -> str:
+    """The schema as the JSON text sent: a JSON object, whose `segments` (or `sections`, as
+    the SDK's docs spell it) is a non-empty list of objects each with a `name`."""
+    if isinstance(value, dict):
+        try:
+            value = orjson.dumps(value).decode()
+        except TypeError as exc:
+            raise TypeError(f"segmentation_schema cannot be sent as JSON: {exc}") from None
+    elif not isinstance(value, str):
+        raise TypeError(
+            f"segmentation_schema must be a dict or a JSON string, not {type(value).__name__}"
+        )
+    parsed = check.json_object("segmentation_schema", value)
+    assert parsed is not None
+    entries = parsed.get("segments", parsed.get("sections"))
+    if entries is None:
+        return value  # e.g. {"segmentation_strategy": "document_boundary"}: Datalab's to judge
+    if (
+        not isinstance(entries, list)
+        or not entries
+        or not all(
+            isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]
+            for entry in entries
+        )
+    ):
+        raise ValueError(
+            "segmentation_schema: 'segments' must be a non-empty list of objects, each with a "
+            "'name' (and a 'description')"
+        )
+    return value
 
 
 def _check_page_range(value: str) -> None:

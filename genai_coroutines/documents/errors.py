@@ -22,7 +22,6 @@ import orjson
 
 from ..engine import Failure, Reply, error_type_for, retry_after, status_is_retriable
 
-
 UNPAID = re.compile(r"subscription|credit|payment|invoice|billing|balance", re.IGNORECASE)
 """What a 403 about the account's money says (Datalab words it several ways)."""
 

@@ -4,7 +4,8 @@ One string per result, in order: `""` for a failed document, and for a payload
 whose shape is not recognised, the raw JSON, so nothing is ever lost. What is taken
 from a successful payload, first match wins:
 
-1. `extraction_schema_json` (a `page_schema` request): the extraction, a JSON string.
+1. `extraction_schema_json` (a `page_schema` request): the extraction, a JSON string;
+   `segmentation_results` (a `/segment` job): as JSON, `{"segments": [...], ...}`.
 2. `json`: the HTML of each page (`json.children[].html`), joined by newlines. marker
    writes a page's HTML as `<content-ref src=...>` placeholders for its child blocks;
    they are replaced by those blocks' HTML, so the text is there, not the template.
@@ -21,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
+
+from ..pdfpages import parse_page_range
 
 _CONTENT_REF = re.compile(r"""<content-ref\s+src=(['"])(.*?)\1\s*(?:/>|>\s*</content-ref>)""")
 
@@ -59,6 +62,38 @@ def _extraction(payload: dict[str, Any]) -> str:
     if isinstance(value, dict | list):
         return orjson.dumps(value).decode()
     return value if isinstance(value, str) else ""
+
+
+def _segmentation(payload: dict[str, Any]) -> str:
+    value = payload.get("segmentation_results")
+    return orjson.dumps(value).decode() if isinstance(value, dict | list) and value else ""
+
+
+def segments_of(payload: Mapping[str, Any]) -> list[Any] | None:
+    """The segments of a `/segment` job's payload as Datalab returns them, each naming its
+    pages as `pages` (a list, Datalab's recipe) or `page_range` (a string, the SDK's tests);
+    None when the payload has no segmentation. `segmentation_results` is an object holding
+    `segments` (the recipe, the SDK's tests) or, on the SDK's docs page, the list itself."""
+    results = payload.get("segmentation_results")
+    if isinstance(results, dict):
+        results = results.get("segments")
+    return results if isinstance(results, list) else None
+
+
+def segment_pages(segment: Mapping[str, Any]) -> list[int]:
+    """The 0-indexed pages of one segment, whichever way it names them (`pages` or
+    `page_range`, e.g. "0-2,5"); [] when it names none."""
+    pages = segment.get("pages")
+    if isinstance(pages, list):
+        return [page for page in pages if isinstance(page, int) and not isinstance(page, bool)]
+    text = segment.get("page_range")
+    if not isinstance(text, str) or not text.strip():
+        return []
+    try:
+        spans = parse_page_range(text)
+    except ValueError:
+        return []
+    return [page for start, end in spans for page in range(start, end + 1)]
 
 
 def _json_tree(payload: dict[str, Any]) -> str:
@@ -118,6 +153,7 @@ def _joined(parts: Iterable[str]) -> str:
 
 _EXTRACTORS: tuple[Callable[[dict[str, Any]], str], ...] = (
     _extraction,
+    _segmentation,
     _json_tree,
     _text_field("html"),
     _text_field("markdown"),

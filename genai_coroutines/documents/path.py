@@ -5,7 +5,7 @@ its content and the batch's form settings, holds its pages on the key's
 pages-in-flight capacity while its job runs, and ends as an outcome: `Answered` with the
 job's result (`Finished`), or `Failed` with the job's `Failure`. `render` writes it as
 the public result dict plus `index`, `request_id`, `page_count`, `attempts`,
-`error_type` and `rate_limited`.
+`error_type` and `rate_limited`, and for a `/segment` batch `segments` (`parse.segments_of`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from ..engine.telemetry import DATALAB, Identity
 from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
-from .prices import DATALAB_CENTS_PER_PAGE, cents_of, page_budget
+from .parse import segments_of
+from .prices import cents_of, list_cents_per_page, page_budget
 from .sources import Source, SourceError, Upload, as_source
 
 CHECKPOINT_UPLOAD = Upload(None, None, None)
@@ -131,6 +132,9 @@ class DocumentsPath:
             "attempts": attempts,
             "rate_limited": outcome.rate_limited,
         }
+        if self.config.segmentation_schema is not None:
+            answered = outcome.value.payload if isinstance(outcome, Answered) else None
+            result["segments"] = None if answered is None else segments_of(answered)
         if isinstance(outcome, Answered):
             cost = outcome.value.payload.get("cost_breakdown")
             result["json_response"] = outcome.value.body
@@ -241,8 +245,8 @@ def pages_budget(
     config: DocumentConfig, max_cost_cents: float, cents_per_page: float | None
 ) -> Budget[Upload]:
     """`max_cost_cents` for this config's documents: each weighed as its job will be, at
-    `cents_per_page` (default: Datalab's list price for the `mode`)."""
-    per_page = DATALAB_CENTS_PER_PAGE[config.mode] if cents_per_page is None else cents_per_page
+    `cents_per_page` (default: Datalab's list price of what its jobs do, `list_cents_per_page`)."""
+    per_page = list_cents_per_page(config) if cents_per_page is None else cents_per_page
     return page_budget(
         max_cost_cents, cents_per_page=per_page, pages=lambda upload: page_weight(upload, config)
     )

@@ -1,5 +1,6 @@
-"""What a Datalab conversion costs: the cents Datalab reports in each result's
-`cost_breakdown`, and its list price per page to estimate a document before it is sent.
+"""What a Datalab job costs: the cents Datalab reports in each result's `cost_breakdown`,
+and its list price per page, by what the job does (parse, extract, segment), to estimate a
+document before it is sent.
 
 `DatalabPrices` is the adapter's `engine.pricing.PriceModel`: the summary and the budget
 call it and hold no price.
@@ -10,19 +11,42 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..engine.budget import Budget
 from ..engine.outcome import Answered, Outcome
 from ..engine.pricing import Charges
 
+if TYPE_CHECKING:
+    from .config import DocumentConfig
+
 P = TypeVar("P")
 
 DATALAB_CENTS_PER_PAGE = {"fast": 0.4, "balanced": 0.4, "accurate": 0.6}
-"""Datalab's list price per page by `mode`, in cents, for `max_cost_cents` (Datalab
-bills per page, "rounded up to the nearest cent", and publishes its prices on its pricing
-page, which changes: pass `cents_per_page` for yours). The real `cost_breakdown` of each
-result settles the budget, so the table only decides when to stop sending."""
+"""Datalab's list price per page for parsing (OCR) by `mode`, in cents, for `max_cost_cents`
+(Datalab bills per page, "rounded up to the nearest cent", and publishes its prices on its
+pricing page, which changes: pass `cents_per_page` for yours). The real `cost_breakdown` of
+each result settles the budget, so the prices only decide when to stop sending."""
+
+EXTRACT_CENTS_PER_PAGE = 0.6
+"""Schema extraction, per page, on top of the parse: a third-party summary of Datalab's
+pricing gives $6 per 1,000 pages for "fast" extraction (not on Datalab's own pages)."""
+
+SEGMENT_CENTS_PER_PAGE = 0.2
+"""Segmentation, per page, on top of the parse: no source prices it; a guess below
+extraction, as the emulator bills it."""
+
+
+def list_cents_per_page(config: DocumentConfig) -> float:
+    """What a page of this config's jobs lists at: the parse (none for a job reading a
+    `checkpoint_id`, which "skips re-parsing"), plus extraction with a schema (`/extract`,
+    or `/marker`'s `page_schema`), plus segmentation with a `segmentation_schema`."""
+    cents = DATALAB_CENTS_PER_PAGE[config.mode] if config.needs_file else 0.0
+    if config.endpoint == "extract" or config.page_schema is not None:
+        cents += EXTRACT_CENTS_PER_PAGE
+    if config.segmentation_schema is not None:
+        cents += SEGMENT_CENTS_PER_PAGE
+    return cents
 
 
 def cents_of(cost: object) -> float | None:
