@@ -35,7 +35,7 @@ origin (`on_origin`), whoever sent it, the key never leaving for another address
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
@@ -60,6 +60,7 @@ from ..pdfpages import pages_in_range, parse_page_range
 from .config import DocumentConfig
 from .errors import http_failure, json_object
 from .form import Fields, build_form
+from .presigned import References, StoredFile
 from .sources import Upload
 
 logger = logging.getLogger("genai_coroutines.ocr")
@@ -107,6 +108,8 @@ class Batch:
     """The key's submission rate (shared by every batch on the key)."""
     pages: Capacity | None
     """The key's pages in flight (None: `max_pages_in_flight` turned off)."""
+    references: References
+    """Which documents go by presigned upload, and the endpoints that refused references."""
 
 
 def page_weight(upload: Upload, config: DocumentConfig) -> int:
@@ -141,6 +144,18 @@ class Job:
         self.weight = page_weight(upload, self.config)
         self.lease: str | None = None
         """The job's hold on the key's pages in flight, while it has one."""
+        self.stored = (
+            StoredFile(
+                batch.references,
+                upload,
+                run,
+                timeout=self.timeout,
+                api_key=self.config.api_key or "",
+            )
+            if batch.references.wanted(upload, self.config.url)
+            else None
+        )
+        """The document's presigned upload, when it is large enough for one."""
 
     @property
     def request_id(self) -> str | None:
@@ -215,13 +230,43 @@ class Job:
             )
 
     async def _submit(self) -> Submission | Failure:
+        """Submit the document: by reference when it is stored (`presigned`), else its bytes;
+        a reference refused by the endpoint (or, journaled, no longer known) is not a retry:
+        the document goes again at once, multipart (or stored afresh)."""
+        while True:
+            upload = await self._as_sent()
+            if isinstance(upload, Failure):
+                return upload
+            outcome = await self._send(upload)
+            stored = self.stored
+            if isinstance(outcome, Failure) and stored is not None and upload is not self.upload:
+                if self.batch.references.refuses(self.config.url, outcome):
+                    self.stored = None
+                    continue
+                if stored.forget(outcome):
+                    continue
+            return outcome
+
+    async def _as_sent(self) -> Upload | Failure:
+        """The document as this submission sends it: its stored reference, or itself."""
+        stored, run = self.stored, self.run_
+        if stored is None or not self.batch.references.wanted(self.upload, self.config.url):
+            return self.upload
+        if run.batch.stop.failure is not None:
+            return run.batch.stop.failure
+        reference = await stored.reference_of(run.batch.session)
+        if isinstance(reference, Failure):
+            return reference
+        return replace(self.upload, data=None, url=reference)
+
+    async def _send(self, upload: Upload) -> Submission | Failure:
         batch, stop = self.batch, self.run_.batch.stop
         if stop.failure is None:
             await batch.limiter.acquire()
         if stop.failure is not None:
             return stop.failure
         self.uploads += 1
-        form = build_form(self.upload, batch.settings)
+        form = build_form(upload, batch.settings)
         trace = self.run_.trace
         span = (
             None

@@ -40,6 +40,7 @@ from .config import DocumentConfig
 from .form import settings_fields
 from .job import Batch, Finished, Job, logger, page_weight
 from .parse import segments_of
+from .presigned import References, files_url
 from .prices import cents_of, list_cents_per_page, page_budget
 from .sources import Source, SourceError, Upload, as_source
 
@@ -232,6 +233,7 @@ def documents_path(
             max_rate_limit_wait=config.max_rate_limit_wait_secs,
         ),
         limiter=limiter,
+        references=References(config.presigned_upload_min_bytes, files_url(config.url)),
         pages=(
             None
             if config.max_pages_in_flight is None
