@@ -112,3 +112,19 @@ async def test_an_endpoint_refusing_references_is_sent_multipart_said_once(
     assert emulator.stats.storage_puts_by_digest == {digest(documents[0]): 1}
     assert not emulator.stats.references_used
     assert emulator.stats.submissions_by_digest == {digest(d): 1 for d in documents}
+
+
+async def test_a_journaled_reference_the_api_lost_is_stored_afresh_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    journal = tmp_path / "lost.journal"
+    big = large()
+    emulator.faults.schedule("marker_submit", "503")
+    await run(emulator, [big], journal=journal, max_retries=0)
+    emulator.datalab.files.files.clear()  # the stored file is gone: "File ... not found." (404)
+
+    [result] = await run(emulator, [big], journal=journal, max_retries=0)
+    assert result["success"], result["error"]
+    assert result["attempts"] == 2  # the lost reference, then the fresh one
+    assert emulator.stats.storage_puts_by_digest == {digest(big): 2}
+    assert emulator.stats.references_used == {"datalab://file-1": 1}

@@ -116,11 +116,13 @@ class StoredFile:
         self.reference: str | None = None
         self.resumed = False
         """The reference came from the journal (an earlier run stored it)."""
+        self.forgotten = False
+        """A journaled reference was lost upstream: the journal is not asked again."""
         self._digest: str | None = None
 
     async def reference_of(self, session: aiohttp.ClientSession) -> str | Failure:
         """The document's confirmed reference: journaled, known, or stored now."""
-        if self.reference is None and self.run.batch.journal is not None:
+        if self.reference is None and not self.forgotten and self.run.batch.journal is not None:
             journaled = self.run.batch.journal.stage_result(
                 self.run.index, UPLOAD_STAGE, await self._content_digest()
             )
@@ -162,7 +164,7 @@ class StoredFile:
             return False
         if reference not in failure.message:
             return False
-        self.resumed, self.reference = False, None
+        self.resumed, self.reference, self.forgotten = False, None, True
         self.file_id, self.upload_url, self.put_done = None, None, False
         return True
 
