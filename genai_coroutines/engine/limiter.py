@@ -409,6 +409,11 @@ class Capacity:
                 except asyncio.TimeoutError:
                     pass
 
+    async def hold(self, lease: str, units: int) -> None:
+        """Hold `units` under `lease` for `lease_secs` more, however many are leased (see
+        `LimitStore.hold`): what a live holder calls before its lease runs out."""
+        await self.store.hold(self.key, lease, units, self.lease_secs)
+
     async def release(self, lease: str) -> None:
         await self.store.release(self.key, lease)
         self._local()[1].set()
