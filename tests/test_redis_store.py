@@ -380,3 +380,21 @@ async def test_redis_lost_mid_batch_degrades_with_one_warning(
         assert emulator.stats.rate_limited <= 1  # at the switch (the store's was spent)
     else:  # and the pages: no job was refused for pages in flight
         assert emulator.stats.snapshot()["duplicate_submissions"] == 0
+
+
+async def test_a_reply_takes_off_what_every_client_of_the_store_has_in_transit(
+    server: RedisServer, key: str
+) -> None:
+    """Two clients of one store stand for two processes: the reply to the first one's
+    request is lowered by the takes after it of both (they had not reached the server
+    when it counted its `remaining`), not by its own client's alone."""
+    memory = MemoryStore()
+    for one, two in ((memory, memory), (RedisStore(server.url), RedisStore(server.url))):
+        await one.shape(key, "tokens", 600, 10_000)  # 10 tokens a second: no refill to speak of
+        answered = await one.take(key, [("tokens", 1_000)])
+        assert answered.ticket is not None
+        assert (await two.take(key, [("tokens", 300)])).wait == 0  # the other process
+        assert (await one.take(key, [("tokens", 200)])).wait == 0
+        await one.adjust(key, [], [("tokens", 5_000)], answered.ticket)
+        assert (await one.take(key, [("tokens", 4_490)])).wait == 0  # 5,000 - 300 - 200
+        assert (await two.take(key, [("tokens", 20)])).wait > 0.5, "the level was 4,500"
