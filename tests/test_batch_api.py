@@ -25,7 +25,7 @@ from openai.types.responses import Response
 
 from genai_coroutines import BatchAPI, BatchSummary, ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator, openai_batch
-from genai_coroutines.engine import KeyLimits, MemoryStore, RateLimiter
+from genai_coroutines.engine import KeyLimits, MemoryStore, RateLimiter, limit_key
 from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
 from genai_coroutines.responses.batch.answers import judge
@@ -360,6 +360,40 @@ async def test_an_enqueued_token_limit_failure_is_sent_again_once_a_batch_ends(
     assert failed and failed[0].errors and failed[0].errors.data
     assert failed[0].errors.data[0].code == "token_limit_exceeded"
     assert set(executions(emulator).values()) == {1}
+
+
+async def test_two_runs_on_one_limits_store_share_one_enqueued_token_allowance(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    """Two processors on one store stand for two processes: each alone would enqueue two
+    files at once, the API admits two in all, and the store's allowance holds them to
+    that (no batch is refused for its tokens). Their leases are all given back."""
+    per_item = make_request(emulator, 1)._template.estimate(prompts(1)[0])
+    limit = 25 * per_item  # two files of 10 lines fit, three do not
+    emulator.config.batch_enqueued_token_limit = limit
+    emulator.config.batch_seconds_per_line = 0.002
+    store = MemoryStore()
+    options = fast(max_requests_per_file=10, max_enqueued_tokens=limit)
+    runs = await asyncio.gather(
+        *(
+            ResponsesProcessor(limits=KeyLimits(store)).process_batch(
+                make_request(emulator, 40), batch_api=options
+            )
+            for _ in range(2)
+        )
+    )
+    assert all(run["total_success"] == 40 for run in runs)
+    refused = [
+        batch
+        for batch in await all_batches(client)
+        if batch.errors
+        and batch.errors.data
+        and batch.errors.data[0].code == "token_limit_exceeded"
+    ]
+    assert refused == [] and emulator.stats.batches_created == 8
+    endpoint = emulator.openai_base_url.rstrip("/") + "/batches"
+    key = limit_key(endpoint, emulator.config.openai_api_key, MODEL)
+    assert await store.lease(key, limit, limit, 1) is not None, "every lease was given back"
 
 
 async def test_uploads_creations_and_polls_go_through_the_retry_policy(

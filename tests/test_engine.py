@@ -343,9 +343,8 @@ async def test_a_replys_remaining_counts_the_requests_sent_before_its_own() -> N
     the ones before it reached the server first and are in its `remaining`."""
     store = MemoryStore(clock=lambda: 0.0)  # no refill while the test runs
     limiter = RateLimiter(store, "key", requests_per_minute=60_000, tokens_per_minute=600_000)
-    first = await limiter.acquire(1_000)
-    for tokens in (500, 200, 40):
-        await limiter.acquire(tokens)
+    tickets = [await limiter.acquire(tokens) for tokens in (1_000, 500, 200, 40)]
+    assert tickets[1] is not None
     await limiter.observe(
         {
             "x-ratelimit-limit-requests": "60000",
@@ -353,7 +352,7 @@ async def test_a_replys_remaining_counts_the_requests_sent_before_its_own() -> N
             "x-ratelimit-limit-tokens": "600000",
             "x-ratelimit-remaining-tokens": "8000",
         },
-        number=first + 1,  # the second request's reply: the third and fourth are in transit
+        number=tickets[1],  # the second request's reply: the third and fourth are in transit
     )
     assert store.snapshot("key") == {"requests": 996.0, "tokens": 7_760.0}
 

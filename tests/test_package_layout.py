@@ -12,21 +12,6 @@ from pathlib import Path
 import genai_coroutines
 
 ROOT = Path(genai_coroutines.__file__).parent
-KNOWN_CIRCLES = {
-    # Outside the Batch API path's slice of issue 23: reported there, to be untied.
-    frozenset({"emulator.faults", "emulator.state"}),
-    frozenset(
-        {
-            "emulator.datalab_api",
-            "emulator.openai_api",
-            "emulator.openai_background",
-            "emulator.openai_batch",
-            "emulator.openai_files",
-            "emulator.server",
-        }
-    ),
-    frozenset({"responses.request", "responses.wire"}),
-}
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
@@ -118,7 +103,7 @@ def test_deferred_imports_count_and_circles_are_found() -> None:
 
 
 def test_no_import_circle_in_the_package() -> None:
-    assert set(circles(import_graph())) <= KNOWN_CIRCLES
+    assert circles(import_graph()) == []
 
 
 def test_the_batch_api_path_is_one_subpackage_without_a_circle() -> None:

@@ -53,26 +53,28 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
     redis_store = RedisStore(server.url)
     for store in (MemoryStore(), redis_store):
         assert await store.limits(key) == {}
-        assert await store.take(key, [("requests", 5)]) == 0  # no bucket: unlimited
+        assert (await store.take(key, [("requests", 5)])).wait == 0  # no bucket: unlimited
         await store.shape(key, "requests", 600, 10)  # 10/s, 10 banked; a new bucket is full
         await store.shape(key, "tokens", 6000, 100)
         assert await store.limits(key) == {"requests": 600, "tokens": 6000}
         for _ in range(10):
-            assert await store.take(key, [("requests", 1), ("tokens", 5)]) == 0
-        wait = await store.take(key, [("requests", 1), ("tokens", 5)])  # empty: ~1/10 s
+            assert (await store.take(key, [("requests", 1), ("tokens", 5)])).wait == 0
+        wait = (await store.take(key, [("requests", 1), ("tokens", 5)])).wait  # empty: 1/10 s
         assert 0.05 < wait <= 0.1
         await store.adjust(key, [("requests", 3)])  # settle: 3 back
-        assert await store.take(key, [("requests", 3)]) == 0
+        assert (await store.take(key, [("requests", 3)])).wait == 0
         await store.adjust(key, [("tokens", 1000)])  # never above capacity
-        assert await store.take(key, [("tokens", 101)]) == 0  # above capacity: full, borrows
-        assert await store.take(key, [("tokens", 1)]) > 0.0  # and the debt is repaid first
-        await store.adjust(key, [("tokens", 1000)], [("tokens", -50)])  # given, then lowered
-        assert await store.take(key, [("tokens", 1)]) > 0.4  # ~51 / 100 per s
+        borrowed = await store.take(key, [("tokens", 101)])  # above capacity: full, borrows
+        assert borrowed.wait == 0 and borrowed.ticket is not None
+        assert (await store.take(key, [("tokens", 1)])).wait > 0.0  # and the debt is repaid first
+        # given, then lowered (nothing was taken after the borrow: nothing in transit)
+        await store.adjust(key, [("tokens", 1000)], [("tokens", -50)], borrowed.ticket)
+        assert (await store.take(key, [("tokens", 1)])).wait > 0.4  # ~51 / 100 per s
         await store.shape(key, "tokens", 12000, 200)  # a deficit is carried as time to repay
-        assert 0.45 < await store.take(key, [("tokens", 1)]) < 0.52
+        assert 0.45 < (await store.take(key, [("tokens", 1)])).wait < 0.52
         await store.pause(key, 0.5)
         await store.pause(key, 0.2)  # pauses do not stack
-        wait = await store.take(key, [("requests", 1)])
+        wait = (await store.take(key, [("requests", 1)])).wait
         assert 0.5 < wait <= 0.61  # the pause, then one request at 10/s
         lease = await store.lease(key, 3, 5, 60)
         assert lease is not None
@@ -86,6 +88,17 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
         alone = await store.lease(key, 9, 5, 60)
         assert alone is not None
         await store.release(key, alone)
+        await store.hold(key, "batch_1", 4, 60)  # held, however much else is
+        await store.hold(key, "batch_1", 3, 60)  # the same id again: replaced, not added
+        assert await store.lease(key, 3, 5, 60) is None
+        assert (two := await store.lease(key, 2, 5, 60)) is not None
+        await store.release(key, "batch_1")
+        await store.release(key, two)
+        assert await store.surcharges(key) == {}
+        assert await store.learn_surcharge(key, "text", 100) == 100
+        assert await store.learn_surcharge(key, "text", 0) == 90  # a smaller one: slowly
+        assert await store.learn_surcharge(key, "text", 200) == 200  # a larger one: at once
+        assert await store.surcharges(key) == {"text": 200}
     redis_store.close()
 
 
@@ -186,7 +199,7 @@ async def test_operations_run_on_the_server_clock(
 ) -> None:
     store = RedisStore(server.url)
     await store.shape(key, "requests", 60, 1)
-    assert await store.take(key, [("requests", 1)]) == 0
+    assert (await store.take(key, [("requests", 1)])).wait == 0
     lease = await store.lease(key, 1, 1, 30)
     seconds, micros = await raw.time()
     server_now = seconds + micros / 1e6
@@ -225,15 +238,15 @@ async def test_idle_state_expires_and_a_known_bucket_comes_back_full(
     store = RedisStore(server.url, idle_ttl=0.2)
     await store.shape(key, "requests", 60, 2)
     assert 0 < await raw.pttl(f"{key}:limits") <= 200
-    assert await store.take(key, [("requests", 2)]) == 0
+    assert (await store.take(key, [("requests", 2)])).wait == 0
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 5
     while await raw.exists(f"{key}:limits"):
         assert loop.time() < deadline
         await asyncio.sleep(0.02)
     # This process still knows the shape: the bucket is recreated full, and limits hold.
-    assert await store.take(key, [("requests", 2)]) == 0
-    assert await store.take(key, [("requests", 1)]) > 0.5
+    assert (await store.take(key, [("requests", 2)])).wait == 0
+    assert (await store.take(key, [("requests", 1)])).wait > 0.5
     store.close()
 
 
@@ -261,11 +274,13 @@ async def test_the_api_key_never_reaches_redis(
     for name in keys:
         assert name.startswith("genai-coroutines:{") and "}" in name  # a hash tag
         assert any(digest in name for digest in digests)
-        assert await raw.pttl(name) > 0  # idle state expires
-        dumped = name + repr(await raw.hgetall(name))
+        assert await raw.pttl(name) != -1  # idle state expires (-2: it has already)
+        held = await (raw.zrange(name, 0, -1) if name.endswith(":sent") else raw.hgetall(name))
+        dumped = name + repr(held)
         for secret in secrets:
             assert secret not in dumped
-    assert {name.rsplit(":", 1)[1] for name in keys} == {"limits"}  # leases: all released
+    # leases: all released; the takes in transit may have expired already
+    assert {name.rsplit(":", 1)[1] for name in keys} - {"sent"} == {"limits"}
 
 
 async def test_one_key_limits_per_store_url(
@@ -365,3 +380,21 @@ async def test_redis_lost_mid_batch_degrades_with_one_warning(
         assert emulator.stats.rate_limited <= 1  # at the switch (the store's was spent)
     else:  # and the pages: no job was refused for pages in flight
         assert emulator.stats.snapshot()["duplicate_submissions"] == 0
+
+
+async def test_a_reply_takes_off_what_every_client_of_the_store_has_in_transit(
+    server: RedisServer, key: str
+) -> None:
+    """Two clients of one store stand for two processes: the reply to the first one's
+    request is lowered by the takes after it of both (they had not reached the server
+    when it counted its `remaining`), not by its own client's alone."""
+    memory = MemoryStore()
+    for one, two in ((memory, memory), (RedisStore(server.url), RedisStore(server.url))):
+        await one.shape(key, "tokens", 600, 10_000)  # 10 tokens a second: no refill to speak of
+        answered = await one.take(key, [("tokens", 1_000)])
+        assert answered.ticket is not None
+        assert (await two.take(key, [("tokens", 300)])).wait == 0  # the other process
+        assert (await one.take(key, [("tokens", 200)])).wait == 0
+        await one.adjust(key, [], [("tokens", 5_000)], answered.ticket)
+        assert (await one.take(key, [("tokens", 4_490)])).wait == 0  # 5,000 - 300 - 200
+        assert (await two.take(key, [("tokens", 20)])).wait > 0.5, "the level was 4,500"

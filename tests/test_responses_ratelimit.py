@@ -130,7 +130,7 @@ async def test_a_pause_survives_a_lower_reported_limit_as_time_not_units() -> No
         }
     )
     assert (await store.limits("key"))["requests"] == 10000
-    wait = await store.take("key", (("requests", 1),))
+    wait = (await store.take("key", (("requests", 1),))).wait
     assert 0.2 < wait < 0.35
 
 

@@ -9,9 +9,11 @@ their figures are printed (`pytest -s` shows them), not asserted.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +21,10 @@ from typing import Any
 
 import pytest
 
+from genai_coroutines import ResponsesRequest
 from tests.samples import pdf
 from tests.scale_support import (
+    OPENAI_KEY,
     EmulatorProcess,
     RedisServer,
     emulator_process,
@@ -201,3 +205,73 @@ def test_pages_in_flight_shared_by_two_processes_are_never_exceeded(
             f"refused for pages in flight and sent again, "
             f"{sum(1 for row in rows if not row['success'])} documents failed"
         )
+
+
+def refused_for_enqueued_tokens(emulator: EmulatorProcess) -> int:
+    """Batches the emulator failed with `token_limit_exceeded` (listed like the SDK does)."""
+    request = urllib.request.Request(
+        f"{emulator.openai_base_url}/batches?limit=100",
+        headers={"Authorization": f"Bearer {OPENAI_KEY}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        batches = json.load(reply)["data"]
+    return sum(
+        1
+        for batch in batches
+        for error in ((batch.get("errors") or {}).get("data") or [])
+        if error.get("code") == "token_limit_exceeded"
+    )
+
+
+def test_two_processes_creating_batches_share_one_enqueued_token_allowance(
+    store: RedisServer, tmp_path: Path
+) -> None:
+    """Each worker alone would enqueue two files at once; the emulator admits two in all.
+    Over one store the two workers hold one allowance between them, so the API never
+    refuses a batch for its enqueued tokens (each refusal costs a retry round)."""
+    per_worker, per_file = 40, 10
+    model = "gpt-4o-mini"
+    texts = [[f"Summarise item {w}-{i:04d} of the allowance." for i in range(per_worker)]
+             for w in range(2)]  # fmt: skip
+    request = ResponsesRequest(
+        api_key=OPENAI_KEY,
+        model=model,
+        system_prompt="Be brief.",
+        user_prompts=texts[0][:1],
+        response_format={"type": "text"},
+    )
+    per_item = request._template.estimate(texts[0][0]) - request._template.max_output
+    limit = per_file * per_item * 5 // 2  # two files fit, three do not
+    flags = ["--batch-enqueued-token-limit", str(limit), "--batch-seconds-per-line", "0.005"]
+    with emulator_process(*flags, "--batch-validating-seconds", "0.02") as emulator:
+
+        def run(url: str | None, name: str) -> tuple[list[int], list[dict[str, Any]], int]:
+            emulator.reset()
+            folder = tmp_path / name
+            folder.mkdir()
+            args_of = []
+            for number in range(2):
+                prompts_file = folder / f"prompts{number}.txt"
+                prompts_file.write_text("\n".join(texts[number]) + "\n")
+                args = [
+                    "responses", str(prompts_file), "--model", model, "--system", "Be brief.",
+                    "--base-url", emulator.openai_base_url, "--batch-api",
+                    "--batch-max-requests-per-file", str(per_file),
+                    "--batch-max-enqueued-tokens", str(limit),
+                    "--batch-poll-interval", "0.02", "--retry-delay-min-ms", "20",
+                    "-o", str(folder / f"out{number}.jsonl"),
+                ]  # fmt: skip
+                if url is not None:
+                    args += ["--limits-store", url]
+                args_of.append(args)
+            codes = finish(start_workers(folder, args_of, [worker_env(), worker_env()]))
+            rows = [row for n in range(2) for row in read_jsonl(folder / f"out{n}.jsonl")]
+            return codes, rows, refused_for_enqueued_tokens(emulator)
+
+        codes, rows, refused = run(store.url, "shared")
+        assert codes == [0, 0]
+        assert len(rows) == 2 * per_worker and all(row["success"] for row in rows)
+        assert refused == 0
+
+        codes, rows, refused = run(None, "alone")
+        print(f"\n2 processes, no store (for contrast): {refused} batches refused for tokens")

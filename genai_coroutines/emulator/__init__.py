@@ -4,7 +4,8 @@ Real HTTP on 127.0.0.1 with the real wire formats, rate limits, latency and faul
 injection, so the library can be tested and demonstrated without keys or network.
 """
 
-from .faults import FAULT_ENDPOINTS, FAULT_KINDS, FaultPlan, is_fault_kind
+from .fault_kinds import FAULT_ENDPOINTS, FAULT_KINDS, is_fault_kind
+from .faults import FaultPlan
 from .server import Emulator, serve_forever
 from .state import EmulatorConfig, Stats
 

@@ -61,7 +61,7 @@ from .faults import maybe_fault
 from .state import RateWindow, digest
 
 if TYPE_CHECKING:
-    from .server import Emulator
+    from .shared import Shared
 
 SUBMIT = "marker_submit"
 POLL = "marker_poll"
@@ -74,7 +74,6 @@ FAIL_MARKER = b"%%FAIL%%"
 """An upload containing these bytes ends as a failed job."""
 
 FAILED = "Processing failed: the document could not be converted"
-UNAUTHORIZED = "Invalid API key provided. Set the X-API-Key header to your API key."
 NOT_FOUND = "Request not found. Results are deleted some time after processing completes."
 SUPPORT = "Please try again later, or reach out to support@datalab.to if you need a higher limit."
 WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10)
@@ -105,8 +104,8 @@ class Checkpoint:
 
 
 class DatalabEmulation:
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.jobs: dict[str, Job] = {}
         self._expiry: list[tuple[float, str]] = []
         """Heap of (ready_at, request_id): the oldest results are purged first."""
@@ -120,9 +119,9 @@ class DatalabEmulation:
         self.checkpoints: dict[str, Checkpoint] = {}
         self._checkpoint_expiry: list[tuple[float, str]] = []
         """Heap of (ready_at, checkpoint_id)."""
-        self.saved_schemas = SavedSchemas(emulator)
-        self.files = DatalabFiles(emulator)
-        self.credits = datalab_billing.Credits(emulator.config)
+        self.saved_schemas = SavedSchemas(shared)
+        self.files = DatalabFiles(shared)
+        self.credits = datalab_billing.Credits(shared.config)
 
     def add_routes(self, app: web.Application) -> None:
         endpoints = "|".join(datalab_form.ENDPOINTS)
@@ -160,9 +159,9 @@ class DatalabEmulation:
     # -- handlers -----------------------------------------------------------------
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
-        stats = self.emulator.stats
+        stats = self.shared.stats
         endpoint = request.match_info["endpoint"]
-        faulted = await maybe_fault(SUBMIT, request, self.emulator.faults, stats)
+        faulted = await maybe_fault(SUBMIT, request, self.shared.faults, stats)
         if faulted is not None:
             stats.log(endpoint, f"submit fault {faulted.status}")
             return faulted
@@ -172,17 +171,17 @@ class DatalabEmulation:
             stats.log(endpoint, f"submit refused {response.status}")
         else:
             stats.log(endpoint, f"submitted {request_id}")
-            lost = await maybe_fault(ACCEPTED, request, self.emulator.faults, stats)
+            lost = await maybe_fault(ACCEPTED, request, self.shared.faults, stats)
             if lost is not None:
                 stats.log(endpoint, f"answer lost {request_id}")
                 return lost
         return response
 
     async def poll(self, request: web.Request) -> web.StreamResponse:
-        stats = self.emulator.stats
+        stats = self.shared.stats
         endpoint = request.match_info["endpoint"]
         request_id = request.match_info["request_id"]
-        faulted = await maybe_fault(POLL, request, self.emulator.faults, stats)
+        faulted = await maybe_fault(POLL, request, self.shared.faults, stats)
         if faulted is not None:
             stats.log(endpoint, f"poll fault {faulted.status} {request_id}")
             return faulted
@@ -195,12 +194,12 @@ class DatalabEmulation:
 
     async def _submit(self, request: web.Request) -> tuple[web.Response, str | None]:
         """The answer to a submission, and the request id when a job was accepted."""
-        refused = self.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused, None
         endpoint = request.match_info["endpoint"]
         path = f"/api/v1/{endpoint}"
-        config = self.emulator.config
+        config = self.shared.config
         wait = self._rpm_wait()
         if wait:
             detail = (
@@ -216,7 +215,7 @@ class DatalabEmulation:
             "form": datalab_form.wire_fields(form),
             "ignored": datalab_form.ignored_fields(form, endpoint),
         }
-        self.emulator.stats.remember(seen)
+        self.shared.stats.remember(seen)
         lost: str | None = None
         try:
             options, upload = datalab_form.parse(form, endpoint)
@@ -256,7 +255,7 @@ class DatalabEmulation:
 
         request_id, job = self._accept(request, path, options, content, upload, now, lost, cents)
         seen["status"] = 200
-        stats = self.emulator.stats
+        stats = self.shared.stats
         stats.submissions_by_digest[key] += 1
         stats.submissions_by_endpoint.setdefault(endpoint, Counter())[key] += 1
         if upload is not None and upload.file_url is not None and upload.data is not None:
@@ -275,7 +274,7 @@ class DatalabEmulation:
         references answers as for any URL it cannot fetch); other uploads as they are."""
         if not datalab_form.is_reference(upload.file_url):
             return upload
-        if endpoint in self.emulator.config.datalab_refuse_references:
+        if endpoint in self.shared.config.datalab_refuse_references:
             raise datalab_form.FormError(400, datalab_form.NOT_HTTP)
         return self.files.resolve(str(upload.file_url))
 
@@ -295,7 +294,7 @@ class DatalabEmulation:
             f"Checkpoint {checkpoint_id!r} not found. Checkpoints are deleted some time after "
             "they are saved; convert the document again with save_checkpoint=true."
         )
-        if self.emulator.config.datalab_lost_checkpoint != "failed":
+        if self.shared.config.datalab_lost_checkpoint != "failed":
             raise datalab_form.FormError(404, lost)
         nothing = datalab_render.Content(checkpoint_id, key, 0, (), ())
         return key, nothing, lost
@@ -316,10 +315,10 @@ class DatalabEmulation:
         pages = len(content.pages)
         error = lost or self._refusal(options, content.total_pages, pages)
         ready_at = now
-        stats = self.emulator.stats
+        stats = self.shared.stats
         if error is None:  # it gets processed, even if only to fail
             error = self._failure(upload.data if upload is not None else None)
-            ready_at = now + self.emulator.config.seconds_per_page * pages
+            ready_at = now + self.shared.config.seconds_per_page * pages
             heapq.heappush(self._running, (ready_at, pages))
             self._pages_in_flight += pages
             stats.pages_processed += pages
@@ -332,7 +331,7 @@ class DatalabEmulation:
             stats.cents_billed[options.endpoint] += sum(cents.values())
 
         request_id = secrets.token_urlsafe(16)
-        origin = self.emulator.config.datalab_check_origin or f"{request.scheme}://{request.host}"
+        origin = self.shared.config.datalab_check_origin or f"{request.scheme}://{request.host}"
         job = Job(
             base=self._base(f"{origin}{path}"),
             options=options,
@@ -348,7 +347,7 @@ class DatalabEmulation:
             heapq.heappush(self._checkpoint_expiry, (ready_at, job.checkpoint_id))
         self.jobs[request_id] = job
         heapq.heappush(self._expiry, (ready_at, request_id))
-        if options.webhook_url is not None and self.emulator.config.webhooks:
+        if options.webhook_url is not None and self.shared.config.webhooks:
             task = asyncio.create_task(self._notify(request_id, job, options.webhook_url))
             self._webhooks.add(task)
             task.add_done_callback(self._webhooks.discard)
@@ -360,7 +359,7 @@ class DatalabEmulation:
             return (
                 f"page_range {options.page_range!r} selects none of the document's {total} pages."
             )
-        limit = self.emulator.config.datalab_max_pages_in_flight
+        limit = self.shared.config.datalab_max_pages_in_flight
         if limit is not None and self._pages_in_flight + pages > limit:
             return (
                 f"Page rate limit exceeded. Your team has {self._pages_in_flight} pages in flight "
@@ -374,8 +373,8 @@ class DatalabEmulation:
         """Why processing fails: the upload asks for it, or the seeded dice say so."""
         if data is not None and FAIL_MARKER in data:
             return f"{FAILED} (emulated: %%FAIL%% in the upload)."
-        rate = self.emulator.config.failed_job_rate
-        if rate > 0 and self.emulator.rng.random() < rate:
+        rate = self.shared.config.failed_job_rate
+        if rate > 0 and self.shared.rng.random() < rate:
             return f"{FAILED} (emulated: failed_job_rate)."
         return None
 
@@ -387,10 +386,10 @@ class DatalabEmulation:
 
     def _poll(self, request: web.Request) -> tuple[web.Response, str]:
         """The answer to a poll, and what it said (for `Stats.events`)."""
-        refused = self.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused, "401"
-        if self.emulator.config.datalab_polls_need_credits and self.credits.exhausted:
+        if self.shared.config.datalab_polls_need_credits and self.credits.exhausted:
             return reply(403, {"detail": datalab_billing.NO_CREDITS}), "403"
         now = asyncio.get_running_loop().time()
         self._purge(now)
@@ -406,22 +405,16 @@ class DatalabEmulation:
             job.content,
             runtime=job.ready_at - job.submitted_at,
             cost_breakdown=datalab_billing.cost_breakdown(job.cents),
-            segment_pages=self.emulator.config.datalab_segment_pages,
+            segment_pages=self.shared.config.datalab_segment_pages,
             checkpoint_id=job.checkpoint_id,
         )
         return reply(200, payload), "complete"
 
     # -- bookkeeping --------------------------------------------------------------
 
-    def unauthorized(self, request: web.Request) -> web.Response | None:
-        """Datalab's 401, unless the request carries the key (every API path but storage)."""
-        if request.headers.get("X-API-Key") == self.emulator.config.datalab_api_key:
-            return None
-        return reply(401, {"detail": UNAUTHORIZED})
-
     def _rpm_wait(self) -> float:
         """Seconds until the submission RPM allows one more request; 0 takes it now."""
-        config = self.emulator.config
+        config = self.shared.config
         if config.datalab_rpm is None:
             self._rpm = None
             return 0.0
@@ -439,11 +432,11 @@ class DatalabEmulation:
     def _purge(self, now: float) -> None:
         """Drop results older than `result_ttl`, checkpoints older than
         `datalab_checkpoint_ttl`; lazily, on each request."""
-        ttl = self.emulator.config.result_ttl
+        ttl = self.shared.config.result_ttl
         while self._expiry and self._expiry[0][0] + ttl < now:
             _, request_id = heapq.heappop(self._expiry)
             self.jobs.pop(request_id, None)
-        ttl = self.emulator.config.datalab_checkpoint_ttl
+        ttl = self.shared.config.datalab_checkpoint_ttl
         while self._checkpoint_expiry and self._checkpoint_expiry[0][0] + ttl < now:
             _, checkpoint_id = heapq.heappop(self._checkpoint_expiry)
             self.checkpoints.pop(checkpoint_id, None)
@@ -463,7 +456,7 @@ class DatalabEmulation:
                 await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return
-        self.emulator.stats.webhooks_sent += 1
+        self.shared.stats.webhooks_sent += 1
 
 
 def _too_many(detail: str, wait: float) -> web.Response:

@@ -41,7 +41,7 @@ from .faults import maybe_fault
 from .state import digest
 
 if TYPE_CHECKING:
-    from .server import Emulator
+    from .shared import Shared
 
 FILES = "datalab_files"
 STORAGE = "storage_put"
@@ -86,8 +86,8 @@ class StoredFile:
 class DatalabFiles:
     """The stored files of one emulator, and the handlers of the file API and the storage."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.files: dict[int, StoredFile] = {}
         self._by_key: dict[str, StoredFile] = {}
         self._secret = secrets.token_bytes(16)
@@ -122,10 +122,10 @@ class DatalabFiles:
     # -- the file API (with the key) ------------------------------------------------------
 
     async def request_upload(self, request: web.Request) -> web.StreamResponse:
-        faulted = await maybe_fault(FILES, request, self.emulator.faults, self.emulator.stats)
+        faulted = await maybe_fault(FILES, request, self.shared.faults, self.shared.stats)
         if faulted is not None:
             return faulted
-        refused = self.emulator.datalab.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused
         try:
@@ -147,21 +147,21 @@ class DatalabFiles:
         )
         self.files[number] = stored
         self._by_key[stored.key] = stored
-        ttl = self.emulator.config.datalab_upload_url_ttl
+        ttl = self.shared.config.datalab_upload_url_ttl
         answer = {
             "file_id": number,
             "upload_url": self._upload_url(request, stored, ttl),
             "reference": stored.reference,
             "expires_in": math.ceil(ttl),
         }
-        self.emulator.stats.log("files", f"upload url {stored.reference}")
+        self.shared.stats.log("files", f"upload url {stored.reference}")
         return reply(200, answer)
 
     async def confirm(self, request: web.Request) -> web.StreamResponse:
-        faulted = await maybe_fault(FILES, request, self.emulator.faults, self.emulator.stats)
+        faulted = await maybe_fault(FILES, request, self.shared.faults, self.shared.stats)
         if faulted is not None:
             return faulted
-        refused = self.emulator.datalab.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused
         stored = self.files.get(int(request.match_info["file_id"]))
@@ -171,11 +171,11 @@ class DatalabFiles:
             detail = "File not found in storage. PUT it to its upload_url before confirming."
             return reply(400, {"detail": detail})
         stored.status = "completed"
-        self.emulator.stats.log("files", f"confirmed {stored.reference}")
+        self.shared.stats.log("files", f"confirmed {stored.reference}")
         return reply(200, {"success": True, **stored.metadata(), "message": "Upload confirmed."})
 
     async def metadata(self, request: web.Request) -> web.StreamResponse:
-        refused = self.emulator.datalab.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused
         stored = self.files.get(int(request.match_info["file_id"]))
@@ -186,10 +186,10 @@ class DatalabFiles:
     # -- the storage (no key) -------------------------------------------------------------
 
     async def put(self, request: web.Request) -> web.StreamResponse:
-        stats = self.emulator.stats
+        stats = self.shared.stats
         if any(name in request.headers for name in LEAKED_HEADERS):
             stats.storage_key_leaks += 1
-        faulted = await maybe_fault(STORAGE, request, self.emulator.faults, stats)
+        faulted = await maybe_fault(STORAGE, request, self.shared.faults, stats)
         if faulted is not None:
             return faulted
         stored = self._by_key.get(request.match_info["key"])
@@ -202,7 +202,7 @@ class DatalabFiles:
                 "provided. Check your secret access key and signing method.",
             )
         now = asyncio.get_running_loop().time()
-        if now > stored.issued_at + self.emulator.config.datalab_upload_url_ttl:
+        if now > stored.issued_at + self.shared.config.datalab_upload_url_ttl:
             stats.count(STORAGE, 403)
             stats.log("storage", f"expired {stored.reference}")
             return _s3_error("AccessDenied", "Request has expired")

@@ -87,6 +87,7 @@ _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 
 _LOOPBACK_NAMES = frozenset({"localhost"})
 
+UNAUTHORIZED = "Invalid API key provided. Set the X-API-Key header to your API key."
 NOT_HTTP = "file_url must be an http or https URL."
 """The answer to a `file_url` the endpoint cannot fetch (also a refused `datalab://`)."""
 
@@ -153,6 +154,13 @@ class Upload:
     file_url: str | None
     filename: str | None
     content_type: str | None
+
+
+def unauthorized(request: web.Request, key: str) -> web.Response | None:
+    """Datalab's 401, unless the request carries `key` (every API path but storage)."""
+    if request.headers.get("X-API-Key") == key:
+        return None
+    return reply(401, {"detail": UNAUTHORIZED})
 
 
 def reply(status: int, body: Any, headers: dict[str, str] | None = None) -> web.Response:

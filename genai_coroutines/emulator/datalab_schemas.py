@@ -20,7 +20,7 @@ from . import datalab_form
 from .datalab_form import reply
 
 if TYPE_CHECKING:
-    from .server import Emulator
+    from .shared import Shared
 
 
 @dataclass(slots=True)
@@ -51,8 +51,8 @@ class SavedSchema:
 class SavedSchemas:
     """The schemas saved on one emulator, and their two routes."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self.schemas: dict[str, SavedSchema] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -86,7 +86,7 @@ class SavedSchemas:
         return dataclasses.replace(options, page_schema=saved.versions[version - 1])
 
     async def create_schema(self, request: web.Request) -> web.Response:
-        refused = self.emulator.datalab.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused
         try:
@@ -102,7 +102,7 @@ class SavedSchemas:
         return reply(200, self.schemas[schema_id].body(len(self.schemas)))
 
     async def get_schema(self, request: web.Request) -> web.Response:
-        refused = self.emulator.datalab.unauthorized(request)
+        refused = datalab_form.unauthorized(request, self.shared.config.datalab_api_key)
         if refused is not None:
             return refused
         schema_id = request.match_info["schema_id"]

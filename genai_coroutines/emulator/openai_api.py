@@ -58,7 +58,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .faults import BROKEN_STREAMS, inject
+from .fault_kinds import BROKEN_STREAMS
+from .faults import inject
 from .openai_background import BackgroundResponses
 from .openai_batch import BatchEmulation
 from .openai_files import FilesEmulation
@@ -76,7 +77,7 @@ from .prompt_cache import PromptCache
 from .state import RateWindow, digest, go_duration
 
 if TYPE_CHECKING:
-    from .server import Emulator
+    from .shared import Shared
 
 __all__ = ["OpenAIEmulation", "mask_key", "new_id", "response_object"]
 
@@ -120,16 +121,16 @@ class OpenAIEmulation:
     """The OpenAI side of one `Emulator`: `/v1/responses` with its rate windows and stored ids,
     and the asynchronous paths (background responses, files, batches) built on it."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self._windows: dict[str, tuple[tuple[int, float], RateWindow]] = {}
         self._stored: OrderedDict[str, int] = OrderedDict()
         """Response id -> its context tokens (input + output), oldest first."""
-        self._flex_rng = random.Random(f"flex-{emulator.config.seed}")
+        self._flex_rng = random.Random(f"flex-{shared.config.seed}")
         self.background = BackgroundResponses(self)
         self.files = FilesEmulation(self)
-        self.batches = BatchEmulation(self)
-        self.prompt_cache = PromptCache(emulator)
+        self.batches = BatchEmulation(self, self.files)
+        self.prompt_cache = PromptCache(shared)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/responses", self.create_response)
@@ -154,19 +155,19 @@ class OpenAIEmulation:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        stats = self.emulator.stats
+        stats = self.shared.stats
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
         seen = body if body is not None else raw.decode(errors="replace")
         peer = request.transport.get_extra_info("peername") if request.transport else None
         stats.remember({"endpoint": ENDPOINT, "body": seen, "headers": headers, "peer": peer})
         fields = body if isinstance(body, dict) else {}
         stats.log(ENDPOINT, f"request {digest(orjson.dumps(fields.get('input')))}")
-        fault = self.emulator.faults.pick(
+        fault = self.shared.faults.pick(
             ENDPOINT,
             streaming=fields.get("stream") is True,
             text="\n".join(message_texts(fields.get("input"))),
         )
-        faulted = await inject(fault, ENDPOINT, request, self.emulator.config, stats)
+        faulted = await inject(fault, ENDPOINT, request, self.shared.config, stats)
         if faulted is not None:
             return faulted
         try:
@@ -183,9 +184,9 @@ class OpenAIEmulation:
         if body is None:
             raise ApiError(400, JSON_BODY_ERROR)
         if isinstance(body, dict):
-            self.emulator.stats.responses_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+            self.shared.stats.responses_by_digest[digest(orjson.dumps(body.get("input")))] += 1
         self.check(body)
-        config = self.emulator.config
+        config = self.shared.config
         if config.insufficient_quota:
             raise ApiError(429, QUOTA, type="insufficient_quota", code="insufficient_quota")
         self._check_flex(body)
@@ -197,8 +198,8 @@ class OpenAIEmulation:
         result = self.produce(body)
         self.settle(cost, result)
         if fault not in BROKEN_STREAMS:
-            self.emulator.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
-            self.emulator.stats.bill(result["usage"])
+            self.shared.stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
+            self.shared.stats.bill(result["usage"])
         if body.get("stream"):
             return await self._stream(request, result, started, fault)
         return self._json(200, result, started)
@@ -236,26 +237,26 @@ class OpenAIEmulation:
 
     async def think(self) -> None:
         """The model's lognormal latency around `EmulatorConfig.latency` (nothing when 0)."""
-        latency = self.emulator.config.latency
+        latency = self.shared.config.latency
         if latency > 0:
-            await asyncio.sleep(self.emulator.rng.lognormvariate(math.log(latency), LATENCY_SIGMA))
+            await asyncio.sleep(self.shared.rng.lognormvariate(math.log(latency), LATENCY_SIGMA))
 
     def settle(self, cost: int, result: dict[str, Any] | None) -> None:
         """Correct an admission charge of `cost` tokens to what `result` used (None: nothing),
         under `token_accounting="settle"`; "provider" accounting never corrects."""
         tokens = self._window("tokens")
-        if tokens is None or self.emulator.config.token_accounting == "provider":
+        if tokens is None or self.shared.config.token_accounting == "provider":
             return
         used = 0 if result is None else (result.get("usage") or {}).get("total_tokens", 0)
         tokens.give_back(cost - used)
-        self.emulator.stats.tokens_charged -= cost - used
+        self.shared.stats.tokens_charged -= cost - used
 
     def authenticate(self, authorization: str) -> None:
         scheme, _, key = authorization.partition(" ")
         key = key.strip()
         if scheme.lower() != "bearer" or not key:
             raise ApiError(401, NO_KEY, param=None, code=None)
-        if not secrets.compare_digest(key, self.emulator.config.openai_api_key):
+        if not secrets.compare_digest(key, self.shared.config.openai_api_key):
             raise ApiError(
                 401,
                 f"Incorrect API key provided: {mask_key(key)}. You can find your API key at "
@@ -273,9 +274,9 @@ class OpenAIEmulation:
         then `handler`; an `ApiError` it raises is sent in OpenAI's envelope. Counted under
         `endpoint` in `Stats.requests`."""
         started = time.monotonic()
-        stats = self.emulator.stats
-        fault = self.emulator.faults.pick(endpoint)
-        faulted = await inject(fault, endpoint, request, self.emulator.config, stats)
+        stats = self.shared.stats
+        fault = self.shared.faults.pick(endpoint)
+        faulted = await inject(fault, endpoint, request, self.shared.config, stats)
         if faulted is not None:
             return faulted
         try:
@@ -298,22 +299,22 @@ class OpenAIEmulation:
     def token_cost(self, body: dict[str, Any]) -> int:
         """What the TPM bucket is charged: estimated input plus the output allowance."""
         allowance = body.get("max_output_tokens")
-        default = self.emulator.config.default_output_tokens
+        default = self.shared.config.default_output_tokens
         return input_tokens(body) + (default if allowance is None else allowance)
 
     def _check_flex(self, body: dict[str, Any]) -> None:
         """Refuse a flex request for lack of capacity at `flex_unavailable_rate` (no quota used)."""
         if body.get("service_tier") != "flex":
             return
-        if self._flex_rng.random() < self.emulator.config.flex_unavailable_rate:
-            self.emulator.stats.flex_unavailable += 1
+        if self._flex_rng.random() < self.shared.config.flex_unavailable_rate:
+            self.shared.stats.flex_unavailable += 1
             raise ApiError(
                 429, FLEX_UNAVAILABLE, type="resource_unavailable", code="resource_unavailable"
             )
 
     def _window(self, kind: str) -> RateWindow | None:
         """The bucket for "requests" or "tokens", rebuilt whenever the config changed."""
-        config = self.emulator.config
+        config = self.shared.config
         per_minute = config.openai_rpm if kind == "requests" else config.openai_tpm
         if per_minute is None:
             self._windows.pop(kind, None)
@@ -329,7 +330,7 @@ class OpenAIEmulation:
         """Take one request and `cost` tokens, or raise the 429 OpenAI would send. Under
         "provider" accounting a refused request still takes its one from the RPM bucket."""
         requests, tokens = self._window("requests"), self._window("tokens")
-        provider = self.emulator.config.token_accounting == "provider"
+        provider = self.shared.config.token_accounting == "provider"
         where = f"for {model} in organization {ORGANIZATION}"
         if tokens is not None and cost > tokens.per_minute:
             if provider and requests is not None:
@@ -363,7 +364,7 @@ class OpenAIEmulation:
                     retry_after=wait,
                 )
 
-        self.emulator.stats.tokens_charged += cost
+        self.shared.stats.tokens_charged += cost
 
     def _base_headers(self, started: float) -> dict[str, str]:
         return {
@@ -406,12 +407,12 @@ class OpenAIEmulation:
         self, request: web.Request, response: dict[str, Any], started: float, fault: str | None
     ) -> web.StreamResponse:
         """Send `response` as the real SSE sequence, pausing `stream_chunk_delay` after deltas,
-        or as a stream `fault` (see `faults.FAULT_KINDS`) breaks or reframes it."""
+        or as a stream `fault` (see `fault_kinds.FAULT_KINDS`) breaks or reframes it."""
         stream = web.StreamResponse(status=200, headers=self._headers(started))
         stream.content_type = "text/event-stream"
         stream.headers["Cache-Control"] = "no-cache"
         await stream.prepare(request)
-        config = self.emulator.config
+        config = self.shared.config
         reframed = fault == "stream-reframed"
         events = (
             broken_events(response, fault, config.fault_error_code)

@@ -40,7 +40,7 @@ from .openai_validate import ApiError
 from .state import digest
 
 if TYPE_CHECKING:
-    from .openai_api import OpenAIEmulation
+    from .openai_host import ResponsesHost
 
 POLL_ENDPOINT = "responses_poll"
 CANCEL_ENDPOINT = "responses_cancel"
@@ -68,10 +68,10 @@ def not_found(response_id: str) -> ApiError:
 class BackgroundResponses:
     """The stored responses of one emulator and the tasks that finish background ones."""
 
-    def __init__(self, api: OpenAIEmulation) -> None:
+    def __init__(self, api: ResponsesHost) -> None:
         self.api = api
         self._kept: OrderedDict[str, Stored] = OrderedDict()
-        self._rng = random.Random(f"background-{api.emulator.config.seed}")
+        self._rng = random.Random(f"background-{api.shared.config.seed}")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/responses/{response_id}", self.retrieve)
@@ -100,7 +100,7 @@ class BackgroundResponses:
         kept = self._kept.get(response_id)
         if kept is None:
             return None
-        if time.monotonic() - kept.created > self.api.emulator.config.stored_response_ttl:
+        if time.monotonic() - kept.created > self.api.shared.config.stored_response_ttl:
             del self._kept[response_id]
             if kept.task is not None:
                 kept.task.cancel()
@@ -118,7 +118,7 @@ class BackgroundResponses:
         return queued
 
     async def _run(self, body: dict[str, Any], kept: Stored) -> None:
-        config = self.api.emulator.config
+        config = self.api.shared.config
         await asyncio.sleep(config.background_queue_seconds)
         kept.body = {**kept.body, "status": "in_progress"}
         await self.api.think()
@@ -132,7 +132,7 @@ class BackgroundResponses:
         else:
             result = self.api.produce(body, response_id)
             self.api.settle(kept.cost, result)
-            stats = self.api.emulator.stats
+            stats = self.api.shared.stats
             stats.completed_by_digest[digest(orjson.dumps(body.get("input")))] += 1
             stats.bill(result["usage"])
         kept.task = None

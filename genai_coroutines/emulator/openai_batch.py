@@ -41,7 +41,7 @@ validation errors are the emulator's own unless noted):
   cancelled it answers the batch again. Cancelled batches keep the lines that ran (output
   and error files); lines that never ran appear in neither.
 - Faults: `batches_create`, `batches_poll` (retrieve and list), `batches_cancel`, and
-  `batch_lines` (`faults.LINE_FAULTS`), which spoils the output of a line that ran:
+  `batch_lines` (`fault_kinds.LINE_FAULTS`), which spoils the output of a line that ran:
   copies under odd custom_ids, the line cut in half, a 200 whose body is no response, or
   no line at all.
 """
@@ -58,12 +58,13 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .faults import LINE_ENDPOINT
+from .fault_kinds import LINE_ENDPOINT
 from .openai_output import input_tokens
 from .openai_validate import JSON_BODY_ERROR, ApiError, invalid_type, invalid_value, missing
 
 if TYPE_CHECKING:
-    from .openai_api import OpenAIEmulation
+    from .openai_files import FilesEmulation
+    from .openai_host import ResponsesHost
 
 CREATE_ENDPOINT = "batches_create"
 POLL_ENDPOINT = "batches_poll"
@@ -122,7 +123,7 @@ digits than Python's `int()` takes."""
 
 def _spoiled(raw: bytes, fault: str | None) -> list[bytes]:
     """What is written of an output line `raw` under a `batch_lines` fault (see
-    `faults.LINE_FAULTS`; `line-body-not-json` is applied before the line is made)."""
+    `fault_kinds.LINE_FAULTS`; `line-body-not-json` is applied before the line is made)."""
     if fault == "line-missing":
         return []
     if fault == "line-not-json":
@@ -300,10 +301,11 @@ def _line_problem(raw: bytes, number: int, endpoint: str, seen: set[str]) -> Lin
 class BatchEmulation:
     """The batches of one emulator and the tasks that run them."""
 
-    def __init__(self, api: OpenAIEmulation) -> None:
+    def __init__(self, api: ResponsesHost, files: FilesEmulation) -> None:
         self.api = api
+        self.files = files
         self.batches: dict[str, Batch] = {}
-        self._rng = random.Random(f"batch-{api.emulator.config.seed}")
+        self._rng = random.Random(f"batch-{api.shared.config.seed}")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/batches", self.create)
@@ -337,7 +339,7 @@ class BatchEmulation:
                 raise ApiError(400, JSON_BODY_ERROR)
             batch = self._new_batch(body)
             self.batches[batch.id] = batch
-            self.api.emulator.stats.batches_created += 1
+            self.api.shared.stats.batches_created += 1
             batch.task = asyncio.get_running_loop().create_task(self._run(batch))
             return self.api.plain_json(200, batch.object(), started)
 
@@ -379,7 +381,7 @@ class BatchEmulation:
                 param="metadata",
                 code="object_above_max_properties",
             )
-        stored = self.api.files.get(body["input_file_id"], "input_file_id")
+        stored = self.files.get(body["input_file_id"], "input_file_id")
         if stored.purpose != "batch":
             raise ApiError(
                 400,
@@ -463,7 +465,7 @@ class BatchEmulation:
             pass
 
     async def _run(self, batch: Batch) -> None:
-        config = self.api.emulator.config
+        config = self.api.shared.config
         try:
             await self._pause(batch, config.batch_validating_seconds)
             if batch.cancel_requested.is_set():
@@ -497,8 +499,8 @@ class BatchEmulation:
     def _validate(self, batch: Batch) -> list[Line] | None:
         """The batch's lines once its file validates and its tokens fit the enqueued limit;
         else None, with the batch `failed`."""
-        config = self.api.emulator.config
-        data = self.api.files.files[batch.input_file_id].data
+        config = self.api.shared.config
+        data = self.files.files[batch.input_file_id].data
         errors: list[dict[str, Any]] = []
         lines: list[Line] = []
         if len(data) > config.batch_max_bytes:
@@ -535,7 +537,7 @@ class BatchEmulation:
 
     def _enqueue(self, batch: Batch, tokens: int) -> list[dict[str, Any]]:
         """Enqueue the batch's tokens, or the `token_limit_exceeded` error when they do not fit."""
-        limit = self.api.emulator.config.batch_enqueued_token_limit
+        limit = self.api.shared.config.batch_enqueued_token_limit
         enqueued = sum(
             other.enqueued_tokens for other in self.batches.values() if other.model == batch.model
         )
@@ -556,7 +558,7 @@ class BatchEmulation:
         self, batch: Batch, lines: list[Line], outputs: list[bytes], failures: list[bytes]
     ) -> int:
         """Run lines until done, cancelled or expired; returns how many ran."""
-        config = self.api.emulator.config
+        config = self.api.shared.config
         started = time.monotonic()
         executed = 0
         for line in lines:
@@ -579,11 +581,11 @@ class BatchEmulation:
     ) -> None:
         """Answer one line as `POST /v1/responses` would (with no rate limit), or fail it;
         a `batch_lines` fault then spoils what is written of it."""
-        self.api.emulator.stats.batch_executions_by_custom_id[line.custom_id] += 1
-        fault = self.api.emulator.faults.pick(LINE_ENDPOINT)
+        self.api.shared.stats.batch_executions_by_custom_id[line.custom_id] += 1
+        fault = self.api.shared.faults.pick(LINE_ENDPOINT)
         if fault is not None:
-            self.api.emulator.stats.faults[f"{LINE_ENDPOINT} {fault}"] += 1
-        if self._rng.random() < self.api.emulator.config.batch_line_failure_rate:
+            self.api.shared.stats.faults[f"{LINE_ENDPOINT} {fault}"] += 1
+        if self._rng.random() < self.api.shared.config.batch_line_failure_rate:
             failures.extend(_spoiled(self._output_line(line, 500, SERVER_ERROR), fault))
             batch.counts["failed"] += 1
             return
@@ -598,7 +600,7 @@ class BatchEmulation:
         outputs.extend(_spoiled(self._output_line(line, 200, answered), fault))
         batch.counts["completed"] += 1
         used, total = result["usage"], batch.usage
-        self.api.emulator.stats.bill(used)
+        self.api.shared.stats.bill(used)
         total["input_tokens"] += used["input_tokens"]
         total["input_tokens_details"]["cached_tokens"] += used["input_tokens_details"][
             "cached_tokens"
@@ -631,7 +633,7 @@ class BatchEmulation:
         )
 
     def _write_files(self, batch: Batch, outputs: list[bytes], failures: list[bytes]) -> None:
-        files = self.api.files
+        files = self.files
         if outputs:
             data = b"\n".join(outputs) + b"\n"
             batch.output_file_id = files.add(f"{batch.id}_output.jsonl", "batch_output", data).id
@@ -642,6 +644,6 @@ class BatchEmulation:
     async def _end_cancelled(
         self, batch: Batch, outputs: list[bytes], failures: list[bytes]
     ) -> None:
-        await asyncio.sleep(self.api.emulator.config.batch_cancelling_seconds)
+        await asyncio.sleep(self.api.shared.config.batch_cancelling_seconds)
         self._write_files(batch, outputs, failures)
         batch.enter("cancelled")

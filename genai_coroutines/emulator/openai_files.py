@@ -25,7 +25,7 @@ from aiohttp import BodyPartReader, web
 from .openai_validate import ApiError, invalid_value, missing
 
 if TYPE_CHECKING:
-    from .openai_api import OpenAIEmulation
+    from .openai_host import ResponsesHost
 
 UPLOAD_ENDPOINT = "files_upload"
 READ_ENDPOINT = "files_read"
@@ -75,7 +75,7 @@ def no_such_file(identifier: str, param: str = "id") -> ApiError:
 class FilesEmulation:
     """The files one emulator holds: uploaded ones and the batches' output and error files."""
 
-    def __init__(self, api: OpenAIEmulation) -> None:
+    def __init__(self, api: ResponsesHost) -> None:
         self.api = api
         self.files: dict[str, StoredFile] = {}
 
@@ -115,7 +115,7 @@ class FilesEmulation:
             if purpose == "batch" and not filename.endswith(".jsonl"):
                 raise ApiError(400, NOT_JSONL)
             stored = self.add(filename, purpose, data)
-            self.api.emulator.stats.files_uploaded += 1
+            self.api.shared.stats.files_uploaded += 1
             return self.api.plain_json(200, stored.object(), started)
 
         return await self.api.guarded(UPLOAD_ENDPOINT, request, handler)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .openai_output import CHARS_PER_TOKEN, prompt_text
 
 if TYPE_CHECKING:
-    from .server import Emulator
+    from .shared import Shared
 
 MIN_CACHED_TOKENS = 1024
 """The shortest prompt the cache serves (OpenAI: "prompts of 1024 tokens or longer")."""
@@ -69,8 +69,8 @@ def block_hashes(text: str) -> list[bytes]:
 class PromptCache:
     """The prompt cache machines of one emulator."""
 
-    def __init__(self, emulator: Emulator) -> None:
-        self.emulator = emulator
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
         self._machines: dict[tuple[Any, ...], Machine] = {}
         self._kept_since_sweep = 0
 
@@ -80,7 +80,7 @@ class PromptCache:
 
     def cached_tokens(self, body: dict[str, Any]) -> int:
         """Serve a checked request body: its cached tokens (0 when caching is off)."""
-        config = self.emulator.config
+        config = self.shared.config
         if not config.prompt_caching:
             return 0
         text = prompt_text(body)
@@ -95,7 +95,7 @@ class PromptCache:
         machine = self._machines.setdefault(route, Machine())
         while machine.served and machine.served[0] <= now - WINDOW_SECONDS:
             machine.served.popleft()
-        lookups = self.emulator.stats.prompt_cache_lookups
+        lookups = self.shared.stats.prompt_cache_lookups
         if len(machine.served) >= config.prompt_cache_rpm_per_key:
             lookups["spill"] += 1
             return 0

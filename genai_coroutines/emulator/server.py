@@ -10,15 +10,14 @@ async with Emulator(EmulatorConfig(openai_rpm=600)) as emu:
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 from aiohttp import web
 
 from . import datalab_api, openai_api
-from .faults import FaultPlan
-from .state import EmulatorConfig, Stats
+from .shared import Shared
+from .state import EmulatorConfig
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,17 +26,17 @@ class Emulator:
     """Local stand-in for api.openai.com and www.datalab.to, for tests, demos and benchmarks."""
 
     def __init__(self, config: EmulatorConfig | None = None, *, port: int = 0) -> None:
-        self.config = config or EmulatorConfig()
-        self.stats = Stats()
-        self.faults = FaultPlan(self.config)
-        self.rng = random.Random(self.config.seed)
+        self.shared = Shared(config or EmulatorConfig())
+        self.config = self.shared.config
+        self.stats = self.shared.stats
+        self.faults = self.shared.faults
         self.port = port
         self.host = "127.0.0.1"
         self.app = web.Application(middlewares=[self._track_in_flight], client_max_size=256 * 2**20)
         self.app.router.add_get("/_emulator/stats", self._get_stats)
         self.app.router.add_post("/_emulator/reset", self._post_reset)
-        self.openai = openai_api.OpenAIEmulation(self)
-        self.datalab = datalab_api.DatalabEmulation(self)
+        self.openai = openai_api.OpenAIEmulation(self.shared)
+        self.datalab = datalab_api.DatalabEmulation(self.shared)
         self.openai.add_routes(self.app)
         self.datalab.add_routes(self.app)
         self._runner: web.AppRunner | None = None

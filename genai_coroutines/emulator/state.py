@@ -15,33 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..params import param, spec
-
-
-def parse_fault(text: str) -> tuple[str, str, float]:
-    """`ENDPOINT:KIND:RATE`, as `emulate --fault` takes it."""
-    from .faults import FAULT_ENDPOINTS, FAULT_KINDS, is_fault_kind, misfit  # faults imports us
-
-    try:
-        endpoint, kind, rate = text.split(":")
-        share = float(rate)
-    except ValueError:
-        raise ValueError(f"expected ENDPOINT:KIND:RATE, got {text!r}") from None
-    if endpoint not in FAULT_ENDPOINTS:
-        raise ValueError(f"unknown endpoint {endpoint!r}; known: {', '.join(FAULT_ENDPOINTS)}")
-    if not is_fault_kind(kind):
-        raise ValueError(f"unknown fault {kind!r}; known: any NNN, {', '.join(FAULT_KINDS)}")
-    problem = misfit(endpoint, kind)
-    if problem is not None:
-        raise ValueError(problem)
-    return endpoint, kind, share
-
-
-def rates_from_faults(faults: list[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
-    """`fault_rates` from parsed `--fault` values: endpoint -> {kind -> rate}."""
-    rates: dict[str, dict[str, float]] = {}
-    for endpoint, kind, rate in faults:
-        rates.setdefault(endpoint, {})[kind] = rate
-    return rates
+from .fault_kinds import parse_fault, rates_from_faults
 
 
 @dataclass
@@ -166,11 +140,12 @@ class EmulatorConfig:
         metavar="URL",
     )
 
-    # Faults: endpoint name -> {fault kind -> probability}. See `faults.FAULT_KINDS`.
+    # Faults: endpoint name -> {fault kind -> probability}. See `fault_kinds.FAULT_KINDS`.
     fault_rates: dict[str, dict[str, float]] = field(
         default_factory=dict,
         metadata=spec(
-            "e.g. responses:503:0.05 (repeatable); KIND: any NNN or a name of faults.FAULT_KINDS",
+            "e.g. responses:503:0.05 (repeatable); "
+            "KIND: any NNN or a name of fault_kinds.FAULT_KINDS",
             flag="--fault",
             type=parse_fault,
             action="append",

@@ -31,23 +31,25 @@ Algorithm, per `acquire(tokens)`:
      request, "Requested N") learns the `surcharge(kind)`: what the server counts beyond
      our estimate for requests of that kind, such as the output allowance it reserves for
      a request without `max_output_tokens`. Reservations include it from then on, so the
-     storm of 429s a low estimate causes happens once, not on every refill.
+     storm of 429s a low estimate causes happens once, not on every refill. It is kept in
+     the store with the key's limits, so a process starting on the key starts with it.
   6. With `learn=True` and no limits known for the key (given, or learned earlier by any
      batch on it), the first request goes out alone; the `x-ratelimit-limit-*`,
      `-remaining-*` and `-reset-*` headers of its reply shape the buckets, and every
      later reply keeps them honest (a bucket is lowered to the `remaining` the server
      reports, never raised above its own accounting). That `remaining` was counted
-     before the requests this process sent in the last `IN_TRANSIT_SECS` reached the
-     server, so they are taken off it: lowering to the bare figure would forget them,
-     and the server, still to charge them, would answer the next request 429. (Most of
-     all where the server keeps what the client gives back: OpenAI charges
-     `max_output_tokens` at admission and refunds nothing, so every reply lowers.) Only
-     those sent after the request answered are taken off: the ones sent before it
-     reached the server before it did, and are counted. (A 429 comes back at once,
-     milliseconds after the burst that emptied the bucket: taking that whole burst off
-     its `remaining` a second time would put the bucket up to a second of refill below
-     the server's, and idle the key that long.) A `remaining` at or above what the
-     bucket can hold cannot lower it, and is not sent to the store.
+     before the requests the key's clients (every process on a shared store) took in
+     the last `store.IN_TRANSIT_SECS` reached the server, so the store takes them off it
+     (`LimitStore.adjust`): lowering to the bare figure would forget them, and the
+     server, still to charge them, would answer the next request 429. (Most of all where
+     the server keeps what the client gives back: OpenAI charges `max_output_tokens` at
+     admission and refunds nothing, so every reply lowers.) Only those taken after the
+     request answered (its `Ticket`) are taken off: the ones before it reached the server
+     before it did, and are counted. (A 429 comes back at once, milliseconds after the
+     burst that emptied the bucket: taking that whole burst off its `remaining` a second
+     time would put the bucket up to a second of refill below the server's, and idle the
+     key that long.) A `remaining` at or above what the bucket can hold cannot lower it,
+     and is not sent to the store.
 
 `Capacity` is the same idea for a quantity held rather than spent (Datalab's pages in
 flight): leases from the store, released when the job ends.
@@ -62,14 +64,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import weakref
-from collections import deque
 from collections.abc import Awaitable, Mapping
 
 from . import telemetry
 from .headers import count, parse_duration
-from .store import LimitStore
+from .store import ANY, LimitStore, Ticket
 
 DIMENSIONS = ("requests", "tokens")
 _HEADERS = tuple(
@@ -84,9 +84,6 @@ _HEADERS = tuple(
 )
 """Each of the `DIMENSIONS`, numbered, with its limit, remaining and reset headers."""
 _TOKENS = DIMENSIONS.index("tokens")
-IN_TRANSIT_SECS = 0.05
-"""How long after it is sent a request may still be missing from a reply's `remaining`:
-it has not reached the server yet, or it has while that reply was on its way back."""
 
 
 class _PerLoop:
@@ -134,21 +131,14 @@ class RateLimiter:
         """The most tokens one request may reserve: the tokens-per-minute limit in force
         (inf: none known)."""
         self._learn = learn
-        self._surcharges: dict[str, int] = {}
-        """Tokens the server charges a request of a kind beyond its estimate (from 429s)."""
+        self._surcharges: dict[str, int] | None = None
+        """Tokens the server charges a request of a kind beyond its estimate (from 429s,
+        kept in the store); None until read from the store."""
         self._told = False
         """A reply has been observed (with limits or without: then there are none to learn)."""
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _PerLoop] = (
             weakref.WeakKeyDictionary()
         )
-        self._sent: deque[tuple[float, int]] = deque()
-        """(when, `_tokens` before it) of each request reserved in the last
-        `IN_TRANSIT_SECS`: the tokens of the latest few are one subtraction, not a sum
-        (some 100 of them for every reply of a batch at concurrency 100)."""
-        self._tokens = 0
-        """Tokens reserved so far."""
-        self._reservations = 0
-        """Requests reserved so far (the number `acquire` returns counts its own)."""
         self._last: tuple[asyncio.AbstractEventLoop, _PerLoop] | None = None
         """The loop used last and its `_PerLoop` (a batch calls from one loop throughout)."""
         self._queued = 0
@@ -205,9 +195,9 @@ class RateLimiter:
         self.max_tokens = limits.get("tokens", math.inf)
         self._ready = not self.learning
 
-    async def acquire(self, tokens: int = 0) -> int | None:
+    async def acquire(self, tokens: int = 0) -> Ticket | None:
         """Wait until one request of `tokens` estimated tokens may be sent, then reserve it;
-        returns its number, for `observe` to tell the requests sent after it. None: the
+        returns its ticket, for `observe` to tell the requests taken after it. None: the
         request is above `max_tokens` and can never pass (nothing is reserved).
 
         With nobody queued and the limits known, the store is asked at once: a request the
@@ -216,8 +206,9 @@ class RateLimiter:
         if self._ready and not self._queued:
             if tokens > self.max_tokens:
                 return None
-            if await self.store.take(self.key, amounts) <= 0:
-                return self._reserved(tokens)
+            taken = await self.store.take(self.key, amounts)
+            if taken.ticket is not None:
+                return taken.ticket
         local = self._local()
         waiting = False  # counted in `_queued`: this caller waits for quota or the probe
         try:
@@ -232,13 +223,13 @@ class RateLimiter:
                         if local.probe is None:
                             local.probe = asyncio.Event()
                             self._probes += 1
-                            return self._reservations
+                            return ANY
                         pending = local.probe.wait()
                     else:
-                        wait = await self.store.take(self.key, amounts)
-                        if wait <= 0:
-                            return self._reserved(tokens)
-                        pending = self._nap(local, wait)
+                        taken = await self.store.take(self.key, amounts)
+                        if taken.ticket is not None:
+                            return taken.ticket
+                        pending = self._nap(local, taken.wait)
                     if not waiting:
                         waiting = True
                         self._queued += 1
@@ -271,41 +262,23 @@ class RateLimiter:
         await self.store.shape(self.key, DIMENSIONS[i], per_minute, capacity)
         self._ceilings[i] = max(1.0, capacity)
 
-    def _reserved(self, tokens: int) -> int:
-        now = time.monotonic()
-        self._forget_before(now - IN_TRANSIT_SECS)
-        self._sent.append((now, self._tokens))
-        self._tokens += tokens
-        self._reservations += 1
-        return self._reservations
-
-    def _in_transit(self, number: int | None) -> tuple[int, int]:
-        """Requests and tokens (`DIMENSIONS`) reserved too recently for a reply's
-        `remaining` to count: in the last `IN_TRANSIT_SECS`, and after the request the
-        reply answers (the number `acquire` gave it; None: not known, all of them)."""
-        self._forget_before(time.monotonic() - IN_TRANSIT_SECS)
-        sent = self._sent
-        later = len(sent) if number is None else min(len(sent), self._reservations - number)
-        if later <= 0:
-            return 0, 0
-        return later, self._tokens - sent[-later][1]
-
-    def _forget_before(self, since: float) -> None:
-        sent = self._sent
-        while sent and sent[0][0] < since:
-            sent.popleft()
-
-    def surcharge(self, kind: str) -> int:
+    async def surcharge(self, kind: str) -> int:
         """Tokens to reserve beyond the estimate of a request of this kind (see 5. above)."""
-        return self._surcharges.get(kind, 0)
+        surcharges = self._surcharges
+        if surcharges is None:
+            async with self._local().lock:
+                surcharges = self._surcharges
+                if surcharges is None:
+                    surcharges = self._surcharges = await self.store.surcharges(self.key)
+        return surcharges.get(kind, 0)
 
-    def charged(self, tokens: int, estimate: int, kind: str) -> None:
+    async def charged(self, tokens: int, estimate: int, kind: str) -> None:
         """The server said a request of `kind` estimated at `estimate` tokens costs it
-        `tokens`: follow a larger excess at once, a smaller one slowly (estimates vary from
-        request to request)."""
-        excess = max(0, tokens - estimate)
-        known = self._surcharges.get(kind, 0)
-        self._surcharges[kind] = excess if excess > known else (9 * known + excess) // 10
+        `tokens`: the key's surcharge learns the excess (`LimitStore.learn_surcharge`)."""
+        learned = await self.store.learn_surcharge(self.key, kind, max(0, tokens - estimate))
+        if self._surcharges is None:
+            self._surcharges = {}
+        self._surcharges[kind] = learned
 
     async def pause(self, seconds: float) -> None:
         """Hold every worker on the key for `seconds`, then resume at the steady rate."""
@@ -317,13 +290,13 @@ class RateLimiter:
         headers: Mapping[str, str] | None,
         *,
         refund: int = 0,
-        number: int | None = None,
+        number: Ticket = ANY,
     ) -> None:
         """Follow the server's `x-ratelimit-*` headers (None: the attempt got no reply),
         after giving back `refund` tokens: what the request was reserved beyond what the
-        server reported it used. `number`: the one `acquire` gave the request
-        answered (None: not known; every request sent in the last `IN_TRANSIT_SECS` is
-        then taken to be in transit)."""
+        server reported it used. `number`: the ticket `acquire` gave the request answered
+        (`ANY`: not known; every request taken in the last `store.IN_TRANSIT_SECS` is then
+        taken to be in transit)."""
         give = (("tokens", refund),) if refund else ()
         if headers is None:
             if give:
@@ -335,7 +308,6 @@ class RateLimiter:
         if self._limits is None:
             await self._setup()
         lower: list[tuple[str, float]] = []
-        in_transit = self._in_transit(number)
         for i, name, limit_header, remaining_header, reset_header in _HEADERS:
             remaining = count(headers.get(remaining_header))
             if remaining is None:
@@ -344,11 +316,10 @@ class RateLimiter:
             if told != self._followed[i]:
                 if not await self._follow(i, told, remaining, headers.get(reset_header)):
                     continue
-            level = float(remaining - in_transit[i])
-            if level < self._ceilings[i]:
-                lower.append((name, level))
+            if remaining < self._ceilings[i]:
+                lower.append((name, float(remaining)))
         if give or lower:
-            await self.store.adjust(self.key, give, lower)
+            await self.store.adjust(self.key, give, lower, number)
             if give:
                 self._returned(refund)
         if not self._told:
@@ -437,6 +408,11 @@ class Capacity:
                     await asyncio.wait_for(freed.wait(), self.recheck_secs)
                 except asyncio.TimeoutError:
                     pass
+
+    async def hold(self, lease: str, units: int) -> None:
+        """Hold `units` under `lease` for `lease_secs` more, however many are leased (see
+        `LimitStore.hold`): what a live holder calls before its lease runs out."""
+        await self.store.hold(self.key, lease, units, self.lease_secs)
 
     async def release(self, lease: str) -> None:
         await self.store.release(self.key, lease)

@@ -78,12 +78,15 @@ class KeyLimits:
             limiter.given(requests_per_minute, tokens_per_minute)
         return limiter
 
-    def capacity(self, endpoint: str, api_key: str, total: int) -> Capacity:
-        """The key's capacity, of `total` units from now on (the latest batch's figure)."""
-        key = limit_key(endpoint, api_key)
+    def capacity(
+        self, endpoint: str, api_key: str, total: int, model: str = "", **lease: float
+    ) -> Capacity:
+        """The key's capacity, of `total` units from now on (the latest batch's figure);
+        `lease`: `Capacity`'s `lease_secs`, `recheck_secs` when it is created."""
+        key = limit_key(endpoint, api_key, model)
         capacity = self._capacities.get(key)
         if capacity is None:
-            capacity = self._capacities[key] = Capacity(self.store, key, total)
+            capacity = self._capacities[key] = Capacity(self.store, key, total, **lease)
         capacity.total = total
         return capacity
 

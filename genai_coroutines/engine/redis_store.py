@@ -19,9 +19,14 @@ on one shard):
         number that Redis expires itself when its time is up
     genai-coroutines:{...}:slots    a sorted set: one member per event of a sliding window
         (batches created), scored by its server time
+    genai-coroutines:{...}:sent     a sorted set: one member per take of the last
+        `IN_TRANSIT_SECS`, "<number> <dim> <what the takes before it came to> ...", scored
+        by its server time (the limits hash keeps `sent`, the takes' count, and per bucket
+        `<dim>:s`, what they came to)
+    genai-coroutines:{...}:surcharges  a hash: request kind -> the tokens learned
 
 The hashes expire after `idle_ttl` seconds without a write (the leases hash: not before its
-last lease would), the slots one window after their last event, so a key nobody uses
+last lease would), the slots and takes one window after their last event, so a key nobody uses
 leaves nothing behind. A bucket that expired while this process still knew its shape is
 recreated full by the next `take` (after that long idle it would have refilled anyway).
 The API key itself never reaches Redis.
@@ -54,7 +59,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .logs import log_event
-from .store import LimitStoreUnavailable, MemoryStore
+from .store import ANY, IN_TRANSIT_SECS, LimitStoreUnavailable, MemoryStore, Taken, Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +87,11 @@ local function save(key, dim, b)
   redis.call('HSET', key, dim .. ':r', b.pm, dim .. ':c', b.cap, dim .. ':l', b.level,
              dim .. ':t', b.stamp)
 end
+local function words(text)
+  local found = {}
+  for word in string.gmatch(text, '%S+') do found[#found + 1] = word end
+  return found
+end
 local function dims(key)
   local all = redis.call('HGETALL', key)
   local found = {}
@@ -93,14 +103,16 @@ local function dims(key)
 end
 """
 
-# KEYS[1] the limits hash. ARGV[1] idle ttl (ms), then per amount: dimension, amount, and the
-# per-minute rate and capacity this client knows for it ('' when none), to recreate a bucket
-# that expired while idle.
+# KEYS[1] the limits hash, KEYS[2] the takes in transit. ARGV[1] idle ttl (ms), ARGV[2] the
+# in-transit window (s), then per amount: dimension, amount, and the per-minute rate and
+# capacity this client knows for it ('' when none), to recreate a bucket that expired while
+# idle. Returns the wait, or '0' and the ticket: the take's number, then dimension and what
+# the takes came to, with this one.
 _TAKE = """
 local t = now()
 local wait = (tonumber(redis.call('HGET', KEYS[1], 'pause')) or 0) - t
 local found = {}
-for i = 2, #ARGV, 4 do
+for i = 3, #ARGV, 4 do
   local dim, amount = ARGV[i], tonumber(ARGV[i + 1])
   local b = load(KEYS[1], dim)
   if not b and ARGV[i + 2] ~= '' then
@@ -115,29 +127,58 @@ for i = 2, #ARGV, 4 do
   end
 end
 if wait > 0 then return string.format('%.17g', wait) end
+if #found == 0 then return '0' end
+local number = redis.call('HINCRBY', KEYS[1], 'sent', 1)
+local before, through = {number}, {'0', number}
 for _, f in ipairs(found) do
   f[2].level = f[2].level - f[3]
   save(KEYS[1], f[1], f[2])
+  local sum = tonumber(redis.call('HGET', KEYS[1], f[1] .. ':s')) or 0
+  redis.call('HSET', KEYS[1], f[1] .. ':s', string.format('%.17g', sum + f[3]))
+  before[#before + 1] = f[1] .. ' ' .. string.format('%.17g', sum)
+  through[#through + 1] = f[1] .. ' ' .. string.format('%.17g', sum + f[3])
 end
-if #found > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return '0'
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local window = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], t, table.concat(before, ' '))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t - window)
+redis.call('PEXPIRE', KEYS[2], math.ceil(window * 1000))
+return table.concat(through, ' ')
 """
 
-# ARGV: idle ttl (ms), the number of amounts to give, then (dimension, amount) pairs to
-# give, then (dimension, level) pairs to lower to.
+# KEYS[1] the limits hash, KEYS[2] the takes in transit. ARGV: idle ttl (ms), the in-transit
+# window (s), the ticket of the request answered ("<number> <dim> <value> ..."), the number of
+# amounts to give, then (dimension, amount) pairs to give, then (dimension, remaining) pairs
+# to lower to, less what is in transit.
 _ADJUST = """
 local t = now()
-local gives = tonumber(ARGV[2])
+local gives = tonumber(ARGV[4])
 local changed = false
-for i = 3, #ARGV, 2 do
+local base = nil
+if #ARGV > 4 + 2 * gives then
+  local cutoff = string.format('(%.17g', t - tonumber(ARGV[2]))
+  local first = redis.call('ZRANGEBYSCORE', KEYS[2], cutoff, '+inf', 'LIMIT', 0, 1)[1]
+  if first then
+    local since, oldest = words(ARGV[3]), words(first)
+    local chosen = tonumber(oldest[1]) > tonumber(since[1]) + 1 and oldest or since
+    base = {}
+    for j = 2, #chosen, 2 do base[chosen[j]] = tonumber(chosen[j + 1]) end
+  end
+end
+local function in_transit(dim)
+  if not base then return 0 end
+  local sum = tonumber(redis.call('HGET', KEYS[1], dim .. ':s')) or 0
+  return math.max(0, sum - (base[dim] or 0))
+end
+for i = 5, #ARGV, 2 do
   local b = load(KEYS[1], ARGV[i])
   if b then
     refill(b, t)
     local value = tonumber(ARGV[i + 1])
-    if (i - 3) / 2 < gives then
+    if (i - 5) / 2 < gives then
       b.level = math.min(b.cap, b.level + value)
     else
-      b.level = math.min(b.level, value)
+      b.level = math.min(b.level, value - in_transit(ARGV[i]))
     end
     save(KEYS[1], ARGV[i], b)
     changed = true
@@ -218,8 +259,33 @@ if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) 
 return ARGV[1]
 """
 
+# KEYS[1] the leases hash. ARGV: lease id, units, ttl (s), idle ttl (ms).
+_HOLD = """
+local t = now()
+local ttl = tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d %.17g', tonumber(ARGV[2]), t + ttl))
+local keep = math.floor(ttl * 1000) + tonumber(ARGV[4])
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return 1
+"""
+
 _RELEASE = """
 return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+# KEYS[1] the surcharges hash. ARGV: kind, excess, idle ttl (ms).
+_LEARN_SURCHARGE = """
+local known = tonumber(redis.call('HGET', KEYS[1], ARGV[1])) or 0
+local excess = tonumber(ARGV[2])
+local learned = excess
+if excess <= known then learned = math.floor((9 * known + excess) / 10) end
+redis.call('HSET', KEYS[1], ARGV[1], learned)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return learned
+"""
+
+_SURCHARGES = """
+return redis.call('HGETALL', KEYS[1])
 """
 
 # KEYS[1] the leases hash, KEYS[2] the learned ceiling. ARGV: the refused lease's id, ttl (ms).
@@ -264,7 +330,10 @@ SCRIPTS = {
     "limits": _LIMITS,
     "pause": _PAUSE,
     "lease": _LEASE,
+    "hold": _HOLD,
     "release": _RELEASE,
+    "learn_surcharge": _LEARN_SURCHARGE,
+    "surcharges": _SURCHARGES,
     "learn_ceiling": _LEARN_CEILING,
     "take_slot": _TAKE_SLOT,
 }
@@ -283,6 +352,7 @@ def redact(url: str) -> str:
 
 
 SCHEMES = ("redis", "rediss", "unix")
+_WINDOW = repr(IN_TRANSIT_SECS)
 
 
 class _Connection:
@@ -360,8 +430,6 @@ class RedisStore:
         """Leases granted by Redis and not yet released: id -> (key, units, ttl)."""
         self._fallback: MemoryStore | None = None
         """The in-process store used while Redis is lost."""
-        self._aliases: dict[str, str] = {}
-        """Redis lease id -> its copy in the fallback."""
         self._local_leases: set[str] = set()
         """Leases the fallback granted (they hold Redis back until released)."""
         self._orphans: list[tuple[str, str]] = []
@@ -406,7 +474,6 @@ class RedisStore:
                 return  # lost again: stay in-process
             self._orphans.clear()
             self._fallback = None
-            self._aliases.clear()
             log_event(logger, logging.INFO, "limits_store_back", store=self.name)
 
     def close(self) -> None:
@@ -450,9 +517,7 @@ class RedisStore:
             # likely spent on Redis already, by this process or others.
             await fallback.pause(key, 0.0)
         for lease_id, (key, units, ttl) in list(self._held.items()):
-            copy = await fallback.lease(key, units, 2**62, ttl)
-            if copy is not None:
-                self._aliases[lease_id] = copy
+            await fallback.hold(key, lease_id, units, ttl)
 
     def _known(self, key: str, dimension: str) -> tuple[str, str]:
         shape = self._shapes.get((key, dimension))
@@ -460,13 +525,20 @@ class RedisStore:
 
     # -- LimitStore ------------------------------------------------------------------
 
-    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
-        args: list[Any] = [self._idle_ms]
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> Taken:
+        args: list[Any] = [self._idle_ms, _WINDOW]
         for dimension, amount in amounts:
             args += [dimension, repr(float(amount)), *self._known(key, dimension)]
 
-        async def call() -> float:
-            return float(await self._run("take", [f"{key}:limits"], args))
+        async def call() -> Taken:
+            reply = str(await self._run("take", [f"{key}:limits", f"{key}:sent"], args))
+            if reply == "0":
+                return Taken(0.0, ANY)
+            if " " not in reply:
+                return Taken(float(reply), None)
+            parts = reply.split()
+            through = {parts[i]: float(parts[i + 1]) for i in range(2, len(parts), 2)}
+            return Taken(0.0, Ticket(int(parts[1]), through))
 
         return await self._shared(call, lambda store: store.take(key, amounts))
 
@@ -475,15 +547,19 @@ class RedisStore:
         key: str,
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
+        since: Ticket = ANY,
     ) -> None:
-        args: list[Any] = [self._idle_ms, len(give)]
+        ticket = " ".join(
+            [str(since.number), *(f"{dim} {value!r}" for dim, value in since.through.items())]
+        )
+        args: list[Any] = [self._idle_ms, _WINDOW, ticket, len(give)]
         for dimension, amount in (*give, *lower):
             args += [dimension, repr(float(amount))]
 
         async def call() -> None:
-            await self._run("adjust", [f"{key}:limits"], args)
+            await self._run("adjust", [f"{key}:limits", f"{key}:sent"], args)
 
-        await self._shared(call, lambda store: store.adjust(key, give, lower))
+        await self._shared(call, lambda store: store.adjust(key, give, lower, since))
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
         self._shapes[(key, dimension)] = (float(per_minute), float(capacity))
@@ -536,10 +612,34 @@ class RedisStore:
             learned = await self._run("learn_ceiling", [f"{key}:leases", f"{key}:ceiling"], args)
             return None if learned is None else int(learned)
 
-        async def local(store: MemoryStore) -> int | None:
-            return await store.learn_ceiling(key, self._aliases.get(lease, lease), ttl)
+        return await self._shared(call, lambda store: store.learn_ceiling(key, lease, ttl))
 
-        return await self._shared(call, local)
+    async def hold(self, key: str, lease: str, units: int, ttl: float) -> None:
+        async def call() -> None:
+            args = [lease, int(units), repr(float(ttl)), self._idle_ms]
+            await self._run("hold", [f"{key}:leases"], args)
+            self._held[lease] = (key, int(units), float(ttl))
+
+        async def local(store: MemoryStore) -> None:
+            await store.hold(key, lease, units, ttl)
+            if lease not in self._held:
+                self._local_leases.add(lease)
+
+        await self._shared(call, local)
+
+    async def surcharges(self, key: str) -> dict[str, int]:
+        async def call() -> dict[str, int]:
+            flat = await self._run("surcharges", [f"{key}:surcharges"], [])
+            return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+        return await self._shared(call, lambda store: store.surcharges(key))
+
+    async def learn_surcharge(self, key: str, kind: str, excess: int) -> int:
+        async def call() -> int:
+            args = [kind, int(excess), self._idle_ms]
+            return int(await self._run("learn_surcharge", [f"{key}:surcharges"], args))
+
+        return await self._shared(call, lambda store: store.learn_surcharge(key, kind, excess))
 
     async def release(self, key: str, lease: str) -> None:
         if lease in self._local_leases:  # granted in-process while Redis was lost
@@ -548,10 +648,8 @@ class RedisStore:
                 await self._fallback.release(key, lease)
             return
         self._held.pop(lease, None)
-        copy = self._aliases.pop(lease, None)
-        if copy is not None and self._fallback is not None:
-            await self._fallback.release(key, copy)
         if self._fallback is not None:
+            await self._fallback.release(key, lease)
             self._orphans.append((key, lease))  # released in Redis once it is back
             return
         try:

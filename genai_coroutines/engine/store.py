@@ -4,9 +4,10 @@ Providers enforce their limits per key (OpenAI: per organisation and model), so 
 state that paces requests belongs to the key, not to a batch: every batch, processor
 and (with a shared store) process spending one key reads and writes the same state.
 That state is small on purpose: per bucket a shape (`per_minute`, `capacity`) and a
-(level, stamp) pair, per key a pause deadline, per capacity the units leased and the
-ceiling a refusal taught (see `learn_ceiling`), and per sliding window the times of its
-events (the Batch API's batches created in the hour).
+(level, stamp) pair, per key a pause deadline, the surcharges its 429s taught (see
+`learn_surcharge`) and the takes of the last `IN_TRANSIT_SECS` (see `adjust`), per
+capacity the units leased and the ceiling a refusal taught (see `learn_ceiling`), and per
+sliding window the times of its events (the Batch API's batches created in the hour).
 Each operation below reads and writes it in one atomic step on the store's own clock,
 so an implementation over a shared server (a Redis script using `TIME`) is a
 line-by-line translation of `MemoryStore`, and nothing above this interface changes.
@@ -21,7 +22,30 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+IN_TRANSIT_SECS = 0.05
+"""How long after it is taken a request may still be missing from a reply's `remaining`:
+it has not reached the server yet, or it has while that reply was on its way back."""
+
+
+class Ticket(NamedTuple):
+    """One successful `take`: its number among the key's takes, and per dimension the
+    amount the key's takes came to, this one included."""
+
+    number: int
+    through: Mapping[str, float]
+
+
+ANY = Ticket(-1, {})
+"""A ticket before every take: `adjust` then counts every take in the window in transit."""
+
+
+class Taken(NamedTuple):
+    """What `take` did: `wait` 0 and its `ticket`, or the seconds to wait and no ticket."""
+
+    wait: float
+    ticket: Ticket | None
 
 
 class LimitStoreUnavailable(ConnectionError):
@@ -31,11 +55,12 @@ class LimitStoreUnavailable(ConnectionError):
 class LimitStore(Protocol):
     """Atomic operations on one key's buckets, pause, capacity leases and windows."""
 
-    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
-        """Take every amount from its bucket and return 0, or take nothing and return the
-        seconds until all of them (and the end of any pause) can be had. A dimension with
-        no bucket is unlimited. An amount above a bucket's capacity needs a full bucket
-        and then borrows (the level goes negative) rather than waiting forever."""
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> Taken:
+        """Take every amount from its bucket (wait 0, and the take's `Ticket`), or take
+        nothing and return the seconds until all of them (and the end of any pause) can
+        be had. A dimension with no bucket is unlimited. An amount above a bucket's
+        capacity needs a full bucket and then borrows (the level goes negative) rather
+        than waiting forever. A take is remembered for `IN_TRANSIT_SECS` (see `adjust`)."""
         ...
 
     async def adjust(
@@ -43,12 +68,16 @@ class LimitStore(Protocol):
         key: str,
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
+        since: Ticket = ANY,
     ) -> None:
         """What a reply taught, in one step: add each `give` amount back to its bucket
         (never above capacity; negative: take more), e.g. to settle a token reservation,
-        then lower each `lower` bucket to its level if it holds more (what the server
-        says remains). One call per reply, not one per figure: over a shared store that
-        is one round trip."""
+        then lower each `lower` bucket to a level if it holds more: what the server says
+        remains, less what the key's takes after `since` (the request answered) and in the
+        last `IN_TRANSIT_SECS` came to, by any client of the store. Those were not counted
+        in that `remaining` yet, and the server is still to charge them. (The takes before
+        the answered one reached the server before it did, and are counted.) One call per
+        reply, not one per figure: over a shared store that is one round trip."""
         ...
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
@@ -84,8 +113,25 @@ class LimitStore(Protocol):
         nothing about how much this key's own holders may take."""
         ...
 
+    async def hold(self, key: str, lease: str, units: int, ttl: float) -> None:
+        """Hold `units` under the caller's `lease` id for `ttl` seconds from now, however
+        much else is leased: a holder renewing its lease, or taking over the one a
+        process that died left for the same thing (a Batch API batch, resumed)."""
+        ...
+
     async def release(self, key: str, lease: str) -> None:
         """Give a lease's units back (a lease already reclaimed is ignored)."""
+        ...
+
+    async def surcharges(self, key: str) -> dict[str, int]:
+        """The tokens the server charges the key's requests of each kind beyond their
+        estimate, as `learn_surcharge` left them."""
+        ...
+
+    async def learn_surcharge(self, key: str, kind: str, excess: int) -> int:
+        """A request of `kind` was charged `excess` tokens beyond its estimate: follow a
+        larger excess at once, a smaller one slowly (estimates vary from request to
+        request). Returns the surcharge now; it expires with the key's buckets."""
         ...
 
     async def take_slot(self, key: str, limit: int, window: float) -> float:
@@ -116,6 +162,51 @@ class Bucket:
         return level
 
 
+class _Sent:
+    """A key's takes of the last `IN_TRANSIT_SECS` (see `LimitStore.adjust`)."""
+
+    __slots__ = ("log", "number", "through")
+
+    def __init__(self) -> None:
+        self.log: deque[tuple[float, int, Mapping[str, float]]] = deque()
+        """(when, number, what the takes before it came to) per take, oldest first: the
+        takes in transit are one subtraction, not a sum."""
+        self.number = 0
+        self.through: Mapping[str, float] = {}
+        """Per dimension, what every take so far came to."""
+
+    def taken(
+        self, now: float, amounts: Sequence[tuple[str, float]], buckets: Mapping[str, Bucket]
+    ) -> Ticket:
+        before = self.through
+        through = dict(before)
+        for dimension, amount in amounts:
+            if dimension in buckets:
+                through[dimension] = before.get(dimension, 0.0) + amount
+        self.number += 1
+        self.through = through
+        self.log.append((now, self.number, before))
+        self.forget(now)
+        return Ticket(self.number, through)
+
+    def forget(self, now: float) -> None:
+        log, cutoff = self.log, now - IN_TRANSIT_SECS
+        while log and log[0][0] <= cutoff:
+            log.popleft()
+
+    def in_transit(self, now: float, since: Ticket) -> dict[str, float]:
+        """Per dimension, what the takes after `since` and in the window came to."""
+        self.forget(now)
+        if not self.log:
+            return {}
+        _, number, before = self.log[0]
+        base = before if number > since.number + 1 else since.through
+        return {
+            dimension: max(0.0, total - base.get(dimension, 0.0))
+            for dimension, total in self.through.items()
+        }
+
+
 class MemoryStore:
     """`LimitStore` in this process's memory: shared by every batch and event loop here."""
 
@@ -130,13 +221,15 @@ class MemoryStore:
         self._ids = itertools.count()
         self._slots: dict[str, deque[float]] = {}
         """Each window's event times, oldest first."""
+        self._sent: dict[str, _Sent] = {}
+        self._surcharges: dict[str, dict[str, int]] = {}
 
-    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> float:
+    async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> Taken:
         now = self._clock()
         wait = self._paused.get(key, now) - now
         buckets = self._buckets.get(key)
         if not buckets:
-            return wait if wait > 0 else 0.0
+            return Taken(wait, None) if wait > 0 else Taken(0.0, ANY)
         for dimension, amount in amounts:  # taken as it goes; given back if short
             bucket = buckets.get(dimension)
             if bucket is not None:
@@ -153,14 +246,18 @@ class MemoryStore:
                 bucket = buckets.get(dimension)
                 if bucket is not None:
                     bucket.level += amount
-            return wait
-        return 0.0
+            return Taken(wait, None)
+        sent = self._sent.get(key)
+        if sent is None:
+            sent = self._sent[key] = _Sent()
+        return Taken(0.0, sent.taken(now, amounts, buckets))
 
     async def adjust(
         self,
         key: str,
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
+        since: Ticket = ANY,
     ) -> None:
         buckets = self._buckets.get(key)
         if not buckets:
@@ -170,8 +267,13 @@ class MemoryStore:
             bucket = buckets.get(dimension)
             if bucket is not None:
                 bucket.level = min(bucket.capacity, bucket.refill(now) + amount)
-        for dimension, level in lower:
+        if not lower:
+            return
+        sent = self._sent.get(key)
+        in_transit = {} if sent is None else sent.in_transit(now, since)
+        for dimension, remaining in lower:
             bucket = buckets.get(dimension)
+            level = remaining - in_transit.get(dimension, 0.0)
             if bucket is not None and bucket.refill(now) > level:
                 bucket.level = level
 
@@ -230,8 +332,21 @@ class MemoryStore:
             del leases[lease_id]
         return leases
 
+    async def hold(self, key: str, lease: str, units: int, ttl: float) -> None:
+        now = self._clock()
+        self._live_leases(key, now)[lease] = (units, now + ttl)
+
     async def release(self, key: str, lease: str) -> None:
         self._leases.get(key, {}).pop(lease, None)
+
+    async def surcharges(self, key: str) -> dict[str, int]:
+        return dict(self._surcharges.get(key, {}))
+
+    async def learn_surcharge(self, key: str, kind: str, excess: int) -> int:
+        known = self._surcharges.setdefault(key, {})
+        old = known.get(kind, 0)
+        known[kind] = learned = excess if excess > old else (9 * old + excess) // 10
+        return learned
 
     async def take_slot(self, key: str, limit: int, window: float) -> float:
         now = self._clock()

@@ -49,6 +49,7 @@ from ..engine import (
     send,
 )
 from ..engine.budget import Budget
+from ..engine.store import Ticket
 from ..engine.telemetry import CHAT, OPENAI, Identity
 from .errors import (
     bad_body,
@@ -229,7 +230,7 @@ class DirectPath:
     ) -> Success[A] | Failure:
         """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
         stop = run.batch.stop
-        reserved = prepared.estimate + self.limiter.surcharge(self.shape)
+        reserved = prepared.estimate + await self.limiter.surcharge(self.shape)
         if stop.failure is not None:
             return stop.failure
         number = await self.limiter.acquire(reserved)
@@ -291,7 +292,7 @@ class DirectPath:
         self,
         reply: Reply | Failure,
         reserved: int,
-        number: int,
+        number: Ticket,
         estimate: int,
         record: Callable[[Failure], None],
         accept: Callable[[Reply], Success[A] | Failure],
@@ -319,7 +320,7 @@ class DirectPath:
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
-            limiter.charged(charged, estimate, self.shape)
+            await limiter.charged(charged, estimate, self.shape)
         record(failure)
         return failure
 

@@ -25,15 +25,12 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 
 from .. import validation
 from .schema import is_pydantic_model, model_text_format
-
-if TYPE_CHECKING:
-    from .request import ResponsesRequest
 
 T = TypeVar("T")
 
@@ -216,6 +213,68 @@ def estimate_tokens(fixed_chars: int, prompt: str | list[dict[str, Any]], max_ou
     return math.ceil((fixed_chars + chars) / 4) + max_output
 
 
+class BodyFields(Protocol):
+    """What `BodyTemplate.build` reads of a request: `ResponsesRequest`'s fields, declared
+    here so that the wire does not import the request that builds its template."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def system_prompt(self) -> str: ...
+
+    @property
+    def response_format(self) -> Any: ...
+
+    @property
+    def temperature(self) -> float | None: ...
+
+    @property
+    def top_p(self) -> float | None: ...
+
+    @property
+    def max_output_tokens(self) -> int | None: ...
+
+    @property
+    def reasoning_effort(self) -> str | None: ...
+
+    @property
+    def reasoning_summary(self) -> str | None: ...
+
+    @property
+    def tools(self) -> list[dict[str, Any]] | None: ...
+
+    @property
+    def tool_choice(self) -> str | dict[str, Any] | None: ...
+
+    @property
+    def parallel_tool_calls(self) -> bool | None: ...
+
+    @property
+    def previous_response_id(self) -> str | None: ...
+
+    @property
+    def include(self) -> list[str] | None: ...
+
+    @property
+    def store(self) -> bool | None: ...
+
+    @property
+    def truncation(self) -> str | None: ...
+
+    @property
+    def metadata(self) -> dict[str, str] | None: ...
+
+    @property
+    def service_tier(self) -> str | None: ...
+
+    @property
+    def stream(self) -> bool | None: ...
+
+    @property
+    def background(self) -> bool: ...
+
+
 @dataclass(frozen=True, slots=True)
 class BodyTemplate:
     """A batch's request body without `input`, serialised once."""
@@ -227,7 +286,7 @@ class BodyTemplate:
     max_output: int
 
     @classmethod
-    def build(cls, request: ResponsesRequest) -> BodyTemplate:
+    def build(cls, request: BodyFields) -> BodyTemplate:
         body: dict[str, Any] = {"model": request.model}
         if request.system_prompt:
             body["instructions"] = request.system_prompt

@@ -184,7 +184,7 @@ class BatchJobs:
                 return
             batch = await self.answers.follow(job)
             if batch is not None:
-                self.submitter.release(job)  # it ended: its tokens leave before it is read
+                await self.submitter.release(job)  # it ended: its tokens leave before it is read
                 retry, token_limited = await self.answers.resolve(job, batch)
                 if retry.members and self.resend is not None:
                     self.resend(job, retry.members)
@@ -192,7 +192,7 @@ class BatchJobs:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.members, after=after)
         finally:
-            self.submitter.release(job)
+            await self.submitter.release(job)
             job.spool.remove()
             with suppress(ValueError):
                 self.jobs.remove(job)

@@ -2,7 +2,9 @@
 
 Each `Job` is submitted in turn: wait for room in the enqueued-token budget
 (`BatchAPI.max_enqueued_tokens`: the estimated input tokens of the batches created and
-not ended), upload, journal the file and its members, wait for a creation slot
+not ended, a capacity of the key and model in the limits store, so every process sharing
+the store shares the one allowance: `Allowance`), upload, journal the file and its
+members, wait for a creation slot
 (`BatchAPI.max_batches_per_hour`, 2,000 by default: counted with the key's other limits,
 `KeyLimits.take_slot`, so every process sharing a limits store shares the hour), create,
 journal the batch id. The slot is taken before the create (a create that fails has still
@@ -19,8 +21,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from contextlib import suppress
 
-from ...engine import Failure, Success, log_event
+from ...engine import Capacity, Failure, Success, log_event
 from ...engine.grouped import GroupRun
 from ...engine.telemetry import batch_api_file
 from .answers import Answers
@@ -29,6 +32,54 @@ from .spool import Job
 from .wire import BatchWire, Json
 
 HOUR = 3600.0
+LEASE_SECS = 600.0
+"""How long the tokens of a batch stay counted in the store after its process was last
+heard of: a live process renews them every third of that, one that died (its batch may
+run on, but nobody follows it) gives them up that long after. A rerun following the
+batch takes its lease over, under the batch id."""
+
+
+class Allowance:
+    """The enqueued tokens of one run's batches, leased from the key's capacity of
+    `max_enqueued_tokens` (`KeyLimits.capacity`, per model as the API counts them): a
+    file's tokens before its upload, then under its batch id, renewed, until it ends."""
+
+    def __init__(self, capacity: Capacity) -> None:
+        self.capacity = capacity
+        self.keepers: dict[int, asyncio.Task[None]] = {}
+        """A task per job whose tokens are held: it renews them."""
+        self.reserved: dict[int, str] = {}
+        """The lease of a job's tokens before its batch exists, by job number."""
+
+    async def reserve(self, job: Job) -> None:
+        """Wait for room for the job's tokens (a file above the limit: for an empty queue)."""
+        self.reserved[job.number] = await self.capacity.acquire(job.tokens)
+
+    def enqueue(self, job: Job) -> None:
+        """The job's batch exists: hold its tokens under its id (taking over what a process
+        that died held for it), give the reservation back, and renew."""
+        self.keepers[job.number] = asyncio.create_task(self._keep(job))
+
+    async def _keep(self, job: Job) -> None:
+        batch_id, tokens = str(job.batch_id), job.tokens
+        while True:
+            await self.capacity.hold(batch_id, tokens)
+            reservation = self.reserved.pop(job.number, None)
+            if reservation is not None:
+                await self.capacity.release(reservation)
+            await asyncio.sleep(self.capacity.lease_secs / 3)
+
+    async def release(self, job: Job) -> None:
+        """The job's batch ended, or will not be created or waited for: its tokens leave."""
+        keeper = self.keepers.pop(job.number, None)
+        if keeper is not None:
+            keeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await keeper
+            await self.capacity.release(str(job.batch_id))
+        reservation = self.reserved.pop(job.number, None)
+        if reservation is not None:
+            await self.capacity.release(reservation)
 
 
 class Submitter:
@@ -52,12 +103,20 @@ class Submitter:
         """Held from a file's upload to its batch's creation: files go out one at a time,
         in order."""
         self.changed = asyncio.Event()
-        self.enqueued = 0
-        """Estimated input tokens of the batches created and not ended."""
         self.live = 0
         self.ended = 0
         self.api_key = api_key
         self.endpoint = context.request.base_url.rstrip("/") + "/batches"
+        limit = self.options.max_enqueued_tokens
+        self.allowance = (
+            None
+            if limit is None
+            else Allowance(
+                context.limits.capacity(
+                    self.endpoint, api_key, limit, context.model, lease_secs=LEASE_SECS
+                )
+            )
+        )
 
     async def submit(self, job: Job) -> bool:
         """Upload the job's file (unless an earlier run did) and create its batch."""
@@ -66,10 +125,13 @@ class Submitter:
             if stop is not None:
                 await self.answers.fail(job, stop)
                 return False
-            await self._wait_for(lambda: self._room_for(job))
+            await self._wait_for(lambda: self._after_ended(job))
+            if self.allowance is not None:
+                await self.allowance.reserve(job)
             if job.file_id is not None:  # uploaded by an earlier run
                 found = await self.wire.find(job.file_id, job.file_created)
                 if isinstance(found, Failure):
+                    await self.release(job)
                     await self.answers.fail(job, found, pending=True)
                     return False
                 if found is not None:
@@ -78,6 +140,7 @@ class Submitter:
                 if len(job.members) < job.file_lines:  # some of its lines are wanted no more
                     job.file_id, job.known_tokens = None, None
             if job.file_id is None and not await self._upload(job):
+                await self.release(job)
                 return False
             assert job.file_id is not None
             await self._creation_slot()
@@ -86,16 +149,16 @@ class Submitter:
             )
             if isinstance(created, Failure):
                 self.group.batch.stop.record(created)
+                await self.release(job)
                 await self.answers.fail(job, created)
                 return False
             self._created(job, created.value)
             return True
 
-    def _room_for(self, job: Job) -> bool:
-        if job.after_ended is not None and self.live and self.ended <= job.after_ended:
-            return False
-        limit = self.options.max_enqueued_tokens
-        return limit is None or self.enqueued == 0 or self.enqueued + job.tokens <= limit
+    def _after_ended(self, job: Job) -> bool:
+        """After the API refused a batch for its enqueued tokens, its follow-up waits for
+        another batch of this run to end."""
+        return job.after_ended is None or not self.live or self.ended > job.after_ended
 
     async def _wait_for(self, ready: Callable[[], bool]) -> None:
         while not ready():
@@ -177,14 +240,17 @@ class Submitter:
         """The job's batch exists: its tokens join the queue."""
         if not job.enqueued:
             job.enqueued = True
-            self.enqueued += job.tokens
             self.live += 1
+            if self.allowance is not None:
+                self.allowance.enqueue(job)
 
-    def release(self, job: Job) -> None:
-        """The job's batch ended (or will not be waited for): its tokens leave the queue."""
+    async def release(self, job: Job) -> None:
+        """The job's batch ended (or will not be created or waited for): its tokens leave
+        the queue."""
+        if self.allowance is not None:
+            await self.allowance.release(job)
         if job.enqueued:
             job.enqueued = False
-            self.enqueued -= job.tokens
             self.live -= 1
             self.ended += 1
             self.changed.set()
