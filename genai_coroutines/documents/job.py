@@ -19,6 +19,9 @@
       +-- 400, 401, 403, 404, 413, 422, success=false: the item fails; 401 and 403 end the
           batch, since every other upload would be refused the same way
 
+A file of at least `presigned_upload_min_bytes` is stored once before its first submission
+and submitted by reference (`presigned`): a retried SUBMIT sends the reference, not the bytes.
+
 One "round" (upload if needed, then poll to the end) is one attempt of the engine's
 `retrying`, so every counted retry of a document, whatever its cause, draws on the
 same `max_retries`. Once Datalab has given a request id the document is not uploaded
