@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from genai_coroutines.emulator import Emulator, EmulatorConfig
+from tests.server_support import Server
 
 
 @pytest.fixture
@@ -31,3 +32,13 @@ async def client(emulator: Emulator) -> AsyncIterator[openai.AsyncOpenAI]:
         api_key=emulator.config.openai_api_key, base_url=emulator.openai_base_url, max_retries=0
     ) as sdk:
         yield sdk
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[tuple[Server, Server]]:
+    """(the API the client was given, "elsewhere": where a redirect would take the key)."""
+    pair = (Server(), Server())
+    yield pair
+    for server in pair:
+        if server.url:
+            await server.runner.cleanup()

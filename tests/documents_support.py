@@ -11,6 +11,11 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import LimitStore, limit_key
 
 
+def config(**options: Any) -> DocumentConfig:
+    """A valid config aimed at no server, for what is checked at construction."""
+    return DocumentConfig(**{"api_key": "dl-test-secret-0123456789", **options})
+
+
 def config_for(emulator: Emulator, **options: Any) -> DocumentConfig:
     """A config aimed at the emulator, polling and retrying fast unless the test says otherwise."""
     options.setdefault("poll_interval_secs", 0.01)

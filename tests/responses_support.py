@@ -16,6 +16,19 @@ from genai_coroutines.responses import direct
 TEXT = {"type": "text"}
 
 
+def request(**options: Any) -> ResponsesRequest:
+    """A valid request aimed at no server, for what is checked at construction."""
+    settings: dict[str, Any] = {
+        "api_key": "sk-test-secret-0123456789",
+        "model": "gpt-4o-mini",
+        "system_prompt": "You are terse.",
+        "user_prompts": ["hello"],
+        "response_format": TEXT,
+    }
+    settings.update(options)
+    return ResponsesRequest(**settings)
+
+
 def request_for(emulator: Emulator, prompts: Any, **options: Any) -> ResponsesRequest:
     """A request aimed at the emulator, fast retries unless the test says otherwise."""
     settings: dict[str, Any] = {

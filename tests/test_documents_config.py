@@ -10,6 +10,7 @@ import pytest
 
 from genai_coroutines import DocumentConfig, DocumentProcessor
 from genai_coroutines.documents.form import settings_fields
+from tests.documents_support import config
 
 SEED_DEFAULTS = {
     "api_url": None,  # the seed's /marker is deprecated upstream: None chooses (see below)
@@ -202,3 +203,28 @@ def test_a_segmentation_schema_chooses_segment_and_is_checked_against_the_endpoi
         DocumentConfig(api_key="k", segmentation_schema=schema, page_schema='{"type": "object"}')
     from_checkpoint = DocumentConfig(api_key="k", segmentation_schema=schema, checkpoint_id="c1")
     assert not from_checkpoint.needs_file
+
+
+@pytest.mark.parametrize(
+    ("text", "kind"), [("[1, 2]", "array"), ('"a"', "string"), ("3", "number"), ("null", "null")]
+)
+def test_a_page_schema_that_is_json_but_not_an_object_is_refused(text: str, kind: str) -> None:
+    with pytest.raises(ValueError, match=f"page_schema must be a JSON object, not a JSON {kind}"):
+        config(page_schema=text)
+
+
+def test_a_page_schema_with_nan_is_not_json() -> None:
+    with pytest.raises(ValueError, match="page_schema is not valid JSON"):
+        config(page_schema='{"type": "object", "maximum": NaN}')
+    config(page_schema='{"type": "object"}')
+
+
+@pytest.mark.parametrize("page_range", ["0-99999999999", "1000000", "0,5,1000000-1000001"])
+def test_an_absurd_page_range_is_refused_with_the_bound(page_range: str) -> None:
+    with pytest.raises(ValueError, match="page_range names page .* from 0 to 999,999"):
+        config(page_range=page_range)
+
+
+def test_a_page_range_up_to_the_bound_passes() -> None:
+    config(page_range="0-999999")
+    config(page_range="0,2,4-6")

@@ -237,3 +237,18 @@ async def test_a_poll_refused_for_credits_ends_its_item_and_the_batch_without_lo
     assert "You need an active, paid subscription" in accepted["error"]
     assert emulator.stats.requests["marker_poll 403"] == 1  # asked once, never again
     assert emulator.stats.requests["marker_submit 403"] == 1
+
+
+async def test_datalab_concurrency_429s_cost_no_document(emulator: Emulator) -> None:
+    """Datalab allows 3 jobs at once and the batch sends 8: its 429s wait their turn and
+    spend no retry, so even with max_retries=0 every document is converted once."""
+    emulator.config.datalab_max_concurrent = 3
+    emulator.config.seconds_per_page = 0.05
+    documents = [samples.pdf(1, tag=str(i)) for i in range(12)]
+    results = await DocumentProcessor(
+        config_for(emulator, max_concurrent_requests=8, max_retries=0)
+    ).process_multiparts(documents)
+
+    assert all(r["success"] for r in results)
+    assert emulator.stats.rate_limited > 0
+    assert emulator.stats.snapshot()["duplicate_submissions"] == 0

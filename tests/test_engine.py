@@ -28,6 +28,7 @@ from genai_coroutines.engine import (
     run_streaming,
 )
 from genai_coroutines.engine.budget import Budget
+from genai_coroutines.engine.headers import count
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
 from genai_coroutines.engine.outcome import Outcome
 from genai_coroutines.engine.pricing import Charges
@@ -56,6 +57,18 @@ def test_retry_after_prefers_milliseconds_then_seconds_then_date() -> None:
     assert retry_after({}) is None
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1e400", "9" * 400])
+def test_rate_limit_headers_that_are_not_numbers_are_ignored(value: str) -> None:
+    assert count(value) is None
+    assert retry_after({"retry-after": value}) in (None, 0.0)
+    assert parse_duration(value) in (None, 0.0)
+
+
+def test_a_header_count_is_a_whole_number_below_2_to_the_53() -> None:
+    assert (count("42"), count("1000.0"), count(str(2**53 - 1))) == (42, 1000, 2**53 - 1)
+    assert count(str(2**53)) is count("-1") is count("1_0x") is None
+
+
 def _failure(**overrides: object) -> Failure:
     fields: dict[str, object] = {"message": "boom", "error_type": "server_error", "retriable": True}
     fields.update(overrides)
@@ -82,6 +95,12 @@ def test_policy_gives_up_on_fatal_errors_spent_retries_and_long_server_waits() -
     assert policy.delay_for(1, _failure(retriable=False)) is None
     assert policy.delay_for(3, _failure()) is None
     assert policy.delay_for(1, _failure(status=429, retry_after=1800.0)) is None
+
+
+def test_more_than_a_thousand_retries_do_not_overflow_the_backoff() -> None:
+    policy = RetryPolicy(max_retries=5000, initial_delay=0.5, max_delay=30.0)
+    failure = Failure("boom", "server_error", retriable=True, status=503)
+    assert policy.backoff(1500) <= 30.0 and policy.delay_for(2000, failure) is not None
 
 
 async def test_retrying_counts_attempts_and_stops_at_max_retries() -> None:

@@ -1,4 +1,5 @@
-"""The package's layout: the imports between its modules go one way only.
+"""The package's layout: the imports between its modules go one way only, and no private
+name crosses from one subpackage to another.
 
 Read from the source with `ast`, so an import inside a function (deferred) or under
 `TYPE_CHECKING` counts as much as one at the top of a module.
@@ -11,15 +12,15 @@ from pathlib import Path
 
 import genai_coroutines
 
-ROOT = Path(genai_coroutines.__file__).parent
+PACKAGE = Path(genai_coroutines.__file__).parent
 
 
 def modules() -> dict[str, tuple[Path, bool]]:
     """Each module's dotted name below the package ("" for the package itself) -> (its
     file, whether it is a package's `__init__`)."""
     found = {}
-    for path in ROOT.rglob("*.py"):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
         package = parts[-1] == "__init__"
         found[".".join(parts[:-1] if package else parts)] = (path, package)
     return found
@@ -114,3 +115,34 @@ def test_the_batch_api_path_is_one_subpackage_without_a_circle() -> None:
     }  # fmt: skip
     assert not [name for name in graph if name.startswith("responses.batch_")]
     assert not any(group & batch for group in circles(graph))
+
+
+def imported_from(path: Path, node: ast.ImportFrom) -> Path:
+    """The folder of the module (or package) `node` imports from, inside `PACKAGE`."""
+    if node.level:
+        base = path.parent
+        for _ in range(node.level - 1):
+            base = base.parent
+    else:
+        base = PACKAGE.parent
+    target = base.joinpath(*(node.module or "").split(".")) if node.module else base
+    return target.parent if target.with_suffix(".py").is_file() else target
+
+
+def test_no_private_name_is_imported_across_subpackages() -> None:
+    """A `_name` is its module's own business: what another subpackage needs is public in
+    its owning module, so it can be found, documented and changed knowingly."""
+    crossings = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if not node.level and not (node.module or "").startswith(PACKAGE.name):
+                continue  # another distribution's names are its own affair
+            source = imported_from(path, node)
+            for alias in node.names:
+                private = alias.name.startswith("_") and not alias.name.startswith("__")
+                if private and source != path.parent:
+                    where = path.relative_to(PACKAGE.parent)
+                    crossings.append(f"{where}:{node.lineno} imports {alias.name}")
+    assert crossings == []

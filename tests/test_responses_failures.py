@@ -12,10 +12,12 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.openai_output import STREAM_FAILURE
 from tests.responses_support import record_attempts, run
+from tests.server_support import Server
 
 RETRIED = [
     # (fault kind, final status, error_type, a phrase of the error message)
@@ -226,3 +228,25 @@ async def test_a_429_asking_for_too_long_ends_its_item_without_freezing_the_batc
     first, *rest = results["results"]
     assert first["status"] == 429 and first["attempts"] == 1 and first["is_retriable"] is True
     assert all(result["success"] for result in rest)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": "upstream failed", "type": "server_error", "code": "server_error"}},
+        {"object": "response", "id": "resp_1", "status": "in_progress", "output": []},
+        {"object": "response", "id": "resp_2", "status": "queued", "output": []},
+    ],
+)
+async def test_a_200_that_is_not_a_finished_response_is_not_a_success(
+    servers: tuple[Server, Server], emulator: Emulator, body: dict[str, Any]
+) -> None:
+    api, _ = servers
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(body)
+
+    await api.start([("POST", "/v1/responses", answer)])
+    [result] = (await run(emulator, ["hi"], base_url=f"{api.url}/v1", max_retries=1))["results"]
+    assert result["success"] is False
+    assert result["error_type"] in ("server_error", "invalid_response")

@@ -1,6 +1,13 @@
 """Rate limits: the batch stays under RPM and TPM, and a 429 pauses every worker.
 
 Whether the limits held is counted on the emulator (its 429s), never timed.
+
+Plain rate limiting never costs an item: with `token_accounting = "provider"` the emulator
+charges each request's input plus an output allowance it reserves for a request without
+`max_output_tokens` (at admission, never refunded), and tells the client neither the
+allowance nor the limits. A 429 naming its wait is the scheduler's business: items wait it
+out without spending `max_retries`, the limiter learns the allowance from the first token
+429s ("Requested N"), and the storm does not repeat.
 """
 
 from __future__ import annotations
@@ -8,10 +15,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from aiohttp import web
+
 from genai_coroutines import KeyLimits, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import MemoryStore, RateLimiter, limit_key
 from tests.responses_support import record_attempts, request_for, run, sent_bodies
+from tests.server_support import Server
 
 
 async def test_given_rpm_is_never_exceeded(emulator: Emulator) -> None:
@@ -179,3 +190,36 @@ async def test_a_request_too_large_for_the_server_gives_its_borrow_back_at_once(
     assert big["error_type"] == "request_too_large" and big["status"] == 429
     assert big["attempts"] == 1 and big["is_retriable"] is False
     assert results["total_success"] == 2 and emulator.stats.total("responses") == 3
+
+
+@pytest.mark.parametrize("concurrency", [20, 100])
+async def test_an_unknown_output_allowance_costs_no_item(
+    emulator: Emulator, concurrency: int
+) -> None:
+    emulator.config.token_accounting = "provider"
+    emulator.config.default_output_tokens = 1000
+    emulator.config.openai_tpm = 1_500_000  # 25,000 a second: about 25 requests
+    emulator.config.burst_seconds = 1.0
+    prompts = [f"prompt {i} " + "word " * 40 for i in range(120)]
+    results = await run(emulator, prompts, max_concurrent_requests=concurrency, max_retries=1)
+
+    assert results["total_success"] == 120
+    sent = emulator.stats.total("responses")
+    print(f"c={concurrency}: {sent} sent, {emulator.stats.rate_limited} answered 429")
+    assert emulator.stats.rate_limited <= concurrency  # the first wave at most, not every refill
+
+
+async def test_a_server_announcing_infinite_limits_is_survived(
+    servers: tuple[Server, Server], emulator: Emulator
+) -> None:
+    api, _ = servers
+
+    async def infinite(request: web.Request) -> web.Response:
+        reply = await emulator.openai.create_response(request)
+        headers = {**reply.headers, "x-ratelimit-limit-requests": "inf"}
+        assert isinstance(reply, web.Response)
+        return web.Response(status=reply.status, body=reply.body, headers=headers)
+
+    await api.start([("POST", "/v1/responses", infinite)])
+    results = await run(emulator, ["a", "b", "c"], base_url=f"{api.url}/v1")
+    assert results["total_success"] == 3

@@ -1,14 +1,22 @@
-"""`ResponsesRequest`: the seed's parameters and defaults, and every bad value refused early."""
+"""`ResponsesRequest`: the seed's parameters and defaults, and every bad value refused early.
+
+Refused too: what would fail on the wire or change silently, a header that would break the
+request, a JSON value (schema, tool, metadata, prompt) that cannot be sent as JSON; each
+error names the parameter (or the prompt's index) and never echoes a key or header value.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from genai_coroutines import ResponsesRequest
+from genai_coroutines.emulator import Emulator
+from tests.responses_support import request, run
 
 KEY = "sk-test-0123456789abcdefghijklmnop"
 BASE: dict[str, Any] = {
@@ -208,3 +216,142 @@ def test_valid_edges_are_accepted() -> None:
         user_prompts=[[{"role": "user", "content": "hi"}], "plain"],
         system_prompt="",
     )
+
+
+SCHEMA = {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}
+
+
+def json_schema(schema: Any, name: str = "answer") -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def tool(parameters: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "lookup", "parameters": parameters}}
+
+
+def test_a_key_from_the_environment_is_named_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-abc\ndef")
+    with pytest.raises(ValueError, match=r"api_key \(from OPENAI_API_KEY\) contains"):
+        request(api_key=None)
+
+
+def test_a_trailing_newline_on_the_key_is_still_stripped_not_refused() -> None:
+    assert request(api_key=KEY + "\n").api_key == KEY
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"": "x"}, "empty header name"),
+        ({"X-Trace\r\nEvil": "x"}, "not a valid header name"),
+        ({"X Trace": "x"}, "not a valid header name"),
+        ({"X-Trace:": "x"}, "not a valid header name"),
+        ({"X-Token": "secret-value\r\nX-Injected: 1"}, r"extra_headers\['X-Token'\].*control"),
+        ({"X-Token": "secret-value\x00"}, r"extra_headers\['X-Token'\].*control"),
+        ({"X-Token": "secret-value\ud800"}, r"extra_headers\['X-Token'\]"),
+    ],
+)
+def test_a_header_that_would_break_the_request_is_refused(
+    headers: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"extra_headers.*{message}|{message}") as caught:
+        request(extra_headers=headers)
+    assert "secret-value" not in str(caught.value)
+
+
+def test_headers_of_the_wrong_type_are_a_type_error_and_tabs_are_allowed() -> None:
+    with pytest.raises(TypeError, match="extra_headers must be a mapping of str to str"):
+        request(extra_headers={"X-Count": 3})
+    request(extra_headers={"X-Trace": "a\tb", "OpenAI-Organization": "org-1"})
+
+
+@pytest.mark.parametrize("name", ["answer\n", "answer ", "ans.wer", "", "a" * 65, "answer\r\n"])
+def test_a_json_schema_name_must_match_the_whole_pattern(name: str) -> None:
+    with pytest.raises(ValueError, match="json_schema name must be 1-64"):
+        request(response_format=json_schema(SCHEMA, name=name))
+
+
+def test_a_json_schema_name_of_64_allowed_characters_passes() -> None:
+    request(response_format=json_schema(SCHEMA, name="A_b-9" * 12 + "abcd"))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_infinity_anywhere_is_refused_naming_the_parameter(value: float) -> None:
+    schema = {**SCHEMA, "properties": {"x": {"type": "number", "maximum": value}}}
+    with pytest.raises(ValueError, match=r"response_format\['json_schema'\].*'maximum'.*NaN"):
+        request(response_format=json_schema(schema))
+    with pytest.raises(ValueError, match=r"tools\[0\].*'parameters'.*NaN"):
+        request(tools=[tool(schema)])
+    native = {"type": "json_schema", "name": "answer", "schema": schema}
+    with pytest.raises(ValueError, match="response_format.*NaN"):
+        request(response_format=native)
+    with pytest.raises(ValueError, match="tool_choice.*NaN"):
+        request(tool_choice={"type": "function", "name": "lookup", "weight": value})
+
+
+def test_metadata_is_checked_for_json_too() -> None:
+    with pytest.raises(ValueError, match=r"metadata\['note'\].*surrogate"):
+        request(metadata={"note": "bad \ud800"})
+
+
+def test_a_lone_surrogate_in_the_instructions_or_model_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="system_prompt contains a lone surrogate"):
+        request(system_prompt="Be terse \ud800")
+    with pytest.raises(ValueError, match="model contains a lone surrogate"):
+        request(model="gpt-4o-mini\udfff")
+    with pytest.raises(ValueError, match=r"tools\[0\].*surrogate"):
+        request(tools=[tool({"type": "object", "description": "\ud800"})])
+
+
+def test_non_str_keys_in_tools_are_a_type_error_naming_where() -> None:
+    with pytest.raises(TypeError, match=r"tools\[0\]\['function'\]\['parameters'\] has a key"):
+        request(tools=[tool({"type": "object", 1: "one"})])
+    with pytest.raises(TypeError, match=r"response_format.*has a key of type tuple"):
+        request(response_format=json_schema({**SCHEMA, ("a", "b"): 1}))
+
+
+@pytest.mark.parametrize("number", [2**64, -(2**63) - 1, 10**400])
+def test_integers_beyond_64_bits_are_refused(number: int) -> None:
+    schema = {**SCHEMA, "properties": {"x": {"type": "integer", "maximum": number}}}
+    with pytest.raises(ValueError, match=r"tools\[0\].*'maximum'.*beyond 64 bits"):
+        request(tools=[tool(schema)])
+
+
+def test_integers_at_the_64_bit_edges_pass() -> None:
+    schema = {"type": "object", "properties": {}, "minimum": -(2**63), "maximum": 2**64 - 1}
+    request(tools=[tool(schema)], response_format=json_schema(schema))
+
+
+def test_an_unserialisable_value_is_a_type_error_naming_where() -> None:
+    with pytest.raises(TypeError, match=r"tools\[0\]\['function'\]\['parameters'\].*object"):
+        request(tools=[tool(object())])
+
+
+def test_a_cycle_is_refused_rather_than_recursing() -> None:
+    schema: dict[str, Any] = {"type": "object"}
+    schema["self"] = schema
+    with pytest.raises(ValueError, match="tools is nested more than"):
+        request(tools=[tool(schema)])
+
+
+def test_a_prompt_that_cannot_be_sent_is_refused_in_a_list() -> None:
+    with pytest.raises(ValueError, match=r"user_prompts\[1\] cannot be sent: .*lone surrogate"):
+        request(user_prompts=["fine", "bad \ud800"])
+    with pytest.raises(ValueError, match=r"user_prompts\[0\] cannot be sent: .*NaN"):
+        request(user_prompts=[[{"role": "user", "content": "hi", "weight": float("nan")}]])
+
+
+async def test_a_prompt_that_cannot_be_sent_fails_alone_in_a_lazy_batch(
+    emulator: Emulator,
+) -> None:
+    async def prompts() -> AsyncIterator[str]:
+        for prompt in ("one", "bad \ud800", "three"):
+            yield prompt
+
+    results = (await run(emulator, prompts()))["results"]
+
+    assert [r["success"] for r in results] == [True, False, True]
+    assert "lone surrogate" in results[1]["error"]
+    assert emulator.stats.total("responses") == 2

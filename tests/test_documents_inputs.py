@@ -1,4 +1,5 @@
-"""A document that cannot be read ends as its own `read_error`, never the batch's.
+"""The documents a batch is given: one that cannot be read ends as its own `read_error`,
+never the batch's.
 
 Real files only: a path with a NUL byte, a directory, /dev/zero, a FIFO nobody writes
 to (opening it blocking would hang the batch for ever), a sparse 201 MB file (over

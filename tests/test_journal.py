@@ -1,16 +1,18 @@
-"""The journal refuses what would make a batch pay twice or lose what it paid for.
+"""The journal both APIs write (`engine.journal`): it refuses what would make a batch pay
+twice or lose what it paid for.
 
-Item 5, one journal per batch: a second user (another process, or a second `Journal`
-in this one) gets `JournalLocked` at open. Item 6, a journal that cannot be written
-is refused at open, and a write failing mid-batch raises a precise `JournalError`.
-Item 12, a damaged, empty or foreign file is refused at open, and the WAL is
-checkpointed so that losing the `-wal` file after a crash loses only the last period.
+One journal per batch: a second user (another process, or a second `Journal` in this one)
+gets `JournalLocked` at open. A journal that cannot be written is refused at open, and a
+write failing mid-batch raises a precise `JournalError`. A damaged, empty or foreign file
+is refused at open, and the WAL is checkpointed so that losing the `-wal` file after a
+crash loses only the last period.
 
 Every case uses a real file and real processes. The tests run as root, where a
 chmod does not stop a write, so read-only files and folders are made immutable with
-`chattr +i` (which stops root too; skipped where the filesystem or the container
-does not allow it), and a write failing mid-batch is a child process whose file size
-limit (RLIMIT_FSIZE, with SIGXFSZ ignored) the journal runs into, as into a full disk.
+`chattr +i` (which stops root too; the test fails, naming why, where the filesystem or
+the container does not allow it), and a write failing mid-batch is a child process whose
+file size limit (RLIMIT_FSIZE, with SIGXFSZ ignored) the journal runs into, as into a
+full disk.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ def read_only(path: Path) -> Iterator[None]:
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
-# Item 5: one journal, one batch.
+# One journal, one batch.
 
 
 def test_a_second_process_on_the_same_journal_is_refused_naming_the_path(
@@ -164,7 +166,7 @@ def test_mismatch_stays_a_value_error() -> None:
     assert issubclass(JournalMismatch, ValueError) and issubclass(JournalMismatch, JournalError)
 
 
-# Item 6: a journal that cannot be written is found out before anything is paid for.
+# A journal that cannot be written is found out before anything is paid for.
 
 
 def test_a_journal_in_a_missing_folder_is_refused_and_nothing_is_created(tmp_path: Path) -> None:
@@ -248,7 +250,7 @@ def test_a_write_failing_mid_batch_raises_a_precise_journal_error(tmp_path: Path
         assert len(journal.results()) == written
 
 
-# Item 12: damaged journals, and what survives losing the WAL.
+# Damaged journals, and what survives losing the WAL.
 
 
 def test_a_journal_with_garbage_in_the_middle_is_refused_at_open(tmp_path: Path) -> None:
