@@ -59,7 +59,7 @@ from .errors import (
     tokens_charged,
     too_large,
 )
-from .prices import DEFAULT_OUTPUT_ALLOWANCE, Price, tier_share, token_budget
+from .prices import DEFAULT_OUTPUT_ALLOWANCE, PriceTable, tier_share, token_budget
 from .request import ResponsesRequest
 from .results import Answer, answered, logger, rendered, revived
 from .sse import is_event_stream, read_final_event
@@ -100,7 +100,7 @@ class Prepared:
 def budget_for(
     request: ResponsesRequest,
     limit_usd: float,
-    prices: Mapping[str, Price],
+    prices: PriceTable,
     *,
     share: float | None = None,
 ) -> Budget[Prepared]:
@@ -111,7 +111,7 @@ def budget_for(
     template = request._template
     if share is None:
         flex = request.service_tier == "flex" and request.flex_fallback_after is None
-        share = tier_share("flex") if flex else 1.0
+        share = tier_share("flex", prices.tiers) if flex else 1.0
     return token_budget(
         limit_usd,
         model=request.model,

@@ -39,7 +39,7 @@ from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
 from .direct import DirectPath, budget_for, key_limiter
-from .prices import TokenPrices, table_of, tier_share
+from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
 from .results import logger
 
@@ -65,10 +65,14 @@ class ResponsesProcessor:
     last_summary: Summary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(self, **clients: Unpack[ClientOptions]) -> None:
-        """`limits_store` (a `redis://` URL whose limits every process using it shares),
-        `limits` (a `KeyLimits` instead) and `connector` (a factory of the aiohttp
-        connector each batch's session sends through): see `engine.ClientOptions`."""
+    def __init__(self, *, prices: PricesArg = None, **clients: Unpack[ClientOptions]) -> None:
+        """`prices`: the price table its summaries and budgets use (a dict in the price
+        file's shape, or a JSON file's path; default the built-in `prices.json`); a
+        `summary=` given to a batch keeps its own. `limits_store` (a `redis://` URL whose
+        limits every process using it shares), `limits` (a `KeyLimits` instead) and
+        `connector` (a factory of the aiohttp connector each batch's session sends
+        through): see `engine.ClientOptions`."""
+        self.prices = load_prices(prices)
         self.clients = Clients(**clients)
 
     @property
@@ -167,7 +171,8 @@ class ResponsesProcessor:
                 )
         await self.clients.ready()  # an unreachable shared store fails here, nothing sent
         limiter = key_limiter(request, self.limits)
-        summary = summary or Summary(pricing=(TokenPrices(model=request.model),))
+        summary = summary or Summary(pricing=(TokenPrices.of(self.prices, request.model),))
+        prices = table_of(summary)
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
@@ -182,8 +187,8 @@ class ResponsesProcessor:
             else budget_for(
                 request,
                 max_cost_usd,
-                table_of(summary),
-                share=None if batch is None else tier_share("batch"),  # the Batch API: half
+                prices,
+                share=None if batch is None else tier_share("batch", prices.tiers),
             ),
             start_fields={
                 "model": request.model,
@@ -194,6 +199,7 @@ class ResponsesProcessor:
                 **({"batch_api": True} if batch is not None else {}),
             },
         )
+        warn_unpriced(logger, request.model, prices)
         driver: DriverCore[Any]
         if batch is not None:
             adapter = BatchAPIPath(request, batch, DirectPath(request, limiter), self.limits)
