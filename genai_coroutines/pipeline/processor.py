@@ -34,6 +34,7 @@ from ..engine import (
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
+from ..responses.cache_keys import CacheKeys
 from ..responses.direct import DirectPath, key_limiter
 from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
 from ..responses.processor import request_headers
@@ -124,6 +125,8 @@ class ExtractionPipeline:
         self.per_page = per_page
         self.prices = load_prices(prices)
         self.clients = Clients(**clients)
+        self.cache_keys = CacheKeys()
+        """The extraction's `prompt_cache_key="auto"` plan, shared by this pipeline's batches."""
 
     @property
     def limits(self) -> KeyLimits:
@@ -176,7 +179,7 @@ class ExtractionPipeline:
         ):
             adapter = PipelinePath(
                 documents.adapter(),
-                DirectPath(request, key_limiter(request, clients.limits)),
+                DirectPath(request, key_limiter(request, clients.limits), self.cache_keys),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,

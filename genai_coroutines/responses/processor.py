@@ -38,6 +38,7 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
+from .cache_keys import CacheKeys
 from .direct import DirectPath, budget_for, key_limiter
 from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
@@ -74,6 +75,8 @@ class ResponsesProcessor:
         through): see `engine.ClientOptions`."""
         self.prices = load_prices(prices)
         self.clients = Clients(**clients)
+        self.cache_keys = CacheKeys()
+        """The `prompt_cache_key="auto"` plan of every batch of this processor."""
 
     @property
     def limits(self) -> KeyLimits:
@@ -202,13 +205,14 @@ class ResponsesProcessor:
         warn_unpriced(logger, request.model, prices)
         driver: DriverCore[Any]
         if batch is not None:
-            adapter = BatchAPIPath(request, batch, DirectPath(request, limiter), self.limits)
+            direct = DirectPath(request, limiter, self.cache_keys)
+            adapter = BatchAPIPath(request, batch, direct, self.limits)
             driver = GroupedDriver(adapter, request.user_prompts, options)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
-            collecting = CollectingPath(DirectPath(request, limiter), self.limits)
+            collecting = CollectingPath(DirectPath(request, limiter, self.cache_keys), self.limits)
             driver = GroupedDriver(collecting, request.user_prompts, options)
         else:
-            driver = Driver(path(request, limiter), request.user_prompts, options)
+            driver = Driver(path(request, limiter, self.cache_keys), request.user_prompts, options)
         self.last_summary = driver.summary
         async for result in driver.stream():
             yield result
