@@ -14,6 +14,8 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any, Generic, TypeVar, cast
 
+import orjson
+
 from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
@@ -113,6 +115,12 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_batch_options(cmd)
     _add_cost_options(cmd, "USD")
     _add_prices(cmd)
+    cmd.add_argument(
+        "--estimate",
+        action="store_true",
+        help="send nothing: print as JSON the tokens, cost and minutes of each path "
+        "(sync, flex, batch_api), with and without prompt caching",
+    )
 
 
 def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -411,6 +419,11 @@ def _run_batch(args: argparse.Namespace) -> int:
     """Run one batch; every input is checked before the output file is opened."""
     model = getattr(args, "model", "")
     prices = _prices_of(args)
+    if getattr(args, "estimate", False):
+        estimator = ResponsesProcessor(prices=prices, limits_store=args.limits_store)
+        figures = run(estimator.estimate(_responses_request(args)))
+        sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
     summary: BatchSummary = BatchSummary(model=model, prices=prices)
     if args.command == "extract":
         summary = PipelineSummary(model=model, prices=prices)

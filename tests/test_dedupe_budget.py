@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.dedupe import Twin, Twins
 from genai_coroutines.engine.outcome import ItemEnd
+from genai_coroutines.responses.estimate import APPROXIMATION, token_counter
 from tests.responses_support import request_for
 from tests.samples import ended, pdf
 from tests.test_cli import output_lines, responses_args, run, write_prompts
@@ -375,3 +377,57 @@ async def test_cli_dedupe_and_max_cost(emulator: Emulator, tmp_path: Path) -> No
     records = output_lines(tmp_path / "out.jsonl")
     assert any(r.get("error_type") == "budget_exceeded" for r in records)
     assert posts(emulator) == 5 + sum(1 for r in records if r["success"])
+
+
+# Estimates before spending
+
+
+def without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without the `[estimate]` extra: `import tiktoken` fails."""
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    token_counter.cache_clear()
+
+
+async def test_the_estimates_sync_input_cost_is_within_15_percent_of_a_real_runs(
+    emulator: Emulator,
+) -> None:
+    prompts = [f"Summarise ticket {n}: " + "the printer jams. " * (n % 9) for n in range(40)]
+    request = request_for(emulator, prompts, max_output_tokens=ALLOWANCE)
+    processor = ResponsesProcessor()
+    guess = await processor.estimate(request)
+    assert posts(emulator) == 0, "an estimate sends nothing"
+    await processor.process_batch(request)
+    summary = processor.last_summary
+    assert summary is not None and summary.cached_tokens == 0
+    real = summary.input_tokens * PRICES["gpt-4o-mini"].input / 1_000_000
+    sync = guess["paths"]["sync"]
+    assert sync["input_cost_usd"] == pytest.approx(real, rel=0.15)
+    assert (
+        sync["output_tokens"] == 40 * ALLOWANCE and guess["output_assumed"] == "max_output_tokens"
+    )
+    assert guess["paths"]["batch_api"]["cost_usd"] == pytest.approx(sync["cost_usd"] / 2)
+
+
+async def test_without_tiktoken_the_estimate_counts_as_the_limiter_does(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_tiktoken(monkeypatch)
+    long_system = "House rules. " * 400  # 5,200 characters: 1,300 tokens, 1,280 cacheable
+    prompts = [f"row {n}" for n in range(30)]
+    request = request_for(
+        emulator, prompts, system_prompt=long_system, requests_per_minute=600, tokens_per_minute=1e6
+    )
+    guess = await ResponsesProcessor().estimate(request)
+    assert guess["tokenizer"] == APPROXIMATION
+    counted = sum(math.ceil((len(long_system) + len(p)) / 4) for p in prompts)
+    sync = guess["paths"]["sync"]
+    assert sync["input_tokens"] == counted
+    assert guess["output_tokens_per_request"] == 4096 and "default" in guess["output_assumed"]
+    assert sync["minutes"] == pytest.approx(max(30 / 600, (counted + 30 * 4096) / 1e6), abs=0.01)
+    caching = sync["with_prompt_caching"]
+    assert caching["cached_input_tokens"] == (30 - 2) * 1280, "each of 2 keys' first misses"
+    assert caching["input_cost_usd"] < sync["input_cost_usd"]
+    assert guess["paths"]["batch_api"]["minutes"] is None
+    unpriced = await ResponsesProcessor(prices={"models": {}}).estimate(request)
+    assert unpriced["paths"]["sync"]["cost_usd"] is None and not unpriced["priced"]
+    assert posts(emulator) == 0

@@ -40,6 +40,7 @@ from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
 from .cache_keys import CacheKeys
 from .direct import DirectPath, budget_for, key_limiter
+from .estimate import estimate
 from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
 from .results import logger
@@ -113,6 +114,22 @@ class ResponsesProcessor:
         )
         ok = sum(1 for result in results if result["success"])
         return {"total_success": ok, "total_errors": len(results) - ok, "results": results}
+
+    async def estimate(self, request: ResponsesRequest) -> dict[str, Any]:
+        """What `request` would cost and take on each path, sending nothing (see
+        `responses.estimate`): its prompts are read (a list, or an iterable read once), and
+        the key's limits are the request's `requests_per_minute`/`tokens_per_minute`, else
+        those learned earlier in this processor's limits store (none known: no minutes)."""
+        if not isinstance(request, ResponsesRequest):
+            raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
+        await self.clients.ready()
+        limiter = key_limiter(request, self.limits)
+        known = await limiter.store.limits(limiter.key)
+        limits = {
+            "requests_per_minute": request.requests_per_minute or known.get("requests"),
+            "tokens_per_minute": request.tokens_per_minute or known.get("tokens"),
+        }
+        return estimate(request, self.prices, limits)
 
     def process_batch_sync(self, request: ResponsesRequest, **options: Any) -> dict[str, Any]:
         """`process_batch` for plain scripts and notebooks (see `run_sync`)."""
