@@ -14,6 +14,8 @@ import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any, Generic, TypeVar, cast
 
+import orjson
+
 from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documents, prompt_source
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
@@ -26,6 +28,7 @@ from .params import add_flags, cli_fields, flags_named, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
+from .responses.prices import PriceTable, load_prices
 from .summary import BatchSummary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -81,6 +84,15 @@ def _add_cost_options(cmd: argparse.ArgumentParser, unit: str) -> None:
     )
 
 
+def _add_prices(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
+        "--prices",
+        metavar="FILE",
+        help="a JSON price file (the shape of genai_coroutines/responses/prices.json) in "
+        "place of the built-in list prices; a model it does not name has no cost",
+    )
+
+
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = commands.add_parser(
         "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
@@ -102,6 +114,13 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
     _add_batch_options(cmd)
     _add_cost_options(cmd, "USD")
+    _add_prices(cmd)
+    cmd.add_argument(
+        "--estimate",
+        action="store_true",
+        help="send nothing: print as JSON the tokens, cost and minutes of each path "
+        "(sync, flex, batch_api), with and without prompt caching",
+    )
 
 
 def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,6 +193,7 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         if new is not None:
             group.add_argument(new, **{**options, "dest": _dest(new)})
     _add_batch_options(cmd)
+    _add_prices(cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,9 +420,15 @@ async def _write_all(
 def _run_batch(args: argparse.Namespace) -> int:
     """Run one batch; every input is checked before the output file is opened."""
     model = getattr(args, "model", "")
-    summary: BatchSummary = BatchSummary(model=model)
+    prices = _prices_of(args)
+    if getattr(args, "estimate", False):
+        estimator = ResponsesProcessor(prices=prices, limits_store=args.limits_store)
+        figures = run(estimator.estimate(_responses_request(args)))
+        sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return EXIT_OK
+    summary: BatchSummary = BatchSummary(model=model, prices=prices)
     if args.command == "extract":
-        summary = PipelineSummary(model=model)
+        summary = PipelineSummary(model=model, prices=prices)
     documents: NamedDocuments | None = None
     feed: Feed[Any]
     if args.command == "extract":
@@ -411,6 +437,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             _extract_ocr_config(args),
             _extraction_request(args),
             per_page=args.per_page,
+            prices=prices,
             limits_store=args.limits_store,
         )
         documents = NamedDocuments(args.documents)
@@ -425,7 +452,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         )
     elif args.command == "responses":
         journal = _journal_path(args, "responses")
-        responses = ResponsesProcessor(limits_store=args.limits_store)
+        responses = ResponsesProcessor(prices=prices, limits_store=args.limits_store)
         limits = responses.limits
         request = _responses_request(args)
         assert isinstance(request.user_prompts, Feed)
@@ -481,6 +508,14 @@ def _run_batch(args: argparse.Namespace) -> int:
         return EXIT_OUTPUT
     print(summary.finish().describe(), file=sys.stderr)
     return EXIT_FAILED if summary.failed else EXIT_OK
+
+
+def _prices_of(args: argparse.Namespace) -> PriceTable:
+    """`--prices FILE` read (the built-in table without it), before anything is sent."""
+    try:
+        return load_prices(getattr(args, "prices", None))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--{exc}") from None
 
 
 def _batch_api(args: argparse.Namespace) -> BatchAPI | bool:

@@ -8,23 +8,24 @@ both APIs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .documents.prices import DatalabPrices
 from .engine.pricing import PriceModel
 from .engine.summary import Summary
-from .responses.prices import PRICES, Price, TokenPrices
+from .responses.prices import PRICES, PricesArg, TokenPrices, load_prices
 
 
 @dataclass
 class BatchSummary(Summary):
-    """A `Summary` priced by `TokenPrices(prices, model)` and `DatalabPrices`."""
+    """A `Summary` priced by `TokenPrices` at `prices` and `DatalabPrices`."""
 
     pricing: tuple[PriceModel, ...] = field(init=False, default=())
     model: str = ""
     """Model priced when a result does not name its own."""
-    prices: Mapping[str, Price] = field(default_factory=lambda: PRICES)
+    prices: PricesArg = field(default_factory=lambda: PRICES)
+    """`{model: Price}`, a dict in the price file's shape, a `PriceTable` or a price file's
+    path (see `responses.prices.load_prices`)."""
 
     def __post_init__(self) -> None:
-        self.pricing = (TokenPrices(self.prices, self.model), DatalabPrices())
+        self.pricing = (TokenPrices.of(load_prices(self.prices), self.model), DatalabPrices())

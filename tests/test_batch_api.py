@@ -877,3 +877,15 @@ def test_process_batch_sync_runs_the_batch_api_path() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+async def test_batch_lines_carry_planned_prompt_cache_keys(emulator: Emulator) -> None:
+    """`prompt_cache_key="auto"` plans the Batch API's lines as the synchronous requests:
+    40 lines sharing a long prefix, 3 keys of at most 15 lines, none spilled."""
+    emulator.config.prompt_caching = True
+    request = make_request(
+        emulator, 40, system_prompt="Be brief and exact. " * 260, prompt_cache_key="auto"
+    )
+    out = await ResponsesProcessor().process_batch(request, batch_api=fast())
+    assert out["total_success"] == 40
+    assert emulator.stats.prompt_cache_lookups == {"miss": 3, "hit": 37}

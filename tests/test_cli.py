@@ -501,3 +501,23 @@ def test_emulate_accepts_every_fault_kind_and_refuses_unknown_ones() -> None:
     assert args.fault == [("responses", "503-retry-after", 0.1)]
     assert main(["emulate", "--fault", "responses:melt:0.1"]) == 2
     assert main(["emulate", "--fault", "nowhere:503:0.1"]) == 2
+
+
+async def test_estimate_sends_nothing_and_prints_each_paths_figures(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_prompts(tmp_path / "prompts.jsonl", [f"question {n}" for n in range(5)])
+    args = responses_args(
+        emulator, tmp_path, "--estimate", "--rpm", "60", "--max-output-tokens", "16"
+    )
+    code, out, err = await run(emulator, *args)
+    assert code == 0, err
+    assert sum(emulator.stats.requests.values()) == 0, "nothing sent"
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "batch.journal").exists()
+    figures = orjson.loads(out)
+    assert figures["prompts"] == 5 and set(figures["paths"]) == {"sync", "flex", "batch_api"}
+    for path in figures["paths"].values():
+        assert {"input_tokens", "output_tokens", "input_cost_usd", "output_cost_usd"} <= set(path)
+        assert {"cost_usd", "minutes", "with_prompt_caching"} <= set(path)
+        assert path["cost_usd"] == pytest.approx(path["input_cost_usd"] + path["output_cost_usd"])
+    assert figures["paths"]["sync"]["minutes"] == pytest.approx(5 / 60, abs=0.01)

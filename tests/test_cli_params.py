@@ -171,6 +171,7 @@ SAMPLES: dict[str, Sample | Callable[[Path], Sample]] = {
     "ResponsesRequest.truncation": (["--truncation", "auto"], "auto"),
     "ResponsesRequest.metadata": (["--metadata", '{"run": "nightly"}'], {"run": "nightly"}),
     "ResponsesRequest.service_tier": (["--service-tier", "flex"], "flex"),
+    "ResponsesRequest.prompt_cache_retention": (["--prompt-cache-retention", "24h"], "24h"),
     "ResponsesRequest.base_url": (["--base-url", "http://127.0.0.1:9/v1"], "http://127.0.0.1:9/v1"),
     "ResponsesRequest.extra_headers": (["--extra-headers", '{"X-A": "b"}'], {"X-A": "b"}),
     "DocumentConfig.api_url": (["--api-url", "http://127.0.0.1:9/m"], "http://127.0.0.1:9/m"),

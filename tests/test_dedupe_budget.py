@@ -9,11 +9,14 @@ answer's usage by the summary's table, or Datalab's own `cost_breakdown`.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from genai_coroutines import (
@@ -28,6 +31,7 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.dedupe import Twin, Twins
 from genai_coroutines.engine.outcome import ItemEnd
+from genai_coroutines.responses.estimate import APPROXIMATION, token_counter
 from tests.responses_support import request_for
 from tests.samples import ended, pdf
 from tests.test_cli import output_lines, responses_args, run, write_prompts
@@ -210,6 +214,92 @@ async def test_an_unpriced_model_cannot_have_a_budget(emulator: Emulator) -> Non
     request = request_for(emulator, ["x"], model="my-finetune")
     with pytest.raises(ValueError, match="needs a price"):
         await ResponsesProcessor().process_batch(request, max_cost_usd=1.0)
+    own_table = ResponsesProcessor(prices={"models": {"gpt-4o": PRICES["gpt-4o"]}})
+    with pytest.raises(ValueError, match="needs a price for model 'gpt-4o-mini'"):
+        await own_table.process_batch(request_for(emulator, ["x"]), max_cost_usd=1.0)
+    assert posts(emulator) == 0
+
+
+# Prices as data
+
+ODD = {"input": 3.0, "cached_input": 0.7, "output": 11.0}
+"""Prices no built-in model has, so a figure at them cannot come from the built-in table."""
+
+
+def priced_at(price: dict[str, float], summary: BatchSummary | Any) -> float:
+    cached = summary.cached_tokens
+    fresh = summary.input_tokens - cached
+    paid = fresh * price["input"] + cached * price["cached_input"]
+    return (paid + summary.output_tokens * price["output"]) / 1_000_000
+
+
+async def test_a_price_file_changes_the_summarys_figure_exactly(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.prompt_caching = True  # cached input, at the file's cached rate
+    file = tmp_path / "prices.json"
+    file.write_bytes(orjson.dumps({"date": "2030-01-01", "models": {"gpt-4o-mini": ODD}}))
+    prompts = [f"priced row {n}" for n in range(4)]
+    request = request_for(emulator, prompts, system_prompt="Rules. " * 800)
+    processor = ResponsesProcessor(prices=str(file))
+    await processor.process_batch(request)
+    summary = processor.last_summary
+    assert summary is not None and summary.cached_tokens > 0
+    assert summary.cost_usd == pytest.approx(priced_at(ODD, summary), rel=1e-12)
+    assert summary.cost_usd != pytest.approx(priced_at(vars_of("gpt-4o-mini"), summary))
+    saved = summary.cached_tokens * (ODD["input"] - ODD["cached_input"]) / 1_000_000
+    assert summary.as_dict()["cache_saving_usd"] == pytest.approx(saved, abs=1e-6)
+
+    write_prompts(tmp_path / "prompts.jsonl", prompts)  # the CLI's --prices: its figure too
+    code, _, err = await run(emulator, *responses_args(emulator, tmp_path, "--prices", str(file)))
+    assert code == 0, err
+    tokens = re.search(r"tokens: (\d+) in \((\d+) cached\), (\d+) out", err)
+    assert tokens is not None, err
+    fresh, cached, out = int(tokens[1]) - int(tokens[2]), int(tokens[2]), int(tokens[3])
+    usd = (fresh * ODD["input"] + cached * ODD["cached_input"] + out * ODD["output"]) / 1e6
+    assert f"estimated cost: ${usd:.4f}" in err and usd > 0
+
+
+def vars_of(model: str) -> dict[str, float]:
+    price = PRICES[model]
+    return {"input": price.input, "cached_input": price.cached_input, "output": price.output}
+
+
+async def test_an_unpriced_model_costs_none_and_is_named_in_one_warning(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    processor = ResponsesProcessor(prices={"models": {"gpt-4o": ODD}})
+    with caplog.at_level("WARNING", logger="genai_coroutines"):
+        out = await processor.process_batch(request_for(emulator, ["a", "b", "c"]))
+    assert out["total_success"] == 3
+    assert processor.last_summary is not None
+    figures = processor.last_summary.as_dict()
+    assert figures["cost_usd"] is None and figures["unpriced_models"] == ["gpt-4o-mini"]
+    warned = [r.getMessage() for r in caplog.records if "unpriced_model" in r.getMessage()]
+    assert len(warned) == 1 and "model=gpt-4o-mini" in warned[0]
+
+
+async def test_bad_prices_are_refused_naming_prices(emulator: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    bad: list[tuple[Any, type[Exception]]] = [
+        (str(tmp_path / "missing.json"), ValueError),
+        (str(tmp_path / "broken.json"), ValueError),
+        (str(tmp_path / "list.json"), TypeError),
+        ({"models": {"m": {"input": 1.0, "output": 2.0}}}, ValueError),  # no cached_input
+        ({"models": {"m": {**ODD, "input": -1.0}}}, ValueError),
+        ({"models": {"m": {**ODD, "output": "2"}}}, TypeError),
+        ({"models": {"m": ODD}, "tiers": {"flex": True}}, TypeError),
+        ({"models": {"m": ODD}, "currency": "EUR"}, ValueError),
+        ([("m", ODD)], TypeError),
+    ]
+    for prices, error in bad:
+        with pytest.raises(error, match="prices"):
+            ResponsesProcessor(prices=prices)
+    write_prompts(tmp_path / "prompts.jsonl", ["x"])
+    args = responses_args(emulator, tmp_path, "--prices", str(tmp_path / "broken.json"))
+    code, _, err = await run(emulator, *args)
+    assert code == 2 and "--prices" in err
     assert posts(emulator) == 0
 
 
@@ -306,3 +396,57 @@ async def test_an_extract_budget_prices_the_parse_and_the_extraction(emulator: E
     assert [r["success"] for r in results] == [True, False, False]
     assert summary.cost_cents == pytest.approx(2.4)
     assert "spent 2.4 cents, in flight 0 cents, the next request up to 2.4" in results[1]["error"]
+
+
+# Estimates before spending
+
+
+def without_tiktoken(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without the `[estimate]` extra: `import tiktoken` fails."""
+    monkeypatch.setitem(sys.modules, "tiktoken", None)
+    token_counter.cache_clear()
+
+
+async def test_the_estimates_sync_input_cost_is_within_15_percent_of_a_real_runs(
+    emulator: Emulator,
+) -> None:
+    prompts = [f"Summarise ticket {n}: " + "the printer jams. " * (n % 9) for n in range(40)]
+    request = request_for(emulator, prompts, max_output_tokens=ALLOWANCE)
+    processor = ResponsesProcessor()
+    guess = await processor.estimate(request)
+    assert posts(emulator) == 0, "an estimate sends nothing"
+    await processor.process_batch(request)
+    summary = processor.last_summary
+    assert summary is not None and summary.cached_tokens == 0
+    real = summary.input_tokens * PRICES["gpt-4o-mini"].input / 1_000_000
+    sync = guess["paths"]["sync"]
+    assert sync["input_cost_usd"] == pytest.approx(real, rel=0.15)
+    assert (
+        sync["output_tokens"] == 40 * ALLOWANCE and guess["output_assumed"] == "max_output_tokens"
+    )
+    assert guess["paths"]["batch_api"]["cost_usd"] == pytest.approx(sync["cost_usd"] / 2)
+
+
+async def test_without_tiktoken_the_estimate_counts_as_the_limiter_does(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    without_tiktoken(monkeypatch)
+    long_system = "House rules. " * 400  # 5,200 characters: 1,300 tokens, 1,280 cacheable
+    prompts = [f"row {n}" for n in range(30)]
+    request = request_for(
+        emulator, prompts, system_prompt=long_system, requests_per_minute=600, tokens_per_minute=1e6
+    )
+    guess = await ResponsesProcessor().estimate(request)
+    assert guess["tokenizer"] == APPROXIMATION
+    counted = sum(math.ceil((len(long_system) + len(p)) / 4) for p in prompts)
+    sync = guess["paths"]["sync"]
+    assert sync["input_tokens"] == counted
+    assert guess["output_tokens_per_request"] == 4096 and "default" in guess["output_assumed"]
+    assert sync["minutes"] == pytest.approx(max(30 / 600, (counted + 30 * 4096) / 1e6), abs=0.01)
+    caching = sync["with_prompt_caching"]
+    assert caching["cached_input_tokens"] == (30 - 2) * 1280, "each of 2 keys' first misses"
+    assert caching["input_cost_usd"] < sync["input_cost_usd"]
+    assert guess["paths"]["batch_api"]["minutes"] is None
+    unpriced = await ResponsesProcessor(prices={"models": {}}).estimate(request)
+    assert unpriced["paths"]["sync"]["cost_usd"] is None and not unpriced["priced"]
+    assert posts(emulator) == 0

@@ -33,6 +33,7 @@ from genai_coroutines.engine.journal import Journal, JournalMismatch, request_di
 from genai_coroutines.engine.outcome import Outcome
 from genai_coroutines.engine.pricing import Charges
 from genai_coroutines.engine.summary import Summary
+from genai_coroutines.responses.prices import price_for
 from tests.samples import ended
 
 
@@ -457,8 +458,18 @@ def test_summary_price_table_can_be_overridden_and_unknown_models_are_named() ->
     summary.add(ended({"input_tokens": 1_000_000, "output_tokens": 0}))
     summary.add(ended({"input_tokens": 10}, model="mystery-model"))
     assert summary.cost_usd == pytest.approx(1.0)
-    assert summary.as_dict()["unpriced_models"] == ["mystery-model"]
-    assert "estimated cost: $1.0000" in summary.describe()
+    figures = summary.as_dict()
+    assert figures["unpriced_models"] == ["mystery-model"]
+    assert figures["cost_usd"] is None, "never a guessed figure"
+    assert figures["estimated_cost_usd"] == pytest.approx(1.0), "the priced part"
+    assert "cost: unknown (no price for mystery-model)" in summary.describe()
+
+
+def test_only_a_dated_snapshot_is_priced_as_its_family() -> None:
+    table = {"gpt-4o": Price(2.5, 1.25, 10.0)}
+    assert price_for("gpt-4o-2024-08-06", table) == table["gpt-4o"]
+    assert price_for("gpt-4o-mini", table) is None, "another model, never a guess"
+    assert price_for("gpt-4o-mini-2024-07-18", table) is None
 
 
 @dataclass(eq=False)

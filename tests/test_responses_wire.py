@@ -8,11 +8,15 @@ succeeds, so each test fails if its translation is removed.
 from __future__ import annotations
 
 import copy
+import math
+from collections import Counter
+from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import orjson
+import pytest
 from openai.lib._parsing._responses import type_to_text_format_param
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
@@ -20,6 +24,7 @@ from pydantic import BaseModel, Field
 from genai_coroutines import ResponsesProcessor, parse_responses
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.responses import parse_responses_as
+from genai_coroutines.responses.cache_keys import PER_KEY_MINUTE, CacheKeys
 from genai_coroutines.responses.schema import model_text_format
 from genai_coroutines.responses.wire import (
     JSON_NOTE,
@@ -310,3 +315,118 @@ async def test_untranslatable_prompt_in_a_lazy_source_fails_only_that_item(
     assert bad["param"] == "user_prompts" and bad["attempts"] == 0
     assert "user_prompts[1]" in bad["error"]
     assert emulator.stats.total("responses") == 2
+
+
+# Prompt caching: prompt_cache_key and prompt_cache_retention
+
+CACHED_SYSTEM = "Follow the house rules. " * 200
+"""About 1,200 tokens at the emulator's 4 characters a token: above the 1,024 cached."""
+
+
+def cache_keys_sent(emulator: Emulator) -> Counter[str | None]:
+    return Counter(body.get("prompt_cache_key") for body in sent_bodies(emulator))
+
+
+async def test_prompt_cache_fields_pass_through_and_are_checked(emulator: Emulator) -> None:
+    emulator.config.prompt_caching = True
+    out = await run(
+        emulator,
+        ["a", "b"],
+        system_prompt=CACHED_SYSTEM,
+        prompt_cache_key="tenant-7",
+        prompt_cache_retention="24h",
+    )
+    assert out["total_success"] == 2
+    for body in sent_bodies(emulator):
+        assert body["prompt_cache_key"] == "tenant-7"
+        assert body["prompt_cache_retention"] == "24h"
+    assert emulator.stats.prompt_cache_lookups == {"miss": 1, "hit": 1}
+    for bad, error in (
+        ({"prompt_cache_key": "k" * 65}, ValueError),
+        ({"prompt_cache_key": ""}, ValueError),
+        ({"prompt_cache_key": 7}, TypeError),
+        ({"prompt_cache_retention": "1h"}, ValueError),
+    ):
+        name = next(iter(bad))
+        with pytest.raises(error, match=name):
+            request_for(emulator, ["a"], **bad)
+
+
+async def test_auto_keys_stay_within_each_machines_minute_on_2000_requests(
+    emulator: Emulator,
+) -> None:
+    """2,000 requests sharing a prefix within a minute: the fewest keys of at most 15
+    requests each, so the emulator's cache machines (15 a minute per prefix and key) spill
+    none and serve all but each key's first request from cache."""
+    emulator.config.prompt_caching = True
+    prompts = [f"row {n}" for n in range(2000)]
+    processor = ResponsesProcessor()
+    request = request_for(
+        emulator,
+        prompts,
+        system_prompt=CACHED_SYSTEM,
+        prompt_cache_key="auto",
+        max_concurrent_requests=64,
+    )
+    out = await processor.process_batch(request)
+    assert out["total_success"] == 2000
+    lookups = emulator.stats.prompt_cache_lookups
+    assert lookups["spill"] == 0, "no machine asked past its share of the minute"
+    keys = math.ceil(2000 / PER_KEY_MINUTE)
+    assert lookups == {"miss": keys, "hit": 2000 - keys}, "one miss per key: each filled"
+    seen = cache_keys_sent(emulator)  # the last 1,000 requests the emulator kept
+    assert max(seen.values()) <= PER_KEY_MINUTE and None not in seen and "auto" not in seen
+    summary = processor.last_summary
+    assert summary is not None and summary.cached_tokens > 0.85 * summary.input_tokens
+    assert summary.as_dict()["cache_saving_usd"] > 0
+
+
+async def test_one_key_for_a_hot_prefix_spills_what_auto_keeps(emulator: Emulator) -> None:
+    emulator.config.prompt_caching = True
+    prompts = [f"row {n}" for n in range(60)]
+    await run(emulator, prompts, system_prompt=CACHED_SYSTEM, prompt_cache_key="one")
+    assert emulator.stats.prompt_cache_lookups == {"miss": 1, "hit": 14, "spill": 45}
+
+
+async def test_auto_keys_are_the_same_on_a_rerun_and_the_journal_still_matches(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The planned key is added when a request is sent, not to the body the journal's
+    digest is taken of: a rerun is answered from the journal, and a fresh run of the same
+    prefix plans the same key names (so a later run finds the caches the first warmed)."""
+    emulator.config.prompt_caching = True
+    prompts = [f"row {n}" for n in range(20)]
+    journal = tmp_path / "run.journal"
+    first = await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts, system_prompt=CACHED_SYSTEM, prompt_cache_key="auto"),
+        journal=journal,
+    )
+    keys = cache_keys_sent(emulator)
+    assert sorted(keys.values()) == [5, 15] and len(keys) == 2
+    again = await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts, system_prompt=CACHED_SYSTEM, prompt_cache_key="auto"),
+        journal=journal,
+    )
+    assert all(result["from_journal"] for result in again["results"])
+    assert len(sent_bodies(emulator)) == 20, "nothing sent again"
+    assert again["results"] == [{**r, "from_journal": True} for r in first["results"]]
+    emulator.stats.received.clear()
+    await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts, system_prompt=CACHED_SYSTEM, prompt_cache_key="auto")
+    )
+    assert set(cache_keys_sent(emulator)) == set(keys)
+
+
+def test_a_key_reopens_when_its_minute_has_passed() -> None:
+    """The plan fills key 0 first, opens key 1 only when key 0 has 15 requests in the last
+    minute, and returns to key 0 once its oldest request is a minute old."""
+    now = [0.0]
+    keys = CacheKeys(clock=lambda: now[0])
+    planned = []
+    for _ in range(20):
+        planned.append(keys.key("abcd0123"))
+        now[0] += 1.0
+    assert planned == ["gc-abcd0123-0"] * 15 + ["gc-abcd0123-1"] * 5
+    now[0] = 60.5  # key 0's first request is a minute old
+    assert keys.key("abcd0123") == "gc-abcd0123-0"
+    assert keys.key("other000") == "gc-other000-0"

@@ -84,6 +84,18 @@ class Charges:
         )
 
     @property
+    def cache_saving_usd(self) -> float:
+        """US dollars the cached input tokens saved: what they would have cost as fresh
+        input, less what they cost at the cached rate."""
+        saved = 0.0
+        for (pricer, model, share), (inputs, cached, outputs, _) in self.billed.items():
+            fresh = pricer.usd(model, share, inputs, 0, outputs) if cached else None
+            paid = pricer.usd(model, share, inputs, cached, outputs) if fresh is not None else None
+            if fresh is not None and paid is not None:
+                saved += fresh - paid
+        return saved
+
+    @property
     def unpriced_models(self) -> set[str]:
         """Models of counted tokens their pricer has no price for (they cost 0 here)."""
         return {

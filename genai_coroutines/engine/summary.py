@@ -64,6 +64,9 @@ class Summary(Charges):
         return (self.finished or time.monotonic()) - self.started
 
     def as_dict(self) -> dict[str, Any]:
+        """The totals; `cost_usd` is None when a model has no price (never a guess), while
+        `estimated_cost_usd` sums the priced models only."""
+        unpriced = self.unpriced_models
         return {
             "total": self.total,
             "succeeded": self.succeeded,
@@ -76,8 +79,10 @@ class Summary(Charges):
             "cached_tokens": self.cached_tokens,
             "output_tokens": self.output_tokens,
             "reasoning_tokens": self.reasoning_tokens,
+            "cost_usd": None if unpriced else round(self.cost_usd, 6),
             "estimated_cost_usd": round(self.cost_usd, 6),
-            "unpriced_models": sorted(self.unpriced_models),
+            "unpriced_models": sorted(unpriced),
+            "cache_saving_usd": round(self.cache_saving_usd, 6),
             "service_tiers": dict(self.tiers),  # the public key (the tiers of any API)
             "pages": self.pages,
             "cost_cents": self.cost_cents,
@@ -94,10 +99,17 @@ class Summary(Charges):
             + f"  wall: {self.wall_seconds:.2f}s"
         ]
         if self.input_tokens or self.output_tokens:
+            unpriced = ", ".join(sorted(self.unpriced_models))
+            saved = self.cache_saving_usd
+            cost = (
+                f"cost: unknown (no price for {unpriced})"
+                if unpriced
+                else f"estimated cost: ${self.cost_usd:.4f}"
+            )
             lines.append(
                 f"tokens: {self.input_tokens} in ({self.cached_tokens} cached), "
-                f"{self.output_tokens} out ({self.reasoning_tokens} reasoning)  "
-                f"estimated cost: ${self.cost_usd:.4f}"
+                f"{self.output_tokens} out ({self.reasoning_tokens} reasoning)  {cost}"
+                + (f" (prompt cache saved ${saved:.4f})" if saved else "")
             )
         if self.pages or self.cost_cents:
             lines.append(f"pages: {self.pages}  Datalab cost: {self.cost_cents:g} cents")

@@ -34,10 +34,12 @@ from ..engine import (
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
+from ..responses.cache_keys import CacheKeys
 from ..responses.direct import DirectPath, key_limiter
+from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
-from .path import PipelinePath
+from .path import PipelinePath, logger
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
@@ -83,11 +85,13 @@ class ExtractionPipeline:
         extraction: ResponsesRequest,
         *,
         per_page: bool = False,
+        prices: PricesArg = None,
         **clients: Unpack[ClientOptions],
     ) -> None:
-        """`limits_store` / `limits`: where both keys' limits live; `connector`: a factory
-        of the aiohttp connector each API's session sends through; as for the processors
-        (see `engine.ClientOptions`)."""
+        """`prices`: the extraction's token prices, as `ResponsesProcessor`'s (the OCR's
+        cost is the cents Datalab reports). `limits_store` / `limits`: where both keys'
+        limits live; `connector`: a factory of the aiohttp connector each API's session
+        sends through; as for the processors (see `engine.ClientOptions`)."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
         if not isinstance(extraction, ResponsesRequest):
@@ -119,7 +123,10 @@ class ExtractionPipeline:
         self.ocr = ocr
         self.extraction = extraction
         self.per_page = per_page
+        self.prices = load_prices(prices)
         self.clients = Clients(**clients)
+        self.cache_keys = CacheKeys()
+        """The extraction's `prompt_cache_key="auto"` plan, shared by this pipeline's batches."""
 
     @property
     def limits(self) -> KeyLimits:
@@ -162,6 +169,8 @@ class ExtractionPipeline:
         """
         ocr, request, clients = self.ocr, self.extraction, self.clients
         await clients.ready()  # an unreachable shared store fails here, nothing sent
+        summary = summary or PipelineSummary(model=request.model, prices=self.prices)
+        warn_unpriced(logger, request.model, table_of(summary))
         documents = DocumentProcessor(ocr, limits=clients.limits)
         ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
         async with (
@@ -170,7 +179,7 @@ class ExtractionPipeline:
         ):
             adapter = PipelinePath(
                 documents.adapter(),
-                DirectPath(request, key_limiter(request, clients.limits)),
+                DirectPath(request, key_limiter(request, clients.limits), self.cache_keys),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
@@ -186,7 +195,7 @@ class ExtractionPipeline:
                     connector=clients.connector,
                     journal=journal,
                     progress=progress,
-                    summary=summary or PipelineSummary(model=request.model),
+                    summary=summary,
                     resume=resume,
                     start_fields={
                         "files": count(inputs, "?"),

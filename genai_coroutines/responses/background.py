@@ -59,6 +59,7 @@ from ..engine import (
     send,
 )
 from ..engine.telemetry import OPENAI, POLL_RESPONSE, background_in_flight
+from .cache_keys import CacheKeys
 from .direct import Attempted, DirectPath, Prepared, Tries, answer
 from .errors import bad_body, classify, response_failure
 from .request import ResponsesRequest
@@ -88,8 +89,10 @@ class Ended:
 class BackgroundPath(DirectPath):
     """The `Adapter` of background mode: `DirectPath`'s prepare, digest and POST, then polls."""
 
-    def __init__(self, request: ResponsesRequest, limiter: RateLimiter) -> None:
-        super().__init__(request, limiter)
+    def __init__(
+        self, request: ResponsesRequest, limiter: RateLimiter, cache_keys: CacheKeys | None = None
+    ) -> None:
+        super().__init__(request, limiter, cache_keys)
         self.responses_url = self.url + "/"
         self.interval = request.poll_interval_secs
         self.poll_timeout = float(request.timeout_secs)

@@ -51,6 +51,7 @@ from ..engine import (
 from ..engine.budget import Budget
 from ..engine.store import Ticket
 from ..engine.telemetry import CHAT, OPENAI, Identity
+from .cache_keys import AUTO, ROUTING_CHARS, CacheKeys, prefix_group, with_key
 from .errors import (
     bad_body,
     classify,
@@ -59,7 +60,7 @@ from .errors import (
     tokens_charged,
     too_large,
 )
-from .prices import DEFAULT_OUTPUT_ALLOWANCE, Price, tier_share, token_budget
+from .prices import DEFAULT_OUTPUT_ALLOWANCE, PriceTable, tier_share, token_budget
 from .request import ResponsesRequest
 from .results import Answer, answered, logger, rendered, revived
 from .sse import is_event_stream, read_final_event
@@ -95,12 +96,15 @@ class Prepared:
     body: bytes
     estimate: int
     """Tokens reserved on the limiter before sending."""
+    cache_group: str | None = None
+    """With `prompt_cache_key="auto"`: the prefix whose planned key each send adds to
+    `body` (`cache_keys`; not in `body`, so not in the journal's digest)."""
 
 
 def budget_for(
     request: ResponsesRequest,
     limit_usd: float,
-    prices: Mapping[str, Price],
+    prices: PriceTable,
     *,
     share: float | None = None,
 ) -> Budget[Prepared]:
@@ -111,7 +115,7 @@ def budget_for(
     template = request._template
     if share is None:
         flex = request.service_tier == "flex" and request.flex_fallback_after is None
-        share = tier_share("flex") if flex else 1.0
+        share = tier_share("flex", prices.tiers) if flex else 1.0
     return token_budget(
         limit_usd,
         model=request.model,
@@ -155,7 +159,11 @@ class DirectPath:
     unit = "prompt"
     logger = logger
 
-    def __init__(self, request: ResponsesRequest, limiter: RateLimiter) -> None:
+    def __init__(
+        self, request: ResponsesRequest, limiter: RateLimiter, cache_keys: CacheKeys | None = None
+    ) -> None:
+        """`cache_keys`: the planner of `prompt_cache_key="auto"` (the processor's, shared
+        by its batches; a new one when not given)."""
         self.request = request
         self.model = request.model
         self.template = request._template
@@ -172,12 +180,24 @@ class DirectPath:
         self._may_fall_back = (
             request.service_tier == "flex" and request.flex_fallback_after is not None
         )
+        self.cache_keys = (cache_keys or CacheKeys()) if request.prompt_cache_key == AUTO else None
+        self._one_group = (  # instructions long enough to name the prefix on their own
+            prefix_group(self.model, request.system_prompt, "")
+            if len(request.system_prompt) >= ROUTING_CHARS
+            else None
+        )
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
         problem = check_prompt(prompt)
         if problem is None:
             try:
-                return Prepared(self.template.body(prompt), self.template.estimate(prompt))
+                template = self.template
+                prepared = Prepared(template.body(prompt), template.estimate(prompt))
+                if self.cache_keys is not None:
+                    prepared.cache_group = self._one_group or prefix_group(
+                        self.model, self.request.system_prompt, template.input_for(prompt)
+                    )
+                return prepared
             except (TypeError, ValueError) as exc:  # orjson: surrogates, bytes, big ints...
                 problem = f"cannot be sent as JSON: {exc}"
         return Failure(
@@ -186,6 +206,12 @@ class DirectPath:
 
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return (prepared.body,)
+
+    def wire_body(self, prepared: Prepared) -> bytes:
+        """The body sent now: with `prompt_cache_key="auto"`, its planned key added."""
+        if prepared.cache_group is None or self.cache_keys is None:
+            return prepared.body
+        return with_key(prepared.body, self.cache_keys.key(prepared.cache_group))
 
     def render(self, end: ItemEnd[Answer]) -> Result:
         return rendered(end, self.model)
@@ -239,6 +265,11 @@ class DirectPath:
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
+        body = (
+            self._body(run.index, prepared, tries)
+            if self._may_fall_back
+            else self.wire_body(prepared)
+        )
         span = (
             None
             if run.trace is None
@@ -249,7 +280,7 @@ class DirectPath:
             "POST",
             self.url,
             timeout=self.timeout,
-            data=self._body(run.index, prepared, tries) if self._may_fall_back else prepared.body,
+            data=body,
             read_body=self._observe_then_read if self.limiter.learning else self._read_body,
         )
         outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
@@ -265,10 +296,10 @@ class DirectPath:
         after = self.request.flex_fallback_after
         assert after is not None
         if tries.capacity < after:
-            return prepared.body
+            return self.wire_body(prepared)
         if tries.capacity == after:
             log_event(logger, logging.INFO, "flex_fallback", index=index, capacity_429s=after)
-        body = orjson.loads(prepared.body)
+        body = orjson.loads(self.wire_body(prepared))
         body["service_tier"] = "auto"
         return orjson.dumps(body)
 

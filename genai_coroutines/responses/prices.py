@@ -9,11 +9,19 @@ discounts.
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import orjson
 
 from ..engine.budget import Budget
+from ..engine.logs import log_event
 from ..engine.outcome import Answered, Bill, Outcome
 from ..engine.pricing import Charges
 from ..engine.summary import Summary
@@ -30,27 +38,109 @@ class Price:
     output: float
 
 
-PRICES: dict[str, Price] = {
-    "gpt-4o": Price(2.50, 1.25, 10.00),
-    "gpt-4o-mini": Price(0.15, 0.075, 0.60),
-    "gpt-4.1": Price(2.00, 0.50, 8.00),
-    "gpt-4.1-mini": Price(0.40, 0.10, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.025, 0.40),
-    "gpt-5": Price(1.25, 0.125, 10.00),
-    "gpt-5-mini": Price(0.25, 0.025, 2.00),
-    "gpt-5-nano": Price(0.05, 0.005, 0.40),
-    "o1": Price(15.00, 7.50, 60.00),
-    "o3": Price(2.00, 0.50, 8.00),
-    "o3-mini": Price(1.10, 0.55, 4.40),
-    "o4-mini": Price(1.10, 0.275, 4.40),
-}
-"""List prices (standard tier) used for the estimate; dated snapshots map to their family."""
+@dataclass(frozen=True, slots=True)
+class PriceTable:
+    """A price file read: each model's `Price`, each tier's share of the standard price
+    (`tiers`: a result served at another tier costs the standard price), and the date the
+    prices were taken, so that a figure can say how old its prices are."""
 
-DISCOUNTED_TIERS = {"batch": 0.5, "flex": 0.5}
-"""Share of the standard price a result billed at this tier costs: the Batch API charges
-half, and flex is billed at Batch API rates (on the models that offer it). A result's
-`service_tier` says which tier served it: a flex request that fell back to standard is
-priced at standard."""
+    models: Mapping[str, Price]
+    tiers: Mapping[str, float]
+    date: str | None = None
+
+
+PricesArg = Union[Mapping[str, Any], "PriceTable", str, "os.PathLike[str]", None]
+"""What `prices=` takes: a dict in the price file's shape (or `{model: Price}`), a
+`PriceTable`, the path of a JSON price file, or None for the built-in table."""
+
+PRICES_FILE = Path(__file__).with_name("prices.json")
+"""The built-in table, shipped in the package: its shape is the price file's."""
+
+_BUILT_IN_TIERS: Mapping[str, float] = {"batch": 0.5, "flex": 0.5}
+"""The tier shares a table without `tiers` keeps (prices.json states the same)."""
+
+
+def _number(where: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"prices: {where} must be a number, not {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"prices: {where} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _price(model: str, entry: object) -> Price:
+    if isinstance(entry, Price):
+        return entry
+    if not isinstance(entry, Mapping):
+        raise TypeError(
+            f"prices: models[{model!r}] must be an object of input, cached_input and output "
+            f"(USD per million tokens), not {type(entry).__name__}"
+        )
+    missing = [name for name in ("input", "cached_input", "output") if name not in entry]
+    if missing:
+        raise ValueError(f"prices: models[{model!r}] lacks {', '.join(missing)}")
+    unknown = sorted(set(entry) - {"input", "cached_input", "output"})
+    if unknown:
+        raise ValueError(f"prices: models[{model!r}] has unknown fields {unknown}")
+    return Price(*(_number(f"models[{model!r}].{name}", entry[name]) for name in Price.__slots__))
+
+
+def price_table(data: Mapping[str, Any]) -> PriceTable:
+    """A `PriceTable` from a price file's JSON (`{"date", "models", "tiers"}`; `models` is
+    required), or from a plain `{model: Price}` mapping (then the built-in tiers)."""
+    if "models" not in data:
+        return PriceTable({m: _price(m, p) for m, p in data.items()}, _BUILT_IN_TIERS)
+    unknown = sorted(set(data) - {"date", "source", "models", "tiers"})
+    if unknown:
+        raise ValueError(f"prices: unknown fields {unknown} (date, source, models, tiers)")
+    models, tiers, date = data["models"], data.get("tiers", _BUILT_IN_TIERS), data.get("date")
+    if not isinstance(models, Mapping) or not isinstance(tiers, Mapping):
+        raise TypeError("prices: models and tiers must be JSON objects")
+    if date is not None and not isinstance(date, str):
+        raise TypeError(f"prices: date must be a str, not {type(date).__name__}")
+    return PriceTable(
+        {str(model): _price(str(model), entry) for model, entry in models.items()},
+        {str(tier): _number(f"tiers[{tier!r}]", share) for tier, share in tiers.items()},
+        date,
+    )
+
+
+def load_prices(prices: PricesArg) -> PriceTable:
+    """The prices `prices=` names: your table replaces the built-in one whole (a model it
+    does not name has no price: its cost is None, never a guess)."""
+    if prices is None:
+        return BUILT_IN
+    if isinstance(prices, PriceTable):
+        return prices
+    if isinstance(prices, str | os.PathLike):
+        try:
+            data = orjson.loads(Path(prices).read_bytes())
+        except OSError as exc:
+            raise ValueError(f"prices: cannot read {os.fspath(prices)}: {exc.strerror}") from None
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"prices: {os.fspath(prices)} is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise TypeError(f"prices: {os.fspath(prices)} must hold a JSON object")
+        return price_table(data)
+    if not isinstance(prices, Mapping):
+        raise TypeError(
+            "prices must be a dict, a PriceTable or the path of a JSON price file, "
+            f"not {type(prices).__name__}"
+        )
+    return price_table(prices)
+
+
+BUILT_IN = price_table(orjson.loads(PRICES_FILE.read_bytes()))
+"""The built-in table, read from `prices.json` (dated snapshots map to their family)."""
+
+DISCOUNTED_TIERS = BUILT_IN.tiers
+"""Share of the standard price a result billed at this tier costs (the built-in file's
+`tiers`): the Batch API charges half, and flex is billed at Batch API rates (on the models
+that offer it). A result's `service_tier` says which tier served it: a flex request that
+fell back to standard is priced at standard. A price file without `tiers` keeps these."""
+
+PRICES: dict[str, Price] = dict(BUILT_IN.models)
+"""List prices (standard tier) of the built-in table, by model."""
 
 DEFAULT_OUTPUT_ALLOWANCE = 4096
 """Output tokens a request is estimated at by the budget when it sets no
@@ -58,9 +148,9 @@ DEFAULT_OUTPUT_ALLOWANCE = 4096
 softer bound)."""
 
 
-def tier_share(tier: object) -> float:
-    """Share of the standard price an answer served at `tier` costs (`DISCOUNTED_TIERS`)."""
-    return DISCOUNTED_TIERS.get(tier, 1.0) if isinstance(tier, str) else 1.0
+def tier_share(tier: object, tiers: Mapping[str, float] = DISCOUNTED_TIERS) -> float:
+    """Share of the standard price an answer served at `tier` costs (a table's `tiers`)."""
+    return tiers.get(tier, 1.0) if isinstance(tier, str) else 1.0
 
 
 def usage_tokens(usage: Mapping[str, Any]) -> tuple[int, int, int, int]:
@@ -98,21 +188,31 @@ def token_cost(inputs: int, cached: int, outputs: int, price: Price, share: floa
     )
 
 
+SNAPSHOT = re.compile(r"(.+)-(\d{4}-\d{2}-\d{2}|\d{4})")
+"""A dated snapshot's name: its family, then a date ("gpt-4o-2024-08-06", "gpt-4-0613")."""
+
+
 def price_for(model: str, prices: Mapping[str, Price]) -> Price | None:
-    """The price of `model`, matching dated snapshots ("gpt-4o-2024-08-06") to their family."""
+    """The price of `model`, or of its family when it is a dated snapshot
+    ("gpt-4o-2024-08-06" is priced as "gpt-4o"; "gpt-4o-mini" is not, unless named)."""
     if model in prices:
         return prices[model]
-    family = max((name for name in prices if model.startswith(name + "-")), key=len, default=None)
-    return prices[family] if family else None
+    snapshot = SNAPSHOT.fullmatch(model)
+    return prices.get(snapshot.group(1)) if snapshot else None
 
 
 @dataclass(eq=False, slots=True)
 class TokenPrices:
     """The Responses price model: each answer's `usage` at `table`'s price for its `model`
-    (`model` here when it names none), times its tier's share."""
+    (`model` here when it names none), times its tier's share in `tiers`."""
 
     table: Mapping[str, Price] = field(default_factory=lambda: PRICES)
     model: str = ""
+    tiers: Mapping[str, float] = field(default_factory=lambda: DISCOUNTED_TIERS)
+
+    @classmethod
+    def of(cls, prices: PriceTable, model: str = "") -> TokenPrices:
+        return cls(prices.models, model, prices.tiers)
 
     def read(self, outcome: Outcome[Any], charges: Charges) -> None:
         bill = outcome.bill
@@ -123,7 +223,7 @@ class TokenPrices:
         if tier is not None:
             tiers = charges.tiers
             tiers[tier] = tiers.get(tier, 0) + 1
-            share = DISCOUNTED_TIERS.get(tier, 1.0)
+            share = self.tiers.get(tier, 1.0)
         if bill.tokens:
             key = (self, bill.model or self.model, share)
             billed = charges.billed.get(key)
@@ -157,21 +257,35 @@ class TokenPrices:
             bill.cached_tokens,
             bill.output_tokens,
             price,
-            tier_share(bill.tier),
+            tier_share(bill.tier, self.tiers),
         )
 
 
-def table_of(summary: Summary) -> Mapping[str, Price]:
-    """The token prices `summary` is kept at (the list prices when it has none), so that a
-    budget spends by the same figures the summary reports."""
-    return next((m.table for m in summary.pricing if isinstance(m, TokenPrices)), PRICES)
+def table_of(summary: Summary) -> PriceTable:
+    """The token prices `summary` is kept at (the built-in table when it has none), so that
+    a budget spends by the same figures the summary reports."""
+    pricer = next((m for m in summary.pricing if isinstance(m, TokenPrices)), None)
+    return BUILT_IN if pricer is None else PriceTable(pricer.table, pricer.tiers)
+
+
+def warn_unpriced(logger: logging.Logger, model: str, prices: PriceTable) -> None:
+    """One warning, before a batch of `model` starts, when its prices do not name it: its
+    cost will be None, not a guessed number."""
+    if price_for(model, prices.models) is None:
+        log_event(
+            logger,
+            logging.WARNING,
+            "unpriced_model",
+            model=model,
+            action='"cost_usd is None: pass prices= naming the model (a price file or dict)"',
+        )
 
 
 def token_budget(
     limit_usd: float,
     *,
     model: str,
-    prices: Mapping[str, Price],
+    prices: PriceTable,
     share: float,
     output_allowance: int,
     input_tokens: Callable[[P], int],
@@ -182,11 +296,11 @@ def token_budget(
     at the standard price times `share` (the tier in force: 0.5 for flex without fallback
     or the Batch API), and settled by `TokenPrices.cost`.
     """
-    price = price_for(model, prices)
+    price = price_for(model, prices.models)
     if price is None:
         raise ValueError(
-            f"max_cost_usd needs a price for model {model!r}: pass a BatchSummary whose "
-            "prices name it (summary=BatchSummary(prices={...}))"
+            f"max_cost_usd needs a price for model {model!r}: pass prices= naming it "
+            "(a price file, or a dict in its shape)"
         )
     known = price
 
@@ -194,4 +308,4 @@ def token_budget(
         tokens_in = input_tokens(prepared)
         return share * (tokens_in * known.input + output_allowance * known.output) / 1_000_000
 
-    return Budget(limit_usd, estimate, TokenPrices(prices, model))
+    return Budget(limit_usd, estimate, TokenPrices.of(prices, model))

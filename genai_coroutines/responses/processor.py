@@ -38,8 +38,10 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .background import BackgroundPath
 from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
+from .cache_keys import CacheKeys
 from .direct import DirectPath, budget_for, key_limiter
-from .prices import TokenPrices, table_of, tier_share
+from .estimate import estimate
+from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
 from .results import logger
 
@@ -65,11 +67,17 @@ class ResponsesProcessor:
     last_summary: Summary | None = None
     """Totals of the latest `stream()`: counts, retries, 429s, tokens and estimated cost."""
 
-    def __init__(self, **clients: Unpack[ClientOptions]) -> None:
-        """`limits_store` (a `redis://` URL whose limits every process using it shares),
-        `limits` (a `KeyLimits` instead) and `connector` (a factory of the aiohttp
-        connector each batch's session sends through): see `engine.ClientOptions`."""
+    def __init__(self, *, prices: PricesArg = None, **clients: Unpack[ClientOptions]) -> None:
+        """`prices`: the price table its summaries and budgets use (a dict in the price
+        file's shape, or a JSON file's path; default the built-in `prices.json`); a
+        `summary=` given to a batch keeps its own. `limits_store` (a `redis://` URL whose
+        limits every process using it shares), `limits` (a `KeyLimits` instead) and
+        `connector` (a factory of the aiohttp connector each batch's session sends
+        through): see `engine.ClientOptions`."""
+        self.prices = load_prices(prices)
         self.clients = Clients(**clients)
+        self.cache_keys = CacheKeys()
+        """The `prompt_cache_key="auto"` plan of every batch of this processor."""
 
     @property
     def limits(self) -> KeyLimits:
@@ -106,6 +114,22 @@ class ResponsesProcessor:
         )
         ok = sum(1 for result in results if result["success"])
         return {"total_success": ok, "total_errors": len(results) - ok, "results": results}
+
+    async def estimate(self, request: ResponsesRequest) -> dict[str, Any]:
+        """What `request` would cost and take on each path, sending nothing (see
+        `responses.estimate`): its prompts are read (a list, or an iterable read once), and
+        the key's limits are the request's `requests_per_minute`/`tokens_per_minute`, else
+        those learned earlier in this processor's limits store (none known: no minutes)."""
+        if not isinstance(request, ResponsesRequest):
+            raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
+        await self.clients.ready()
+        limiter = key_limiter(request, self.limits)
+        known = await limiter.store.limits(limiter.key)
+        limits = {
+            "requests_per_minute": request.requests_per_minute or known.get("requests"),
+            "tokens_per_minute": request.tokens_per_minute or known.get("tokens"),
+        }
+        return estimate(request, self.prices, limits)
 
     def process_batch_sync(self, request: ResponsesRequest, **options: Any) -> dict[str, Any]:
         """`process_batch` for plain scripts and notebooks (see `run_sync`)."""
@@ -167,7 +191,8 @@ class ResponsesProcessor:
                 )
         await self.clients.ready()  # an unreachable shared store fails here, nothing sent
         limiter = key_limiter(request, self.limits)
-        summary = summary or Summary(pricing=(TokenPrices(model=request.model),))
+        summary = summary or Summary(pricing=(TokenPrices.of(self.prices, request.model),))
+        prices = table_of(summary)
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
@@ -182,8 +207,8 @@ class ResponsesProcessor:
             else budget_for(
                 request,
                 max_cost_usd,
-                table_of(summary),
-                share=None if batch is None else tier_share("batch"),  # the Batch API: half
+                prices,
+                share=None if batch is None else tier_share("batch", prices.tiers),
             ),
             start_fields={
                 "model": request.model,
@@ -194,15 +219,17 @@ class ResponsesProcessor:
                 **({"batch_api": True} if batch is not None else {}),
             },
         )
+        warn_unpriced(logger, request.model, prices)
         driver: DriverCore[Any]
         if batch is not None:
-            adapter = BatchAPIPath(request, batch, DirectPath(request, limiter), self.limits)
+            direct = DirectPath(request, limiter, self.cache_keys)
+            adapter = BatchAPIPath(request, batch, direct, self.limits)
             driver = GroupedDriver(adapter, request.user_prompts, options)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
-            collecting = CollectingPath(DirectPath(request, limiter), self.limits)
+            collecting = CollectingPath(DirectPath(request, limiter, self.cache_keys), self.limits)
             driver = GroupedDriver(collecting, request.user_prompts, options)
         else:
-            driver = Driver(path(request, limiter), request.user_prompts, options)
+            driver = Driver(path(request, limiter, self.cache_keys), request.user_prompts, options)
         self.last_summary = driver.summary
         async for result in driver.stream():
             yield result

@@ -33,6 +33,9 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 REASONING_SUMMARIES = ("auto", "concise", "detailed")
 TRUNCATIONS = ("auto", "disabled")
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority", "fast", "ultrafast")
+CACHE_RETENTIONS = ("in_memory", "24h")
+CACHE_KEY_MAX_LENGTH = 64
+"""The real API's bound on `prompt_cache_key` (its 400 says 64)."""
 """Enumerations as the official SDK (openai 3.x) types them; a model may accept fewer."""
 
 
@@ -107,6 +110,13 @@ class ResponsesRequest:
         None, 'a JSON object, e.g. \'{"run": "nightly"}\'', convert=json_text, metavar="JSON"
     )
     service_tier: str | None = param(None, "/".join(SERVICE_TIERS))
+    prompt_cache_key: str | None = param(
+        None,
+        "routes requests sharing a prefix to one prompt cache (at most 64 chars); 'auto': "
+        "planned, each key about 15 requests a minute (responses.cache_keys)",
+        metavar="KEY",
+    )
+    prompt_cache_retention: str | None = param(None, "/".join(CACHE_RETENTIONS))
     stream: bool | None = param(None, "read answers as SSE streams (same results)")
     background: bool = param(
         False, "background mode: POST, journal the response id, poll it (sends store: true)"
@@ -167,6 +177,10 @@ class ResponsesRequest:
         )
         check.choice("truncation", self.truncation, TRUNCATIONS, optional=True)
         check.choice("service_tier", self.service_tier, SERVICE_TIERS, optional=True)
+        _check_cache_key(self.prompt_cache_key)
+        check.choice(
+            "prompt_cache_retention", self.prompt_cache_retention, CACHE_RETENTIONS, optional=True
+        )
         for name in ("parallel_tool_calls", "store", "stream"):
             check.flag(name, getattr(self, name), optional=True)
         _check_background(self)
@@ -230,6 +244,14 @@ def _check_background(request: ResponsesRequest) -> None:
         raise ValueError("background=True with stream=True is not supported: results are polled")
 
 
+def _check_cache_key(key: object) -> None:
+    check.text("prompt_cache_key", key, optional=True)
+    if isinstance(key, str) and len(key) > CACHE_KEY_MAX_LENGTH:
+        raise ValueError(
+            f"prompt_cache_key is at most {CACHE_KEY_MAX_LENGTH} characters, not {len(key)}"
+        )
+
+
 def _check_include(include: object) -> None:
     if include is None:
         return
@@ -243,7 +265,10 @@ def _str_to_str(pairs: Mapping[Any, Any]) -> bool:
 
 def _check_json(request: ResponsesRequest) -> None:
     """What orjson would refuse, or silently send as null (NaN), fails naming the parameter."""
-    names = ("system_prompt", "model", "previous_response_id", "include", "metadata", "tools")
+    names = (
+        "system_prompt", "model", "previous_response_id", "include", "metadata", "tools",
+        "prompt_cache_key",
+    )  # fmt: skip
     for name in (*names, "tool_choice"):
         check.json_value(name, getattr(request, name))
     response_format = request.response_format

@@ -269,6 +269,12 @@ class BodyFields(Protocol):
     def service_tier(self) -> str | None: ...
 
     @property
+    def prompt_cache_key(self) -> str | None: ...
+
+    @property
+    def prompt_cache_retention(self) -> str | None: ...
+
+    @property
     def stream(self) -> bool | None: ...
 
     @property
@@ -292,6 +298,7 @@ class BodyTemplate:
             body["instructions"] = request.system_prompt
         text = text_format(request.response_format)
         body["text"] = {"format": text}
+        cache_key = request.prompt_cache_key
         optional = {
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -303,6 +310,9 @@ class BodyTemplate:
             "truncation": request.truncation,
             "metadata": request.metadata,
             "service_tier": request.service_tier,
+            # "auto" is planned per request, at send time (`cache_keys`)
+            "prompt_cache_key": None if cache_key == "auto" else cache_key,  # auto: cache_keys
+            "prompt_cache_retention": request.prompt_cache_retention,
         }
         body.update((key, value) for key, value in optional.items() if value is not None)
         reasoning = {"effort": request.reasoning_effort, "summary": request.reasoning_summary}

@@ -97,7 +97,7 @@ class BatchJobs:
         writer: Job | None = None
         resumed: dict[str, Job] = {}
         async for item in items:
-            index, body = item.index, item.prepared.body
+            index, body = item.index, self.context.direct.wire_body(item.prepared)
             tokens = self.context.input_tokens(item.prepared)
             known = self._known(index)
             if known is not None:
