@@ -234,6 +234,7 @@ class DriverCore(Generic[P]):
             if options.budget is not None:
                 await options.budget.close()
             books.close()
+            books.summary.check_reported(logger)
             if telemetry is not None:
                 telemetry.end(books.succeeded, books.failed)
             log_event(
