@@ -282,6 +282,26 @@ async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
     assert summary.cost_cents == pytest.approx(4.8)  # the real cost_breakdown, under 5
 
 
+async def test_a_named_cents_budget_continues_across_document_batches(
+    emulator: Emulator,
+) -> None:
+    config = DocumentConfig(
+        api_key="dl-emulator",
+        api_url=emulator.marker_url,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+    )  # mode "accurate": 0.6 cents a page, 1.2 a document here
+    name = f"ocr-{uuid.uuid4().hex}"
+    processor = DocumentProcessor(config)
+    first = [pdf(2, tag=f"first {i}") for i in range(3)]
+    done = await processor.process(first, max_cost_cents=5, budget_name=name)
+    assert [r["success"] for r in done] == [True] * 3
+    second = [pdf(2, tag=f"second {i}") for i in range(3)]
+    done = await processor.process(second, max_cost_cents=5, budget_name=name)
+    assert [r["success"] for r in done] == [True, False, False], "3.6 spent: one more fits"
+    assert sum(emulator.stats.cents_billed.values()) == pytest.approx(4.8)
+
+
 async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
     emulator: Emulator,
 ) -> None:
