@@ -82,6 +82,12 @@ def _add_cost_options(cmd: argparse.ArgumentParser, unit: str) -> None:
         help=f"budget in {unit}: nothing more is sent once the next request could pass it; "
         "the rest end budget_exceeded (raise it and --resume to continue)",
     )
+    cmd.add_argument(
+        "--budget-name",
+        metavar="NAME",
+        help="share --max-cost with every run given this name: in this process, or with "
+        "--limits-store in every process using that store (its total is kept a week)",
+    )
 
 
 def _add_prices(cmd: argparse.ArgumentParser) -> None:
@@ -464,6 +470,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             summary=summary,
             dedupe=args.dedupe,
             max_cost_usd=args.max_cost,
+            budget_name=args.budget_name,
             batch_api=_batch_api(args),
         )
     else:
@@ -480,6 +487,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             dedupe=args.dedupe,
             max_cost_cents=None if args.max_cost is None else args.max_cost * 100,
             cents_per_page=args.cents_per_page,
+            budget_name=args.budget_name,
         )
     try:  # an unreachable store is refused before the output is opened
         run(limits.ready())

@@ -18,10 +18,12 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from genai_coroutines import PRICES
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENAI_KEY = "sk-emulator"
@@ -184,6 +186,16 @@ def prompts(n: int, seed: int) -> list[str]:
 
 def responses_sent(stats: dict[str, Any]) -> int:
     return sum(n for key, n in stats["requests"].items() if key.startswith("responses "))
+
+
+def billed_usd(billed: Mapping[str, int], model: str = "gpt-4o-mini") -> float:
+    """US dollars of the emulator's `billed_tokens` counters at `model`'s list price."""
+    price = PRICES[model]
+    return (
+        billed.get("uncached_input", 0) * price.input
+        + billed.get("cached_input", 0) * price.cached_input
+        + billed.get("output", 0) * price.output
+    ) / 1_000_000
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

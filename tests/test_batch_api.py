@@ -144,6 +144,53 @@ async def test_1200_prompts_become_3_files_and_3_batches_shaped_like_the_sync_pa
     assert batch_summary.cost_usd == pytest.approx(sync_summary.cost_usd / 2)
 
 
+async def test_the_summary_shows_each_batchs_usage_beside_the_sums_of_its_lines(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    summary = BatchSummary(model=MODEL)
+    await ResponsesProcessor().process_batch(
+        make_request(emulator, 60), batch_api=fast(max_requests_per_file=25), summary=summary
+    )
+    figures, billed = summary.as_dict(), emulator.stats.billed_tokens
+    assert emulator.stats.batches_created == 3
+    assert figures["provider_reported"] == {
+        "input_tokens": billed["input"],
+        "cached_tokens": billed["cached_input"],
+        "output_tokens": billed["output"],
+        "reasoning_tokens": 0,
+        "cost_cents": 0.0,
+    }
+    assert (figures["input_tokens"], figures["output_tokens"]) == (
+        billed["input"],
+        billed["output"],
+    )
+    assert not warnings_of(caplog, "provider_totals_differ")
+
+
+async def test_lines_billed_but_unreadable_make_the_batch_usage_differ_with_a_warning(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two lines answered (and billed, in the batch's `usage`) whose bodies are not
+    responses: their items are sent again, so the provider reports more than the results."""
+    caplog.set_level(logging.WARNING, logger="genai_coroutines.responses")
+    emulator.faults.schedule("batch_lines", "line-body-not-json", times=2)
+    summary = BatchSummary(model=MODEL)
+    out = await ResponsesProcessor().process_batch(
+        make_request(emulator, 10), batch_api=fast(), summary=summary
+    )
+    assert out["total_success"] == 10
+    reported, billed = summary.as_dict()["provider_reported"], emulator.stats.billed_tokens
+    assert (reported["input_tokens"], reported["output_tokens"]) == (
+        billed["input"],
+        billed["output"],
+    )
+    assert summary.input_tokens < billed["input"] and summary.output_tokens < billed["output"]
+    (warning,) = warnings_of(caplog, "provider_totals_differ")
+    assert f"input_tokens=ours={summary.input_tokens},provider={billed['input']}" in warning
+    assert f"output_tokens=ours={summary.output_tokens},provider={billed['output']}" in warning
+
+
 async def test_lines_that_fail_with_500_come_back_through_a_follow_up_batch(
     emulator: Emulator,
 ) -> None:

@@ -8,9 +8,11 @@ answer's usage by the summary's table, or Datalab's own `cost_breakdown`.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +36,7 @@ from genai_coroutines.engine.outcome import ItemEnd
 from genai_coroutines.responses.estimate import APPROXIMATION, token_counter
 from tests.responses_support import request_for
 from tests.samples import ended, pdf
+from tests.scale_support import billed_usd
 from tests.test_cli import output_lines, responses_args, run, write_prompts
 
 SYSTEM = "You are terse."  # request_for's system prompt
@@ -153,12 +156,13 @@ async def _budgeted(
     prompts: list[str],
     limit: float,
     journal: Path | None = None,
+    budget_name: str | None = None,
     **options: Any,
 ) -> tuple[dict[str, Any], BatchSummary]:
     summary = BatchSummary()
     request = request_for(emulator, prompts, max_output_tokens=ALLOWANCE, **options)
     out = await ResponsesProcessor().process_batch(
-        request, max_cost_usd=limit, summary=summary, journal=journal
+        request, max_cost_usd=limit, summary=summary, journal=journal, budget_name=budget_name
     )
     return out, summary
 
@@ -208,6 +212,53 @@ async def test_the_budget_counts_what_is_in_flight(emulator: Emulator) -> None:
     assert summary.cost_usd <= limit
     assert summary.cost_usd > limit - 8 * estimate_usd(prompts[0])
     assert posts(emulator) == out["total_success"] < 60
+
+
+async def test_two_batches_on_one_budget_name_share_it_within_the_process(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """No limits store: the process's memory keeps the named total. Two batches running
+    at once stay within one budget together, a third on the name and the same budget
+    sends nothing, and a rerun with its journal and a higher budget continues from the
+    name's total (its journaled results are not charged again)."""
+    name, limit = f"nightly-{uuid.uuid4().hex}", 2e-4
+    first = [f"first batch {i:02d}" for i in range(80)]
+    second = [f"second batch {i:02d}" for i in range(40)]
+    journal = tmp_path / "first.journal"
+    (one, _), (two, _) = await asyncio.gather(
+        _budgeted(emulator, first, limit, journal, budget_name=name, max_concurrent_requests=1),
+        _budgeted(emulator, second, limit, budget_name=name, max_concurrent_requests=1),
+    )
+    billed = billed_usd(emulator.stats.billed_tokens)
+    largest = max(estimate_usd(prompt) for prompt in first + second)
+    assert limit - 2 * largest < billed <= limit, "within one request per batch of it"
+    assert one["total_success"] > 0 and two["total_success"] > 0
+    assert posts(emulator) == one["total_success"] + two["total_success"]
+    refused = next(r for r in two["results"] if not r["success"])
+    assert refused["error_type"] == "budget_exceeded" and repr(name) in refused["error"]
+
+    third, _ = await _budgeted(emulator, ["third"], limit, budget_name=name)
+    assert (
+        third["total_errors"] == 1
+        and posts(emulator) == one["total_success"] + two["total_success"]
+    ), "the name's total is spent: a third batch sends nothing"
+
+    again, _ = await _budgeted(
+        emulator, first, 2 * limit, journal, budget_name=name, max_concurrent_requests=1
+    )
+    billed = billed_usd(emulator.stats.billed_tokens)
+    assert 2 * limit - largest < billed <= 2 * limit, "replayed results are not charged twice"
+    assert again["total_success"] > one["total_success"]
+
+
+async def test_budget_name_needs_a_budget(emulator: Emulator) -> None:
+    with pytest.raises(ValueError, match="budget_name needs max_cost_usd"):
+        await ResponsesProcessor().process_batch(request_for(emulator, ["x"]), budget_name="n")
+    with pytest.raises(ValueError, match="budget_name"):
+        await ResponsesProcessor().process_batch(
+            request_for(emulator, ["x"]), max_cost_usd=1.0, budget_name=" "
+        )
+    assert posts(emulator) == 0
 
 
 async def test_an_unpriced_model_cannot_have_a_budget(emulator: Emulator) -> None:
@@ -321,6 +372,26 @@ async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
     assert summary.cost_cents == pytest.approx(4.8)  # the real cost_breakdown, under 5
 
 
+async def test_a_named_cents_budget_continues_across_document_batches(
+    emulator: Emulator,
+) -> None:
+    config = DocumentConfig(
+        api_key="dl-emulator",
+        api_url=emulator.marker_url,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+    )  # mode "accurate": 0.6 cents a page, 1.2 a document here
+    name = f"ocr-{uuid.uuid4().hex}"
+    processor = DocumentProcessor(config)
+    first = [pdf(2, tag=f"first {i}") for i in range(3)]
+    done = await processor.process(first, max_cost_cents=5, budget_name=name)
+    assert [r["success"] for r in done] == [True] * 3
+    second = [pdf(2, tag=f"second {i}") for i in range(3)]
+    done = await processor.process(second, max_cost_cents=5, budget_name=name)
+    assert [r["success"] for r in done] == [True, False, False], "3.6 spent: one more fits"
+    assert sum(emulator.stats.cents_billed.values()) == pytest.approx(4.8)
+
+
 async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
     emulator: Emulator,
 ) -> None:
@@ -341,20 +412,20 @@ async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
     assert results[4]["error"] == results[3]["error"]
 
 
-def test_a_budget_settles_by_the_real_cost_and_frees_what_never_ended() -> None:
+async def test_a_budget_settles_by_the_real_cost_and_frees_what_never_ended() -> None:
     budget: Budget[int] = page_budget(10, cents_per_page=1.0, pages=lambda pages: pages)
-    held = budget.reserve(6)
+    held = await budget.reserve(6)
     assert held == 6.0 and budget.in_flight == 6.0
     budget.settle(6.0, ended(cents=2.5).outcome)
     assert budget.spent == 2.5 and budget.in_flight == 0.0
-    held = budget.reserve(7)
+    held = await budget.reserve(7)
     assert held == 7.0
     budget.release(7.0)
     assert budget.in_flight == 0.0
-    refused = budget.reserve(8)
+    refused = await budget.reserve(8)
     assert not isinstance(refused, float) and refused.error_type == "budget_exceeded"
-    assert not isinstance(budget.reserve(1), float), "once reached, nothing more is sent"
-    assert budget.reserve(5, paid=True) == 5.0, "work accepted earlier is polled regardless"
+    assert not isinstance(await budget.reserve(1), float), "once reached, nothing more is sent"
+    assert await budget.reserve(5, paid=True) == 5.0, "work accepted earlier is polled regardless"
     with pytest.raises(ValueError):
         page_budget(-1, cents_per_page=1.0, pages=lambda pages: pages)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from genai_coroutines.engine import (
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.headers import count
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
-from genai_coroutines.engine.outcome import Outcome
+from genai_coroutines.engine.outcome import Ids, Outcome
 from genai_coroutines.engine.pricing import Charges
 from genai_coroutines.engine.summary import Summary
 from genai_coroutines.responses.prices import price_for
@@ -453,6 +454,47 @@ def test_summary_prices_cached_and_reasoning_tokens_and_sums_datalab_cents() -> 
     assert figures["pages"] == 4 and figures["cost_cents"] == 6
 
 
+def test_summary_keeps_the_providers_figures_beside_its_sums(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An answer's own usage (cached and reasoning tokens too) and a job's cents are the
+    provider's figures; a Batch API line counts by its batch's `usage` instead."""
+    logger = logging.getLogger("genai_coroutines.test_summary")
+    caplog.set_level(logging.WARNING, logger=logger.name)
+    summary = BatchSummary(model="gpt-4o-mini")
+    usage = {
+        "input_tokens": 1000,
+        "input_tokens_details": {"cached_tokens": 400},
+        "output_tokens": 100,
+        "output_tokens_details": {"reasoning_tokens": 30},
+    }
+    summary.add(ended(usage))
+    summary.add(ended(pages=2, cents=1.2))
+    line = ended({"input_tokens": 50, "output_tokens": 5}, tier="batch")
+    summary.add(replace(line, outcome=replace(line.outcome, ids=Ids(group="batch_1", line="0"))))
+    summary.report_group((50, 0, 5, 0))  # the batch object's usage, as its lines summed
+    reported = summary.as_dict()["provider_reported"]
+    assert reported == {
+        "input_tokens": 1050,
+        "cached_tokens": 400,
+        "output_tokens": 105,
+        "reasoning_tokens": 30,
+        "cost_cents": 1.2,
+    }
+    summary.check_reported(logger)
+    assert not caplog.records and summary.differences() == {}
+
+    summary.report_group((70, 0, 9, 0))  # a batch billed lines no result shows
+    summary.check_reported(logger)
+    summary.check_reported(logger)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("provider_totals_differ")
+    assert "input_tokens=ours=1050,provider=1120" in warning
+    assert "output_tokens=ours=105,provider=114" in warning and "cached" not in warning
+    summary.report_group(None)  # a batch that reports no usage: nothing to check against
+    assert summary.as_dict()["provider_reported"] is None and summary.differences() == {}
+
+
 def test_summary_price_table_can_be_overridden_and_unknown_models_are_named() -> None:
     summary = BatchSummary(model="my-finetune", prices={"my-finetune": Price(1.0, 0.5, 2.0)})
     summary.add(ended({"input_tokens": 1_000_000, "output_tokens": 0}))
@@ -493,7 +535,7 @@ class PerMinutePrices:
         return None if seconds is None else 0.6 * seconds / 60
 
 
-def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() -> None:
+async def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() -> None:
     """The summary and the budget call only the price model they are given: a provider's
     figures come from its own model, and the built-in ones price nothing of its results."""
     result = ended(value={"audio_seconds": 120, "tokens": 500_000})
@@ -509,8 +551,8 @@ def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budget() ->
     assert (built_in.cost_usd, built_in.cost_cents, built_in.input_tokens) == (0, 0, 0)
 
     budget: Budget[float] = Budget(2.0, lambda cents: cents, PerMinutePrices())
-    held = budget.reserve(1.0)
+    held = await budget.reserve(1.0)
     assert isinstance(held, float)
     budget.settle(held, result.outcome)
     assert budget.spent == pytest.approx(1.2)
-    assert not isinstance(budget.reserve(1), float), "1.2 + 1 is over 2 cents"
+    assert not isinstance(await budget.reserve(1), float), "1.2 + 1 is over 2 cents"

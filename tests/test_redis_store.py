@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,9 +21,14 @@ from genai_coroutines import DocumentProcessor, ResponsesProcessor
 from genai_coroutines.cli import main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine import LOCAL, KeyLimits, key_digest, limit_key
-from genai_coroutines.engine.limits import ENV_STORE, limits_for
+from genai_coroutines.engine.limits import ENV_STORE, budget_key, limits_for
 from genai_coroutines.engine.redis_store import RedisStore, redact
-from genai_coroutines.engine.store import LimitStoreUnavailable, MemoryStore
+from genai_coroutines.engine.store import (
+    BUDGET_KEEP_SECS,
+    BudgetView,
+    LimitStoreUnavailable,
+    MemoryStore,
+)
 from tests.documents_support import ServerPages, config_for, pages_admitted
 from tests.responses_support import request_for
 from tests.samples import pdf
@@ -100,6 +106,62 @@ async def test_each_operation_matches_the_memory_store(server: RedisServer, key:
         assert await store.learn_surcharge(key, "text", 200) == 200  # a larger one: at once
         assert await store.surcharges(key) == {"text": 200}
     redis_store.close()
+
+
+async def test_budget_operations_match_the_memory_store(
+    server: RedisServer, raw: aioredis.Redis, request: pytest.FixtureRequest
+) -> None:
+    name = f"the customer's nightly job {request.node.name}"
+    for store in (MemoryStore(), RedisStore(server.url)):
+        key = budget_key(name, "usd")
+        view = await store.budget_reserve(key, "a", 4.0, 10.0, 60, False)
+        assert view == BudgetView(True, 0.0, 0.0)
+        assert await store.budget_reserve(key, "b", 5.0, 10.0, 60, False) == (True, 0.0, 4.0)
+        assert await store.budget_reserve(key, "b", 2.0, 10.0, 60, False) == (False, 0.0, 9.0)
+        await store.budget_settle(key, "a", 4.0, 1.5, 60)  # a's item cost 1.5 of its 4
+        assert await store.budget_reserve(key, "b", 2.0, 10.0, 60, False) == (True, 1.5, 5.0)
+        assert await store.budget_reserve(key, "a", 9.0, 10.0, 60, True) == (True, 1.5, 7.0)
+        await store.budget_settle(key, "a", 0.0, 0.0, 0)  # a is done: what it held is freed
+        await store.budget_settle(key, "b", 7.0, 7.0, 60)
+        assert await store.budget_reserve(key, "c", 1.5, 10.0, 60, False) == (True, 8.5, 0.0)
+        assert await store.budget_reserve(key, "c", 0.1, 10.0, 60, False) == (False, 8.5, 1.5)
+    keep = await raw.pttl(f"{budget_key(name, 'usd')}:budget")
+    assert BUDGET_KEEP_SECS * 1000 - 60_000 < keep <= BUDGET_KEEP_SECS * 1000
+    assert not [k async for k in raw.scan_iter("*nightly*")], "the name is stored as a digest"
+
+
+async def test_a_budget_holder_that_died_is_dropped_after_its_ttl(
+    server: RedisServer, request: pytest.FixtureRequest
+) -> None:
+    key = budget_key(request.node.name, "cents")
+    died, alive = RedisStore(server.url), RedisStore(server.url)
+    assert (await died.budget_reserve(key, "died", 8.0, 10.0, 0.2, False)).granted
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not (await alive.budget_reserve(key, "alive", 8.0, 10.0, 60, False)).granted:
+        assert loop.time() - started < 5, "the reservation was never dropped"
+        await asyncio.sleep(0.02)
+    assert loop.time() - started >= 0.15
+    died.close()
+    alive.close()
+
+
+async def test_a_named_budget_refuses_the_rest_once_redis_is_lost(emulator: Emulator) -> None:
+    """A budget several processes share cannot be counted in one of them: once Redis is
+    lost the rest end `budget_exceeded`, nothing more sent, and the limits carry on."""
+    with redis_server() as lost:
+        responses = ResponsesProcessor(limits_store=lost.url)
+        request = request_for(emulator, [f"lost {i}" for i in range(30)], max_concurrent_requests=1)
+        seen: list[dict[str, Any]] = []
+        async for result in responses.stream(request, max_cost_usd=1.0, budget_name="lost"):
+            seen.append(result)
+            if len(seen) == 3:
+                lost.stop()
+    assert [r["success"] for r in seen[:3]] == [True] * 3
+    assert sum(emulator.stats.responses_by_digest.values()) == sum(r["success"] for r in seen)
+    refused = [r for r in seen if not r["success"]]
+    assert refused and {r["error_type"] for r in refused} == {"budget_exceeded"}
+    assert "cannot be counted" in refused[0]["error"]
 
 
 async def test_a_learned_ceiling_matches_the_memory_store(

@@ -10,6 +10,7 @@ their figures are printed (`pytest -s` shows them), not asserted.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,7 @@ from tests.scale_support import (
     OPENAI_KEY,
     EmulatorProcess,
     RedisServer,
+    billed_usd,
     emulator_process,
     prompts,
     read_jsonl,
@@ -275,3 +277,44 @@ def test_two_processes_creating_batches_share_one_enqueued_token_allowance(
 
         codes, rows, refused = run(None, "alone")
         print(f"\n2 processes, no store (for contrast): {refused} batches refused for tokens")
+
+
+QUOTED_ESTIMATE = re.compile(r"the next request up to \$([0-9.e+-]+)")
+
+
+def test_three_processes_on_one_budget_name_stay_within_it_over_redis(
+    limited: EmulatorProcess, store: RedisServer, tmp_path: Path
+) -> None:
+    """Three workers, each given the whole budget and the same `--budget-name`, spend it
+    once between them: what the emulator billed is within the budget, and short of it by
+    no more than one request per worker (each sends one request at a time). Every prompt
+    has the same length, so every request has the same estimate, quoted by each refusal."""
+    limited.reset()
+    budget, per_worker, length = 0.002, 100, 400
+    args_of = []
+    for number in range(WORKERS):
+        batch = tmp_path / f"prompts{number}.txt"
+        texts = [text[:length].ljust(length, ".") for text in prompts(per_worker, 700 + number)]
+        batch.write_text("\n".join(texts) + "\n")
+        args_of.append([
+            "responses", str(batch), "--model", "gpt-4o-mini",
+            "--base-url", limited.openai_base_url, "--concurrency", "1",
+            "--max-output-tokens", "64", "--limits-store", store.url,
+            "--max-cost", str(budget), "--budget-name", f"nightly {tmp_path.name}",
+            "-o", str(tmp_path / f"out{number}.jsonl"),
+        ])  # fmt: skip
+    codes = finish(start_workers(tmp_path, args_of, [worker_env()] * WORKERS))
+    results = [read_jsonl(tmp_path / f"out{number}.jsonl") for number in range(WORKERS)]
+    refusals = [next(row for row in rows if not row["success"]) for rows in results]
+    assert codes == [1] * WORKERS, "each worker had refused items"
+    assert {row["error_type"] for row in refusals} == {"budget_exceeded"}
+    estimate = max(float(QUOTED_ESTIMATE.findall(row["error"])[0]) for row in refusals)
+    stats = limited.stats()
+    billed = billed_usd(stats["billed_tokens"])
+    sent = [sum(1 for row in rows if row["success"]) for rows in results]
+    print(
+        f"\n3 processes, one budget of ${budget}: {sent} sent, ${billed:.6f} billed, "
+        f"one request estimated ${estimate:.6g}"
+    )
+    assert responses_sent(stats) == sum(sent) and all(sent)
+    assert budget - WORKERS * estimate <= billed <= budget + WORKERS * estimate

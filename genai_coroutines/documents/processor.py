@@ -30,6 +30,7 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.budget import SharedBudget, budget_needs
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
@@ -118,6 +119,7 @@ class DocumentProcessor:
         dedupe: bool = False,
         max_cost_cents: float | None = None,
         cents_per_page: float | None = None,
+        budget_name: str | None = None,
     ) -> AsyncIterator[Result]:
         """Yield each document's result as it finishes.
 
@@ -134,14 +136,19 @@ class DocumentProcessor:
         this document's (its pages times `cents_per_page`, default Datalab's list price
         for the `mode`, `documents.prices.DATALAB_CENTS_PER_PAGE`) must stay within it; once
         they would not, nothing more is uploaded and the rest end `budget_exceeded`. Each
-        result's real `cost_breakdown` settles what it cost.
+        result's real `cost_breakdown` settles what it cost. `budget_name`: one budget for
+        every batch given this name and `max_cost_cents`, in this process or, with a shared
+        `limits_store`, in every process using it (`engine.budget`).
         """
         config = self.config
+        budget_needs(max_cost_cents, budget_name, "max_cost_cents")
         await self.clients.ready()  # an unreachable shared store fails here, nothing sent
         adapter = self.adapter()
         budget = (
             None if max_cost_cents is None else pages_budget(config, max_cost_cents, cents_per_page)
         )
+        if budget is not None and budget_name is not None:
+            budget.shared = SharedBudget(self.limits.store, budget_name, "cents")
         driver = Driver(
             adapter,
             inputs,

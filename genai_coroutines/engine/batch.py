@@ -231,7 +231,10 @@ class DriverCore(Generic[P]):
                         telemetry.finished(end)
                     yield result
         finally:
+            if options.budget is not None:
+                await options.budget.close()
             books.close()
+            books.summary.check_reported(logger)
             if telemetry is not None:
                 telemetry.end(books.succeeded, books.failed)
             log_event(
@@ -289,7 +292,7 @@ class DriverCore(Generic[P]):
             return self._finish(twin)
         if budget is not None:
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
-            held = budget.reserve(prepared, paid=paid)
+            held = await budget.reserve(prepared, paid=paid)
             if isinstance(held, Failure):
                 return self._finish(ItemEnd(index, Failed(held, 0), started))
             self._held[index] = held

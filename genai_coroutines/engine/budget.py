@@ -20,21 +20,100 @@ continues the items that were refused (a failure is never reused from a journal)
 Work the API had already accepted (a journaled background response or Datalab job,
 polled on resume) is admitted whatever the budget, being paid for already.
 
+One budget across batches, processes and machines: a `budget_name` (`SharedBudget`)
+moves the spent total and the reservations into the limits store under that name
+(`LimitStore.budget_reserve` / `budget_settle`: atomic, on the store's clock), so every
+batch on the name, in this process (the memory store) or any process using the same Redis,
+reserves against one total and the rule above holds for all of them together. Each batch
+is one holder there, renewed every `SharedBudget.ttl / 3` seconds while it runs; one whose
+process died is dropped after `ttl` and what it held is freed. The total is kept a week
+after its last write (`store.BUDGET_KEEP_SECS`). With a name, the store's total is the
+truth: results answered from the journal are not charged again (the run that paid them
+settled them there already), so a rerun with the same budget sends nothing more and one
+with a higher budget continues, whichever process runs it. A store lost mid-batch refuses
+the rest (`budget_exceeded`): a shared budget cannot be counted in one process.
+
 Amounts are in the price model's unit (US dollars for tokens, cents for pages);
 `Budget` itself only adds them up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .limits import budget_key
 from .outcome import Failure, ItemEnd, Outcome
 from .pricing import PriceModel
+from .store import BudgetView, LimitStore, LimitStoreUnavailable
 
 P = TypeVar("P")
+
+
+def budget_needs(limit: float | None, name: str | None, parameter: str) -> None:
+    """A `budget_name` names the total of a budget: it needs one (`parameter`)."""
+    if name is not None and limit is None:
+        raise ValueError(f"budget_name needs {parameter}: the budget the name shares")
+
+
+@dataclass(eq=False)
+class SharedBudget:
+    """A budget's total in the limits store, under `name` (see the module docstring):
+    this batch is one `holder` of reservations there."""
+
+    store: LimitStore
+    name: str
+    unit: str
+    """"usd" or "cents": part of the store key, so the two never add up."""
+    ttl: float = 60.0
+    """Seconds this batch's reservations outlive its last renewal (its process died)."""
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+    _pending: set[asyncio.Task[None]] = field(default_factory=set)
+    _renewing: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise TypeError(f"budget_name must be a string, not {type(self.name).__name__}")
+        if not self.name.strip():
+            raise ValueError("budget_name must not be empty")
+        self.key = budget_key(self.name, self.unit)
+
+    async def reserve(self, amount: float, limit: float, force: bool) -> BudgetView:
+        """Hold `amount` for this batch if the name's total allows it (see `Budget`)."""
+        if self._pending:  # settled first, so the store holds this batch's real figures
+            await asyncio.gather(*list(self._pending))
+        store, key = self.store, self.key
+        view = await store.budget_reserve(key, self.holder, amount, limit, self.ttl, force)
+        if view.granted and self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew())
+        return view
+
+    def settle(self, release: float, spend: float) -> None:
+        """Written to the store in the background (an item's end is not awaited); `close`
+        and the next `reserve` wait for it."""
+        task = asyncio.get_running_loop().create_task(
+            self.store.budget_settle(self.key, self.holder, release, spend, self.ttl)
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            await self.store.budget_settle(self.key, self.holder, 0.0, 0.0, self.ttl)
+
+    async def close(self) -> None:
+        """The batch ended: its settlements written, what it still holds freed."""
+        if self._renewing is not None:
+            self._renewing.cancel()
+            self._renewing = None
+        if self._pending:
+            await asyncio.gather(*list(self._pending))
+        await self.store.budget_settle(self.key, self.holder, 0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -49,6 +128,7 @@ class Budget(Generic[P]):
     show: Callable[[float], str] = field(default=lambda amount: f"${amount:.6g}")
     spent: float = 0.0
     in_flight: float = 0.0
+    """What this batch spent and holds (a named budget's totals are the store's)."""
     stop: Failure | None = None
     """The `budget_exceeded` failure of the first item refused, which every later one gets
     too: it quotes the figures that stopped the batch. A later item's own figures could fit
@@ -56,6 +136,8 @@ class Budget(Generic[P]):
     would contradict its refusal."""
     refused: int = 0
     """Items ended `budget_exceeded`."""
+    shared: SharedBudget | None = None
+    """The name the total is kept under in the limits store (None: this batch's own)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.limit, bool) or not isinstance(self.limit, int | float):
@@ -63,25 +145,45 @@ class Budget(Generic[P]):
         if not math.isfinite(self.limit) or self.limit < 0:
             raise ValueError(f"a budget must be a non-negative number, got {self.limit!r}")
 
-    def reserve(self, prepared: P, *, paid: bool = False) -> float | Failure:
+    async def reserve(self, prepared: P, *, paid: bool = False) -> float | Failure:
         """The estimate now held for this item, or the `budget_exceeded` failure that ends it.
         `paid`: the API accepted it earlier (it is polled, not sent), so it is admitted."""
         estimate = max(0.0, float(self.estimate(prepared)))
-        if not paid:
-            if self.stop is None and self.spent + self.in_flight + estimate > self.limit:
+        if self.stop is not None and not paid:
+            self.refused += 1
+            return self.stop
+        if self.shared is None:
+            spent, in_flight = self.spent, self.in_flight
+            granted = paid or spent + in_flight + estimate <= self.limit
+        else:
+            try:
+                granted, spent, in_flight = await self.shared.reserve(estimate, self.limit, paid)
+            except LimitStoreUnavailable as exc:
+                if paid:
+                    self.in_flight += estimate
+                    return estimate
                 self.stop = Failure(
-                    f"not sent: the budget of {self.show(self.limit)} is reached (when sending "
-                    f"stopped: spent {self.show(self.spent)}, in flight "
-                    f"{self.show(self.in_flight)}, the next request up to {self.show(estimate)})"
-                    "; raise it and resume to continue",
+                    f"not sent: the budget {self.shared.name!r} cannot be counted ({exc})"
+                    "; resume once the store is back to continue",
                     "budget_exceeded",
                     retriable=False,
                 )
-            if self.stop is not None:
                 self.refused += 1
                 return self.stop
-        self.in_flight += estimate
-        return estimate
+        if granted:
+            self.in_flight += estimate
+            return estimate
+        named = "" if self.shared is None else f" {self.shared.name!r}"
+        everyone = "" if self.shared is None else " by every batch on it"
+        self.stop = Failure(
+            f"not sent: the budget{named} of {self.show(self.limit)} is reached (when sending "
+            f"stopped: spent {self.show(spent)}, in flight {self.show(in_flight)}{everyone}, "
+            f"the next request up to {self.show(estimate)}); raise it and resume to continue",
+            "budget_exceeded",
+            retriable=False,
+        )
+        self.refused += 1
+        return self.stop
 
     @property
     def exhausted(self) -> bool:
@@ -91,16 +193,28 @@ class Budget(Generic[P]):
         """The item ended: its estimate is replaced by what it cost."""
         self.in_flight = max(0.0, self.in_flight - reserved)
         cost = self.pricing.cost(outcome)
-        self.spent += reserved if cost is None else cost
+        spend = reserved if cost is None else cost
+        self.spent += spend
+        if self.shared is not None:
+            self.shared.settle(reserved, spend)
 
     def release(self, reserved: float) -> None:
         """The item never ended (the batch was cancelled): its estimate is freed."""
         self.in_flight = max(0.0, self.in_flight - reserved)
+        if self.shared is not None:
+            self.shared.settle(reserved, 0.0)
 
     def charge(self, end: ItemEnd[Any]) -> None:
-        """An item paid for earlier (answered from the journal); a twin's cost nothing."""
-        if end.duplicate_of is None:
+        """An item paid for earlier (answered from the journal); a twin's cost nothing.
+        A named budget's store holds it already (see the module docstring)."""
+        if end.duplicate_of is None and self.shared is None:
             self.spent += self.pricing.cost(end.outcome) or 0.0
+
+    async def close(self) -> None:
+        """The batch ended (however): a named budget's settlements are written and what
+        this batch still holds there is freed."""
+        if self.shared is not None:
+            await self.shared.close()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,4 +223,5 @@ class Budget(Generic[P]):
             "in_flight": self.in_flight,
             "exhausted": self.exhausted,
             "refused": self.refused,
+            **({} if self.shared is None else {"name": self.shared.name}),
         }

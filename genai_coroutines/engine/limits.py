@@ -35,6 +35,13 @@ def limit_key(endpoint: str, api_key: str, model: str = "") -> str:
     return f"genai-coroutines:{{{endpoint}:{key_digest(api_key)}:{model}}}"
 
 
+def budget_key(name: str, unit: str) -> str:
+    """The store key of a named budget (`max_cost_usd` with `budget_name`) in `unit`
+    ("usd", "cents": one name in two units is two budgets): a digest of the name, so what
+    a caller puts in it (a customer, a path) is never written to the store."""
+    return f"genai-coroutines:{{budget:{unit}:{key_digest(name)}}}"
+
+
 class KeyLimits:
     """The rate limiters and capacities of every key used with one store."""
 

@@ -25,9 +25,15 @@ on one shard):
         `<dim>:s`, what they came to)
     genai-coroutines:{...}:surcharges  a hash: request kind -> the tokens learned
 
+and per named budget (`limits.budget_key`: its unit and a digest of its name):
+
+    genai-coroutines:{budget:<unit>:<name digest>}:budget  a hash: `spent` (the total),
+        and per holder (one batch) `h:<id>` -> "<reserved> <expiry>"
+
 The hashes expire after `idle_ttl` seconds without a write (the leases hash: not before its
 last lease would), the slots and takes one window after their last event, so a key nobody uses
-leaves nothing behind. A bucket that expired while this process still knew its shape is
+leaves nothing behind; a budget's hash lives `BUDGET_KEEP_SECS` (a week) after its last write.
+A bucket that expired while this process still knew its shape is
 recreated full by the next `take` (after that long idle it would have refilled anyway).
 The API key itself never reaches Redis.
 
@@ -35,7 +41,9 @@ Failures: `ready()` (called when a batch starts) raises `LimitStoreUnavailable`,
 the URL without its credentials, when Redis cannot be reached, before anything is sent.
 Redis lost later, mid-batch, degrades this store to an in-process `MemoryStore`, seeded
 with the shapes and leases this process knew, its buckets empty, with one warning; the
-batch goes on at in-process limits and loses nothing. The next batch to start finds
+batch goes on at in-process limits and loses nothing, except that a named budget cannot be
+counted in one process for all of them: its next reservation is refused (the rest of the
+batch ends `budget_exceeded`; a rerun continues). The next batch to start finds
 Redis again (when reachable and no in-process lease is outstanding) and shares the
 limits again.
 """
@@ -59,7 +67,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .logs import log_event
-from .store import ANY, IN_TRANSIT_SECS, LimitStoreUnavailable, MemoryStore, Taken, Ticket
+from .store import (
+    ANY,
+    BUDGET_KEEP_SECS,
+    IN_TRANSIT_SECS,
+    BudgetView,
+    LimitStoreUnavailable,
+    MemoryStore,
+    Taken,
+    Ticket,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -323,6 +340,53 @@ local oldest = redis.call('ZRANGE', KEYS[1], count - limit, count - limit, 'WITH
 return string.format('%.17g', tonumber(oldest[2]) + window - t)
 """
 
+# KEYS[1] the budget hash. ARGV: holder, amount, limit, ttl (s), force ('1'), keep (ms).
+# Returns granted ('1' or '0'), spent, what the live holders hold (before this amount).
+_BUDGET_RESERVE = """
+local t = now()
+local amount, limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0
+local held, mine = 0, 0
+local all = redis.call('HGETALL', KEYS[1])
+for i = 1, #all, 2 do
+  local holder = string.match(all[i], '^h:(.+)$')
+  if holder then
+    local reserved, expires = string.match(all[i + 1], '^(%S+) (%S+)$')
+    if tonumber(expires) <= t then
+      redis.call('HDEL', KEYS[1], all[i])
+    else
+      held = held + tonumber(reserved)
+      if holder == ARGV[1] then mine = tonumber(reserved) end
+    end
+  end
+end
+local view = {string.format('%.17g', spent), string.format('%.17g', held)}
+if ARGV[5] ~= '1' and spent + held + amount > limit then return {'0', view[1], view[2]} end
+redis.call('HSET', KEYS[1], 'h:' .. ARGV[1], string.format('%.17g %.17g', mine + amount, t + ttl))
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return {'1', view[1], view[2]}
+"""
+
+# KEYS[1] the budget hash. ARGV: holder, release, spend, ttl (s; 0 ends the holder), keep (ms).
+_BUDGET_SETTLE = """
+local t = now()
+local release, spend, ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local field = 'h:' .. ARGV[1]
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent')) or 0
+redis.call('HSET', KEYS[1], 'spent', string.format('%.17g', spent + spend))
+local current = redis.call('HGET', KEYS[1], field)
+redis.call('HDEL', KEYS[1], field)
+if current and ttl > 0 then
+  local reserved, expires = string.match(current, '^(%S+) (%S+)$')
+  if tonumber(expires) > t then
+    local left = math.max(0, tonumber(reserved) - release)
+    redis.call('HSET', KEYS[1], field, string.format('%.17g %.17g', left, t + ttl))
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
 SCRIPTS = {
     "take": _TAKE,
     "adjust": _ADJUST,
@@ -336,6 +400,8 @@ SCRIPTS = {
     "surcharges": _SURCHARGES,
     "learn_ceiling": _LEARN_CEILING,
     "take_slot": _TAKE_SLOT,
+    "budget_reserve": _BUDGET_RESERVE,
+    "budget_settle": _BUDGET_SETTLE,
 }
 
 
@@ -353,6 +419,7 @@ def redact(url: str) -> str:
 
 SCHEMES = ("redis", "rediss", "unix")
 _WINDOW = repr(IN_TRANSIT_SECS)
+_KEEP_MS = str(int(BUDGET_KEEP_SECS * 1000))
 
 
 class _Connection:
@@ -664,3 +731,33 @@ class RedisStore:
             return float(await self._run("take_slot", [f"{key}:slots"], args))
 
         return await self._shared(call, lambda store: store.take_slot(key, limit, window))
+
+    async def budget_reserve(
+        self, key: str, holder: str, amount: float, limit: float, ttl: float, force: bool
+    ) -> BudgetView:
+        """Redis's `budget_reserve`. While Redis is lost, none: a budget shared by several
+        processes cannot be counted in one of them (raises `LimitStoreUnavailable`)."""
+        if self._fallback is None:
+            args = [holder, repr(float(amount)), repr(float(limit)), repr(float(ttl))]
+            try:
+                granted, spent, held = await self._run(
+                    "budget_reserve", [f"{key}:budget"], [*args, "1" if force else "0", _KEEP_MS]
+                )
+            except LOST as exc:
+                await self._degrade(exc)
+            else:
+                return BudgetView(granted == "1", float(spent), float(held))
+        raise LimitStoreUnavailable(f"limits store {self.name} is unreachable")
+
+    async def budget_settle(
+        self, key: str, holder: str, release: float, spend: float, ttl: float
+    ) -> None:
+        """Redis's `budget_settle`; nothing while Redis is lost (the holder's reservations
+        expire there after their ttl)."""
+        if self._fallback is not None:
+            return
+        args = [holder, repr(float(release)), repr(float(spend)), repr(float(ttl)), _KEEP_MS]
+        try:
+            await self._run("budget_settle", [f"{key}:budget"], args)
+        except LOST as exc:
+            await self._degrade(exc)

@@ -7,7 +7,8 @@ That state is small on purpose: per bucket a shape (`per_minute`, `capacity`) an
 (level, stamp) pair, per key a pause deadline, the surcharges its 429s taught (see
 `learn_surcharge`) and the takes of the last `IN_TRANSIT_SECS` (see `adjust`), per
 capacity the units leased and the ceiling a refusal taught (see `learn_ceiling`), and per
-sliding window the times of its events (the Batch API's batches created in the hour).
+sliding window the times of its events (the Batch API's batches created in the hour), and
+per named budget its spent total and each holder's reservations (see `budget_reserve`).
 Each operation below reads and writes it in one atomic step on the store's own clock,
 so an implementation over a shared server (a Redis script using `TIME`) is a
 line-by-line translation of `MemoryStore`, and nothing above this interface changes.
@@ -46,6 +47,20 @@ class Taken(NamedTuple):
 
     wait: float
     ticket: Ticket | None
+
+
+BUDGET_KEEP_SECS = 7 * 24 * 3600.0
+"""How long a named budget's spent total is kept after its last write: a rerun within a
+week continues the same total; after that the name starts again from zero."""
+
+
+class BudgetView(NamedTuple):
+    """What `budget_reserve` did: whether the amount is now held, and the budget's totals
+    before it (spent, and every live holder's reservations)."""
+
+    granted: bool
+    spent: float
+    in_flight: float
 
 
 class LimitStoreUnavailable(ConnectionError):
@@ -140,6 +155,25 @@ class LimitStore(Protocol):
         count nothing and return the seconds until the oldest event leaves the window."""
         ...
 
+    async def budget_reserve(
+        self, key: str, holder: str, amount: float, limit: float, ttl: float, force: bool
+    ) -> BudgetView:
+        """Hold `amount` more under `holder` (one batch's reservations) if the budget's spent
+        total plus every live holder's reservations plus it stays within `limit`, or
+        whatever they come to when `force` (work paid for earlier); the holder's
+        reservations then live `ttl` seconds more. A holder not renewed within its `ttl`
+        (its process died) is dropped: what it held is freed. The spent total is kept
+        `BUDGET_KEEP_SECS` after the budget's last write."""
+        ...
+
+    async def budget_settle(
+        self, key: str, holder: str, release: float, spend: float, ttl: float
+    ) -> None:
+        """Take `release` out of `holder`'s reservations and add `spend` to the spent total,
+        in one step; the holder's reservations live `ttl` seconds more (`ttl` 0: the holder
+        is done, whatever it still holds is freed). With both amounts 0: a renewal."""
+        ...
+
 
 class Bucket:
     """Continuously refilled quota: `rate` units per second, at most `capacity` banked."""
@@ -207,6 +241,18 @@ class _Sent:
         }
 
 
+class _Purse:
+    """A named budget in memory: its spent total, each holder's (reserved, expiry), and
+    when it was last written."""
+
+    __slots__ = ("spent", "holders", "written")
+
+    def __init__(self, now: float) -> None:
+        self.spent = 0.0
+        self.holders: dict[str, tuple[float, float]] = {}
+        self.written = now
+
+
 class MemoryStore:
     """`LimitStore` in this process's memory: shared by every batch and event loop here."""
 
@@ -223,6 +269,8 @@ class MemoryStore:
         """Each window's event times, oldest first."""
         self._sent: dict[str, _Sent] = {}
         self._surcharges: dict[str, dict[str, int]] = {}
+        self._purses: dict[str, _Purse] = {}
+        """Each named budget's state."""
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> Taken:
         now = self._clock()
@@ -357,6 +405,41 @@ class MemoryStore:
             events.append(now)
             return 0.0
         return events[len(events) - limit] + window - now
+
+    def _purse(self, key: str, now: float) -> _Purse:
+        """The budget's state, started afresh when kept past `BUDGET_KEEP_SECS`, its
+        expired holders dropped."""
+        purse = self._purses.get(key)
+        if purse is None or purse.written + BUDGET_KEEP_SECS <= now:
+            purse = self._purses[key] = _Purse(now)
+        holders = purse.holders
+        for holder in [h for h, (_, expires) in holders.items() if expires <= now]:
+            del holders[holder]
+        return purse
+
+    async def budget_reserve(
+        self, key: str, holder: str, amount: float, limit: float, ttl: float, force: bool
+    ) -> BudgetView:
+        now = self._clock()
+        purse = self._purse(key, now)
+        held = sum(reserved for reserved, _ in purse.holders.values())
+        if not force and purse.spent + held + amount > limit:
+            return BudgetView(False, purse.spent, held)
+        mine = purse.holders.get(holder, (0.0, now))[0]
+        purse.holders[holder] = (mine + amount, now + ttl)
+        purse.written = now
+        return BudgetView(True, purse.spent, held)
+
+    async def budget_settle(
+        self, key: str, holder: str, release: float, spend: float, ttl: float
+    ) -> None:
+        now = self._clock()
+        purse = self._purse(key, now)
+        purse.spent += spend
+        purse.written = now
+        mine = purse.holders.pop(holder, None)
+        if mine is not None and ttl > 0:
+            purse.holders[holder] = (max(0.0, mine[0] - release), now + ttl)
 
     def snapshot(self, key: str) -> Mapping[str, float]:
         """Levels of the key's buckets now (for inspection and tests)."""

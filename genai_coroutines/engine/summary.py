@@ -9,12 +9,17 @@ outcome was billed into its `Charges` and price the tokens when the cost is read
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .logs import log_event
 from .outcome import Answered, ItemEnd
 from .pricing import Charges, PriceModel
+
+REPORTED = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+"""The token figures a provider reports, in `Summary.reported`'s order."""
 
 
 @dataclass
@@ -33,6 +38,13 @@ class Summary(Charges):
     reused: int = 0
     duplicates: int = 0
     """Results given a twin's answer (`dedupe`): counted, but not charged."""
+    reported: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    """The provider's own token figures, in `REPORTED`'s order (see the module docstring)."""
+    reported_cents: float = 0.0
+    """The cents of the providers' `cost_breakdown`s, as they reported them."""
+    unreported: int = 0
+    """Groups whose provider reported no usage: the figures cannot be checked then."""
+    warned: bool = field(default=False, repr=False)
 
     def add(self, end: ItemEnd[Any]) -> None:
         """Count one finished item, and have each price model read its charges."""
@@ -54,6 +66,54 @@ class Summary(Charges):
             return  # a twin of an item sent once (`dedupe`): its charges are that item's
         for model in self.pricing:
             model.read(outcome, self)
+        bill, ids = outcome.bill, outcome.ids
+        if bill is not None and (end.origin == "journal" or ids is None or ids.group is None):
+            reported = self.reported
+            reported[0] += bill.input_tokens
+            reported[1] += bill.cached_tokens
+            reported[2] += bill.output_tokens
+            reported[3] += bill.reasoning_tokens
+            self.reported_cents += bill.cents or 0.0
+
+    def report_group(self, usage: tuple[int, int, int, int] | None) -> None:
+        """What the provider reports a group it answered (a Batch API batch's `usage`) used:
+        (input, cached, output, reasoning) tokens, None when it reports nothing."""
+        if usage is None:
+            self.unreported += 1
+            return
+        for kind, tokens in enumerate(usage):
+            self.reported[kind] += tokens
+
+    def differences(self) -> dict[str, tuple[float, float]]:
+        """(our sum, the provider's) of each figure where they differ; none when nothing
+        prices this summary or a group reported no usage (nothing to check against)."""
+        if not self.pricing or self.unreported:
+            return {}
+        ours = (self.input_tokens, self.cached_tokens, self.output_tokens, self.reasoning_tokens)
+        found: dict[str, tuple[float, float]] = {
+            name: (mine, theirs)
+            for name, mine, theirs in zip(REPORTED, ours, self.reported, strict=True)
+            if mine != theirs
+        }
+        if round(self.cost_cents, 6) != round(self.reported_cents, 6):
+            found["cost_cents"] = (self.cost_cents, self.reported_cents)
+        return found
+
+    def check_reported(self, logger: logging.Logger) -> None:
+        """Log one warning (once per summary) naming each figure where our sums and the
+        provider's differ."""
+        differences = self.differences()
+        if differences and not self.warned:
+            self.warned = True
+            log_event(
+                logger,
+                logging.WARNING,
+                "provider_totals_differ",
+                **{
+                    name: f"ours={mine:g},provider={theirs:g}"
+                    for name, (mine, theirs) in differences.items()
+                },  # fmt: skip
+            )
 
     def finish(self) -> Summary:
         self.finished = time.monotonic()
@@ -87,6 +147,12 @@ class Summary(Charges):
             "pages": self.pages,
             "cost_cents": self.cost_cents,
             "duplicates": self.duplicates,
+            "provider_reported": None
+            if self.unreported
+            else {
+                **dict(zip(REPORTED, self.reported, strict=True)),
+                "cost_cents": self.reported_cents,
+            },
         }
 
     def describe(self) -> str:

@@ -32,6 +32,7 @@ from ..engine import (
     count,
     log_event,
 )
+from ..engine.budget import SharedBudget, budget_needs
 from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
 from ..engine.summary import Summary
@@ -93,6 +94,7 @@ class ResponsesProcessor:
         summary: Summary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
+        budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
     ) -> dict[str, Any]:
         """Every prompt's result in input order: `{"total_success", "total_errors", "results"}`.
@@ -108,6 +110,7 @@ class ResponsesProcessor:
                 summary=summary,
                 dedupe=dedupe,
                 max_cost_usd=max_cost_usd,
+                budget_name=budget_name,
                 batch_api=batch_api,
             ),
             itemgetter("index"),
@@ -144,6 +147,7 @@ class ResponsesProcessor:
         summary: Summary | None = None,
         dedupe: bool = False,
         max_cost_usd: float | None = None,
+        budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
     ) -> AsyncIterator[Result]:
         """Each item's result dict (carrying its `index`) as soon as it finishes.
@@ -160,7 +164,10 @@ class ResponsesProcessor:
         this request (its input estimate and `max_output_tokens`, priced by the
         summary's table at the tier in force) must stay within it; once it would not,
         nothing more is sent and the rest end `budget_exceeded` (resume with a larger
-        budget to continue them). With `request.background` each request runs in
+        budget to continue them). `budget_name`: one budget for every batch given this name
+        and `max_cost_usd`, in this process, or with a shared `limits_store` in every
+        process using it: the spent total and what is in flight are kept there
+        (`engine.budget`). With `request.background` each request runs in
         background mode (`background.py`): its response id is journaled as soon as
         OpenAI accepts it, and a rerun polls it instead of paying for it again.
 
@@ -189,10 +196,23 @@ class ResponsesProcessor:
                     "collected: their items are sent again (rerun with background=True to "
                     'collect them)"',
                 )
+        budget_needs(max_cost_usd, budget_name, "max_cost_usd")
         await self.clients.ready()  # an unreachable shared store fails here, nothing sent
         limiter = key_limiter(request, self.limits)
         summary = summary or Summary(pricing=(TokenPrices.of(self.prices, request.model),))
         prices = table_of(summary)
+        budget = (
+            None
+            if max_cost_usd is None
+            else budget_for(
+                request,
+                max_cost_usd,
+                prices,
+                share=None if batch is None else tier_share("batch", prices.tiers),
+            )
+        )
+        if budget is not None and budget_name is not None:
+            budget.shared = SharedBudget(self.limits.store, budget_name, "usd")
         path = BackgroundPath if request.background else DirectPath
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
@@ -202,14 +222,7 @@ class ResponsesProcessor:
             progress=progress,
             summary=summary,
             dedupe=dedupe,
-            budget=None
-            if max_cost_usd is None
-            else budget_for(
-                request,
-                max_cost_usd,
-                prices,
-                share=None if batch is None else tier_share("batch", prices.tiers),
-            ),
+            budget=budget,
             start_fields={
                 "model": request.model,
                 "prompts": count(request.user_prompts, "lazy"),

@@ -29,6 +29,7 @@ from ...engine import Admitted, Failure, log_event
 from ...engine.grouped import GroupRun, Tasks
 from ...engine.journal import GroupLine
 from ..direct import Prepared, retry_policy
+from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
 from .spool import Job, Member, batch_line, custom_id, custom_id_of, index_of
@@ -186,6 +187,9 @@ class BatchJobs:
             if batch is not None:
                 await self.submitter.release(job)  # it ended: its tokens leave before it is read
                 retry, token_limited = await self.answers.resolve(job, batch)
+                usage = batch.get("usage")  # the provider's figures, beside the lines' sums
+                summary = self.group.batch.summary
+                summary.report_group(usage_tokens(usage) if isinstance(usage, dict) else None)
                 if retry.members and self.resend is not None:
                     self.resend(job, retry.members)
                 elif retry.members:
