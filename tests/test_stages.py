@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from genai_coroutines import DocumentProcessor, ResponsesProcessor
+from genai_coroutines import BatchAPI, DocumentProcessor, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.stages import StageKey
+from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
 from tests import samples
 from tests.documents_support import config_for
 from tests.responses_support import request_for
@@ -87,3 +88,28 @@ def test_stage_key_text_round_trips(key: StageKey, text: str) -> None:
 @pytest.mark.parametrize("text", ["", "07", "7.", "7.Extract", "7.extract.", "²", "7.x.01", "a"])
 def test_stage_key_parse_refuses_what_it_did_not_write(text: str) -> None:
     assert StageKey.parse(text) is None
+
+
+def test_batch_line_ids_carry_the_stage_key_and_old_ones_still_resolve() -> None:
+    body = b'{"model":"gpt-4o-mini","input":"x"}'
+    line = custom_id(StageKey(3, "extract", 2), body)
+    assert line.startswith("3.extract.2-") and key_of(line) == StageKey(3, "extract", 2)
+    assert index_of(line) is None  # a line of another stage is not the one-stage path's
+    old = "41-0123456789ab"  # what a journal of an earlier run holds: `<index>-<12 hex>`
+    assert custom_id(StageKey(41), b"")[:3] == "41-" and index_of(old) == 41
+    for foreign in ("41-0123456789AB", "x-0123456789ab", "²-0123456789ab", "41-012", "41"):
+        assert key_of(foreign) is None and index_of(foreign) is None
+
+
+async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -> None:
+    """At concurrency 1, every prompt's line is in the one batch file: a line waiting on its
+    batch holds no slot."""
+    prompts = [f"grouped {i}" for i in range(6)]
+    request = request_for(emulator, prompts, max_concurrent_requests=1)
+    out = await ResponsesProcessor().process_batch(
+        request, batch_api=BatchAPI(poll_interval_secs=0.01)
+    )
+    assert out["total_success"] == 6
+    assert emulator.stats.files_uploaded == 1 and emulator.stats.batches_created == 1
+    assert len({r["batch_id"] for r in out["results"]}) == 1
+    assert sorted(index_of(r["custom_id"]) for r in out["results"]) == list(range(6))
