@@ -28,6 +28,7 @@ from genai_coroutines.emulator import Emulator, openai_batch
 from genai_coroutines.engine import KeyLimits, MemoryStore, RateLimiter, limit_key
 from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
+from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.answers import judge
 from genai_coroutines.responses.batch.spool import batch_line, custom_id
 from genai_coroutines.responses.batch.submitter import HOUR
@@ -129,7 +130,7 @@ async def test_1200_prompts_become_3_files_and_3_batches_shaped_like_the_sync_pa
             assert isinstance(prepared, Prepared)
             assert line["method"] == "POST" and line["url"] == "/v1/responses"
             assert line["body"] == orjson.loads(prepared.body)
-            assert line["custom_id"] == custom_id(index, prepared.body)
+            assert line["custom_id"] == custom_id(StageKey(index), prepared.body)
             seen[line["custom_id"]] = index
     assert sorted(seen.values()) == list(range(1200)), "every item in exactly one file"
     sizes = sorted(b.request_counts.total for b in batches if b.request_counts)
@@ -518,7 +519,7 @@ async def journal_a_file(
     for index, prompt in enumerate(cast(list[str], request.user_prompts)):
         prepared = await path.prepare(index, prompt)
         assert isinstance(prepared, Prepared)
-        line_id = custom_id(index, prepared.body)
+        line_id = custom_id(StageKey(index), prepared.body)
         members.append((index, request_digest(prepared.body), line_id, 0))
         data += batch_line(line_id, prepared.body)
     uploaded = await client.files.create(file=("killed.jsonl", data), purpose="batch")

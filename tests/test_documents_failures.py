@@ -157,7 +157,9 @@ async def test_a_page_limit_the_client_does_not_know_is_learned_and_loses_nothin
     attempts = [r["attempts"] for r in results]
     assert max(attempts) > 1  # refused, then resubmitted as a counted retry
     assert sum(attempts) == sum(emulator.stats.submissions_by_digest.values())
-    assert sum(attempts) - len(documents) <= 10  # a few refusals taught the ceiling
+    # Some refusals taught the ceiling: polls hold no driver slot, so the documents go out
+    # before the first refusal comes back, bounded by the pages in flight, not concurrency.
+    assert sum(attempts) - len(documents) <= 30
     ceiling = await pages_admitted(store, emulator)
     assert 20 <= ceiling <= 30
 

@@ -370,15 +370,18 @@ class Job:
                 error=details.failure.message,
             )
 
-        ended = await poll_until(
-            check,
-            interval=config.poll_interval_secs,
-            max_polls=config.max_poll_attempts,
-            policy=self.batch.poll_policy,
-            wait=self.run_.batch.wait,
-            on_retry=on_retry,
-            what=f"request {submission.request_id}",
-        )
+        # Polled without a driver slot (another document is uploaded meanwhile); the pages
+        # in flight stay leased: they are Datalab's capacity, not the driver's.
+        async with self.run_.waiting():
+            ended = await poll_until(
+                check,
+                interval=config.poll_interval_secs,
+                max_polls=config.max_poll_attempts,
+                policy=self.batch.poll_policy,
+                wait=self.run_.batch.wait,
+                on_retry=on_retry,
+                what=f"request {submission.request_id}",
+            )
         if ended is None:
             polls = config.max_poll_attempts
             return Failure(

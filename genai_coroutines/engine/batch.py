@@ -46,6 +46,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -58,7 +59,8 @@ from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
-from .runner import Source, run_streaming
+from .runner import Slots, Source, run_streaming
+from .stages import MAX_WAITING
 from .summary import Summary
 from .telemetry import BatchTelemetry, ItemTelemetry, start_batch
 
@@ -136,6 +138,8 @@ class BatchRun:
     a result that cannot be journaled, when the journal cannot take it."""
     telemetry: BatchTelemetry | None = None
     """The batch's spans and metrics; None without an OpenTelemetry SDK (`engine.telemetry`)."""
+    slots: Slots = field(default_factory=Slots)
+    """The driver's slots, which an item leaves while it waits (`ItemRun.waiting`)."""
 
 
 @dataclass(slots=True)
@@ -151,6 +155,13 @@ class ItemRun:
     on_submitted: Callable[[Submission], object] = field(default=lambda _: None)
     trace: ItemTelemetry | None = None
     """The item's span, parent of its attempts'; None without an OpenTelemetry SDK."""
+
+    def waiting(self) -> AbstractAsyncContextManager[None]:
+        """`async with run.waiting():` around a wait on the provider's work (polling a
+        background response or a Datalab job): the item leaves its driver slot for it, so
+        another input is admitted meanwhile, and finishes without one
+        (`runner.Slots.wait`; at most `BatchOptions.max_waiting` items wait so)."""
+        return self.batch.slots.wait()
 
     def submitted(self, submission: Submission) -> None:
         """Journal work the API just accepted, before anything else happens to it."""
@@ -176,6 +187,8 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    max_waiting: int = MAX_WAITING
+    """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
 
 
 class DriverCore(Generic[P]):
@@ -224,6 +237,7 @@ class DriverCore(Generic[P]):
                     books.progress.note,
                     self._write_journal,
                     telemetry,
+                    Slots(options.max_waiting),
                 )
                 async for end, result in self._results(run):
                     books.add(end)
@@ -364,7 +378,9 @@ class Driver(DriverCore[P]):
         def work(index: int, item: Any) -> Awaitable[Ended]:
             return self._one(run, index, item)
 
-        return run_streaming(self.source, work, concurrency=self.options.concurrency)
+        return run_streaming(
+            self.source, work, concurrency=self.options.concurrency, slots=run.slots
+        )
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended:
         """One item from its input to its end; never raises for its own failures."""

@@ -5,6 +5,12 @@ prompts read from a file holds at most `concurrency` of them in memory. Results 
 yielded in completion order; each carries the index of its input so callers can restore
 input order (`collect_in_order`) or write them out at once.
 
+An item that waits on the provider (a background response, a Datalab job being polled)
+gives its slot up for the wait (`Slots.wait`): another input is admitted meanwhile, and
+the item finishes without a slot once its wait ends. At most `max_waiting` items wait so
+at once; the next ones wait in their slots, so at most `concurrency + max_waiting` items
+wait or run at once (plus those finishing after their wait).
+
 Cancelling the consumer (Ctrl-C, `task.cancel()`, breaking out of the loop) cancels the
 in-flight work and waits for it to unwind, so no request is left running behind the
 caller's back and every result already yielded stays yielded.
@@ -24,7 +30,10 @@ from collections.abc import (
     Iterator,
     Sized,
 )
+from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
+
+from .stages import MAX_WAITING
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -103,12 +112,49 @@ class _Handoff(Generic[R]):
             consumer.set_result(None)
 
 
+class Slots:
+    """The runner's `concurrency` slots, which an item waiting on the provider leaves for
+    the wait (`wait`; see the module docstring). `run_streaming` sets `spawn` (start a
+    worker for a freed slot: False once the input ran out)."""
+
+    __slots__ = ("max_waiting", "parked", "orphans", "spawn")
+
+    def __init__(self, max_waiting: int = MAX_WAITING) -> None:
+        self.max_waiting = max_waiting
+        self.parked = 0
+        """Items waiting without a slot."""
+        self.orphans = 0
+        """Workers finishing an item whose wait gave their slot away: as many workers retire
+        after their item instead of taking another input."""
+        self.spawn: Callable[[], bool] | None = None
+
+    @asynccontextmanager
+    async def wait(self) -> AsyncIterator[None]:
+        """Run the body without holding a slot (in it, when `max_waiting` items already
+        wait so, or outside a runner). The item then finishes without one: taking a slot
+        back could deadlock with what it holds through the wait (a Datalab job's leased
+        pages, which the items in the slots may be waiting for)."""
+        spawn = self.spawn
+        if spawn is None or self.parked >= self.max_waiting:
+            yield
+            return
+        self.parked += 1
+        spawned = spawn()
+        try:
+            yield
+        finally:
+            self.parked -= 1
+            if spawned:
+                self.orphans += 1
+
+
 async def run_streaming(
     source: Source[T],
     work: Callable[[int, T], Awaitable[R]],
     *,
     concurrency: int,
     start: int = 0,
+    slots: Slots | None = None,
 ) -> AsyncIterator[R]:
     """Run `work(index, item)` for every item with at most `concurrency` at once; yield results.
 
@@ -119,6 +165,10 @@ async def run_streaming(
     item costs a coroutine, not a task of its own. Up to `concurrency` finished results
     wait for the consumer; while that many wait, no worker takes another input, so a slow
     consumer holds the batch back instead of letting finished results pile up.
+
+    `slots`: what `work` waits under (`Slots.wait`) to free its slot while it waits; a
+    freed slot gets a worker of its own, and a worker retires for each item that
+    finished without its slot.
     """
     numbered: Iterator[tuple[int, T]] | None = None
     items: AsyncGenerator[tuple[int, T], None] | None = None
@@ -136,23 +186,47 @@ async def run_streaming(
 
     size = max(1, concurrency)
     handoff: _Handoff[R] = _Handoff(size, size)
+    ran_out = False
 
     async def worker() -> None:
+        nonlocal ran_out
         try:
             if numbered is not None:  # a plain iterable: no coroutine per input
                 for index, item in numbered:
                     if handoff.put(await work(index, item)):
                         await handoff.wait_for_room()
+                    if slots is not None and slots.orphans:  # its slot went to another
+                        slots.orphans -= 1
+                        break
+                else:
+                    ran_out = True
             else:
                 while (numbered_item := await next_item()) is not None:
                     if handoff.put(await work(*numbered_item)):
                         await handoff.wait_for_room()
+                    if slots is not None and slots.orphans:
+                        slots.orphans -= 1
+                        break
+                else:
+                    ran_out = True
         except BaseException as exc:  # handed to the consumer, which raises it
             handoff.fail(exc)
             raise
         handoff.retire()
 
-    workers = [asyncio.ensure_future(worker()) for _ in range(size)]
+    workers = {asyncio.ensure_future(worker()) for _ in range(size)}
+
+    def spawn() -> bool:
+        if ran_out:
+            return False
+        handoff.live += 1
+        task = asyncio.ensure_future(worker())
+        workers.add(task)
+        task.add_done_callback(workers.discard)  # one per wait: not kept once it ends
+        return True
+
+    if slots is not None:
+        slots.spawn = spawn
     try:
         while True:
             if handoff.items:
@@ -164,9 +238,10 @@ async def run_streaming(
             else:
                 await handoff.arrival()
     finally:
-        for task in workers:
+        running = list(workers)
+        for task in running:
             task.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         if items is not None:
             await items.aclose()
 

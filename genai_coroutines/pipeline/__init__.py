@@ -12,9 +12,9 @@ It is one batch of the engine's driver (`engine.batch.Driver`) with one adapter,
 `PipelinePath`. So one batch means:
 
 - both APIs' limits at once: each stage draws on its own key's limiters, shared with
-  every other batch on that key; `ocr.max_concurrent_requests` bounds the documents in
-  Datalab (upload to last poll) and `extraction.max_concurrent_requests` the requests in
-  flight to OpenAI, each with its own semaphore; the driver runs their sum of items.
+  every other batch on that key; `ocr.max_concurrent_requests` bounds the documents
+  being uploaded to Datalab (polls hold no slot) and `extraction.max_concurrent_requests`
+  the requests in flight to OpenAI, each with its own semaphore; the driver runs their sum of items.
 - each API gets its own key: two HTTP sessions, one sending `X-Api-Key` to Datalab, one
   `Authorization: Bearer` to OpenAI, so neither key ever reaches the other host.
 - one journal (kind "pipeline"): an accepted OCR job is journaled before its first poll

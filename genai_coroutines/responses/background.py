@@ -20,6 +20,10 @@
       +-- answered as the synchronous path's POST (`DirectPath.attempt`): 429s, 5xx and
           flex capacity retried, 4xx fail, a bad key or no quota stops the batch
 
+The POST runs in the item's driver slot; the polls do not (`ItemRun.waiting`): with
+`max_concurrent_requests` 10, ten POSTs are in flight at most, while the responses
+polled may be many more (up to the driver's `max_waiting`).
+
 One round (POST if no response is known, then poll to the end) is one attempt of the
 engine's `retrying`, as a Datalab job is, so every counted retry draws on one
 `max_retries`. The response id is journaled the moment the POST returns
@@ -143,7 +147,8 @@ class BackgroundPath(DirectPath):
                 )
             background_in_flight(1)
             try:
-                ended = await self._poll(run, submission)
+                async with run.waiting():  # polled without a driver slot
+                    ended = await self._poll(run, submission)
             finally:
                 background_in_flight(-1)
             if isinstance(ended, Success):

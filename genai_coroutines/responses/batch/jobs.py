@@ -28,6 +28,7 @@ from contextlib import suppress
 from ...engine import Admitted, Failure, log_event
 from ...engine.grouped import GroupRun, Tasks
 from ...engine.journal import GroupLine
+from ...engine.stages import StageKey
 from ..direct import Prepared, retry_policy
 from ..prices import usage_tokens
 from .answers import Answers
@@ -108,7 +109,7 @@ class BatchJobs:
                 member = Member(known.line_id, known.attempt, item.started, tokens)
                 job.add(index, member, batch_line(known.line_id, body))
                 continue
-            line_id = custom_id(index, body)
+            line_id = custom_id(StageKey(index), body)
             line = batch_line(line_id, body)
             if len(line) > options.max_bytes_per_file:
                 failure = Failure(

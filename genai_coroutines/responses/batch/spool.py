@@ -1,7 +1,8 @@
 """What the Batch API path keeps of a batch file: its lines on disk, its items in memory.
 
-A line is `batch_line`'s: its `custom_id` first (`custom_id`: the item's index and a
-digest of its body, read back by `index_of` and `custom_id_of`), its body last (`body_of`).
+A line is `batch_line`'s: its `custom_id` first (`custom_id`: the item's stage key and a
+digest of its body, read back by `key_of`, `index_of` and `custom_id_of`), its body last
+(`body_of`).
 A `Job` is one file and its batch. Per item it keeps only a `Member` (its line id, its
 round and when its turn came); the lines themselves go to a temporary file per upload
 (`Spool`), written as the items arrive, uploaded from disk, and kept until its batch
@@ -21,23 +22,32 @@ from typing import IO
 
 import orjson
 
+from ...engine.stages import StageKey
+
 ENDPOINT = "/v1/responses"
 _LINE_ID_START = len(b'{"custom_id":')
 _BODY_KEY = b',"body":'
-_LINE_ID = re.compile(r"(0|[1-9][0-9]{0,17})-[0-9a-f]{12}")
-"""What `custom_id` writes (ASCII digits only: `str.isdigit` also takes `²`, which `int`
-refuses, and `int` refuses more than 4,300 digits)."""
+_LINE_ID = re.compile(r"([0-9a-z._]{1,60})-[0-9a-f]{12}")
+"""What `custom_id` writes: a `StageKey.text` (checked by `StageKey.parse`) and a digest."""
 
 
-def custom_id(index: int, body: bytes) -> str:
-    """Unique per item (its index) and stable across reruns of the same request (its body)."""
-    return f"{index}-{hashlib.sha256(body).hexdigest()[:12]}"
+def custom_id(key: StageKey, body: bytes) -> str:
+    """Unique per stage request (its key: an item of one stage writes its bare index, as
+    earlier runs did, so their journals resume) and stable across reruns (its body)."""
+    return f"{key.text}-{hashlib.sha256(body).hexdigest()[:12]}"
+
+
+def key_of(line_id: str) -> StageKey | None:
+    """The stage key in a custom_id `custom_id` wrote; None for any other."""
+    match = _LINE_ID.fullmatch(line_id)
+    return None if match is None else StageKey.parse(match[1])
 
 
 def index_of(line_id: str) -> int | None:
-    """The index in a custom_id `custom_id` wrote; None for any other."""
-    match = _LINE_ID.fullmatch(line_id)
-    return int(match[1]) if match else None
+    """The index in a custom_id `custom_id` wrote for an item of one stage; None for any
+    other (a line of another stage is not this path's)."""
+    key = key_of(line_id)
+    return None if key is None or key.stage else key.index
 
 
 def batch_line(line_id: str, body: bytes) -> bytes:

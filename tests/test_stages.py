@@ -1,0 +1,115 @@
+"""Stages: an item's request run direct, in background or grouped, against the emulator.
+
+The point of each test: an item waiting on the provider (a background response or a
+Datalab job being polled, a Batch API line) holds no driver slot meanwhile, so at
+concurrency 1 many are in flight on the emulator at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from genai_coroutines import BatchAPI, DocumentProcessor, ResponsesProcessor
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine.stages import StageKey
+from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
+from tests import samples
+from tests.documents_support import config_for
+from tests.responses_support import request_for
+
+
+async def until(task: asyncio.Task[Any], condition: Callable[[], bool], what: str) -> None:
+    """Poll `condition` while `task` runs; fail if it ends first or 5 s pass."""
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not condition():
+        assert not task.done(), f"the batch ended before {what}"
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.005)
+
+
+def posts(emulator: Emulator) -> int:
+    return sum(emulator.stats.responses_by_digest.values())
+
+
+async def test_direct_items_at_concurrency_one_all_complete(emulator: Emulator) -> None:
+    request = request_for(emulator, [f"direct {i}" for i in range(6)], max_concurrent_requests=1)
+    out = await ResponsesProcessor().process_batch(request)
+    assert out["total_success"] == 6 and emulator.stats.peak_in_flight == 1
+
+
+async def test_background_items_poll_without_a_slot(emulator: Emulator) -> None:
+    """With one slot, five background responses are POSTed before the first one ends: each
+    item polls without its slot (before, the second POST waited for the first answer)."""
+    emulator.config.background_queue_seconds = 0.4
+    request = request_for(
+        emulator,
+        [f"background {i}" for i in range(5)],
+        background=True,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+    )
+    task = asyncio.ensure_future(ResponsesProcessor().process_batch(request))
+    await until(task, lambda: posts(emulator) == 5, "five POSTs")
+    assert sum(emulator.stats.completed_by_digest.values()) == 0  # none had ended yet
+    out = await task
+    assert out["total_success"] == 5 and posts(emulator) == 5
+    assert [r["index"] for r in out["results"]] == list(range(5))
+
+
+async def test_datalab_jobs_poll_without_a_slot(emulator: Emulator) -> None:
+    """With one slot, every document is uploaded before the first job completes."""
+    emulator.config.seconds_per_page = 0.2
+    documents = [samples.pdf(1, tag=f"doc {i}") for i in range(4)]
+    config = config_for(emulator, max_concurrent_requests=1)
+    results = await DocumentProcessor(config).process_multiparts(documents)
+    assert [r["success"] for r in results] == [True] * 4
+    events = [what for _, endpoint, what in emulator.stats.events if endpoint != "files"]
+    submitted = [i for i, what in enumerate(events) if what.startswith("submitted ")]
+    first_done = next(i for i, what in enumerate(events) if what.startswith("poll complete"))
+    assert len(submitted) == 4 and max(submitted) < first_done
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        (StageKey(7), "7"),
+        (StageKey(7, "extract"), "7.extract"),
+        (StageKey(0, "extract", 12), "0.extract.12"),
+    ],
+)
+def test_stage_key_text_round_trips(key: StageKey, text: str) -> None:
+    assert key.text == text and StageKey.parse(text) == key
+
+
+@pytest.mark.parametrize("text", ["", "07", "7.", "7.Extract", "7.extract.", "²", "7.x.01", "a"])
+def test_stage_key_parse_refuses_what_it_did_not_write(text: str) -> None:
+    assert StageKey.parse(text) is None
+
+
+def test_batch_line_ids_carry_the_stage_key_and_old_ones_still_resolve() -> None:
+    body = b'{"model":"gpt-4o-mini","input":"x"}'
+    line = custom_id(StageKey(3, "extract", 2), body)
+    assert line.startswith("3.extract.2-") and key_of(line) == StageKey(3, "extract", 2)
+    assert index_of(line) is None  # a line of another stage is not the one-stage path's
+    old = "41-0123456789ab"  # what a journal of an earlier run holds: `<index>-<12 hex>`
+    assert custom_id(StageKey(41), b"")[:3] == "41-" and index_of(old) == 41
+    for foreign in ("41-0123456789AB", "x-0123456789ab", "²-0123456789ab", "41-012", "41"):
+        assert key_of(foreign) is None and index_of(foreign) is None
+
+
+async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -> None:
+    """At concurrency 1, every prompt's line is in the one batch file: a line waiting on its
+    batch holds no slot."""
+    prompts = [f"grouped {i}" for i in range(6)]
+    request = request_for(emulator, prompts, max_concurrent_requests=1)
+    out = await ResponsesProcessor().process_batch(
+        request, batch_api=BatchAPI(poll_interval_secs=0.01)
+    )
+    assert out["total_success"] == 6
+    assert emulator.stats.files_uploaded == 1 and emulator.stats.batches_created == 1
+    assert len({r["batch_id"] for r in out["results"]}) == 1
+    assert sorted(index_of(r["custom_id"]) for r in out["results"]) == list(range(6))
