@@ -19,7 +19,7 @@ import pytest
 
 from genai_coroutines import ResponsesProcessor, ResponsesRequest
 from genai_coroutines.emulator import Emulator
-from genai_coroutines.responses.background import BackgroundPath
+from genai_coroutines.responses.background import BackgroundAdapter
 from tests.responses_support import TEXT, request_for, sent_bodies
 from tests.test_cli import (
     assert_each_index_once,
@@ -228,7 +228,7 @@ def test_background_path_polls_where_it_posted() -> None:
         background=True,
         service_tier="flex",
     )
-    path = BackgroundPath(request, limiter=None)  # type: ignore[arg-type]
+    path = BackgroundAdapter(request, limiter=None)  # type: ignore[arg-type]
     assert path.responses_url == "http://127.0.0.1:9/v1/responses/"
     assert path.timeout == 900 and path.poll_timeout == 60  # polls are quick
 

@@ -32,7 +32,7 @@ from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.answers import judge
 from genai_coroutines.responses.batch.spool import batch_line, custom_id
 from genai_coroutines.responses.batch.submitter import HOUR
-from genai_coroutines.responses.direct import DirectPath, Prepared
+from genai_coroutines.responses.direct import DirectAdapter, Prepared
 from tests.test_cli import output_lines, run, start, until, write_prompts
 
 MODEL = "gpt-4o-mini"
@@ -112,7 +112,7 @@ async def test_1200_prompts_become_3_files_and_3_batches_shaped_like_the_sync_pa
         assert answer.output_text == expected.output_text
 
     # The lines, as the API holds them: each body is exactly the synchronous path's.
-    path = DirectPath(request, cast(RateLimiter, None))  # prepare() never touches it
+    path = DirectAdapter(request, cast(RateLimiter, None))  # prepare() never touches it
     batches = await all_batches(client)
     assert len(batches) == 3
     by_id = {b.id: b for b in batches}
@@ -514,7 +514,7 @@ async def journal_a_file(
     emulator: Emulator, client: openai.AsyncOpenAI, journal: Path, request: ResponsesRequest
 ) -> str:
     """What a run killed right after its upload leaves: the file at OpenAI, in the journal."""
-    path = DirectPath(request, cast(RateLimiter, None))
+    path = DirectAdapter(request, cast(RateLimiter, None))
     members, data = [], b""
     for index, prompt in enumerate(cast(list[str], request.user_prompts)):
         prepared = await path.prepare(index, prompt)

@@ -19,7 +19,7 @@ from genai_coroutines import BatchSummary, ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.openai_api import FLEX_UNAVAILABLE
 from genai_coroutines.engine import RateLimiter
-from genai_coroutines.responses.direct import DirectPath
+from genai_coroutines.responses.direct import DirectAdapter
 from genai_coroutines.responses.errors import classify
 from tests.responses_support import request_for, sent_bodies
 from tests.samples import ended
@@ -132,8 +132,8 @@ async def test_a_flex_request_waits_900_seconds_unless_told(emulator: Emulator) 
     limiter: Any = None
     flex = request_for(emulator, ["x"], service_tier="flex")
     assert flex.timeout_secs == 60 and flex.attempt_timeout_secs == 900
-    assert DirectPath(flex, limiter).timeout == 900
+    assert DirectAdapter(flex, limiter).timeout == 900
     told = request_for(emulator, ["x"], service_tier="flex", timeout_secs=60)
-    assert DirectPath(told, limiter).timeout == 60
+    assert DirectAdapter(told, limiter).timeout == 60
     plain = request_for(emulator, ["x"])
-    assert DirectPath(plain, limiter).timeout == 60
+    assert DirectAdapter(plain, limiter).timeout == 60

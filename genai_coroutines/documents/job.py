@@ -132,7 +132,7 @@ def page_weight(upload: Upload, config: DocumentConfig) -> int:
     return known if config.max_pages is None else min(known, config.max_pages)
 
 
-class Job:
+class DocumentJob:
     """The state machine above, for one document of a batch."""
 
     def __init__(self, batch: Batch, run: ItemRun, upload: Upload) -> None:

@@ -38,7 +38,7 @@ from ..engine.budget import Budget
 from ..engine.telemetry import DATALAB, Identity
 from .config import DocumentConfig
 from .form import settings_fields
-from .job import Batch, Finished, Job, logger, page_weight
+from .job import Batch, DocumentJob, Finished, logger, page_weight
 from .parse import segments_of
 from .presigned import References, files_url
 from .prices import cents_of, list_cents_per_page, page_budget
@@ -72,7 +72,7 @@ def check_inputs(inputs: object, config: DocumentConfig) -> None:
             check_input(item, index, config)
 
 
-class DocumentsPath:
+class DocumentsAdapter:
     kind = "documents"
     unit = "doc"
     logger = logger
@@ -108,7 +108,7 @@ class DocumentsPath:
             journal(submission)
 
         run.on_submitted = submitted
-        job = Job(self.batch, run, upload)
+        job = DocumentJob(self.batch, run, upload)
         ended = await job.run()
         ids = Ids(job.request_id)
         attempts, rate_limited = job.uploads, job.counts.rate_limited
@@ -198,7 +198,7 @@ def _bill(finished: Finished, pages: int | None) -> Bill:
 
 def documents_path(
     config: DocumentConfig, limits: KeyLimits, on_submitted: Callable[[int, str, str], None]
-) -> DocumentsPath:
+) -> DocumentsAdapter:
     """The adapter of `config` on its key's limits: the submission rate and pages in flight
     every batch on the key shares, and the retry policies of uploads and polls."""
     origin = _origin(config)
@@ -240,7 +240,7 @@ def documents_path(
             else limits.capacity(origin, key, config.max_pages_in_flight)
         ),
     )
-    return DocumentsPath(batch, on_submitted)
+    return DocumentsAdapter(batch, on_submitted)
 
 
 def pages_budget(

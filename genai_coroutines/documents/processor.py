@@ -1,7 +1,7 @@
 """`DocumentProcessor`: many documents through Datalab at once, results as they finish.
 
 The batch itself (session, concurrency, journal, progress, summary, batch stop,
-logging, cancellation) is the engine's driver; the job state machine is `job.Job`.
+logging, cancellation) is the engine's driver; the job state machine is `job.DocumentJob`.
 This module holds what a caller configures: the entry points, and the key's limits
 (submission rate and pages in flight), which every batch on the key shares.
 
@@ -34,7 +34,7 @@ from ..engine.budget import SharedBudget, budget_needs
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
-from .path import DocumentsPath, check_inputs, documents_path, pages_budget
+from .path import DocumentsAdapter, check_inputs, documents_path, pages_budget
 from .prices import DatalabPrices
 from .sources import DocumentInput
 
@@ -172,7 +172,7 @@ class DocumentProcessor:
         async for result in driver.stream():
             yield result
 
-    def adapter(self) -> DocumentsPath:
+    def adapter(self) -> DocumentsAdapter:
         """The engine `Adapter` of this config on the key's limits (what `stream` runs; the
         pipeline composes it with a Responses one)."""
         return documents_path(self.config, self.limits, self.on_submitted)

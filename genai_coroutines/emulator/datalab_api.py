@@ -80,7 +80,7 @@ WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 @dataclass(slots=True)
-class Job:
+class EmulatedJob:
     """What a poll needs to answer: its settings, its pages' text and when it is ready."""
 
     base: str
@@ -106,7 +106,7 @@ class Checkpoint:
 class DatalabEmulation:
     def __init__(self, shared: Shared) -> None:
         self.shared = shared
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, EmulatedJob] = {}
         self._expiry: list[tuple[float, str]] = []
         """Heap of (ready_at, request_id): the oldest results are purged first."""
         self._running: list[tuple[float, int]] = []
@@ -269,7 +269,9 @@ class DatalabEmulation:
         }
         return reply(200, answer), request_id
 
-    def _resolve(self, upload: datalab_form.Upload, endpoint: str) -> datalab_form.Upload:
+    def _resolve(
+        self, upload: datalab_form.ReceivedUpload, endpoint: str
+    ) -> datalab_form.ReceivedUpload:
         """The stored file a `datalab://` reference names (an endpoint set to refuse
         references answers as for any URL it cannot fetch); other uploads as they are."""
         if not datalab_form.is_reference(upload.file_url):
@@ -305,11 +307,11 @@ class DatalabEmulation:
         path: str,
         options: datalab_form.Options,
         content: datalab_render.Content,
-        upload: datalab_form.Upload | None,
+        upload: datalab_form.ReceivedUpload | None,
         now: float,
         lost: str | None,
         cents: dict[str, float],
-    ) -> tuple[str, Job]:
+    ) -> tuple[str, EmulatedJob]:
         """Create the job record and decide, now, how and when it ends (`lost`: why a job
         from a checkpoint that is gone fails); a job that will complete pays `cents`."""
         pages = len(content.pages)
@@ -332,7 +334,7 @@ class DatalabEmulation:
 
         request_id = secrets.token_urlsafe(16)
         origin = self.shared.config.datalab_check_origin or f"{request.scheme}://{request.host}"
-        job = Job(
+        job = EmulatedJob(
             base=self._base(f"{origin}{path}"),
             options=options,
             content=content,
@@ -441,7 +443,7 @@ class DatalabEmulation:
             _, checkpoint_id = heapq.heappop(self._checkpoint_expiry)
             self.checkpoints.pop(checkpoint_id, None)
 
-    async def _notify(self, request_id: str, job: Job, url: str) -> None:
+    async def _notify(self, request_id: str, job: EmulatedJob, url: str) -> None:
         """POST Datalab's webhook body when the job ends; one attempt, failures ignored."""
         loop = asyncio.get_running_loop()
         await asyncio.sleep(max(0.0, job.ready_at - loop.time()))

@@ -98,7 +98,7 @@ class DatalabFiles:
         app.router.add_get(r"/api/v1/files/{file_id:\d+}", self.metadata)
         app.router.add_put(f"/storage/{BUCKET}/{{key}}", self.put)
 
-    def resolve(self, reference: str) -> datalab_form.Upload:
+    def resolve(self, reference: str) -> datalab_form.ReceivedUpload:
         """The stored upload a `datalab://file-N` names; `FormError` as the API would refuse it."""
         number = reference.removeprefix(f"{datalab_form.REFERENCE_SCHEME}://file-")
         stored = self.files.get(int(number)) if number.isdigit() else None
@@ -112,7 +112,7 @@ class DatalabFiles:
             )
         if not stored.data:
             raise datalab_form.FormError(400, "The uploaded file is empty.")
-        return datalab_form.Upload(
+        return datalab_form.ReceivedUpload(
             data=stored.data,
             file_url=reference,
             filename=stored.filename,

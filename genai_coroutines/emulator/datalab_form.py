@@ -146,7 +146,7 @@ class Options:
 
 
 @dataclass(frozen=True, slots=True)
-class Upload:
+class ReceivedUpload:
     """The document part: its bytes (or the URL to fetch it from, or the `datalab://`
     reference of a stored file) and how it was labelled."""
 
@@ -180,7 +180,7 @@ def ignored_fields(form: Form, endpoint: str) -> list[str]:
     return sorted(set(form.keys()) - FIELDS[endpoint])
 
 
-def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]:
+def parse(form: Form, endpoint: str = "marker") -> tuple[Options, ReceivedUpload | None]:
     """Validate a submission form; raise `FormError` as the real server would answer.
 
     Only the fields `endpoint` reads are looked at (see `FIELDS`); the upload is None
@@ -207,7 +207,7 @@ def parse(form: Form, endpoint: str = "marker") -> tuple[Options, Upload | None]
     file_field = file_part if isinstance(file_part, web.FileField) else None
     checkpoint_id = fields.get("checkpoint_id") or None
     if checkpoint_id is None:
-        upload: Upload | None = _upload(file_field, fields.get("file_url"))
+        upload: ReceivedUpload | None = _upload(file_field, fields.get("file_url"))
     elif file_field is not None or fields.get("file_url"):
         raise FormError(400, "Provide either file/file_url or checkpoint_id, not both.")
     else:
@@ -367,13 +367,13 @@ def _json_object(name: str, value: str) -> dict[str, Any]:
     return parsed
 
 
-def _upload(file_part: web.FileField | None, file_url: str | None) -> Upload:
+def _upload(file_part: web.FileField | None, file_url: str | None) -> ReceivedUpload:
     if file_part is not None and file_url:
         raise FormError(400, "Provide either file or file_url, not both.")
     if file_url:
         if URL(file_url).scheme not in ("http", "https", REFERENCE_SCHEME):
             raise FormError(400, NOT_HTTP)
-        return Upload(data=None, file_url=file_url, filename=None, content_type=None)
+        return ReceivedUpload(data=None, file_url=file_url, filename=None, content_type=None)
     if file_part is None:
         raise FormError(400, "You must provide either file or file_url.")
     data = file_part.file.read()
@@ -381,7 +381,7 @@ def _upload(file_part: web.FileField | None, file_url: str | None) -> Upload:
         raise FormError(400, "The uploaded file is empty.")
     if not _accepted(data, file_part.filename, file_part.content_type):
         raise FormError(400, INVALID_FILE_TYPE)
-    return Upload(
+    return ReceivedUpload(
         data=data, file_url=None, filename=file_part.filename, content_type=file_part.content_type
     )
 

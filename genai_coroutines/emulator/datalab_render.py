@@ -33,7 +33,7 @@ import orjson
 
 from ..pdfpages import count_pdf_pages, parse_page_range
 from . import schema_fill
-from .datalab_form import Options, Upload, segment_names
+from .datalab_form import Options, ReceivedUpload, segment_names
 
 PAGE_SEPARATOR = "-" * 48
 """marker's `MarkdownRenderer.page_separator`."""
@@ -122,7 +122,7 @@ def selected_pages(options: Options, total: int) -> list[int]:
     return list(range(limit))
 
 
-def read(upload: Upload, options: Options, digest: str) -> Content:
+def read(upload: ReceivedUpload, options: Options, digest: str) -> Content:
     """The pages `options` selects from `upload` and their text. Blocking: PDFs are parsed."""
     filename = upload.filename or upload.file_url or "document"
     data = upload.data
@@ -174,7 +174,7 @@ def _clean(text: str | None) -> str | None:
     return kept or None
 
 
-def _plain_text(data: bytes, upload: Upload) -> str | None:
+def _plain_text(data: bytes, upload: ReceivedUpload) -> str | None:
     """The text of an HTML or CSV upload; None for binary formats (images, office files)."""
     name = (upload.filename or "").lower()
     is_text = upload.content_type in _TEXT_TYPES or name.endswith((".html", ".htm", ".csv"))

@@ -9,7 +9,7 @@ There is no phase barrier: the first extraction is sent while other documents ar
 being converted, so the batch takes about as long as its slower stage, not the sum.
 
 It is one batch of the engine's driver (`engine.batch.Driver`) with one adapter,
-`PipelinePath`. So one batch means:
+`PipelineAdapter`. So one batch means:
 
 - both APIs' limits at once: each stage draws on its own key's limiters, shared with
   every other batch on that key; `ocr.max_concurrent_requests` bounds the documents
@@ -28,7 +28,7 @@ It is one batch of the engine's driver (`engine.batch.Driver`) with one adapter,
   retries of both stages, and the total.
 
 The modules, one per part: `processor` (`ExtractionPipeline`, `extraction_request`: the
-entry points), `path` (`PipelinePath`: one document's OCR, its extraction and its row),
+entry points), `path` (`PipelineAdapter`: one document's OCR, its extraction and its row),
 `pages` (an OCR result's text, page by page), `fields` (an extraction's answer as fields,
 and `per_page` fields merged) and `summary` (`PipelineSummary`). This module re-exports
 their public names, so callers import from `genai_coroutines.pipeline` (or, for the
@@ -37,7 +37,7 @@ entry points, from `genai_coroutines`).
 
 from .fields import merge_fields
 from .pages import page_texts
-from .path import EXTRACTION_STAGE, KIND, OCR_STAGE, PipelinePath, logger
+from .path import EXTRACTION_STAGE, KIND, OCR_STAGE, PipelineAdapter, logger
 from .processor import ExtractionPipeline, Inputs, extraction_request, in_input_order
 from .summary import PipelineSummary
 
@@ -47,7 +47,7 @@ __all__ = [
     "OCR_STAGE",
     "ExtractionPipeline",
     "Inputs",
-    "PipelinePath",
+    "PipelineAdapter",
     "PipelineSummary",
     "extraction_request",
     "in_input_order",

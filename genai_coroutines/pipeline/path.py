@@ -1,7 +1,7 @@
-"""The pipeline's adapter, `PipelinePath`: one document through both stages, then its row.
+"""The pipeline's adapter, `PipelineAdapter`: one document through both stages, then its row.
 
-It is composed of the Datalab path (`documents.path.DocumentsPath`: upload, poll, pages
-in flight, submission rate) and the Responses direct path (`responses.direct.DirectPath`:
+It is composed of the Datalab path (`documents.path.DocumentsAdapter`: upload, poll, pages
+in flight, submission rate) and the Responses direct path (`responses.direct.DirectAdapter`:
 RPM/TPM limiter, retries), each stage under its own semaphore and on its own session,
 and each finished stage journaled as a stage of the item. Every document ends as one row:
 
@@ -33,7 +33,7 @@ import orjson
 
 from ..documents.job import Finished
 from ..documents.parse import payload_text
-from ..documents.path import DocumentsPath
+from ..documents.path import DocumentsAdapter
 from ..documents.prices import cents_of
 from ..documents.sources import Upload
 from ..engine import (
@@ -52,7 +52,7 @@ from ..engine import (
 )
 from ..engine.journal import request_digest
 from ..engine.telemetry import Identity
-from ..responses.direct import DirectPath, Prepared
+from ..responses.direct import DirectAdapter, Prepared
 from ..responses.parse import answer_text
 from ..responses.prices import usage_tokens
 from ..responses.results import Answer
@@ -104,7 +104,7 @@ class Row:
     seconds: float
 
 
-class PipelinePath:
+class PipelineAdapter:
     """The pipeline's `Adapter` (see `engine.batch`): the Datalab path, then the Responses
     direct path, each under its own bound and on its own session."""
 
@@ -114,8 +114,8 @@ class PipelinePath:
 
     def __init__(
         self,
-        ocr: DocumentsPath,
-        extraction: DirectPath,
+        ocr: DocumentsAdapter,
+        extraction: DirectAdapter,
         *,
         ocr_slots: int,
         extraction_slots: int,

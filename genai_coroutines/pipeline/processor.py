@@ -2,7 +2,7 @@
 stage's request.
 
 `ExtractionPipeline` checks both stages' settings when it is made; each batch then opens
-one HTTP session per API and runs one driver batch over `path.PipelinePath`. One row per
+one HTTP session per API and runs one driver batch over `path.PipelineAdapter`. One row per
 document (`stream()` as they finish, or in input order with `ordered=True`; `process()`
 returns the list in input order); the row's keys are listed in `path`.
 """
@@ -35,11 +35,11 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.cache_keys import CacheKeys
-from ..responses.direct import DirectPath, key_limiter
+from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
-from .path import PipelinePath, logger
+from .path import PipelineAdapter, logger
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
@@ -177,9 +177,9 @@ class ExtractionPipeline:
             clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
             clients.session(extraction_slots, request_headers(request)) as extraction_session,
         ):
-            adapter = PipelinePath(
+            adapter = PipelineAdapter(
                 documents.adapter(),
-                DirectPath(request, key_limiter(request, clients.limits), self.cache_keys),
+                DirectAdapter(request, key_limiter(request, clients.limits), self.cache_keys),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,

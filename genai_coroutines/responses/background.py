@@ -17,7 +17,7 @@
       |                                                 the item fails with the API's message;
       |                                                 a response resumed from the journal is
       |                                                 POSTed afresh instead (its answer is gone)
-      +-- answered as the synchronous path's POST (`DirectPath.attempt`): 429s, 5xx and
+      +-- answered as the synchronous path's POST (`DirectAdapter.attempt`): 429s, 5xx and
           flex capacity retried, 4xx fail, a bad key or no quota stops the batch
 
 The POST runs in the item's driver slot; the polls do not (`ItemRun.waiting`): with
@@ -64,7 +64,7 @@ from ..engine import (
 )
 from ..engine.telemetry import OPENAI, POLL_RESPONSE, background_in_flight
 from .cache_keys import CacheKeys
-from .direct import Attempted, DirectPath, Prepared, Tries, answer
+from .direct import Attempted, DirectAdapter, Prepared, Tries, answer
 from .errors import bad_body, classify, response_failure
 from .request import ResponsesRequest
 from .results import Answer, logger
@@ -90,8 +90,8 @@ class Ended:
     failure: Failure
 
 
-class BackgroundPath(DirectPath):
-    """The `Adapter` of background mode: `DirectPath`'s prepare, digest and POST, then polls."""
+class BackgroundAdapter(DirectAdapter):
+    """The `Adapter` of background mode: `DirectAdapter`'s prepare, digest and POST, then polls."""
 
     def __init__(
         self, request: ResponsesRequest, limiter: RateLimiter, cache_keys: CacheKeys | None = None

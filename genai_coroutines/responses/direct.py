@@ -152,7 +152,7 @@ def retry_policy(request: ResponsesRequest) -> RetryPolicy:
     )
 
 
-class DirectPath:
+class DirectAdapter:
     """The `Adapter` of the synchronous path (see `engine.batch`)."""
 
     kind = "responses"

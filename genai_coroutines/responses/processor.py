@@ -37,10 +37,10 @@ from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
-from .background import BackgroundPath
-from .batch import BatchAPI, BatchAPIPath, CollectingPath, check_rerun
+from .background import BackgroundAdapter
+from .batch import BatchAPI, BatchAPIAdapter, CollectingAdapter, check_rerun
 from .cache_keys import CacheKeys
-from .direct import DirectPath, budget_for, key_limiter
+from .direct import DirectAdapter, budget_for, key_limiter
 from .estimate import estimate
 from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
@@ -183,7 +183,7 @@ class ResponsesProcessor:
             raise ValueError("background=True and stream=True cannot be used with batch_api")
         left = Unfinished()
         if journal is not None:  # what an earlier run left running
-            left = unfinished(journal, DirectPath.kind)
+            left = unfinished(journal, DirectAdapter.kind)
             if batch is None:
                 check_rerun(request, journal, left)
             if left.submissions and not request.background:
@@ -213,7 +213,7 @@ class ResponsesProcessor:
         )
         if budget is not None and budget_name is not None:
             budget.shared = SharedBudget(self.limits.store, budget_name, "usd")
-        path = BackgroundPath if request.background else DirectPath
+        path = BackgroundAdapter if request.background else DirectAdapter
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
             headers=request_headers(request),
@@ -235,11 +235,13 @@ class ResponsesProcessor:
         warn_unpriced(logger, request.model, prices)
         driver: DriverCore[Any]
         if batch is not None:
-            direct = DirectPath(request, limiter, self.cache_keys)
-            adapter = BatchAPIPath(request, batch, direct, self.limits)
+            direct = DirectAdapter(request, limiter, self.cache_keys)
+            adapter = BatchAPIAdapter(request, batch, direct, self.limits)
             driver = GroupedDriver(adapter, request.user_prompts, options)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
-            collecting = CollectingPath(DirectPath(request, limiter, self.cache_keys), self.limits)
+            collecting = CollectingAdapter(
+                DirectAdapter(request, limiter, self.cache_keys), self.limits
+            )
             driver = GroupedDriver(collecting, request.user_prompts, options)
         else:
             driver = Driver(path(request, limiter, self.cache_keys), request.user_prompts, options)

@@ -3,8 +3,8 @@
 Its modules depend on each other in one direction only (no import circle, deferred or
 not), each on those after it:
 
-    path       BatchAPIPath, the adapter `engine.grouped.GroupedDriver` runs
-    collect    CollectingPath: a synchronous rerun that collects a journal's batches
+    path       BatchAPIAdapter, the adapter `engine.grouped.GroupedDriver` runs
+    collect    CollectingAdapter: a synchronous rerun that collects a journal's batches
     jobs       BatchJobs: admitted items into files, files into batches, results emitted
     submitter  uploads and creates, within the enqueued tokens and creations per hour
     answers    each batch polled to its end, its lines judged and joined back
@@ -14,8 +14,8 @@ not), each on those after it:
     spool      the lines on disk (their format) and the items in memory
 """
 
-from .collect import CollectingPath, check_rerun
+from .collect import CollectingAdapter, check_rerun
 from .options import BatchAPI
-from .path import BatchAPIPath
+from .path import BatchAPIAdapter
 
-__all__ = ["BatchAPI", "BatchAPIPath", "CollectingPath", "check_rerun"]
+__all__ = ["BatchAPI", "BatchAPIAdapter", "CollectingAdapter", "check_rerun"]

@@ -33,7 +33,7 @@ from ..direct import answer
 from ..errors import classify
 from ..results import Answer
 from .context import BatchContext
-from .spool import Job, Member, custom_id_of, index_of
+from .spool import BatchJob, Member, custom_id_of, index_of
 from .wire import TERMINAL, BatchWire, Json
 
 SHOWN_REASONS = 3
@@ -131,7 +131,7 @@ class Answers:
 
     # -- polling ----------------------------------------------------------------------------
 
-    async def follow(self, job: Job) -> Json | None:
+    async def follow(self, job: BatchJob) -> Json | None:
         """Poll the job's batch until it ends; None (its items failed) if polls fail."""
         batch_id = job.batch_id
         assert batch_id is not None
@@ -174,7 +174,7 @@ class Answers:
             return None
         return outcome.value
 
-    def observe(self, job: Job, batch: Json) -> None:
+    def observe(self, job: BatchJob, batch: Json) -> None:
         """The batch's state and `request_counts` as last seen: on the job, the log and the
         progress bar."""
         status = batch.get("status")
@@ -205,7 +205,7 @@ class Answers:
 
     # -- joining the answers back -----------------------------------------------------------
 
-    async def resolve(self, job: Job, batch: Json) -> tuple[Resend, bool]:
+    async def resolve(self, job: BatchJob, batch: Json) -> tuple[Resend, bool]:
         """Every member's result from the ended batch, or its place in a follow-up: the
         members to send again, and whether the batch failed on the API's enqueued-token
         limit (their follow-up then waits for another batch to end)."""
@@ -261,7 +261,7 @@ class Answers:
             )
         return retry, _token_limited(errors)
 
-    async def _line(self, job: Job, raw: bytes, retry: Resend, odd: _Oddities) -> None:
+    async def _line(self, job: BatchJob, raw: bytes, retry: Resend, odd: _Oddities) -> None:
         try:
             line = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -280,7 +280,7 @@ class Answers:
             return  # seen already (a download restarted), or an item not rerun since
         await self._settle(job, index, judge(line, self.api_key), retry)
 
-    def _odd_lines(self, job: Job, file_id: str, odd: _Oddities) -> None:
+    def _odd_lines(self, job: BatchJob, file_id: str, odd: _Oddities) -> None:
         """Say what in a file answered no item: ignored, but never silently."""
         logger = self.context.logger
         if odd.unreadable:
@@ -307,7 +307,7 @@ class Answers:
 
     async def _settle(
         self,
-        job: Job,
+        job: BatchJob,
         index: int,
         outcome: Success[Any] | Failure,
         retry: Resend,
@@ -339,7 +339,7 @@ class Answers:
                 )
             )
 
-    def _never_ran(self, job: Job, status: str, errors: list[Json]) -> Failure:
+    def _never_ran(self, job: BatchJob, status: str, errors: list[Json]) -> Failure:
         """Why a member with no line in either file has no answer."""
         batch_id = job.batch_id
         if status == "expired":
@@ -368,7 +368,7 @@ class Answers:
             retriable=True,
         )
 
-    async def _invalid(self, job: Job, errors: list[Json], retry: Resend) -> None:
+    async def _invalid(self, job: BatchJob, errors: list[Json], retry: Resend) -> None:
         """A batch that failed validation: each member failed with its line's message."""
         batch_id = job.batch_id
         named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
@@ -405,7 +405,7 @@ class Answers:
                 )
             await self._settle(job, index, failure, retry)
 
-    async def _line_errors(self, job: Job, named: dict[int, Json]) -> dict[str, Json]:
+    async def _line_errors(self, job: BatchJob, named: dict[int, Json]) -> dict[str, Json]:
         """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
         found: dict[str, Json] = {}
         number = 0
@@ -434,7 +434,7 @@ class Answers:
             await self.wire.lines(job.file_id, each, restart)
         return found
 
-    async def fail(self, job: Job, failure: Failure, *, pending: bool = False) -> None:
+    async def fail(self, job: BatchJob, failure: Failure, *, pending: bool = False) -> None:
         """End every member with `failure`. `pending`: the batch may still answer them, so a
         rerun with the journal polls it rather than sending them again."""
         for index in list(job.members):

@@ -3,7 +3,7 @@
 An interrupted run with `batch_api` and a journal leaves its batches running at OpenAI,
 and they answer (and bill) every line they hold. A rerun of that journal on the
 synchronous path must not buy those items a second time, so it collects them:
-`CollectingPath` runs the items whose lines sit in a journaled batch as `BatchAPIPath`
+`CollectingAdapter` runs the items whose lines sit in a journaled batch as `BatchAPIAdapter`
 would on resume (the batch polled every `poll_interval_secs` until it ends, its files
 read: `jobs.BatchJobs`), and every other item synchronously, as asked,
 `max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
@@ -26,13 +26,13 @@ from typing import Any
 from ...engine import Admitted, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result, log_event
 from ...engine.grouped import GroupRun, Tasks
 from ...engine.journal import Unfinished
-from ..direct import DirectPath, Prepared
+from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
 from .context import BatchContext
 from .jobs import BatchJobs
 from .options import BatchAPI
-from .spool import Job, Member, body_of, custom_id_of, index_of
+from .spool import BatchJob, Member, body_of, custom_id_of, index_of
 
 SHOWN_JOBS = 5
 
@@ -66,14 +66,14 @@ def check_rerun(
     )
 
 
-class CollectingPath:
+class CollectingAdapter:
     """The `engine.grouped.GroupedAdapter` of a synchronous rerun that collects batches."""
 
-    kind = DirectPath.kind
+    kind = DirectAdapter.kind
     unit = "prompt"
     logger: logging.Logger = logger
 
-    def __init__(self, direct: DirectPath, limits: KeyLimits) -> None:
+    def __init__(self, direct: DirectAdapter, limits: KeyLimits) -> None:
         request = direct.request
         self.direct = direct
         self.collector = BatchContext(
@@ -103,9 +103,9 @@ class CollectingPath:
 
 
 class _Collecting:
-    """One `stream()` of a `CollectingPath`."""
+    """One `stream()` of a `CollectingAdapter`."""
 
-    def __init__(self, path: CollectingPath, run: GroupRun) -> None:
+    def __init__(self, path: CollectingAdapter, run: GroupRun) -> None:
         self.path = path
         self.group = run
         self.batched: asyncio.Queue[Admitted[Prepared] | None] = asyncio.Queue()
@@ -147,7 +147,7 @@ class _Collecting:
 
         await BatchJobs(self.path.collector, self.group, resend=self._again).run(batched())
 
-    def _again(self, job: Job, members: dict[int, Member]) -> None:
+    def _again(self, job: BatchJob, members: dict[int, Member]) -> None:
         """Send synchronously what an ended batch handed back (its lines are in the spool)."""
         max_output = self.path.direct.template.max_output
         for raw in job.spool.read():

@@ -2,7 +2,7 @@
 and how a line's outcome becomes the item's outcome, and that its result dict.
 
 The files, submissions and answers (`jobs`, `submitter`, `answers`) take this, not the
-adapter (`path.BatchAPIPath`), which runs them: so they depend on it and never it on them.
+adapter (`path.BatchAPIAdapter`), which runs them: so they depend on it and never it on them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from ...engine import Failed, Failure, Ids, ItemEnd, KeyLimits, Outcome, Pending, Result
-from ..direct import DirectPath, Prepared
+from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, answered, logger, rendered, revived
 from .options import BatchAPI
@@ -25,7 +25,7 @@ class BatchContext:
     logger: logging.Logger = logger
 
     def __init__(
-        self, request: ResponsesRequest, options: BatchAPI, direct: DirectPath, limits: KeyLimits
+        self, request: ResponsesRequest, options: BatchAPI, direct: DirectAdapter, limits: KeyLimits
     ) -> None:
         self.request = request
         self.options = options

@@ -2,7 +2,7 @@
 
 `BatchJobs.run` consumes the items the driver admitted, in input order, and emits each
 one's result to the driver (`GroupRun.emit`) once its batch ends. The items go into
-`Job`s (`spool`: the lines in a temporary file, a `Member` per item in memory), files
+`BatchJob`s (`spool`: the lines in a temporary file, a `Member` per item in memory), files
 cut by request count, bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated
 input tokens. Each job is submitted (`submitter.Submitter`), its batch followed until it
 ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
@@ -33,7 +33,7 @@ from ..direct import Prepared, retry_policy
 from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
-from .spool import Job, Member, batch_line, custom_id, custom_id_of, index_of
+from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, index_of
 from .submitter import Submitter
 from .wire import TERMINAL, BatchWire
 
@@ -41,7 +41,7 @@ SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
 
 
-SendAgain = Callable[[Job, dict[int, Member]], None]
+SendAgain = Callable[[BatchJob, dict[int, Member]], None]
 """Takes the members of an ended job that are to be sent again, instead of a follow-up
 batch (their lines are still in the job's spool)."""
 
@@ -67,7 +67,7 @@ class BatchJobs:
             run.batch.wait,
             run.batch.telemetry,
         )
-        self.jobs: list[Job] = []
+        self.jobs: list[BatchJob] = []
         self.tasks = Tasks()
         self.numbers = itertools.count(1)
         self.answers = Answers(
@@ -96,8 +96,8 @@ class BatchJobs:
 
     async def _feed(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
         options = self.options
-        writer: Job | None = None
-        resumed: dict[str, Job] = {}
+        writer: BatchJob | None = None
+        resumed: dict[str, BatchJob] = {}
         async for item in items:
             index, body = item.index, self.context.direct.wire_body(item.prepared)
             tokens = self.context.input_tokens(item.prepared)
@@ -147,12 +147,12 @@ class BatchJobs:
             return None
         return journal.group_line(index, digest)
 
-    def _job(self) -> Job:
-        job = Job(next(self.numbers))
+    def _job(self) -> BatchJob:
+        job = BatchJob(next(self.numbers))
         self.jobs.append(job)
         return job
 
-    def _resumed(self, known: GroupLine) -> Job:
+    def _resumed(self, known: GroupLine) -> BatchJob:
         """The job of a file an earlier run uploaded (and maybe created a batch for)."""
         job = self._job()
         job.file_id = known.file_id
@@ -166,7 +166,7 @@ class BatchJobs:
             self.submitter.enqueue(job)
         return job
 
-    def _fits(self, job: Job, size: int, tokens: int) -> bool:
+    def _fits(self, job: BatchJob, size: int, tokens: int) -> bool:
         options, spool = self.options, job.spool
         limit = options.max_enqueued_tokens
         return (
@@ -175,12 +175,12 @@ class BatchJobs:
             and (limit is None or spool.tokens + tokens <= limit)
         )
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: BatchJob) -> None:
         self.tasks.spawn(self._life(job))
 
     # -- one file and its batch -------------------------------------------------------------
 
-    async def _life(self, job: Job) -> None:
+    async def _life(self, job: BatchJob) -> None:
         try:
             if job.batch_id is None and not await self.submitter.submit(job):
                 return
@@ -203,7 +203,7 @@ class BatchJobs:
                 self.jobs.remove(job)
             self._note()
 
-    def _follow_up(self, job: Job, retry: dict[int, Member], after: int | None) -> None:
+    def _follow_up(self, job: BatchJob, retry: dict[int, Member], after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""
         follow = self._job()
         follow.after_ended = after
@@ -232,7 +232,7 @@ class BatchJobs:
 
     # -- interrupted ------------------------------------------------------------------------
 
-    async def _interrupted(self, live: list[Job]) -> None:
+    async def _interrupted(self, live: list[BatchJob]) -> None:
         """Ctrl-C (or the consumer stopped): say what runs on, or cancel it."""
         if not live:
             return

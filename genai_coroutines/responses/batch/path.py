@@ -6,9 +6,9 @@
 The same prompts, the same result dicts in the same order as the synchronous path,
 each adding the `batch_id` and `custom_id` that answered it; the requests are sent as
 JSONL lines whose `body` is exactly what the synchronous path would `POST /responses`
-(its `DirectPath.prepare`, every translation included). `BatchAPIPath` is the adapter:
+(its `DirectAdapter.prepare`, every translation included). `BatchAPIAdapter` is the adapter:
 it admits items as the synchronous path does (`prepare` and `digest` are
-`DirectPath`'s, and its rendering adds `batch_id` and `custom_id`) and runs them grouped
+`DirectAdapter`'s, and its rendering adds `batch_id` and `custom_id`) and runs them grouped
 behind the engine's driver (`engine.grouped`); `jobs.BatchJobs` writes the files,
 submits, polls and joins the answers.
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from ...engine import Admitted, Failure, ItemEnd, KeyLimits, Outcome, Result
 from ...engine.grouped import GroupRun
-from ..direct import DirectPath, Prepared
+from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
 from .context import BatchContext
@@ -36,17 +36,17 @@ from .jobs import BatchJobs
 from .options import BatchAPI
 
 
-class BatchAPIPath:
+class BatchAPIAdapter:
     """The `engine.grouped.GroupedAdapter` of the Batch API path (see the module docstring)."""
 
-    kind = DirectPath.kind
+    kind = DirectAdapter.kind
     """The synchronous path's: the same request journals the same digest, so a result
     either path finished is reused by the other."""
     unit = "prompt"
     logger: logging.Logger = logger
 
     def __init__(
-        self, request: ResponsesRequest, options: BatchAPI, direct: DirectPath, limits: KeyLimits
+        self, request: ResponsesRequest, options: BatchAPI, direct: DirectAdapter, limits: KeyLimits
     ) -> None:
         if request.stream:
             raise ValueError("stream=True cannot be used with batch_api: a batch answers whole")

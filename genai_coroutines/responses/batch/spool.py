@@ -3,7 +3,7 @@
 A line is `batch_line`'s: its `custom_id` first (`custom_id`: the item's stage key and a
 digest of its body, read back by `key_of`, `index_of` and `custom_id_of`), its body last
 (`body_of`).
-A `Job` is one file and its batch. Per item it keeps only a `Member` (its line id, its
+A `BatchJob` is one file and its batch. Per item it keeps only a `Member` (its line id, its
 round and when its turn came); the lines themselves go to a temporary file per upload
 (`Spool`), written as the items arrive, uploaded from disk, and kept until its batch
 ends so a follow-up batch can copy the lines it retries.
@@ -106,7 +106,7 @@ class Spool:
 
 
 @dataclass(eq=False)
-class Job:
+class BatchJob:
     """One batch file and the batch created for it."""
 
     number: int

@@ -1,6 +1,6 @@
 """Batch files into batches: one at a time, in order, within the API's limits.
 
-Each `Job` is submitted in turn: wait for room in the enqueued-token budget
+Each `BatchJob` is submitted in turn: wait for room in the enqueued-token budget
 (`BatchAPI.max_enqueued_tokens`: the estimated input tokens of the batches created and
 not ended, a capacity of the key and model in the limits store, so every process sharing
 the store shares the one allowance: `Allowance`), upload, journal the file and its
@@ -28,7 +28,7 @@ from ...engine.grouped import GroupRun
 from ...engine.telemetry import batch_api_file
 from .answers import Answers
 from .context import BatchContext
-from .spool import Job
+from .spool import BatchJob
 from .wire import BatchWire, Json
 
 HOUR = 3600.0
@@ -51,16 +51,16 @@ class Allowance:
         self.reserved: dict[int, str] = {}
         """The lease of a job's tokens before its batch exists, by job number."""
 
-    async def reserve(self, job: Job) -> None:
+    async def reserve(self, job: BatchJob) -> None:
         """Wait for room for the job's tokens (a file above the limit: for an empty queue)."""
         self.reserved[job.number] = await self.capacity.acquire(job.tokens)
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: BatchJob) -> None:
         """The job's batch exists: hold its tokens under its id (taking over what a process
         that died held for it), give the reservation back, and renew."""
         self.keepers[job.number] = asyncio.create_task(self._keep(job))
 
-    async def _keep(self, job: Job) -> None:
+    async def _keep(self, job: BatchJob) -> None:
         batch_id, tokens = str(job.batch_id), job.tokens
         while True:
             await self.capacity.hold(batch_id, tokens)
@@ -69,7 +69,7 @@ class Allowance:
                 await self.capacity.release(reservation)
             await asyncio.sleep(self.capacity.lease_secs / 3)
 
-    async def release(self, job: Job) -> None:
+    async def release(self, job: BatchJob) -> None:
         """The job's batch ended, or will not be created or waited for: its tokens leave."""
         keeper = self.keepers.pop(job.number, None)
         if keeper is not None:
@@ -118,7 +118,7 @@ class Submitter:
             )
         )
 
-    async def submit(self, job: Job) -> bool:
+    async def submit(self, job: BatchJob) -> bool:
         """Upload the job's file (unless an earlier run did) and create its batch."""
         async with self.turn:
             stop = self.group.batch.stop.failure
@@ -155,7 +155,7 @@ class Submitter:
             self._created(job, created.value)
             return True
 
-    def _after_ended(self, job: Job) -> bool:
+    def _after_ended(self, job: BatchJob) -> bool:
         """After the API refused a batch for its enqueued tokens, its follow-up waits for
         another batch of this run to end."""
         return job.after_ended is None or not self.live or self.ended > job.after_ended
@@ -165,7 +165,7 @@ class Submitter:
             self.changed.clear()
             await self.changed.wait()
 
-    async def _upload(self, job: Job) -> bool:
+    async def _upload(self, job: BatchJob) -> bool:
         spool = job.spool
         spool.seal()
         uploaded = await self.wire.upload(spool.path, f"genai-coroutines-{job.number}.jsonl")
@@ -220,7 +220,7 @@ class Submitter:
             )
             await asyncio.sleep(wait)
 
-    def _created(self, job: Job, batch: Json) -> None:
+    def _created(self, job: BatchJob, batch: Json) -> None:
         batch_id = str(batch.get("id"))
         job.batch_id = batch_id
         file_id = job.file_id or ""
@@ -236,7 +236,7 @@ class Submitter:
         )
         self.answers.observe(job, batch)
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: BatchJob) -> None:
         """The job's batch exists: its tokens join the queue."""
         if not job.enqueued:
             job.enqueued = True
@@ -244,7 +244,7 @@ class Submitter:
             if self.allowance is not None:
                 self.allowance.enqueue(job)
 
-    async def release(self, job: Job) -> None:
+    async def release(self, job: BatchJob) -> None:
         """The job's batch ended (or will not be created or waited for): its tokens leave
         the queue."""
         if self.allowance is not None:
