@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -209,12 +210,12 @@ class ExtractionPipeline:
             )
             self.last_summary = driver.summary
             note = driver.books.progress.note
-            rows = driver.stream()
-            if ordered:
-                rows = in_input_order(rows)
-            async for row in rows:
-                adapter.replayed(note, row)
-                yield row
+            # `aclosing`: a consumer closing this stream mid-batch (`aclose`, a `break`)
+            # ends the batch now, its journal released, not when the GC finalizes it.
+            async with aclosing(driver.stream()) as rows:
+                async for row in in_input_order(rows) if ordered else rows:
+                    adapter.replayed(note, row)
+                    yield row
 
 
 async def in_input_order(rows: AsyncIterator[Result]) -> AsyncIterator[Result]:
