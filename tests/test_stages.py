@@ -122,6 +122,11 @@ def uploads(emulator: Emulator) -> int:
     return sum(emulator.stats.submissions_by_digest.values())
 
 
+def polled_jobs(emulator: Emulator) -> set[str]:
+    """The Datalab jobs polled so far (the emulator's request log)."""
+    return {what.split()[-1] for _, _, what in emulator.stats.events if what.startswith("poll ")}
+
+
 PAGE_SCHEMA = {
     "type": "object",
     "properties": {"vendor": {"type": "string"}, "invoice_number": {"type": "string"}},
@@ -135,14 +140,16 @@ def paged(emulator: Emulator, schema: dict[str, Any] = PAGE_SCHEMA) -> Extractio
 
 async def interrupted_pipeline(emulator: Emulator, journal: Path) -> list[bytes]:
     """A `per_page` pipeline run cancelled once its first document's row (OCR, then both
-    pages' extractions) is journaled and the other three OCR jobs were accepted, unfinished."""
+    pages' extractions) is journaled and the other three OCR jobs were accepted and
+    journaled, unfinished."""
     emulator.config.seconds_per_page = 0.1  # the 2-page document is ready long before the rest
     docs = [invoice_pdf(0, 2), *(invoice_pdf(i, 6) for i in (1, 2, 3))]
     stream = paged(emulator).stream(docs, journal=journal)
     first = await anext(stream)
     assert first["index"] == 0 and first["success"]
     consumer = asyncio.ensure_future(anext(stream))
-    await until(consumer, lambda: uploads(emulator) == 4, "four OCR jobs accepted")
+    # Polled: accepted and journaled (a job is journaled before its first poll).
+    await until(consumer, lambda: len(polled_jobs(emulator)) == 4, "four OCR jobs polled")
     consumer.cancel()  # what Ctrl-C does to the batch
     with contextlib.suppress(asyncio.CancelledError):
         await consumer
