@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from genai_coroutines import BatchAPI, DocumentProcessor, ExtractionPipeline, ResponsesProcessor
+from genai_coroutines import (
+    BatchAPI,
+    DocumentConfig,
+    DocumentProcessor,
+    ExtractionPipeline,
+    ResponsesProcessor,
+    ResponsesRequest,
+)
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
@@ -189,3 +196,45 @@ async def test_an_accepted_ocr_job_is_polled_even_when_the_extraction_changed(
     assert all(row["success"] for row in rows)
     assert [row["ocr"]["from_journal"] for row in rows] == [True, False, False, False]
     assert uploads(emulator) == 4, "an accepted OCR job was uploaded again"
+
+
+async def test_max_waiting_bounds_the_background_responses_running_at_openai(
+    emulator: Emulator,
+) -> None:
+    """max_waiting=1 at concurrency 1: one response polls without the slot, the next polls
+    in it, so at most 2 run at OpenAI at once (before, all five were POSTed at once)."""
+    emulator.config.background_queue_seconds = 0.1
+    request = request_for(
+        emulator,
+        [f"waiting {i}" for i in range(5)],
+        background=True,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+        max_waiting=1,
+    )
+    task = asyncio.ensure_future(ResponsesProcessor().process_batch(request))
+    running = 0
+    while not task.done():  # what runs at OpenAI: POSTed and not yet completed there
+        completed = sum(emulator.stats.completed_by_digest.values())
+        running = max(running, posts(emulator) - completed)
+        await asyncio.sleep(0.002)
+    out = await task
+    assert out["total_success"] == 5 and posts(emulator) == 5
+    assert running == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)]
+)
+def test_max_waiting_is_validated_on_both_configs(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_waiting"):
+        DocumentConfig(api_key="k", max_waiting=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match="max_waiting"):
+        ResponsesRequest(
+            system_prompt="",
+            user_prompts=["x"],
+            model="gpt-4o-mini",
+            response_format=None,
+            api_key="k",
+            max_waiting=value,  # type: ignore[arg-type]
+        )

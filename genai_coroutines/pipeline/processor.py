@@ -192,6 +192,7 @@ class ExtractionPipeline:
                 inputs,
                 BatchOptions(
                     concurrency=ocr_slots + extraction_slots,
+                    max_waiting=ocr.max_waiting,  # the OCR jobs are what waits
                     headers={"User-Agent": USER_AGENT},  # each stage sends its own key
                     connector=clients.connector,
                     journal=journal,
