@@ -238,3 +238,31 @@ def test_max_waiting_is_validated_on_both_configs(value: object, error: type[Exc
             api_key="k",
             max_waiting=value,  # type: ignore[arg-type]
         )
+
+
+async def test_a_background_extraction_is_polled_by_the_rerun_not_posted_again(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The pipeline's extraction as a background stage: its response id is journaled under
+    `StageKey(0, "extraction", 0)` when the POST returns; a run killed while it is queued at
+    OpenAI is rerun by polling that response."""
+    emulator.config.seconds_per_page = 0.01
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "pipeline.journal"
+    options = {"background": True, "poll_interval_secs": 0.01}
+    docs = [invoice_pdf(0)]
+    task = asyncio.ensure_future(
+        pipeline_for(emulator, request=options).process(docs, journal=journal)
+    )
+    # Polled: the POST returned and its id was journaled (before the first poll).
+    await until(task, lambda: emulator.stats.total("responses_poll") > 0, "a poll")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert posts(emulator) == 1 and not emulator.stats.completed_by_digest
+
+    [row] = await pipeline_for(emulator, request=options).process(docs, journal=journal)
+
+    assert row["success"] and row["fields"]["invoice_number"] == "INV-1000"
+    assert row["ocr"]["from_journal"] and not row.get("from_journal")
+    assert posts(emulator) == 1, "the extraction was POSTed again"

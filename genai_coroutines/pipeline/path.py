@@ -265,7 +265,7 @@ class PipelineAdapter:
                     reused = Stage(revived, 0.0, reused=True)
                     return reused, fields_of(answer_text(revived.value.raw)), None
         started = time.perf_counter()
-        outcome = await self._send(run, prepared, started)
+        outcome = await self._send(run, prepared, started, key, digest)
         stage = Stage(outcome, time.perf_counter() - started)
         if not isinstance(outcome, Answered):
             return stage, None, outcome.failure
@@ -282,10 +282,22 @@ class PipelineAdapter:
         run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return stage, fields, None
 
-    async def _send(self, run: ItemRun, prepared: Prepared, started: float) -> Outcome[Answer]:
+    async def _send(
+        self, run: ItemRun, prepared: Prepared, started: float, key: StageKey, digest: str
+    ) -> Outcome[Answer]:
+        """One extraction request. In background mode (`BackgroundAdapter`) its response id
+        is journaled under `key` when the POST returns, and a rerun polls the response the
+        journal holds instead of POSTing it again; the poll keeps the extraction's slot."""
+        journal = run.batch.journal
+        accepted = None if journal is None else journal.submitted(key, digest)
         async with self.extraction_slots:
             stage_run = ItemRun(
-                run.index, self._batch(run, EXTRACTION_STAGE), started, trace=run.trace
+                run.index,
+                self._batch(run, EXTRACTION_STAGE),
+                started,
+                None if accepted is None else Submission(*accepted),
+                on_submitted=_journal_submission(run, key, digest),
+                trace=run.trace,
             )
             return await self.extraction.execute(stage_run, prepared)
 

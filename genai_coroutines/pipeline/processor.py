@@ -35,6 +35,7 @@ from ..engine import (
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
+from ..responses.background import BackgroundAdapter
 from ..responses.cache_keys import CacheKeys
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
@@ -104,11 +105,6 @@ class ExtractionPipeline:
             raise ValueError(
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
                 "checkpoint_id): extraction is its Responses stage"
-            )
-        if getattr(extraction, "background", False):
-            raise ValueError(
-                "extraction: the pipeline sends each request on the synchronous path "
-                "(no background mode)"
             )
         kind = text_format(extraction.response_format).get("type")
         if kind not in ("json_schema", "json_object"):
@@ -180,7 +176,10 @@ class ExtractionPipeline:
         ):
             adapter = PipelineAdapter(
                 documents.adapter(),
-                DirectAdapter(request, key_limiter(request, clients.limits), self.cache_keys),
+                # background=True: each extraction's response id journaled, then polled
+                (BackgroundAdapter if request.background else DirectAdapter)(
+                    request, key_limiter(request, clients.limits), self.cache_keys
+                ),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
