@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from .engine.stages import MAX_WAITING
+
 T = TypeVar("T")
 
 HELP, FLAG, CLI, TYPE, ACTION, CONVERT, METAVAR = (
@@ -98,6 +100,16 @@ def param(
         help, flag=flag, cli=cli, type=type, action=action, convert=convert, metavar=metavar
     )
     return dataclasses.field(default=default, repr=repr, metadata=metadata)
+
+
+def max_waiting_param() -> int:
+    """`max_waiting` of every config whose items wait on the provider (background responses,
+    Datalab jobs): declared here once, for `ResponsesRequest` and `DocumentConfig` alike."""
+    return param(
+        MAX_WAITING,
+        "items polled without a concurrency slot at most (0: a poll keeps its slot); "
+        "memory holds concurrency + max_waiting items",
+    )
 
 
 # Converters for `convert=`: raise ValueError (or OSError) and the CLI names the flag.

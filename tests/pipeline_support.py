@@ -9,8 +9,13 @@ invoice, its fields spread over its pages as a real invoice's are.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+from genai_coroutines import DocumentConfig, ExtractionPipeline, extraction_request
+from genai_coroutines.emulator import Emulator
 from tests.samples import assemble
+
+MODEL = "gpt-4o-mini"
 
 
 def _escape(text: str) -> bytes:
@@ -78,3 +83,37 @@ def invoice_pdf(number: int, pages: int = 1, *, extra: bytes = b"") -> bytes:
     middle = [[f"Line items, continued ({page + 1} of {pages})"] for page in range(1, pages - 1)]
     body = [first + last] if pages == 1 else [first, *middle, last]
     return text_pdf(body, extra=extra)
+
+
+def convert_url(emulator: Emulator) -> str:
+    return f"{emulator.datalab_base_url}/api/v1/convert"
+
+
+def pipeline_for(
+    emulator: Emulator,
+    *,
+    per_page: bool = False,
+    schema: dict[str, Any] = INVOICE_SCHEMA,
+    ocr: dict[str, Any] | None = None,
+    request: dict[str, Any] | None = None,
+) -> ExtractionPipeline:
+    ocr_options: dict[str, Any] = {
+        "api_key": emulator.config.datalab_api_key,
+        "api_url": convert_url(emulator),
+        "output_format": "markdown",
+        "poll_interval_secs": 0.01,
+        "base_retry_delay_secs": 0.01,
+        **(ocr or {}),
+    }
+    request_options: dict[str, Any] = {
+        "api_key": emulator.config.openai_api_key,
+        "base_url": emulator.openai_base_url,
+        "retry_delay_min_ms": 10,
+        "retry_delay_max_ms": 50,
+        **(request or {}),
+    }
+    return ExtractionPipeline(
+        DocumentConfig(**ocr_options),
+        extraction_request(model=MODEL, schema=schema, **request_options),
+        per_page=per_page,
+    )

@@ -520,7 +520,7 @@ async def journal_a_file(
         prepared = await path.prepare(index, prompt)
         assert isinstance(prepared, Prepared)
         line_id = custom_id(StageKey(index), prepared.body)
-        members.append((index, request_digest(prepared.body), line_id, 0))
+        members.append((StageKey(index), request_digest(prepared.body), line_id, 0))
         data += batch_line(line_id, prepared.body)
     uploaded = await client.files.create(file=("killed.jsonl", data), purpose="batch")
     with Journal(journal, "responses") as records:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from pathlib import Path
 
 import samples
@@ -97,3 +98,90 @@ async def test_failed_documents_are_journaled_but_retried_on_rerun(
     again = {r["index"]: r async for r in processor.stream(docs, journal=journal)}
 
     assert again[0]["from_journal"] and "from_journal" not in again[1]
+
+
+OLD_SCHEMA = (  # the journal's tables before stages were keyed (git 781bdfe)
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE items (
+    idx INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    request_id TEXT,
+    check_url TEXT,
+    result BLOB
+)""",
+    """CREATE TABLE group_files (
+    file_id TEXT PRIMARY KEY,
+    lines INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    created_at REAL NOT NULL
+)""",
+    """CREATE TABLE group_jobs (
+    job_id TEXT PRIMARY KEY,
+    file_id TEXT NOT NULL UNIQUE,
+    cancelled INTEGER NOT NULL DEFAULT 0
+)""",
+    """CREATE TABLE group_lines (
+    idx INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL
+)""",
+    "CREATE INDEX group_lines_file ON group_lines (file_id)",
+    """CREATE TABLE stages (
+    idx INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    result BLOB NOT NULL,
+    PRIMARY KEY (idx, stage)
+)""",
+)
+
+
+async def test_a_journal_of_the_previous_schema_opens_and_resumes_its_jobs(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A journal written before submissions were keyed by stage: its items' jobs (their
+    single stage "") are polled, its finished results reused, nothing uploaded again."""
+    emulator.config.seconds_per_page = 0.3
+    processor = DocumentProcessor(
+        config_for(emulator, max_concurrent_requests=4, poll_interval_secs=0.05)
+    )
+    now = tmp_path / "now.journal"
+    accepted: set[int] = set()
+    submitted = asyncio.Event()
+
+    class Interrupted(DocumentProcessor):
+        def on_submitted(self, index: int, request_id: str, request_check_url: str) -> None:
+            accepted.add(index)
+            if accepted == {2, 3}:  # none in flight when cancelled: nothing paid unjournaled
+                submitted.set()
+
+    first = [r async for r in processor.stream(_docs(2), journal=now)]
+    assert all(r["success"] for r in first)
+    stream = Interrupted(processor.config).stream(_docs(4), journal=now)
+    consumer = asyncio.ensure_future(stream.__anext__())
+    await submitted.wait()
+    consumer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    await stream.aclose()
+    old = tmp_path / "old.journal"
+    with contextlib.closing(sqlite3.connect(old)) as db, db:
+        for table in OLD_SCHEMA:
+            db.execute(table)
+        db.execute("ATTACH DATABASE ? AS now", (str(now),))
+        db.execute("INSERT INTO meta SELECT * FROM now.meta")
+        db.execute("INSERT INTO items SELECT * FROM now.items")
+        (waiting,) = db.execute("SELECT COUNT(*) FROM items WHERE result IS NULL").fetchone()
+    assert waiting == 2
+    uploads = sum(emulator.stats.submissions_by_digest.values())
+
+    resumed = [r async for r in processor.stream(_docs(4), journal=old)]
+
+    assert all(r["success"] for r in resumed)
+    assert sum(bool(r.get("from_journal")) for r in resumed) == 2
+    assert sum(emulator.stats.submissions_by_digest.values()) == uploads, "uploaded again"
+    with contextlib.closing(sqlite3.connect(old)) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "stage_submissions" not in tables  # one-stage items add nothing to the file

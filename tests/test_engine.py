@@ -33,6 +33,7 @@ from genai_coroutines.engine.headers import count
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
 from genai_coroutines.engine.outcome import Ids, Outcome
 from genai_coroutines.engine.pricing import Charges
+from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.engine.summary import Summary
 from genai_coroutines.responses.prices import price_for
 from tests.samples import ended
@@ -426,11 +427,11 @@ def test_journal_returns_results_only_for_the_same_request(tmp_path: Path) -> No
 
 def test_journal_keeps_submitted_jobs_until_they_finish(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "ocr.journal", "documents")
-    journal.record_submission(0, "d0", "req-1", "http://127.0.0.1/api/v1/marker/req-1")
-    assert journal.submitted(0, "d0") == ("req-1", "http://127.0.0.1/api/v1/marker/req-1")
-    assert journal.submitted(0, "other") is None
+    journal.record_submission(StageKey(0), "d0", "req-1", "http://127.0.0.1/api/v1/marker/req-1")
+    assert journal.submitted(StageKey(0), "d0") == ("req-1", "http://127.0.0.1/api/v1/marker/req-1")
+    assert journal.submitted(StageKey(0), "other") is None
     journal.record_result(0, "d0", {"index": 0, "success": True})
-    assert journal.submitted(0, "d0") is None
+    assert journal.submitted(StageKey(0), "d0") is None
     assert journal.results() == [{"index": 0, "success": True}]
 
 

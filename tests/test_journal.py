@@ -39,6 +39,7 @@ from genai_coroutines.engine.journal import (
     JournalLocked,
     JournalMismatch,
 )
+from genai_coroutines.engine.stages import StageKey
 from tests.responses_support import request_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,13 +221,14 @@ def test_an_existing_journal_in_a_read_only_folder_is_refused(tmp_path: Path) ->
 FULL_DISK = """
     import resource, signal, sys
     from genai_coroutines.engine.journal import Journal, JournalError
+    from genai_coroutines.engine.stages import StageKey
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     journal = Journal(sys.argv[1], "documents")
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
     written = 0
     try:
         for index in range(1000):
-            journal.record_submission(index, "d", f"req-{index}", "http://127.0.0.1/x")
+            journal.record_submission(StageKey(index), "d", f"req-{index}", "http://127.0.0.1/x")
             journal.record_result(index, "d", {"success": True, "text": "x" * 2000})
             written += 1
     except JournalError as exc:
@@ -398,3 +400,31 @@ def test_after_kill_9_losing_the_wal_loses_at_most_the_last_period(
         indices = [r["index"] for r in journal.results()]
 
     assert indices == list(range(20 if lose_wal else 25))
+
+
+def test_each_stage_of_an_item_keeps_its_own_submission_and_group_line(tmp_path: Path) -> None:
+    """Stage requests of one item (an OCR job, two pages' extractions) are journaled side by
+    side, each found under its own key, and ended by its stage's result or the item's."""
+    ocr, page0, page1 = (
+        StageKey(7, "ocr"),
+        StageKey(7, "extraction", 0),
+        StageKey(7, "extraction", 1),
+    )
+    with Journal(tmp_path / "p.journal", "pipeline") as journal:
+        journal.record_submission(ocr, "o", "job-1", "http://127.0.0.1/check/1")
+        journal.record_submission(page0, "e0", "resp-0", "resp-0")
+        journal.record_group("file-1", [(page1, "e1", "7.extraction.1-ab", 0)], tokens=9)
+
+        assert journal.submitted(ocr, "o") == ("job-1", "http://127.0.0.1/check/1")
+        assert journal.submitted(page0, "e0") == ("resp-0", "resp-0")
+        assert journal.submitted(StageKey(7), "o") is None  # not the item's
+        line = journal.group_line(page1, "e1")
+        assert line is not None and line.file_id == "file-1"
+        assert journal.group_line(page0, "e0") is None
+
+        journal.record_stage(ocr, "o", {"success": True})
+        assert journal.submitted(ocr, "o") is None
+        assert journal.submitted(page0, "e0") is not None
+        journal.record_result(7, "row", result(7))
+        assert journal.submitted(page0, "e0") is None
+        assert journal.group_line(page1, "e1") is None

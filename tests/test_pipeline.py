@@ -36,49 +36,22 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.datalab_form import FIELDS
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pipeline import merge_fields, page_texts
-from tests.pipeline_support import INVOICE_SCHEMA, invoice_fields, invoice_pdf, text_pdf
+from tests.pipeline_support import (
+    INVOICE_SCHEMA,
+    MODEL,
+    convert_url,
+    invoice_fields,
+    invoice_pdf,
+    pipeline_for,
+    text_pdf,
+)
 from tests.samples import FAIL_MARKER
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = "gpt-4o-mini"
-
-
-def convert_url(emulator: Emulator) -> str:
-    return f"{emulator.datalab_base_url}/api/v1/convert"
 
 
 def extract_url(emulator: Emulator) -> str:
     return f"{emulator.datalab_base_url}/api/v1/extract"
-
-
-def pipeline_for(
-    emulator: Emulator,
-    *,
-    per_page: bool = False,
-    schema: dict[str, Any] = INVOICE_SCHEMA,
-    ocr: dict[str, Any] | None = None,
-    request: dict[str, Any] | None = None,
-) -> ExtractionPipeline:
-    ocr_options: dict[str, Any] = {
-        "api_key": emulator.config.datalab_api_key,
-        "api_url": convert_url(emulator),
-        "output_format": "markdown",
-        "poll_interval_secs": 0.01,
-        "base_retry_delay_secs": 0.01,
-        **(ocr or {}),
-    }
-    request_options: dict[str, Any] = {
-        "api_key": emulator.config.openai_api_key,
-        "base_url": emulator.openai_base_url,
-        "retry_delay_min_ms": 10,
-        "retry_delay_max_ms": 50,
-        **(request or {}),
-    }
-    return ExtractionPipeline(
-        DocumentConfig(**ocr_options),
-        extraction_request(model=MODEL, schema=schema, **request_options),
-        per_page=per_page,
-    )
 
 
 def prompt_digest(row_text: str) -> str:

@@ -8,17 +8,27 @@ concurrency 1 many are in flight on the emulator at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from genai_coroutines import BatchAPI, DocumentProcessor, ResponsesProcessor
+from genai_coroutines import (
+    BatchAPI,
+    DocumentConfig,
+    DocumentProcessor,
+    ExtractionPipeline,
+    ResponsesProcessor,
+    ResponsesRequest,
+)
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
 from tests import samples
 from tests.documents_support import config_for
+from tests.pipeline_support import invoice_pdf, pipeline_for
 from tests.responses_support import request_for
 
 
@@ -113,3 +123,146 @@ async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -
     assert emulator.stats.files_uploaded == 1 and emulator.stats.batches_created == 1
     assert len({r["batch_id"] for r in out["results"]}) == 1
     assert sorted(index_of(r["custom_id"]) for r in out["results"]) == list(range(6))
+
+
+def uploads(emulator: Emulator) -> int:
+    return sum(emulator.stats.submissions_by_digest.values())
+
+
+def polled_jobs(emulator: Emulator) -> set[str]:
+    """The Datalab jobs polled so far (the emulator's request log)."""
+    return {what.split()[-1] for _, _, what in emulator.stats.events if what.startswith("poll ")}
+
+
+PAGE_SCHEMA = {
+    "type": "object",
+    "properties": {"vendor": {"type": "string"}, "invoice_number": {"type": "string"}},
+}
+
+
+def paged(emulator: Emulator, schema: dict[str, Any] = PAGE_SCHEMA) -> ExtractionPipeline:
+    """A pipeline extracting each page on its own (`per_page`, the OCR's pages as JSON)."""
+    return pipeline_for(emulator, per_page=True, schema=schema, ocr={"output_format": "json"})
+
+
+async def interrupted_pipeline(emulator: Emulator, journal: Path) -> list[bytes]:
+    """A `per_page` pipeline run cancelled once its first document's row (OCR, then both
+    pages' extractions) is journaled and the other three OCR jobs were accepted and
+    journaled, unfinished."""
+    emulator.config.seconds_per_page = 0.1  # the 2-page document is ready long before the rest
+    docs = [invoice_pdf(0, 2), *(invoice_pdf(i, 6) for i in (1, 2, 3))]
+    stream = paged(emulator).stream(docs, journal=journal)
+    first = await anext(stream)
+    assert first["index"] == 0 and first["success"]
+    consumer = asyncio.ensure_future(anext(stream))
+    # Polled: accepted and journaled (a job is journaled before its first poll).
+    await until(consumer, lambda: len(polled_jobs(emulator)) == 4, "four OCR jobs polled")
+    consumer.cancel()  # what Ctrl-C does to the batch
+    with contextlib.suppress(asyncio.CancelledError):
+        await consumer
+    await stream.aclose()
+    assert posts(emulator) == 2 and sum(emulator.stats.completed_by_digest.values()) == 2
+    return docs
+
+
+async def test_a_pipeline_rerun_polls_its_accepted_ocr_jobs_and_buys_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Each stage's submission is journaled under its `StageKey`: the rerun polls the OCR
+    jobs the killed run had accepted and sends each page's extraction once."""
+    journal = tmp_path / "pipeline.journal"
+    docs = await interrupted_pipeline(emulator, journal)
+
+    rows = await paged(emulator).process(docs, journal=journal)
+
+    assert all(row["success"] for row in rows)
+    assert [bool(row.get("from_journal")) for row in rows] == [True, False, False, False]
+    assert [row["fields"]["invoice_number"] for row in rows] == [f"INV-100{i}" for i in range(4)]
+    assert uploads(emulator) == 4 and set(emulator.stats.submissions_by_digest.values()) == {1}
+    assert posts(emulator) == 2 + 3 * 6, "an extraction was bought twice"
+
+
+async def test_an_accepted_ocr_job_is_polled_even_when_the_extraction_changed(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The OCR job is journaled under its own stage and digest, not the row's: a rerun with
+    another schema polls the jobs the killed run had paid for instead of uploading again."""
+    journal = tmp_path / "pipeline.journal"
+    docs = await interrupted_pipeline(emulator, journal)
+    narrower = {"type": "object", "properties": {"vendor": {"type": "string"}}}
+
+    rows = await paged(emulator, schema=narrower).process(docs, journal=journal)
+
+    assert all(row["success"] for row in rows)
+    assert [row["ocr"]["from_journal"] for row in rows] == [True, False, False, False]
+    assert uploads(emulator) == 4, "an accepted OCR job was uploaded again"
+
+
+async def test_max_waiting_bounds_the_background_responses_running_at_openai(
+    emulator: Emulator,
+) -> None:
+    """max_waiting=1 at concurrency 1: one response polls without the slot, the next polls
+    in it, so at most 2 run at OpenAI at once (before, all five were POSTed at once)."""
+    emulator.config.background_queue_seconds = 0.1
+    request = request_for(
+        emulator,
+        [f"waiting {i}" for i in range(5)],
+        background=True,
+        poll_interval_secs=0.01,
+        max_concurrent_requests=1,
+        max_waiting=1,
+    )
+    task = asyncio.ensure_future(ResponsesProcessor().process_batch(request))
+    running = 0
+    while not task.done():  # what runs at OpenAI: POSTed and not yet completed there
+        completed = sum(emulator.stats.completed_by_digest.values())
+        running = max(running, posts(emulator) - completed)
+        await asyncio.sleep(0.002)
+    out = await task
+    assert out["total_success"] == 5 and posts(emulator) == 5
+    assert running == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [(-1, ValueError), (1.5, TypeError), ("2", TypeError), (True, TypeError)]
+)
+def test_max_waiting_is_validated_on_both_configs(value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_waiting"):
+        DocumentConfig(api_key="k", max_waiting=value)  # type: ignore[arg-type]
+    with pytest.raises(error, match="max_waiting"):
+        ResponsesRequest(
+            system_prompt="",
+            user_prompts=["x"],
+            model="gpt-4o-mini",
+            response_format=None,
+            api_key="k",
+            max_waiting=value,  # type: ignore[arg-type]
+        )
+
+
+async def test_a_background_extraction_is_polled_by_the_rerun_not_posted_again(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The pipeline's extraction as a background stage: its response id is journaled under
+    `StageKey(0, "extraction", 0)` when the POST returns; a run killed while it is queued at
+    OpenAI is rerun by polling that response."""
+    emulator.config.seconds_per_page = 0.01
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "pipeline.journal"
+    options = {"background": True, "poll_interval_secs": 0.01}
+    docs = [invoice_pdf(0)]
+    task = asyncio.ensure_future(
+        pipeline_for(emulator, request=options).process(docs, journal=journal)
+    )
+    # Polled: the POST returned and its id was journaled (before the first poll).
+    await until(task, lambda: emulator.stats.total("responses_poll") > 0, "a poll")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert posts(emulator) == 1 and not emulator.stats.completed_by_digest
+
+    [row] = await pipeline_for(emulator, request=options).process(docs, journal=journal)
+
+    assert row["success"] and row["fields"]["invoice_number"] == "INV-1000"
+    assert row["ocr"]["from_journal"] and not row.get("from_journal")
+    assert posts(emulator) == 1, "the extraction was POSTed again"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .. import validation as check
-from ..params import param, read_text
+from ..params import max_waiting_param, param, read_text
 from ..pdfpages import parse_page_range
 
 DATALAB_API = "https://www.datalab.to/api/v1"
@@ -144,7 +144,10 @@ class DocumentConfig:
     output_format: str = param("json", "/".join(OUTPUT_FORMATS))
     mode: str = param("accurate", "/".join(MODES))
     max_concurrent_requests: int = param(
-        10, "documents in flight at most, upload to last poll", flag="--concurrency"
+        10,
+        "documents being read, uploaded or submitted at most (a job being polled holds no "
+        "slot: max_waiting and max_pages_in_flight bound what runs at Datalab)",
+        flag="--concurrency",
     )
     poll_interval_secs: float = param(2, "seconds between status polls", flag="--poll-interval")
     max_poll_attempts: int = param(60, "polls answered 'processing' before poll_timeout")
@@ -164,6 +167,7 @@ class DocumentConfig:
     requests_per_minute: float | None = param(
         None, "uploads per minute, evenly spaced (default: no bound)", flag="--rpm"
     )
+    max_waiting: int = max_waiting_param()
     max_pages_in_flight: int | None = param(
         5000, "pages of submitted, unfinished jobs at most (Datalab's per-key limit)"
     )
@@ -253,6 +257,7 @@ class DocumentConfig:
         check.http_url("webhook_url", self.webhook_url, optional=True)
         check.number("requests_per_minute", self.requests_per_minute, positive=True, optional=True)
         check.integer("max_pages_in_flight", self.max_pages_in_flight, minimum=1, optional=True)
+        check.integer("max_waiting", self.max_waiting, minimum=0)
         check.number("timeout_secs", self.timeout_secs, positive=True)
         check.number("max_retry_delay_secs", self.max_retry_delay_secs)
         check.number("max_rate_limit_wait_secs", self.max_rate_limit_wait_secs)

@@ -39,6 +39,7 @@ import orjson
 
 from ..engine import Failure, ItemRun, Reply, log_event, send
 from ..engine.journal import request_digest
+from ..engine.stages import StageKey
 from .errors import http_failure, json_object
 from .sources import Upload
 
@@ -124,7 +125,7 @@ class StoredFile:
         """The document's confirmed reference: journaled, known, or stored now."""
         if self.reference is None and not self.forgotten and self.run.batch.journal is not None:
             journaled = self.run.batch.journal.stage_result(
-                self.run.index, UPLOAD_STAGE, await self._content_digest()
+                StageKey(self.run.index, UPLOAD_STAGE), await self._content_digest()
             )
             reference = None if journaled is None else journaled.get("reference")
             if isinstance(reference, str) and reference:
@@ -240,7 +241,9 @@ class StoredFile:
         self.reference = reference if isinstance(reference, str) and reference else self.granted
         digest, stored = await self._content_digest(), {"reference": self.reference}
         index = self.run.index
-        self.run.batch.journaled(lambda j: j.record_stage(index, UPLOAD_STAGE, digest, stored))
+        self.run.batch.journaled(
+            lambda j: j.record_stage(StageKey(index, UPLOAD_STAGE), digest, stored)
+        )
         return None
 
     def _json(self, reply: Reply | Failure, what: str) -> dict[str, Any] | Failure:

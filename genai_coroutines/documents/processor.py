@@ -154,6 +154,7 @@ class DocumentProcessor:
             inputs,
             BatchOptions(
                 concurrency=config.max_concurrent_requests,
+                max_waiting=config.max_waiting,
                 headers=datalab_headers(config),
                 connector=self.clients.connector,
                 journal=journal,

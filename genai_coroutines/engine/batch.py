@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -217,7 +217,7 @@ class DriverCore(Generic[P]):
     def summary(self) -> Summary:
         return self.books.summary
 
-    async def stream(self) -> AsyncIterator[Result]:
+    async def stream(self) -> AsyncGenerator[Result, None]:
         books, options, logger = self.books, self.options, self.adapter.logger
         started = time.perf_counter()
         log_event(logger, logging.INFO, "batch_start", **options.start_fields)

@@ -16,6 +16,7 @@ from typing import Any
 from .journal import Journal, request_digest
 from .outcome import Answered, ItemEnd, Outcome
 from .progress import Progress
+from .stages import StageKey
 from .summary import Summary
 
 Result = dict[str, Any]
@@ -74,13 +75,16 @@ class Bookkeeping:
         digest = self.digests.get(index)
         if self.journal is None or digest is None:
             return None
-        return self.journal.submitted(index, digest)
+        return self.journal.submitted(StageKey(index), digest)
 
     def submitted(self, index: int, submission: Any) -> None:
         """Journal work the API accepted for an item `replay` did not answer."""
         if self.journal is not None:
             self.journal.record_submission(
-                index, self.digests[index], submission.request_id, submission.request_check_url
+                StageKey(index),
+                self.digests[index],
+                submission.request_id,
+                submission.request_check_url,
             )
 
     def record(self, index: int, rendered: tuple[Result, bool]) -> None:

@@ -13,6 +13,15 @@ An item whose work has stages (the pipeline: OCR, then extraction) journals each
 finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
 finished OCR even when the item's extraction is sent again.
 
+Submissions (a Datalab job, a background response) and group lines (a Batch API line)
+are journaled under the stage request's `StageKey` (`engine.stages`). An item of one
+stage (key stage "") keeps them in its `items` row and in `group_lines`, as journals
+always did, so the common case costs no extra byte and a journal written before stages
+existed reads as it was (its records are the items' single stage ""); a named stage's
+go to `stage_submissions` and `stage_lines`, keyed by index and stage (the page too,
+`extraction:3`). Those two tables are created by the first named stage that needs one,
+in a new journal or an older one alike: that is the whole migration.
+
 An item is matched by its index AND a digest of the request it would send, so an
 edited prompt, schema or file at the same position is sent again rather than answered
 from a stale record. Nothing here ever sees an API key: requests are digested without
@@ -71,6 +80,8 @@ from typing import Any
 
 import orjson
 
+from .stages import StageKey
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no lock between processes
@@ -114,7 +125,39 @@ _TABLES = (
     PRIMARY KEY (idx, stage)
 )""",
 )
-_TABLE_NAMES = frozenset({"meta", "items", "group_files", "group_jobs", "group_lines", "stages"})
+_STAGED_TABLES = (
+    """CREATE TABLE IF NOT EXISTS stage_submissions (
+    idx INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    check_url TEXT NOT NULL,
+    PRIMARY KEY (idx, stage)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS stage_lines (
+    idx INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    file_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    PRIMARY KEY (idx, stage)
+) WITHOUT ROWID""",
+)
+"""Created by the first named stage's submission or group line (`_stage_tables`), so a
+journal of one-stage items is no larger than before stages existed."""
+_TABLE_NAMES = frozenset(
+    {
+        "meta",
+        "items",
+        "group_files",
+        "group_jobs",
+        "group_lines",
+        "stages",
+        "stage_submissions",
+        "stage_lines",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +292,8 @@ class Journal:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
         if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
+        self._staged = "stage_submissions" in tables
+        """The tables of named stages' work exist (see `_STAGED_TABLES`)."""
         found = None
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
@@ -283,23 +328,44 @@ class Journal:
         )
         return None if row is None else self._load(row[0], index)
 
-    def submitted(self, index: int, digest: str) -> tuple[str, str] | None:
-        """(request_id, request_check_url) of a job submitted for this item and not finished."""
-        row = self._read(
-            "SELECT request_id, check_url FROM items"
-            " WHERE idx = ? AND digest = ? AND result IS NULL AND check_url IS NOT NULL",
-            (index, digest),
-        )
+    def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
+        """(request_id, request_check_url) of work the API accepted for this stage request
+        (a Datalab job, a background response) and that has not finished."""
+        if key.stage:
+            if not self._staged:
+                return None
+            row = self._read(
+                "SELECT request_id, check_url FROM stage_submissions"
+                " WHERE idx = ? AND stage = ? AND digest = ?",
+                (key.index, _stage_name(key), digest),
+            )
+        else:
+            row = self._read(
+                "SELECT request_id, check_url FROM items"
+                " WHERE idx = ? AND digest = ? AND result IS NULL AND check_url IS NOT NULL",
+                (key.index, digest),
+            )
         return None if row is None else (row[0], row[1])
 
-    def record_submission(self, index: int, digest: str, request_id: str, check_url: str) -> None:
-        """Journal a job Datalab accepted; `JournalError` if the journal cannot take it."""
-        self._write(
-            f"the submission of item {index}",
-            "INSERT OR REPLACE INTO items (idx, digest, request_id, check_url, result)"
-            " VALUES (?, ?, ?, ?, NULL)",
-            (index, digest, request_id, check_url),
-        )
+    def record_submission(
+        self, key: StageKey, digest: str, request_id: str, check_url: str
+    ) -> None:
+        """Journal work the API accepted for this stage request; `JournalError` if the
+        journal cannot take it."""
+        if key.stage:
+            self._stage_tables()
+            sql = (
+                "INSERT OR REPLACE INTO stage_submissions"
+                " (idx, stage, digest, request_id, check_url) VALUES (?, ?, ?, ?, ?)"
+            )
+            params: tuple[Any, ...] = (key.index, _stage_name(key), digest, request_id, check_url)
+        else:
+            sql = (
+                "INSERT OR REPLACE INTO items (idx, digest, request_id, check_url, result)"
+                " VALUES (?, ?, ?, ?, NULL)"
+            )
+            params = (key.index, digest, request_id, check_url)
+        self._write(f"the submission of {_described(key)}", sql, params)
 
     def record_result(
         self, index: int, digest: str, result: dict[str, Any], *, pending: bool = False
@@ -308,7 +374,8 @@ class Journal:
 
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
-        rerun asks that batch again rather than sending the item twice.
+        rerun asks that batch again rather than sending the item twice; so do its named
+        stages' submissions and lines (a rerun of a failed item starts it afresh).
         """
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
             (
@@ -319,19 +386,35 @@ class Journal:
             )
         ]
         if not pending:
-            statements.append(("DELETE FROM group_lines WHERE idx = ?", [(index,)]))
+            tables = ("group_lines", "stage_lines", "stage_submissions")
+            statements += [
+                (f"DELETE FROM {table} WHERE idx = ?", [(index,)])
+                for table in tables[: 3 if self._staged else 1]
+            ]
         self._transaction(f"the result of item {index}", statements)
 
     def record_group(
         self,
         file_id: str,
-        members: Iterable[tuple[int, str, str, int]],
+        members: Iterable[tuple[StageKey, str, str, int]],
         *,
         tokens: int,
     ) -> None:
-        """Journal an uploaded group file and its members, `(index, digest, line_id,
-        attempt)` each, in one transaction (a member of an earlier group moves to this one)."""
+        """Journal an uploaded group file and its members, `(key, digest, line_id, attempt)`
+        each, in one transaction (a member of an earlier group moves to this one)."""
         rows = list(members)
+        single = [
+            (key.index, digest, line_id, file_id, attempt)
+            for key, digest, line_id, attempt in rows
+            if not key.stage
+        ]
+        staged = [
+            (key.index, _stage_name(key), digest, line_id, file_id, attempt)
+            for key, digest, line_id, attempt in rows
+            if key.stage
+        ]
+        if staged:
+            self._stage_tables()
         self._transaction(
             f"group file {file_id}",
             [
@@ -343,10 +426,12 @@ class Journal:
                 (
                     "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    [
-                        (idx, digest, line_id, file_id, attempt)
-                        for idx, digest, line_id, attempt in rows
-                    ],
+                    single,
+                ),
+                (
+                    "INSERT OR REPLACE INTO stage_lines"
+                    " (idx, stage, digest, line_id, file_id, attempt) VALUES (?, ?, ?, ?, ?, ?)",
+                    staged,
                 ),
             ],
         )
@@ -367,36 +452,55 @@ class Journal:
             (job_id,),
         )
 
-    def group_line(self, index: int, digest: str) -> GroupLine | None:
-        """Where this item, unfinished with this very request, waits on a group; else None."""
-        row = self._read(
+    def group_line(self, key: StageKey, digest: str) -> GroupLine | None:
+        """Where this stage request, unfinished with this very request, waits on a group;
+        else None."""
+        columns = (
             "SELECT l.line_id, l.file_id, l.attempt, f.lines, f.tokens, f.created_at,"
-            " j.job_id, j.cancelled FROM group_lines l JOIN group_files f USING (file_id)"
-            " LEFT JOIN group_jobs j USING (file_id) WHERE l.idx = ? AND l.digest = ?",
-            (index, digest),
+            " j.job_id, j.cancelled FROM {} l JOIN group_files f USING (file_id)"
+            " LEFT JOIN group_jobs j USING (file_id) WHERE l.idx = ? AND l.digest = ?"
         )
+        if key.stage:
+            if not self._staged:
+                return None
+            row = self._read(
+                columns.format("stage_lines") + " AND l.stage = ?",
+                (key.index, digest, _stage_name(key)),
+            )
+        else:
+            row = self._read(columns.format("group_lines"), (key.index, digest))
         if row is None:
             return None
         return GroupLine(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bool(row[7] or 0))
 
-    def stage_result(self, index: int, stage: str, digest: str) -> dict[str, Any] | None:
-        """The journaled result of one stage of an item (e.g. a pipeline's OCR), if that stage
-        finished with this very request; else None. Only successes are journaled as stages."""
+    def stage_result(self, key: StageKey, digest: str) -> dict[str, Any] | None:
+        """The journaled result of one named stage of an item (e.g. a pipeline's OCR), if
+        that stage finished with this very request; else None. Only successes are journaled
+        as stages."""
         row = self._read(
             "SELECT result FROM stages WHERE idx = ? AND stage = ? AND digest = ?",
-            (index, stage, digest),
+            (key.index, _stage_name(key), digest),
         )
-        return None if row is None else self._load(row[0], index)
+        return None if row is None else self._load(row[0], key.index)
 
-    def record_stage(self, index: int, stage: str, digest: str, result: dict[str, Any]) -> None:
-        """Journal a finished stage of an item whose own result comes later (a pipeline's
-        OCR text before its extraction), so a rerun reuses it; `JournalError` if the journal
-        cannot take it."""
-        self._write(
-            f"stage {stage} of item {index}",
-            "INSERT OR REPLACE INTO stages (idx, stage, digest, result) VALUES (?, ?, ?, ?)",
-            (index, stage, digest, orjson.dumps(result)),
-        )
+    def record_stage(self, key: StageKey, digest: str, result: dict[str, Any]) -> None:
+        """Journal a finished named stage of an item whose own result comes later (a
+        pipeline's OCR text before its extraction), so a rerun reuses it, and end the
+        stage's submission and group line in the same transaction; `JournalError` if the
+        journal cannot take it."""
+        where = (key.index, _stage_name(key))
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            (
+                "INSERT OR REPLACE INTO stages (idx, stage, digest, result) VALUES (?, ?, ?, ?)",
+                [(*where, digest, orjson.dumps(result))],
+            )
+        ]
+        if self._staged:
+            statements += [
+                (f"DELETE FROM {table} WHERE idx = ? AND stage = ?", [where])
+                for table in ("stage_submissions", "stage_lines")
+            ]
+        self._transaction(_described(key), statements)
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export); an unreadable
@@ -453,6 +557,13 @@ class Journal:
     ) -> None:
         self.close()
 
+    def _stage_tables(self) -> None:
+        """Create the tables of named stages' work, at their first write (`_STAGED_TABLES`)."""
+        if self._staged:
+            return
+        self._transaction("the tables of stages", [(table, [()]) for table in _STAGED_TABLES])
+        self._staged = True
+
     def _read(self, sql: str, params: tuple[Any, ...]) -> Any:
         try:
             return self._db.execute(sql, params).fetchone()
@@ -494,12 +605,14 @@ class Journal:
         self._written()
 
     def _transaction(self, what: str, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
-        """Several statements, all or none."""
+        """Several statements, all or none (one with no rows is not run: its table may not
+        exist, see `_STAGED_TABLES`)."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
             for sql, rows in statements:
-                db.executemany(sql, rows)
+                if rows:
+                    db.executemany(sql, rows)
             db.execute("COMMIT")
         except (sqlite3.Error, OSError) as exc:
             try:
@@ -588,18 +701,37 @@ def unfinished(path: str | os.PathLike[str], kind: str) -> Unfinished:
             row = db.execute("SELECT value FROM meta WHERE key = 'kind'").fetchone()
             if row is None or row[0] != kind:
                 return Unfinished()
+            staged = {"stage_lines", "stage_submissions"} <= {
+                name for (name,) in db.execute("SELECT name FROM sqlite_master")
+            }  # a journal written before stages has neither (see the module docstring)
+            lines = (
+                "group_lines UNION ALL SELECT file_id FROM stage_lines" if staged else "group_lines"
+            )
             jobs = db.execute(
-                "SELECT DISTINCT j.job_id FROM group_lines l JOIN group_jobs j USING (file_id)"
-                " ORDER BY j.job_id"
+                f"SELECT DISTINCT j.job_id FROM (SELECT file_id FROM {lines}) l"
+                " JOIN group_jobs j USING (file_id) ORDER BY j.job_id"
             ).fetchall()
             (submissions,) = db.execute(
                 "SELECT COUNT(*) FROM items WHERE result IS NULL AND check_url IS NOT NULL"
             ).fetchone()
+            if staged:
+                (more,) = db.execute("SELECT COUNT(*) FROM stage_submissions").fetchone()
+                submissions += more
         finally:
             db.close()
     except (sqlite3.Error, OSError):
         return Unfinished()
     return Unfinished(tuple(job for (job,) in jobs), int(submissions))
+
+
+def _stage_name(key: StageKey) -> str:
+    """A named stage's `stage` column: `ocr`, `extraction:3` (a page's), as `stages` always
+    named them."""
+    return key.stage if key.page is None else f"{key.stage}:{key.page}"
+
+
+def _described(key: StageKey) -> str:
+    return f"item {key.index}" if not key.stage else f"stage {_stage_name(key)} of item {key.index}"
 
 
 def _read_pid(fd: int) -> str:

@@ -9,7 +9,7 @@ An item's request runs as one of three kinds of stage:
                 tokens) that answers it when its group ends; no slot is held
 
 `StageKey` names one stage request of one item: its index, the stage's name (the
-pipeline's "ocr", "extract"; "" for an item of a single stage) and its page (a
+pipeline's "ocr", "extraction"; "" for an item of a single stage) and its page (a
 `per_page` extraction's, else None). Journal entries of submissions and group lines
 carry it, and so does a Batch API line's `custom_id` (`StageKey.text`), so a multi-stage
 item resumes each stage on its own.

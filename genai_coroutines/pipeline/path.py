@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -48,9 +48,11 @@ from ..engine import (
     Outcome,
     Pending,
     Result,
+    Submission,
     log_event,
 )
 from ..engine.journal import request_digest
+from ..engine.stages import StageKey
 from ..engine.telemetry import Identity
 from ..responses.direct import DirectAdapter, Prepared
 from ..responses.parse import answer_text
@@ -190,30 +192,38 @@ class PipelineAdapter:
         return cached[1]
 
     async def _ocr(self, run: ItemRun, upload: Upload) -> Stage[Finished]:
-        """The document's OCR: journaled earlier, or run now (polling the job the journal
-        holds, if any), and journaled at once as the item's "ocr" stage."""
+        """The document's OCR (`StageKey(index, "ocr")`): journaled earlier, or run now
+        (polling the job the journal holds under its key, if any: the extraction's settings
+        do not enter its digest), and journaled at once as the item's "ocr" stage."""
+        key = StageKey(run.index, OCR_STAGE)
         journal = run.batch.journal
         digest = request_digest(*self.ocr.digest(upload))
+        # `run.submission`: a job `resume=` names, or one a journal written before stages
+        # holds under the item (see `engine.journal`).
+        known = run.submission
         if journal is not None:
-            done = journal.stage_result(run.index, OCR_STAGE, digest)
+            done = journal.stage_result(key, digest)
             if done is not None:
                 revived = self.ocr.revive(done)
                 if isinstance(revived, Answered):
                     return Stage(revived, 0.0, reused=True)
+            accepted = journal.submitted(key, digest)
+            if known is None and accepted is not None:
+                known = Submission(*accepted)
         started = time.perf_counter()
         async with self.ocr_slots:
             stage_run = ItemRun(
                 run.index,
                 self._batch(run, OCR_STAGE),
                 started,
-                run.submission,
-                on_submitted=run.submitted,
+                known,
+                on_submitted=_journal_submission(run, key, digest),
                 trace=run.trace,
             )
             outcome = await self.ocr.execute(stage_run, upload)
         if isinstance(outcome, Answered):
             record = self.ocr.render(ItemEnd(run.index, outcome, started))
-            run.batch.journaled(lambda j: j.record_stage(run.index, OCR_STAGE, digest, record))
+            run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return Stage(outcome, time.perf_counter() - started)
 
     async def _extract(self, run: ItemRun, ocr: Finished) -> _Extractions:
@@ -244,18 +254,18 @@ class PipelineAdapter:
         prepared = await self.extraction.prepare(run.index, text)
         if isinstance(prepared, Failure):
             return None, None, prepared
-        name = f"{EXTRACTION_STAGE}:{page}"
+        key = StageKey(run.index, EXTRACTION_STAGE, page)
         digest = request_digest(*self.extraction.digest(prepared))
         journal = run.batch.journal
         if journal is not None:
-            done = journal.stage_result(run.index, name, digest)
+            done = journal.stage_result(key, digest)
             if done is not None:
                 revived = self.extraction.revive(done)
                 if isinstance(revived, Answered):
                     reused = Stage(revived, 0.0, reused=True)
                     return reused, fields_of(answer_text(revived.value.raw)), None
         started = time.perf_counter()
-        outcome = await self._send(run, prepared, started)
+        outcome = await self._send(run, prepared, started, key, digest)
         stage = Stage(outcome, time.perf_counter() - started)
         if not isinstance(outcome, Answered):
             return stage, None, outcome.failure
@@ -269,13 +279,25 @@ class PipelineAdapter:
             )
             return stage, None, failure
         record = self.extraction.render(ItemEnd(run.index, outcome, started))
-        run.batch.journaled(lambda j: j.record_stage(run.index, name, digest, record))
+        run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return stage, fields, None
 
-    async def _send(self, run: ItemRun, prepared: Prepared, started: float) -> Outcome[Answer]:
+    async def _send(
+        self, run: ItemRun, prepared: Prepared, started: float, key: StageKey, digest: str
+    ) -> Outcome[Answer]:
+        """One extraction request. In background mode (`BackgroundAdapter`) its response id
+        is journaled under `key` when the POST returns, and a rerun polls the response the
+        journal holds instead of POSTing it again; the poll keeps the extraction's slot."""
+        journal = run.batch.journal
+        accepted = None if journal is None else journal.submitted(key, digest)
         async with self.extraction_slots:
             stage_run = ItemRun(
-                run.index, self._batch(run, EXTRACTION_STAGE), started, trace=run.trace
+                run.index,
+                self._batch(run, EXTRACTION_STAGE),
+                started,
+                None if accepted is None else Submission(*accepted),
+                on_submitted=_journal_submission(run, key, digest),
+                trace=run.trace,
             )
             return await self.extraction.execute(stage_run, prepared)
 
@@ -435,6 +457,20 @@ class PipelineAdapter:
         kind = cast(ErrorType, get("error_type") or "api_error")
         failure = Failure(str(get("error")), kind, bool(get("is_retriable")), get("status"))
         return Failed(failure, attempts, rate_limited, bill, value=row)
+
+
+def _journal_submission(run: ItemRun, key: StageKey, digest: str) -> Callable[[Submission], bool]:
+    """A stage's `ItemRun.on_submitted`: journal the work the API accepted under the stage's
+    key, so a rerun polls it instead of buying it again."""
+
+    def journal(submission: Submission) -> bool:
+        return run.batch.journaled(
+            lambda j: j.record_submission(
+                key, digest, submission.request_id, submission.request_check_url
+            )
+        )
+
+    return journal
 
 
 def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int, int]:

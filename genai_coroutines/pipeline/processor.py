@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ from ..engine import (
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
+from ..responses.background import BackgroundAdapter
 from ..responses.cache_keys import CacheKeys
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
@@ -103,11 +105,6 @@ class ExtractionPipeline:
             raise ValueError(
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
                 "checkpoint_id): extraction is its Responses stage"
-            )
-        if getattr(extraction, "background", False):
-            raise ValueError(
-                "extraction: the pipeline sends each request on the synchronous path "
-                "(no background mode)"
             )
         kind = text_format(extraction.response_format).get("type")
         if kind not in ("json_schema", "json_object"):
@@ -179,7 +176,10 @@ class ExtractionPipeline:
         ):
             adapter = PipelineAdapter(
                 documents.adapter(),
-                DirectAdapter(request, key_limiter(request, clients.limits), self.cache_keys),
+                # background=True: each extraction's response id journaled, then polled
+                (BackgroundAdapter if request.background else DirectAdapter)(
+                    request, key_limiter(request, clients.limits), self.cache_keys
+                ),
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
@@ -191,6 +191,7 @@ class ExtractionPipeline:
                 inputs,
                 BatchOptions(
                     concurrency=ocr_slots + extraction_slots,
+                    max_waiting=ocr.max_waiting,  # the OCR jobs are what waits
                     headers={"User-Agent": USER_AGENT},  # each stage sends its own key
                     connector=clients.connector,
                     journal=journal,
@@ -209,12 +210,12 @@ class ExtractionPipeline:
             )
             self.last_summary = driver.summary
             note = driver.books.progress.note
-            rows = driver.stream()
-            if ordered:
-                rows = in_input_order(rows)
-            async for row in rows:
-                adapter.replayed(note, row)
-                yield row
+            # `aclosing`: a consumer closing this stream mid-batch (`aclose`, a `break`)
+            # ends the batch now, its journal released, not when the GC finalizes it.
+            async with aclosing(driver.stream()) as rows:
+                async for row in in_input_order(rows) if ordered else rows:
+                    adapter.replayed(note, row)
+                    yield row
 
 
 async def in_input_order(rows: AsyncIterator[Result]) -> AsyncIterator[Result]:

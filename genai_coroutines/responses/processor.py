@@ -216,6 +216,7 @@ class ResponsesProcessor:
         path = BackgroundAdapter if request.background else DirectAdapter
         options = BatchOptions(
             concurrency=request.max_concurrent_requests,
+            max_waiting=request.max_waiting,
             headers=request_headers(request),
             connector=self.clients.connector,
             journal=journal,

@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import validation as check
-from ..params import json_file, json_object_or_text, json_text, not_cli, param, spec
+from ..params import (
+    json_file,
+    json_object_or_text,
+    json_text,
+    max_waiting_param,
+    not_cli,
+    param,
+    spec,
+)
 from .wire import BodyTemplate, prompt_error, text_format
 
 Prompt = str | list[dict[str, Any]]
@@ -124,6 +132,7 @@ class ResponsesRequest:
     poll_interval_secs: float = param(
         2.0, "background mode: seconds between polls of a response", flag="--poll-interval"
     )
+    max_waiting: int = max_waiting_param()
     cancel_on_interrupt: bool = param(
         False,
         "on Ctrl-C, cancel the work still running at OpenAI (background responses, "
@@ -161,6 +170,7 @@ class ResponsesRequest:
         check.number("timeout_secs", self.timeout_secs, positive=True)
         check.integer("max_concurrent_requests", self.max_concurrent_requests, minimum=1)
         check.integer("max_retries", self.max_retries, minimum=0)
+        check.integer("max_waiting", self.max_waiting, minimum=0)
         check.integer("retry_delay_min_ms", self.retry_delay_min_ms, minimum=0)
         check.integer("retry_delay_max_ms", self.retry_delay_max_ms, minimum=0)
         if self.retry_delay_min_ms > self.retry_delay_max_ms:

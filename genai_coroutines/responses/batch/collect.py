@@ -26,6 +26,7 @@ from typing import Any
 from ...engine import Admitted, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result, log_event
 from ...engine.grouped import GroupRun, Tasks
 from ...engine.journal import Unfinished
+from ...engine.stages import StageKey
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
@@ -130,7 +131,7 @@ class _Collecting:
                 known = (
                     None
                     if digest is None or journal is None
-                    else journal.group_line(item.index, digest)
+                    else journal.group_line(StageKey(item.index), digest)
                 )
                 if known is not None and known.job_id is not None:
                     self.batched.put_nowait(item)

@@ -145,7 +145,7 @@ class BatchJobs:
         journal, digest = self.group.batch.journal, self.group.digests.get(index)
         if journal is None or digest is None:
             return None
-        return journal.group_line(index, digest)
+        return journal.group_line(StageKey(index), digest)
 
     def _job(self) -> BatchJob:
         job = BatchJob(next(self.numbers))

@@ -25,6 +25,7 @@ from contextlib import suppress
 
 from ...engine import Capacity, Failure, Success, log_event
 from ...engine.grouped import GroupRun
+from ...engine.stages import StageKey
 from ...engine.telemetry import batch_api_file
 from .answers import Answers
 from .context import BatchContext
@@ -185,7 +186,7 @@ class Submitter:
         job.uploaded_here = True
         digests = self.group.digests
         members = [
-            (index, digests[index], member.line_id, member.attempt)
+            (StageKey(index), digests[index], member.line_id, member.attempt)
             for index, member in job.members.items()
             if index in digests
         ]
