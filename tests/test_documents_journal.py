@@ -185,3 +185,24 @@ async def test_a_journal_of_the_previous_schema_opens_and_resumes_its_jobs(
     with contextlib.closing(sqlite3.connect(old)) as db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
     assert "stage_submissions" not in tables  # one-stage items add nothing to the file
+
+
+async def test_closing_the_stream_mid_batch_releases_the_journal_at_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Leaving `async for` and closing the stream ends its batch then, not when the garbage
+    collector finalizes it: the same journal opens again straight away."""
+    journal = tmp_path / "ocr.journal"
+    emulator.config.seconds_per_page = 0.05
+    processor = DocumentProcessor(config_for(emulator, max_concurrent_requests=1))
+    stream = processor.stream(_docs(3), journal=journal)
+    async for first in stream:
+        assert first["success"]
+        break
+    await stream.aclose()
+
+    again = [r async for r in processor.stream(_docs(3), journal=journal)]
+
+    assert sorted(r["index"] for r in again) == [0, 1, 2]
+    assert all(r["success"] for r in again)
+    assert sum(bool(r.get("from_journal")) for r in again) == 1

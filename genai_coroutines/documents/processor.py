@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -170,8 +171,11 @@ class DocumentProcessor:
             ),
         )
         self.last_summary = driver.summary
-        async for result in driver.stream():
-            yield result
+        # `aclosing`: a consumer closing this stream mid-batch (`aclose()`) ends the batch
+        # now, its journal released, not when the GC finalizes the driver's generator.
+        async with aclosing(driver.stream()) as results:
+            async for result in results:
+                yield result
 
     def adapter(self) -> DocumentsAdapter:
         """The engine `Adapter` of this config on the key's limits (what `stream` runs; the
