@@ -46,6 +46,25 @@ async def test_rerun_with_the_journal_sends_only_what_did_not_succeed(
     assert parse_responses(second)[5] == parse_responses(first)[5]
 
 
+async def test_closing_the_stream_mid_batch_releases_the_journal_at_once(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Leaving `async for` and closing the stream ends its batch then, not when the garbage
+    collector finalizes it: the same journal opens again straight away."""
+    journal = tmp_path / "batch.journal"
+    request = request_for(emulator, ["a", "b", "c"], max_concurrent_requests=1)
+    stream = ResponsesProcessor().stream(request, journal=journal)
+    async for first in stream:
+        assert first["success"]
+        break
+    await stream.aclose()  # type: ignore[attr-defined]
+
+    again = await collect(ResponsesProcessor(), request, journal)
+
+    assert [r["index"] for r in again] == [0, 1, 2] and all(r["success"] for r in again)
+    assert sum(bool(r.get("from_journal")) for r in again) == 1
+
+
 async def test_the_journal_never_holds_the_key(emulator: Emulator, tmp_path: Path) -> None:
     journal = tmp_path / "batch.journal"
     await collect(ResponsesProcessor(), request_for(emulator, ["a", "b"]), journal)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -247,5 +248,8 @@ class ResponsesProcessor:
         else:
             driver = Driver(path(request, limiter, self.cache_keys), request.user_prompts, options)
         self.last_summary = driver.summary
-        async for result in driver.stream():
-            yield result
+        # `aclosing`: a consumer closing this stream mid-batch (`aclose()`) ends the batch
+        # now, its journal released, not when the GC finalizes the driver's generator.
+        async with aclosing(driver.stream()) as results:
+            async for result in results:
+                yield result
