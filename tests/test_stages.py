@@ -266,3 +266,24 @@ async def test_a_background_extraction_is_polled_by_the_rerun_not_posted_again(
     assert row["success"] and row["fields"]["invoice_number"] == "INV-1000"
     assert row["ocr"]["from_journal"] and not row.get("from_journal")
     assert posts(emulator) == 1, "the extraction was POSTed again"
+
+
+async def test_a_background_extraction_polls_without_its_extraction_slot(
+    emulator: Emulator,
+) -> None:
+    """At extraction concurrency 1 the background extractions of four documents run at
+    OpenAI together: each one's poll leaves the extraction slot to the next POST (before,
+    the poll kept it, so one ran at a time)."""
+    emulator.config.seconds_per_page = 0.01
+    emulator.config.background_queue_seconds = 0.1
+    options = {"background": True, "poll_interval_secs": 0.01, "max_concurrent_requests": 1}
+    pipeline = pipeline_for(emulator, ocr={"max_concurrent_requests": 4}, request=options)
+    task = asyncio.ensure_future(pipeline.process([invoice_pdf(i) for i in range(4)]))
+    running = 0
+    while not task.done():  # what runs at OpenAI: POSTed and not yet completed there
+        completed = sum(emulator.stats.completed_by_digest.values())
+        running = max(running, posts(emulator) - completed)
+        await asyncio.sleep(0.002)
+    rows = await task
+    assert all(row["success"] for row in rows) and posts(emulator) == 4
+    assert running > 1, "each background extraction kept the extraction slot while polled"

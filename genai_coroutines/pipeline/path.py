@@ -60,6 +60,7 @@ from ..responses.prices import usage_tokens
 from ..responses.results import Answer
 from .fields import fields_of, merge_fields
 from .pages import payload_pages
+from .slots import StageRun, StageSlot
 
 T = TypeVar("T")
 
@@ -287,17 +288,18 @@ class PipelineAdapter:
     ) -> Outcome[Answer]:
         """One extraction request. In background mode (`BackgroundAdapter`) its response id
         is journaled under `key` when the POST returns, and a rerun polls the response the
-        journal holds instead of POSTing it again; the poll keeps the extraction's slot."""
+        journal holds instead of POSTing it again; the poll leaves the extraction's slot."""
         journal = run.batch.journal
         accepted = None if journal is None else journal.submitted(key, digest)
-        async with self.extraction_slots:
-            stage_run = ItemRun(
+        async with StageSlot(self.extraction_slots) as slot:
+            stage_run = StageRun(
                 run.index,
                 self._batch(run, EXTRACTION_STAGE),
                 started,
                 None if accepted is None else Submission(*accepted),
                 on_submitted=_journal_submission(run, key, digest),
                 trace=run.trace,
+                slot=slot,
             )
             return await self.extraction.execute(stage_run, prepared)
 
