@@ -23,15 +23,14 @@ from ..engine import (
     USER_AGENT,
     BatchOptions,
     ClientOptions,
-    Clients,
     Driver,
-    KeyLimits,
     Result,
     Submission,
     collect_in_order,
     count,
 )
 from ..engine.budget import SharedBudget, budget_needs
+from ..engine.clients import UsesClients
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
@@ -50,7 +49,7 @@ def datalab_headers(config: DocumentConfig) -> dict[str, str]:
     return {"X-Api-Key": config.api_key or "", "User-Agent": USER_AGENT}
 
 
-class DocumentProcessor:
+class DocumentProcessor(UsesClients):
     """Runs batches of documents through the Datalab API with one `DocumentConfig`."""
 
     last_summary: Summary | None = None
@@ -68,12 +67,7 @@ class DocumentProcessor:
         if not isinstance(config, DocumentConfig):
             raise TypeError(f"config must be a DocumentConfig, got {type(config).__name__}")
         self.config = config
-        self.clients = Clients(**clients)
-
-    @property
-    def limits(self) -> KeyLimits:
-        """The limits every batch of this processor draws on."""
-        return self.clients.limits
+        super().__init__(**clients)
 
     def __repr__(self) -> str:
         return f"DocumentProcessor({self.config!r})"

@@ -79,3 +79,16 @@ class Clients:
     def session(self, concurrency: int, headers: Mapping[str, str]) -> aiohttp.ClientSession:
         """A session for `concurrency` requests at once, sending `headers` with each."""
         return open_session(concurrency, headers, self.connector)
+
+
+class UsesClients:
+    """The base of what runs batches through one `Clients` (each processor, the pipeline):
+    made from the caller's `ClientOptions` once, shared by all its batches."""
+
+    def __init__(self, **clients: Unpack[ClientOptions]) -> None:
+        self.clients = Clients(**clients)
+
+    @property
+    def limits(self) -> KeyLimits:
+        """The limits every batch of this object draws on, for each key it sends with."""
+        return self.clients.limits

@@ -24,9 +24,7 @@ from ..engine import (
     USER_AGENT,
     BatchOptions,
     ClientOptions,
-    Clients,
     Driver,
-    KeyLimits,
     Result,
     Submission,
     collect_in_order,
@@ -36,9 +34,9 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.background import BackgroundAdapter
-from ..responses.cache_keys import CacheKeys
+from ..responses.clients import ResponsesClients
 from ..responses.direct import DirectAdapter, key_limiter
-from ..responses.prices import PricesArg, load_prices, table_of, warn_unpriced
+from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
 from .path import PipelineAdapter, logger
@@ -75,7 +73,7 @@ def extraction_request(
     )
 
 
-class ExtractionPipeline:
+class ExtractionPipeline(ResponsesClients):
     """Documents through Datalab OCR and OpenAI extraction, one streamed batch (see the
     package docstring). Reuse one freely; it only remembers `last_summary`."""
 
@@ -120,15 +118,7 @@ class ExtractionPipeline:
         self.ocr = ocr
         self.extraction = extraction
         self.per_page = per_page
-        self.prices = load_prices(prices)
-        self.clients = Clients(**clients)
-        self.cache_keys = CacheKeys()
-        """The extraction's `prompt_cache_key="auto"` plan, shared by this pipeline's batches."""
-
-    @property
-    def limits(self) -> KeyLimits:
-        """The limits every batch of this pipeline draws on, for both keys."""
-        return self.clients.limits
+        super().__init__(prices, **clients)
 
     def __repr__(self) -> str:
         return (

@@ -24,10 +24,8 @@ from ..engine import (
     USER_AGENT,
     BatchOptions,
     ClientOptions,
-    Clients,
     Driver,
     DriverCore,
-    KeyLimits,
     Result,
     collect_in_order,
     count,
@@ -40,10 +38,10 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .background import BackgroundAdapter
 from .batch import BatchAPI, BatchAPIAdapter, CollectingAdapter, check_rerun
-from .cache_keys import CacheKeys
+from .clients import ResponsesClients
 from .direct import DirectAdapter, budget_for, key_limiter
 from .estimate import estimate
-from .prices import PricesArg, TokenPrices, load_prices, table_of, tier_share, warn_unpriced
+from .prices import PricesArg, TokenPrices, table_of, tier_share, warn_unpriced
 from .request import ResponsesRequest
 from .results import logger
 
@@ -63,7 +61,7 @@ def request_headers(request: ResponsesRequest) -> dict[str, str]:
     return {**{k: v for k, v in ours.items() if k.lower() not in overridden}, **extra}
 
 
-class ResponsesProcessor:
+class ResponsesProcessor(ResponsesClients):
     """Runs `ResponsesRequest` batches; reuse one freely (it only remembers `last_summary`)."""
 
     last_summary: Summary | None = None
@@ -76,15 +74,7 @@ class ResponsesProcessor:
         limits every process using it shares), `limits` (a `KeyLimits` instead) and
         `connector` (a factory of the aiohttp connector each batch's session sends
         through): see `engine.ClientOptions`."""
-        self.prices = load_prices(prices)
-        self.clients = Clients(**clients)
-        self.cache_keys = CacheKeys()
-        """The `prompt_cache_key="auto"` plan of every batch of this processor."""
-
-    @property
-    def limits(self) -> KeyLimits:
-        """The limits every batch of this processor draws on."""
-        return self.clients.limits
+        super().__init__(prices, **clients)
 
     async def process_batch(
         self,
