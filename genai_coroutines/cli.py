@@ -11,7 +11,7 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence, Sized
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence, Sized
 from typing import Any, Generic, TypeVar, cast
 
 import orjson
@@ -412,6 +412,10 @@ async def _write_all(
             if not drain:
                 break
     finally:
+        if isinstance(results, AsyncGenerator):
+            # Closed here, before its batch's own generators: asyncio.run's shutdown would
+            # close them all at once, this one's `aclosing` racing its driver's.
+            await results.aclose()
         try:
             writer.close()
         except OSError as exc:  # what it still held was not written
