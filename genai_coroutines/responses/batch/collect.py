@@ -93,7 +93,8 @@ class CollectingAdapter:
             request, BatchAPI(poll_interval_secs=request.poll_interval_secs), direct, limits
         )
         self.stage = BatchStage(self.collector, resend=self._again)
-        self.concurrency = request.max_concurrent_requests
+        self.resending = asyncio.Semaphore(request.max_concurrent_requests)
+        """Bounds the lines sent again synchronously (beside the driver's own slots)."""
         self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
@@ -123,26 +124,18 @@ class CollectingAdapter:
 
     def _again(self, jobs: BatchJobs, job: BatchJob, members: dict[int, Member]) -> None:
         """Send synchronously what an ended batch handed back (its lines are in the spool),
-        `concurrency` at a time."""
+        `max_concurrent_requests` at a time."""
         max_output = self.direct.template.max_output
-        slots = asyncio.Semaphore(self.concurrency)
         for raw in job.spool.read():
             index = index_of(custom_id_of(raw))
             member = None if index is None else members.pop(index, None)
             if index is not None and member is not None:
                 prepared = Prepared(body_of(raw), member.tokens + max_output)
-                jobs.tasks.spawn(self._send(jobs.group, slots, index, prepared, member.attempt + 1))
+                jobs.tasks.spawn(self._send(jobs.group, index, prepared, member.attempt + 1))
 
-    async def _send(
-        self,
-        group: GroupRun,
-        slots: asyncio.Semaphore,
-        index: int,
-        prepared: Prepared,
-        earlier: int,
-    ) -> None:
+    async def _send(self, group: GroupRun, index: int, prepared: Prepared, earlier: int) -> None:
         """Run one item on the synchronous path; `earlier`: batches it was sent in before."""
-        async with slots:
+        async with self.resending:
             item = ItemRun(index, group.batch, time.perf_counter())
             outcome = await self.direct.execute(item, prepared)
         await group.emit(StageKey(index), replace(outcome, attempts=outcome.attempts + earlier))
