@@ -11,7 +11,8 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence, Sized
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence, Sized
+from contextlib import aclosing
 from typing import Any, Generic, TypeVar, cast
 
 import orjson
@@ -382,7 +383,7 @@ def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
 
 
 async def _write_all(
-    results: AsyncIterator[dict[str, Any]],
+    results: AsyncGenerator[dict[str, Any], None],
     output: str,
     documents: NamedDocuments | None,
     feed: Feed[Any],
@@ -400,22 +401,19 @@ async def _write_all(
     failure: OSError | None = None
     unwritten = 0
     try:
-        async for result in results:
-            if failure is None:
-                try:
-                    writer.write(documents.label(result) if documents is not None else result)
-                    continue
-                except OSError as exc:
-                    failure = exc
-                    feed.halt()
-            unwritten += 1
-            if not drain:
-                break
+        async with aclosing(results):  # a break ends the batch here, not at the loop's end
+            async for result in results:
+                if failure is None:
+                    try:
+                        writer.write(documents.label(result) if documents is not None else result)
+                        continue
+                    except OSError as exc:
+                        failure = exc
+                        feed.halt()
+                unwritten += 1
+                if not drain:
+                    break
     finally:
-        if isinstance(results, AsyncGenerator):
-            # Closed here, before its batch's own generators: asyncio.run's shutdown would
-            # close them all at once, this one's `aclosing` racing its driver's.
-            await results.aclose()
         try:
             writer.close()
         except OSError as exc:  # what it still held was not written

@@ -24,8 +24,22 @@ from genai_coroutines import (
     ResponsesRequest,
 )
 from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine import (
+    Answered,
+    BatchOptions,
+    Deferred,
+    Driver,
+    Failure,
+    ItemRun,
+    KeyLimits,
+    Outcome,
+)
 from genai_coroutines.engine.stages import StageKey
+from genai_coroutines.engine.store import MemoryStore
+from genai_coroutines.responses.batch import BatchAPIAdapter
 from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
+from genai_coroutines.responses.direct import DirectAdapter, Prepared, key_limiter
+from genai_coroutines.responses.processor import request_headers
 from tests import samples
 from tests.documents_support import config_for
 from tests.pipeline_support import invoice_pdf, pipeline_for
@@ -287,3 +301,48 @@ async def test_a_background_extraction_polls_without_its_extraction_slot(
     rows = await task
     assert all(row["success"] for row in rows) and posts(emulator) == 4
     assert running > 1, "each background extraction kept the extraction slot while polled"
+
+
+class TwoLineAdapter(BatchAPIAdapter):
+    """An item of two Batch API lines: its `then` sends the second once the first is
+    answered, and the second's outcome is the item's."""
+
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Deferred:
+        key = StageKey(run.index)
+        second = await self.prepare(run.index, f"second {run.index}")
+        assert not isinstance(second, Failure)
+
+        def then(first: Outcome[Any]) -> Outcome[Any] | Deferred:
+            assert isinstance(first, Answered), first
+            self.firsts.append(first)
+            return Deferred(self.stage, key, second)
+
+        return Deferred(self.stage, key, prepared, then)
+
+    firsts: list[Answered[Any]]
+
+
+async def test_a_grouped_stage_continues_into_the_next_without_a_slot(
+    emulator: Emulator,
+) -> None:
+    """At concurrency 1, the six items' first lines all go into one file (none holds the
+    only slot), each `then` turns its answer into a second line, and the item ends with the
+    second line's answer."""
+    prompts = [f"first {i}" for i in range(6)]
+    request = request_for(emulator, prompts, max_concurrent_requests=1)
+    limits = KeyLimits(MemoryStore())
+    direct = DirectAdapter(request, key_limiter(request, limits))
+    adapter = TwoLineAdapter(request, BatchAPI(poll_interval_secs=0.01), direct, limits)
+    adapter.firsts = []
+    options = BatchOptions(concurrency=1, headers=request_headers(request))
+
+    results = [result async for result in Driver(adapter, prompts, options).stream()]
+
+    assert sorted(r["index"] for r in results) == list(range(6))
+    assert all(r["success"] for r in results)
+    assert len(adapter.firsts) == 6
+    first_batches = {first.ids.group for first in adapter.firsts if first.ids is not None}
+    assert len(first_batches) == 1, "an item waiting on its line held the only slot"
+    assert all(r["batch_id"] not in first_batches for r in results)
+    lines = emulator.stats.batch_executions_by_custom_id
+    assert sum(lines.values()) == 12 and set(lines.values()) == {1}

@@ -14,7 +14,7 @@ never an exception: the batch always finishes.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -115,7 +115,7 @@ class DocumentProcessor(UsesClients):
         max_cost_cents: float | None = None,
         cents_per_page: float | None = None,
         budget_name: str | None = None,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Yield each document's result as it finishes.
 
         `resume` maps an input index to a job submitted earlier, which is polled instead

@@ -30,23 +30,26 @@ one the moment the API returns it.
 Two choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
 (`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
-`twin` set, to await through `_twin_of`, never to send); with a `budget`, each item's
-estimated cost is reserved before it is sent and settled when it finishes, and once the
-next one could pass the budget the rest end `budget_exceeded` unsent (`engine.budget`).
+`twin` set, and ends with its original's outcome, never sent, holding no slot); with a
+`budget`, each item's estimated cost is reserved before it is sent and settled when it
+finishes, and once the next one could pass the budget the rest end `budget_exceeded`
+unsent (`engine.budget`).
 
-`DriverCore` is all of this but how admitted items run; `Driver` runs each item on its
-own through `execute`. A path whose API answers items in groups (the OpenAI Batch API: a
-file of requests, answered when its batch ends) runs them with `engine.grouped` instead,
-behind the same admission (`prepare`, `digest`, `render`, `revive`: `Admission`),
-journal, progress, summary, logging and batch stop.
+`execute` may also return a `Deferred`: a stage request run in a group the API answers
+together (the OpenAI Batch API: a file of lines, answered when its batch ends). The driver
+hands it to the stage's group (`GroupedStage.open`, once per batch) and frees the item's
+slot; the group reports each line's outcome by its `StageKey` (`GroupRun.emit`), and the
+driver goes on with the item's `then`. Once the input is read, the groups are `close`d
+(they send what they hold) and the batch ends when no line waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -59,8 +62,8 @@ from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
-from .runner import Slots, Source, run_streaming
-from .stages import MAX_WAITING
+from .runner import Later, Slots, Source, run_streaming
+from .stages import MAX_WAITING, StageKey
 from .summary import Summary
 from .telemetry import BatchTelemetry, ItemTelemetry, start_batch
 
@@ -100,7 +103,63 @@ class Admission(Protocol[P]):
 class Adapter(Admission[P], Protocol[P]):
     """What one API (or one execution path of it) adds to the driver."""
 
-    async def execute(self, run: ItemRun, prepared: P) -> Outcome[Any]: ...
+    async def execute(self, run: ItemRun, prepared: P) -> Outcome[Any] | Deferred: ...
+
+
+Then = Callable[[Outcome[Any]], "Outcome[Any] | Deferred"]
+"""What an item does with the outcome of a grouped stage: its own outcome, or its next stage."""
+
+
+@dataclass(slots=True)
+class Deferred:
+    """What `Adapter.execute` returns to run a stage request in a group (`GroupedStage`):
+    the driver hands `(key, request)` to the stage's group, frees the item's slot, and once
+    the group reports the line's outcome, calls `then(outcome)` (None: that outcome is the
+    item's) for the item's outcome or its next `Deferred`. Nothing else of the item stays
+    in memory meanwhile: no task, no future, no coroutine."""
+
+    stage: GroupedStage
+    key: StageKey
+    request: Any
+    then: Then | None = None
+
+
+@dataclass(slots=True)
+class GroupRun:
+    """What a grouped stage's group shares with the driver for one batch."""
+
+    batch: BatchRun
+    digests: Mapping[int, str]
+    """The journal digest of each item until its result is recorded (empty without one)."""
+    emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]]
+    """Report a line's outcome (exactly once per line `add`ed); waits while the consumer is
+    `runner.QUEUED_RESULTS` results behind, so the group's downloads pause with it."""
+    fail: Callable[[BaseException], None]
+    """End the batch with a bug of the group's own work."""
+
+
+class Group(Protocol):
+    """A grouped stage's lines for one batch (see `GroupedStage`)."""
+
+    async def add(self, key: StageKey, request: Any) -> None:
+        """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent)."""
+        ...
+
+    def close(self) -> None:
+        """No line will come but the next stages of lines already taken: send what is held."""
+        ...
+
+    async def shut(self, finished: bool) -> None:
+        """The batch ends (not `finished`: interrupted, so say what runs on or cancel it)."""
+        ...
+
+
+class GroupedStage(Protocol):
+    """A stage whose requests the API answers in groups (the Batch API: files of lines)."""
+
+    def open(self, run: GroupRun) -> Group:
+        """Its group for one batch, opened when the batch's first line comes."""
+        ...
 
 
 @dataclass(slots=True)
@@ -111,8 +170,8 @@ class Admitted(Generic[P]):
     prepared: P
     started: float
     twin: Twin | None = None
-    """With `dedupe`: the identical item already running, whose outcome this one awaits
-    (`DriverCore._twin_of`) instead of being sent."""
+    """With `dedupe`: the identical item already running, whose outcome this one takes
+    (`Driver._await_twin`) instead of being sent."""
 
 
 Ended = tuple[ItemEnd[Any], Result]
@@ -194,7 +253,7 @@ class BatchOptions:
 class DriverCore(Generic[P]):
     """What every driver does around its items (see the module docstring): `stream` runs
     the batch, `_results` runs its items, admitting each with `_admit` and journaling what
-    `_finish`es. `Driver` runs each item on its own; `engine.grouped` runs them in groups."""
+    `_finish`es. `Driver` runs the items."""
 
     def __init__(self, adapter: Admission[P], source: Source[Any], options: BatchOptions) -> None:
         self.adapter = adapter
@@ -239,11 +298,12 @@ class DriverCore(Generic[P]):
                     telemetry,
                     Slots(options.max_waiting),
                 )
-                async for end, result in self._results(run):
-                    books.add(end)
-                    if telemetry is not None:
-                        telemetry.finished(end)
-                    yield result
+                async with aclosing(self._results(run)) as results:
+                    async for end, result in results:
+                        books.add(end)
+                        if telemetry is not None:
+                            telemetry.finished(end)
+                        yield result
         finally:
             if options.budget is not None:
                 await options.budget.close()
@@ -262,7 +322,7 @@ class DriverCore(Generic[P]):
                 secs=f"{time.perf_counter() - started:.2f}",
             )
 
-    def _results(self, run: BatchRun) -> AsyncIterator[Ended]:
+    def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
@@ -311,12 +371,6 @@ class DriverCore(Generic[P]):
                 return self._finish(ItemEnd(index, Failed(held, 0), started))
             self._held[index] = held
         return Admitted(index, prepared, started)
-
-    async def _twin_of(self, admitted: Admitted[P]) -> Ended:
-        """The end of an admitted item whose twin is running: the twin's, once it ends."""
-        assert admitted.twin is not None
-        ended = await admitted.twin.result
-        return self._finish(twin_end(ended, admitted.index, admitted.started))
 
     def _abandon(self, index: int) -> None:
         """An admitted item will not finish (the batch is being cancelled)."""
@@ -367,28 +421,58 @@ class DriverCore(Generic[P]):
         return True
 
 
+@dataclass(slots=True)
+class _Waiting:
+    """What the driver keeps of an item whose line waits in a group."""
+
+    index: int
+    started: float
+    then: Then | None
+    trace: ItemTelemetry | None
+
+
 class Driver(DriverCore[P]):
-    """One batch of one adapter, each item on its own, `concurrency` at once; `stream` runs it."""
+    """One batch of one adapter, each item on its own, `concurrency` at once; `stream` runs it.
+    An item whose `execute` returns a `Deferred` leaves its slot while its line waits in
+    its stage's group; a twin (`dedupe`) waits for its original without one either."""
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
         super().__init__(adapter, source, options)
         self.executor = adapter
+        self._later: Later[Ended] = Later(self._close_groups)
+        self._groups: dict[GroupedStage, Group] = {}
+        self._waiting: dict[StageKey, _Waiting] = {}
+        self._run: BatchRun | None = None
 
-    def _results(self, run: BatchRun) -> AsyncIterator[Ended]:
-        def work(index: int, item: Any) -> Awaitable[Ended]:
+    async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
+        def work(index: int, item: Any) -> Awaitable[Ended | None]:
             return self._one(run, index, item)
 
-        return run_streaming(
-            self.source, work, concurrency=self.options.concurrency, slots=run.slots
+        later = self._later
+        self._run, finished = run, False
+        results = run_streaming(
+            self.source, work, concurrency=self.options.concurrency, slots=run.slots, later=later
         )
+        try:
+            async with aclosing(results):  # its workers cancelled before the groups shut
+                async for ended in results:
+                    yield ended
+            finished = True
+        finally:
+            for index in {waiting.index for waiting in self._waiting.values()}:
+                self._abandon(index)
+            for group in self._groups.values():
+                await group.shut(finished)
 
-    async def _one(self, run: BatchRun, index: int, item: Any) -> Ended:
-        """One item from its input to its end; never raises for its own failures."""
+    async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
+        """One item from its input to its end (None: it ends later, see `_report`); never
+        raises for its own failures."""
         admitted = await self._admit(index, item)
         if not isinstance(admitted, Admitted):
             return admitted
         if admitted.twin is not None:
-            return await self._twin_of(admitted)
+            self._await_twin(admitted)
+            return None
         item_run = ItemRun(index, run, admitted.started, self._known(index))
         if self.books.journal is not None:
             item_run.on_submitted = self._journal_submission(index)
@@ -396,6 +480,11 @@ class Driver(DriverCore[P]):
             item_run.trace = run.telemetry.item(index)
         try:
             outcome = await self.executor.execute(item_run, admitted.prepared)
+            if isinstance(outcome, Deferred):
+                waiting = _Waiting(index, admitted.started, outcome.then, item_run.trace)
+                self._later.pending += 1
+                await self._defer(waiting, outcome)
+                return None
         except BaseException:
             self._abandon(index)
             if item_run.trace is not None:
@@ -404,6 +493,53 @@ class Driver(DriverCore[P]):
         if item_run.trace is not None:
             item_run.trace.end(outcome)
         return self._finish(ItemEnd(index, outcome, admitted.started))
+
+    async def _defer(self, waiting: _Waiting, deferred: Deferred) -> None:
+        """Hand a stage request to its group; `_report` takes its outcome."""
+        group = self._groups.get(deferred.stage)
+        if group is None:
+            assert self._run is not None
+            group_run = GroupRun(self._run, self.books.digests, self._report, self._later.fail)
+            group = self._groups[deferred.stage] = deferred.stage.open(group_run)
+        waiting.then = deferred.then
+        self._waiting[deferred.key] = waiting
+        await group.add(deferred.key, deferred.request)
+        if self._later.closed:
+            group.close()
+
+    async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
+        """`GroupRun.emit`: a line's outcome, for its item's next stage or its end."""
+        waiting = self._waiting.pop(key)
+        then = waiting.then
+        ended = outcome if then is None else then(outcome)
+        if isinstance(ended, Deferred):  # its next stage
+            await self._defer(waiting, ended)
+            return
+        if waiting.trace is not None:
+            waiting.trace.end(ended)
+        await self._later.put(self._finish(ItemEnd(waiting.index, ended, waiting.started)))
+
+    def _close_groups(self) -> None:
+        """`Later.close`: the input is read, so each group sends what it holds."""
+        for group in self._groups.values():
+            group.close()
+
+    def _await_twin(self, admitted: Admitted[P]) -> None:
+        """An item whose twin runs ends with the twin's outcome, holding no slot meanwhile."""
+        assert admitted.twin is not None
+        later, index, started = self._later, admitted.index, admitted.started
+        later.pending += 1
+
+        def ended(result: asyncio.Future[ItemEnd[Any]]) -> None:
+            if result.cancelled():  # abandoned: the batch is being cancelled
+                later.pending -= 1
+                return
+            try:
+                later.put_nowait(self._finish(twin_end(result.result(), index, started)))
+            except Exception as exc:  # a bug: the consumer raises it
+                later.fail(exc)
+
+        admitted.twin.result.add_done_callback(ended)
 
     def _journal_submission(self, index: int) -> Callable[[Submission], object]:
         """`ItemRun.on_submitted` of item `index`. (Its own function: a closure in `_one`

@@ -38,6 +38,10 @@ from .stages import MAX_WAITING
 T = TypeVar("T")
 R = TypeVar("R")
 
+QUEUED_RESULTS = 256
+"""Results that arrived later (`Later.put`) waiting for the consumer before their stage
+pauses for it."""
+
 Source = Iterable[T] | AsyncIterable[T]
 
 
@@ -112,6 +116,40 @@ class _Handoff(Generic[R]):
             consumer.set_result(None)
 
 
+class Later(Generic[R]):
+    """Results that arrive after their worker moved on: an item the worker handed to a stage
+    that answers it later (a grouped stage's line) costs no worker while it waits.
+    `pending` counts them; `put` hands one over once its answer is in (waiting while the
+    consumer is `QUEUED_RESULTS` behind), `fail` ends the batch with a bug. Once every
+    worker has retired (the input is read), `close` is called once: the stages then send
+    what they still hold, and the batch ends when nothing is pending."""
+
+    __slots__ = ("pending", "close", "closed", "handoff")
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self.pending = 0
+        self.close = close
+        self.closed = False
+        self.handoff: _Handoff[R] | None = None
+
+    async def put(self, result: R) -> None:
+        self.pending -= 1
+        handoff = self.handoff
+        assert handoff is not None
+        handoff.put(result)
+        if len(handoff.items) >= QUEUED_RESULTS:
+            await handoff.wait_for_room()
+
+    def put_nowait(self, result: R) -> None:
+        self.pending -= 1
+        assert self.handoff is not None
+        self.handoff.put(result)
+
+    def fail(self, exc: BaseException) -> None:
+        assert self.handoff is not None
+        self.handoff.fail(exc)
+
+
 class Slots:
     """The runner's `concurrency` slots, which an item waiting on the provider leaves for
     the wait (`wait`; see the module docstring). `run_streaming` sets `spawn` (start a
@@ -150,12 +188,13 @@ class Slots:
 
 async def run_streaming(
     source: Source[T],
-    work: Callable[[int, T], Awaitable[R]],
+    work: Callable[[int, T], Awaitable[R | None]],
     *,
     concurrency: int,
     start: int = 0,
     slots: Slots | None = None,
-) -> AsyncIterator[R]:
+    later: Later[R] | None = None,
+) -> AsyncGenerator[R, None]:
     """Run `work(index, item)` for every item with at most `concurrency` at once; yield results.
 
     `work` must not raise for per-item failures: it returns them as results. An exception
@@ -169,6 +208,9 @@ async def run_streaming(
     `slots`: what `work` waits under (`Slots.wait`) to free its slot while it waits; a
     freed slot gets a worker of its own, and a worker retires for each item that
     finished without its slot.
+
+    `later`: `work` returns None for an item whose result comes through `later.put`
+    instead (see `Later`).
     """
     numbered: Iterator[tuple[int, T]] | None = None
     items: AsyncGenerator[tuple[int, T], None] | None = None
@@ -187,13 +229,18 @@ async def run_streaming(
     size = max(1, concurrency)
     handoff: _Handoff[R] = _Handoff(size, size)
     ran_out = False
+    if later is not None:
+        later.handoff = handoff
+
+    def done(result: R | None) -> bool:
+        return result is not None and handoff.put(result)
 
     async def worker() -> None:
         nonlocal ran_out
         try:
             if numbered is not None:  # a plain iterable: no coroutine per input
                 for index, item in numbered:
-                    if handoff.put(await work(index, item)):
+                    if done(await work(index, item)):
                         await handoff.wait_for_room()
                     if slots is not None and slots.orphans:  # its slot went to another
                         slots.orphans -= 1
@@ -202,7 +249,7 @@ async def run_streaming(
                     ran_out = True
             else:
                 while (numbered_item := await next_item()) is not None:
-                    if handoff.put(await work(*numbered_item)):
+                    if done(await work(*numbered_item)):
                         await handoff.wait_for_room()
                     if slots is not None and slots.orphans:
                         slots.orphans -= 1
@@ -233,8 +280,13 @@ async def run_streaming(
                 yield handoff.take()
             elif handoff.failure is not None:
                 raise handoff.failure
-            elif not handoff.live:
+            elif handoff.live:
+                await handoff.arrival()
+            elif later is None or (later.closed and not later.pending):
                 return
+            elif not later.closed:
+                later.closed = True
+                later.close()
             else:
                 await handoff.arrival()
     finally:

@@ -10,7 +10,7 @@ returns the list in input order); the row's keys are listed in `path`.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -144,7 +144,7 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
 

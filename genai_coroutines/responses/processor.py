@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from ..engine import (
     USER_AGENT,
+    Adapter,
     BatchOptions,
     ClientOptions,
     Driver,
-    DriverCore,
     Result,
     collect_in_order,
     count,
     log_event,
 )
 from ..engine.budget import SharedBudget, budget_needs
-from ..engine.grouped import GroupedDriver
 from ..engine.journal import Unfinished, unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
@@ -140,7 +139,7 @@ class ResponsesProcessor(ResponsesClients):
         max_cost_usd: float | None = None,
         budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
-    ) -> AsyncIterator[Result]:
+    ) -> AsyncGenerator[Result, None]:
         """Each item's result dict (carrying its `index`) as soon as it finishes.
 
         `journal` names a file recording every result as it happens: run the same batch
@@ -225,18 +224,16 @@ class ResponsesProcessor(ResponsesClients):
             },
         )
         warn_unpriced(logger, request.model, prices)
-        driver: DriverCore[Any]
+        adapter: Adapter[Any]
         if batch is not None:
             direct = DirectAdapter(request, limiter, self.cache_keys)
             adapter = BatchAPIAdapter(request, batch, direct, self.limits)
-            driver = GroupedDriver(adapter, request.user_prompts, options)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
-            collecting = CollectingAdapter(
-                DirectAdapter(request, limiter, self.cache_keys), self.limits
-            )
-            driver = GroupedDriver(collecting, request.user_prompts, options)
+            direct = DirectAdapter(request, limiter, self.cache_keys)
+            adapter = CollectingAdapter(direct, self.limits)
         else:
-            driver = Driver(path(request, limiter, self.cache_keys), request.user_prompts, options)
+            adapter = path(request, limiter, self.cache_keys)
+        driver = Driver(adapter, request.user_prompts, options)
         self.last_summary = driver.summary
         # `aclosing`: a consumer closing this stream mid-batch (`aclose()`) ends the batch
         # now, its journal released, not when the GC finalizes the driver's generator.

@@ -3,9 +3,10 @@
 Its modules depend on each other in one direction only (no import circle, deferred or
 not), each on those after it:
 
-    path       BatchAPIAdapter, the adapter `engine.grouped.GroupedDriver` runs
+    path       BatchAPIAdapter, whose items are lines of the Batch API stage
     collect    CollectingAdapter: a synchronous rerun that collects a journal's batches
-    jobs       BatchJobs: admitted items into files, files into batches, results emitted
+    jobs       BatchStage, a grouped stage; BatchJobs, its group: lines into files, files
+               into batches, outcomes emitted
     submitter  uploads and creates, within the enqueued tokens and creations per hour
     answers    each batch polled to its end, its lines judged and joined back
     context    BatchContext: the request, options, key limits, result rendering

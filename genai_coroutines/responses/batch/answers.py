@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ...engine import Failure, ItemEnd, Reply, RetryPolicy, Success, log_event, poll_until
+from ...engine import Failure, Outcome, Reply, RetryPolicy, Success, log_event, poll_until
 from ...engine.telemetry import batch_api_status
 from ..direct import answer
 from ..errors import classify
@@ -115,7 +115,7 @@ class Answers:
         policy: RetryPolicy,
         wait: Callable[[float], Awaitable[None]],
         *,
-        emit: Callable[[ItemEnd[Any]], Awaitable[None]],
+        emit: Callable[[int, Outcome[Any]], Awaitable[None]],
         note: Callable[[], None],
     ) -> None:
         self.context = context
@@ -316,27 +316,25 @@ class Answers:
         attempts = member.attempt + 1
         if isinstance(outcome, Success):
             await self.emit(
+                index,
                 self.context.succeeded(
-                    index,
                     outcome.value,
                     attempts=attempts,
-                    started=member.started,
                     batch_id=str(job.batch_id),
                     line=member.line_id,
-                )
+                ),
             )
         elif outcome.retriable and member.attempt < self.max_retries:
             retry.add(index, member, outcome)
         else:
             await self.emit(
+                index,
                 self.context.errored(
-                    index,
                     outcome,
                     attempts=attempts,
-                    started=member.started,
                     batch_id=job.batch_id,
                     line=member.line_id,
-                )
+                ),
             )
 
     def _never_ran(self, job: BatchJob, status: str, errors: list[Json]) -> Failure:
@@ -440,15 +438,14 @@ class Answers:
         for index in list(job.members):
             member = job.members.pop(index)
             await self.emit(
+                index,
                 self.context.errored(
-                    index,
                     failure,
                     attempts=member.attempt + (job.batch_id is not None),
-                    started=member.started,
                     batch_id=job.batch_id,
                     line=member.line_id,
                     pending=pending,
-                )
+                ),
             )
 
 

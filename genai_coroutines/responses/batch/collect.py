@@ -4,8 +4,8 @@ An interrupted run with `batch_api` and a journal leaves its batches running at 
 and they answer (and bill) every line they hold. A rerun of that journal on the
 synchronous path must not buy those items a second time, so it collects them:
 `CollectingAdapter` runs the items whose lines sit in a journaled batch as `BatchAPIAdapter`
-would on resume (the batch polled every `poll_interval_secs` until it ends, its files
-read: `jobs.BatchJobs`), and every other item synchronously, as asked,
+would on resume (the Batch API stage: the batch polled every `poll_interval_secs` until it
+ends, its files read: `jobs.BatchJobs`), and every other item synchronously, as asked,
 `max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
 never ran) is sent synchronously too, not in a new batch.
 
@@ -19,19 +19,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from ...engine import Admitted, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result, log_event
-from ...engine.grouped import GroupRun, Tasks
-from ...engine.journal import Unfinished
+from ...engine import (
+    Deferred,
+    Failure,
+    GroupRun,
+    ItemEnd,
+    ItemRun,
+    KeyLimits,
+    Outcome,
+    Result,
+    log_event,
+)
+from ...engine.journal import Unfinished, request_digest
 from ...engine.stages import StageKey
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
 from .context import BatchContext
-from .jobs import BatchJobs
+from .jobs import BatchJobs, BatchStage
 from .options import BatchAPI
 from .spool import BatchJob, Member, body_of, custom_id_of, index_of
 
@@ -68,7 +78,9 @@ def check_rerun(
 
 
 class CollectingAdapter:
-    """The `engine.grouped.GroupedAdapter` of a synchronous rerun that collects batches."""
+    """The `engine.Adapter` of a synchronous rerun that collects batches: an item whose line
+    a journaled batch holds waits on it (the Batch API stage, without a slot), any other
+    is sent synchronously."""
 
     kind = DirectAdapter.kind
     unit = "prompt"
@@ -80,7 +92,9 @@ class CollectingAdapter:
         self.collector = BatchContext(
             request, BatchAPI(poll_interval_secs=request.poll_interval_secs), direct, limits
         )
-        self.concurrency = request.max_concurrent_requests
+        self.stage = BatchStage(self.collector, resend=self._again)
+        self.resending = asyncio.Semaphore(request.max_concurrent_requests)
+        """Bounds the lines sent again synchronously (beside the driver's own slots)."""
         self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
@@ -99,79 +113,29 @@ class CollectingAdapter:
     def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
         return self.collector.revive(record)
 
-    async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        await _Collecting(self, run).run(items)
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Outcome[Answer] | Deferred:
+        """Its batch's answer, if a journaled batch holds its line; else sent now."""
+        key, journal = StageKey(run.index), run.batch.journal
+        if journal is not None:
+            known = journal.group_line(key, request_digest(*self.direct.digest(prepared)))
+            if known is not None and known.job_id is not None:
+                return Deferred(self.stage, key, prepared)
+        return await self.direct.execute(run, prepared)
 
-
-class _Collecting:
-    """One `stream()` of a `CollectingAdapter`."""
-
-    def __init__(self, path: CollectingAdapter, run: GroupRun) -> None:
-        self.path = path
-        self.group = run
-        self.batched: asyncio.Queue[Admitted[Prepared] | None] = asyncio.Queue()
-        """The items a journaled batch answers, on their way to `_collect`."""
-        self.slots = asyncio.Semaphore(path.concurrency)
-        self.tasks = Tasks()
-
-    async def run(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        try:
-            self.tasks.spawn(self._dispatch(items))
-            self.tasks.spawn(self._collect())
-            await self.tasks.join()
-        finally:
-            await self.tasks.cancel()
-
-    async def _dispatch(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        """Each item to its batch, if a journaled one holds its line, else to be sent."""
-        journal, digests = self.group.batch.journal, self.group.digests
-        try:
-            async for item in items:
-                digest = digests.get(item.index)
-                known = (
-                    None
-                    if digest is None or journal is None
-                    else journal.group_line(StageKey(item.index), digest)
-                )
-                if known is not None and known.job_id is not None:
-                    self.batched.put_nowait(item)
-                else:
-                    await self.slots.acquire()
-                    self._send(item.index, item.prepared, item.started, earlier=0, held=True)
-        finally:
-            self.batched.put_nowait(None)
-
-    async def _collect(self) -> None:
-        async def batched() -> AsyncIterator[Admitted[Prepared]]:
-            while (item := await self.batched.get()) is not None:
-                yield item
-
-        await BatchJobs(self.path.collector, self.group, resend=self._again).run(batched())
-
-    def _again(self, job: BatchJob, members: dict[int, Member]) -> None:
-        """Send synchronously what an ended batch handed back (its lines are in the spool)."""
-        max_output = self.path.direct.template.max_output
+    def _again(self, jobs: BatchJobs, job: BatchJob, members: dict[int, Member]) -> None:
+        """Send synchronously what an ended batch handed back (its lines are in the spool),
+        `max_concurrent_requests` at a time."""
+        max_output = self.direct.template.max_output
         for raw in job.spool.read():
             index = index_of(custom_id_of(raw))
             member = None if index is None else members.pop(index, None)
             if index is not None and member is not None:
                 prepared = Prepared(body_of(raw), member.tokens + max_output)
-                self._send(index, prepared, member.started, earlier=member.attempt + 1, held=False)
+                jobs.tasks.spawn(self._send(jobs.group, index, prepared, member.attempt + 1))
 
-    def _send(
-        self, index: int, prepared: Prepared, started: float, *, earlier: int, held: bool
-    ) -> None:
+    async def _send(self, group: GroupRun, index: int, prepared: Prepared, earlier: int) -> None:
         """Run one item on the synchronous path; `earlier`: batches it was sent in before."""
-
-        async def one() -> None:
-            if not held:
-                await self.slots.acquire()
-            try:
-                item = ItemRun(index, self.group.batch, started)
-                outcome = await self.path.direct.execute(item, prepared)
-            finally:
-                self.slots.release()
-            outcome = replace(outcome, attempts=outcome.attempts + earlier)
-            await self.group.emit(ItemEnd(index, outcome, started))
-
-        self.tasks.spawn(one())
+        async with self.resending:
+            item = ItemRun(index, group.batch, time.perf_counter())
+            outcome = await self.direct.execute(item, prepared)
+        await group.emit(StageKey(index), replace(outcome, attempts=outcome.attempts + earlier))

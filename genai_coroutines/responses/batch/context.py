@@ -61,33 +61,27 @@ class BatchContext:
 
     def succeeded(
         self,
-        index: int,
         answer: Answer,
         *,
         attempts: int,
-        started: float,
         batch_id: str,
         line: str,
-    ) -> ItemEnd[Answer]:
+    ) -> Outcome[Answer]:
         answer = replace(answer, service_tier="batch")  # what the summary prices at half
-        outcome = answered(answer, self.model, attempts, 0, Ids(group=batch_id, line=line))
-        return ItemEnd(index, outcome, started)
+        return answered(answer, self.model, attempts, 0, Ids(group=batch_id, line=line))
 
     def errored(
         self,
-        index: int,
         failure: Failure,
         *,
         attempts: int,
-        started: float,
         batch_id: str | None,
         line: str,
         pending: bool = False,
-    ) -> ItemEnd[Answer]:
+    ) -> Outcome[Answer]:
         """An item that ended without its answer; `pending`: its batch may still answer it,
         so a rerun with the journal polls it rather than sending it again."""
         ids = Ids(group=batch_id, line=line)
-        outcome: Outcome[Answer] = (
-            Pending(failure, attempts, ids=ids) if pending else Failed(failure, attempts, ids=ids)
-        )
-        return ItemEnd(index, outcome, started)
+        if pending:
+            return Pending(failure, attempts, ids=ids)
+        return Failed(failure, attempts, ids=ids)

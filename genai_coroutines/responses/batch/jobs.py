@@ -1,7 +1,8 @@
-"""One run of the Batch API path: lines into files, files into batches, answers back.
+"""One batch's group of Batch API lines: lines into files, files into batches, answers back.
 
-`BatchJobs.run` consumes the items the driver admitted, in input order, and emits each
-one's result to the driver (`GroupRun.emit`) once its batch ends. The items go into
+`BatchJobs` is the `engine.Group` of the Batch API stage for one batch: the driver hands
+it each item's line (`add`, in input order) and takes each one's outcome back by its
+`StageKey` (`GroupRun.emit`) once its batch ends. The lines go into
 `BatchJob`s (`spool`: the lines in a temporary file, a `Member` per item in memory), files
 cut by request count, bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated
 input tokens. Each job is submitted (`submitter.Submitter`), its batch followed until it
@@ -11,7 +12,7 @@ of the batch.
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
 same journal finds each unfinished item's file and batch and, once the input has been
-read, polls that batch instead of uploading the item again, or creates the batch of a
+read (`close`), polls that batch instead of uploading the item again, or creates the batch of a
 file uploaded just before a crash (after listing the batches for one the crash left
 unjournaled). What never reached a file goes out in new files as they fill. An interrupt
 (Ctrl-C) leaves the batches running and says how to collect them, or cancels them with
@@ -22,11 +23,12 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import suppress
+from typing import Any
 
-from ...engine import Admitted, Failure, log_event
-from ...engine.grouped import GroupRun, Tasks
+from ...engine import Failure, GroupRun, Outcome, log_event
+from ...engine.grouped import Tasks
 from ...engine.journal import GroupLine
 from ...engine.stages import StageKey
 from ..direct import Prepared, retry_policy
@@ -41,9 +43,9 @@ SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
 
 
-SendAgain = Callable[[BatchJob, dict[int, Member]], None]
+SendAgain = Callable[["BatchJobs", BatchJob, dict[int, Member]], None]
 """Takes the members of an ended job that are to be sent again, instead of a follow-up
-batch (their lines are still in the job's spool)."""
+batch (their lines are still in the job's spool), and emits their outcomes."""
 
 
 class BatchJobs:
@@ -68,78 +70,79 @@ class BatchJobs:
             run.batch.telemetry,
         )
         self.jobs: list[BatchJob] = []
-        self.tasks = Tasks()
+        self.tasks = Tasks(run.fail)
         self.numbers = itertools.count(1)
         self.answers = Answers(
-            context, self.wire, api_key, policy, run.batch.wait, emit=run.emit, note=self._note
+            context, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
         )
         self.submitter = Submitter(context, run, self.wire, api_key, self.answers)
         self.resend = resend
+        self.writer: BatchJob | None = None
+        """The file being written."""
+        self.resumed: dict[str, BatchJob] = {}
+        """The files of earlier runs that hold lines of this one, sent once the input is read."""
 
-    async def run(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        """Every item's result emitted; on the way out (Ctrl-C, a bug) the batches still
-        running are left running or cancelled (`_interrupted`)."""
-        finished = False
-        try:
-            self.tasks.spawn(self._feed(items))
-            await self.tasks.join()
-            finished = True
-        finally:
-            live = [j for j in self.jobs if j.batch_id and j.status not in TERMINAL]
-            await self.tasks.cancel()
-            if not finished:
-                await self._interrupted(live)
-            for job in self.jobs:
-                job.spool.remove()
+    async def _emit(self, index: int, outcome: Outcome[Any]) -> None:
+        await self.group.emit(StageKey(index), outcome)
 
-    # -- admitted items into files ----------------------------------------------------------
+    async def shut(self, finished: bool) -> None:
+        """The batch ends; on the way out (Ctrl-C, a bug) the batches still running are left
+        running or cancelled (`_interrupted`)."""
+        live = [j for j in self.jobs if j.batch_id and j.status not in TERMINAL]
+        await self.tasks.cancel()
+        if not finished:
+            await self._interrupted(live)
+        for job in self.jobs:
+            job.spool.remove()
 
-    async def _feed(self, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        options = self.options
-        writer: BatchJob | None = None
-        resumed: dict[str, BatchJob] = {}
-        async for item in items:
-            index, body = item.index, self.context.direct.wire_body(item.prepared)
-            tokens = self.context.input_tokens(item.prepared)
-            known = self._known(index)
-            if known is not None:
-                job = resumed.get(known.file_id)
-                if job is None:
-                    job = resumed[known.file_id] = self._resumed(known)
-                member = Member(known.line_id, known.attempt, item.started, tokens)
-                job.add(index, member, batch_line(known.line_id, body))
-                continue
-            line_id = custom_id(StageKey(index), body)
-            line = batch_line(line_id, body)
-            if len(line) > options.max_bytes_per_file:
-                failure = Failure(
-                    f"user_prompts[{index}] makes a batch line of {len(line):,} bytes, more "
-                    f"than max_bytes_per_file ({options.max_bytes_per_file:,})",
-                    "invalid_input",
-                    retriable=False,
-                    param="user_prompts",
-                )
-                await self.group.emit(
-                    self.context.errored(
-                        index,
-                        failure,
-                        attempts=0,
-                        started=item.started,
-                        batch_id=None,
-                        line=line_id,
-                    )
-                )
-                continue
-            if writer is not None and not self._fits(writer, len(line), tokens):
-                self._launch(writer)
-                writer = None
-            if writer is None:
-                writer = self._job()
-            writer.add(index, Member(line_id, 0, item.started, tokens), line)
-        if writer is not None:
-            self._launch(writer)
-        for job in resumed.values():
+    # -- lines into files -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """The input is read: the file being written goes out, and so do earlier runs'."""
+        if self.writer is not None:
+            self._launch(self.writer)
+            self.writer = None
+        for job in self.resumed.values():
             self._launch(job)
+        self.resumed.clear()
+
+    async def add(self, key: StageKey, request: Prepared) -> None:
+        """A line for the file being written (a file of an earlier run, if it holds it)."""
+        if key.stage:
+            raise ValueError(f"the Batch API stage takes items of one stage, got {key.text}")
+        options = self.options
+        index, body = key.index, self.context.direct.wire_body(request)
+        tokens = self.context.input_tokens(request)
+        known = self._known(index)
+        if known is not None:
+            job = self.resumed.get(known.file_id)
+            if job is None:
+                job = self.resumed[known.file_id] = self._resumed(known)
+            job.add(
+                index, Member(known.line_id, known.attempt, tokens), batch_line(known.line_id, body)
+            )
+            return
+        line_id = custom_id(key, body)
+        line = batch_line(line_id, body)
+        if len(line) > options.max_bytes_per_file:
+            failure = Failure(
+                f"user_prompts[{index}] makes a batch line of {len(line):,} bytes, more "
+                f"than max_bytes_per_file ({options.max_bytes_per_file:,})",
+                "invalid_input",
+                retriable=False,
+                param="user_prompts",
+            )
+            await self.group.emit(
+                key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
+            )
+            return
+        writer = self.writer
+        if writer is not None and not self._fits(writer, len(line), tokens):
+            self._launch(writer)
+            writer = None
+        if writer is None:
+            writer = self.writer = self._job()
+        writer.add(index, Member(line_id, 0, tokens), line)
 
     def _known(self, index: int) -> GroupLine | None:
         journal, digest = self.group.batch.journal, self.group.digests.get(index)
@@ -192,7 +195,7 @@ class BatchJobs:
                 summary = self.group.batch.summary
                 summary.report_group(usage_tokens(usage) if isinstance(usage, dict) else None)
                 if retry.members and self.resend is not None:
-                    self.resend(job, retry.members)
+                    self.resend(self, job, retry.members)
                 elif retry.members:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.members, after=after)
@@ -280,3 +283,15 @@ class BatchJobs:
 
     def _journal_cancel(self, batch_id: str) -> None:
         self.group.batch.journaled(lambda journal: journal.record_group_cancelled(batch_id))
+
+
+class BatchStage:
+    """The Batch API as a grouped stage (`engine.GroupedStage`): a `jobs.BatchJobs` per
+    batch, taking lines of requests as `DirectAdapter.prepare` makes them."""
+
+    def __init__(self, context: BatchContext, resend: SendAgain | None = None) -> None:
+        self.context = context
+        self.resend = resend
+
+    def open(self, run: GroupRun) -> BatchJobs:
+        return BatchJobs(self.context, run, self.resend)

@@ -8,9 +8,10 @@ each adding the `batch_id` and `custom_id` that answered it; the requests are se
 JSONL lines whose `body` is exactly what the synchronous path would `POST /responses`
 (its `DirectAdapter.prepare`, every translation included). `BatchAPIAdapter` is the adapter:
 it admits items as the synchronous path does (`prepare` and `digest` are
-`DirectAdapter`'s, and its rendering adds `batch_id` and `custom_id`) and runs them grouped
-behind the engine's driver (`engine.grouped`); `jobs.BatchJobs` writes the files,
-submits, polls and joins the answers.
+`DirectAdapter`'s, and its rendering adds `batch_id` and `custom_id`) and its `execute`
+hands each one to the Batch API stage (`BatchStage`, a grouped stage: `engine.Deferred`),
+whose group (`jobs.BatchJobs`) writes the files, submits, polls and joins the answers
+while the item holds no driver slot.
 
 A line is a success only with `response.status_code == 200` and a body that is a
 finished response (`direct.answer`); anything else is a failure with its code, judged
@@ -23,21 +24,21 @@ line of an expired batch that never ran) go into a follow-up batch, up to
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from ...engine import Admitted, Failure, ItemEnd, KeyLimits, Outcome, Result
-from ...engine.grouped import GroupRun
+from ...engine import Deferred, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result
+from ...engine.stages import StageKey
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
 from .context import BatchContext
-from .jobs import BatchJobs
+from .jobs import BatchStage
 from .options import BatchAPI
 
 
 class BatchAPIAdapter:
-    """The `engine.grouped.GroupedAdapter` of the Batch API path (see the module docstring)."""
+    """The `engine.Adapter` of the Batch API path (see the module docstring)."""
 
     kind = DirectAdapter.kind
     """The synchronous path's: the same request journals the same digest, so a result
@@ -51,6 +52,7 @@ class BatchAPIAdapter:
         if request.stream:
             raise ValueError("stream=True cannot be used with batch_api: a batch answers whole")
         self.context = BatchContext(request, options, direct, limits)
+        self.stage = BatchStage(self.context)
         self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
@@ -65,5 +67,5 @@ class BatchAPIAdapter:
     def revive(self, record: Mapping[str, Any]) -> Outcome[Answer]:
         return self.context.revive(record)
 
-    async def run(self, run: GroupRun, items: AsyncIterator[Admitted[Prepared]]) -> None:
-        await BatchJobs(self.context, run).run(items)
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Deferred:
+        return Deferred(self.stage, StageKey(run.index), prepared)

@@ -70,7 +70,6 @@ class Member:
     line_id: str
     attempt: int
     """Batches the item was sent in before this one."""
-    started: float
     tokens: int
 
 

@@ -23,8 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import suppress
 
-from ...engine import Capacity, Failure, Success, log_event
-from ...engine.grouped import GroupRun
+from ...engine import Capacity, Failure, GroupRun, Success, log_event
 from ...engine.stages import StageKey
 from ...engine.telemetry import batch_api_file
 from .answers import Answers
