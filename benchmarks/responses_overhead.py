@@ -48,17 +48,13 @@ no OpenTelemetry, the SDK within 1.10x.
 
 Measured on a shared 2-core machine, N=2000. Instructions per request: 623k without
 OpenTelemetry, 621k with the API alone (1.00x), 910k with the SDK's metrics alone
-(1.46x), 1,272k with metrics and traces (2.04x; 1,450k, 2.33x, when every item's
-counters went through `Counter.add` and an attempt's span got its attributes one
-`set_attribute` at a time). Timed (7 rounds, three runs): 1.02-1.06x with the API alone
-(noise: its path is one `is None` test), 1.20-1.24x with metrics alone, 1.77-1.87x with
-both (1.92-2.00x before). The 1.10x target is out of the Python SDK's reach at full
-sampling: what each request must report, two spans (item, attempt) and three histogram
-points (input tokens, output tokens, duration), costs the SDK some 590k instructions when
-made by themselves in a loop (a span 115k to 170k with its attributes, a histogram point
-75k to 86k: its attributes cleaned, copied, sorted and hashed on every call), where the
-library's own share is some 40k. When a sampler leaves a batch's trace out, no item or
-attempt span is made, and the metrics' share alone remains.
+(1.46x), 1,272k with metrics and traces (2.04x). Timed (7 rounds, three runs):
+1.02-1.06x with the API alone (noise: its path is one `is None` test), 1.20-1.24x with
+metrics alone, 1.77-1.87x with both. Most of what the SDK adds is its own work for what
+each request must report, two spans (item, attempt) and three histogram points (input
+tokens, output tokens, duration); this benchmark does not measure those calls apart.
+When a sampler leaves a batch's trace out, no item or attempt span is made, and the
+metrics' share alone remains.
 """
 
 from __future__ import annotations

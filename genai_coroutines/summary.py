@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .documents.prices import DatalabPrices
 from .engine.pricing import PriceModel
 from .engine.summary import Summary
-from .responses.prices import PRICES, PricesArg, TokenPrices, load_prices
+from .responses.prices import PricesArg, TokenPrices, load_prices
 
 
 @dataclass
@@ -23,9 +23,9 @@ class BatchSummary(Summary):
     pricing: tuple[PriceModel, ...] = field(init=False, default=())
     model: str = ""
     """Model priced when a result does not name its own."""
-    prices: PricesArg = field(default_factory=lambda: PRICES)
-    """`{model: Price}`, a dict in the price file's shape, a `PriceTable` or a price file's
-    path (see `responses.prices.load_prices`)."""
+    prices: PricesArg = None
+    """`{model: Price}`, a dict in the price file's shape, a `PriceTable`, a price file's
+    path, or None for the built-in table (see `responses.prices.load_prices`)."""
 
     def __post_init__(self) -> None:
         self.pricing = (TokenPrices.of(load_prices(self.prices), self.model), DatalabPrices())

@@ -71,3 +71,17 @@ def json_object(body: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return parsed if isinstance(parsed, dict) else None
+
+
+def json_reply(reply: Reply | Failure, what: str, api_key: str) -> dict[str, Any] | Failure:
+    """A 2xx reply's JSON object, or the failure to retry or report instead."""
+    if isinstance(reply, Failure):
+        return reply
+    if not 200 <= reply.status < 300:
+        return http_failure(reply, api_key)
+    body = json_object(reply.body)
+    if body is None:
+        return Failure(
+            f"Datalab's {what} is not a JSON object", "invalid_response", True, reply.status
+        )
+    return body

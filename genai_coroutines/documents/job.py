@@ -61,7 +61,7 @@ from ..engine import (
 from ..engine.telemetry import DATALAB, POLL_JOB
 from ..pdfpages import pages_in_range, parse_page_range
 from .config import DocumentConfig
-from .errors import http_failure, json_object
+from .errors import json_reply
 from .form import Fields, build_form
 from .presigned import References, StoredFile
 from .sources import Upload
@@ -296,7 +296,7 @@ class DocumentJob:
         return outcome
 
     def _accepted(self, reply: Reply | Failure) -> Submission | Failure:
-        body = _json_reply(reply, "upload answer", self.config.api_key or "")
+        body = json_reply(reply, "upload answer", self.config.api_key or "")
         if isinstance(body, Failure):
             return body
         if body.get("success") is False:
@@ -408,7 +408,7 @@ class DocumentJob:
                 retriable=False,
                 status=404,
             )
-        payload = _json_reply(reply, "poll answer", self.config.api_key or "")
+        payload = json_reply(reply, "poll answer", self.config.api_key or "")
         if isinstance(payload, Failure):
             return payload
         status = payload.get("status")
@@ -466,17 +466,3 @@ def _origin_of(parts: SplitResult) -> tuple[str, str, int | None]:
 
 def _origin_text(parts: SplitResult) -> str:
     return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-
-
-def _json_reply(reply: Reply | Failure, what: str, api_key: str) -> dict[str, Any] | Failure:
-    """A 2xx reply's JSON object, or the failure to retry or report instead."""
-    if isinstance(reply, Failure):
-        return reply
-    if not 200 <= reply.status < 300:
-        return http_failure(reply, api_key)
-    body = json_object(reply.body)
-    if body is None:
-        return Failure(
-            f"Datalab's {what} is not a JSON object", "invalid_response", True, reply.status
-        )
-    return body

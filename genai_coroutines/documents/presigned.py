@@ -40,7 +40,7 @@ import orjson
 from ..engine import Failure, ItemRun, Reply, log_event, send
 from ..engine.journal import request_digest
 from ..engine.stages import StageKey
-from .errors import http_failure, json_object
+from .errors import json_reply
 from .sources import Upload
 
 logger = logging.getLogger("genai_coroutines.ocr")
@@ -248,19 +248,10 @@ class StoredFile:
 
     def _json(self, reply: Reply | Failure, what: str) -> dict[str, Any] | Failure:
         """A 2xx answer's JSON object, or the failure (a 403 about credits ends the batch)."""
-        if isinstance(reply, Failure):
-            failure = reply
-        elif not 200 <= reply.status < 300:
-            failure = http_failure(reply, self.api_key)
-        else:
-            body = json_object(reply.body)
-            if body is not None:
-                return body
-            failure = Failure(
-                f"Datalab's {what} is not a JSON object", "invalid_response", True, reply.status
-            )
-        self.run.batch.stop.record(failure)
-        return failure
+        body = json_reply(reply, what, self.api_key)
+        if isinstance(body, Failure):
+            self.run.batch.stop.record(body)
+        return body
 
     async def _content_digest(self) -> str:
         """The journal's name for the document's bytes (whatever the batch's settings: the

@@ -255,7 +255,7 @@ class DriverCore(Generic[P]):
     the batch, `_results` runs its items, admitting each with `_admit` and journaling what
     `_finish`es. `Driver` runs the items."""
 
-    def __init__(self, adapter: Admission[P], source: Source[Any], options: BatchOptions) -> None:
+    def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
         self.adapter = adapter
         self.source = source
         self.options = options
@@ -427,8 +427,9 @@ class _Waiting:
 
     index: int
     started: float
-    then: Then | None
     trace: ItemTelemetry | None
+    then: Then | None = None
+    """Set by `_defer` for the stage the line waits on."""
 
 
 class Driver(DriverCore[P]):
@@ -438,7 +439,6 @@ class Driver(DriverCore[P]):
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
         super().__init__(adapter, source, options)
-        self.executor = adapter
         self._later: Later[Ended] = Later(self._close_groups)
         self._groups: dict[GroupedStage, Group] = {}
         self._waiting: dict[StageKey, _Waiting] = {}
@@ -479,9 +479,9 @@ class Driver(DriverCore[P]):
         if run.telemetry is not None:
             item_run.trace = run.telemetry.item(index)
         try:
-            outcome = await self.executor.execute(item_run, admitted.prepared)
+            outcome = await self.adapter.execute(item_run, admitted.prepared)
             if isinstance(outcome, Deferred):
-                waiting = _Waiting(index, admitted.started, outcome.then, item_run.trace)
+                waiting = _Waiting(index, admitted.started, item_run.trace)
                 self._later.pending += 1
                 await self._defer(waiting, outcome)
                 return None

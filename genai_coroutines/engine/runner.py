@@ -133,10 +133,9 @@ class Later(Generic[R]):
         self.handoff: _Handoff[R] | None = None
 
     async def put(self, result: R) -> None:
-        self.pending -= 1
+        self.put_nowait(result)
         handoff = self.handoff
         assert handoff is not None
-        handoff.put(result)
         if len(handoff.items) >= QUEUED_RESULTS:
             await handoff.wait_for_room()
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
-
-StageKind = Literal["direct", "background", "grouped"]
 
 MAX_WAITING = 1000
 """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`); the

@@ -160,15 +160,7 @@ class PipelineAdapter:
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
-                log_event(
-                    logger,
-                    logging.WARNING,
-                    "task_failed",
-                    index=run.index,
-                    stage=EXTRACTION_STAGE,
-                    error_type=failure.error_type,
-                    error=failure.message,
-                )
+                _log_failed(run.index, EXTRACTION_STAGE, failure)
             return self._row(run.started, upload, ocr, done, EXTRACTION_STAGE, failure)
         self.extracted += 1
         run.batch.note(extracted=self.extracted)
@@ -409,15 +401,7 @@ class PipelineAdapter:
         if row is None:  # never ran: unreadable, or the batch was stopped
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
-            log_event(
-                logger,
-                logging.WARNING,
-                "task_failed",
-                index=end.index,
-                stage=OCR_STAGE,
-                error_type=failure.error_type,
-                error=failure.message,
-            )
+            _log_failed(end.index, OCR_STAGE, failure)
             failed = self._row(end.started, None, None, _Extractions(), OCR_STAGE, failure)
             assert isinstance(failed, Failed) and failed.value is not None
             row = failed.value
@@ -498,3 +482,15 @@ def _summed_usage(usages: Iterable[Any]) -> dict[str, Any] | None:
                 slot = total.setdefault(details, {})
                 slot[key] = slot.get(key, 0) + int(inner.get(key) or 0)
     return total if seen else None
+
+
+def _log_failed(index: int, stage: str, failure: Failure) -> None:
+    log_event(
+        logger,
+        logging.WARNING,
+        "task_failed",
+        index=index,
+        stage=stage,
+        error_type=failure.error_type,
+        error=failure.message,
+    )

@@ -56,9 +56,6 @@ PricesArg = Union[Mapping[str, Any], "PriceTable", str, "os.PathLike[str]", None
 PRICES_FILE = Path(__file__).with_name("prices.json")
 """The built-in table, shipped in the package: its shape is the price file's."""
 
-_BUILT_IN_TIERS: Mapping[str, float] = {"batch": 0.5, "flex": 0.5}
-"""The tier shares a table without `tiers` keeps (prices.json states the same)."""
-
 
 def _number(where: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -89,11 +86,12 @@ def price_table(data: Mapping[str, Any]) -> PriceTable:
     """A `PriceTable` from a price file's JSON (`{"date", "models", "tiers"}`; `models` is
     required), or from a plain `{model: Price}` mapping (then the built-in tiers)."""
     if "models" not in data:
-        return PriceTable({m: _price(m, p) for m, p in data.items()}, _BUILT_IN_TIERS)
+        return PriceTable({m: _price(m, p) for m, p in data.items()}, BUILT_IN.tiers)
     unknown = sorted(set(data) - {"date", "source", "models", "tiers"})
     if unknown:
         raise ValueError(f"prices: unknown fields {unknown} (date, source, models, tiers)")
-    models, tiers, date = data["models"], data.get("tiers", _BUILT_IN_TIERS), data.get("date")
+    models, date = data["models"], data.get("date")
+    tiers = data["tiers"] if "tiers" in data else BUILT_IN.tiers  # the built-in file has its own
     if not isinstance(models, Mapping) or not isinstance(tiers, Mapping):
         raise TypeError("prices: models and tiers must be JSON objects")
     if date is not None and not isinstance(date, str):
