@@ -1,9 +1,11 @@
 """The pipeline's adapter, `PipelineAdapter`: one document through both stages, then its row.
 
 It is composed of the Datalab path (`documents.path.DocumentsAdapter`: upload, poll, pages
-in flight, submission rate) and the Responses direct path (`responses.direct.DirectAdapter`:
-RPM/TPM limiter, retries), each stage under its own semaphore and on its own session,
-and each finished stage journaled as a stage of the item. Every document ends as one row:
+in flight, submission rate) and an extraction stage (`stage.ExtractionStage`): the Responses
+direct path (`ResponsesExtraction` over `responses.direct.DirectAdapter`: RPM/TPM limiter,
+retries) or Datalab's `/extract` per schema from the conversion's checkpoint
+(`datalab_stage`), each stage under its own semaphore and on its own session, and each
+finished stage journaled as a stage of the item. Every document ends as one row:
 
     index, source, success, fields (the parsed extraction), failed_stage ("ocr" or
     "extraction", None on success), error, error_type, request_id / checkpoint_id
@@ -11,7 +13,8 @@ and each finished stage journaled as a stage of the item. Every document ends as
     over the requests), model, service_tier, response_ids, retries (both stages),
     rate_limited, processing_time_secs, from_journal (the whole row came from the
     journal), and the stages' detail in `ocr` and `extraction` (attempts, timings,
-    `from_journal` for a reused stage; `page_fields` with `per_page`); a failed row adds
+    `from_journal` for a reused stage; `page_fields` with `per_page`; `schemas` and
+    `cost_cents` per stage with Datalab's extraction); a failed row adds
     the failed stage's `status`, `code` and `is_retriable`.
 
 Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
@@ -22,12 +25,11 @@ pipeline's own outcome (`Row`), rendered by `render`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import orjson
 
@@ -38,7 +40,6 @@ from ..documents.prices import cents_of
 from ..documents.sources import Upload
 from ..engine import (
     Answered,
-    BatchRun,
     Bill,
     ErrorType,
     Failed,
@@ -61,8 +62,7 @@ from ..responses.results import Answer
 from .fields import fields_of, merge_fields
 from .pages import payload_pages
 from .slots import StageRun, StageSlot
-
-T = TypeVar("T")
+from .stage import Extracted, ExtractionStage, Reconvert, Sessions, Stage, journal_submission
 
 logger = logging.getLogger("genai_coroutines.pipeline")  # the package's name: one logger
 
@@ -70,25 +70,6 @@ KIND = "pipeline"
 """The journal kind of a pipeline batch."""
 OCR_STAGE = "ocr"
 EXTRACTION_STAGE = "extraction"
-
-
-@dataclass(slots=True)
-class Stage(Generic[T]):
-    """One request of a document (its OCR, or an extraction): its outcome as the adapter
-    gave it, how long it took this run, and whether the journal answered it."""
-
-    outcome: Outcome[T]
-    seconds: float
-    reused: bool = False
-
-
-@dataclass(slots=True)
-class _Extractions:
-    """What one document's extraction came to."""
-
-    stages: list[Stage[Answer]] = field(default_factory=list)
-    fields: list[dict[str, Any]] = field(default_factory=list)
-    failure: Failure | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +86,14 @@ class Row:
     extraction_reused: int
     extraction_retries: int
     seconds: float
+    stage_cents: Mapping[str, float] = field(default_factory=dict)
+    """Datalab cents per stage ("ocr", "extract:<schema>"): what `PipelineSummary` splits."""
 
 
 class PipelineAdapter:
-    """The pipeline's `Adapter` (see `engine.batch`): the Datalab path, then the Responses
-    direct path, each under its own bound and on its own session."""
+    """The pipeline's `Adapter` (see `engine.batch`): the Datalab path, then the extraction
+    stage (`stage.ExtractionStage`: OpenAI's or Datalab's), each under its own bound and on
+    its own session."""
 
     kind = KIND
     unit = "doc"
@@ -118,26 +102,17 @@ class PipelineAdapter:
     def __init__(
         self,
         ocr: DocumentsAdapter,
-        extraction: DirectAdapter,
+        extraction: ExtractionStage,
         *,
         ocr_slots: int,
-        extraction_slots: int,
-        per_page: bool = False,
-        ocr_session: Any = None,
-        extraction_session: Any = None,
+        sessions: Sessions,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
         self.telemetry_identity = Identity(KIND, model=extraction.model)
-        self.per_page = per_page
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
-        self.extraction_slots = asyncio.Semaphore(extraction_slots)
-        self.sessions = {OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session}
-        self._batches: dict[str, tuple[BatchRun, BatchRun]] = {}
-        self.identity = orjson.dumps(
-            {"extraction": extraction.template.body("").decode(), "per_page": per_page}
-        )
-        """What besides the document and OCR settings decides a row (its journal digest)."""
+        self.sessions = sessions
+        self.identity = extraction.identity
         self.ocred = 0
         self.extracted = 0
 
@@ -153,10 +128,15 @@ class PipelineAdapter:
         ocr = await self._ocr(run, upload)
         if not isinstance(ocr.outcome, Answered):
             failure = ocr.outcome.failure
-            return self._row(run.started, upload, ocr, _Extractions(), OCR_STAGE, failure)
+            return self._row(run.started, upload, ocr, Extracted(), OCR_STAGE, failure)
         self.ocred += 1
         run.batch.note(ocred=self.ocred)
-        done = await self._extract(run, ocr.outcome.value)
+
+        async def reconvert() -> Stage[Finished]:
+            return await self._ocr(run, upload, again=True)
+
+        done = await self.extraction.extract(run, ocr.outcome.value, reconvert)
+        ocr = done.ocr or ocr
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
@@ -173,28 +153,20 @@ class PipelineAdapter:
             self.extracted += 1
             run_note(ocred=self.ocred, extracted=self.extracted)
 
-    # The stages.
+    # The OCR.
 
-    def _batch(self, run: ItemRun, stage: str) -> BatchRun:
-        """The batch's shared state with this stage's session (its API's key)."""
-        cached = self._batches.get(stage)
-        if cached is None or cached[0] is not run.batch:
-            session = self.sessions[stage] or run.batch.session
-            cached = (run.batch, dataclasses.replace(run.batch, session=session))
-            self._batches[stage] = cached
-        return cached[1]
-
-    async def _ocr(self, run: ItemRun, upload: Upload) -> Stage[Finished]:
+    async def _ocr(self, run: ItemRun, upload: Upload, *, again: bool = False) -> Stage[Finished]:
         """The document's OCR (`StageKey(index, "ocr")`): journaled earlier, or run now
         (polling the job the journal holds under its key, if any: the extraction's settings
-        do not enter its digest), and journaled at once as the item's "ocr" stage."""
+        do not enter its digest), and journaled at once as the item's "ocr" stage. `again`:
+        converted afresh whatever the journal holds (its checkpoint is gone)."""
         key = StageKey(run.index, OCR_STAGE)
         journal = run.batch.journal
         digest = request_digest(*self.ocr.digest(upload))
         # `run.submission`: a job `resume=` names, or one a journal written before stages
         # holds under the item (see `engine.journal`).
-        known = run.submission
-        if journal is not None:
+        known = None if again else run.submission
+        if journal is not None and not again:
             done = journal.stage_result(key, digest)
             if done is not None:
                 revived = self.ocr.revive(done)
@@ -207,10 +179,10 @@ class PipelineAdapter:
         async with self.ocr_slots:
             stage_run = ItemRun(
                 run.index,
-                self._batch(run, OCR_STAGE),
+                self.sessions.batch(run, OCR_STAGE),
                 started,
                 known,
-                on_submitted=_journal_submission(run, key, digest),
+                on_submitted=journal_submission(run, key, digest),
                 trace=run.trace,
             )
             outcome = await self.ocr.execute(stage_run, upload)
@@ -219,82 +191,6 @@ class PipelineAdapter:
             run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return Stage(outcome, time.perf_counter() - started)
 
-    async def _extract(self, run: ItemRun, ocr: Finished) -> _Extractions:
-        if self.per_page:
-            texts = payload_pages(ocr.payload, ocr.body)
-        else:
-            texts = [payload_text(ocr.payload, ocr.body)]
-        parts = await asyncio.gather(
-            *(self._extract_one(run, page, text) for page, text in enumerate(texts))
-        )
-        done = _Extractions()
-        for stage, fields, failure in parts:
-            if stage is not None:
-                done.stages.append(stage)
-            if failure is not None and done.failure is None:
-                done.failure = failure
-            if fields is not None:
-                done.fields.append(fields)
-        return done
-
-    async def _extract_one(
-        self, run: ItemRun, page: int, text: str
-    ) -> tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]:
-        """One extraction request (a page's, with `per_page`): its stage, parsed fields,
-        or why there are none."""
-        if not text.strip():
-            return None, None, Failure("the OCR text is empty", "invalid_input", False)
-        prepared = await self.extraction.prepare(run.index, text)
-        if isinstance(prepared, Failure):
-            return None, None, prepared
-        key = StageKey(run.index, EXTRACTION_STAGE, page)
-        digest = request_digest(*self.extraction.digest(prepared))
-        journal = run.batch.journal
-        if journal is not None:
-            done = journal.stage_result(key, digest)
-            if done is not None:
-                revived = self.extraction.revive(done)
-                if isinstance(revived, Answered):
-                    reused = Stage(revived, 0.0, reused=True)
-                    return reused, fields_of(answer_text(revived.value.raw)), None
-        started = time.perf_counter()
-        outcome = await self._send(run, prepared, started, key, digest)
-        stage = Stage(outcome, time.perf_counter() - started)
-        if not isinstance(outcome, Answered):
-            return stage, None, outcome.failure
-        text_out = answer_text(outcome.value.raw)
-        fields = fields_of(text_out)
-        if fields is None:
-            failure = Failure(
-                f"the extraction is not a JSON object: {text_out[:200]!r}",
-                "invalid_response",
-                False,
-            )
-            return stage, None, failure
-        record = self.extraction.render(ItemEnd(run.index, outcome, started))
-        run.batch.journaled(lambda j: j.record_stage(key, digest, record))
-        return stage, fields, None
-
-    async def _send(
-        self, run: ItemRun, prepared: Prepared, started: float, key: StageKey, digest: str
-    ) -> Outcome[Answer]:
-        """One extraction request. In background mode (`BackgroundAdapter`) its response id
-        is journaled under `key` when the POST returns, and a rerun polls the response the
-        journal holds instead of POSTing it again; the poll leaves the extraction's slot."""
-        journal = run.batch.journal
-        accepted = None if journal is None else journal.submitted(key, digest)
-        async with StageSlot(self.extraction_slots) as slot:
-            stage_run = StageRun(
-                run.index,
-                self._batch(run, EXTRACTION_STAGE),
-                started,
-                None if accepted is None else Submission(*accepted),
-                on_submitted=_journal_submission(run, key, digest),
-                trace=run.trace,
-                slot=slot,
-            )
-            return await self.extraction.execute(stage_run, prepared)
-
     # The row.
 
     def _row(
@@ -302,7 +198,7 @@ class PipelineAdapter:
         started: float,
         upload: Upload | None,
         ocr: Stage[Finished] | None,
-        done: _Extractions,
+        done: Extracted,
         failed_stage: str | None,
         failure: Failure | None,
     ) -> Outcome[Row]:
@@ -323,11 +219,11 @@ class PipelineAdapter:
         cost = cost if isinstance(cost, dict) else None
         checkpoint = payload.get("checkpoint_id")
         stages = done.stages
-        answers = [s.outcome for s in stages if isinstance(s.outcome, Answered)]
-        usage = _summed_usage([answer.value.usage for answer in answers])
+        usage, tier = done.usage, done.service_tier
         extraction_retries = sum(max(0, s.outcome.attempts - 1) for s in stages if not s.reused)
-        tier = next((a.value.service_tier for a in answers if a.value.service_tier), None)
-        fields = merge_fields(done.fields) if failed_stage is None else None
+        fields = done.fields if failed_stage is None else None
+        ocr_cents = None if ocr_bill is None else ocr_bill.cents
+        stage_cents = {**done.cents, OCR_STAGE: (ocr_cents or 0.0) + done.cents.get(OCR_STAGE, 0.0)}
         retries = (0 if ocr_reused else ocr_retries) + extraction_retries
         rate_limited = ocr_rate_limited + sum(s.outcome.rate_limited for s in stages)
         keys: dict[str, Any] = {
@@ -344,7 +240,7 @@ class PipelineAdapter:
             "usage": usage,
             "model": self.extraction.model,
             "service_tier": tier,
-            "response_ids": [answer.value.response_id for answer in answers],
+            "response_ids": done.response_ids,
             "retries": retries,
             "rate_limited": rate_limited,
             "ocr": {
@@ -367,7 +263,8 @@ class PipelineAdapter:
                 "reused": sum(s.reused for s in stages),
                 "latency_ms": sum(s.seconds for s in stages) * 1000.0,
                 "usage": usage,
-                **({"page_fields": done.fields} if self.per_page else {}),
+                **done.detail,
+                **({"cost_cents": stage_cents} if done.cents else {}),
             },
         }
         if failure is not None:
@@ -381,14 +278,15 @@ class PipelineAdapter:
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
+            stage_cents if ocr_done and ocr_cents is not None else {},
         )
         bill = Bill(
-            self.extraction.model,
+            self.extraction.model or "",
             tier,
             *_tokens(usage),
             tokens=usage is not None,
             pages=page_count if ocr_done else None,
-            cents=None if not ocr_done or ocr_bill is None else ocr_bill.cents,
+            cents=None if not ocr_done or ocr_cents is None else sum(stage_cents.values()),
         )
         attempts = 1 + retries if ocr is not None else 0
         if failure is None:
@@ -402,7 +300,7 @@ class PipelineAdapter:
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
             _log_failed(end.index, OCR_STAGE, failure)
-            failed = self._row(end.started, None, None, _Extractions(), OCR_STAGE, failure)
+            failed = self._row(end.started, None, None, Extracted(), OCR_STAGE, failure)
             assert isinstance(failed, Failed) and failed.value is not None
             row = failed.value
         return {
@@ -416,6 +314,10 @@ class PipelineAdapter:
         ocr, extraction = get("ocr") or {}, get("extraction") or {}
         keys = {k: v for k, v in record.items() if k not in ("index", "processing_time_secs")}
         reused = int(extraction.get("requests") or 0)
+        cents = cents_of(get("cost_breakdown"))
+        by_stage = extraction.get("cost_cents")
+        if not isinstance(by_stage, dict):
+            by_stage = {} if cents is None else {OCR_STAGE: cents}
         row = Row(
             keys,
             get("failed_stage"),
@@ -425,16 +327,17 @@ class PipelineAdapter:
             reused,
             int(extraction.get("retries") or 0),
             float(get("processing_time_secs") or 0.0),
+            by_stage,
         )
         usage = get("usage")
         pages = get("page_count")
         bill = Bill(
-            self.extraction.model,
+            self.extraction.model or "",
             get("service_tier"),
             *_tokens(usage),
             tokens=isinstance(usage, dict),
             pages=pages if isinstance(pages, int) else None,
-            cents=cents_of(get("cost_breakdown")),
+            cents=sum(by_stage.values()) if by_stage else cents,
         )
         attempts = 1 + int(get("retries") or 0)
         rate_limited = int(get("rate_limited") or 0)
@@ -445,18 +348,109 @@ class PipelineAdapter:
         return Failed(failure, attempts, rate_limited, bill, value=row)
 
 
-def _journal_submission(run: ItemRun, key: StageKey, digest: str) -> Callable[[Submission], bool]:
-    """A stage's `ItemRun.on_submitted`: journal the work the API accepted under the stage's
-    key, so a rerun polls it instead of buying it again."""
+class ResponsesExtraction:
+    """The OpenAI extraction stage (`stage.ExtractionStage`): the OCR text (each page's with
+    `per_page`) to `POST /responses`, each request journaled as `StageKey(index,
+    "extraction", page)`, parsed into fields (`per_page`: merged)."""
 
-    def journal(submission: Submission) -> bool:
-        return run.batch.journaled(
-            lambda j: j.record_submission(
-                key, digest, submission.request_id, submission.request_check_url
-            )
+    def __init__(
+        self, adapter: DirectAdapter, *, slots: int, per_page: bool, sessions: Sessions
+    ) -> None:
+        self.adapter = adapter
+        self.model: str | None = adapter.model
+        self.slots = slots
+        self.semaphore = asyncio.Semaphore(slots)
+        self.per_page = per_page
+        self.sessions = sessions
+        self.identity = orjson.dumps(
+            {"extraction": adapter.template.body("").decode(), "per_page": per_page}
         )
 
-    return journal
+    async def extract(self, run: ItemRun, ocr: Finished, reconvert: Reconvert) -> Extracted:
+        if self.per_page:
+            texts = payload_pages(ocr.payload, ocr.body)
+        else:
+            texts = [payload_text(ocr.payload, ocr.body)]
+        parts = await asyncio.gather(
+            *(self._extract_one(run, page, text) for page, text in enumerate(texts))
+        )
+        done = Extracted()
+        found: list[dict[str, Any]] = []
+        for stage, fields, failure in parts:
+            if stage is not None:
+                done.stages.append(stage)
+            if failure is not None and done.failure is None:
+                done.failure = failure
+            if fields is not None:
+                found.append(fields)
+        answers = [s.outcome for s in done.stages if isinstance(s.outcome, Answered)]
+        done.usage = _summed_usage([answer.value.usage for answer in answers])
+        done.service_tier = next(
+            (a.value.service_tier for a in answers if a.value.service_tier), None
+        )
+        done.response_ids = [answer.value.response_id for answer in answers]
+        done.fields = merge_fields(found)
+        if self.per_page:
+            done.detail["page_fields"] = found
+        return done
+
+    async def _extract_one(
+        self, run: ItemRun, page: int, text: str
+    ) -> tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]:
+        """One extraction request (a page's, with `per_page`): its stage, parsed fields,
+        or why there are none."""
+        if not text.strip():
+            return None, None, Failure("the OCR text is empty", "invalid_input", False)
+        prepared = await self.adapter.prepare(run.index, text)
+        if isinstance(prepared, Failure):
+            return None, None, prepared
+        key = StageKey(run.index, EXTRACTION_STAGE, page)
+        digest = request_digest(*self.adapter.digest(prepared))
+        journal = run.batch.journal
+        if journal is not None:
+            done = journal.stage_result(key, digest)
+            if done is not None:
+                revived = self.adapter.revive(done)
+                if isinstance(revived, Answered):
+                    reused = Stage(revived, 0.0, reused=True)
+                    return reused, fields_of(answer_text(revived.value.raw)), None
+        started = time.perf_counter()
+        outcome = await self._send(run, prepared, started, key, digest)
+        stage = Stage(outcome, time.perf_counter() - started)
+        if not isinstance(outcome, Answered):
+            return stage, None, outcome.failure
+        text_out = answer_text(outcome.value.raw)
+        fields = fields_of(text_out)
+        if fields is None:
+            failure = Failure(
+                f"the extraction is not a JSON object: {text_out[:200]!r}",
+                "invalid_response",
+                False,
+            )
+            return stage, None, failure
+        record = self.adapter.render(ItemEnd(run.index, outcome, started))
+        run.batch.journaled(lambda j: j.record_stage(key, digest, record))
+        return stage, fields, None
+
+    async def _send(
+        self, run: ItemRun, prepared: Prepared, started: float, key: StageKey, digest: str
+    ) -> Outcome[Answer]:
+        """One extraction request. In background mode (`BackgroundAdapter`) its response id
+        is journaled under `key` when the POST returns, and a rerun polls the response the
+        journal holds instead of POSTing it again; the poll leaves the extraction's slot."""
+        journal = run.batch.journal
+        accepted = None if journal is None else journal.submitted(key, digest)
+        async with StageSlot(self.semaphore) as slot:
+            stage_run = StageRun(
+                run.index,
+                self.sessions.batch(run, EXTRACTION_STAGE),
+                started,
+                None if accepted is None else Submission(*accepted),
+                on_submitted=journal_submission(run, key, digest),
+                trace=run.trace,
+                slot=slot,
+            )
+            return await self.adapter.execute(stage_run, prepared)
 
 
 def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int, int]:

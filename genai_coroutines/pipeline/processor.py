@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,9 @@ from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
-from .path import PipelineAdapter, logger
+from .datalab_stage import DatalabExtraction, DatalabStage
+from .path import EXTRACTION_STAGE, OCR_STAGE, PipelineAdapter, ResponsesExtraction, logger
+from .stage import ExtractionStage, Sessions
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
@@ -82,7 +85,7 @@ class ExtractionPipeline(ResponsesClients):
     def __init__(
         self,
         ocr: DocumentConfig,
-        extraction: ResponsesRequest,
+        extraction: ResponsesRequest | DatalabExtraction,
         *,
         per_page: bool = False,
         prices: PricesArg = None,
@@ -91,21 +94,33 @@ class ExtractionPipeline(ResponsesClients):
         """`prices`: the extraction's token prices, as `ResponsesProcessor`'s (the OCR's
         cost is the cents Datalab reports). `limits_store` / `limits`: where both keys'
         limits live; `connector`: a factory of the aiohttp connector each API's session
-        sends through; as for the processors (see `engine.ClientOptions`)."""
+        sends through; as for the processors (see `engine.ClientOptions`).
+
+        `extraction` a `DatalabExtraction`: each document is converted once with
+        `save_checkpoint` (set here) and each schema is an `/extract` from its checkpoint
+        (`datalab_stage`); no model, so `per_page` and `prices` do not apply."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
-        if not isinstance(extraction, ResponsesRequest):
+        if not isinstance(extraction, ResponsesRequest | DatalabExtraction):
             raise TypeError(
-                f"extraction must be a ResponsesRequest, not {type(extraction).__name__}"
+                "extraction must be a ResponsesRequest or a DatalabExtraction, not "
+                f"{type(extraction).__name__}"
             )
         check.flag("per_page", per_page)
         if ocr.page_schema is not None or ocr.schema_id is not None or not ocr.needs_file:
             raise ValueError(
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
-                "checkpoint_id): extraction is its Responses stage"
+                "checkpoint_id): extraction is its own stage"
             )
-        kind = text_format(extraction.response_format).get("type")
-        if kind not in ("json_schema", "json_object"):
+        if isinstance(extraction, DatalabExtraction):
+            if per_page:
+                raise ValueError("per_page: a DatalabExtraction reads the whole checkpoint")
+            ocr = replace(ocr, save_checkpoint=True)
+            extraction.configs(ocr)  # each schema's /extract config, checked now
+        elif text_format(extraction.response_format).get("type") not in (
+            "json_schema",
+            "json_object",
+        ):
             raise ValueError(
                 "extraction.response_format must be a JSON schema (or json_object): the "
                 "pipeline parses each answer into fields"
@@ -117,12 +132,13 @@ class ExtractionPipeline(ResponsesClients):
             )
         self.ocr = ocr
         self.extraction = extraction
+        self.model = extraction.model if isinstance(extraction, ResponsesRequest) else None
         self.per_page = per_page
         super().__init__(prices, **clients)
 
     def __repr__(self) -> str:
         return (
-            f"ExtractionPipeline(ocr={self.ocr.url!r}, model={self.extraction.model!r}, "
+            f"ExtractionPipeline(ocr={self.ocr.url!r}, model={self.model!r}, "
             f"per_page={self.per_page})"
         )
 
@@ -156,25 +172,25 @@ class ExtractionPipeline(ResponsesClients):
         """
         ocr, request, clients = self.ocr, self.extraction, self.clients
         await clients.ready()  # an unreachable shared store fails here, nothing sent
-        summary = summary or PipelineSummary(model=request.model, prices=self.prices)
-        warn_unpriced(logger, request.model, table_of(summary))
+        summary = summary or PipelineSummary(model=self.model or "", prices=self.prices)
+        if self.model is not None:
+            warn_unpriced(logger, self.model, table_of(summary))
         documents = DocumentProcessor(ocr, limits=clients.limits)
-        ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
+        sessions = Sessions({})
+        stage = self._stage(sessions)
+        ocr_slots, extraction_slots = ocr.max_concurrent_requests, stage.slots
+        headers = (
+            request_headers(request)
+            if isinstance(request, ResponsesRequest)
+            else datalab_headers(ocr)  # Datalab's /extract: a second session on its key
+        )
         async with (
             clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
-            clients.session(extraction_slots, request_headers(request)) as extraction_session,
+            clients.session(extraction_slots, headers) as extraction_session,
         ):
+            sessions.sessions.update({OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session})
             adapter = PipelineAdapter(
-                documents.adapter(),
-                # background=True: each extraction's response id journaled, then polled
-                (BackgroundAdapter if request.background else DirectAdapter)(
-                    request, key_limiter(request, clients.limits), self.cache_keys
-                ),
-                ocr_slots=ocr_slots,
-                extraction_slots=extraction_slots,
-                per_page=self.per_page,
-                ocr_session=ocr_session,
-                extraction_session=extraction_session,
+                documents.adapter(), stage, ocr_slots=ocr_slots, sessions=sessions
             )
             driver = Driver(
                 adapter,
@@ -191,7 +207,7 @@ class ExtractionPipeline(ResponsesClients):
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,
-                        "model": request.model,
+                        "model": self.model,
                         "ocr_concurrency": ocr_slots,
                         "extraction_concurrency": extraction_slots,
                         "per_page": self.per_page,
@@ -206,6 +222,21 @@ class ExtractionPipeline(ResponsesClients):
                 async for row in in_input_order(rows) if ordered else rows:
                     adapter.replayed(note, row)
                     yield row
+
+    def _stage(self, sessions: Sessions) -> ExtractionStage:
+        """The extraction stage of one batch, on its key's limits."""
+        request, limits = self.extraction, self.clients.limits
+        if isinstance(request, DatalabExtraction):
+            return DatalabStage(request, self.ocr, limits, sessions)
+        return ResponsesExtraction(
+            # background=True: each extraction's response id journaled, then polled
+            (BackgroundAdapter if request.background else DirectAdapter)(
+                request, key_limiter(request, limits), self.cache_keys
+            ),
+            slots=request.max_concurrent_requests,
+            per_page=self.per_page,
+            sessions=sessions,
+        )
 
 
 async def in_input_order(rows: AsyncIterator[Result]) -> AsyncIterator[Result]:
