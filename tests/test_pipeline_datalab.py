@@ -1,0 +1,173 @@
+"""Many schemas, one OCR: `ExtractionPipeline(DocumentConfig(...), DatalabExtraction(...))`.
+
+Each document is converted once with `save_checkpoint`, then each schema is one `/extract`
+from that checkpoint. The emulator's counters say what crossed the wire and what was paid:
+`parses_by_digest` (OCR per document), `checkpoint_reads_by_digest` (extractions that read a
+checkpoint instead), `submissions_by_endpoint`, `cents_billed` per endpoint. The official
+`datalab-python-sdk`, pointed at the emulator, reads the same checkpoint as an oracle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from datalab_sdk import AsyncDatalabClient, ExtractOptions  # type: ignore[import-untyped]
+
+from genai_coroutines import DatalabExtraction, DocumentConfig, ExtractionPipeline
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.emulator.state import digest
+from genai_coroutines.pipeline import PipelineSummary
+from tests.pipeline_support import INVOICE_SCHEMA, convert_url, invoice_fields, invoice_pdf
+
+PARTIES_SCHEMA = {
+    "type": "object",
+    "properties": {"vendor": {"type": "string"}, "invoice_number": {"type": "string"}},
+}
+SCHEMAS: dict[str, Any] = {"invoice": INVOICE_SCHEMA, "parties": json.dumps(PARTIES_SCHEMA)}
+
+
+def ocr_config(emulator: Emulator, **options: Any) -> DocumentConfig:
+    return DocumentConfig(
+        api_key=emulator.config.datalab_api_key,
+        api_url=convert_url(emulator),
+        output_format="markdown",
+        poll_interval_secs=0.01,
+        base_retry_delay_secs=0.01,
+        **options,
+    )
+
+
+def pipeline(emulator: Emulator, **options: Any) -> ExtractionPipeline:
+    return ExtractionPipeline(ocr_config(emulator, **options), DatalabExtraction(SCHEMAS))
+
+
+def extracts(emulator: Emulator) -> int:
+    return sum(emulator.stats.submissions_by_endpoint.get("extract", {}).values())
+
+
+def conversions(emulator: Emulator) -> int:
+    return sum(emulator.stats.submissions_by_endpoint.get("convert", {}).values())
+
+
+async def test_20_documents_2_schemas_convert_20_times_and_extract_40_from_checkpoints(
+    emulator: Emulator,
+) -> None:
+    docs = [invoice_pdf(i, 1 + i % 3) for i in range(20)]
+    run = pipeline(emulator, max_concurrent_requests=8)
+    rows = await run.process(docs)
+
+    assert all(row["success"] for row in rows), [row["error"] for row in rows]
+    for i, row in enumerate(rows):
+        assert row["fields"]["invoice"] == invoice_fields(i)
+        assert row["fields"]["parties"] == {
+            key: invoice_fields(i)[key] for key in ("vendor", "invoice_number")
+        }
+        assert list(row["extraction"]["schemas"]) == ["invoice", "parties"]
+        assert row["extraction"]["checkpoint_id"] == row["checkpoint_id"]
+    stats = emulator.stats
+    assert (conversions(emulator), extracts(emulator)) == (20, 40)
+    assert stats.parses_by_digest == {digest(doc): 1 for doc in docs}  # each parsed once
+    assert stats.checkpoint_reads_by_digest == {digest(doc): 2 for doc in docs}
+    assert all(key.startswith("checkpoint:") for key in stats.submissions_by_endpoint["extract"])
+
+    pages = sum(1 + i % 3 for i in range(20))
+    summary = run.last_summary
+    assert isinstance(summary, PipelineSummary)
+    by_stage = summary.as_dict()["cost_cents_by_stage"]
+    assert by_stage == pytest.approx(
+        {"ocr": pages * 0.6, "extract:invoice": pages * 0.6, "extract:parties": pages * 0.6}
+    )
+    assert summary.cost_cents == pytest.approx(sum(stats.cents_billed.values()))
+    assert summary.ocr_cents == pytest.approx(stats.cents_billed["convert"])
+    assert summary.extraction_requests == 40 and summary.pages == pages
+    assert "extraction (Datalab): 40 requests" in summary.describe()
+
+
+async def test_the_sdk_reads_the_same_extraction_from_the_rows_checkpoint(
+    emulator: Emulator,
+) -> None:
+    [row] = await pipeline(emulator).process([invoice_pdf(3, 2)])
+    assert row["success"], row["error"]
+
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
+        oracle = {
+            name: await client.extract(
+                options=ExtractOptions(
+                    page_schema=json.dumps(schema) if isinstance(schema, dict) else schema,
+                    checkpoint_id=row["checkpoint_id"],
+                ),
+                poll_interval=0.01,
+            )
+            for name, schema in SCHEMAS.items()
+        }
+    assert row["fields"] == {name: json.loads(r.extraction_schema_json) for name, r in oracle.items()}
+    for name, result in oracle.items():
+        assert row["extraction"]["schemas"][name]["cost_breakdown"] == result.cost_breakdown
+    assert emulator.stats.parses_by_digest == {digest(invoice_pdf(3, 2)): 1}
+
+
+@pytest.mark.parametrize("answer", ["404", "failed"])
+async def test_a_lost_checkpoint_is_converted_exactly_twice_then_extracted(
+    emulator: Emulator, tmp_path: Path, answer: str
+) -> None:
+    """A first run extracts one schema and journals the conversion; a day later (the
+    checkpoint is gone) a rerun adds a schema: the journaled conversion's
+    checkpoint is found lost (a 404 at submission, or an accepted job that ends failed) and
+    the document is converted once more, not more, then extracted."""
+    emulator.config.datalab_lost_checkpoint = answer  # type: ignore[assignment]
+    journal = tmp_path / "pipeline.journal"
+    doc = invoice_pdf(1, 2)
+    first = ExtractionPipeline(ocr_config(emulator), DatalabExtraction({"invoice": INVOICE_SCHEMA}))
+    [row] = await first.process([doc], journal=journal)
+    assert row["success"] and conversions(emulator) == 1
+    emulator.datalab.checkpoints.clear()  # past its retention
+
+    [row] = await pipeline(emulator).process([doc], journal=journal)
+
+    assert row["success"], row["error"]
+    assert row["fields"]["invoice"] == invoice_fields(1)
+    assert conversions(emulator) == 2 and emulator.stats.parses_by_digest == {digest(doc): 2}
+    assert row["extraction"]["reconverted"] and not row["ocr"]["from_journal"]
+    assert row["extraction"]["schemas"]["invoice"]["from_journal"]  # its answer was kept
+    assert row["extraction"]["cost_cents"]["ocr"] == pytest.approx(2 * 2 * 0.6)  # paid twice
+    assert emulator.stats.checkpoint_reads_by_digest == {digest(doc): 2}  # 1 + parties once
+
+
+async def test_a_checkpoint_lost_again_fails_the_row_without_looping(emulator: Emulator) -> None:
+    emulator.config.datalab_checkpoint_ttl = 0.0  # gone as soon as it is saved
+    emulator.config.seconds_per_page = 0.0
+    [row] = await pipeline(emulator).process([invoice_pdf(2)])
+
+    assert row["failed_stage"] == "extraction" and row["error_type"] == "not_found_error"
+    assert "Checkpoint" in row["error"]
+    assert conversions(emulator) == 2  # once, and once more: never a loop
+    assert emulator.stats.requests["marker_submit 404"] == 4  # each schema, each checkpoint
+
+
+def test_datalab_extraction_is_checked_at_construction_naming_the_parameter() -> None:
+    with pytest.raises(TypeError, match="schemas must be a dict"):
+        DatalabExtraction([INVOICE_SCHEMA])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="schemas or schema_ids"):
+        DatalabExtraction()
+    with pytest.raises(ValueError, match=r"schemas\['x'\] is not valid JSON"):
+        DatalabExtraction({"x": "{not json"})
+    with pytest.raises(ValueError, match=r"schemas\['x'\]: a JSON Schema with 'properties'"):
+        DatalabExtraction({"x": {"type": "object"}})
+    with pytest.raises(TypeError, match=r"schemas\['x'\] must be a dict or a JSON string"):
+        DatalabExtraction({"x": 3})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="schema_ids: x already named in schemas"):
+        DatalabExtraction({"x": INVOICE_SCHEMA}, schema_ids={"x": "sch_1"})
+    with pytest.raises(TypeError, match=r"schema_ids\['y'\] must be a schema id"):
+        DatalabExtraction(schema_ids={"y": 7})  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="max_concurrent_requests"):
+        DatalabExtraction({"x": INVOICE_SCHEMA}, max_concurrent_requests=0)
+    ocr = DocumentConfig(api_key="dl-test")
+    with pytest.raises(ValueError, match="per_page"):
+        ExtractionPipeline(ocr, DatalabExtraction({"x": INVOICE_SCHEMA}), per_page=True)
+    made = ExtractionPipeline(ocr, DatalabExtraction({"x": INVOICE_SCHEMA}))
+    assert made.ocr.save_checkpoint and "model=None" in repr(made)
