@@ -105,7 +105,9 @@ async def test_the_sdk_reads_the_same_extraction_from_the_rows_checkpoint(
             )
             for name, schema in SCHEMAS.items()
         }
-    assert row["fields"] == {name: json.loads(r.extraction_schema_json) for name, r in oracle.items()}
+    assert row["fields"] == {
+        name: json.loads(r.extraction_schema_json) for name, r in oracle.items()
+    }
     for name, result in oracle.items():
         assert row["extraction"]["schemas"][name]["cost_breakdown"] == result.cost_breakdown
     assert emulator.stats.parses_by_digest == {digest(invoice_pdf(3, 2)): 1}
