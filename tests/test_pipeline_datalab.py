@@ -173,3 +173,29 @@ def test_datalab_extraction_is_checked_at_construction_naming_the_parameter() ->
         ExtractionPipeline(ocr, DatalabExtraction({"x": INVOICE_SCHEMA}), per_page=True)
     made = ExtractionPipeline(ocr, DatalabExtraction({"x": INVOICE_SCHEMA}))
     assert made.ocr.save_checkpoint and "model=None" in repr(made)
+
+
+async def test_credits_running_out_mid_batch_keep_what_finished_and_retry_no_403(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """1-page documents cost 0.6 + 2 x 0.6 cents each: 4 cents run out within the third
+    (conversions and extractions interleave), a submission is refused 403 (never retried)
+    and the batch ends; a rerun after a top-up pays only for the stages not finished."""
+    emulator.config.datalab_credits_cents = 4.0
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i) for i in range(5)]
+    rows = await pipeline(emulator, max_concurrent_requests=1).process(docs, journal=journal)
+
+    done = [row for row in rows if row["success"]]
+    assert len(done) >= 1 and all(set(row["fields"]) == {"invoice", "parties"} for row in done)
+    assert {row["error_type"] for row in rows if not row["success"]} == {"insufficient_quota"}
+    assert all("active, paid subscription" in row["error"] for row in rows if not row["success"])
+    assert emulator.stats.requests["marker_submit 403"] == 1  # never retried
+    spent = sum(emulator.stats.cents_billed.values())
+
+    emulator.config.datalab_credits_cents = 100.0
+    again = await pipeline(emulator).process(docs, journal=journal)
+    assert all(row["success"] for row in again)
+    assert emulator.stats.parses_by_digest == {digest(doc): 1 for doc in docs}
+    assert sum(emulator.stats.cents_billed.values()) == pytest.approx(5 * 1.8)
+    assert spent <= 4.0
