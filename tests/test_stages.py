@@ -346,5 +346,43 @@ async def test_a_grouped_stage_continues_into_the_next_without_a_slot(
     first_batches = {first.ids.group for first in adapter.firsts if first.ids is not None}
     assert len(first_batches) == 1, "an item waiting on its line held the only slot"
     assert all(r["batch_id"] not in first_batches for r in results)
+    assert len({r["batch_id"] for r in results}) == 1, "lines after the input's end: one file"
     lines = emulator.stats.batch_executions_by_custom_id
     assert sum(lines.values()) == 12 and set(lines.values()) == {1}
+
+
+class ThenPostsAdapter(BatchAPIAdapter):
+    """An item of a Batch API line whose continuation is async: it POSTs a second request
+    on the synchronous path, whose answer is the item's."""
+
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Deferred:
+        batch, index = run.batch, run.index
+
+        async def then(first: list[Outcome[Any]]) -> Outcome[Any]:
+            assert isinstance(first[0], Answered), first
+            second = await self.prepare(index, f"second {index}")
+            assert not isinstance(second, Failure)
+            return await self.context.direct.execute(ItemRun(index, batch, 0.0), second)
+
+        return Deferred(self.stage, [Line(StageKey(index, "first"), prepared)], then)
+
+
+async def test_an_async_continuation_runs_a_direct_request_after_its_line(
+    emulator: Emulator,
+) -> None:
+    """Six items' first lines, named `StageKey(i, "first")`, go in one batch file at
+    concurrency 1; each continuation then POSTs its second request (the item's answer)."""
+    prompts = [f"first {i}" for i in range(6)]
+    request = request_for(emulator, prompts, max_concurrent_requests=1)
+    limits = KeyLimits(MemoryStore())
+    direct = DirectAdapter(request, key_limiter(request, limits))
+    adapter = ThenPostsAdapter(request, BatchAPI(poll_interval_secs=0.01), direct, limits)
+    options = BatchOptions(concurrency=1, headers=request_headers(request))
+
+    results = [result async for result in Driver(adapter, prompts, options).stream()]
+
+    assert sorted(r["index"] for r in results) == list(range(6))
+    assert all(r["success"] and r["service_tier"] != "batch" for r in results)
+    assert emulator.stats.batches_created == 1 and posts(emulator) == 6
+    lines = emulator.stats.batch_executions_by_custom_id
+    assert {key_of(line) for line in lines} == {StageKey(i, "first") for i in range(6)}

@@ -53,6 +53,7 @@ from ..engine import (
     Failed,
     Failure,
     GroupedStage,
+    Ids,
     ItemEnd,
     ItemRun,
     Line,
@@ -525,9 +526,11 @@ class PipelineAdapter:
             cents=None if not ocr_done or ocr_bill is None else ocr_bill.cents,
         )
         attempts = 1 + retries if ocr.ran else 0
+        # Tokens a batch answered are reported by the batch (`Summary.report_group`).
+        ids = None if row.batch is None or row.batch[0] is None else Ids(group=row.batch[0])
         if failure is None:
-            return Answered(row, attempts, rate_limited, bill)
-        return Failed(failure, attempts, rate_limited, bill, value=row)
+            return Answered(row, attempts, rate_limited, bill, ids)
+        return Failed(failure, attempts, rate_limited, bill, ids, value=row)
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome
