@@ -638,6 +638,25 @@ async def test_a_batch_that_cannot_be_polled_is_asked_again_by_the_rerun_not_res
     assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
 
 
+async def test_a_batch_past_max_wait_secs_ends_poll_timeout_and_the_rerun_collects_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.batch_seconds_per_line = 0.1
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 5)
+    waited = fast(max_wait_secs=0.05)
+    first = (await ResponsesProcessor().process_batch(request, batch_api=waited, journal=journal))[
+        "results"
+    ]
+    assert {r["error_type"] for r in first} == {"poll_timeout"}
+    assert all(r["batch_pending"] and "max_wait_secs (0.05s)" in r["error"] for r in first)
+    again = (await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal))[
+        "results"
+    ]
+    assert all(r["success"] for r in again)
+    assert {r["batch_id"] for r in again} == {first[0]["batch_id"]}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+
+
 async def interrupt_after_the_batch_is_created(
     request: ResponsesRequest, journal: Path, batches: int = 1
 ) -> str:
@@ -887,6 +906,8 @@ async def test_progress_shows_each_batch_state_and_counts(
         ({"metadata": {"a": 1}}, TypeError, "metadata"),
         ({"max_batches_per_hour": 0}, ValueError, "max_batches_per_hour"),
         ({"max_batches_per_hour": 1.5}, TypeError, "max_batches_per_hour"),
+        ({"max_wait_secs": 0}, ValueError, "max_wait_secs"),
+        ({"max_wait_secs": "3600"}, TypeError, "max_wait_secs"),
         # declared once, on the request (`ResponsesRequest.cancel_on_interrupt`)
         ({"cancel_on_interrupt": True}, TypeError, "cancel_on_interrupt"),
     ],

@@ -375,13 +375,17 @@ class Journal:
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
         rerun asks that batch again rather than sending the item twice; so do its named
-        stages' submissions and lines (a rerun of a failed item starts it afresh).
+        stages' submissions and lines (a rerun of a failed item starts it afresh). A
+        pending item journaled as submitted (a background response given up on at
+        `max_wait_secs`) keeps that submission and no result, so a rerun polls it.
         """
+        open_submission = "items.result IS NULL AND items.check_url IS NOT NULL"
+        keep = f" WHERE NOT ({open_submission})" if pending else ""
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
             (
                 "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                " result = excluded.result",
+                f" result = excluded.result{keep}",
                 [(index, digest, orjson.dumps(result))],
             )
         ]
