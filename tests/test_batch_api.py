@@ -794,6 +794,33 @@ async def test_kill_9_after_the_second_batch_then_resume_creates_3_batches_and_u
     assert "tokens:" in err and "items: 1200 (1200 ok" in err
 
 
+async def test_kill_9_between_an_upload_and_its_journal_line_then_resume_uploads_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The emulator stores the first upload and never answers it (`files_stored`), so the
+    run is killed with its file at the API and only the upload's intent journaled; the
+    resume lists the files, finds it by name (its digest) and size, and batches it."""
+    write_prompts(tmp_path / "prompts.jsonl", prompts(30))
+    emulator.faults.schedule("files_stored", "hang", times=1)
+    args = cli_args(emulator, tmp_path, "--batch-max-requests-per-file", "20")
+    first = await start(emulator, tmp_path, *args)
+    stats = emulator.stats
+    await until(first, lambda: stats.files_uploaded == 1, "the first file was stored")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    assert stats.batches_created == 0 and not journal_jobs(tmp_path / "batch.journal")
+
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    assert stats.files_uploaded == 2 and set(stats.files_by_digest.values()) == {1}, (
+        "two files, each uploaded once"
+    )
+    assert stats.batches_created == 2 and "batch_api_file_found" in err
+    records = output_lines(tmp_path / "out.jsonl")
+    assert sorted(r["index"] for r in records) == list(range(30))
+    assert all(r["success"] for r in records)
+
+
 async def test_ctrl_c_leaves_the_batches_running_and_resume_collects_them(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -208,6 +208,9 @@ class Stats:
         (what a benchmark's lower bound divides by the limit)."""
         # OpenAI async paths
         self.files_uploaded = 0
+        self.files_by_digest: Counter[str] = Counter()
+        """OpenAI Files: uploads stored per digest of their bytes (a second one means the
+        same file was uploaded twice)."""
         self.batches_created = 0
         self.batch_executions_by_custom_id: Counter[str] = Counter()
         """Batch lines run per `custom_id`, across batches (a second one means it ran twice)."""
@@ -284,6 +287,7 @@ class Stats:
             "webhooks_sent": self.webhooks_sent,
             "tokens_charged": self.tokens_charged,
             "files_uploaded": self.files_uploaded,
+            "files_by_digest": dict(self.files_by_digest),
             "batches_created": self.batches_created,
             "batch_executions_by_custom_id": dict(self.batch_executions_by_custom_id),
             "duplicate_batch_executions": sum(
