@@ -199,7 +199,8 @@ class Stats:
         self.completed_by_digest: Counter[str] = Counter()
         """OpenAI: 200 answers per digest of their `input` (a second one means paid twice)."""
         self.received: list[dict[str, Any]] = []
-        """The last request bodies/forms seen, newest last (kept short)."""
+        """The last request bodies/forms seen, newest last (kept short); the snapshot's
+        `client_connections` counts the distinct client addresses (`peer`) among them."""
         self.in_flight = 0
         self.peak_in_flight = 0
         self.webhooks_sent = 0
@@ -286,6 +287,7 @@ class Stats:
             "peak_in_flight": self.peak_in_flight,
             "webhooks_sent": self.webhooks_sent,
             "tokens_charged": self.tokens_charged,
+            "client_connections": len({seen.get("peer") for seen in self.received} - {None}),
             "files_uploaded": self.files_uploaded,
             "files_by_digest": dict(self.files_by_digest),
             "batches_created": self.batches_created,

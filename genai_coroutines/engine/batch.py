@@ -107,6 +107,10 @@ class Adapter(Admission[P], Protocol[P]):
 
 
 Then = Callable[[Outcome[Any]], "Outcome[Any] | Deferred"]
+SessionOpener = Callable[
+    [int, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientSession]
+]
+"""`Clients.session`: a session for (concurrency, headers), to use in `async with`."""
 """What an item does with the outcome of a grouped stage: its own outcome, or its next stage."""
 
 
@@ -246,6 +250,9 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    sessions: SessionOpener | None = None
+    """Where the batch gets its session (`Clients.session`, which may keep one open across
+    batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
 
@@ -284,9 +291,12 @@ class DriverCore(Generic[P]):
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
         try:
-            async with open_session(
-                options.concurrency, options.headers, options.connector
-            ) as session:
+            opened = (
+                open_session(options.concurrency, options.headers, options.connector)
+                if options.sessions is None
+                else options.sessions(options.concurrency, options.headers)
+            )
+            async with opened as session:
                 run = BatchRun(
                     session,
                     self.stop,
