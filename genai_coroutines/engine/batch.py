@@ -128,6 +128,12 @@ class Line:
     digest: str | None = None
 
 
+SessionOpener = Callable[
+    [int, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientSession]
+]
+"""`Clients.session`: a session for (concurrency, headers), to use in `async with`."""
+
+
 @dataclass(slots=True)
 class Deferred:
     """What `Adapter.execute` returns to run stage requests in a group (`GroupedStage`):
@@ -270,6 +276,9 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    sessions: SessionOpener | None = None
+    """Where the batch gets its session (`Clients.session`, which may keep one open across
+    batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
 
@@ -308,9 +317,12 @@ class DriverCore(Generic[P]):
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
         try:
-            async with open_session(
-                options.concurrency, options.headers, options.connector
-            ) as session:
+            opened = (
+                open_session(options.concurrency, options.headers, options.connector)
+                if options.sessions is None
+                else options.sessions(options.concurrency, options.headers)
+            )
+            async with opened as session:
                 run = BatchRun(
                     session,
                     self.stop,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ... import validation as check
-from ...params import json_text, param
+from ...params import json_text, max_wait_param, param
 from ..request import check_metadata
 
 MAX_REQUESTS_PER_FILE = 50_000
@@ -38,6 +38,9 @@ class BatchAPI:
 
     poll_interval_secs: float = param(
         60.0, "seconds between polls of each batch", flag="--batch-poll-interval"
+    )
+    max_wait_secs: float | None = max_wait_param(
+        None, "each batch (None: until its completion window ends it)", flag="--batch-max-wait"
     )
     completion_window: str = param(
         "24h", "the batches' completion window", flag="--batch-completion-window"
@@ -81,6 +84,7 @@ class BatchAPI:
 
     def __post_init__(self) -> None:
         check.number("poll_interval_secs", self.poll_interval_secs, positive=True)
+        check.number("max_wait_secs", self.max_wait_secs, positive=True, optional=True)
         check.choice("completion_window", self.completion_window, COMPLETION_WINDOWS)
         check.integer("max_requests_per_file", self.max_requests_per_file, minimum=1)
         if self.max_requests_per_file > MAX_REQUESTS_PER_FILE:
