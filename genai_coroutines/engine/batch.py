@@ -57,6 +57,7 @@ import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
+from .cutoff import Cutoff
 from .dedupe import Twin, Twins, twin_end
 from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
@@ -248,6 +249,8 @@ class BatchOptions:
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
+    cutoff: Cutoff | None = None
+    """The batch's deadline: once it passes nothing more is sent (`engine.cutoff`)."""
 
 
 class DriverCore(Generic[P]):
@@ -283,6 +286,12 @@ class DriverCore(Generic[P]):
         telemetry = start_batch(
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
+        cutoff = options.cutoff
+        timer = (
+            None
+            if cutoff is None
+            else asyncio.get_running_loop().call_later(max(0.0, cutoff.left()), self._cut)
+        )
         try:
             async with open_session(
                 options.concurrency, options.headers, options.connector
@@ -305,6 +314,8 @@ class DriverCore(Generic[P]):
                             telemetry.finished(end)
                         yield result
         finally:
+            if timer is not None:
+                timer.cancel()
             if options.budget is not None:
                 await options.budget.close()
             books.close()
@@ -326,6 +337,22 @@ class DriverCore(Generic[P]):
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
+    def _cut(self) -> None:
+        """The deadline passed: stop sending (`BatchStop.cut`), and say so."""
+        cutoff = self.options.cutoff
+        assert cutoff is not None
+        self.stop.cut(cutoff.failure())
+        books = self.books
+        log_event(
+            self.adapter.logger,
+            logging.WARNING,
+            "deadline_passed",
+            deadline=cutoff.text(),
+            done=books.succeeded + books.failed,
+            action='"nothing more is sent: requests in flight finish, the rest end '
+            'deadline_exceeded (journaled: a rerun with the journal sends them)"',
+        )
+
     def _unsent(self, index: int, failure: Failure, started: float) -> Ended:
         """An item that ends without being sent."""
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
@@ -336,8 +363,9 @@ class DriverCore(Generic[P]):
         it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
-        if self.stop.failure is not None:
-            return self._unsent(index, self.stop.failure, started)
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return self._unsent(index, stop.failure, started)
         try:
             prepared = await adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
@@ -364,6 +392,9 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         if budget is not None:
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
             held = await budget.reserve(prepared, paid=paid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.cutoff import Cutoff
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
@@ -144,6 +146,7 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
+        deadline: float | datetime | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -153,7 +156,13 @@ class ExtractionPipeline(ResponsesClients):
         one bar for both stages; `summary` (default a `PipelineSummary`, also kept as
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
+
+        `deadline`: seconds from this call, or a timezone-aware `datetime`, after which
+        nothing more is sent (no upload, no extraction): the jobs and requests in flight
+        finish, and every row not done ends `deadline_exceeded` (with its finished OCR, if
+        any), journaled, so a rerun with the journal goes on from there (`engine.cutoff`).
         """
+        cutoff = Cutoff.of(deadline)
         ocr, request, clients = self.ocr, self.extraction, self.clients
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=request.model, prices=self.prices)
@@ -188,6 +197,7 @@ class ExtractionPipeline(ResponsesClients):
                     progress=progress,
                     summary=summary,
                     resume=resume,
+                    cutoff=cutoff,
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,

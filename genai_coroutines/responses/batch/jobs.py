@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -36,6 +35,7 @@ from ..direct import Prepared, retry_policy
 from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
+from .fallback import Fallback, Resender
 from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, index_of
 from .submitter import Submitter
 from .wire import TERMINAL, BatchWire
@@ -44,17 +44,10 @@ SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
 
 
-SendAgain = Callable[["BatchJobs", BatchJob, dict[int, Member]], None]
-"""Takes the members of an ended job that are to be sent again, instead of a follow-up
-batch (their lines are still in the job's spool), and emits their outcomes."""
-
-
 class BatchJobs:
     """The files and batches of one `stream()` on the Batch API path."""
 
-    def __init__(
-        self, context: BatchContext, run: GroupRun, resend: SendAgain | None = None
-    ) -> None:
+    def __init__(self, context: BatchContext, run: GroupRun, resend: bool = False) -> None:
         request = context.request
         self.context = context
         self.group = run
@@ -76,8 +69,28 @@ class BatchJobs:
         self.answers = Answers(
             context, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
         )
-        self.submitter = Submitter(context, run, self.wire, api_key, self.answers)
+        self.resender = Resender(context, run, self.tasks)
         self.resend = resend
+        """Send what an ended batch hands back synchronously, not in a follow-up batch."""
+        self.fallback = (
+            None
+            if context.cutoff is None
+            else Fallback(context, context.cutoff, self, self.wire, self.answers, self.resender)
+        )
+        self.submitter = Submitter(
+            context,
+            run,
+            self.wire,
+            api_key,
+            self.answers,
+            divert=None if self.fallback is None else self.fallback.take,
+        )
+        self.added = 0
+        """Lines taken (`add`)."""
+        self.closed = False
+        """The input is read (`close`)."""
+        if self.fallback is not None:
+            self.tasks.spawn(self.fallback.watch())
         self.writer: BatchJob | None = None
         """The file being written."""
         self.resumed: dict[str, BatchJob] = {}
@@ -100,17 +113,24 @@ class BatchJobs:
 
     def close(self) -> None:
         """The input is read: the file being written goes out, and so do earlier runs'."""
-        if self.writer is not None:
-            self._launch(self.writer)
-            self.writer = None
+        self.closed = True
+        self.flush()
         for job in self.resumed.values():
             self._launch(job)
         self.resumed.clear()
 
+    def flush(self) -> None:
+        """The file being written goes out."""
+        if self.writer is not None:
+            self._launch(self.writer)
+            self.writer = None
+
     async def add(self, key: StageKey, request: Prepared) -> None:
-        """A line for the file being written (a file of an earlier run, if it holds it)."""
+        """A line for the file being written (a file of an earlier run, if it holds it);
+        after a deadline's switch (`fallback`), sent synchronously."""
         if key.stage:
             raise ValueError(f"the Batch API stage takes items of one stage, got {key.text}")
+        self.added += 1
         options = self.options
         index, body = key.index, self.context.direct.wire_body(request)
         tokens = self.context.input_tokens(request)
@@ -122,6 +142,9 @@ class BatchJobs:
             job.add(
                 index, Member(known.line_id, known.attempt, tokens), batch_line(known.line_id, body)
             )
+            return
+        if self.fallback is not None and self.fallback.switched:
+            self.resender.send(index, body, tokens, 0)
             return
         line_id = custom_id(key, body)
         line = batch_line(line_id, body)
@@ -188,6 +211,8 @@ class BatchJobs:
         try:
             if job.batch_id is None and not await self.submitter.submit(job):
                 return
+            if self.fallback is not None:
+                await self.fallback.created(job)
             batch = await self.answers.follow(job)
             if batch is not None:
                 await self.submitter.release(job)  # it ended: its tokens leave before it is read
@@ -195,8 +220,9 @@ class BatchJobs:
                 usage = batch.get("usage")  # the provider's figures, beside the lines' sums
                 summary = self.group.batch.summary
                 summary.report_group(usage_tokens(usage) if isinstance(usage, dict) else None)
-                if retry.members and self.resend is not None:
-                    self.resend(self, job, retry.members)
+                resend = self.resend or (self.fallback is not None and self.fallback.switched)
+                if retry.members and resend:
+                    self.resender.again(job, retry.members, ran=True)
                 elif retry.members:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.members, after=after)
@@ -290,7 +316,9 @@ class BatchStage:
     """The Batch API as a grouped stage (`engine.GroupedStage`): a `jobs.BatchJobs` per
     batch, taking lines of requests as `DirectAdapter.prepare` makes them."""
 
-    def __init__(self, context: BatchContext, resend: SendAgain | None = None) -> None:
+    def __init__(self, context: BatchContext, resend: bool = False) -> None:
+        """`resend`: what an ended batch hands back is sent synchronously (a rerun that
+        collects an earlier run's batches), not in a follow-up batch."""
         self.context = context
         self.resend = resend
 

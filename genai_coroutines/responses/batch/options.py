@@ -55,6 +55,12 @@ class BatchAPI:
         "store (the API's limit)",
         flag="--batch-max-per-hour",
     )
+    fallback_margin_secs: float = param(
+        600.0,
+        "with a deadline: time kept beyond the synchronous path's estimate when switching "
+        "to it (a cancelled batch may take 10 minutes to stop)",
+        flag="--batch-fallback-margin",
+    )
     metadata: dict[str, str] | None = param(
         None,
         'each batch\'s metadata, a JSON object, e.g. \'{"run": "nightly"}\'',
@@ -80,6 +86,7 @@ class BatchAPI:
             )
         check.integer("max_enqueued_tokens", self.max_enqueued_tokens, minimum=1, optional=True)
         check.integer("max_batches_per_hour", self.max_batches_per_hour, minimum=1)
+        check.number("fallback_margin_secs", self.fallback_margin_secs)
         check_metadata(self.metadata)
 
     @classmethod
