@@ -25,7 +25,6 @@ from genai_coroutines.cli import build_parser, main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.engine import RateLimiter
-from genai_coroutines.params import deadline_text
 from genai_coroutines.responses.batch.spool import index_of
 from genai_coroutines.responses.direct import DirectAdapter, Prepared
 from tests.pipeline_support import pipeline_for
