@@ -174,15 +174,15 @@ async def test_a_bad_deadline_is_refused_naming_it_before_anything_is_sent(
     emulator: Emulator, deadline: object, error: type[Exception]
 ) -> None:
     request = make_request(emulator, 2)
-    with pytest.raises(error, match="deadline"):
+    with pytest.raises(error, match="^deadline"):
         await ResponsesProcessor().process_batch(request, deadline=deadline)  # type: ignore[arg-type]
-    with pytest.raises(error, match="deadline"):
+    with pytest.raises(error, match="^deadline"):
         await ResponsesProcessor().process_batch(
             request,
             batch_api=True,
             deadline=deadline,  # type: ignore[arg-type]
         )
-    with pytest.raises(error, match="deadline"):
+    with pytest.raises(error, match="^deadline"):
         await pipeline_for(emulator).process([b"%PDF-1.4"], deadline=deadline)
     assert emulator.stats.total("responses") == 0
 
@@ -238,6 +238,7 @@ async def test_a_bad_deadline_flag_is_a_usage_error(
     monkeypatch.setenv("OPENAI_API_KEY", emulator.config.openai_api_key)
     code = main(responses_args(emulator, tmp_path, "--deadline", text))
     assert code == 2
-    assert "--deadline" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "argument --deadline: " in err or "--deadline: deadline" in err
     assert not (tmp_path / "out.jsonl").exists(), "refused before the output was opened"
     assert emulator.stats.total("responses") == 0
