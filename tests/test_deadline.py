@@ -5,7 +5,7 @@ Every test runs against the emulator, its batch clock compressed through its con
 (`batch_seconds_per_line`); what was sent and answered where is counted there: batch lines
 by `custom_id` (`batch_executions_by_custom_id`), synchronous answers by their input
 (`completed_by_digest`), so an item answered by a batch and again synchronously shows.
-(Not about one attempt's timeout: that is `test_deadlines.py`.)
+(Not about one attempt's timeout: that is `test_attempt_timeouts.py`.)
 """
 
 from __future__ import annotations
