@@ -156,14 +156,17 @@ class Fallback:
 
     async def need(self) -> tuple[float, int]:
         """Seconds the synchronous path would need for what is unanswered, margins
-        included, and how many items that is."""
+        included, and how many items that is. A running batch owes its lines less those
+        it reports completed (`request_counts`), which its output file will hold."""
         owed = self.owed
         items, tokens = 0, 0.0
         for job in owed.jobs:
-            members, spool = len(job.members), job.spool
-            items += members
-            if members and spool.lines:
-                tokens += spool.tokens * members / spool.lines
+            spool = job.spool
+            read = spool.lines - len(job.members)  # lines whose answers were read back
+            owing = len(job.members) - max(0, job.counts.get("completed", 0) - read)
+            if owing > 0:
+                items += owing
+                tokens += spool.tokens * owing / spool.lines
         expected = self.context.expected
         if expected is not None and not owed.closed and owed.added < expected:
             unread = expected - owed.added
