@@ -242,3 +242,27 @@ async def test_a_bad_deadline_flag_is_a_usage_error(
     assert "argument --deadline: " in err or "--deadline: deadline" in err
     assert not (tmp_path / "out.jsonl").exists(), "refused before the output was opened"
     assert emulator.stats.total("responses") == 0
+
+
+async def test_background_responses_started_before_the_deadline_are_polled_to_their_end(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.background_queue_seconds = 0.4  # each response runs past the deadline
+    journal = tmp_path / "run.journal"
+    request = request_for(
+        emulator,
+        prompts(10),
+        background=True,
+        poll_interval_secs=0.02,
+        max_concurrent_requests=2,
+        max_waiting=0,  # a poll keeps its slot: two responses started, no more
+    )
+    done = await ResponsesProcessor().process_batch(request, journal=journal, deadline=0.2)
+    started = emulator.stats.total("responses")
+    assert done["total_success"] == started == 2, "both started responses collected"
+    late = [r for r in done["results"] if not r["success"]]
+    assert [(r["error_type"], r["attempts"]) for r in late] == [("deadline_exceeded", 0)] * 8
+
+    again = await ResponsesProcessor().process_batch(request, journal=journal)
+    assert again["total_success"] == 10
+    assert emulator.stats.total("responses") == 10, "the rerun started only the late ones"

@@ -27,13 +27,15 @@ API accepted the item earlier (a Datalab job, a background response), the journa
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
 
-Two choices of the caller are the driver's too, so they hold for every adapter: with
+Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
 (`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
 `twin` set, and ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
-unsent (`engine.budget`).
+unsent (`engine.budget`); with a `cutoff` (`deadline=`), once it passes nothing more is sent
+and the rest end `deadline_exceeded`, journaled, while what is in flight finishes
+(`engine.cutoff`).
 
 `execute` may also return a `Deferred`: a stage request run in a group the API answers
 together (the OpenAI Batch API: a file of lines, answered when its batch ends). The driver
