@@ -27,7 +27,7 @@ from genai_coroutines.emulator.state import digest
 from genai_coroutines.engine import RateLimiter
 from genai_coroutines.responses.batch.spool import index_of
 from genai_coroutines.responses.direct import DirectAdapter, Prepared
-from tests.pipeline_support import pipeline_for
+from tests.pipeline_support import invoice_pdf, pipeline_for
 from tests.responses_support import request_for
 from tests.test_cli import responses_args, write_prompts
 
@@ -266,3 +266,26 @@ async def test_background_responses_started_before_the_deadline_are_polled_to_th
     again = await ResponsesProcessor().process_batch(request, journal=journal)
     assert again["total_success"] == 10
     assert emulator.stats.total("responses") == 10, "the rerun started only the late ones"
+
+
+async def test_a_pipeline_past_its_deadline_sends_nothing_more_and_a_rerun_finishes(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.seconds_per_page = 0.1
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i) for i in range(8)]
+    pipeline = pipeline_for(emulator, ocr={"max_concurrent_requests": 1, "max_waiting": 0})
+    rows = await pipeline.process(docs, journal=journal, deadline=0.3)
+    assert [row["index"] for row in rows] == list(range(8)), "none lost"
+    late = [row for row in rows if not row["success"]]
+    assert late and len(late) < 8
+    assert {row["error_type"] for row in late} == {"deadline_exceeded"}
+    converted = [row for row in late if row["failed_stage"] == "extraction"]  # OCR kept
+    uploaded = len(emulator.stats.submissions_by_digest)
+    assert uploaded == 8 - len(late) + len(converted), "no document uploaded after it"
+    assert emulator.stats.total("responses") == 8 - len(late), "no extraction sent after it"
+
+    again = await pipeline_for(emulator).process(docs, journal=journal)
+    assert all(row["success"] for row in again)
+    assert set(emulator.stats.submissions_by_digest.values()) == {1}, "none uploaded twice"
+    assert set(emulator.stats.completed_by_digest.values()) == {1}, "none extracted twice"
