@@ -289,3 +289,23 @@ async def test_a_pipeline_past_its_deadline_sends_nothing_more_and_a_rerun_finis
     assert all(row["success"] for row in again)
     assert set(emulator.stats.submissions_by_digest.values()) == {1}, "none uploaded twice"
     assert set(emulator.stats.completed_by_digest.values()) == {1}, "none extracted twice"
+
+
+@pytest.mark.parametrize(
+    ("deadline", "margin", "tier"),
+    [(1.5, 0.3, "flex"), (10.0, 30.0, "default")],  # in time for flex; short from the start
+)
+async def test_a_flex_request_falls_back_to_flex_when_the_time_allows(
+    emulator: Emulator, deadline: float, margin: float, tier: str
+) -> None:
+    emulator.config.batch_seconds_per_line = 0.1
+    request = make_request(emulator, 30, service_tier="flex")
+    summary = BatchSummary(model=MODEL)
+    done = await ResponsesProcessor().process_batch(
+        request, batch_api=batch(margin=margin), deadline=deadline, summary=summary
+    )
+    assert done["total_success"] == 30
+    by_sync = [r for r in done["results"] if r["batch_id"] is None]
+    assert by_sync and {r["service_tier"] for r in by_sync} == {tier}
+    assert summary.tiers[tier] == len(by_sync)
+    assert await answers_per_item(emulator, request) == [1] * 30, "nothing answered twice"

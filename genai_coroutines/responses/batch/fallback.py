@@ -19,9 +19,11 @@ switches, once (`deadline_fallback`, logged with the counts and times):
   (the lines that never ran, retriable failures) is sent synchronously (`Resender`);
 - a file not yet made a batch is not: its lines are sent synchronously, and so is every
   item read from then on;
-- the synchronous requests go at flex first when the request asks for flex
-  (`service_tier="flex"`: the caller says the model offers it) and the time left is
-  `FLEX_SLOWDOWN` times the need, else at the default tier.
+- the synchronous requests are the batch lines' bodies, at the request's own tier. A
+  request for flex (`service_tier="flex"`: the caller says the model offers it) plans at
+  flex's pace (`FLEX_SLOWDOWN` times the need: flex is half price too, so switching sooner
+  costs nothing) and is sent at flex, unless the time left is nearer the default tier's need
+  than flex's (a deadline short from the start): then at the default tier.
 
 An answer sent synchronously carries no `batch_id` and reports the tier that served it,
 which is what the summary counts and prices it by (`service_tiers`: "batch" at half,
@@ -75,7 +77,7 @@ class Resender:
         self.bound = asyncio.Semaphore(context.request.max_concurrent_requests)
         self.max_output = context.direct.template.max_output
         self.tier: str | None = None
-        """The `service_tier` the bodies are sent at (None: as written)."""
+        """The `service_tier` the bodies are sent at (None: as written, the request's)."""
 
     def again(self, job: BatchJob, members: dict[int, Member], *, ran: bool) -> None:
         """Send the `members` of a job (their lines are in its spool); `ran`: its batch
@@ -136,6 +138,8 @@ class Fallback:
         self.answers = answers
         self.resender = resender
         self.switched = False
+        self.slowdown = FLEX_SLOWDOWN if context.request.service_tier == "flex" else 1.0
+        """A flex request plans at flex's pace: it switches sooner, to half-price flex."""
         direct = context.direct
         self.output_allowance = direct.template.max_output or DEFAULT_OUTPUT_ALLOWANCE
         self.limiter = direct.limiter
@@ -156,8 +160,9 @@ class Fallback:
 
     async def need(self) -> tuple[float, int]:
         """Seconds the synchronous path would need for what is unanswered, margins
-        included, and how many items that is. A running batch owes its lines less those
-        it reports completed (`request_counts`), which its output file will hold."""
+        included (at flex's pace for a flex request), and how many items that is. A
+        running batch owes its lines less those it reports completed (`request_counts`),
+        which its output file will hold."""
         owed = self.owed
         items, tokens = 0, 0.0
         for job in owed.jobs:
@@ -176,7 +181,7 @@ class Fallback:
         rpm, tpm = await self._limits()
         minutes = max(items / rpm, tokens / tpm if tpm else 0.0)
         margin = self.context.options.fallback_margin_secs
-        return minutes * 60.0 * (1.0 + MARGIN_SHARE) + margin, items
+        return minutes * 60.0 * (1.0 + MARGIN_SHARE) * self.slowdown + margin, items
 
     async def _limits(self) -> tuple[float, float | None]:
         request = self.context.request
@@ -190,11 +195,10 @@ class Fallback:
         """Cancel the batches, and send synchronously from now on."""
         self.switched = True
         margin = self.context.options.fallback_margin_secs
-        flex = (
-            self.context.request.service_tier == "flex"
-            and left >= FLEX_SLOWDOWN * (need - margin) + margin
-        )
-        self.resender.tier = "flex" if flex else "default"
+        asked = self.context.request.service_tier
+        if asked == "flex" and left < need - (need - margin) * (1 - 1 / FLEX_SLOWDOWN) / 2:
+            self.resender.tier = "default"  # nearer the default tier's need than flex's
+        tier = self.resender.tier or asked or "default"
         running = [j for j in self.owed.jobs if j.batch_id and j.status not in TERMINAL]
         log_event(
             self.context.logger,
@@ -205,7 +209,7 @@ class Fallback:
             sync_needs=f"{need:.1f}s",
             unanswered=items,
             batches_cancelled=len(running),
-            tier=self.resender.tier,
+            tier=tier,
             action='"batches cancelled, their answered lines kept; the rest sent synchronously"',
         )
         self.owed.flush()
