@@ -27,13 +27,15 @@ API accepted the item earlier (a Datalab job, a background response), the journa
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
 
-Two choices of the caller are the driver's too, so they hold for every adapter: with
+Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
 (`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
 `twin` set, and ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
-unsent (`engine.budget`).
+unsent (`engine.budget`); with a `cutoff` (`deadline=`), once it passes nothing more is sent
+and the rest end `deadline_exceeded`, journaled, while what is in flight finishes
+(`engine.cutoff`).
 
 `execute` may also return a `Deferred`: stage requests (`Line`s, each named by its
 `StageKey`) run in a group the API answers together (the OpenAI Batch API: a file of lines,
@@ -60,6 +62,7 @@ import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
+from .cutoff import Cutoff
 from .dedupe import Twin, Twins, twin_end
 from .grouped import Tasks
 from .http import ConnectorFactory, open_session
@@ -281,6 +284,8 @@ class BatchOptions:
     batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
+    cutoff: Cutoff | None = None
+    """The batch's deadline: once it passes nothing more is sent (`engine.cutoff`)."""
 
 
 class DriverCore(Generic[P]):
@@ -316,6 +321,12 @@ class DriverCore(Generic[P]):
         telemetry = start_batch(
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
+        cutoff = options.cutoff
+        timer = (
+            None
+            if cutoff is None
+            else asyncio.get_running_loop().call_later(max(0.0, cutoff.left()), self._cut)
+        )
         try:
             opened = (
                 open_session(options.concurrency, options.headers, options.connector)
@@ -341,6 +352,8 @@ class DriverCore(Generic[P]):
                             telemetry.finished(end)
                         yield result
         finally:
+            if timer is not None:
+                timer.cancel()
             if options.budget is not None:
                 await options.budget.close()
             books.close()
@@ -362,6 +375,22 @@ class DriverCore(Generic[P]):
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
+    def _cut(self) -> None:
+        """The deadline passed: stop sending (`BatchStop.cut`), and say so."""
+        cutoff = self.options.cutoff
+        assert cutoff is not None
+        self.stop.cut(cutoff.failure())
+        books = self.books
+        log_event(
+            self.adapter.logger,
+            logging.WARNING,
+            "deadline_passed",
+            deadline=cutoff.text(),
+            done=books.succeeded + books.failed,
+            action='"nothing more is sent: requests in flight finish, the rest end '
+            'deadline_exceeded (journaled: a rerun with the journal sends them)"',
+        )
+
     def _unsent(self, index: int, failure: Failure, started: float) -> Ended:
         """An item that ends without being sent."""
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
@@ -372,8 +401,9 @@ class DriverCore(Generic[P]):
         it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
-        if self.stop.failure is not None:
-            return self._unsent(index, self.stop.failure, started)
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return self._unsent(index, stop.failure, started)
         try:
             prepared = await adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
@@ -400,6 +430,9 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         if budget is not None:
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
             held = await budget.reserve(prepared, paid=paid)

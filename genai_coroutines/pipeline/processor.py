@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.cutoff import Cutoff
 from ..engine.journal import unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
@@ -147,6 +149,7 @@ class ExtractionPipeline(ResponsesClients):
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
         batch_api: bool | BatchAPI = False,
+        deadline: float | datetime | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -164,7 +167,13 @@ class ExtractionPipeline(ResponsesClients):
         first); a document waiting on its batch holds no concurrency slot. Each row adds
         the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
         collects the batches an interrupted run left running.
+
+        `deadline`: seconds from this call, or a timezone-aware `datetime`, after which
+        nothing more is sent (no upload, no extraction): the jobs and requests in flight
+        finish, and every row not done ends `deadline_exceeded` (with its finished OCR, if
+        any), journaled, so a rerun with the journal goes on from there (`engine.cutoff`).
         """
+        cutoff = Cutoff.of(deadline)
         ocr, request, clients = self.ocr, self.extraction, self.clients
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
@@ -192,7 +201,7 @@ class ExtractionPipeline(ResponsesClients):
             )
             stage = None
             if batch is not None:
-                context = BatchContext(request, batch, extraction, clients.limits)
+                context = BatchContext(request, batch, extraction, clients.limits, cutoff)
                 stage = BatchStage(context, session=extraction_session)
             adapter = PipelineAdapter(
                 documents.adapter(),
@@ -216,6 +225,7 @@ class ExtractionPipeline(ResponsesClients):
                     progress=progress,
                     summary=summary,
                     resume=resume,
+                    cutoff=cutoff,
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,

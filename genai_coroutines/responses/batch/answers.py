@@ -330,7 +330,9 @@ class Answers:
                     line=member.line_id,
                 ),
             )
-        elif outcome.retriable and member.attempt < self.max_retries:
+        elif outcome.retriable and (
+            member.attempt < self.max_retries or outcome.code == "batch_cancelled"
+        ):  # a line its cancelled batch never ran cost nothing: sending it is no retry
             retry.add(key, member, outcome)
         else:
             await self.emit(

@@ -74,6 +74,12 @@ class BatchAPI:
         "seconds after its first line at which a partly filled batch file is sent",
         flag="--batch-flush-max-wait",
     )
+    fallback_margin_secs: float = param(
+        600.0,
+        "with a deadline: time kept beyond the synchronous path's estimate when switching "
+        "to it (a cancelled batch may take 10 minutes to stop)",
+        flag="--batch-fallback-margin",
+    )
     metadata: dict[str, str] | None = param(
         None,
         'each batch\'s metadata, a JSON object, e.g. \'{"run": "nightly"}\'',
@@ -102,6 +108,7 @@ class BatchAPI:
         check.integer("max_batches_per_hour", self.max_batches_per_hour, minimum=1)
         check.number("flush_idle_secs", self.flush_idle_secs, positive=True)
         check.number("flush_max_wait_secs", self.flush_max_wait_secs, positive=True)
+        check.number("fallback_margin_secs", self.fallback_margin_secs)
         check_metadata(self.metadata)
 
     @classmethod

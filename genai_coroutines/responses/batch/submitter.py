@@ -98,8 +98,12 @@ class Submitter:
         wire: BatchWire,
         api_key: str,
         answers: Answers,
+        divert: Callable[[BatchJob], bool] | None = None,
     ) -> None:
+        """`divert`: asked before a job's upload and again before its batch is created;
+        True takes the job away (a deadline's switch to the synchronous path: `fallback`)."""
         self.context = context
+        self.divert = divert
         self.group = run
         self.options = context.options
         self.wire = wire
@@ -130,6 +134,8 @@ class Submitter:
             if stop is not None:
                 await self.answers.fail(job, stop)
                 return False
+            if job.file_id is None and self._diverted(job):
+                return False
             await self._wait_for(lambda: self._after_ended(job))
             if self.allowance is not None:
                 await self.allowance.reserve(job)
@@ -149,6 +155,9 @@ class Submitter:
                 return False
             assert job.file_id is not None
             await self._creation_slot()
+            if self._diverted(job):  # nothing awaited from here to the create
+                await self.release(job)
+                return False
             created = await self.wire.create(
                 job.file_id, self.options.completion_window, self.options.metadata, job.file_created
             )
@@ -159,6 +168,9 @@ class Submitter:
                 return False
             self._created(job, created.value)
             return True
+
+    def _diverted(self, job: BatchJob) -> bool:
+        return self.divert is not None and self.divert(job)
 
     def _after_ended(self, job: BatchJob) -> bool:
         """After the API refused a batch for its enqueued tokens, its follow-up waits for
