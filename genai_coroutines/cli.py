@@ -200,6 +200,7 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         if new is not None:
             group.add_argument(new, **{**options, "dest": _dest(new)})
     _add_batch_options(cmd)
+    _add_cost_options(cmd, "USD (both stages: Datalab's cents / 100 and OpenAI's dollars)")
     _add_prices(cmd)
 
 
@@ -457,6 +458,9 @@ def _run_batch(args: argparse.Namespace) -> int:
             progress=args.progress,
             summary=summary,
             ordered=args.in_order,
+            dedupe=args.dedupe,
+            max_cost_usd=args.max_cost,
+            budget_name=args.budget_name,
         )
     elif args.command == "responses":
         journal = _journal_path(args, "responses")

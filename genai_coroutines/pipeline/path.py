@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -58,8 +58,10 @@ from ..responses.direct import DirectAdapter, Prepared
 from ..responses.parse import answer_text
 from ..responses.prices import usage_tokens
 from ..responses.results import Answer
+from .budget import StageBudget
 from .fields import fields_of, merge_fields
 from .pages import payload_pages
+from .shared import SharedRequests
 from .slots import StageRun, StageSlot
 
 T = TypeVar("T")
@@ -80,6 +82,9 @@ class Stage(Generic[T]):
     outcome: Outcome[T]
     seconds: float
     reused: bool = False
+    duplicate_of: int | None = None
+    """With `dedupe`: the document whose identical request answered this one (it cost
+    nothing here; see `shared`)."""
 
 
 @dataclass(slots=True)
@@ -125,9 +130,16 @@ class PipelineAdapter:
         per_page: bool = False,
         ocr_session: Any = None,
         extraction_session: Any = None,
+        budget: StageBudget | None = None,
+        dedupe: bool = False,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
+        self.budget = budget
+        self.shared = SharedRequests() if dedupe else None
+        self.sources: dict[int, str | None] | None = {} if dedupe else None
+        """With `dedupe`: each document's own `source` until its row is out (a twin's row
+        is its original's but for that)."""
         self.telemetry_identity = Identity(KIND, model=extraction.model)
         self.per_page = per_page
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
@@ -144,7 +156,10 @@ class PipelineAdapter:
     # The driver's side.
 
     async def prepare(self, index: int, item: Any) -> Upload | Failure:
-        return await self.ocr.prepare(index, item)
+        upload = await self.ocr.prepare(index, item)
+        if self.sources is not None and isinstance(upload, Upload):
+            self.sources[index] = upload.url or upload.filename
+        return upload
 
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
@@ -168,6 +183,8 @@ class PipelineAdapter:
 
     def replayed(self, run_note: Any, row: Mapping[str, Any]) -> None:
         """Count a row the journal answered in the bar's stage counts."""
+        if self.sources is not None:
+            self.sources.pop(row["index"], None)
         if row.get("from_journal") and row.get("success"):
             self.ocred += 1
             self.extracted += 1
@@ -199,6 +216,8 @@ class PipelineAdapter:
             if done is not None:
                 revived = self.ocr.revive(done)
                 if isinstance(revived, Answered):
+                    if self.budget is not None:  # paid for by the run that journaled it
+                        self.budget.charge(ItemEnd(run.index, revived, 0.0))
                     return Stage(revived, 0.0, reused=True)
             accepted = journal.submitted(key, digest)
             if known is None and accepted is not None:
@@ -213,7 +232,13 @@ class PipelineAdapter:
                 on_submitted=_journal_submission(run, key, digest),
                 trace=run.trace,
             )
-            outcome = await self.ocr.execute(stage_run, upload)
+            budget = self.budget
+            outcome = await self._paid(
+                None if budget is None else budget.estimate(upload),
+                known is not None,
+                lambda: self.ocr.execute(stage_run, upload),
+                None if budget is None else budget.pricing.ocr_cost,
+            )
         if isinstance(outcome, Answered):
             record = self.ocr.render(ItemEnd(run.index, outcome, started))
             run.batch.journaled(lambda j: j.record_stage(key, digest, record))
@@ -255,13 +280,27 @@ class PipelineAdapter:
             if done is not None:
                 revived = self.extraction.revive(done)
                 if isinstance(revived, Answered):
-                    reused = Stage(revived, 0.0, reused=True)
+                    twin = done.get("duplicate_of")
+                    reused = Stage(revived, 0.0, True, twin)
+                    if twin is None and self.budget is not None:  # paid for by its run
+                        self.budget.charge(ItemEnd(run.index, revived, 0.0))
+                    if twin is None and self.shared is not None:
+                        self.shared.answered(digest, run.index, revived)
                     return reused, fields_of(answer_text(revived.value.raw)), None
         started = time.perf_counter()
-        outcome = await self._send(run, prepared, started, key, digest)
-        stage = Stage(outcome, time.perf_counter() - started)
+        shared, sender = self.shared, None
+        if shared is None:
+            outcome = await self._send(run, prepared, started, key, digest)
+        else:
+            outcome, sender = await shared.run(
+                digest, run.index, lambda: self._send(run, prepared, started, key, digest)
+            )
+            if sender is not None:  # another document's identical request: no cost here
+                outcome = dataclasses.replace(outcome, attempts=0, rate_limited=0)
+        stage = Stage(outcome, time.perf_counter() - started, duplicate_of=sender)
         if not isinstance(outcome, Answered):
-            return stage, None, outcome.failure
+            unsent = outcome.failure.error_type == "budget_exceeded"  # no request to count
+            return None if unsent else stage, None, outcome.failure
         text_out = answer_text(outcome.value.raw)
         fields = fields_of(text_out)
         if fields is None:
@@ -272,6 +311,8 @@ class PipelineAdapter:
             )
             return stage, None, failure
         record = self.extraction.render(ItemEnd(run.index, outcome, started))
+        if sender is not None:
+            record["duplicate_of"] = sender
         run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return stage, fields, None
 
@@ -293,7 +334,38 @@ class PipelineAdapter:
                 trace=run.trace,
                 slot=slot,
             )
-            return await self.extraction.execute(stage_run, prepared)
+            budget = self.budget
+            return await self._paid(
+                None if budget is None else budget.extraction(prepared),
+                accepted is not None,
+                lambda: self.extraction.execute(stage_run, prepared),
+                None if budget is None else budget.pricing.extraction.cost,
+            )
+
+    async def _paid(
+        self,
+        estimate: float | None,
+        paid: bool,
+        send: Callable[[], Awaitable[Outcome[T]]],
+        cost: Callable[[Outcome[T]], float | None] | None,
+    ) -> Outcome[T]:
+        """One stage request within the budget (none: `estimate` None): `estimate` held
+        before it is sent (`paid`: the API accepted it earlier, so it is polled whatever the
+        budget), what it `cost` spent when it ends; `budget_exceeded`, unsent, once the
+        budget could be passed."""
+        budget = self.budget
+        if budget is None or estimate is None or cost is None:
+            return await send()
+        held = await budget.hold(estimate, paid=paid)
+        if isinstance(held, Failure):
+            return Failed(held, 0)
+        try:
+            outcome = await send()
+        except BaseException:
+            budget.release(held)
+            raise
+        budget.spend(held, cost(outcome))
+        return outcome
 
     # The row.
 
@@ -324,7 +396,9 @@ class PipelineAdapter:
         checkpoint = payload.get("checkpoint_id")
         stages = done.stages
         answers = [s.outcome for s in stages if isinstance(s.outcome, Answered)]
-        usage = _summed_usage([answer.value.usage for answer in answers])
+        twins = [s.duplicate_of for s in stages if s.duplicate_of is not None]
+        billed = [s.outcome for s in stages if s.duplicate_of is None]
+        usage = _summed_usage([a.value.usage for a in billed if isinstance(a, Answered)])
         extraction_retries = sum(max(0, s.outcome.attempts - 1) for s in stages if not s.reused)
         tier = next((a.value.service_tier for a in answers if a.value.service_tier), None)
         fields = merge_fields(done.fields) if failed_stage is None else None
@@ -368,6 +442,7 @@ class PipelineAdapter:
                 "latency_ms": sum(s.seconds for s in stages) * 1000.0,
                 "usage": usage,
                 **({"page_fields": done.fields} if self.per_page else {}),
+                **({"duplicate_of": twins} if twins else {}),
             },
         }
         if failure is not None:
@@ -377,7 +452,7 @@ class PipelineAdapter:
             failed_stage,
             ocr_reused,
             ocr_retries,
-            len(stages),
+            len(stages) - len(twins),
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
@@ -405,17 +480,18 @@ class PipelineAdapter:
             failed = self._row(end.started, None, None, _Extractions(), OCR_STAGE, failure)
             assert isinstance(failed, Failed) and failed.value is not None
             row = failed.value
-        return {
-            "index": end.index,
-            **row.keys,
-            "processing_time_secs": row.seconds,
-        }
+        result = {"index": end.index, **row.keys, "processing_time_secs": row.seconds}
+        if self.sources is not None:
+            source = self.sources.pop(end.index, None)
+            if end.duplicate_of is not None:
+                result["source"] = source
+        return result
 
     def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
         get = record.get
         ocr, extraction = get("ocr") or {}, get("extraction") or {}
         keys = {k: v for k, v in record.items() if k not in ("index", "processing_time_secs")}
-        reused = int(extraction.get("requests") or 0)
+        reused = int(extraction.get("requests") or 0) - len(extraction.get("duplicate_of") or ())
         row = Row(
             keys,
             get("failed_stage"),

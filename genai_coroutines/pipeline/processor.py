@@ -30,6 +30,7 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.budget import SharedBudget, budget_needs
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
@@ -39,6 +40,7 @@ from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
+from .budget import stage_budget
 from .path import PipelineAdapter, logger
 from .summary import PipelineSummary
 
@@ -144,6 +146,9 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
+        dedupe: bool = False,
+        max_cost_usd: float | None = None,
+        budget_name: str | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -153,11 +158,24 @@ class ExtractionPipeline(ResponsesClients):
         one bar for both stages; `summary` (default a `PipelineSummary`, also kept as
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
+
+        `dedupe`, `max_cost_usd` and `budget_name` as `ResponsesProcessor.stream`'s, over
+        both stages: identical documents (same bytes or URL) are converted and extracted
+        once, each row with `duplicate_of` naming the index sent, and identical extraction
+        requests of different documents are sent once (`shared`); the budget, in US
+        dollars, is reserved before each OCR job and each extraction request, Datalab's
+        cents as dollars (`budget`).
         """
+        check.flag("dedupe", dedupe)
+        budget_needs(max_cost_usd, budget_name, "max_cost_usd")
         ocr, request, clients = self.ocr, self.extraction, self.clients
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=request.model, prices=self.prices)
-        warn_unpriced(logger, request.model, table_of(summary))
+        prices = table_of(summary)
+        budget = None if max_cost_usd is None else stage_budget(ocr, request, max_cost_usd, prices)
+        if budget is not None and budget_name is not None:
+            budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
+        warn_unpriced(logger, request.model, prices)
         documents = DocumentProcessor(ocr, limits=clients.limits)
         ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
         async with (
@@ -175,6 +193,8 @@ class ExtractionPipeline(ResponsesClients):
                 per_page=self.per_page,
                 ocr_session=ocr_session,
                 extraction_session=extraction_session,
+                budget=budget,
+                dedupe=dedupe,
             )
             driver = Driver(
                 adapter,
@@ -188,6 +208,8 @@ class ExtractionPipeline(ResponsesClients):
                     progress=progress,
                     summary=summary,
                     resume=resume,
+                    dedupe=dedupe,
+                    budget=budget,
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,
