@@ -33,6 +33,10 @@ settled them there already), so a rerun with the same budget sends nothing more 
 with a higher budget continues, whichever process runs it. A store lost mid-batch refuses
 the rest (`budget_exceeded`): a shared budget cannot be counted in one process.
 
+An item of several requests (a pipeline's document: its OCR job, then its extraction
+requests) reserves each one as it is about to be sent (`hold`) and settles it with what it
+cost (`spend`), the same rule request by request.
+
 Amounts are in the price model's unit (US dollars for tokens, cents for pages);
 `Budget` itself only adds them up.
 """

@@ -53,17 +53,15 @@ class PipelinePrices:
 @dataclass
 class StageBudget(Budget[Upload]):
     """The budget of a pipeline batch (see the module docstring). `estimate` is a document's
-    OCR in dollars, `extraction` an extraction request's. The driver only admits documents
-    against it (none once it is exhausted) and charges rows answered by the journal; the
-    stages `hold` and `spend` it."""
+    OCR in dollars, `extraction` an extraction request's. The stages `hold` and `spend` it;
+    the driver only charges it the rows the journal answers."""
 
     pricing: PipelinePrices
     extraction: Callable[[Prepared], float] = field(default=lambda _: 0.0)
 
     async def reserve(self, prepared: Upload, *, paid: bool = False) -> float | Failure:
-        if self.stop is not None and not paid:
-            self.refused += 1
-            return self.stop
+        """Every document is admitted: its stages reserve each request, and know which
+        ones the API accepted earlier (polled whatever the budget)."""
         return 0.0
 
     def settle(self, reserved: float, outcome: Outcome[Any]) -> None:

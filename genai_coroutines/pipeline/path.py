@@ -11,8 +11,12 @@ and each finished stage journaled as a stage of the item. Every document ends as
     over the requests), model, service_tier, response_ids, retries (both stages),
     rate_limited, processing_time_secs, from_journal (the whole row came from the
     journal), and the stages' detail in `ocr` and `extraction` (attempts, timings,
-    `from_journal` for a reused stage; `page_fields` with `per_page`); a failed row adds
-    the failed stage's `status`, `code` and `is_retriable`.
+    `from_journal` for a reused stage; `page_fields` with `per_page`; `duplicate_of` with
+    `dedupe`: the documents whose identical requests answered its own, which its `usage`
+    leaves out); a failed row adds the failed stage's `status`, `code` and `is_retriable`.
+
+With a budget (`budget.StageBudget`) each stage request is reserved before it is sent and
+settled when it ends (`_paid`).
 
 Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
 the stage's real `Failure`, and the extraction's answer is parsed once; the row is the
