@@ -67,6 +67,15 @@ class StageBudget(Budget[Upload]):
     def settle(self, reserved: float, outcome: Outcome[Any]) -> None:
         """Nothing: each of the document's requests was settled as it ended."""
 
+    def weigh(
+        self, request: Upload | Prepared
+    ) -> tuple[float, Callable[[Outcome[Any]], float | None]]:
+        """A stage request's estimate in dollars, and what its outcome cost in dollars: a
+        document's OCR job (its `Upload`), or an extraction request."""
+        if isinstance(request, Upload):
+            return self.estimate(request), self.pricing.ocr_cost
+        return self.extraction(request), self.pricing.extraction.cost
+
 
 def stage_budget(
     ocr: DocumentConfig, request: ResponsesRequest, limit_usd: float, prices: PriceTable

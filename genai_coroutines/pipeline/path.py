@@ -236,12 +236,8 @@ class PipelineAdapter:
                 on_submitted=_journal_submission(run, key, digest),
                 trace=run.trace,
             )
-            budget = self.budget
             outcome = await self._paid(
-                None if budget is None else budget.estimate(upload),
-                known is not None,
-                lambda: self.ocr.execute(stage_run, upload),
-                None if budget is None else budget.pricing.ocr_cost,
+                upload, known is not None, lambda: self.ocr.execute(stage_run, upload)
             )
         if isinstance(outcome, Answered):
             record = self.ocr.render(ItemEnd(run.index, outcome, started))
@@ -338,28 +334,21 @@ class PipelineAdapter:
                 trace=run.trace,
                 slot=slot,
             )
-            budget = self.budget
             return await self._paid(
-                None if budget is None else budget.extraction(prepared),
-                accepted is not None,
-                lambda: self.extraction.execute(stage_run, prepared),
-                None if budget is None else budget.pricing.extraction.cost,
+                prepared, accepted is not None, lambda: self.extraction.execute(stage_run, prepared)
             )
 
     async def _paid(
-        self,
-        estimate: float | None,
-        paid: bool,
-        send: Callable[[], Awaitable[Outcome[T]]],
-        cost: Callable[[Outcome[T]], float | None] | None,
+        self, request: Upload | Prepared, paid: bool, send: Callable[[], Awaitable[Outcome[T]]]
     ) -> Outcome[T]:
-        """One stage request within the budget (none: `estimate` None): `estimate` held
-        before it is sent (`paid`: the API accepted it earlier, so it is polled whatever the
-        budget), what it `cost` spent when it ends; `budget_exceeded`, unsent, once the
-        budget could be passed."""
+        """`send()` a stage request within the budget, if any: its estimate held before it
+        is sent (`paid`: the API accepted it earlier, so it is polled whatever the budget),
+        what it cost spent when it ends; unsent, `budget_exceeded`, once the budget could
+        be passed."""
         budget = self.budget
-        if budget is None or estimate is None or cost is None:
+        if budget is None:
             return await send()
+        estimate, cost = budget.weigh(request)
         held = await budget.hold(estimate, paid=paid)
         if isinstance(held, Failure):
             return Failed(held, 0)
