@@ -10,6 +10,7 @@ What was sent and billed is read from the emulator's counters: `submissions_by_d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import uuid
@@ -25,6 +26,7 @@ from tests.scale_support import billed_usd, redis_server
 from tests.test_cli import output_lines, run, start, until
 from tests.test_cli_extract import extract_args
 from tests.test_pipeline import PAGE_SCHEMA, PAGES
+from tests.test_stages import until as task_until
 
 ONE_AT_A_TIME = {"max_concurrent_requests": 1}
 PAGED = {"output_format": "json", **ONE_AT_A_TIME}
@@ -229,6 +231,34 @@ async def test_background_extraction_with_dedupe_and_a_budget(emulator: Emulator
     assert emulator.stats.total("responses_poll") > 0
 
 
+async def test_per_page_background_with_dedupe_and_a_budget_resumes_by_polling(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Each page's background response id is journaled under its own stage key; a run
+    cancelled while they are queued at OpenAI is rerun by polling them, the budget
+    admitting them (paid for), the copy of the document sent nothing."""
+    emulator.config.background_queue_seconds = 0.3
+    journal = tmp_path / "pipeline.journal"
+    options = {"background": True, "poll_interval_secs": 0.01, "max_output_tokens": ALLOWANCE}
+    pipeline = pipeline_for(emulator, per_page=True, schema=PAGE_SCHEMA, ocr=PAGED, request=options)
+    docs = [text_pdf(PAGES), text_pdf(PAGES)]
+    run = pipeline.process(docs, journal=journal, dedupe=True, max_cost_usd=1.0)
+    task = asyncio.create_task(run)
+    await task_until(task, lambda: len(submissions(journal, "extraction")) == 3, "3 ids")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journaled = sorted(stage for _, stage in submissions(journal, "extraction"))
+    assert journaled == [f"extraction:{page}" for page in range(3)]
+    assert not emulator.stats.completed_by_digest
+
+    ocr_spent = sum(emulator.stats.cents_billed.values()) / 100  # all the budget left
+    rows = await pipeline.process(docs, journal=journal, dedupe=True, max_cost_usd=ocr_spent)
+    assert all(row["success"] for row in rows) and rows[1]["duplicate_of"] == 0
+    assert len(rows[0]["extraction"]["page_fields"]) == 3
+    assert sum(emulator.stats.responses_by_digest.values()) == 3, "a page POSTed again"
+
+
 # -- the extract command -----------------------------------------------------------------
 
 
@@ -270,13 +300,13 @@ async def test_extract_background_killed_then_resumed_polls_rather_than_posts(
 
 
 def submissions(path: Path, stage: str) -> list[tuple[int, str]]:
-    """(index, response id) of the stage requests journaled as accepted, read without writing."""
+    """(index, stage name) of the stage requests journaled as accepted, read without writing."""
     if not path.exists():
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         return db.execute(
-            "SELECT idx, request_id FROM stage_submissions WHERE stage LIKE ?", (f"{stage}%",)
+            "SELECT idx, stage FROM stage_submissions WHERE stage LIKE ?", (f"{stage}%",)
         ).fetchall()
     except sqlite3.OperationalError:
         return []
