@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -887,6 +888,10 @@ async def test_progress_shows_each_batch_state_and_counts(
         ({"metadata": {"a": 1}}, TypeError, "metadata"),
         ({"max_batches_per_hour": 0}, ValueError, "max_batches_per_hour"),
         ({"max_batches_per_hour": 1.5}, TypeError, "max_batches_per_hour"),
+        ({"flush_idle_secs": 0}, ValueError, "flush_idle_secs"),
+        ({"flush_idle_secs": "1"}, TypeError, "flush_idle_secs"),
+        ({"flush_max_wait_secs": -1.0}, ValueError, "flush_max_wait_secs"),
+        ({"flush_max_wait_secs": None}, TypeError, "flush_max_wait_secs"),
         # declared once, on the request (`ResponsesRequest.cancel_on_interrupt`)
         ({"cancel_on_interrupt": True}, TypeError, "cancel_on_interrupt"),
     ],
@@ -937,3 +942,46 @@ async def test_batch_lines_carry_planned_prompt_cache_keys(emulator: Emulator) -
     out = await ResponsesProcessor().process_batch(request, batch_api=fast())
     assert out["total_success"] == 40
     assert emulator.stats.prompt_cache_lookups == {"miss": 3, "hit": 37}
+
+
+# -- partly filled files go out after a short wait --------------------------------------------
+
+
+async def slow_prompts(emulator: Emulator, first: int, pause: float) -> AsyncIterator[str]:
+    """`first` prompts, then more every `pause` seconds (none: at once) until a batch exists,
+    then one last prompt. Fails after 5 s without a batch: its lines waited for the input's
+    end, which never comes."""
+    texts = prompts(first + 1000)
+    for text in texts[:first]:
+        yield text
+    deadline = asyncio.get_running_loop().time() + 5.0
+    sent = first
+    while emulator.stats.batches_created == 0:
+        assert asyncio.get_running_loop().time() < deadline, "no batch before the input ended"
+        await asyncio.sleep(pause or 0.005)
+        if pause:
+            yield texts[sent]
+            sent += 1
+    yield texts[sent]
+
+
+@pytest.mark.parametrize(
+    ("options", "first", "pause"),
+    [
+        ({"flush_idle_secs": 0.05}, 3, 0.0),  # no new line for 0.05 s
+        ({"flush_max_wait_secs": 0.2}, 1, 0.01),  # a line every 0.01 s: never idle for 30 s
+    ],
+)
+async def test_a_partly_filled_file_goes_out_without_waiting_for_the_input_end(
+    emulator: Emulator, options: dict[str, Any], first: int, pause: float
+) -> None:
+    """Lines that come slowly go out after a short wait (idle, or since the file's first
+    line), and the line that comes after that batch was created goes in a file of its own."""
+    request = make_request(emulator, 0, user_prompts=slow_prompts(emulator, first, pause))
+    out = await ResponsesProcessor().process_batch(request, batch_api=fast(**options))
+    results = out["results"]
+    assert out["total_success"] == len(results) > first
+    assert emulator.stats.batches_created == 2
+    first_batch = results[0]["batch_id"]
+    assert [r["batch_id"] == first_batch for r in results[:first]] == [True] * first
+    assert results[-1]["batch_id"] != first_batch, "the last line went out at the input's end"

@@ -166,6 +166,7 @@ async def test_a_budget_refuses_an_unpriced_model_and_bad_values_before_sending(
         ({"budget_name": "n"}, ValueError, "budget_name needs max_cost_usd"),
         ({"max_cost_usd": 1.0, "budget_name": " "}, ValueError, "budget_name must not"),
         ({"dedupe": 1}, TypeError, "dedupe must be True or False"),
+        ({"max_cost_usd": 1.0, "batch_api": True}, ValueError, "max_cost_usd cannot be used"),
     ]:
         with pytest.raises(error, match=named):
             await pipeline.process([invoice_pdf(0)], **options)
@@ -336,11 +337,15 @@ async def test_extract_dedupe_and_a_budget_two_processes_share_on_one_redis(
     assert [code for code, _, _ in results] == [1, 1], [err for _, _, err in results]
     assert limit - 2 * one_estimate(emulator) < billed(emulator)
     assert billed(emulator) <= limit + 2 * one_estimate(emulator)
+    deduplicated = 0
     for worker in ("a", "b"):
         rows = output_lines(tmp_path / worker / "out.jsonl")
         assert len(rows) == 9
         copy, original = rows[:2]  # doc00-copy.pdf sorts before doc00.pdf: it is sent
         assert copy["source"].endswith("doc00-copy.pdf") and "duplicate_of" not in copy
-        assert original["source"].endswith("doc00.pdf") and original["duplicate_of"] == 0
+        assert original["source"].endswith("doc00.pdf")
+        if copy["success"]:  # (the other worker may have spent the budget before it began)
+            assert original["duplicate_of"] == 0 and original["success"]
+            deduplicated += 1
         assert any(row.get("error_type") == "budget_exceeded" for row in rows)
-    assert all_once(emulator)
+    assert deduplicated and all_once(emulator)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import suppress
 
 from ...engine import Capacity, Failure, GroupRun, Success, log_event
-from ...engine.stages import StageKey
 from ...engine.telemetry import batch_api_file
 from .answers import Answers
 from .context import BatchContext
@@ -183,11 +182,10 @@ class Submitter:
         batch_api_file("uploaded")
         job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
         job.uploaded_here = True
-        digests = self.group.digests
         members = [
-            (StageKey(index), digests[index], member.line_id, member.attempt)
-            for index, member in job.members.items()
-            if index in digests
+            (key, member.digest, member.line_id, member.attempt)
+            for key, member in job.members.items()
+            if member.digest is not None
         ]
         tokens = job.tokens
         if not self.group.batch.journaled(
