@@ -208,6 +208,7 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     _add_batch_api(cmd, "the extraction requests")
     _add_batch_options(cmd)
     add_deadline(cmd)
+    _add_cost_options(cmd, "USD (both stages: Datalab's cents / 100 and OpenAI's dollars)")
     _add_prices(cmd)
 
 
@@ -465,6 +466,9 @@ def _run_batch(args: argparse.Namespace) -> int:
             progress=args.progress,
             summary=summary,
             ordered=args.in_order,
+            dedupe=args.dedupe,
+            max_cost_usd=args.max_cost,
+            budget_name=args.budget_name,
             batch_api=_batch_api(args),
             deadline=args.deadline,
         )
