@@ -21,11 +21,12 @@ from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documen
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
+from .engine.cutoff import Cutoff
 from .engine.journal import Journal, JournalError
 from .engine.store import LimitStoreUnavailable
 from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
-from .params import add_flags, cli_fields, flags_named, given, json_file
+from .params import add_deadline, add_flags, cli_fields, flags_named, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import DatalabExtraction, ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
@@ -100,6 +101,16 @@ def _add_prices(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_batch_api(cmd: argparse.ArgumentParser, what: str) -> None:
+    cmd.add_argument(
+        "--batch-api",
+        action="store_true",
+        help=f"send {what} through the OpenAI Batch API: half the price, answered within "
+        "24 h; an interrupted run leaves its batches running, --resume collects them",
+    )
+    add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
+
+
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = commands.add_parser(
         "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
@@ -112,14 +123,9 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     cmd.add_argument("--schema-name", default="output")
     cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
     add_flags(cmd, ResponsesRequest)
-    cmd.add_argument(
-        "--batch-api",
-        action="store_true",
-        help="send the prompts through the OpenAI Batch API: half the price, answered within "
-        "24 h; an interrupted run leaves its batches running, --resume collects them",
-    )
-    add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
+    _add_batch_api(cmd, "the prompts")
     _add_batch_options(cmd)
+    add_deadline(cmd)
     _add_cost_options(cmd, "USD")
     _add_prices(cmd)
     cmd.add_argument(
@@ -215,7 +221,10 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         new = renamed[flag]
         if new is not None:
             group.add_argument(new, **{**options, "dest": _dest(new)})
+    _add_batch_api(cmd, "the extraction requests")
     _add_batch_options(cmd)
+    add_deadline(cmd)
+    _add_cost_options(cmd, "USD (both stages: Datalab's cents / 100 and OpenAI's dollars)")
     _add_prices(cmd)
 
 
@@ -386,6 +395,10 @@ def _extraction_request(args: argparse.Namespace) -> ResponsesRequest | DatalabE
     if args.datalab_schema:
         if args.schema is not None:
             raise UsageError("--schema and --datalab-schema: give one (a model, or Datalab)")
+        if args.batch_api:
+            raise UsageError("--batch-api: Datalab's /extract (--datalab-schema) has no batch API")
+        if args.max_cost is not None:
+            raise UsageError("--max-cost cannot be used with --datalab-schema")
         return _datalab_extraction(args.datalab_schema)
     if args.schema is None or args.model is None:
         raise UsageError("--schema and --model are required (or --datalab-schema NAME=FILE)")
@@ -502,6 +515,11 @@ def _run_batch(args: argparse.Namespace) -> int:
             progress=args.progress,
             summary=summary,
             ordered=args.in_order,
+            dedupe=args.dedupe,
+            max_cost_usd=args.max_cost,
+            budget_name=args.budget_name,
+            batch_api=_batch_api(args),
+            deadline=args.deadline,
         )
     elif args.command == "responses":
         journal = _journal_path(args, "responses")
@@ -519,6 +537,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             max_cost_usd=args.max_cost,
             budget_name=args.budget_name,
             batch_api=_batch_api(args),
+            deadline=args.deadline,
         )
     else:
         journal = _journal_path(args, "documents")
@@ -536,6 +555,10 @@ def _run_batch(args: argparse.Namespace) -> int:
             cents_per_page=args.cents_per_page,
             budget_name=args.budget_name,
         )
+    try:  # a deadline past already is refused before the output is opened
+        Cutoff.of(getattr(args, "deadline", None))
+    except ValueError as exc:
+        raise UsageError(f"--deadline: {exc}") from None
     try:  # an unreachable store is refused before the output is opened
         run(limits.ready())
     except LimitStoreUnavailable as exc:

@@ -27,20 +27,25 @@ API accepted the item earlier (a Datalab job, a background response), the journa
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
 
-Two choices of the caller are the driver's too, so they hold for every adapter: with
+Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
 (`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
 `twin` set, and ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
-unsent (`engine.budget`).
+unsent (`engine.budget`); with a `cutoff` (`deadline=`), once it passes nothing more is sent
+and the rest end `deadline_exceeded`, journaled, while what is in flight finishes
+(`engine.cutoff`).
 
-`execute` may also return a `Deferred`: a stage request run in a group the API answers
-together (the OpenAI Batch API: a file of lines, answered when its batch ends). The driver
-hands it to the stage's group (`GroupedStage.open`, once per batch) and frees the item's
-slot; the group reports each line's outcome by its `StageKey` (`GroupRun.emit`), and the
-driver goes on with the item's `then`. Once the input is read, the groups are `close`d
-(they send what they hold) and the batch ends when no line waits.
+`execute` may also return a `Deferred`: stage requests (`Line`s, each named by its
+`StageKey`) run in a group the API answers together (the OpenAI Batch API: a file of lines,
+answered when its batch ends). The driver hands them to the stage's group
+(`GroupedStage.open`, once per batch) and frees the item's slot; the group reports each
+line's outcome by its key (`GroupRun.emit`), and once every line of the `Deferred` is
+answered the driver goes on with the item's `then` (its outcome, its next `Deferred`, or an
+awaitable of either: a continuation that runs another stage, e.g. a direct POST, runs as a
+task of its own while it runs, never while it waits). Once the input is read, the groups are
+`close`d (they send what they hold) and the batch ends when no line waits.
 """
 
 from __future__ import annotations
@@ -48,16 +53,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
+from .cutoff import Cutoff
 from .dedupe import Twin, Twins, twin_end
+from .grouped import Tasks
 from .http import ConnectorFactory, open_session
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
@@ -106,22 +113,48 @@ class Adapter(Admission[P], Protocol[P]):
     async def execute(self, run: ItemRun, prepared: P) -> Outcome[Any] | Deferred: ...
 
 
-Then = Callable[[Outcome[Any]], "Outcome[Any] | Deferred"]
-"""What an item does with the outcome of a grouped stage: its own outcome, or its next stage."""
+Next = Union["Outcome[Any]", "Deferred"]
+Then = Callable[[list[Outcome[Any]]], Next | Awaitable[Next]]
+"""What an item does with the outcomes of a grouped stage's lines (in the `Deferred`'s order):
+its own outcome, its next stage, or an awaitable of either (a continuation that sends
+another request itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One stage request of a `Deferred`: its key, its request, and its journal digest
+    (what a rerun finds its group line under; None: the item's own, for an item of one
+    stage)."""
+
+    key: StageKey
+    request: Any
+    digest: str | None = None
+
+
+SessionOpener = Callable[
+    [int, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientSession]
+]
+"""`Clients.session`: a session for (concurrency, headers), to use in `async with`."""
 
 
 @dataclass(slots=True)
 class Deferred:
-    """What `Adapter.execute` returns to run a stage request in a group (`GroupedStage`):
-    the driver hands `(key, request)` to the stage's group, frees the item's slot, and once
-    the group reports the line's outcome, calls `then(outcome)` (None: that outcome is the
-    item's) for the item's outcome or its next `Deferred`. Nothing else of the item stays
-    in memory meanwhile: no task, no future, no coroutine."""
+    """What `Adapter.execute` returns to run stage requests in a group (`GroupedStage`):
+    the driver hands each `Line` to the stage's group, frees the item's slot, and once the
+    group has reported every line's outcome, calls `then(outcomes)` (None, for one line:
+    that outcome is the item's) for the item's outcome or its next `Deferred`. Nothing
+    else of the item stays in memory meanwhile: no task, no future, no coroutine (a
+    `per_page` extraction's several lines share one record)."""
 
     stage: GroupedStage
-    key: StageKey
-    request: Any
+    lines: Sequence[Line]
     then: Then | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lines:
+            raise ValueError("a Deferred needs at least one line")
+        if self.then is None and len(self.lines) != 1:
+            raise ValueError("a Deferred of several lines needs a then")
 
 
 @dataclass(slots=True)
@@ -129,8 +162,6 @@ class GroupRun:
     """What a grouped stage's group shares with the driver for one batch."""
 
     batch: BatchRun
-    digests: Mapping[int, str]
-    """The journal digest of each item until its result is recorded (empty without one)."""
     emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]]
     """Report a line's outcome (exactly once per line `add`ed); waits while the consumer is
     `runner.QUEUED_RESULTS` results behind, so the group's downloads pause with it."""
@@ -141,12 +172,14 @@ class GroupRun:
 class Group(Protocol):
     """A grouped stage's lines for one batch (see `GroupedStage`)."""
 
-    async def add(self, key: StageKey, request: Any) -> None:
-        """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent)."""
+    async def add(self, key: StageKey, request: Any, digest: str | None) -> None:
+        """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent);
+        `digest`: its journal identity (None without a journal)."""
         ...
 
     def close(self) -> None:
-        """No line will come but the next stages of lines already taken: send what is held."""
+        """The input is read: send what is held (lines that come later, the next stages of
+        lines already taken, go out as the group's own timing says)."""
         ...
 
     async def shut(self, finished: bool) -> None:
@@ -246,8 +279,13 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    sessions: SessionOpener | None = None
+    """Where the batch gets its session (`Clients.session`, which may keep one open across
+    batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
+    cutoff: Cutoff | None = None
+    """The batch's deadline: once it passes nothing more is sent (`engine.cutoff`)."""
 
 
 class DriverCore(Generic[P]):
@@ -283,10 +321,19 @@ class DriverCore(Generic[P]):
         telemetry = start_batch(
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
+        cutoff = options.cutoff
+        timer = (
+            None
+            if cutoff is None
+            else asyncio.get_running_loop().call_later(max(0.0, cutoff.left()), self._cut)
+        )
         try:
-            async with open_session(
-                options.concurrency, options.headers, options.connector
-            ) as session:
+            opened = (
+                open_session(options.concurrency, options.headers, options.connector)
+                if options.sessions is None
+                else options.sessions(options.concurrency, options.headers)
+            )
+            async with opened as session:
                 run = BatchRun(
                     session,
                     self.stop,
@@ -305,6 +352,8 @@ class DriverCore(Generic[P]):
                             telemetry.finished(end)
                         yield result
         finally:
+            if timer is not None:
+                timer.cancel()
             if options.budget is not None:
                 await options.budget.close()
             books.close()
@@ -326,6 +375,22 @@ class DriverCore(Generic[P]):
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
+    def _cut(self) -> None:
+        """The deadline passed: stop sending (`BatchStop.cut`), and say so."""
+        cutoff = self.options.cutoff
+        assert cutoff is not None
+        self.stop.cut(cutoff.failure())
+        books = self.books
+        log_event(
+            self.adapter.logger,
+            logging.WARNING,
+            "deadline_passed",
+            deadline=cutoff.text(),
+            done=books.succeeded + books.failed,
+            action='"nothing more is sent: requests in flight finish, the rest end '
+            'deadline_exceeded (journaled: a rerun with the journal sends them)"',
+        )
+
     def _unsent(self, index: int, failure: Failure, started: float) -> Ended:
         """An item that ends without being sent."""
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
@@ -336,8 +401,9 @@ class DriverCore(Generic[P]):
         it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
-        if self.stop.failure is not None:
-            return self._unsent(index, self.stop.failure, started)
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return self._unsent(index, stop.failure, started)
         try:
             prepared = await adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
@@ -364,6 +430,9 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         if budget is not None:
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
             held = await budget.reserve(prepared, paid=paid)
@@ -423,18 +492,22 @@ class DriverCore(Generic[P]):
 
 @dataclass(slots=True)
 class _Waiting:
-    """What the driver keeps of an item whose line waits in a group."""
+    """What the driver keeps of an item whose lines wait in a group."""
 
     index: int
     started: float
     trace: ItemTelemetry | None
     then: Then | None = None
-    """Set by `_defer` for the stage the line waits on."""
+    """Set by `_defer` for the stage the lines wait on."""
+    keys: tuple[StageKey, ...] | None = None
+    """The lines of a `Deferred` of several, in order (None for one line)."""
+    got: dict[StageKey, Outcome[Any]] | None = None
+    """Their outcomes so far (None for one line)."""
 
 
 class Driver(DriverCore[P]):
     """One batch of one adapter, each item on its own, `concurrency` at once; `stream` runs it.
-    An item whose `execute` returns a `Deferred` leaves its slot while its line waits in
+    An item whose `execute` returns a `Deferred` leaves its slot while its lines wait in
     its stage's group; a twin (`dedupe`) waits for its original without one either."""
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
@@ -442,6 +515,8 @@ class Driver(DriverCore[P]):
         self._later: Later[Ended] = Later(self._close_groups)
         self._groups: dict[GroupedStage, Group] = {}
         self._waiting: dict[StageKey, _Waiting] = {}
+        self._continuing = Tasks(self._later.fail)
+        """Continuations running (an awaitable `then`), a task each while they run."""
         self._run: BatchRun | None = None
 
     async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
@@ -459,6 +534,7 @@ class Driver(DriverCore[P]):
                     yield ended
             finished = True
         finally:
+            await self._continuing.cancel()
             for index in {waiting.index for waiting in self._waiting.values()}:
                 self._abandon(index)
             for group in self._groups.values():
@@ -495,24 +571,55 @@ class Driver(DriverCore[P]):
         return self._finish(ItemEnd(index, outcome, admitted.started))
 
     async def _defer(self, waiting: _Waiting, deferred: Deferred) -> None:
-        """Hand a stage request to its group; `_report` takes its outcome."""
+        """Hand a stage's lines to its group; `_report` takes their outcomes."""
         group = self._groups.get(deferred.stage)
         if group is None:
             assert self._run is not None
-            group_run = GroupRun(self._run, self.books.digests, self._report, self._later.fail)
+            group_run = GroupRun(self._run, self._report, self._later.fail)
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
+        lines = deferred.lines
         waiting.then = deferred.then
-        self._waiting[deferred.key] = waiting
-        await group.add(deferred.key, deferred.request)
-        if self._later.closed:
-            group.close()
+        waiting.keys = waiting.got = None
+        if len(lines) > 1:
+            waiting.keys, waiting.got = tuple(line.key for line in lines), {}
+        for line in lines:
+            if line.key in self._waiting:
+                raise ValueError(f"stage request {line.key.text} is already waiting")
+            self._waiting[line.key] = waiting
+        digests = self.books.digests
+        for line in lines:
+            digest = line.digest if line.digest is not None else digests.get(line.key.index)
+            await group.add(line.key, line.request, digest)
 
     async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
-        """`GroupRun.emit`: a line's outcome, for its item's next stage or its end."""
+        """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the
+        item's next stage or its end."""
         waiting = self._waiting.pop(key)
+        got, keys = waiting.got, waiting.keys
+        if got is None or keys is None:
+            outcomes = [outcome]
+        else:
+            got[key] = outcome
+            if len(got) < len(keys):
+                return
+            outcomes = [got[each] for each in keys]
         then = waiting.then
-        ended = outcome if then is None else then(outcome)
-        if isinstance(ended, Deferred):  # its next stage
+        ended = outcomes[0] if then is None else then(outcomes)
+        if isinstance(ended, Awaitable):  # a continuation sending a request: a task while it runs
+            self._continuing.spawn(self._continue(waiting, ended))
+            return
+        await self._next(waiting, ended)
+
+    async def _continue(self, waiting: _Waiting, ended: Awaitable[Outcome[Any] | Deferred]) -> None:
+        try:
+            await self._next(waiting, await ended)
+        except asyncio.CancelledError:  # the batch is being cancelled
+            self._abandon(waiting.index)
+            raise
+
+    async def _next(self, waiting: _Waiting, ended: Outcome[Any] | Deferred) -> None:
+        """The item's next stage, or its end."""
+        if isinstance(ended, Deferred):
             await self._defer(waiting, ended)
             return
         if waiting.trace is not None:

@@ -48,7 +48,10 @@ unfinished when its item is reached, with a WARNING, so only that item is bought
 Paths that send items in groups (the OpenAI Batch API: a file of requests, one batch
 per file) journal each group the moment the API accepts it: `record_group` writes the
 uploaded file's id and which items it holds (their index, digest, line id and round) in
-one transaction, `record_group_job` the batch created for it. An item's result ends its
+one transaction, `record_group_job` the batch created for it. Before the upload,
+`record_upload_intent` journals the file's digest: a run killed between the upload and
+`record_group` leaves that intent, and the rerun looks for the file at the API (its name
+carries the digest) instead of uploading it again. An item's result ends its
 group membership (`record_result` deletes it in the same transaction), so a rerun finds
 in `group_line` exactly the items still waiting on a group: it polls that batch instead
 of uploading them again.
@@ -146,6 +149,12 @@ _STAGED_TABLES = (
 )
 """Created by the first named stage's submission or group line (`_stage_tables`), so a
 journal of one-stage items is no larger than before stages existed."""
+_UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
+    digest TEXT PRIMARY KEY,
+    intended_at REAL NOT NULL
+) WITHOUT ROWID"""
+"""Upload intents (`record_upload_intent`), created by the first one: only a journal of
+Batch API files has it."""
 _TABLE_NAMES = frozenset(
     {
         "meta",
@@ -153,6 +162,7 @@ _TABLE_NAMES = frozenset(
         "group_files",
         "group_jobs",
         "group_lines",
+        "group_uploads",
         "stages",
         "stage_submissions",
         "stage_lines",
@@ -293,6 +303,7 @@ class Journal:
         if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
         self._staged = "stage_submissions" in tables
+        self._uploads = "group_uploads" in tables
         """The tables of named stages' work exist (see `_STAGED_TABLES`)."""
         found = None
         if "meta" in tables:
@@ -375,13 +386,17 @@ class Journal:
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
         rerun asks that batch again rather than sending the item twice; so do its named
-        stages' submissions and lines (a rerun of a failed item starts it afresh).
+        stages' submissions and lines (a rerun of a failed item starts it afresh). A
+        pending item journaled as submitted (a background response given up on at
+        `max_wait_secs`) keeps that submission and no result, so a rerun polls it.
         """
+        open_submission = "items.result IS NULL AND items.check_url IS NOT NULL"
+        keep = f" WHERE NOT ({open_submission})" if pending else ""
         statements: list[tuple[str, list[tuple[Any, ...]]]] = [
             (
                 "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                " result = excluded.result",
+                f" result = excluded.result{keep}",
                 [(index, digest, orjson.dumps(result))],
             )
         ]
@@ -435,6 +450,25 @@ class Journal:
                 ),
             ],
         )
+
+    def record_upload_intent(self, digest: str) -> None:
+        """Journal that a group file of this content digest is about to be uploaded."""
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            ("INSERT OR IGNORE INTO group_uploads (digest, intended_at) VALUES (?, ?)",
+             [(digest, time.time())]),
+        ]  # fmt: skip
+        if not self._uploads:
+            statements.insert(0, (_UPLOADS_TABLE, [()]))
+        self._transaction(f"the upload of file {digest[:16]}", statements)
+        self._uploads = True
+
+    def upload_intended(self, digest: str) -> float | None:
+        """When (`time.time()`) an upload of this content was first intended, if ever: an
+        earlier run may have uploaded it without journaling its file."""
+        if not self._uploads:
+            return None
+        row = self._read("SELECT intended_at FROM group_uploads WHERE digest = ?", (digest,))
+        return None if row is None else float(row[0])
 
     def record_group_job(self, file_id: str, job_id: str) -> None:
         """Journal the job (an OpenAI batch) the API created for a group file."""

@@ -32,13 +32,15 @@ each document is converted once (`save_checkpoint`), then one `/extract` per sch
 its checkpoint, in parallel, each journaled as its own stage (`datalab_stage`).
 
 The modules, one per part: `processor` (`ExtractionPipeline`, `extraction_request`: the
-entry points), `path` (`PipelineAdapter`: one document's OCR, its extraction and its row;
-`ResponsesExtraction`, the OpenAI stage), `stage` (`ExtractionStage`, what either
-extraction stage supplies), `datalab_stage` (`DatalabExtraction` and its stage),
-`pages` (an OCR result's text, page by page), `fields` (an extraction's answer as fields,
-and `per_page` fields merged) and `summary` (`PipelineSummary`). This module re-exports
-their public names, so callers import from `genai_coroutines.pipeline` (or, for the
-entry points, from `genai_coroutines`).
+entry points), `path` (`PipelineAdapter`: one document's OCR, its extraction and its row),
+`stage` (`ExtractionStage`, what either extraction stage supplies), `responses_stage`
+(`ResponsesExtraction`, the OpenAI stage, direct or on the Batch API), `datalab_stage`
+(`DatalabExtraction` and its stage), `pages` (an OCR result's text, page by page),
+`fields` (an extraction's answer as fields, and `per_page` fields merged), `budget`
+(`max_cost_usd` over both stages), `shared` (identical extraction requests sent once, with
+`dedupe`), `slots` (the extraction's slot) and `summary` (`PipelineSummary`). This module
+re-exports their public names, so callers import from `genai_coroutines.pipeline` (or, for
+the entry points, from `genai_coroutines`).
 """
 
 from .datalab_stage import DatalabExtraction

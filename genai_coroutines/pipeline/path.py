@@ -2,10 +2,11 @@
 
 It is composed of the Datalab path (`documents.path.DocumentsAdapter`: upload, poll, pages
 in flight, submission rate) and an extraction stage (`stage.ExtractionStage`): the Responses
-direct path (`ResponsesExtraction` over `responses.direct.DirectAdapter`: RPM/TPM limiter,
-retries) or Datalab's `/extract` per schema from the conversion's checkpoint
-(`datalab_stage`), each stage under its own semaphore and on its own session, and each
-finished stage journaled as a stage of the item. Every document ends as one row:
+path (`responses_stage.ResponsesExtraction` over `responses.direct.DirectAdapter`: RPM/TPM
+limiter, retries; or as Batch API lines) or Datalab's `/extract` per schema from the
+conversion's checkpoint (`datalab_stage`), each stage under its own semaphore and on its own
+session, and each finished stage journaled as a stage of the item. Every document ends as
+one row:
 
     index, source, success, fields (the parsed extraction), failed_stage ("ocr" or
     "extraction", None on success), error, error_type, request_id / checkpoint_id
@@ -13,13 +14,24 @@ finished stage journaled as a stage of the item. Every document ends as one row:
     over the requests), model, service_tier, response_ids, retries (both stages),
     rate_limited, processing_time_secs, from_journal (the whole row came from the
     journal), and the stages' detail in `ocr` and `extraction` (attempts, timings,
-    `from_journal` for a reused stage; `page_fields` with `per_page`; `schemas` and
-    `cost_cents` per stage with Datalab's extraction); a failed row adds
-    the failed stage's `status`, `code` and `is_retriable`.
+    `from_journal` for a reused stage; `page_fields` with `per_page`; `duplicate_of` with
+    `dedupe`: the documents whose identical requests answered its own, which its `usage`
+    leaves out; `schemas` and `cost_cents` per stage with Datalab's extraction); a failed
+    row adds the failed stage's `status`, `code` and `is_retriable`.
+
+With a budget (`budget.StageBudget`) each stage request is reserved before it is sent and
+settled when it ends (`stage.within_budget`).
 
 Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
 the stage's real `Failure`, and the extraction's answer is parsed once; the row is the
 pipeline's own outcome (`Row`), rendered by `render`.
+
+On the Batch API the extraction stage answers `stage.Waiting` (its requests as lines of
+the Batch API's grouped stage): `execute` hands them to the driver as an `engine.Deferred`
+and the document leaves its driver slot; its row is made when every line is answered, from
+what was kept of its OCR (`_OcrPart`, a few ids and counts, not its text). Such rows add
+`batch_id` and `custom_id` after their keys, as the Responses Batch API's results do
+(comma-joined when a `per_page` row's lines have several).
 """
 
 from __future__ import annotations
@@ -27,23 +39,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-import orjson
-
 from ..documents.job import Finished
-from ..documents.parse import payload_text
 from ..documents.path import DocumentsAdapter
 from ..documents.prices import cents_of
 from ..documents.sources import Upload
 from ..engine import (
     Answered,
+    BatchRun,
     Bill,
+    Deferred,
     ErrorType,
     Failed,
     Failure,
+    Ids,
     ItemEnd,
     ItemRun,
     Outcome,
@@ -55,14 +67,17 @@ from ..engine import (
 from ..engine.journal import request_digest
 from ..engine.stages import StageKey
 from ..engine.telemetry import Identity
-from ..responses.direct import DirectAdapter, Prepared
-from ..responses.parse import answer_text
 from ..responses.prices import usage_tokens
-from ..responses.results import Answer
-from .fields import fields_of, merge_fields
-from .pages import payload_pages
-from .slots import StageRun, StageSlot
-from .stage import Extracted, ExtractionStage, Reconvert, Sessions, Stage, journal_submission
+from .budget import StageBudget
+from .stage import (
+    Extracted,
+    ExtractionStage,
+    Sessions,
+    Stage,
+    Waiting,
+    journal_submission,
+    within_budget,
+)
 
 logger = logging.getLogger("genai_coroutines.pipeline")  # the package's name: one logger
 
@@ -70,6 +85,43 @@ KIND = "pipeline"
 """The journal kind of a pipeline batch."""
 OCR_STAGE = "ocr"
 EXTRACTION_STAGE = "extraction"
+
+
+@dataclass(frozen=True, slots=True)
+class _OcrPart:
+    """What a row needs of its document's OCR (what a document waiting on the Batch API
+    keeps of it: not its text). `ran`: False for a document whose OCR never ran."""
+
+    source: str | None = None
+    ran: bool = False
+    answered: bool = False
+    bill: Bill | None = None
+    attempts: int = 0
+    rate_limited: int = 0
+    request_id: str | None = None
+    cost: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    seconds: float | None = None
+    reused: bool = False
+
+
+def _ocr_part(upload: Upload, ocr: Stage[Finished]) -> _OcrPart:
+    outcome = ocr.outcome
+    payload = outcome.value.payload if isinstance(outcome, Answered) else {}
+    cost, checkpoint = payload.get("cost_breakdown"), payload.get("checkpoint_id")
+    return _OcrPart(
+        upload.url or upload.filename,
+        True,
+        isinstance(outcome, Answered),
+        outcome.bill,
+        outcome.attempts,
+        outcome.rate_limited,
+        None if outcome.ids is None else outcome.ids.request,
+        cost if isinstance(cost, dict) else None,
+        checkpoint if isinstance(checkpoint, str) else None,
+        ocr.seconds,
+        ocr.reused,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +140,8 @@ class Row:
     seconds: float
     stage_cents: Mapping[str, float] = field(default_factory=dict)
     """Datalab cents per stage ("ocr", "extract:<schema>"): what `PipelineSummary` splits."""
+    batch: tuple[str | None, str | None] | None = None
+    """On the Batch API: the `batch_id` and `custom_id` its row ends with (None: not)."""
 
 
 class PipelineAdapter:
@@ -106,9 +160,15 @@ class PipelineAdapter:
         *,
         ocr_slots: int,
         sessions: Sessions,
+        budget: StageBudget | None = None,
+        dedupe: bool = False,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
+        self.budget = budget
+        self.sources: dict[int, str | None] | None = {} if dedupe else None
+        """With `dedupe`: each document's own `source` until its row is out (a twin's row
+        is its original's but for that)."""
         self.telemetry_identity = Identity(KIND, model=extraction.model)
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
         self.sessions = sessions
@@ -119,16 +179,20 @@ class PipelineAdapter:
     # The driver's side.
 
     async def prepare(self, index: int, item: Any) -> Upload | Failure:
-        return await self.ocr.prepare(index, item)
+        upload = await self.ocr.prepare(index, item)
+        if self.sources is not None and isinstance(upload, Upload):
+            self.sources[index] = upload.url or upload.filename
+        return upload
 
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
 
-    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row]:
+    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row] | Deferred:
         ocr = await self._ocr(run, upload)
+        part = _ocr_part(upload, ocr)
         if not isinstance(ocr.outcome, Answered):
             failure = ocr.outcome.failure
-            return self._row(run.started, upload, ocr, Extracted(), OCR_STAGE, failure)
+            return self._row(run.started, part, Extracted(), OCR_STAGE, failure)
         self.ocred += 1
         run.batch.note(ocred=self.ocred)
 
@@ -136,18 +200,41 @@ class PipelineAdapter:
             return await self._ocr(run, upload, again=True)
 
         done = await self.extraction.extract(run, ocr.outcome.value, reconvert)
-        ocr = done.ocr or ocr
+        if isinstance(done, Waiting):
+            return Deferred(done.stage, done.lines, self._then(run, part, done.then))
+        if done.ocr is not None:
+            part = _ocr_part(upload, done.ocr)
+        return self._ended(run.batch, run.index, run.started, part, done)
+
+    def _then(
+        self, run: ItemRun, part: _OcrPart, then: Callable[[list[Outcome[Any]]], Extracted]
+    ) -> Callable[[list[Outcome[Any]]], Outcome[Row]]:
+        """The row of a document whose lines are answered. Its own function: the closure
+        keeps the OCR's part and the stage's `then`, not the OCR's text."""
+        batch, index, started = run.batch, run.index, run.started
+
+        def row(outcomes: list[Outcome[Any]]) -> Outcome[Row]:
+            return self._ended(batch, index, started, part, then(outcomes))
+
+        return row
+
+    def _ended(
+        self, batch: BatchRun, index: int, started: float, part: _OcrPart, done: Extracted
+    ) -> Outcome[Row]:
+        """A document's row once its extraction ended."""
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
-                _log_failed(run.index, EXTRACTION_STAGE, failure)
-            return self._row(run.started, upload, ocr, done, EXTRACTION_STAGE, failure)
+                _log_failed(index, EXTRACTION_STAGE, failure)
+            return self._row(started, part, done, EXTRACTION_STAGE, failure)
         self.extracted += 1
-        run.batch.note(extracted=self.extracted)
-        return self._row(run.started, upload, ocr, done, None, None)
+        batch.note(extracted=self.extracted)
+        return self._row(started, part, done, None, None)
 
     def replayed(self, run_note: Any, row: Mapping[str, Any]) -> None:
         """Count a row the journal answered in the bar's stage counts."""
+        if self.sources is not None:
+            self.sources.pop(row["index"], None)
         if row.get("from_journal") and row.get("success"):
             self.ocred += 1
             self.extracted += 1
@@ -171,6 +258,8 @@ class PipelineAdapter:
             if done is not None:
                 revived = self.ocr.revive(done)
                 if isinstance(revived, Answered):
+                    if self.budget is not None:  # paid for by the run that journaled it
+                        self.budget.charge(ItemEnd(run.index, revived, 0.0))
                     return Stage(revived, 0.0, reused=True)
             accepted = journal.submitted(key, digest)
             if known is None and accepted is not None:
@@ -185,7 +274,9 @@ class PipelineAdapter:
                 on_submitted=journal_submission(run, key, digest),
                 trace=run.trace,
             )
-            outcome = await self.ocr.execute(stage_run, upload)
+            outcome = await within_budget(
+                self.budget, upload, known is not None, lambda: self.ocr.execute(stage_run, upload)
+            )
         if isinstance(outcome, Answered):
             record = self.ocr.render(ItemEnd(run.index, outcome, started))
             run.batch.journaled(lambda j: j.record_stage(key, digest, record))
@@ -196,29 +287,23 @@ class PipelineAdapter:
     def _row(
         self,
         started: float,
-        upload: Upload | None,
-        ocr: Stage[Finished] | None,
+        ocr: _OcrPart,
         done: Extracted,
         failed_stage: str | None,
         failure: Failure | None,
     ) -> Outcome[Row]:
         """The document's outcome, its row rendered from its stages' outcomes."""
-        ocr_outcome = None if ocr is None else ocr.outcome
-        job = ocr_outcome.value if isinstance(ocr_outcome, Answered) else None
-        payload = {} if job is None else job.payload
         ocr_done = failed_stage != OCR_STAGE
-        ocr_bill = None if ocr_outcome is None else ocr_outcome.bill
-        ocr_attempts = 0 if ocr_outcome is None else ocr_outcome.attempts
-        ocr_rate_limited = 0 if ocr_outcome is None else ocr_outcome.rate_limited
-        ocr_ids = None if ocr_outcome is None else ocr_outcome.ids
-        ocr_reused = ocr is not None and ocr.reused
+        ocr_bill = ocr.bill
+        ocr_attempts = ocr.attempts
+        ocr_rate_limited = ocr.rate_limited
+        ocr_reused = ocr.reused
         ocr_retries = max(0, ocr_attempts - 1)
-        request_id = None if ocr_ids is None else ocr_ids.request
+        request_id = ocr.request_id
         page_count = None if ocr_bill is None else ocr_bill.pages
-        cost = payload.get("cost_breakdown")
-        cost = cost if isinstance(cost, dict) else None
-        checkpoint = payload.get("checkpoint_id")
+        cost = ocr.cost
         stages = done.stages
+        twins = sum(s.duplicate_of is not None for s in stages)
         usage, tier = done.usage, done.service_tier
         extraction_retries = sum(max(0, s.outcome.attempts - 1) for s in stages if not s.reused)
         fields = done.fields if failed_stage is None else None
@@ -227,14 +312,14 @@ class PipelineAdapter:
         retries = (0 if ocr_reused else ocr_retries) + extraction_retries
         rate_limited = ocr_rate_limited + sum(s.outcome.rate_limited for s in stages)
         keys: dict[str, Any] = {
-            "source": None if upload is None else (upload.url or upload.filename),
+            "source": ocr.source,
             "success": failed_stage is None,
             "fields": fields,
             "failed_stage": failed_stage,
             "error": None if failure is None else failure.message,
             "error_type": None if failure is None else failure.error_type,
             "request_id": request_id,
-            "checkpoint_id": checkpoint if isinstance(checkpoint, str) else None,
+            "checkpoint_id": ocr.checkpoint,
             "page_count": page_count if ocr_done else None,
             "cost_breakdown": cost if ocr_done else None,
             "usage": usage,
@@ -244,14 +329,14 @@ class PipelineAdapter:
             "retries": retries,
             "rate_limited": rate_limited,
             "ocr": {
-                "success": job is not None,
+                "success": ocr.answered,
                 "request_id": request_id,
                 "page_count": page_count,
                 "cost_breakdown": cost,
                 "attempts": ocr_attempts,
                 "retries": ocr_retries,
                 "rate_limited": ocr_rate_limited,
-                "processing_time_secs": None if ocr is None else ocr.seconds,
+                "processing_time_secs": ocr.seconds,
                 "from_journal": ocr_reused,
             },
             "extraction": None
@@ -274,11 +359,12 @@ class PipelineAdapter:
             failed_stage,
             ocr_reused,
             ocr_retries,
-            len(stages),
+            len(stages) - twins,
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
-            stage_cents if ocr_done and ocr_cents is not None else {},
+            stage_cents=stage_cents if ocr_done and ocr_cents is not None else {},
+            batch=done.batch,
         )
         bill = Bill(
             self.extraction.model or "",
@@ -288,10 +374,12 @@ class PipelineAdapter:
             pages=page_count if ocr_done else None,
             cents=None if not ocr_done or ocr_cents is None else sum(stage_cents.values()),
         )
-        attempts = 1 + retries if ocr is not None else 0
+        attempts = 1 + retries if ocr.ran else 0
+        # Tokens a batch answered are reported by the batch (`Summary.report_group`).
+        ids = None if row.batch is None or row.batch[0] is None else Ids(group=row.batch[0])
         if failure is None:
-            return Answered(row, attempts, rate_limited, bill)
-        return Failed(failure, attempts, rate_limited, bill, value=row)
+            return Answered(row, attempts, rate_limited, bill, ids)
+        return Failed(failure, attempts, rate_limited, bill, ids, value=row)
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome
@@ -300,20 +388,23 @@ class PipelineAdapter:
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
             _log_failed(end.index, OCR_STAGE, failure)
-            failed = self._row(end.started, None, None, Extracted(), OCR_STAGE, failure)
+            failed = self._row(end.started, _OcrPart(), Extracted(), OCR_STAGE, failure)
             assert isinstance(failed, Failed) and failed.value is not None
             row = failed.value
-        return {
-            "index": end.index,
-            **row.keys,
-            "processing_time_secs": row.seconds,
-        }
+        result = {"index": end.index, **row.keys, "processing_time_secs": row.seconds}
+        if row.batch is not None:
+            result["batch_id"], result["custom_id"] = row.batch
+        if self.sources is not None:
+            source = self.sources.pop(end.index, None)
+            if end.duplicate_of is not None:
+                result["source"] = source
+        return result
 
     def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
         get = record.get
         ocr, extraction = get("ocr") or {}, get("extraction") or {}
-        keys = {k: v for k, v in record.items() if k not in ("index", "processing_time_secs")}
-        reused = int(extraction.get("requests") or 0)
+        keys = {k: v for k, v in record.items() if k not in _RENDERED}
+        reused = int(extraction.get("requests") or 0) - len(extraction.get("duplicate_of") or ())
         cents = cents_of(get("cost_breakdown"))
         by_stage = extraction.get("cost_cents")
         if not isinstance(by_stage, dict):
@@ -327,7 +418,8 @@ class PipelineAdapter:
             reused,
             int(extraction.get("retries") or 0),
             float(get("processing_time_secs") or 0.0),
-            by_stage,
+            stage_cents=by_stage,
+            batch=(get("batch_id"), get("custom_id")) if "batch_id" in record else None,
         )
         usage = get("usage")
         pages = get("page_count")
@@ -348,134 +440,12 @@ class PipelineAdapter:
         return Failed(failure, attempts, rate_limited, bill, value=row)
 
 
-class ResponsesExtraction:
-    """The OpenAI extraction stage (`stage.ExtractionStage`): the OCR text (each page's with
-    `per_page`) to `POST /responses`, each request journaled as `StageKey(index,
-    "extraction", page)`, parsed into fields (`per_page`: merged)."""
-
-    def __init__(
-        self, adapter: DirectAdapter, *, slots: int, per_page: bool, sessions: Sessions
-    ) -> None:
-        self.adapter = adapter
-        self.model: str | None = adapter.model
-        self.slots = slots
-        self.semaphore = asyncio.Semaphore(slots)
-        self.per_page = per_page
-        self.sessions = sessions
-        self.identity = orjson.dumps(
-            {"extraction": adapter.template.body("").decode(), "per_page": per_page}
-        )
-
-    async def extract(self, run: ItemRun, ocr: Finished, reconvert: Reconvert) -> Extracted:
-        if self.per_page:
-            texts = payload_pages(ocr.payload, ocr.body)
-        else:
-            texts = [payload_text(ocr.payload, ocr.body)]
-        parts = await asyncio.gather(
-            *(self._extract_one(run, page, text) for page, text in enumerate(texts))
-        )
-        done = Extracted()
-        found: list[dict[str, Any]] = []
-        for stage, fields, failure in parts:
-            if stage is not None:
-                done.stages.append(stage)
-            if failure is not None and done.failure is None:
-                done.failure = failure
-            if fields is not None:
-                found.append(fields)
-        answers = [s.outcome for s in done.stages if isinstance(s.outcome, Answered)]
-        done.usage = _summed_usage([answer.value.usage for answer in answers])
-        done.service_tier = next(
-            (a.value.service_tier for a in answers if a.value.service_tier), None
-        )
-        done.response_ids = [answer.value.response_id for answer in answers]
-        done.fields = merge_fields(found)
-        if self.per_page:
-            done.detail["page_fields"] = found
-        return done
-
-    async def _extract_one(
-        self, run: ItemRun, page: int, text: str
-    ) -> tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]:
-        """One extraction request (a page's, with `per_page`): its stage, parsed fields,
-        or why there are none."""
-        if not text.strip():
-            return None, None, Failure("the OCR text is empty", "invalid_input", False)
-        prepared = await self.adapter.prepare(run.index, text)
-        if isinstance(prepared, Failure):
-            return None, None, prepared
-        key = StageKey(run.index, EXTRACTION_STAGE, page)
-        digest = request_digest(*self.adapter.digest(prepared))
-        journal = run.batch.journal
-        if journal is not None:
-            done = journal.stage_result(key, digest)
-            if done is not None:
-                revived = self.adapter.revive(done)
-                if isinstance(revived, Answered):
-                    reused = Stage(revived, 0.0, reused=True)
-                    return reused, fields_of(answer_text(revived.value.raw)), None
-        started = time.perf_counter()
-        outcome = await self._send(run, prepared, started, key, digest)
-        stage = Stage(outcome, time.perf_counter() - started)
-        if not isinstance(outcome, Answered):
-            return stage, None, outcome.failure
-        text_out = answer_text(outcome.value.raw)
-        fields = fields_of(text_out)
-        if fields is None:
-            failure = Failure(
-                f"the extraction is not a JSON object: {text_out[:200]!r}",
-                "invalid_response",
-                False,
-            )
-            return stage, None, failure
-        record = self.adapter.render(ItemEnd(run.index, outcome, started))
-        run.batch.journaled(lambda j: j.record_stage(key, digest, record))
-        return stage, fields, None
-
-    async def _send(
-        self, run: ItemRun, prepared: Prepared, started: float, key: StageKey, digest: str
-    ) -> Outcome[Answer]:
-        """One extraction request. In background mode (`BackgroundAdapter`) its response id
-        is journaled under `key` when the POST returns, and a rerun polls the response the
-        journal holds instead of POSTing it again; the poll leaves the extraction's slot."""
-        journal = run.batch.journal
-        accepted = None if journal is None else journal.submitted(key, digest)
-        async with StageSlot(self.semaphore) as slot:
-            stage_run = StageRun(
-                run.index,
-                self.sessions.batch(run, EXTRACTION_STAGE),
-                started,
-                None if accepted is None else Submission(*accepted),
-                on_submitted=journal_submission(run, key, digest),
-                trace=run.trace,
-                slot=slot,
-            )
-            return await self.adapter.execute(stage_run, prepared)
+_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id"})
+"""A row's keys `render` writes besides `Row.keys`."""
 
 
 def _tokens(usage: Mapping[str, Any] | None) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0) if usage is None else usage_tokens(usage)
-
-
-def _summed_usage(usages: Iterable[Any]) -> dict[str, Any] | None:
-    """Token counts of several responses added up, in the Responses `usage` shape."""
-    total: dict[str, Any] = {}
-    seen = False
-    for usage in usages:
-        if not isinstance(usage, Mapping):
-            continue
-        seen = True
-        for key in ("input_tokens", "output_tokens", "total_tokens"):
-            total[key] = total.get(key, 0) + int(usage.get(key) or 0)
-        for details, key in (
-            ("input_tokens_details", "cached_tokens"),
-            ("output_tokens_details", "reasoning_tokens"),
-        ):
-            inner = usage.get(details)
-            if isinstance(inner, Mapping):
-                slot = total.setdefault(details, {})
-                slot[key] = slot.get(key, 0) + int(inner.get(key) or 0)
-    return total if seen else None
 
 
 def _log_failed(index: int, stage: str, failure: Failure) -> None:

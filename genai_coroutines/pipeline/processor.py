@@ -13,6 +13,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
+from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +32,23 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.budget import SharedBudget, budget_needs
+from ..engine.cutoff import Cutoff
+from ..engine.journal import unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.background import BackgroundAdapter
+from ..responses.batch import BatchAPI, BatchContext, BatchStage
 from ..responses.clients import ResponsesClients
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
+from .budget import StageBudget, stage_budget
 from .datalab_stage import DatalabExtraction, DatalabStage
-from .path import EXTRACTION_STAGE, OCR_STAGE, PipelineAdapter, ResponsesExtraction, logger
+from .path import EXTRACTION_STAGE, KIND, OCR_STAGE, PipelineAdapter, logger
+from .responses_stage import ResponsesExtraction
 from .stage import ExtractionStage, Sessions
 from .summary import PipelineSummary
 
@@ -98,7 +105,8 @@ class ExtractionPipeline(ResponsesClients):
 
         `extraction` a `DatalabExtraction`: each document is converted once with
         `save_checkpoint` (set here) and each schema is an `/extract` from its checkpoint
-        (`datalab_stage`); no model, so `per_page` and `prices` do not apply."""
+        (`datalab_stage`); no model, so `per_page` and `prices` do not apply, nor, in
+        `stream`, `batch_api` (Datalab has no batch API) or `max_cost_usd`."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
         if not isinstance(extraction, ResponsesRequest | DatalabExtraction):
@@ -160,6 +168,11 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
+        dedupe: bool = False,
+        max_cost_usd: float | None = None,
+        budget_name: str | None = None,
+        batch_api: bool | BatchAPI = False,
+        deadline: float | datetime | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -169,16 +182,64 @@ class ExtractionPipeline(ResponsesClients):
         one bar for both stages; `summary` (default a `PipelineSummary`, also kept as
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
+
+        `dedupe`, `max_cost_usd` and `budget_name` as `ResponsesProcessor.stream`'s, over
+        both stages: identical documents (same bytes or URL) are converted and extracted
+        once, each row with `duplicate_of` naming the index sent, and identical extraction
+        requests of different documents are sent once (`shared`); the budget, in US
+        dollars, is reserved before each OCR job and each extraction request, Datalab's
+        cents as dollars (`budget`).
+
+        `batch_api` (True, or a `BatchAPI` of options): the extraction requests go through
+        the OpenAI Batch API at half the price, as lines of batch files written as the
+        documents finish their OCR (a file goes out when full, or partly filled after
+        `BatchAPI.flush_idle_secs` without a new line or `flush_max_wait_secs` since its
+        first); a document waiting on its batch holds no concurrency slot. Each row adds
+        the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
+        collects the batches an interrupted run left running.
+
+        `deadline`: seconds from this call, or a timezone-aware `datetime`, after which
+        nothing more is sent (no upload, no extraction): the jobs and requests in flight
+        finish, and every row not done ends `deadline_exceeded` (with its finished OCR, if
+        any), journaled, so a rerun with the journal goes on from there (`engine.cutoff`).
         """
+        cutoff = Cutoff.of(deadline)
+        check.flag("dedupe", dedupe)
+        budget_needs(max_cost_usd, budget_name, "max_cost_usd")
         ocr, request, clients = self.ocr, self.extraction, self.clients
+        batch = BatchAPI.of(batch_api)
+        if isinstance(request, DatalabExtraction):
+            if batch is not None:
+                raise ValueError(
+                    "batch_api: Datalab's /extract has no batch API; batch_api applies to an "
+                    "OpenAI extraction (a ResponsesRequest), not a DatalabExtraction"
+                )
+            if max_cost_usd is not None:  # its /extract jobs are not weighed
+                raise ValueError("max_cost_usd cannot be used with a DatalabExtraction")
+        elif batch is not None and (request.background or request.stream):
+            raise ValueError("background=True and stream=True cannot be used with batch_api")
+        if batch is not None and max_cost_usd is not None:  # its lines are not reserved
+            raise ValueError("max_cost_usd cannot be used with batch_api in the pipeline")
+        if journal is not None and batch is None:
+            left = unfinished(journal, KIND).jobs
+            if left:
+                raise ValueError(
+                    f"journal {journal} has extractions waiting on Batch API batches "
+                    f"({', '.join(left[:5])}), which answer and bill them: rerun with "
+                    "batch_api=True to collect them instead of paying twice"
+                )
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=self.model or "", prices=self.prices)
+        prices = table_of(summary)
+        budget: StageBudget | None = None
+        if max_cost_usd is not None and isinstance(request, ResponsesRequest):
+            budget = stage_budget(ocr, request, max_cost_usd, prices)
+        if budget is not None and budget_name is not None:
+            budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
         if self.model is not None:
-            warn_unpriced(logger, self.model, table_of(summary))
+            warn_unpriced(logger, self.model, prices)
         documents = DocumentProcessor(ocr, limits=clients.limits)
-        sessions = Sessions({})
-        stage = self._stage(sessions)
-        ocr_slots, extraction_slots = ocr.max_concurrent_requests, stage.slots
+        ocr_slots, extraction_slots = ocr.max_concurrent_requests, self._extraction_slots()
         headers = (
             request_headers(request)
             if isinstance(request, ResponsesRequest)
@@ -188,9 +249,15 @@ class ExtractionPipeline(ResponsesClients):
             clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
             clients.session(extraction_slots, headers) as extraction_session,
         ):
-            sessions.sessions.update({OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session})
+            sessions = Sessions({OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session})
+            stage = self._stage(sessions, batch, cutoff, budget, dedupe)
             adapter = PipelineAdapter(
-                documents.adapter(), stage, ocr_slots=ocr_slots, sessions=sessions
+                documents.adapter(),
+                stage,
+                ocr_slots=ocr_slots,
+                sessions=sessions,
+                budget=budget,
+                dedupe=dedupe,
             )
             driver = Driver(
                 adapter,
@@ -204,6 +271,9 @@ class ExtractionPipeline(ResponsesClients):
                     progress=progress,
                     summary=summary,
                     resume=resume,
+                    cutoff=cutoff,
+                    dedupe=dedupe,
+                    budget=budget,
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,
@@ -211,6 +281,7 @@ class ExtractionPipeline(ResponsesClients):
                         "ocr_concurrency": ocr_slots,
                         "extraction_concurrency": extraction_slots,
                         "per_page": self.per_page,
+                        **({"batch_api": True} if batch is not None else {}),
                     },
                 ),
             )
@@ -223,19 +294,43 @@ class ExtractionPipeline(ResponsesClients):
                     adapter.replayed(note, row)
                     yield row
 
-    def _stage(self, sessions: Sessions) -> ExtractionStage:
-        """The extraction stage of one batch, on its key's limits."""
+    def _extraction_slots(self) -> int:
+        """The extraction's requests in flight at most (its stage's `slots`)."""
+        request = self.extraction
+        if isinstance(request, DatalabExtraction):
+            return request.configs(self.ocr)[0].max_concurrent_requests
+        return request.max_concurrent_requests
+
+    def _stage(
+        self,
+        sessions: Sessions,
+        batch: BatchAPI | None,
+        cutoff: Cutoff | None,
+        budget: StageBudget | None,
+        dedupe: bool,
+    ) -> ExtractionStage:
+        """The extraction stage of one batch, on its key's limits (`batch`: the OpenAI
+        extraction's requests as Batch API lines, which give way to the synchronous path
+        in time for `cutoff`)."""
         request, limits = self.extraction, self.clients.limits
         if isinstance(request, DatalabExtraction):
             return DatalabStage(request, self.ocr, limits, sessions)
+        # background=True: each extraction's response id journaled, then polled
+        direct = (BackgroundAdapter if request.background else DirectAdapter)(
+            request, key_limiter(request, limits), self.cache_keys
+        )
+        grouped = None
+        if batch is not None:
+            context = BatchContext(request, batch, direct, limits, cutoff)
+            grouped = BatchStage(context, session=sessions.sessions[EXTRACTION_STAGE])
         return ResponsesExtraction(
-            # background=True: each extraction's response id journaled, then polled
-            (BackgroundAdapter if request.background else DirectAdapter)(
-                request, key_limiter(request, limits), self.cache_keys
-            ),
+            direct,
             slots=request.max_concurrent_requests,
             per_page=self.per_page,
             sessions=sessions,
+            batch=grouped,
+            budget=budget,
+            dedupe=dedupe,
         )
 
 

@@ -1,23 +1,28 @@
 """The pipeline's extraction stage, whichever API runs it: one small interface.
 
 `PipelineAdapter` converts each document (its OCR stage), then hands the finished
-conversion to an `ExtractionStage`: the OpenAI one (`path.ResponsesExtraction`: the OCR
-text to `POST /responses`, per page with `per_page`) or Datalab's
-(`datalab_stage.DatalabStage`: one `/extract` per schema from the conversion's checkpoint).
-The stage answers `Extracted`, which holds every figure the row and the summary read, so
-the adapter renders both kinds without asking which ran.
+conversion to an `ExtractionStage`: the OpenAI one (`responses_stage.ResponsesExtraction`:
+the OCR text to `POST /responses`, per page with `per_page`, or as Batch API lines) or
+Datalab's (`datalab_stage.DatalabStage`: one `/extract` per schema from the conversion's
+checkpoint). The stage answers `Extracted`, which holds every figure the row and the
+summary read, so the adapter renders both kinds without asking which ran; or `Waiting`,
+its requests as lines of a grouped stage (the Batch API) and what makes its `Extracted`
+of their outcomes, which the adapter hands the driver as an `engine.Deferred`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from ..documents.job import Finished
-from ..engine import BatchRun, Failure, ItemRun, Outcome, Submission
+from ..documents.sources import Upload
+from ..engine import BatchRun, Failed, Failure, GroupedStage, ItemRun, Line, Outcome, Submission
 from ..engine.stages import StageKey
+from ..responses.direct import Prepared
+from .budget import StageBudget
 
 T = TypeVar("T")
 
@@ -30,6 +35,9 @@ class Stage(Generic[T]):
     outcome: Outcome[T]
     seconds: float
     reused: bool = False
+    duplicate_of: int | None = None
+    """With `dedupe`: the document whose identical request answered this one (it cost
+    nothing here; see `shared`)."""
 
 
 @dataclass(slots=True)
@@ -50,6 +58,18 @@ class Extracted:
     """Keys the stage adds to the row's `extraction` object."""
     ocr: Stage[Finished] | None = None
     """The document's conversion done again (its checkpoint was gone): the row's OCR now."""
+    batch: tuple[str | None, str | None] | None = None
+    """On the Batch API: the row's `batch_id` and `custom_id` (None: not on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """An extraction whose requests are lines of a grouped stage (the Batch API): `then`
+    makes its `Extracted` of their outcomes, in the lines' order."""
+
+    stage: GroupedStage
+    lines: Sequence[Line]
+    then: Callable[[list[Outcome[Any]]], Extracted]
 
 
 Reconvert = Callable[[], Awaitable[Stage[Finished]]]
@@ -66,8 +86,11 @@ class ExtractionStage(Protocol):
     slots: int
     """Its requests in flight at most (the driver runs the OCR's plus these)."""
 
-    async def extract(self, run: ItemRun, ocr: Finished, reconvert: Reconvert) -> Extracted:
-        """The extraction of one converted document (`run` is the document's)."""
+    async def extract(
+        self, run: ItemRun, ocr: Finished, reconvert: Reconvert
+    ) -> Extracted | Waiting:
+        """The extraction of one converted document (`run` is the document's), or its
+        requests waiting on a grouped stage."""
         ...
 
 
@@ -100,3 +123,27 @@ def journal_submission(run: ItemRun, key: StageKey, digest: str) -> Callable[[Su
         )
 
     return journal
+
+
+async def within_budget(
+    budget: StageBudget | None,
+    request: Upload | Prepared,
+    paid: bool,
+    send: Callable[[], Awaitable[Outcome[T]]],
+) -> Outcome[T]:
+    """`send()` a stage request within the budget, if any: its estimate held before it is
+    sent (`paid`: the API accepted it earlier, so it is polled whatever the budget), what it
+    cost spent when it ends; unsent, `budget_exceeded`, once the budget could be passed."""
+    if budget is None:
+        return await send()
+    estimate, cost = budget.weigh(request)
+    held = await budget.hold(estimate, paid=paid)
+    if isinstance(held, Failure):
+        return Failed(held, 0)
+    try:
+        outcome = await send()
+    except BaseException:
+        budget.release(held)
+        raise
+    budget.spend(held, cost(outcome))
+    return outcome

@@ -43,8 +43,8 @@ class PipelineSummary(BatchSummary):
         super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
         outcome = end.outcome
         row = None if isinstance(outcome, Pending) else outcome.value
-        if not isinstance(row, Row):
-            return
+        if not isinstance(row, Row) or end.duplicate_of is not None:
+            return  # a twin (`dedupe`): its stages ran once, counted as its original's
         stage = row.failed_stage
         for name, cents in row.stage_cents.items():
             self.stage_cents[name] = self.stage_cents.get(name, 0.0) + cents
