@@ -257,6 +257,8 @@ async def test_datalab_schema_usage_errors_exit_2(emulator: Emulator, tmp_path: 
     for bad, said in (
         (["--datalab-schema", "nameless"], "is not NAME=FILE"),
         (["--schema", str(tmp_path / "invoice.json")], "--schema and --datalab-schema"),
+        (["--batch-api"], "--batch-api: Datalab's /extract (--datalab-schema) has no batch API"),
+        (["--max-cost", "1"], "--max-cost cannot be used with --datalab-schema"),
     ):
         code, _, err = await run(emulator, *args, *bad)
         assert code == 2 and said in err, err

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from datalab_sdk import AsyncDatalabClient, ExtractOptions  # type: ignore[import-untyped]
 
-from genai_coroutines import DatalabExtraction, DocumentConfig, ExtractionPipeline
+from genai_coroutines import BatchAPI, DatalabExtraction, DocumentConfig, ExtractionPipeline
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pipeline import PipelineSummary
@@ -199,3 +199,62 @@ async def test_credits_running_out_mid_batch_keep_what_finished_and_retry_no_403
     assert emulator.stats.parses_by_digest == {digest(doc): 1 for doc in docs}
     assert sum(emulator.stats.cents_billed.values()) == pytest.approx(5 * 1.8)
     assert spent <= 4.0
+
+
+async def test_batch_api_and_max_cost_usd_are_refused_with_a_datalab_extraction(
+    emulator: Emulator,
+) -> None:
+    """Datalab's /extract has no batch API, and its jobs are not weighed by a budget: each
+    is refused naming its parameter, before anything is sent."""
+    run = pipeline(emulator)
+    for options, named in (
+        ({"batch_api": True}, "batch_api"),
+        ({"batch_api": BatchAPI(flush_idle_secs=0.1)}, "batch_api"),
+        ({"max_cost_usd": 1.0}, "max_cost_usd"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            await run.process([invoice_pdf(0)], **options)
+    assert emulator.stats.total("marker_submit") == 0
+
+
+async def test_a_datalab_extraction_past_its_deadline_sends_nothing_more_and_a_rerun_finishes(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Past the deadline no document is uploaded and no /extract submitted; every job
+    accepted before it is polled to its answer, and a rerun with the journal converts and
+    extracts only what is left."""
+    emulator.config.seconds_per_page = 0.1
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i) for i in range(8)]
+    run = pipeline(emulator, max_concurrent_requests=1, max_waiting=0)
+    rows = await run.process(docs, journal=journal, deadline=0.3)
+
+    assert [row["index"] for row in rows] == list(range(8)), "none lost"
+    late = [row for row in rows if not row["success"]]
+    assert late and len(late) < 8
+    assert {row["error_type"] for row in late} == {"deadline_exceeded"}
+    converted = [row for row in rows if row["ocr"]["success"]]
+    assert conversions(emulator) == len(converted), "no document uploaded after it"
+    answered = [
+        schema["success"]
+        for row in converted
+        if row["extraction"] is not None
+        for schema in row["extraction"].get("schemas", {}).values()
+    ]
+    assert extracts(emulator) == sum(answered), "no /extract submitted after it"
+
+    again = await pipeline(emulator).process(docs, journal=journal)
+    assert all(row["success"] for row in again), [row["error"] for row in again]
+    assert emulator.stats.parses_by_digest == {digest(doc): 1 for doc in docs}
+    assert emulator.stats.checkpoint_reads_by_digest == {digest(doc): 2 for doc in docs}
+    assert (conversions(emulator), extracts(emulator)) == (8, 16), "nothing sent twice"
+
+
+async def test_dedupe_converts_and_extracts_a_copied_document_once(emulator: Emulator) -> None:
+    docs = [invoice_pdf(0), invoice_pdf(1), invoice_pdf(0)]
+    rows = await pipeline(emulator).process(docs, dedupe=True)
+
+    assert all(row["success"] for row in rows)
+    assert rows[2]["duplicate_of"] == 0 and rows[2]["fields"] == rows[0]["fields"]
+    assert (conversions(emulator), extracts(emulator)) == (2, 4)
+    assert emulator.stats.parses_by_digest == {digest(docs[0]): 1, digest(docs[1]): 1}
