@@ -4,10 +4,16 @@ Stored in SQLite (the standard library's `sqlite3`, WAL mode) rather than JSONL:
 every write is one atomic transaction, so a kill -9 or Ctrl-C can never leave half a
 record behind; an item's record is updated in place as it moves from "submitted" to
 "finished" (a Datalab job's `request_check_url` is journaled before its first poll);
-and a rerun looks each item up by its index instead of loading the whole journal into
-memory, which keeps 100,000-item batches flat. With `synchronous=NORMAL` a commit
-survives the process dying at any point (it is in the OS page cache at once); only a
-power cut can lose the last few.
+and a rerun reads the items by index, `WINDOW` of them per query as its input comes,
+instead of loading the whole journal (or its digests) into memory. With
+`synchronous=NORMAL` a commit survives the process dying at any point (it is in the OS
+page cache at once); only a power cut can lose the last few.
+
+A result is stored deflated against a dictionary the journal keeps (its first large
+record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
+a request digest as its 32 bytes. A journal written before either reads as it was: its
+plain JSON records and hex digests are matched as they are, and the records a rerun adds
+to it are deflated.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
 finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
@@ -80,6 +86,7 @@ from typing import Any
 
 import orjson
 
+from .records import RecordError, Records
 from .stages import StageKey
 
 try:
@@ -146,6 +153,10 @@ _STAGED_TABLES = (
 )
 """Created by the first named stage's submission or group line (`_stage_tables`), so a
 journal of one-stage items is no larger than before stages existed."""
+WINDOW = 1024
+"""Items read from `items` in one query, by index (see `Journal._item`)."""
+WINDOWS = 4
+"""Windows kept: the workers admitting items a few windows apart still find theirs."""
 _TABLE_NAMES = frozenset(
     {
         "meta",
@@ -158,6 +169,11 @@ _TABLE_NAMES = frozenset(
         "stage_lines",
     }
 )
+
+
+_Statement = tuple[str, list[tuple[Any, ...]]]
+_Item = tuple[Any, ...]
+"""An `items` row without its index: (digest, result, request_id, check_url)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +256,8 @@ class Journal:
         """Records `_load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
+        self._windows: dict[int, dict[int, _Item]] = {}
+        """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
 
     def _open(self, kind: str, resume: bool) -> sqlite3.Connection:
         try:
@@ -302,6 +320,8 @@ class Journal:
             raise JournalMismatch(f"journal {self.path} holds a {found} batch, not {kind}")
         if found is None and resume:
             raise JournalError(f"journal {self.path} holds no batch: nothing to resume")
+        self._records = Records.of(db)
+        """How results are stored (`engine.records`: deflated against this dictionary)."""
         try:
             # A real write, even when nothing changes: a journal that cannot take one
             # fails here, before anything is sent, not after the first paid result.
@@ -322,11 +342,10 @@ class Journal:
         reused: the driver reuses a record only when its adapter revives it as answered
         (`Bookkeeping.replay`), so a rerun tries a failure again.
         """
-        row = self._read(
-            "SELECT result FROM items WHERE idx = ? AND digest = ? AND result IS NOT NULL",
-            (index, digest),
-        )
-        return None if row is None else self._load(row[0], index)
+        item = self._item(index)
+        if item is None or item[1] is None or item[0] not in (_packed(digest), digest):
+            return None
+        return self._load(item[1], index)
 
     def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of work the API accepted for this stage request
@@ -340,11 +359,12 @@ class Journal:
                 (key.index, _stage_name(key), digest),
             )
         else:
-            row = self._read(
-                "SELECT request_id, check_url FROM items"
-                " WHERE idx = ? AND digest = ? AND result IS NULL AND check_url IS NOT NULL",
-                (key.index, digest),
-            )
+            item = self._item(key.index)
+            if item is None or item[1] is not None or item[3] is None:
+                return None
+            if item[0] not in (_packed(digest), digest):
+                return None
+            row = item[2:]
         return None if row is None else (row[0], row[1])
 
     def record_submission(
@@ -364,8 +384,10 @@ class Journal:
                 "INSERT OR REPLACE INTO items (idx, digest, request_id, check_url, result)"
                 " VALUES (?, ?, ?, ?, NULL)"
             )
-            params = (key.index, digest, request_id, check_url)
+            params = (key.index, _packed(digest), request_id, check_url)
         self._write(f"the submission of {_described(key)}", sql, params)
+        if not key.stage:
+            self._cached(key.index, (params[1], None, request_id, check_url))
 
     def record_result(
         self, index: int, digest: str, result: dict[str, Any], *, pending: bool = False
@@ -377,14 +399,16 @@ class Journal:
         rerun asks that batch again rather than sending the item twice; so do its named
         stages' submissions and lines (a rerun of a failed item starts it afresh).
         """
-        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+        blob, statements, chosen = self._encoded(result)
+        packed = _packed(digest)
+        statements.append(
             (
                 "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
                 " result = excluded.result",
-                [(index, digest, orjson.dumps(result))],
+                [(index, packed, blob)],
             )
-        ]
+        )
         if not pending:
             tables = ("group_lines", "stage_lines", "stage_submissions")
             statements += [
@@ -392,6 +416,9 @@ class Journal:
                 for table in tables[: 3 if self._staged else 1]
             ]
         self._transaction(f"the result of item {index}", statements)
+        self._records.dictionary = self._records.dictionary or chosen
+        known = self._item(index, read=False)
+        self._cached(index, (packed, blob, *(known[2:] if known else (None, None))))
 
     def record_group(
         self,
@@ -489,18 +516,20 @@ class Journal:
         stage's submission and group line in the same transaction; `JournalError` if the
         journal cannot take it."""
         where = (key.index, _stage_name(key))
-        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+        blob, statements, chosen = self._encoded(result)
+        statements.append(
             (
                 "INSERT OR REPLACE INTO stages (idx, stage, digest, result) VALUES (?, ?, ?, ?)",
-                [(*where, digest, orjson.dumps(result))],
+                [(*where, digest, blob)],
             )
-        ]
+        )
         if self._staged:
             statements += [
                 (f"DELETE FROM {table} WHERE idx = ? AND stage = ?", [where])
                 for table in ("stage_submissions", "stage_lines")
             ]
         self._transaction(_described(key), statements)
+        self._records.dictionary = self._records.dictionary or chosen
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export); an unreadable
@@ -571,17 +600,17 @@ class Journal:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
 
     def _load(self, blob: bytes, index: int) -> dict[str, Any] | None:
-        """A journaled result, or None when it cannot be read (not JSON: a newer encoding,
-        bit rot; or not an object). Such a record counts as unfinished, so its item is
+        """A journaled result, or None when it cannot be read (`engine.records`: a newer
+        encoding, bit rot; or not an object). Such a record counts as unfinished, so its item is
         sent again and its new result replaces it: raising instead would end the batch
         when the item's turn came, losing the answers paid for meanwhile, and end every
         rerun the same way. Results are only decoded when their item is reached (decoding
         them all at open would cost a large journal seconds), so the first one is logged
         as it is met and `close` logs how many there were."""
         try:
-            result = orjson.loads(blob)
-        except orjson.JSONDecodeError as exc:
-            problem = f"not JSON ({exc})"
+            result = self._records.decode(blob)
+        except RecordError as exc:
+            problem = str(exc)
         else:
             if isinstance(result, dict):
                 return result
@@ -597,6 +626,46 @@ class Journal:
             )
         return None
 
+    def _encoded(self, result: dict[str, Any]) -> tuple[bytes, list[_Statement], bytes | None]:
+        """A result as stored, the statements to write first, and the journal's dictionary
+        if this record is the first large enough to be it (`engine.records`): written in
+        the record's transaction, used (`Records.dictionary`) once that commits."""
+        data = orjson.dumps(result)
+        chosen = self._records.choose(data)
+        if chosen is None:
+            return self._records.encode(data), [], None
+        choice = ("INSERT OR REPLACE INTO meta (key, value) VALUES ('dictionary', ?)", [(chosen,)])
+        return Records(chosen).encode(data), [choice], chosen
+
+    def _item(self, index: int, *, read: bool = True) -> _Item | None:
+        """The `items` row of an index, read `WINDOW` rows at a time: a rerun asks for its
+        items in input order, so one query answers a thousand of them (one query per item
+        was most of a replay's time), and no more than `WINDOWS` windows are held."""
+        number = index // WINDOW
+        rows = self._windows.get(number)
+        if rows is None:
+            if not read:
+                return None
+            start = number * WINDOW
+            try:
+                found = self._db.execute(
+                    "SELECT idx, digest, result, request_id, check_url FROM items"
+                    " WHERE idx >= ? AND idx < ?",
+                    (start, start + WINDOW),
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"journal {self.path} is damaged: {exc}") from None
+            rows = self._windows[number] = {row[0]: row[1:] for row in found}
+            while len(self._windows) > WINDOWS:
+                del self._windows[next(iter(self._windows))]
+        return rows.get(index)
+
+    def _cached(self, index: int, item: _Item) -> None:
+        """A row just written, in its window if that is held."""
+        rows = self._windows.get(index // WINDOW)
+        if rows is not None:
+            rows[index] = item
+
     def _write(self, what: str, sql: str, params: tuple[Any, ...]) -> None:
         try:
             self._db.execute(sql, params)
@@ -604,7 +673,7 @@ class Journal:
             raise JournalError(f"cannot write {what} to journal {self.path}: {exc}") from exc
         self._written()
 
-    def _transaction(self, what: str, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _transaction(self, what: str, statements: list[_Statement]) -> None:
         """Several statements, all or none (one with no rows is not run: its table may not
         exist, see `_STAGED_TABLES`)."""
         db = self._db
@@ -722,6 +791,17 @@ def unfinished(path: str | os.PathLike[str], kind: str) -> Unfinished:
     except (sqlite3.Error, OSError):
         return Unfinished()
     return Unfinished(tuple(job for (job,) in jobs), int(submissions))
+
+
+def _packed(digest: str) -> bytes | str:
+    """A request digest as `items` stores it: its 32 bytes (a journal written before kept
+    the 64 hex characters, which `finished` and `submitted` still match)."""
+    if len(digest) == 64:
+        try:
+            return bytes.fromhex(digest)
+        except ValueError:
+            pass
+    return digest
 
 
 def _stage_name(key: StageKey) -> str:
