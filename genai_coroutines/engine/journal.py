@@ -78,7 +78,7 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -256,6 +256,9 @@ class Journal:
         """Records `_load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
+        self.on_grouped: Callable[[list[int]], object] = lambda _indices: None
+        """Told the indices of the items of one stage each `record_group` journaled (their
+        digests are in `group_lines` then: `bookkeeping.Digests`)."""
         self._windows: dict[int, dict[int, _Item]] = {}
         """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
 
@@ -462,6 +465,13 @@ class Journal:
                 ),
             ],
         )
+        self.on_grouped([row[0] for row in single])
+
+    def group_digest(self, index: int) -> str | None:
+        """The digest an item of one stage was journaled with in its group line; None if it
+        is in none."""
+        row = self._read("SELECT digest FROM group_lines WHERE idx = ?", (index,))
+        return None if row is None else str(row[0])
 
     def record_group_job(self, file_id: str, job_id: str) -> None:
         """Journal the job (an OpenAI batch) the API created for a group file."""
