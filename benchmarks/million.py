@@ -10,7 +10,8 @@ zero-latency emulator (its own process, limits far above what one machine sends)
 
 Each run is a fresh child process whose peak RSS is read from `os.wait4` for that very
 child, so one path's peak cannot hide another's. For each: peak RSS, wall time, CPU
-microseconds per item (the child's user + system time), the journal's size on disk and
+microseconds per item (the child's user + system time from the first item on, not its
+imports), the journal's size on disk and
 per item. Then the synchronous path's journal is run again:
 
 - finished: every item answered from the journal, nothing sent: the replay rate
@@ -20,7 +21,9 @@ per item. Then the synchronous path's journal is run again:
   replay rate over the first half, and the time to the first new result (a request sent
   and answered: at zero latency, when the first new request went out);
 - half finished, every other item: the journal without the odd items' records: the
-  time to the first new result and the wall time.
+  time to the first new result.
+
+Both half-finished reruns stop after 1,000 new results: their figures are in by then.
 
     python benchmarks/million.py                  # 1,000,000 prompts (many minutes)
     python benchmarks/million.py --n 100000       # a quicker run
@@ -63,6 +66,8 @@ RSS_RATIO = 1.2
 JOURNAL_BYTES_PER_ITEM = 1024
 REPLAY_RATE = 100_000
 FIRST_REQUEST_SECS = 2.0
+STOP_AFTER = 1000
+"""New results after which a half-finished journal's rerun stops: its figures are in."""
 
 
 def prompts(n: int) -> Any:
@@ -70,8 +75,11 @@ def prompts(n: int) -> Any:
     return (f"Summarise item number {i} of the archive in one line." for i in range(n))
 
 
-async def child_run(base_url: str, n: int, path: str, journal: str) -> dict[str, Any]:
-    """One run in this (child) process: figures as a dict, printed as JSON."""
+async def child_run(
+    base_url: str, n: int, path: str, journal: str, stop_after: int | None
+) -> dict[str, Any]:
+    """One run in this (child) process: figures as a dict, printed as JSON. `stop_after`:
+    stop once that many new results came (a resume's figures need no more)."""
     from genai_coroutines import BatchAPI, ResponsesProcessor, ResponsesRequest
 
     request = ResponsesRequest(
@@ -86,11 +94,12 @@ async def child_run(base_url: str, n: int, path: str, journal: str) -> dict[str,
     batch_api: BatchAPI | bool = (
         BatchAPI(poll_interval_secs=0.1, max_requests_per_file=50_000) if path == "batch" else False
     )
-    ok = failed = replayed = 0
+    ok = failed = replayed = new = 0
     first_result: float | None = None
     first_new: float | None = None
     last_replay = 0.0
     seen = bytearray(n)
+    before = resource.getrusage(resource.RUSAGE_SELF)  # the imports' CPU is not the run's
     started = time.perf_counter()
     async for result in ResponsesProcessor().stream(request, batch_api=batch_api, journal=journal):
         now = time.perf_counter() - started
@@ -107,8 +116,11 @@ async def child_run(base_url: str, n: int, path: str, journal: str) -> dict[str,
         if result.get("from_journal"):
             replayed += 1
             last_replay = now
-        elif first_new is None:
-            first_new = now
+        else:
+            new += 1
+            first_new = now if first_new is None else first_new
+            if stop_after is not None and new >= stop_after:
+                break
     wall = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
@@ -116,18 +128,22 @@ async def child_run(base_url: str, n: int, path: str, journal: str) -> dict[str,
         "failed": failed,
         "replayed": replayed,
         "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
+        "cpu": usage.ru_utime + usage.ru_stime - before.ru_utime - before.ru_stime,
         "first_result": first_result,
         "first_new": first_new,
         "last_replay": last_replay,
     }
 
 
-def run_child(base_url: str, n: int, path: str, journal: Path) -> dict[str, Any]:
+def run_child(
+    base_url: str, n: int, path: str, journal: Path, stop_after: int | None = None
+) -> dict[str, Any]:
     """`child_run` in a fresh process; its figures and that process's peak RSS (MiB)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, __file__, "--child", path, "--n", str(n)]
     command += ["--base-url", base_url, "--journal", str(journal)]
+    if stop_after is not None:
+        command += ["--stop-after", str(stop_after)]
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=err)
         _, status, usage = os.wait4(process.pid, 0)
@@ -140,7 +156,7 @@ def run_child(base_url: str, n: int, path: str, journal: Path) -> dict[str, Any]
             raise SystemExit(f"the {path} run exited {code}")
         figures: dict[str, Any] = orjson.loads(out.read().splitlines()[-1])
     figures["rss"] = usage.ru_maxrss / 1024
-    if figures["ok"] != n:
+    if figures["ok"] != n and stop_after is None:
         raise SystemExit(f"{path}: {figures['ok']} of {n} succeeded")
     return figures
 
@@ -170,11 +186,14 @@ def main() -> int:
     parser.add_argument("--child", choices=("sync", "batch"), help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
     parser.add_argument("--journal", help=argparse.SUPPRESS)
+    parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help="keep the journals in this folder")
     args = parser.parse_args()
     n = args.n
     if args.child:
-        figures = asyncio.run(child_run(args.base_url, n, args.child, args.journal))
+        figures = asyncio.run(
+            child_run(args.base_url, n, args.child, args.journal, args.stop_after)
+        )
         print(orjson.dumps(figures).decode())
         return 0
 
@@ -197,7 +216,7 @@ def main() -> int:
                 for name, where in (("first half", f"idx >= {n // 2}"), ("every other", "idx % 2")):
                     copy = folder / f"half-{name.replace(' ', '-')}.journal"
                     unfinish(full, copy, where)
-                    resumes[name] = run_child(base_url, n, "sync", copy)
+                    resumes[name] = run_child(base_url, n, "sync", copy, STOP_AFTER)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
@@ -245,7 +264,7 @@ def main() -> int:
         text = f"  {name:<12} replayed {replayed:>9,}  wall {row['wall']:6.1f} s  "
         text += f"peak RSS {row['rss']:6.1f} MiB  first result {row['first_result']:.2f} s"
         if rate is not None:
-            text += f"  replay {rate:,.0f} items/s"
+            text += f"  replay {rate:,.0f} items/s ({row['cpu'] * 1e6 / replayed:.1f} CPU us/item)"
             good &= rate >= REPLAY_RATE
         if first_new is not None:
             text += f"  first new result {first_new:.2f} s"

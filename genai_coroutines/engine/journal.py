@@ -78,8 +78,9 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -156,6 +157,9 @@ journal of one-stage items is no larger than before stages existed."""
 WINDOW = 1024
 """Items read from `items` in one query, by index (see `Journal._item`)."""
 WINDOWS = 4
+"""Windows kept: the workers admitting items a few windows apart still find theirs."""
+GROUP_ROWS = 1000
+"""Members of a group file journaled per statement (`record_group`)."""
 """Windows kept: the workers admitting items a few windows apart still find theirs."""
 _TABLE_NAMES = frozenset(
     {
@@ -432,40 +436,61 @@ class Journal:
     ) -> None:
         """Journal an uploaded group file and its members, `(key, digest, line_id, attempt)`
         each, in one transaction (a member of an earlier group moves to this one)."""
-        rows = list(members)
-        single = [
-            (key.index, digest, line_id, file_id, attempt)
-            for key, digest, line_id, attempt in rows
-            if not key.stage
-        ]
-        staged = [
-            (key.index, _stage_name(key), digest, line_id, file_id, attempt)
-            for key, digest, line_id, attempt in rows
-            if key.stage
-        ]
-        if staged:
-            self._stage_tables()
+        grouped: list[int] = []
         self._transaction(
-            f"group file {file_id}",
-            [
-                (
-                    "INSERT OR REPLACE INTO group_files (file_id, lines, tokens, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(file_id, len(rows), tokens, time.time())],
-                ),
-                (
-                    "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    single,
-                ),
-                (
-                    "INSERT OR REPLACE INTO stage_lines"
-                    " (idx, stage, digest, line_id, file_id, attempt) VALUES (?, ?, ?, ?, ?, ?)",
-                    staged,
-                ),
-            ],
+            f"group file {file_id}", self._group_rows(file_id, members, tokens, grouped)
         )
-        self.on_grouped([row[0] for row in single])
+        if not self._staged:  # its named stages' lines may have created their tables
+            self._staged = (
+                self._read("SELECT 1 FROM sqlite_master WHERE name = 'stage_submissions'", ())
+                is not None
+            )
+        self.on_grouped(grouped)
+
+    def _group_rows(
+        self,
+        file_id: str,
+        members: Iterable[tuple[StageKey, str, str, int]],
+        tokens: int,
+        grouped: list[int],
+    ) -> Iterator[_Statement]:
+        """`record_group`'s statements, `GROUP_ROWS` members at a time (a file holds up to
+        50,000: their rows are never all in memory at once); `grouped` gets the indices of
+        the items of one stage."""
+        created = self._staged
+        lines = 0
+        insert_file = (
+            "INSERT OR REPLACE INTO group_files (file_id, lines, tokens, created_at)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        yield insert_file, [(file_id, 0, tokens, time.time())]
+        for chunk in _chunks(members, GROUP_ROWS):
+            single = [
+                (key.index, digest, line_id, file_id, attempt)
+                for key, digest, line_id, attempt in chunk
+                if not key.stage
+            ]
+            yield (
+                "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
+                " VALUES (?, ?, ?, ?, ?)",
+                single,
+            )
+            staged = [
+                (key.index, _stage_name(key), digest, line_id, file_id, attempt)
+                for key, digest, line_id, attempt in chunk
+                if key.stage
+            ]
+            if staged and not created:  # `_STAGED_TABLES`, in this very transaction
+                created = True
+                yield from ((table, [()]) for table in _STAGED_TABLES)
+            yield (
+                "INSERT OR REPLACE INTO stage_lines"
+                " (idx, stage, digest, line_id, file_id, attempt) VALUES (?, ?, ?, ?, ?, ?)",
+                staged,
+            )
+            lines += len(chunk)
+            grouped += [row[0] for row in single]
+        yield "UPDATE group_files SET lines = ? WHERE file_id = ?", [(lines, file_id)]
 
     def group_digest(self, index: int) -> str | None:
         """The digest an item of one stage was journaled with in its group line; None if it
@@ -683,7 +708,7 @@ class Journal:
             raise JournalError(f"cannot write {what} to journal {self.path}: {exc}") from exc
         self._written()
 
-    def _transaction(self, what: str, statements: list[_Statement]) -> None:
+    def _transaction(self, what: str, statements: Iterable[_Statement]) -> None:
         """Several statements, all or none (one with no rows is not run: its table may not
         exist, see `_STAGED_TABLES`)."""
         db = self._db
@@ -801,6 +826,12 @@ def unfinished(path: str | os.PathLike[str], kind: str) -> Unfinished:
     except (sqlite3.Error, OSError):
         return Unfinished()
     return Unfinished(tuple(job for (job,) in jobs), int(submissions))
+
+
+def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    rows = iter(rows)
+    while chunk := list(islice(rows, size)):
+        yield chunk
 
 
 def _packed(digest: str) -> bytes | str:
