@@ -31,7 +31,7 @@ from genai_coroutines.engine import (
 )
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.headers import count
-from genai_coroutines.engine.indexed import IndexedFloats
+from genai_coroutines.engine.indexed import IndexedDigests, IndexedFloats
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
 from genai_coroutines.engine.outcome import Ids, Outcome
 from genai_coroutines.engine.pricing import Charges
@@ -580,3 +580,14 @@ def test_indexed_floats_keep_each_index_its_own_number_as_items_come_and_go() ->
     for index in list(expected):
         assert kept.pop(index) == expected.pop(index)
     assert len(kept) == 0 and list(kept) == [] and kept.get(0) is None
+
+
+def test_indexed_digests_give_back_each_index_its_own_digest() -> None:
+    """The journal digests of items in flight (`bookkeeping.Digests`), 32 bytes each."""
+    kept = IndexedDigests()
+    for index in (5, 3, 9, 4):
+        kept[index] = request_digest(b"%d" % index)
+    assert kept.pop(3) == request_digest(b"3") and kept.pop(3) is None
+    assert sorted(kept) == [4, 5, 9] and kept.get(9) == request_digest(b"9")
+    kept[9] = request_digest(b"again")
+    assert kept.get(9) == request_digest(b"again") and len(kept) == 3
