@@ -10,7 +10,13 @@ layers, so the emulated model extracts their real fields) go through:
 - streamed: `ExtractionPipeline`, each document's extraction sent the moment its OCR
   arrives;
 - two-phase: `DocumentProcessor.process` over every document, then
-  `ResponsesProcessor.process_batch` over every OCR text (the old demo's way).
+  `ResponsesProcessor.process_batch` over every OCR text (the old demo's way);
+- batch API: `ExtractionPipeline.process(batch_api=...)`, each document's extraction a
+  Batch API line as its OCR arrives, files sent partly filled after `--flush-idle` (0.5 s)
+  without a new line; the emulator's batches run `--batch-seconds-per-line` (0.005 s) a
+  line after `batch_validating_seconds` and before `batch_finalizing_seconds` (0.05 s each),
+  a compressed clock. Printed beside its wall time: its extraction cost against the
+  streamed (synchronous) pipeline's, from each run's `PipelineSummary` (target 0.5).
 
 Both are told the keys' limits, use the same concurrency per stage (`--concurrency`) and
 run on fresh, unshared limiters. Printed for each: wall time, documents extracted with the
@@ -62,6 +68,7 @@ class Run:
     wall: float
     extracted: int
     stats: dict[str, Any]
+    extraction_usd: float | None = None
 
 
 def configs(base_url: str, args: argparse.Namespace) -> tuple[Any, Any]:
@@ -98,12 +105,18 @@ def fresh_limits() -> Any:
     return KeyLimits(MemoryStore())
 
 
-async def streamed(base_url: str, docs: list[bytes], args: argparse.Namespace) -> list[Any]:
-    from genai_coroutines import ExtractionPipeline
+async def streamed(
+    base_url: str, docs: list[bytes], args: argparse.Namespace, *, batch_api: bool = False
+) -> tuple[list[Any], float]:
+    """The pipeline's rows' fields and its extraction's cost (USD)."""
+    from genai_coroutines import BatchAPI, ExtractionPipeline
 
     ocr, extraction = configs(base_url, args)
-    rows = await ExtractionPipeline(ocr, extraction, limits=fresh_limits()).process(docs)
-    return [row["fields"] for row in rows]
+    pipeline = ExtractionPipeline(ocr, extraction, limits=fresh_limits())
+    options = BatchAPI(poll_interval_secs=args.poll_interval, flush_idle_secs=args.flush_idle)
+    rows = await pipeline.process(docs, batch_api=options if batch_api else False)
+    assert pipeline.last_summary is not None
+    return [row["fields"] for row in rows], pipeline.last_summary.cost_usd
 
 
 async def two_phase(base_url: str, docs: list[bytes], args: argparse.Namespace) -> list[Any]:
@@ -132,10 +145,16 @@ async def two_phase(base_url: str, docs: list[bytes], args: argparse.Namespace) 
 async def measure(name: str, base_url: str, client: Any, truth: list[Any]) -> Run:
     await emulator_stats(base_url, reset=True)
     started = time.monotonic()
-    fields = await client()
+    got = await client()
     wall = time.monotonic() - started
+    fields, usd = got if isinstance(got, tuple) else (got, None)
     extracted = sum(1 for got, want in zip(fields, truth, strict=True) if got == want)
-    return Run(name, wall, extracted, await emulator_stats(base_url))
+    return Run(name, wall, extracted, await emulator_stats(base_url), usd)
+
+
+def _posts(stats: dict[str, Any]) -> int:
+    """Requests to `POST /v1/responses` (the emulator counts them as `responses <status>`)."""
+    return sum(n for key, n in stats["requests"].items() if key.split(" ")[0] == "responses")
 
 
 def bound(pages: list[int], args: argparse.Namespace) -> tuple[float, float]:
@@ -152,11 +171,13 @@ def bound(pages: list[int], args: argparse.Namespace) -> tuple[float, float]:
 
 def report(run: Run, n: int, limit: float) -> None:
     stats = run.stats
+    twice = stats["duplicate_batch_executions"]
     print(
         f"{run.name:<10} wall {run.wall:7.2f}s  {run.wall / limit:5.2f}x bound  "
         f"extracted {run.extracted}/{n}  429s {stats['rate_limited']}  "
         f"duplicate uploads {stats['duplicate_submissions']}  "
         f"duplicate extractions {stats['duplicate_completions']}"
+        + (f"  batch lines run twice {twice}" if run.name == "batch api" else "")
     )
 
 
@@ -180,18 +201,32 @@ async def main(args: argparse.Namespace) -> None:
         openai_rpm=int(args.openai_rpm),
         burst_seconds=args.burst_seconds,
         seed=args.seed,
+        batch_seconds_per_line=args.batch_seconds_per_line,
     ) as base_url:
         runs = [
             await measure("streamed", base_url, lambda: streamed(base_url, docs, args), truth),
             await measure("two-phase", base_url, lambda: two_phase(base_url, docs, args), truth),
+            await measure(
+                "batch api",
+                base_url,
+                lambda: streamed(base_url, docs, args, batch_api=True),
+                truth,
+            ),
         ]
     for run in runs:
         report(run, args.n, limit)
-    stream, phased = runs
+    stream, phased, batched = runs
     saved = 1 - stream.wall / phased.wall
     print(
         f"streamed: {stream.wall / limit:.2f}x the bound (target <= 1.15), "
         f"{saved:.0%} below two-phase (target >= 25%)"
+    )
+    assert stream.extraction_usd and batched.extraction_usd is not None
+    print(
+        f"batch api: extraction ${batched.extraction_usd:.6f} against streamed "
+        f"${stream.extraction_usd:.6f}: {batched.extraction_usd / stream.extraction_usd:.3f}x "
+        f"(target 0.5); wall {batched.wall:.2f}s, {batched.stats['batches_created']} batches, "
+        f"{_posts(batched.stats)} synchronous extraction POSTs"
     )
 
 
@@ -206,4 +241,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--poll-interval", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--flush-idle", type=float, default=0.5)
+    parser.add_argument("--batch-seconds-per-line", type=float, default=0.005)
     asyncio.run(main(parser.parse_args()))

@@ -100,6 +100,16 @@ def _add_prices(cmd: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_batch_api(cmd: argparse.ArgumentParser, what: str) -> None:
+    cmd.add_argument(
+        "--batch-api",
+        action="store_true",
+        help=f"send {what} through the OpenAI Batch API: half the price, answered within "
+        "24 h; an interrupted run leaves its batches running, --resume collects them",
+    )
+    add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
+
+
 def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cmd = commands.add_parser(
         "responses", help="run prompts through the OpenAI Responses API (key: OPENAI_API_KEY)"
@@ -112,13 +122,7 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     cmd.add_argument("--schema-name", default="output")
     cmd.add_argument("--json-object", action="store_true", help="JSON mode without a schema")
     add_flags(cmd, ResponsesRequest)
-    cmd.add_argument(
-        "--batch-api",
-        action="store_true",
-        help="send the prompts through the OpenAI Batch API: half the price, answered within "
-        "24 h; an interrupted run leaves its batches running, --resume collects them",
-    )
-    add_flags(cmd, BatchAPI, "Batch API parameters (with --batch-api)")
+    _add_batch_api(cmd, "the prompts")
     _add_batch_options(cmd)
     _add_cost_options(cmd, "USD")
     _add_prices(cmd)
@@ -199,6 +203,7 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         new = renamed[flag]
         if new is not None:
             group.add_argument(new, **{**options, "dest": _dest(new)})
+    _add_batch_api(cmd, "the extraction requests")
     _add_batch_options(cmd)
     _add_prices(cmd)
 
@@ -457,6 +462,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             progress=args.progress,
             summary=summary,
             ordered=args.in_order,
+            batch_api=_batch_api(args),
         )
     elif args.command == "responses":
         journal = _journal_path(args, "responses")

@@ -112,6 +112,19 @@ def max_waiting_param() -> int:
     )
 
 
+def max_wait_param(default: float | None, what: str, *, flag: str | None = None) -> float | None:
+    """`max_wait_secs` of every path whose work the provider runs and this library polls
+    (background responses, Batch API batches): declared here once, each with its default.
+    When reached, the item ends `poll_timeout` with its work's id journaled, not final,
+    so a rerun with the journal polls it again instead of paying for it twice."""
+    return param(
+        default,
+        f"{what}: seconds polled at most before the item ends poll_timeout, its id kept for a "
+        "rerun (None: no limit)",
+        flag=flag,
+    )
+
+
 # Converters for `convert=`: raise ValueError (or OSError) and the CLI names the flag.
 
 

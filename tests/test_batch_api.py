@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -638,6 +639,25 @@ async def test_a_batch_that_cannot_be_polled_is_asked_again_by_the_rerun_not_res
     assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
 
 
+async def test_a_batch_past_max_wait_secs_ends_poll_timeout_and_the_rerun_collects_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.batch_seconds_per_line = 0.1
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 5)
+    waited = fast(max_wait_secs=0.05)
+    first = (await ResponsesProcessor().process_batch(request, batch_api=waited, journal=journal))[
+        "results"
+    ]
+    assert {r["error_type"] for r in first} == {"poll_timeout"}
+    assert all(r["batch_pending"] and "max_wait_secs (0.05s)" in r["error"] for r in first)
+    again = (await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal))[
+        "results"
+    ]
+    assert all(r["success"] for r in again)
+    assert {r["batch_id"] for r in again} == {first[0]["batch_id"]}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+
+
 async def interrupt_after_the_batch_is_created(
     request: ResponsesRequest, journal: Path, batches: int = 1
 ) -> str:
@@ -775,6 +795,33 @@ async def test_kill_9_after_the_second_batch_then_resume_creates_3_batches_and_u
     assert "tokens:" in err and "items: 1200 (1200 ok" in err
 
 
+async def test_kill_9_between_an_upload_and_its_journal_line_then_resume_uploads_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The emulator stores the first upload and never answers it (`files_stored`), so the
+    run is killed with its file at the API and only the upload's intent journaled; the
+    resume lists the files, finds it by name (its digest) and size, and batches it."""
+    write_prompts(tmp_path / "prompts.jsonl", prompts(30))
+    emulator.faults.schedule("files_stored", "hang", times=1)
+    args = cli_args(emulator, tmp_path, "--batch-max-requests-per-file", "20")
+    first = await start(emulator, tmp_path, *args)
+    stats = emulator.stats
+    await until(first, lambda: stats.files_uploaded == 1, "the first file was stored")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    assert stats.batches_created == 0 and not journal_jobs(tmp_path / "batch.journal")
+
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    assert stats.files_uploaded == 2 and set(stats.files_by_digest.values()) == {1}, (
+        "two files, each uploaded once"
+    )
+    assert stats.batches_created == 2 and "batch_api_file_found" in err
+    records = output_lines(tmp_path / "out.jsonl")
+    assert sorted(r["index"] for r in records) == list(range(30))
+    assert all(r["success"] for r in records)
+
+
 async def test_ctrl_c_leaves_the_batches_running_and_resume_collects_them(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -887,6 +934,12 @@ async def test_progress_shows_each_batch_state_and_counts(
         ({"metadata": {"a": 1}}, TypeError, "metadata"),
         ({"max_batches_per_hour": 0}, ValueError, "max_batches_per_hour"),
         ({"max_batches_per_hour": 1.5}, TypeError, "max_batches_per_hour"),
+        ({"flush_idle_secs": 0}, ValueError, "flush_idle_secs"),
+        ({"flush_idle_secs": "1"}, TypeError, "flush_idle_secs"),
+        ({"flush_max_wait_secs": -1.0}, ValueError, "flush_max_wait_secs"),
+        ({"flush_max_wait_secs": None}, TypeError, "flush_max_wait_secs"),
+        ({"max_wait_secs": 0}, ValueError, "max_wait_secs"),
+        ({"max_wait_secs": "3600"}, TypeError, "max_wait_secs"),
         # declared once, on the request (`ResponsesRequest.cancel_on_interrupt`)
         ({"cancel_on_interrupt": True}, TypeError, "cancel_on_interrupt"),
     ],
@@ -937,3 +990,46 @@ async def test_batch_lines_carry_planned_prompt_cache_keys(emulator: Emulator) -
     out = await ResponsesProcessor().process_batch(request, batch_api=fast())
     assert out["total_success"] == 40
     assert emulator.stats.prompt_cache_lookups == {"miss": 3, "hit": 37}
+
+
+# -- partly filled files go out after a short wait --------------------------------------------
+
+
+async def slow_prompts(emulator: Emulator, first: int, pause: float) -> AsyncIterator[str]:
+    """`first` prompts, then more every `pause` seconds (none: at once) until a batch exists,
+    then one last prompt. Fails after 5 s without a batch: its lines waited for the input's
+    end, which never comes."""
+    texts = prompts(first + 1000)
+    for text in texts[:first]:
+        yield text
+    deadline = asyncio.get_running_loop().time() + 5.0
+    sent = first
+    while emulator.stats.batches_created == 0:
+        assert asyncio.get_running_loop().time() < deadline, "no batch before the input ended"
+        await asyncio.sleep(pause or 0.005)
+        if pause:
+            yield texts[sent]
+            sent += 1
+    yield texts[sent]
+
+
+@pytest.mark.parametrize(
+    ("options", "first", "pause"),
+    [
+        ({"flush_idle_secs": 0.05}, 3, 0.0),  # no new line for 0.05 s
+        ({"flush_max_wait_secs": 0.2}, 1, 0.01),  # a line every 0.01 s: never idle for 30 s
+    ],
+)
+async def test_a_partly_filled_file_goes_out_without_waiting_for_the_input_end(
+    emulator: Emulator, options: dict[str, Any], first: int, pause: float
+) -> None:
+    """Lines that come slowly go out after a short wait (idle, or since the file's first
+    line), and the line that comes after that batch was created goes in a file of its own."""
+    request = make_request(emulator, 0, user_prompts=slow_prompts(emulator, first, pause))
+    out = await ResponsesProcessor().process_batch(request, batch_api=fast(**options))
+    results = out["results"]
+    assert out["total_success"] == len(results) > first
+    assert emulator.stats.batches_created == 2
+    first_batch = results[0]["batch_id"]
+    assert [r["batch_id"] == first_batch for r in results[:first]] == [True] * first
+    assert results[-1]["batch_id"] != first_batch, "the last line went out at the input's end"

@@ -32,12 +32,13 @@ from genai_coroutines.engine import (
     Failure,
     ItemRun,
     KeyLimits,
+    Line,
     Outcome,
 )
 from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.engine.store import MemoryStore
 from genai_coroutines.responses.batch import BatchAPIAdapter
-from genai_coroutines.responses.batch.spool import custom_id, index_of, key_of
+from genai_coroutines.responses.batch.spool import custom_id, key_of
 from genai_coroutines.responses.direct import DirectAdapter, Prepared, key_limiter
 from genai_coroutines.responses.processor import request_headers
 from tests import samples
@@ -118,11 +119,10 @@ def test_batch_line_ids_carry_the_stage_key_and_old_ones_still_resolve() -> None
     body = b'{"model":"gpt-4o-mini","input":"x"}'
     line = custom_id(StageKey(3, "extract", 2), body)
     assert line.startswith("3.extract.2-") and key_of(line) == StageKey(3, "extract", 2)
-    assert index_of(line) is None  # a line of another stage is not the one-stage path's
     old = "41-0123456789ab"  # what a journal of an earlier run holds: `<index>-<12 hex>`
-    assert custom_id(StageKey(41), b"")[:3] == "41-" and index_of(old) == 41
+    assert custom_id(StageKey(41), b"")[:3] == "41-" and key_of(old) == StageKey(41)
     for foreign in ("41-0123456789AB", "x-0123456789ab", "²-0123456789ab", "41-012", "41"):
-        assert key_of(foreign) is None and index_of(foreign) is None
+        assert key_of(foreign) is None
 
 
 async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -> None:
@@ -136,7 +136,8 @@ async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -
     assert out["total_success"] == 6
     assert emulator.stats.files_uploaded == 1 and emulator.stats.batches_created == 1
     assert len({r["batch_id"] for r in out["results"]}) == 1
-    assert sorted(index_of(r["custom_id"]) for r in out["results"]) == list(range(6))
+    keys = [key_of(r["custom_id"]) for r in out["results"]]
+    assert sorted(key.index for key in keys if key is not None) == list(range(6))
 
 
 def uploads(emulator: Emulator) -> int:
@@ -312,12 +313,12 @@ class TwoLineAdapter(BatchAPIAdapter):
         second = await self.prepare(run.index, f"second {run.index}")
         assert not isinstance(second, Failure)
 
-        def then(first: Outcome[Any]) -> Outcome[Any] | Deferred:
-            assert isinstance(first, Answered), first
-            self.firsts.append(first)
-            return Deferred(self.stage, key, second)
+        def then(first: list[Outcome[Any]]) -> Outcome[Any] | Deferred:
+            assert isinstance(first[0], Answered), first
+            self.firsts.append(first[0])
+            return Deferred(self.stage, [Line(key, second)])
 
-        return Deferred(self.stage, key, prepared, then)
+        return Deferred(self.stage, [Line(key, prepared)], then)
 
     firsts: list[Answered[Any]]
 
@@ -332,7 +333,8 @@ async def test_a_grouped_stage_continues_into_the_next_without_a_slot(
     request = request_for(emulator, prompts, max_concurrent_requests=1)
     limits = KeyLimits(MemoryStore())
     direct = DirectAdapter(request, key_limiter(request, limits))
-    adapter = TwoLineAdapter(request, BatchAPI(poll_interval_secs=0.01), direct, limits)
+    options = BatchAPI(poll_interval_secs=0.01, flush_idle_secs=0.05)
+    adapter = TwoLineAdapter(request, options, direct, limits)
     adapter.firsts = []
     options = BatchOptions(concurrency=1, headers=request_headers(request))
 
@@ -344,5 +346,43 @@ async def test_a_grouped_stage_continues_into_the_next_without_a_slot(
     first_batches = {first.ids.group for first in adapter.firsts if first.ids is not None}
     assert len(first_batches) == 1, "an item waiting on its line held the only slot"
     assert all(r["batch_id"] not in first_batches for r in results)
+    assert len({r["batch_id"] for r in results}) == 1, "lines after the input's end: one file"
     lines = emulator.stats.batch_executions_by_custom_id
     assert sum(lines.values()) == 12 and set(lines.values()) == {1}
+
+
+class ThenPostsAdapter(BatchAPIAdapter):
+    """An item of a Batch API line whose continuation is async: it POSTs a second request
+    on the synchronous path, whose answer is the item's."""
+
+    async def execute(self, run: ItemRun, prepared: Prepared) -> Deferred:
+        batch, index = run.batch, run.index
+
+        async def then(first: list[Outcome[Any]]) -> Outcome[Any]:
+            assert isinstance(first[0], Answered), first
+            second = await self.prepare(index, f"second {index}")
+            assert not isinstance(second, Failure)
+            return await self.context.direct.execute(ItemRun(index, batch, 0.0), second)
+
+        return Deferred(self.stage, [Line(StageKey(index, "first"), prepared)], then)
+
+
+async def test_an_async_continuation_runs_a_direct_request_after_its_line(
+    emulator: Emulator,
+) -> None:
+    """Six items' first lines, named `StageKey(i, "first")`, go in one batch file at
+    concurrency 1; each continuation then POSTs its second request (the item's answer)."""
+    prompts = [f"first {i}" for i in range(6)]
+    request = request_for(emulator, prompts, max_concurrent_requests=1)
+    limits = KeyLimits(MemoryStore())
+    direct = DirectAdapter(request, key_limiter(request, limits))
+    adapter = ThenPostsAdapter(request, BatchAPI(poll_interval_secs=0.01), direct, limits)
+    options = BatchOptions(concurrency=1, headers=request_headers(request))
+
+    results = [result async for result in Driver(adapter, prompts, options).stream()]
+
+    assert sorted(r["index"] for r in results) == list(range(6))
+    assert all(r["success"] and r["service_tier"] != "batch" for r in results)
+    assert emulator.stats.batches_created == 1 and posts(emulator) == 6
+    lines = emulator.stats.batch_executions_by_custom_id
+    assert {key_of(line) for line in lines} == {StageKey(i, "first") for i in range(6)}

@@ -16,6 +16,7 @@ from .batch import (
     GroupedStage,
     GroupRun,
     ItemRun,
+    Line,
     Submission,
 )
 from .bookkeeping import Result
@@ -70,6 +71,7 @@ __all__ = [
     "ErrorType",
     "Failure",
     "ItemRun",
+    "Line",
     "KeyLimits",
     "LimitStore",
     "MemoryStore",

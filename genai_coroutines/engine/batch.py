@@ -35,12 +35,15 @@ Two choices of the caller are the driver's too, so they hold for every adapter: 
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
 unsent (`engine.budget`).
 
-`execute` may also return a `Deferred`: a stage request run in a group the API answers
-together (the OpenAI Batch API: a file of lines, answered when its batch ends). The driver
-hands it to the stage's group (`GroupedStage.open`, once per batch) and frees the item's
-slot; the group reports each line's outcome by its `StageKey` (`GroupRun.emit`), and the
-driver goes on with the item's `then`. Once the input is read, the groups are `close`d
-(they send what they hold) and the batch ends when no line waits.
+`execute` may also return a `Deferred`: stage requests (`Line`s, each named by its
+`StageKey`) run in a group the API answers together (the OpenAI Batch API: a file of lines,
+answered when its batch ends). The driver hands them to the stage's group
+(`GroupedStage.open`, once per batch) and frees the item's slot; the group reports each
+line's outcome by its key (`GroupRun.emit`), and once every line of the `Deferred` is
+answered the driver goes on with the item's `then` (its outcome, its next `Deferred`, or an
+awaitable of either: a continuation that runs another stage, e.g. a direct POST, runs as a
+task of its own while it runs, never while it waits). Once the input is read, the groups are
+`close`d (they send what they hold) and the batch ends when no line waits.
 """
 
 from __future__ import annotations
@@ -48,16 +51,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, Union
 
 import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
 from .dedupe import Twin, Twins, twin_end
+from .grouped import Tasks
 from .http import ConnectorFactory, open_session
 from .indexed import IndexedFloats
 from .journal import Journal, JournalError, request_digest
@@ -107,22 +111,48 @@ class Adapter(Admission[P], Protocol[P]):
     async def execute(self, run: ItemRun, prepared: P) -> Outcome[Any] | Deferred: ...
 
 
-Then = Callable[[Outcome[Any]], "Outcome[Any] | Deferred"]
-"""What an item does with the outcome of a grouped stage: its own outcome, or its next stage."""
+Next = Union["Outcome[Any]", "Deferred"]
+Then = Callable[[list[Outcome[Any]]], Next | Awaitable[Next]]
+"""What an item does with the outcomes of a grouped stage's lines (in the `Deferred`'s order):
+its own outcome, its next stage, or an awaitable of either (a continuation that sends
+another request itself)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One stage request of a `Deferred`: its key, its request, and its journal digest
+    (what a rerun finds its group line under; None: the item's own, for an item of one
+    stage)."""
+
+    key: StageKey
+    request: Any
+    digest: str | None = None
+
+
+SessionOpener = Callable[
+    [int, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientSession]
+]
+"""`Clients.session`: a session for (concurrency, headers), to use in `async with`."""
 
 
 @dataclass(slots=True)
 class Deferred:
-    """What `Adapter.execute` returns to run a stage request in a group (`GroupedStage`):
-    the driver hands `(key, request)` to the stage's group, frees the item's slot, and once
-    the group reports the line's outcome, calls `then(outcome)` (None: that outcome is the
-    item's) for the item's outcome or its next `Deferred`. Nothing else of the item stays
-    in memory meanwhile: no task, no future, no coroutine."""
+    """What `Adapter.execute` returns to run stage requests in a group (`GroupedStage`):
+    the driver hands each `Line` to the stage's group, frees the item's slot, and once the
+    group has reported every line's outcome, calls `then(outcomes)` (None, for one line:
+    that outcome is the item's) for the item's outcome or its next `Deferred`. Nothing
+    else of the item stays in memory meanwhile: no task, no future, no coroutine (a
+    `per_page` extraction's several lines share one record)."""
 
     stage: GroupedStage
-    key: StageKey
-    request: Any
+    lines: Sequence[Line]
     then: Then | None = None
+
+    def __post_init__(self) -> None:
+        if not self.lines:
+            raise ValueError("a Deferred needs at least one line")
+        if self.then is None and len(self.lines) != 1:
+            raise ValueError("a Deferred of several lines needs a then")
 
 
 @dataclass(slots=True)
@@ -130,8 +160,6 @@ class GroupRun:
     """What a grouped stage's group shares with the driver for one batch."""
 
     batch: BatchRun
-    digests: Mapping[int, str]
-    """The journal digest of each item until its result is recorded (empty without one)."""
     emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]]
     """Report a line's outcome (exactly once per line `add`ed); waits while the consumer is
     `runner.QUEUED_RESULTS` results behind, so the group's downloads pause with it."""
@@ -142,12 +170,14 @@ class GroupRun:
 class Group(Protocol):
     """A grouped stage's lines for one batch (see `GroupedStage`)."""
 
-    async def add(self, key: StageKey, request: Any) -> None:
-        """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent)."""
+    async def add(self, key: StageKey, request: Any, digest: str | None) -> None:
+        """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent);
+        `digest`: its journal identity (None without a journal)."""
         ...
 
     def close(self) -> None:
-        """No line will come but the next stages of lines already taken: send what is held."""
+        """The input is read: send what is held (lines that come later, the next stages of
+        lines already taken, go out as the group's own timing says)."""
         ...
 
     async def shut(self, finished: bool) -> None:
@@ -247,6 +277,9 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    sessions: SessionOpener | None = None
+    """Where the batch gets its session (`Clients.session`, which may keep one open across
+    batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
 
@@ -285,9 +318,12 @@ class DriverCore(Generic[P]):
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
         try:
-            async with open_session(
-                options.concurrency, options.headers, options.connector
-            ) as session:
+            opened = (
+                open_session(options.concurrency, options.headers, options.connector)
+                if options.sessions is None
+                else options.sessions(options.concurrency, options.headers)
+            )
+            async with opened as session:
                 run = BatchRun(
                     session,
                     self.stop,
@@ -424,18 +460,22 @@ class DriverCore(Generic[P]):
 
 @dataclass(slots=True)
 class _Waiting:
-    """What the driver keeps of an item whose line waits in a group."""
+    """What the driver keeps of an item whose lines wait in a group."""
 
     index: int
     started: float
     trace: ItemTelemetry | None
     then: Then | None = None
-    """Set by `_defer` for the stage the line waits on."""
+    """Set by `_defer` for the stage the lines wait on."""
+    keys: tuple[StageKey, ...] | None = None
+    """The lines of a `Deferred` of several, in order (None for one line)."""
+    got: dict[StageKey, Outcome[Any]] | None = None
+    """Their outcomes so far (None for one line)."""
 
 
 class Driver(DriverCore[P]):
     """One batch of one adapter, each item on its own, `concurrency` at once; `stream` runs it.
-    An item whose `execute` returns a `Deferred` leaves its slot while its line waits in
+    An item whose `execute` returns a `Deferred` leaves its slot while its lines wait in
     its stage's group; a twin (`dedupe`) waits for its original without one either."""
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
@@ -447,6 +487,8 @@ class Driver(DriverCore[P]):
         """When the turn came of each item waiting on a group with nothing but its index
         to keep (its only stage, no `then`, no span): the Batch API path's million
         waiting lines cost 8 bytes each here, not a `_Waiting` and a dict entry."""
+        self._continuing = Tasks(self._later.fail)
+        """Continuations running (an awaitable `then`), a task each while they run."""
         self._run: BatchRun | None = None
 
     async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
@@ -464,6 +506,7 @@ class Driver(DriverCore[P]):
                     yield ended
             finished = True
         finally:
+            await self._continuing.cancel()
             waiting = {waiting.index for waiting in self._waiting.values()}
             for index in waiting.union(self._plain):
                 self._abandon(index)
@@ -501,31 +544,73 @@ class Driver(DriverCore[P]):
         return self._finish(ItemEnd(index, outcome, admitted.started))
 
     async def _defer(self, waiting: _Waiting, deferred: Deferred) -> None:
-        """Hand a stage request to its group; `_report` takes its outcome."""
+        """Hand a stage's lines to its group; `_report` takes their outcomes."""
         group = self._groups.get(deferred.stage)
         if group is None:
             assert self._run is not None
-            group_run = GroupRun(self._run, self.books.digests, self._report, self._later.fail)
+            group_run = GroupRun(self._run, self._report, self._later.fail)
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
-        key = deferred.key
-        if not key.stage and key.index == waiting.index and not deferred.then and not waiting.trace:
+        lines = deferred.lines
+        digests = self.books.digests
+        if (
+            len(lines) == 1
+            and deferred.then is None
+            and waiting.trace is None
+            and not lines[0].key.stage
+            and lines[0].key.index == waiting.index
+        ):  # nothing but its start time to keep (`_plain`)
+            if waiting.index in self._plain:
+                raise ValueError(f"stage request {lines[0].key.text} is already waiting")
             self._plain[waiting.index] = waiting.started
-        else:
-            waiting.then = deferred.then
-            self._waiting[key] = waiting
-        await group.add(key, deferred.request)
-        if self._later.closed:
-            group.close()
+            line = lines[0]
+            digest = line.digest if line.digest is not None else digests.get(waiting.index)
+            await group.add(line.key, line.request, digest)
+            return
+        waiting.then = deferred.then
+        waiting.keys = waiting.got = None
+        if len(lines) > 1:
+            waiting.keys, waiting.got = tuple(line.key for line in lines), {}
+        for line in lines:
+            if line.key in self._waiting:
+                raise ValueError(f"stage request {line.key.text} is already waiting")
+            self._waiting[line.key] = waiting
+        for line in lines:
+            digest = line.digest if line.digest is not None else digests.get(line.key.index)
+            await group.add(line.key, line.request, digest)
 
     async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
-        """`GroupRun.emit`: a line's outcome, for its item's next stage or its end."""
+        """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the
+        item's next stage or its end."""
         started = None if key.stage else self._plain.pop(key.index)
-        waiting = (
-            _Waiting(key.index, started, None) if started is not None else self._waiting.pop(key)
-        )
+        if started is not None:
+            await self._next(_Waiting(key.index, started, None), outcome)
+            return
+        waiting = self._waiting.pop(key)
+        got, keys = waiting.got, waiting.keys
+        if got is None or keys is None:
+            outcomes = [outcome]
+        else:
+            got[key] = outcome
+            if len(got) < len(keys):
+                return
+            outcomes = [got[each] for each in keys]
         then = waiting.then
-        ended = outcome if then is None else then(outcome)
-        if isinstance(ended, Deferred):  # its next stage
+        ended = outcomes[0] if then is None else then(outcomes)
+        if isinstance(ended, Awaitable):  # a continuation sending a request: a task while it runs
+            self._continuing.spawn(self._continue(waiting, ended))
+            return
+        await self._next(waiting, ended)
+
+    async def _continue(self, waiting: _Waiting, ended: Awaitable[Outcome[Any] | Deferred]) -> None:
+        try:
+            await self._next(waiting, await ended)
+        except asyncio.CancelledError:  # the batch is being cancelled
+            self._abandon(waiting.index)
+            raise
+
+    async def _next(self, waiting: _Waiting, ended: Outcome[Any] | Deferred) -> None:
+        """The item's next stage, or its end."""
+        if isinstance(ended, Deferred):
             await self._defer(waiting, ended)
             return
         if waiting.trace is not None:

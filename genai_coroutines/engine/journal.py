@@ -54,7 +54,10 @@ unfinished when its item is reached, with a WARNING, so only that item is bought
 Paths that send items in groups (the OpenAI Batch API: a file of requests, one batch
 per file) journal each group the moment the API accepts it: `record_group` writes the
 uploaded file's id and which items it holds (their index, digest, line id and round) in
-one transaction, `record_group_job` the batch created for it. An item's result ends its
+one transaction, `record_group_job` the batch created for it. Before the upload,
+`record_upload_intent` journals the file's digest: a run killed between the upload and
+`record_group` leaves that intent, and the rerun looks for the file at the API (its name
+carries the digest) instead of uploading it again. An item's result ends its
 group membership (`record_result` deletes it in the same transaction), so a rerun finds
 in `group_line` exactly the items still waiting on a group: it polls that batch instead
 of uploading them again.
@@ -160,7 +163,12 @@ WINDOWS = 4
 """Windows kept: the workers admitting items a few windows apart still find theirs."""
 GROUP_ROWS = 1000
 """Members of a group file journaled per statement (`record_group`)."""
-"""Windows kept: the workers admitting items a few windows apart still find theirs."""
+_UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
+    digest TEXT PRIMARY KEY,
+    intended_at REAL NOT NULL
+) WITHOUT ROWID"""
+"""Upload intents (`record_upload_intent`), created by the first one: only a journal of
+Batch API files has it."""
 _TABLE_NAMES = frozenset(
     {
         "meta",
@@ -168,6 +176,7 @@ _TABLE_NAMES = frozenset(
         "group_files",
         "group_jobs",
         "group_lines",
+        "group_uploads",
         "stages",
         "stage_submissions",
         "stage_lines",
@@ -318,6 +327,7 @@ class Journal:
         if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
         self._staged = "stage_submissions" in tables
+        self._uploads = "group_uploads" in tables
         """The tables of named stages' work exist (see `_STAGED_TABLES`)."""
         found = None
         if "meta" in tables:
@@ -404,15 +414,19 @@ class Journal:
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
         rerun asks that batch again rather than sending the item twice; so do its named
-        stages' submissions and lines (a rerun of a failed item starts it afresh).
+        stages' submissions and lines (a rerun of a failed item starts it afresh). A
+        pending item journaled as submitted (a background response given up on at
+        `max_wait_secs`) keeps that submission and no result, so a rerun polls it.
         """
+        open_submission = "items.result IS NULL AND items.check_url IS NOT NULL"
+        keep = f" WHERE NOT ({open_submission})" if pending else ""
         blob, statements, chosen = self._encoded(result)
         packed = _packed(digest)
         statements.append(
             (
                 "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                " result = excluded.result",
+                f" result = excluded.result{keep}",
                 [(index, packed, blob)],
             )
         )
@@ -425,7 +439,8 @@ class Journal:
         self._transaction(f"the result of item {index}", statements)
         self._records.dictionary = self._records.dictionary or chosen
         known = self._item(index, read=False)
-        self._cached(index, (packed, blob, *(known[2:] if known else (None, None))))
+        if not (pending and known is not None and known[1] is None and known[3] is not None):
+            self._cached(index, (packed, blob, *(known[2:] if known else (None, None))))
 
     def record_group(
         self,
@@ -497,6 +512,25 @@ class Journal:
         is in none."""
         row = self._read("SELECT digest FROM group_lines WHERE idx = ?", (index,))
         return None if row is None else str(row[0])
+
+    def record_upload_intent(self, digest: str) -> None:
+        """Journal that a group file of this content digest is about to be uploaded."""
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            ("INSERT OR IGNORE INTO group_uploads (digest, intended_at) VALUES (?, ?)",
+             [(digest, time.time())]),
+        ]  # fmt: skip
+        if not self._uploads:
+            statements.insert(0, (_UPLOADS_TABLE, [()]))
+        self._transaction(f"the upload of file {digest[:16]}", statements)
+        self._uploads = True
+
+    def upload_intended(self, digest: str) -> float | None:
+        """When (`time.time()`) an upload of this content was first intended, if ever: an
+        earlier run may have uploaded it without journaling its file."""
+        if not self._uploads:
+            return None
+        row = self._read("SELECT intended_at FROM group_uploads WHERE digest = ?", (digest,))
+        return None if row is None else float(row[0])
 
     def record_group_job(self, file_id: str, job_id: str) -> None:
         """Journal the job (an OpenAI batch) the API created for a group file."""

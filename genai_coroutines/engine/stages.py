@@ -6,7 +6,8 @@ An item's request runs as one of three kinds of stage:
     background  POSTed in the slot, its id journaled, then polled without the slot
                 (`ItemRun.waiting`: another input is admitted meanwhile)
     grouped     handed to a group of lines (the Batch API: files cut on lines, bytes and
-                tokens) that answers it when its group ends; no slot is held
+                tokens, or sent partly filled after a short idle or maximum wait) that
+                answers it when its group ends; no slot is held
 
 `StageKey` names one stage request of one item: its index, the stage's name (the
 pipeline's "ocr", "extraction"; "" for an item of a single stage) and its page (a

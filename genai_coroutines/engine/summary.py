@@ -67,13 +67,15 @@ class Summary(Charges):
         for model in self.pricing:
             model.read(outcome, self)
         bill, ids = outcome.bill, outcome.ids
-        if bill is not None and (end.origin == "journal" or ids is None or ids.group is None):
+        if bill is None:
+            return
+        if end.origin == "journal" or ids is None or ids.group is None:  # else: `report_group`
             reported = self.reported
             reported[0] += bill.input_tokens
             reported[1] += bill.cached_tokens
             reported[2] += bill.output_tokens
             reported[3] += bill.reasoning_tokens
-            self.reported_cents += bill.cents or 0.0
+        self.reported_cents += bill.cents or 0.0  # a group reports tokens, never cents
 
     def report_group(self, usage: tuple[int, int, int, int] | None) -> None:
         """What the provider reports a group it answered (a Batch API batch's `usage`) used:

@@ -17,6 +17,14 @@ and each finished stage journaled as a stage of the item. Every document ends as
 Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
 the stage's real `Failure`, and the extraction's answer is parsed once; the row is the
 pipeline's own outcome (`Row`), rendered by `render`.
+
+On the Batch API (`batch`: the Batch API's grouped stage), a document's extraction
+requests (one per page with `per_page`, each under `StageKey(index, "extraction", page)`)
+are lines of that stage: `execute` returns them as an `engine.Deferred` once the OCR is in,
+and the document leaves its driver slot; its row is made when every line is answered
+(`then`), from what was kept of its OCR (`_OcrPart`, a few ids and counts, not its text).
+Such rows add `batch_id` and `custom_id` after their keys, as the Responses Batch API's
+results do (comma-joined when a `per_page` row's lines have several).
 """
 
 from __future__ import annotations
@@ -40,11 +48,15 @@ from ..engine import (
     Answered,
     BatchRun,
     Bill,
+    Deferred,
     ErrorType,
     Failed,
     Failure,
+    GroupedStage,
+    Ids,
     ItemEnd,
     ItemRun,
+    Line,
     Outcome,
     Pending,
     Result,
@@ -91,6 +103,64 @@ class _Extractions:
     failure: Failure | None = None
 
 
+Extracted = tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]
+"""One extraction request's end: its stage, parsed fields, or why there are none."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """An extraction request to send: its stage key, body and journal digest."""
+
+    key: StageKey
+    prepared: Prepared
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """An extraction request sent as a Batch API line, as its document keeps it."""
+
+    key: StageKey
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class _OcrPart:
+    """What a row needs of its document's OCR (what a document waiting on the Batch API
+    keeps of it: not its text). `ran`: False for a document whose OCR never ran."""
+
+    source: str | None = None
+    ran: bool = False
+    answered: bool = False
+    bill: Bill | None = None
+    attempts: int = 0
+    rate_limited: int = 0
+    request_id: str | None = None
+    cost: dict[str, Any] | None = None
+    checkpoint: str | None = None
+    seconds: float | None = None
+    reused: bool = False
+
+
+def _ocr_part(upload: Upload, ocr: Stage[Finished]) -> _OcrPart:
+    outcome = ocr.outcome
+    payload = outcome.value.payload if isinstance(outcome, Answered) else {}
+    cost, checkpoint = payload.get("cost_breakdown"), payload.get("checkpoint_id")
+    return _OcrPart(
+        upload.url or upload.filename,
+        True,
+        isinstance(outcome, Answered),
+        outcome.bill,
+        outcome.attempts,
+        outcome.rate_limited,
+        None if outcome.ids is None else outcome.ids.request,
+        cost if isinstance(cost, dict) else None,
+        checkpoint if isinstance(checkpoint, str) else None,
+        ocr.seconds,
+        ocr.reused,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Row:
     """A document's row (the pipeline's outcome value): its keys but `index` and
@@ -105,6 +175,8 @@ class Row:
     extraction_reused: int
     extraction_retries: int
     seconds: float
+    batch: tuple[str | None, str | None] | None = None
+    """On the Batch API: the `batch_id` and `custom_id` its row ends with (None: not)."""
 
 
 class PipelineAdapter:
@@ -125,6 +197,7 @@ class PipelineAdapter:
         per_page: bool = False,
         ocr_session: Any = None,
         extraction_session: Any = None,
+        batch: GroupedStage | None = None,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
@@ -133,6 +206,8 @@ class PipelineAdapter:
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
         self.extraction_slots = asyncio.Semaphore(extraction_slots)
         self.sessions = {OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session}
+        self.batch = batch
+        """The Batch API's stage the extraction requests go to as lines (None: sent now)."""
         self._batches: dict[str, tuple[BatchRun, BatchRun]] = {}
         self.identity = orjson.dumps(
             {"extraction": extraction.template.body("").decode(), "per_page": per_page}
@@ -149,22 +224,47 @@ class PipelineAdapter:
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
 
-    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row]:
+    async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row] | Deferred:
         ocr = await self._ocr(run, upload)
+        part = _ocr_part(upload, ocr)
         if not isinstance(ocr.outcome, Answered):
             failure = ocr.outcome.failure
-            return self._row(run.started, upload, ocr, _Extractions(), OCR_STAGE, failure)
+            return self._row(run.started, part, _Extractions(), OCR_STAGE, failure)
         self.ocred += 1
         run.batch.note(ocred=self.ocred)
-        done = await self._extract(run, ocr.outcome.value)
+        texts = self._texts(ocr.outcome.value)
+        if self.batch is not None:
+            return await self._extract_in_batch(run, part, texts)
+        parts = await asyncio.gather(
+            *(self._extract_one(run, page, text) for page, text in enumerate(texts))
+        )
+        return self._ended(run.batch, run.index, run.started, part, parts)
+
+    def _ended(
+        self,
+        batch: BatchRun,
+        index: int,
+        started: float,
+        part: _OcrPart,
+        parts: Iterable[Extracted],
+    ) -> Outcome[Row]:
+        """A document's row once its extraction requests ended."""
+        done = _Extractions()
+        for stage, fields, failure in parts:
+            if stage is not None:
+                done.stages.append(stage)
+            if failure is not None and done.failure is None:
+                done.failure = failure
+            if fields is not None:
+                done.fields.append(fields)
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
-                _log_failed(run.index, EXTRACTION_STAGE, failure)
-            return self._row(run.started, upload, ocr, done, EXTRACTION_STAGE, failure)
+                _log_failed(index, EXTRACTION_STAGE, failure)
+            return self._row(started, part, done, EXTRACTION_STAGE, failure)
         self.extracted += 1
-        run.batch.note(extracted=self.extracted)
-        return self._row(run.started, upload, ocr, done, None, None)
+        batch.note(extracted=self.extracted)
+        return self._row(started, part, done, None, None)
 
     def replayed(self, run_note: Any, row: Mapping[str, Any]) -> None:
         """Count a row the journal answered in the bar's stage counts."""
@@ -219,29 +319,59 @@ class PipelineAdapter:
             run.batch.journaled(lambda j: j.record_stage(key, digest, record))
         return Stage(outcome, time.perf_counter() - started)
 
-    async def _extract(self, run: ItemRun, ocr: Finished) -> _Extractions:
+    def _texts(self, ocr: Finished) -> list[str]:
+        """The texts to extract from: each page's with `per_page`, else the whole text."""
         if self.per_page:
-            texts = payload_pages(ocr.payload, ocr.body)
-        else:
-            texts = [payload_text(ocr.payload, ocr.body)]
-        parts = await asyncio.gather(
-            *(self._extract_one(run, page, text) for page, text in enumerate(texts))
-        )
-        done = _Extractions()
-        for stage, fields, failure in parts:
-            if stage is not None:
-                done.stages.append(stage)
-            if failure is not None and done.failure is None:
-                done.failure = failure
-            if fields is not None:
-                done.fields.append(fields)
-        return done
+            return payload_pages(ocr.payload, ocr.body)
+        return [payload_text(ocr.payload, ocr.body)]
 
-    async def _extract_one(
-        self, run: ItemRun, page: int, text: str
-    ) -> tuple[Stage[Answer] | None, dict[str, Any] | None, Failure | None]:
-        """One extraction request (a page's, with `per_page`): its stage, parsed fields,
-        or why there are none."""
+    async def _extract_one(self, run: ItemRun, page: int, text: str) -> Extracted:
+        """One extraction request (a page's, with `per_page`), sent now."""
+        planned = await self._plan(run, page, text)
+        if not isinstance(planned, _Request):
+            return planned
+        started = time.perf_counter()
+        outcome = await self._send(run, planned.prepared, started, planned.key, planned.digest)
+        seconds = time.perf_counter() - started
+        return self._extracted(run.batch, planned.key, planned.digest, outcome, seconds, started)
+
+    async def _extract_in_batch(
+        self, run: ItemRun, part: _OcrPart, texts: list[str]
+    ) -> Outcome[Row] | Deferred:
+        """The document's extraction requests as lines of the Batch API's stage; its row is
+        made once they are all answered (those the journal or the text settle need none)."""
+        assert self.batch is not None
+        planned = [await self._plan(run, page, text) for page, text in enumerate(texts)]
+        lines = [Line(p.key, p.prepared, p.digest) for p in planned if isinstance(p, _Request)]
+        if not lines:
+            ended = [p for p in planned if not isinstance(p, _Request)]
+            return self._ended(run.batch, run.index, run.started, part, ended)
+        kept = [_Sent(p.key, p.digest) if isinstance(p, _Request) else p for p in planned]
+        return Deferred(self.batch, lines, self._then(run, part, kept))
+
+    def _then(
+        self, run: ItemRun, part: _OcrPart, kept: list[_Sent | Extracted]
+    ) -> Callable[[list[Outcome[Any]]], Outcome[Row]]:
+        """The row of a document whose lines are answered (in `kept`'s order). Its own
+        function: the closure keeps `kept` and the OCR's part, not the requests' bodies."""
+        batch, index, started, sent = run.batch, run.index, run.started, time.perf_counter()
+
+        def then(outcomes: list[Outcome[Any]]) -> Outcome[Row]:
+            seconds = time.perf_counter() - sent
+            answers = iter(outcomes)
+            parts = [
+                self._extracted(batch, each.key, each.digest, next(answers), seconds, sent)
+                if isinstance(each, _Sent)
+                else each
+                for each in kept
+            ]
+            return self._ended(batch, index, started, part, parts)
+
+        return then
+
+    async def _plan(self, run: ItemRun, page: int, text: str) -> _Request | Extracted:
+        """The request of one page's extraction, or its end without one: the journal's
+        answer, an empty text, a request that cannot be made."""
         if not text.strip():
             return None, None, Failure("the OCR text is empty", "invalid_input", False)
         prepared = await self.extraction.prepare(run.index, text)
@@ -257,9 +387,19 @@ class PipelineAdapter:
                 if isinstance(revived, Answered):
                     reused = Stage(revived, 0.0, reused=True)
                     return reused, fields_of(answer_text(revived.value.raw)), None
-        started = time.perf_counter()
-        outcome = await self._send(run, prepared, started, key, digest)
-        stage = Stage(outcome, time.perf_counter() - started)
+        return _Request(key, prepared, digest)
+
+    def _extracted(
+        self,
+        batch: BatchRun,
+        key: StageKey,
+        digest: str,
+        outcome: Outcome[Answer],
+        seconds: float,
+        started: float,
+    ) -> Extracted:
+        """An extraction request's outcome parsed into fields, journaled as its stage."""
+        stage = Stage(outcome, seconds)
         if not isinstance(outcome, Answered):
             return stage, None, outcome.failure
         text_out = answer_text(outcome.value.raw)
@@ -271,8 +411,8 @@ class PipelineAdapter:
                 False,
             )
             return stage, None, failure
-        record = self.extraction.render(ItemEnd(run.index, outcome, started))
-        run.batch.journaled(lambda j: j.record_stage(key, digest, record))
+        record = self.extraction.render(ItemEnd(key.index, outcome, started))
+        batch.journaled(lambda j: j.record_stage(key, digest, record))
         return stage, fields, None
 
     async def _send(
@@ -300,28 +440,22 @@ class PipelineAdapter:
     def _row(
         self,
         started: float,
-        upload: Upload | None,
-        ocr: Stage[Finished] | None,
+        ocr: _OcrPart,
         done: _Extractions,
         failed_stage: str | None,
         failure: Failure | None,
     ) -> Outcome[Row]:
         """The document's outcome, its row rendered from its stages' outcomes."""
-        ocr_outcome = None if ocr is None else ocr.outcome
-        job = ocr_outcome.value if isinstance(ocr_outcome, Answered) else None
-        payload = {} if job is None else job.payload
         ocr_done = failed_stage != OCR_STAGE
-        ocr_bill = None if ocr_outcome is None else ocr_outcome.bill
-        ocr_attempts = 0 if ocr_outcome is None else ocr_outcome.attempts
-        ocr_rate_limited = 0 if ocr_outcome is None else ocr_outcome.rate_limited
-        ocr_ids = None if ocr_outcome is None else ocr_outcome.ids
-        ocr_reused = ocr is not None and ocr.reused
+        ocr_bill = ocr.bill
+        ocr_attempts = ocr.attempts
+        ocr_rate_limited = ocr.rate_limited
+        ocr_reused = ocr.reused
         ocr_retries = max(0, ocr_attempts - 1)
-        request_id = None if ocr_ids is None else ocr_ids.request
+        request_id = ocr.request_id
         page_count = None if ocr_bill is None else ocr_bill.pages
-        cost = payload.get("cost_breakdown")
-        cost = cost if isinstance(cost, dict) else None
-        checkpoint = payload.get("checkpoint_id")
+        cost = ocr.cost
+        checkpoint = ocr.checkpoint
         stages = done.stages
         answers = [s.outcome for s in stages if isinstance(s.outcome, Answered)]
         usage = _summed_usage([answer.value.usage for answer in answers])
@@ -331,14 +465,14 @@ class PipelineAdapter:
         retries = (0 if ocr_reused else ocr_retries) + extraction_retries
         rate_limited = ocr_rate_limited + sum(s.outcome.rate_limited for s in stages)
         keys: dict[str, Any] = {
-            "source": None if upload is None else (upload.url or upload.filename),
+            "source": ocr.source,
             "success": failed_stage is None,
             "fields": fields,
             "failed_stage": failed_stage,
             "error": None if failure is None else failure.message,
             "error_type": None if failure is None else failure.error_type,
             "request_id": request_id,
-            "checkpoint_id": checkpoint if isinstance(checkpoint, str) else None,
+            "checkpoint_id": checkpoint,
             "page_count": page_count if ocr_done else None,
             "cost_breakdown": cost if ocr_done else None,
             "usage": usage,
@@ -348,14 +482,14 @@ class PipelineAdapter:
             "retries": retries,
             "rate_limited": rate_limited,
             "ocr": {
-                "success": job is not None,
+                "success": ocr.answered,
                 "request_id": request_id,
                 "page_count": page_count,
                 "cost_breakdown": cost,
                 "attempts": ocr_attempts,
                 "retries": ocr_retries,
                 "rate_limited": ocr_rate_limited,
-                "processing_time_secs": None if ocr is None else ocr.seconds,
+                "processing_time_secs": ocr.seconds,
                 "from_journal": ocr_reused,
             },
             "extraction": None
@@ -381,6 +515,7 @@ class PipelineAdapter:
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
+            None if self.batch is None else _batch_ids(stages),
         )
         bill = Bill(
             self.extraction.model,
@@ -390,10 +525,12 @@ class PipelineAdapter:
             pages=page_count if ocr_done else None,
             cents=None if not ocr_done or ocr_bill is None else ocr_bill.cents,
         )
-        attempts = 1 + retries if ocr is not None else 0
+        attempts = 1 + retries if ocr.ran else 0
+        # Tokens a batch answered are reported by the batch (`Summary.report_group`).
+        ids = None if row.batch is None or row.batch[0] is None else Ids(group=row.batch[0])
         if failure is None:
-            return Answered(row, attempts, rate_limited, bill)
-        return Failed(failure, attempts, rate_limited, bill, value=row)
+            return Answered(row, attempts, rate_limited, bill, ids)
+        return Failed(failure, attempts, rate_limited, bill, ids, value=row)
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome
@@ -402,19 +539,18 @@ class PipelineAdapter:
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
             _log_failed(end.index, OCR_STAGE, failure)
-            failed = self._row(end.started, None, None, _Extractions(), OCR_STAGE, failure)
+            failed = self._row(end.started, _OcrPart(), _Extractions(), OCR_STAGE, failure)
             assert isinstance(failed, Failed) and failed.value is not None
             row = failed.value
-        return {
-            "index": end.index,
-            **row.keys,
-            "processing_time_secs": row.seconds,
-        }
+        result = {"index": end.index, **row.keys, "processing_time_secs": row.seconds}
+        if row.batch is not None:
+            result["batch_id"], result["custom_id"] = row.batch
+        return result
 
     def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
         get = record.get
         ocr, extraction = get("ocr") or {}, get("extraction") or {}
-        keys = {k: v for k, v in record.items() if k not in ("index", "processing_time_secs")}
+        keys = {k: v for k, v in record.items() if k not in _RENDERED}
         reused = int(extraction.get("requests") or 0)
         row = Row(
             keys,
@@ -425,6 +561,7 @@ class PipelineAdapter:
             reused,
             int(extraction.get("retries") or 0),
             float(get("processing_time_secs") or 0.0),
+            (get("batch_id"), get("custom_id")) if "batch_id" in record else None,
         )
         usage = get("usage")
         pages = get("page_count")
@@ -443,6 +580,24 @@ class PipelineAdapter:
         kind = cast(ErrorType, get("error_type") or "api_error")
         failure = Failure(str(get("error")), kind, bool(get("is_retriable")), get("status"))
         return Failed(failure, attempts, rate_limited, bill, value=row)
+
+
+_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id"})
+"""A row's keys `render` writes besides `Row.keys`."""
+
+
+def _batch_ids(stages: Iterable[Stage[Answer]]) -> tuple[str | None, str | None]:
+    """A Batch API row's `batch_id` and `custom_id`: those of the lines that answered it
+    this run, comma-joined when several (None: none did)."""
+    groups: dict[str, None] = {}
+    lines = []
+    for stage in stages:
+        ids = stage.outcome.ids
+        if not stage.reused and ids is not None and ids.line is not None:
+            lines.append(ids.line)
+            if ids.group is not None:
+                groups[ids.group] = None
+    return (",".join(groups) or None, ",".join(lines) or None)
 
 
 def _journal_submission(run: ItemRun, key: StageKey, digest: str) -> Callable[[Submission], bool]:

@@ -30,16 +30,18 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.journal import unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.background import BackgroundAdapter
+from ..responses.batch import BatchAPI, BatchContext, BatchStage
 from ..responses.clients import ResponsesClients
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
-from .path import PipelineAdapter, logger
+from .path import KIND, PipelineAdapter, logger
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
@@ -144,6 +146,7 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
+        batch_api: bool | BatchAPI = False,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -153,8 +156,27 @@ class ExtractionPipeline(ResponsesClients):
         one bar for both stages; `summary` (default a `PipelineSummary`, also kept as
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
+
+        `batch_api` (True, or a `BatchAPI` of options): the extraction requests go through
+        the OpenAI Batch API at half the price, as lines of batch files written as the
+        documents finish their OCR (a file goes out when full, or partly filled after
+        `BatchAPI.flush_idle_secs` without a new line or `flush_max_wait_secs` since its
+        first); a document waiting on its batch holds no concurrency slot. Each row adds
+        the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
+        collects the batches an interrupted run left running.
         """
         ocr, request, clients = self.ocr, self.extraction, self.clients
+        batch = BatchAPI.of(batch_api)
+        if batch is not None and (request.background or request.stream):
+            raise ValueError("background=True and stream=True cannot be used with batch_api")
+        if journal is not None and batch is None:
+            left = unfinished(journal, KIND).jobs
+            if left:
+                raise ValueError(
+                    f"journal {journal} has extractions waiting on Batch API batches "
+                    f"({', '.join(left[:5])}), which answer and bill them: rerun with "
+                    "batch_api=True to collect them instead of paying twice"
+                )
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=request.model, prices=self.prices)
         warn_unpriced(logger, request.model, table_of(summary))
@@ -164,12 +186,18 @@ class ExtractionPipeline(ResponsesClients):
             clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
             clients.session(extraction_slots, request_headers(request)) as extraction_session,
         ):
+            # background=True: each extraction's response id journaled, then polled
+            extraction = (BackgroundAdapter if request.background else DirectAdapter)(
+                request, key_limiter(request, clients.limits), self.cache_keys
+            )
+            stage = None
+            if batch is not None:
+                context = BatchContext(request, batch, extraction, clients.limits)
+                stage = BatchStage(context, session=extraction_session)
             adapter = PipelineAdapter(
                 documents.adapter(),
-                # background=True: each extraction's response id journaled, then polled
-                (BackgroundAdapter if request.background else DirectAdapter)(
-                    request, key_limiter(request, clients.limits), self.cache_keys
-                ),
+                extraction,
+                batch=stage,
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
@@ -195,6 +223,7 @@ class ExtractionPipeline(ResponsesClients):
                         "ocr_concurrency": ocr_slots,
                         "extraction_concurrency": extraction_slots,
                         "per_page": self.per_page,
+                        **({"batch_api": True} if batch is not None else {}),
                     },
                 ),
             )

@@ -208,7 +208,7 @@ class ResponsesProcessor(ResponsesClients):
             concurrency=request.max_concurrent_requests,
             max_waiting=request.max_waiting,
             headers=request_headers(request),
-            connector=self.clients.connector,
+            sessions=self.clients.session,
             journal=journal,
             progress=progress,
             summary=summary,

@@ -16,7 +16,16 @@ not), each on those after it:
 """
 
 from .collect import CollectingAdapter, check_rerun
+from .context import BatchContext
+from .jobs import BatchStage
 from .options import BatchAPI
 from .path import BatchAPIAdapter
 
-__all__ = ["BatchAPI", "BatchAPIAdapter", "CollectingAdapter", "check_rerun"]
+__all__ = [
+    "BatchAPI",
+    "BatchAPIAdapter",
+    "BatchContext",
+    "BatchStage",
+    "CollectingAdapter",
+    "check_rerun",
+]

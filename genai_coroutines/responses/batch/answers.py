@@ -19,6 +19,7 @@ Nothing is bought again silently: the lines handed back are logged at WARNING
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,12 +29,13 @@ import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ...engine import Failure, Outcome, Reply, RetryPolicy, Success, log_event, poll_until
+from ...engine.stages import StageKey
 from ...engine.telemetry import batch_api_status
 from ..direct import answer
 from ..errors import classify
 from ..results import Answer
 from .context import BatchContext
-from .spool import BatchJob, Member, custom_id_of, index_of
+from .spool import BatchJob, Member, custom_id_of, key_of
 from .wire import TERMINAL, BatchWire, Json
 
 SHOWN_REASONS = 3
@@ -76,11 +78,11 @@ def judge(line: dict[str, Any], api_key: str) -> Success[Answer] | Failure:
 class Resend:
     """The members of an ended batch handed back for a follow-up batch, and why."""
 
-    members: dict[int, Member] = field(default_factory=dict)
+    members: dict[StageKey, Member] = field(default_factory=dict)
     reasons: Counter[str] = field(default_factory=Counter)
 
-    def add(self, index: int, member: Member, failure: Failure) -> None:
-        self.members[index] = member
+    def add(self, key: StageKey, member: Member, failure: Failure) -> None:
+        self.members[key] = member
         self.reasons[failure.message] += 1
 
     def described(self) -> str:
@@ -115,7 +117,7 @@ class Answers:
         policy: RetryPolicy,
         wait: Callable[[float], Awaitable[None]],
         *,
-        emit: Callable[[int, Outcome[Any]], Awaitable[None]],
+        emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]],
         note: Callable[[], None],
     ) -> None:
         self.context = context
@@ -143,6 +145,8 @@ class Answers:
             self.observe(job, got.value)
             return Success(got.value if job.status in TERMINAL else None)
 
+        wait = self.options.max_wait_secs
+        until = None if wait is None else time.monotonic() + wait
         outcome: Success[Json | None] | Failure | None = None
         if job.status == "resumed":  # an earlier run's batch may have ended long ago
             outcome = await check()
@@ -154,6 +158,7 @@ class Answers:
                 policy=self.policy,
                 wait=self.wait,
                 what=f"batch {batch_id}",
+                until=until,
             )
         if not isinstance(outcome, Success) or outcome.value is None:
             failure = outcome if isinstance(outcome, Failure) else None
@@ -163,7 +168,8 @@ class Answers:
             await self.fail(
                 job,
                 Failure(
-                    f"{failure.message if failure else 'polling stopped'}; batch {batch_id} "
+                    f"{failure.message if failure else f'polled for max_wait_secs ({wait}s)'}; "
+                    f"batch {batch_id} "
                     "may still be running: rerun with the same journal to collect it",
                     failure.error_type if failure else "poll_timeout",
                     retriable=True,
@@ -239,8 +245,8 @@ class Answers:
                 await self.fail(job, failure, pending=unread.status != 404)  # 404: gone
             else:
                 never = self._never_ran(job, status, errors)
-                for index in list(job.members):
-                    await self._settle(job, index, never, retry)
+                for member_key in list(job.members):
+                    await self._settle(job, member_key, never, retry)
         log_event(
             self.context.logger,
             logging.INFO,
@@ -270,15 +276,15 @@ class Answers:
             odd.unreadable += 1
             return
         line_id = line.get("custom_id")
-        index = index_of(line_id) if isinstance(line_id, str) else None
-        member = job.members.get(index) if index is not None else None
-        if index is None or (member is not None and member.line_id != line_id):
+        key = key_of(line_id) if isinstance(line_id, str) else None
+        member = job.members.get(key) if key is not None else None
+        if key is None or (member is not None and member.line_id != line_id):
             odd.foreign += 1
             odd.example = odd.example or repr(line_id)[:SHOWN_ID_CHARS]
             return
         if member is None:
             return  # seen already (a download restarted), or an item not rerun since
-        await self._settle(job, index, judge(line, self.api_key), retry)
+        await self._settle(job, key, judge(line, self.api_key), retry)
 
     def _odd_lines(self, job: BatchJob, file_id: str, odd: _Oddities) -> None:
         """Say what in a file answered no item: ignored, but never silently."""
@@ -308,15 +314,15 @@ class Answers:
     async def _settle(
         self,
         job: BatchJob,
-        index: int,
+        key: StageKey,
         outcome: Success[Any] | Failure,
         retry: Resend,
     ) -> None:
-        member = job.members.pop(index)
+        member = job.members.pop(key)
         attempts = member.attempt + 1
         if isinstance(outcome, Success):
             await self.emit(
-                index,
+                key,
                 self.context.succeeded(
                     outcome.value,
                     attempts=attempts,
@@ -325,10 +331,10 @@ class Answers:
                 ),
             )
         elif outcome.retriable and member.attempt < self.max_retries:
-            retry.add(index, member, outcome)
+            retry.add(key, member, outcome)
         else:
             await self.emit(
-                index,
+                key,
                 self.context.errored(
                     outcome,
                     attempts=attempts,
@@ -372,7 +378,7 @@ class Answers:
         named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
         whole = [e for e in errors if not isinstance(e.get("line"), int)]
         by_line_id = await self._line_errors(job, named) if named else {}
-        for index, member in list(job.members.items()):
+        for key, member in list(job.members.items()):
             error = by_line_id.get(member.line_id)
             if error is not None:
                 failure = Failure(
@@ -401,7 +407,7 @@ class Answers:
                     retriable=True,
                     code="batch_failed",
                 )
-            await self._settle(job, index, failure, retry)
+            await self._settle(job, key, failure, retry)
 
     async def _line_errors(self, job: BatchJob, named: dict[int, Json]) -> dict[str, Json]:
         """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
@@ -435,10 +441,10 @@ class Answers:
     async def fail(self, job: BatchJob, failure: Failure, *, pending: bool = False) -> None:
         """End every member with `failure`. `pending`: the batch may still answer them, so a
         rerun with the journal polls it rather than sending them again."""
-        for index in list(job.members):
-            member = job.members.pop(index)
+        for key in list(job.members):
+            member = job.members.pop(key)
             await self.emit(
-                index,
+                key,
                 self.context.errored(
                     failure,
                     attempts=member.attempt + (job.batch_id is not None),

@@ -31,6 +31,7 @@ from ...engine import (
     ItemEnd,
     ItemRun,
     KeyLimits,
+    Line,
     Outcome,
     Result,
     log_event,
@@ -43,7 +44,7 @@ from ..results import Answer, logger
 from .context import BatchContext
 from .jobs import BatchJobs, BatchStage
 from .options import BatchAPI
-from .spool import BatchJob, Member, body_of, custom_id_of, index_of
+from .spool import BatchJob, Member, body_of, custom_id_of, key_of
 
 SHOWN_JOBS = 5
 
@@ -119,23 +120,23 @@ class CollectingAdapter:
         if journal is not None:
             known = journal.group_line(key, request_digest(*self.direct.digest(prepared)))
             if known is not None and known.job_id is not None:
-                return Deferred(self.stage, key, prepared)
+                return Deferred(self.stage, [Line(key, prepared)])
         return await self.direct.execute(run, prepared)
 
-    def _again(self, jobs: BatchJobs, job: BatchJob, members: dict[int, Member]) -> None:
+    def _again(self, jobs: BatchJobs, job: BatchJob, members: dict[StageKey, Member]) -> None:
         """Send synchronously what an ended batch handed back (its lines are in the spool),
         `max_concurrent_requests` at a time."""
         max_output = self.direct.template.max_output
         for raw in job.spool.read():
-            index = index_of(custom_id_of(raw))
-            member = None if index is None else members.pop(index, None)
-            if index is not None and member is not None:
+            key = key_of(custom_id_of(raw))
+            member = None if key is None else members.pop(key, None)
+            if key is not None and member is not None:
                 prepared = Prepared(body_of(raw), member.tokens + max_output)
-                jobs.tasks.spawn(self._send(jobs.group, index, prepared, member.attempt + 1))
+                jobs.tasks.spawn(self._send(jobs.group, key, prepared, member.attempt + 1))
 
-    async def _send(self, group: GroupRun, index: int, prepared: Prepared, earlier: int) -> None:
-        """Run one item on the synchronous path; `earlier`: batches it was sent in before."""
+    async def _send(self, group: GroupRun, key: StageKey, prepared: Prepared, earlier: int) -> None:
+        """Run one line on the synchronous path; `earlier`: batches it was sent in before."""
         async with self.resending:
-            item = ItemRun(index, group.batch, time.perf_counter())
+            item = ItemRun(key.index, group.batch, time.perf_counter())
             outcome = await self.direct.execute(item, prepared)
-        await group.emit(StageKey(index), replace(outcome, attempts=outcome.attempts + earlier))
+        await group.emit(key, replace(outcome, attempts=outcome.attempts + earlier))

@@ -1,11 +1,16 @@
 """One batch's group of Batch API lines: lines into files, files into batches, answers back.
 
 `BatchJobs` is the `engine.Group` of the Batch API stage for one batch: the driver hands
-it each item's line (`add`, in input order) and takes each one's outcome back by its
-`StageKey` (`GroupRun.emit`) once its batch ends. The lines go into
-`BatchJob`s (`spool`: the lines in a temporary file, a `Member` per item in memory), files
-cut by request count, bytes and (when `BatchAPI.max_enqueued_tokens` is set) estimated
-input tokens. Each job is submitted (`submitter.Submitter`), its batch followed until it
+it each stage request's line (`add`, keyed by its `StageKey`: an item's index, and for a
+multi-stage item its stage and page) and takes each one's outcome back by that key
+(`GroupRun.emit`) once its batch ends. The lines go into `BatchJob`s (`spool`: the lines in
+a temporary file, a `Member` per line in memory), files cut by request count, bytes and
+(when `BatchAPI.max_enqueued_tokens` is set) estimated input tokens, or sent partly filled
+once no line came for `flush_idle_secs` or `flush_max_wait_secs` passed since the file's
+first line (so lines that come slowly, as a pipeline's documents finish their OCR, or after
+the input ended, go out together without waiting for the input's end).
+
+Each job is submitted (`submitter.Submitter`), its batch followed until it
 ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
 follow-up job, copied from the ended job's spool. Each waiting line keeps a small `Member`
 in memory (its body is in the spool), so memory grows with the lines waiting: about 0.2 KiB
@@ -22,13 +27,16 @@ the request's `cancel_on_interrupt`.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 from collections.abc import Callable
 from contextlib import suppress
-from typing import Any
+from dataclasses import replace
 
-from ...engine import Failure, GroupRun, Outcome, log_event
+import aiohttp
+
+from ...engine import Failure, GroupRun, log_event
 from ...engine.grouped import Tasks
 from ...engine.journal import GroupLine
 from ...engine.stages import StageKey
@@ -36,7 +44,7 @@ from ..direct import Prepared, retry_policy
 from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
-from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, index_of
+from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, key_of
 from .submitter import Submitter
 from .wire import TERMINAL, BatchWire
 
@@ -44,7 +52,7 @@ SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
 
 
-SendAgain = Callable[["BatchJobs", BatchJob, dict[int, Member]], None]
+SendAgain = Callable[["BatchJobs", BatchJob, dict[StageKey, Member]], None]
 """Takes the members of an ended job that are to be sent again, instead of a follow-up
 batch (their lines are still in the job's spool), and emits their outcomes."""
 
@@ -74,22 +82,26 @@ class BatchJobs:
         self.tasks = Tasks(run.fail)
         self.numbers = itertools.count(1)
         self.answers = Answers(
-            context, self.wire, api_key, policy, run.batch.wait, emit=self._emit, note=self._note
+            context, self.wire, api_key, policy, run.batch.wait, emit=run.emit, note=self._note
         )
         self.submitter = Submitter(context, run, self.wire, api_key, self.answers)
         self.resend = resend
         self.writer: BatchJob | None = None
         """The file being written."""
+        self.loop = asyncio.get_running_loop()
+        self.first_line = self.last_line = 0.0
+        """`loop.time()` of the writer's first line and of its latest."""
+        self.timer: asyncio.TimerHandle | None = None
+        """Sends the writer once it is due (`_due`); one per group, not one per line."""
         self.resumed: dict[str, BatchJob] = {}
         """The files of earlier runs that hold lines of this one, sent once the input is read."""
-
-    async def _emit(self, index: int, outcome: Outcome[Any]) -> None:
-        await self.group.emit(StageKey(index), outcome)
 
     async def shut(self, finished: bool) -> None:
         """The batch ends; on the way out (Ctrl-C, a bug) the batches still running are left
         running or cancelled (`_interrupted`)."""
         live = [j for j in self.jobs if j.batch_id and j.status not in TERMINAL]
+        if self.timer is not None:
+            self.timer.cancel()
         await self.tasks.cancel()
         if not finished:
             await self._interrupted(live)
@@ -100,34 +112,30 @@ class BatchJobs:
 
     def close(self) -> None:
         """The input is read: the file being written goes out, and so do earlier runs'."""
-        if self.writer is not None:
-            self._launch(self.writer)
-            self.writer = None
+        self._send_writer()
         for job in self.resumed.values():
             self._launch(job)
         self.resumed.clear()
 
-    async def add(self, key: StageKey, request: Prepared) -> None:
+    async def add(self, key: StageKey, request: Prepared, digest: str | None) -> None:
         """A line for the file being written (a file of an earlier run, if it holds it)."""
-        if key.stage:
-            raise ValueError(f"the Batch API stage takes items of one stage, got {key.text}")
         options = self.options
-        index, body = key.index, self.context.direct.wire_body(request)
+        body = self.context.direct.wire_body(request)
         tokens = self.context.input_tokens(request)
-        known = self._known(index)
+        known = self._known(key, digest)
         if known is not None:
             job = self.resumed.get(known.file_id)
             if job is None:
                 job = self.resumed[known.file_id] = self._resumed(known)
-            job.add(
-                index, Member(known.line_id, known.attempt, tokens), batch_line(known.line_id, body)
-            )
+            member = Member(known.line_id, known.attempt, tokens, digest)
+            job.add(key, member, batch_line(known.line_id, body))
             return
         line_id = custom_id(key, body)
         line = batch_line(line_id, body)
         if len(line) > options.max_bytes_per_file:
+            what = f"user_prompts[{key.index}]" if not key.stage else f"request {key.text}"
             failure = Failure(
-                f"user_prompts[{index}] makes a batch line of {len(line):,} bytes, more "
+                f"{what} makes a batch line of {len(line):,} bytes, more "
                 f"than max_bytes_per_file ({options.max_bytes_per_file:,})",
                 "invalid_input",
                 retriable=False,
@@ -139,17 +147,56 @@ class BatchJobs:
             return
         writer = self.writer
         if writer is not None and not self._fits(writer, len(line), tokens):
-            self._launch(writer)
+            self._send_writer()
             writer = None
+        now = self.loop.time()
         if writer is None:
             writer = self.writer = self._job()
-        writer.add(index, Member(line_id, 0, tokens), line)
+            self.first_line = now
+        self.last_line = now
+        writer.add(key, Member(line_id, 0, tokens, digest), line)
+        if self.timer is None:
+            self._arm()
 
-    def _known(self, index: int) -> GroupLine | None:
-        journal, digest = self.group.batch.journal, self.group.digests.get(index)
+    def _deadline(self) -> float:
+        """When the file being written is due: `flush_idle_secs` after its latest line, at
+        most `flush_max_wait_secs` after its first."""
+        options = self.options
+        return min(
+            self.last_line + options.flush_idle_secs,
+            self.first_line + options.flush_max_wait_secs,
+        )
+
+    def _arm(self) -> None:
+        self.timer = self.loop.call_at(self._deadline(), self._due)
+
+    def _due(self) -> None:
+        """The timer: send the file being written if it is due, else wait until it is."""
+        self.timer = None
+        if self.writer is None:
+            return
+        if self.loop.time() < self._deadline():  # lines came since it was armed
+            self._arm()
+            return
+        log_event(
+            self.context.logger,
+            logging.DEBUG,
+            "batch_api_flush",
+            lines=self.writer.spool.lines,
+            waited=f"{self.loop.time() - self.first_line:.2f}s",
+        )
+        self._send_writer()
+
+    def _send_writer(self) -> None:
+        if self.writer is not None:
+            self._launch(self.writer)
+            self.writer = None
+
+    def _known(self, key: StageKey, digest: str | None) -> GroupLine | None:
+        journal = self.group.batch.journal
         if journal is None or digest is None:
             return None
-        return journal.group_line(StageKey(index), digest)
+        return journal.group_line(key, digest)
 
     def _job(self) -> BatchJob:
         job = BatchJob(next(self.numbers))
@@ -207,16 +254,16 @@ class BatchJobs:
                 self.jobs.remove(job)
             self._note()
 
-    def _follow_up(self, job: BatchJob, retry: dict[int, Member], after: int | None) -> None:
+    def _follow_up(self, job: BatchJob, retry: dict[StageKey, Member], after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""
         follow = self._job()
         follow.after_ended = after
         for raw in job.spool.read():
-            index = index_of(custom_id_of(raw))
-            member = None if index is None else retry.pop(index, None)
-            if index is not None and member is not None:
+            key = key_of(custom_id_of(raw))
+            member = None if key is None else retry.pop(key, None)
+            if key is not None and member is not None:
                 member.attempt += 1
-                follow.add(index, member, raw)
+                follow.add(key, member, raw)
         self._launch(follow)
 
     def _note(self) -> None:
@@ -288,11 +335,21 @@ class BatchJobs:
 
 class BatchStage:
     """The Batch API as a grouped stage (`engine.GroupedStage`): a `jobs.BatchJobs` per
-    batch, taking lines of requests as `DirectAdapter.prepare` makes them."""
+    batch, taking lines of requests as `DirectAdapter.prepare` makes them. `session`: the
+    one its calls go through, when not the batch's (the pipeline's, whose batch session
+    carries no key)."""
 
-    def __init__(self, context: BatchContext, resend: SendAgain | None = None) -> None:
+    def __init__(
+        self,
+        context: BatchContext,
+        resend: SendAgain | None = None,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
         self.context = context
         self.resend = resend
+        self.session = session
 
     def open(self, run: GroupRun) -> BatchJobs:
+        if self.session is not None:
+            run = replace(run, batch=replace(run.batch, session=self.session))
         return BatchJobs(self.context, run, self.resend)

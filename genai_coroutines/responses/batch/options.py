@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ... import validation as check
-from ...params import json_text, param
+from ...params import json_text, max_wait_param, param
 from ..request import check_metadata
 
 MAX_REQUESTS_PER_FILE = 50_000
@@ -14,6 +14,8 @@ MAX_BYTES_PER_FILE = 199_000_000
 CREATIONS_PER_HOUR = 2_000
 """The Batch API's limit on batches created per hour (per organisation)."""
 COMPLETION_WINDOWS = ("24h",)
+FLUSH_IDLE_SECS = 30.0
+FLUSH_MAX_WAIT_SECS = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,7 +23,11 @@ class BatchAPI:
     """How the Batch API path runs (`process_batch(request, batch_api=BatchAPI(...))`).
 
     Files are cut at `max_requests_per_file` lines, `max_bytes_per_file` bytes and, when
-    `max_enqueued_tokens` is set, that many estimated input tokens; with it set, a file
+    `max_enqueued_tokens` is set, that many estimated input tokens, and go out at the
+    input's end; a file whose lines come slowly (a pipeline's documents finishing their
+    OCR, lines coming after the input ended) goes out partly filled once no line came for
+    `flush_idle_secs`, or `flush_max_wait_secs` after its first line. With
+    `max_enqueued_tokens` set, a file
     goes out only when the estimated input tokens of the unfinished batches leave room
     for it (the next file when an earlier batch ends), as the API's per-model enqueued
     token limit would otherwise fail the batch. `max_batches_per_hour` is counted with the
@@ -32,6 +38,9 @@ class BatchAPI:
 
     poll_interval_secs: float = param(
         60.0, "seconds between polls of each batch", flag="--batch-poll-interval"
+    )
+    max_wait_secs: float | None = max_wait_param(
+        None, "each batch (None: until its completion window ends it)", flag="--batch-max-wait"
     )
     completion_window: str = param(
         "24h", "the batches' completion window", flag="--batch-completion-window"
@@ -55,6 +64,16 @@ class BatchAPI:
         "store (the API's limit)",
         flag="--batch-max-per-hour",
     )
+    flush_idle_secs: float = param(
+        FLUSH_IDLE_SECS,
+        "seconds without a new line after which a partly filled batch file is sent",
+        flag="--batch-flush-idle",
+    )
+    flush_max_wait_secs: float = param(
+        FLUSH_MAX_WAIT_SECS,
+        "seconds after its first line at which a partly filled batch file is sent",
+        flag="--batch-flush-max-wait",
+    )
     metadata: dict[str, str] | None = param(
         None,
         'each batch\'s metadata, a JSON object, e.g. \'{"run": "nightly"}\'',
@@ -65,6 +84,7 @@ class BatchAPI:
 
     def __post_init__(self) -> None:
         check.number("poll_interval_secs", self.poll_interval_secs, positive=True)
+        check.number("max_wait_secs", self.max_wait_secs, positive=True, optional=True)
         check.choice("completion_window", self.completion_window, COMPLETION_WINDOWS)
         check.integer("max_requests_per_file", self.max_requests_per_file, minimum=1)
         if self.max_requests_per_file > MAX_REQUESTS_PER_FILE:
@@ -80,6 +100,8 @@ class BatchAPI:
             )
         check.integer("max_enqueued_tokens", self.max_enqueued_tokens, minimum=1, optional=True)
         check.integer("max_batches_per_hour", self.max_batches_per_hour, minimum=1)
+        check.number("flush_idle_secs", self.flush_idle_secs, positive=True)
+        check.number("flush_max_wait_secs", self.flush_max_wait_secs, positive=True)
         check_metadata(self.metadata)
 
     @classmethod

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ...engine import Deferred, Failure, ItemEnd, ItemRun, KeyLimits, Outcome, Result
+from ...engine import Deferred, Failure, ItemEnd, ItemRun, KeyLimits, Line, Outcome, Result
 from ...engine.stages import StageKey
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
@@ -68,4 +68,4 @@ class BatchAPIAdapter:
         return self.context.revive(record)
 
     async def execute(self, run: ItemRun, prepared: Prepared) -> Deferred:
-        return Deferred(self.stage, StageKey(run.index), prepared)
+        return Deferred(self.stage, [Line(StageKey(run.index), prepared)])

@@ -1,12 +1,11 @@
 """What the Batch API path keeps of a batch file: its lines on disk, its items in memory.
 
-A line is `batch_line`'s: its `custom_id` first (`custom_id`: the item's stage key and a
-digest of its body, read back by `key_of`, `index_of` and `custom_id_of`), its body last
-(`body_of`).
-A `BatchJob` is one file and its batch. Per item it keeps only a `Member` (its line id, its
-round and when its turn came); the lines themselves go to a temporary file per upload
-(`Spool`), written as the items arrive, uploaded from disk, and kept until its batch
-ends so a follow-up batch can copy the lines it retries.
+A line is `batch_line`'s: its `custom_id` first (`custom_id`: the stage request's key and
+a digest of its body, read back by `key_of` and `custom_id_of`), its body last (`body_of`).
+A `BatchJob` is one file and its batch. Per stage request it keeps only a `Member` (its line
+id, its round, its tokens and journal digest) under its `StageKey`; the lines themselves go
+to a temporary file per upload (`Spool`), written as the items arrive, uploaded from disk,
+and kept until its batch ends so a follow-up batch can copy the lines it retries.
 """
 
 from __future__ import annotations
@@ -43,13 +42,6 @@ def key_of(line_id: str) -> StageKey | None:
     return None if match is None else StageKey.parse(match[1])
 
 
-def index_of(line_id: str) -> int | None:
-    """The index in a custom_id `custom_id` wrote for an item of one stage; None for any
-    other (a line of another stage is not this path's)."""
-    key = key_of(line_id)
-    return None if key is None or key.stage else key.index
-
-
 def batch_line(line_id: str, body: bytes) -> bytes:
     """One JSONL request line; `body` is already the JSON the synchronous path sends."""
     return (
@@ -65,12 +57,14 @@ def batch_line(line_id: str, body: bytes) -> bytes:
 
 @dataclass(slots=True)
 class Member:
-    """What is kept in memory of an item waiting on a batch."""
+    """What is kept in memory of a stage request waiting on a batch."""
 
     line_id: str
     attempt: int
-    """Batches the item was sent in before this one."""
+    """Batches the request was sent in before this one."""
     tokens: int
+    digest: str | None
+    """Its journal identity (`Journal.record_group`); None without a journal."""
 
 
 class Spool:
@@ -110,8 +104,8 @@ class BatchJob:
 
     number: int
     spool: Spool = field(default_factory=Spool)
-    members: dict[int, Member] = field(default_factory=dict)
-    """Items whose answer this batch still owes, by index."""
+    members: dict[StageKey, Member] = field(default_factory=dict)
+    """Stage requests whose answer this batch still owes."""
     file_id: str | None = None
     file_created: float = 0.0
     file_lines: int = 0
@@ -133,8 +127,8 @@ class BatchJob:
     def tokens(self) -> int:
         return self.known_tokens if self.known_tokens is not None else self.spool.tokens
 
-    def add(self, index: int, member: Member, line: bytes) -> None:
-        self.members[index] = member
+    def add(self, key: StageKey, member: Member, line: bytes) -> None:
+        self.members[key] = member
         self.spool.add(line, member.tokens)
 
 

@@ -1,0 +1,200 @@
+"""The pipeline's extraction through the Batch API, on the emulator (compressed batch clock).
+
+Each document's extraction requests become lines of batch files as its OCR finishes (one
+per page with `per_page`, each under `StageKey(index, "extraction", page)` in its
+`custom_id` and the journal); what crossed the wire is read from the emulator's counters
+(`stats.total("responses")`: synchronous POSTs; `files_uploaded`, `batches_created`,
+`batch_executions_by_custom_id`; Datalab's `submissions_by_digest`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genai_coroutines import BatchAPI, ExtractionPipeline, PipelineSummary
+from genai_coroutines.emulator import Emulator
+from genai_coroutines.engine.stages import StageKey
+from genai_coroutines.responses.batch.spool import key_of
+from tests.pipeline_support import invoice_fields, invoice_pdf, pipeline_for
+from tests.test_batch_api import journal_jobs
+from tests.test_cli import assert_each_index_once, output_lines, run, start, until
+from tests.test_cli_extract import extract_args, write_invoices
+
+FAST = BatchAPI(poll_interval_secs=0.01, flush_idle_secs=0.05)
+
+PAGE_SCHEMA = {
+    "type": "object",
+    "properties": {"vendor": {"type": "string"}, "invoice_number": {"type": "string"}},
+}
+
+
+def executions(emulator: Emulator) -> dict[str, int]:
+    return dict(emulator.stats.batch_executions_by_custom_id)
+
+
+def summary_of(pipeline: ExtractionPipeline) -> PipelineSummary:
+    summary = pipeline.last_summary
+    assert isinstance(summary, PipelineSummary)
+    return summary
+
+
+async def test_documents_extract_through_the_batch_api_at_half_the_price(
+    emulator: Emulator,
+) -> None:
+    """Six documents: no synchronous POST, the same rows as the synchronous pipeline plus
+    `batch_id` and `custom_id`, and the extraction costs half."""
+    docs = [invoice_pdf(i, 1 + i % 3) for i in range(6)]
+    batched = pipeline_for(emulator)
+    rows = await batched.process(docs, batch_api=FAST)
+    stats = emulator.stats
+    assert stats.total("responses") == 0, "an extraction went through POST /v1/responses"
+    assert stats.batches_created >= 1 and len(executions(emulator)) == 6
+    assert set(executions(emulator).values()) == {1}
+
+    direct = pipeline_for(emulator)
+    sync_rows = await direct.process(docs)
+    assert stats.total("responses") == 6
+    for index, (ours, theirs) in enumerate(zip(rows, sync_rows, strict=True)):
+        assert ours["index"] == theirs["index"] == index
+        assert list(ours) == [*theirs, "batch_id", "custom_id"], "the same shape, plus two keys"
+        assert ours["success"] and ours["fields"] == theirs["fields"] == invoice_fields(index)
+        assert ours["service_tier"] == "batch" and ours["usage"] == theirs["usage"]
+        assert ours["batch_id"].startswith("batch_")
+        assert key_of(ours["custom_id"]) == StageKey(index, "extraction", 0)
+    ours_summary, theirs_summary = summary_of(batched), summary_of(direct)
+    assert theirs_summary.cost_usd > 0
+    assert ours_summary.cost_usd == pytest.approx(theirs_summary.cost_usd * 0.5)
+    assert ours_summary.cost_cents == pytest.approx(theirs_summary.cost_cents), "OCR: the same"
+    assert not ours_summary.differences(), "the batches' usage is the rows' tokens"
+
+
+def paged(emulator: Emulator) -> ExtractionPipeline:
+    return pipeline_for(emulator, per_page=True, schema=PAGE_SCHEMA, ocr={"output_format": "json"})
+
+
+async def test_per_page_sends_one_batch_line_per_page(emulator: Emulator) -> None:
+    """`per_page` on the Batch API: one line per page under its page's key, the rows the
+    synchronous pipeline makes."""
+    docs = [invoice_pdf(i, pages) for i, pages in enumerate([2, 3, 1])]
+    rows = await paged(emulator).process(docs, batch_api=FAST)
+    lines = executions(emulator)
+    assert emulator.stats.total("responses") == 0 and set(lines.values()) == {1}
+    keys = {key_of(line) for line in lines}
+    assert keys == {StageKey(i, "extraction", p) for i, n in enumerate([2, 3, 1]) for p in range(n)}
+
+    sync_rows = await paged(emulator).process(docs)
+    for ours, theirs in zip(rows, sync_rows, strict=True):
+        assert ours["success"] and ours["fields"] == theirs["fields"]
+        assert ours["extraction"]["page_fields"] == theirs["extraction"]["page_fields"]
+        assert ours["extraction"]["requests"] == len(ours["custom_id"].split(","))
+        assert [key_of(c) for c in ours["custom_id"].split(",")] == [
+            StageKey(ours["index"], "extraction", p) for p in range(ours["page_count"])
+        ]
+
+
+async def test_lines_go_out_as_documents_finish_their_ocr(emulator: Emulator) -> None:
+    """The 1-page document's line is in a batch created before the 6-page document's OCR
+    is done: its file went out after `flush_idle_secs`, not at the input's end."""
+    emulator.config.seconds_per_page = 0.1
+    docs = [invoice_pdf(0, 1), invoice_pdf(1, 6)]
+    pipeline = pipeline_for(emulator)
+    rows = await pipeline.process(docs, batch_api=FAST)
+    assert all(row["success"] for row in rows)
+    assert emulator.stats.batches_created == 2
+    assert rows[0]["batch_id"] != rows[1]["batch_id"]
+
+
+async def test_a_rerun_collects_the_batch_of_an_interrupted_pipeline(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Interrupted while its batch runs: the rerun polls the journaled batch (no OCR job,
+    file or batch bought again, each page's line run once); a rerun without batch_api is
+    refused before anything is sent."""
+    emulator.config.batch_seconds_per_line = 0.1
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i, 2) for i in range(3)]
+    task = asyncio.ensure_future(paged(emulator).process(docs, journal=journal, batch_api=FAST))
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while not journal_jobs(journal):
+        assert not task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    stats = emulator.stats
+    uploaded, created = stats.files_uploaded, stats.batches_created
+
+    with pytest.raises(ValueError, match="batch_api=True"):
+        await paged(emulator).process(docs, journal=journal)
+    rows = await paged(emulator).process(docs, journal=journal, batch_api=FAST)
+
+    assert all(row["success"] for row in rows)
+    assert set(stats.submissions_by_digest.values()) == {1}, "a document was converted twice"
+    assert (stats.files_uploaded, stats.batches_created) == (uploaded, created)
+    assert len(executions(emulator)) == 6 and set(executions(emulator).values()) == {1}
+    assert stats.total("responses") == 0
+
+
+async def test_kill_9_then_resume_of_a_batch_api_pipeline_buys_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """`extract --batch-api` killed once a batch is journaled while later documents are
+    still at Datalab: the rerun converts no document twice, uploads no journaled file
+    again and runs no line twice."""
+    emulator.config.seconds_per_page = 0.05  # 1..6 pages: OCR ready after 0.05..0.3 s
+    emulator.config.batch_seconds_per_line = 0.1
+    write_invoices(tmp_path, [1, 6, 5, 4])
+    journal, output = tmp_path / "pipeline.journal", tmp_path / "out.jsonl"
+    args = extract_args(
+        emulator,
+        tmp_path,
+        "--journal",
+        str(journal),
+        "--concurrency",
+        "4",
+        "--batch-api",
+        "--batch-poll-interval",
+        "0.02",
+        "--batch-flush-idle",
+        "0.05",
+    )
+    first = await start(emulator, tmp_path, *args)
+    await until(first, lambda: len(journal_jobs(journal)) >= 1, "a batch was journaled")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    stats = emulator.stats
+    uploaded, created = stats.files_uploaded, stats.batches_created
+    assert created >= 1 and len(executions(emulator)) < 4
+
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    assert len(stats.submissions_by_digest) == 4
+    assert set(stats.submissions_by_digest.values()) == {1}, "a document was uploaded twice"
+    assert stats.files_uploaded - uploaded == stats.batches_created - created
+    assert len(executions(emulator)) == 4 and set(executions(emulator).values()) == {1}
+    assert stats.total("responses") == 0
+    rows = output_lines(output)
+    assert_each_index_once(rows, 4)
+    assert all(row["success"] and row["service_tier"] == "batch" for row in rows)
+    assert {row["index"]: row["fields"] for row in rows} == {i: invoice_fields(i) for i in range(4)}
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("yes", TypeError), (1, TypeError), (BatchAPI, TypeError)]
+)
+async def test_batch_api_is_checked_as_the_responses_processor_checks_it(
+    emulator: Emulator, value: Any, error: type[Exception]
+) -> None:
+    with pytest.raises(error, match="batch_api"):
+        await pipeline_for(emulator).process([invoice_pdf(0)], batch_api=value)
+    with pytest.raises(ValueError, match="background=True"):
+        await pipeline_for(emulator, request={"background": True}).process(
+            [invoice_pdf(0)], batch_api=True
+        )
+    assert not emulator.stats.submissions_by_digest, "something was sent"
