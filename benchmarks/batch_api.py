@@ -9,7 +9,7 @@ the wall time, the tokens and the summary's estimated USD; then the ratio of the
 costs, which must be 0.5 (the same tokens at the Batch API's half price), and this
 client's peak RSS after the Batch API run, which must stay under 150 MB (the lines go
 to temporary files and output files are read line by line; each waiting item keeps about
-0.2 KiB, with a journal or without: `million.py`).
+0.3 KiB, 0.4 KiB with a journal: `million.py`).
 
     python benchmarks/batch_api.py                       # 20,000 prompts, 5,000 per file
     python benchmarks/batch_api.py --prompts 2000 --per-file 500
