@@ -66,6 +66,7 @@ from .cutoff import Cutoff
 from .dedupe import Twin, Twins, twin_end
 from .grouped import Tasks
 from .http import ConnectorFactory, open_session
+from .indexed import IndexedFloats
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
@@ -307,7 +308,7 @@ class DriverCore(Generic[P]):
         )
         self.stop = BatchStop()
         self._twins = Twins() if options.dedupe else None
-        self._held: dict[int, float] = {}
+        self._held = IndexedFloats()
         """The budget's estimate held for each admitted item until it finishes."""
 
     @property
@@ -445,7 +446,7 @@ class DriverCore(Generic[P]):
         """An admitted item will not finish (the batch is being cancelled)."""
         if self._twins is not None:
             self._twins.abandoned(index)
-        held = self._held.pop(index, None)
+        held = self._held.pop(index)
         if held is not None and self.options.budget is not None:
             self.options.budget.release(held)
 
@@ -466,7 +467,7 @@ class DriverCore(Generic[P]):
         if self._twins is not None:
             self._twins.finished(end)
         if self._held:
-            held = self._held.pop(index, None)
+            held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
                 self.options.budget.settle(held, outcome)
         if self.books.journal is not None:
@@ -515,6 +516,10 @@ class Driver(DriverCore[P]):
         self._later: Later[Ended] = Later(self._close_groups)
         self._groups: dict[GroupedStage, Group] = {}
         self._waiting: dict[StageKey, _Waiting] = {}
+        self._plain = IndexedFloats()
+        """When the turn came of each item waiting on a group with nothing but its index
+        to keep (its only stage, no `then`, no span): the Batch API path's million
+        waiting lines cost 8 bytes each here, not a `_Waiting` and a dict entry."""
         self._continuing = Tasks(self._later.fail)
         """Continuations running (an awaitable `then`), a task each while they run."""
         self._run: BatchRun | None = None
@@ -535,7 +540,8 @@ class Driver(DriverCore[P]):
             finished = True
         finally:
             await self._continuing.cancel()
-            for index in {waiting.index for waiting in self._waiting.values()}:
+            waiting = {waiting.index for waiting in self._waiting.values()}
+            for index in waiting.union(self._plain):
                 self._abandon(index)
             for group in self._groups.values():
                 await group.shut(finished)
@@ -578,6 +584,21 @@ class Driver(DriverCore[P]):
             group_run = GroupRun(self._run, self._report, self._later.fail)
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
         lines = deferred.lines
+        digests = self.books.digests
+        if (
+            len(lines) == 1
+            and deferred.then is None
+            and waiting.trace is None
+            and not lines[0].key.stage
+            and lines[0].key.index == waiting.index
+        ):  # nothing but its start time to keep (`_plain`)
+            if waiting.index in self._plain:
+                raise ValueError(f"stage request {lines[0].key.text} is already waiting")
+            self._plain[waiting.index] = waiting.started
+            line = lines[0]
+            digest = line.digest if line.digest is not None else digests.get(waiting.index)
+            await group.add(line.key, line.request, digest)
+            return
         waiting.then = deferred.then
         waiting.keys = waiting.got = None
         if len(lines) > 1:
@@ -586,7 +607,6 @@ class Driver(DriverCore[P]):
             if line.key in self._waiting:
                 raise ValueError(f"stage request {line.key.text} is already waiting")
             self._waiting[line.key] = waiting
-        digests = self.books.digests
         for line in lines:
             digest = line.digest if line.digest is not None else digests.get(line.key.index)
             await group.add(line.key, line.request, digest)
@@ -594,6 +614,10 @@ class Driver(DriverCore[P]):
     async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
         """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the
         item's next stage or its end."""
+        started = None if key.stage else self._plain.pop(key.index)
+        if started is not None:
+            await self._next(_Waiting(key.index, started, None), outcome)
+            return
         waiting = self._waiting.pop(key)
         got, keys = waiting.got, waiting.keys
         if got is None or keys is None:
