@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any, Literal
 
 from .indexed import IndexedDigests
-from .journal import Journal, request_digest
+from .journal import Journal, packed_digest
 from .outcome import Answered, Failed, Failure, ItemEnd, Outcome, Pending
 from .progress import Progress
 from .stages import StageKey
@@ -110,13 +110,14 @@ class Bookkeeping:
         journal = self.journal
         if journal is None:
             return None
-        digest = request_digest(*request)
-        replayable = journal.replayable(index, digest)
+        packed = packed_digest(*request)
+        replayable = journal.replayable(index, packed)
+        if replayable and later:
+            return True
+        digest = packed.hex()
         if replayable is False:
             self.digests.keep(index, digest)
             return None
-        if replayable and later:
-            return True
         record = journal.finished(index, digest)
         if record is not None:
             outcome = revive(record)

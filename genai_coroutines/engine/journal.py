@@ -215,11 +215,19 @@ class GroupLine:
 
 def request_digest(*parts: bytes) -> str:
     """Digest of everything that determines an item's answer (never its credentials)."""
+    return packed_digest(*parts).hex()
+
+
+def packed_digest(*parts: bytes) -> bytes:
+    """`request_digest` as its 32 bytes (as `items` stores it)."""
+    if len(parts) == 1:  # the common case, in one call (a resume hashes every item)
+        (part,) = parts
+        return hashlib.sha256(len(part).to_bytes(8, "little") + part).digest()
     hasher = hashlib.sha256()
     for part in parts:
         hasher.update(len(part).to_bytes(8, "little"))
         hasher.update(part)
-    return hasher.hexdigest()
+    return hasher.digest()
 
 
 class JournalError(Exception):
@@ -371,13 +379,16 @@ class Journal:
             return None
         return self._load(item[1], index)
 
-    def replayable(self, index: int, digest: str) -> bool | None:
-        """Whether this item's journaled record is an answer to this very request, told
-        without reading the record: True (read it when it is wanted: `record`), False
-        (nothing to reuse), None when only reading it can tell (`finished`: a record
-        written before `answer_crc`, or one whose bytes no longer match it)."""
+    def replayable(self, index: int, digest: bytes) -> bool | None:
+        """Whether this item's journaled record is an answer to this very request (its
+        `packed_digest`), told without reading the record: True (read it when it is wanted:
+        `record`), False (nothing to reuse), None when only reading it can tell (`finished`:
+        a record written before `answer_crc`, or one whose bytes no longer match it)."""
         item = self._item(index)
-        if item is None or item[1] is None or item[0] not in (_packed(digest), digest):
+        if item is None or item[1] is None:
+            return False
+        stored = item[0]
+        if stored != digest and (not isinstance(stored, str) or stored != digest.hex()):
             return False
         crc, blob = item[4], item[1]
         if crc == NOT_ANSWERED:
