@@ -427,8 +427,12 @@ class DriverCore(Generic[P]):
         try:
             parts = adapter.digest(prepared)
             # Read later (`_replayed`) unless dedupe or a budget needs the answer now.
-            done = books.replay(
-                index, adapter.revive, *parts, later=twins is None and budget is None
+            done = (
+                None
+                if books.journal is None
+                else books.replay(
+                    index, adapter.revive, *parts, later=twins is None and budget is None
+                )
             )
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
             return self._unsent(index, Failure(str(exc), "invalid_input", False), started)
@@ -483,7 +487,7 @@ class DriverCore(Generic[P]):
             result["duplicate_of"] = end.duplicate_of
         if self._twins is not None:
             self._twins.finished(end)
-        if self._held:
+        if self.options.budget is not None:
             held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
                 self.options.budget.settle(held, outcome)
@@ -585,8 +589,10 @@ class Driver(DriverCore[P]):
         if admitted.twin is not None:
             self._await_twin(admitted)
             return None
-        item_run = ItemRun(index, run, admitted.started, self._known(index))
-        if self.books.journal is not None:
+        journaled = self.books.journal is not None
+        known = self._known(index) if journaled or self.options.resume else None
+        item_run = ItemRun(index, run, admitted.started, known)
+        if journaled:
             item_run.on_submitted = self._journal_submission(index)
         if run.telemetry is not None:
             item_run.trace = run.telemetry.item(index)
