@@ -11,8 +11,11 @@ page cache at once); only a power cut can lose the last few.
 
 A result is stored deflated against a dictionary the journal keeps (its first large
 record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
-a request digest as its 32 bytes. A journal written before either reads as it was: its
-plain JSON records and hex digests are matched as they are, and the records a rerun adds
+a request digest as its 32 bytes; an answer's record has its CRC-32 beside it
+(`answer_crc`, -1 for a failure's), so a rerun tells what it may reuse from the row alone
+and reads the record only when it yields it (`replayable`, `engine.replays`). A journal
+written before any of these reads as it was: its plain JSON records and hex digests are
+matched as they are (its records read to tell an answer), and the records a rerun adds
 to it are deflated.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
