@@ -18,8 +18,9 @@ per item. Then the synchronous path's journal is run again:
   (items / wall) and the time to the first result;
 - half finished, first half: the journal without the records of the second half (a run
   interrupted halfway: the synchronous path finishes items roughly in input order): the
-  replay rate over the first half, and the time to the first new result (a request sent
-  and answered: at zero latency, when the first new request went out);
+  time to the first new result (a request sent and answered: at zero latency, when the
+  first new request went out), which does not wait for the first half's replay (its
+  results are yielded beside the new ones);
 - half finished, every other item: the journal without the odd items' records: the
   time to the first new result.
 
@@ -259,8 +260,9 @@ def main() -> int:
         print("resume of the synchronous journal:")
     for name, row in resumes.items():
         replayed, first_new = row["replayed"], row["first_new"]
-        replay_secs = row["last_replay"] if name == "first half" else row["wall"]
-        rate = replayed / replay_secs if replay_secs and name != "every other" else None
+        # Only a finished journal's rerun is all replay: a half-finished one's replays go on
+        # beside the new requests (`engine.replays`), and it stops before they end.
+        rate = replayed / row["wall"] if name == "finished" else None
         text = f"  {name:<12} replayed {replayed:>9,}  wall {row['wall']:6.1f} s  "
         text += f"peak RSS {row['rss']:6.1f} MiB  first result {row['first_result']:.2f} s"
         if rate is not None:

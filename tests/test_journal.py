@@ -17,6 +17,7 @@ full disk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -553,3 +554,25 @@ async def test_a_half_finished_journal_sends_only_the_rest_and_replays_in_input_
     again = ResponsesProcessor().stream(request_for(emulator, prompts), journal=path)
     indices = [r["index"] async for r in again if r["from_journal"]]
     assert indices == list(range(n))  # a finished journal replays in input order
+
+
+async def test_a_long_finished_stretch_does_not_hold_back_the_first_new_request(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun tells a journaled answer from its row (`Journal.replayable`) and reads the
+    record only when it is yielded, so the workers go through a finished stretch without
+    waiting for the consumer: the one unfinished item after 1,200 finished ones is sent and
+    answered while a consumer taking one result per turn of the loop has taken few of them
+    (before, it was sent only once all but the last two hundred had been taken)."""
+    path, n = tmp_path / "batch.journal", 1200
+    prompts = [f"prompt {i}" for i in range(n + 1)]
+    await ResponsesProcessor().process_batch(request_for(emulator, prompts[:n]), journal=path)
+
+    order = []
+    async for result in ResponsesProcessor().stream(request_for(emulator, prompts), journal=path):
+        order.append((result["index"], bool(result.get("from_journal"))))
+        await asyncio.sleep(0)  # a consumer with work of its own per result
+    assert [index for index, replayed in order if replayed] == list(range(n))  # input order
+    position = order.index((n, False))
+    assert position < n // 2, position
+    assert emulator.stats.total("responses") == n + 1

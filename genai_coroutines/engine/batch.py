@@ -51,6 +51,7 @@ task of its own while it runs, never while it waits). Once the input is read, th
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -69,7 +70,8 @@ from .http import ConnectorFactory, open_session
 from .indexed import IndexedFloats
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
-from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
+from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome
+from .replays import Replays
 from .runner import Later, Slots, Source, run_streaming
 from .stages import MAX_WAITING, StageKey
 from .summary import Summary
@@ -210,6 +212,15 @@ class Admitted(Generic[P]):
 
 Ended = tuple[ItemEnd[Any], Result]
 """An ended item and its result dict, rendered once (what `DriverCore._results` yields)."""
+
+
+class Replayed(enum.Enum):
+    """`DriverCore._admit`'s answer for an item the journal answers, its record read later."""
+
+    REPLAYED = "replayed"
+
+
+REPLAYED = Replayed.REPLAYED
 
 
 @dataclass(slots=True)
@@ -397,9 +408,10 @@ class DriverCore(Generic[P]):
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
         return end, self.adapter.render(end)
 
-    async def _admit(self, index: int, item: Any) -> Admitted[P] | Ended:
+    async def _admit(self, index: int, item: Any) -> Admitted[P] | Ended | Replayed:
         """The item prepared to run, or its end when it need not: the batch was stopped,
-        it cannot be sent, or the journal holds its success. Never raises for the item."""
+        it cannot be sent, or the journal holds its success (`REPLAYED`: read when it is
+        yielded, `Driver._replayed`). Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
         stop = self.stop
@@ -411,14 +423,23 @@ class DriverCore(Generic[P]):
             prepared = Failure(str(exc), "invalid_input", retriable=False)
         if isinstance(prepared, Failure):
             return self._unsent(index, prepared, started)
+        twins, budget = self._twins, self.options.budget
         try:
             parts = adapter.digest(prepared)
-            done = books.replay(index, adapter.revive, *parts)
+            # Read later (`_replayed`) unless dedupe or a budget needs the answer now.
+            done = (
+                None
+                if books.journal is None
+                else books.replay(
+                    index, adapter.revive, *parts, later=twins is None and budget is None
+                )
+            )
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
             return self._unsent(index, Failure(str(exc), "invalid_input", False), started)
-        twins, budget = self._twins, self.options.budget
+        if done is True:
+            return REPLAYED
         digest = "" if twins is None else books.digests.get(index) or request_digest(*parts)
-        if done is not None:
+        if isinstance(done, ItemEnd):
             end = done
             if twins is not None:
                 twins.answered(digest, end)
@@ -466,13 +487,12 @@ class DriverCore(Generic[P]):
             result["duplicate_of"] = end.duplicate_of
         if self._twins is not None:
             self._twins.finished(end)
-        if self._held:
+        if self.options.budget is not None:
             held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
                 self.options.budget.settle(held, outcome)
         if self.books.journal is not None:
-            pending = isinstance(outcome, Pending)
-            self._journal(self.books.record, index, (result, pending))
+            self._journal(self.books.record, index, (result, outcome))
         return end, result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
@@ -522,6 +542,8 @@ class Driver(DriverCore[P]):
         waiting lines cost 8 bytes each here, not a `_Waiting` and a dict entry."""
         self._continuing = Tasks(self._later.fail)
         """Continuations running (an awaitable `then`), a task each while they run."""
+        self._replays = Replays()
+        """Items the journal answers, read when the consumer takes them (`_replayed`)."""
         self._run: BatchRun | None = None
 
     async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
@@ -531,7 +553,12 @@ class Driver(DriverCore[P]):
         later = self._later
         self._run, finished = run, False
         results = run_streaming(
-            self.source, work, concurrency=self.options.concurrency, slots=run.slots, later=later
+            self.source,
+            work,
+            concurrency=self.options.concurrency,
+            slots=run.slots,
+            later=later,
+            backlog=None if self.books.journal is None else self._replayed,
         )
         try:
             async with aclosing(results):  # its workers cancelled before the groups shut
@@ -551,12 +578,21 @@ class Driver(DriverCore[P]):
         raises for its own failures."""
         admitted = await self._admit(index, item)
         if not isinstance(admitted, Admitted):
-            return admitted
+            if admitted is not REPLAYED:
+                return admitted
+            replays = self._replays
+            if not replays:
+                self._later.wake()
+            if replays.add(index):  # a turn of the loop for the consumer and the requests
+                await asyncio.sleep(0)
+            return None
         if admitted.twin is not None:
             self._await_twin(admitted)
             return None
-        item_run = ItemRun(index, run, admitted.started, self._known(index))
-        if self.books.journal is not None:
+        journaled = self.books.journal is not None
+        known = self._known(index) if journaled or self.options.resume else None
+        item_run = ItemRun(index, run, admitted.started, known)
+        if journaled:
             item_run.on_submitted = self._journal_submission(index)
         if run.telemetry is not None:
             item_run.trace = run.telemetry.item(index)
@@ -649,6 +685,17 @@ class Driver(DriverCore[P]):
         if waiting.trace is not None:
             waiting.trace.end(ended)
         await self._later.put(self._finish(ItemEnd(waiting.index, ended, waiting.started)))
+
+    def _replayed(self) -> Ended | None:
+        """`run_streaming`'s backlog: the next item the journal answers, read now."""
+        index = self._replays.take()
+        if index is None:
+            return None
+        end = self.books.replayed(index, self.adapter.revive)
+        if end.origin != "journal":  # its record did not read back: journaled as failed
+            return self._finish(end)
+        assert end.record is not None
+        return end, {**end.record, "from_journal": True}
 
     def _close_groups(self) -> None:
         """`Later.close`: the input is read, so each group sends what it holds."""

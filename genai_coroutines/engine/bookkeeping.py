@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
-from typing import Any
+from typing import Any, Literal
 
 from .indexed import IndexedDigests
-from .journal import Journal, request_digest
-from .outcome import Answered, ItemEnd, Outcome
+from .journal import Journal, packed_digest
+from .outcome import Answered, Failed, Failure, ItemEnd, Outcome, Pending
 from .progress import Progress
 from .stages import StageKey
 from .summary import Summary
@@ -96,15 +96,29 @@ class Bookkeeping:
         journals its submitted job under it in between; see `Digests`)."""
 
     def replay(
-        self, index: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]], *request: bytes
-    ) -> ItemEnd[Any] | None:
+        self,
+        index: int,
+        revive: Callable[[Mapping[str, Any]], Outcome[Any]],
+        *request: bytes,
+        later: bool = False,
+    ) -> ItemEnd[Any] | Literal[True] | None:
         """The journal's success for this very request (its record, `revive`d by the adapter
         that rendered it, is `Answered`); else None, and the request's digest is kept in
-        `digests` until `record`. Without a journal nothing is hashed."""
-        if self.journal is None:
+        `digests` until `record`. Without a journal nothing is hashed. `later`: True
+        instead of the end when the journal tells the record is an answer without
+        reading it (`Journal.replayable`): `replayed` reads it when it is wanted."""
+        journal = self.journal
+        if journal is None:
             return None
-        digest = request_digest(*request)
-        record = self.journal.finished(index, digest)
+        packed = packed_digest(*request)
+        replayable = journal.replayable(index, packed)
+        if replayable and later:
+            return True
+        digest = packed.hex()
+        if replayable is False:
+            self.digests.keep(index, digest)
+            return None
+        record = journal.finished(index, digest)
         if record is not None:
             outcome = revive(record)
             if isinstance(outcome, Answered):
@@ -114,6 +128,28 @@ class Bookkeeping:
                 return ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
         self.digests.keep(index, digest)
         return None
+
+    def replayed(
+        self, index: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]]
+    ) -> ItemEnd[Any]:
+        """The end of an item `replay` answered `True` for: its journaled answer, read now;
+        or, should the record not read back as one after all (its journal's dictionary
+        damaged), a `journal_error` failure with its digest kept for `record`, so that a
+        rerun sends it (its input is long gone by now)."""
+        assert self.journal is not None
+        record, digest = self.journal.record(index)
+        if record is not None:
+            outcome = revive(record)
+            if isinstance(outcome, Answered):
+                twin_of = record.get("duplicate_of")
+                return ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
+        self.digests.keep(index, digest)
+        failure = Failure(
+            f"the journal's record of item {index} cannot be read back: a rerun sends it",
+            "journal_error",
+            retriable=True,
+        )
+        return ItemEnd(index, Failed(failure, 0), time.perf_counter())
 
     def submission(self, index: int) -> tuple[str, str] | None:
         """(request id, poll URL) of work journaled as accepted for this very request."""
@@ -132,12 +168,18 @@ class Bookkeeping:
                 submission.request_check_url,
             )
 
-    def record(self, index: int, rendered: tuple[Result, bool]) -> None:
-        """Journal the result dict of an item `replay` did not answer (success or failure),
-        and whether its work is still pending on the provider's side (`Pending`)."""
+    def record(self, index: int, rendered: tuple[Result, Outcome[Any]]) -> None:
+        """Journal the result dict of an item `replay` did not answer with its outcome
+        (an answer, a failure, or work still pending on the provider's side)."""
         if self.journal is not None:
-            result, pending = rendered
-            self.journal.record_result(index, self.digests.pop(index), result, pending=pending)
+            result, outcome = rendered
+            self.journal.record_result(
+                index,
+                self.digests.pop(index),
+                result,
+                pending=isinstance(outcome, Pending),
+                answered=isinstance(outcome, Answered),
+            )
 
     def add(self, end: ItemEnd[Any]) -> None:
         """Count an item the batch yields, in this batch's counts, the summary and the bar."""

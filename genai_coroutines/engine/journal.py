@@ -11,8 +11,11 @@ page cache at once); only a power cut can lose the last few.
 
 A result is stored deflated against a dictionary the journal keeps (its first large
 record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
-a request digest as its 32 bytes. A journal written before either reads as it was: its
-plain JSON records and hex digests are matched as they are, and the records a rerun adds
+a request digest as its 32 bytes; an answer's record has its CRC-32 beside it
+(`answer_crc`, -1 for a failure's), so a rerun tells what it may reuse from the row alone
+and reads the record only when it yields it (`replayable`, `engine.replays`). A journal
+written before any of these reads as it was: its plain JSON records and hex digests are
+matched as they are (its records read to tell an answer), and the records a rerun adds
 to it are deflated.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
@@ -87,6 +90,7 @@ from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from zlib import crc32
 
 import orjson
 
@@ -107,7 +111,8 @@ _TABLES = (
     digest TEXT NOT NULL,
     request_id TEXT,
     check_url TEXT,
-    result BLOB
+    result BLOB,
+    answer_crc INTEGER
 )""",
     """CREATE TABLE IF NOT EXISTS group_files (
     file_id TEXT PRIMARY KEY,
@@ -186,7 +191,9 @@ _TABLE_NAMES = frozenset(
 
 _Statement = tuple[str, list[tuple[Any, ...]]]
 _Item = tuple[Any, ...]
-"""An `items` row without its index: (digest, result, request_id, check_url)."""
+"""An `items` row without its index: (digest, result, request_id, check_url, answer_crc)."""
+NOT_ANSWERED = -1
+"""`answer_crc` of a record that is not an answer (a failure): never reused, never read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,11 +218,19 @@ class GroupLine:
 
 def request_digest(*parts: bytes) -> str:
     """Digest of everything that determines an item's answer (never its credentials)."""
+    return packed_digest(*parts).hex()
+
+
+def packed_digest(*parts: bytes) -> bytes:
+    """`request_digest` as its 32 bytes (as `items` stores it)."""
+    if len(parts) == 1:  # the common case, in one call (a resume hashes every item)
+        (part,) = parts
+        return hashlib.sha256(len(part).to_bytes(8, "little") + part).digest()
     hasher = hashlib.sha256()
     for part in parts:
         hasher.update(len(part).to_bytes(8, "little"))
         hasher.update(part)
-    return hasher.hexdigest()
+    return hasher.digest()
 
 
 class JournalError(Exception):
@@ -345,6 +360,9 @@ class Journal:
             db.execute("BEGIN IMMEDIATE")
             for table in _TABLES:
                 db.execute(table)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+            if "answer_crc" not in columns:  # a journal written before it: NULL, read as before
+                db.execute("ALTER TABLE items ADD COLUMN answer_crc INTEGER")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('kind', ?)", (kind,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -363,6 +381,30 @@ class Journal:
         if item is None or item[1] is None or item[0] not in (_packed(digest), digest):
             return None
         return self._load(item[1], index)
+
+    def replayable(self, index: int, digest: bytes) -> bool | None:
+        """Whether this item's journaled record is an answer to this very request (its
+        `packed_digest`), told without reading the record: True (read it when it is wanted:
+        `record`), False (nothing to reuse), None when only reading it can tell (`finished`:
+        a record written before `answer_crc`, or one whose bytes no longer match it)."""
+        item = self._item(index)
+        if item is None or item[1] is None:
+            return False
+        stored = item[0]
+        if stored != digest and (not isinstance(stored, str) or stored != digest.hex()):
+            return False
+        crc, blob = item[4], item[1]
+        if crc == NOT_ANSWERED:
+            return False
+        return True if crc is not None and isinstance(blob, bytes) and crc == crc32(blob) else None
+
+    def record(self, index: int) -> tuple[dict[str, Any] | None, str]:
+        """The journaled record of an item `replayable` found (None if it cannot be read
+        after all, see `_load`), and the digest it was journaled with (hex)."""
+        item = self._item(index)
+        assert item is not None and item[1] is not None, index
+        digest = item[0]
+        return self._load(item[1], index), digest.hex() if isinstance(digest, bytes) else digest
 
     def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of work the API accepted for this stage request
@@ -404,12 +446,22 @@ class Journal:
             params = (key.index, _packed(digest), request_id, check_url)
         self._write(f"the submission of {_described(key)}", sql, params)
         if not key.stage:
-            self._cached(key.index, (params[1], None, request_id, check_url))
+            self._cached(key.index, (params[1], None, request_id, check_url, None))
 
     def record_result(
-        self, index: int, digest: str, result: dict[str, Any], *, pending: bool = False
+        self,
+        index: int,
+        digest: str,
+        result: dict[str, Any],
+        *,
+        pending: bool = False,
+        answered: bool | None = None,
     ) -> None:
         """Journal an item's result; `JournalError` if the journal cannot take it.
+        `answered`: whether its outcome is an answer, which a rerun may reuse
+        (`replayable`: an answer's record has its CRC-32 kept beside it, so a rerun knows
+        without reading it, and reads a record whose bytes changed since to find out;
+        None: unsaid, a rerun reads the record to find out).
 
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
@@ -422,12 +474,13 @@ class Journal:
         keep = f" WHERE NOT ({open_submission})" if pending else ""
         blob, statements, chosen = self._encoded(result)
         packed = _packed(digest)
+        crc = None if answered is None else crc32(blob) if answered else NOT_ANSWERED
         statements.append(
             (
-                "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
+                "INSERT INTO items (idx, digest, result, answer_crc) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                f" result = excluded.result{keep}",
-                [(index, packed, blob)],
+                f" result = excluded.result, answer_crc = excluded.answer_crc{keep}",
+                [(index, packed, blob, crc)],
             )
         )
         if not pending:
@@ -440,7 +493,7 @@ class Journal:
         self._records.dictionary = self._records.dictionary or chosen
         known = self._item(index, read=False)
         if not (pending and known is not None and known[1] is None and known[3] is not None):
-            self._cached(index, (packed, blob, *(known[2:] if known else (None, None))))
+            self._cached(index, (packed, blob, *(known[2:4] if known else (None, None)), crc))
 
     def record_group(
         self,
@@ -718,7 +771,7 @@ class Journal:
             start = number * WINDOW
             try:
                 found = self._db.execute(
-                    "SELECT idx, digest, result, request_id, check_url FROM items"
+                    "SELECT idx, digest, result, request_id, check_url, answer_crc FROM items"
                     " WHERE idx >= ? AND idx < ?",
                     (start, start + WINDOW),
                 ).fetchall()

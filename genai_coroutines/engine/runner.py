@@ -38,6 +38,8 @@ from .stages import MAX_WAITING
 T = TypeVar("T")
 R = TypeVar("R")
 
+BACKLOG_TURN = 256
+"""Results `run_streaming` takes from its `backlog` in a row before it lets the loop run."""
 QUEUED_RESULTS = 256
 """Results that arrived later (`Later.put`) waiting for the consumer before their stage
 pauses for it."""
@@ -110,6 +112,9 @@ class _Handoff(Generic[R]):
             self._workers.append(future)
             await future
 
+    def wake(self) -> None:
+        self._wake_consumer()
+
     def _wake_consumer(self) -> None:
         consumer, self._consumer = self._consumer, None
         if consumer is not None and not consumer.done():
@@ -125,6 +130,11 @@ class Later(Generic[R]):
     what they still hold, and the batch ends when nothing is pending."""
 
     __slots__ = ("pending", "close", "closed", "handoff")
+
+    def wake(self) -> None:
+        """Have the consumer look again (something for `run_streaming`'s `backlog`)."""
+        assert self.handoff is not None
+        self.handoff.wake()
 
     def __init__(self, close: Callable[[], None]) -> None:
         self.pending = 0
@@ -193,6 +203,7 @@ async def run_streaming(
     start: int = 0,
     slots: Slots | None = None,
     later: Later[R] | None = None,
+    backlog: Callable[[], R | None] | None = None,
 ) -> AsyncGenerator[R, None]:
     """Run `work(index, item)` for every item with at most `concurrency` at once; yield results.
 
@@ -210,6 +221,11 @@ async def run_streaming(
 
     `later`: `work` returns None for an item whose result comes through `later.put`
     instead (see `Later`).
+
+    `backlog`: results made when asked (a journal's answers, `engine.replays`): one is
+    taken after each result of the workers, and while none waits (the loop runs every
+    `BACKLOG_TURN` of them); `work` returns None for the items it keeps there, and calls
+    `later.wake()` when it had none.
     """
     numbered: Iterator[tuple[int, T]] | None = None
     items: AsyncGenerator[tuple[int, T], None] | None = None
@@ -274,9 +290,19 @@ async def run_streaming(
     if slots is not None:
         slots.spawn = spawn
     try:
+        taken = 0
         while True:
             if handoff.items:
                 yield handoff.take()
+                if backlog is None:
+                    continue
+            if backlog is not None and handoff.failure is None and (made := backlog()) is not None:
+                yield made
+                taken += 1
+                if not taken % BACKLOG_TURN:
+                    await asyncio.sleep(0)
+            elif handoff.items:
+                continue
             elif handoff.failure is not None:
                 raise handoff.failure
             elif handoff.live:
