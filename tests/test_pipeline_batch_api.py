@@ -185,6 +185,44 @@ async def test_kill_9_then_resume_of_a_batch_api_pipeline_buys_nothing_twice(
     assert {row["index"]: row["fields"] for row in rows} == {i: invoice_fields(i) for i in range(4)}
 
 
+@pytest.mark.parametrize("endpoint", ["batches_poll", "files_read"])
+async def test_a_batch_that_cannot_be_polled_or_read_leaves_rows_pending_for_the_rerun(
+    emulator: Emulator, tmp_path: Path, endpoint: str
+) -> None:
+    """The batch cannot be polled (or its output read) this run: each row fails as the
+    Responses Batch API's pending results do, its lines stay journaled, and the rerun
+    collects them from that batch: no line run twice, no file uploaded twice."""
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i, pages) for i, pages in enumerate([2, 1])]
+    paged_retrying_once = pipeline_for(
+        emulator,
+        per_page=True,
+        schema=PAGE_SCHEMA,
+        ocr={"output_format": "json"},
+        request={"max_retries": 1},
+    )
+    emulator.faults.schedule(endpoint, "503", times=2)
+    first = await paged_retrying_once.process(docs, journal=journal, batch_api=FAST)
+    assert all(not row["success"] and row["batch_pending"] for row in first)
+    assert all(row["failed_stage"] == "extraction" and row["is_retriable"] for row in first)
+    assert all("rerun with the same journal" in row["error"] for row in first)
+    assert list(first[0])[-3:] == ["batch_id", "custom_id", "batch_pending"]
+    stats = emulator.stats
+    assert (stats.files_uploaded, stats.batches_created) == (1, 1)
+
+    again = await paged_retrying_once.process(docs, journal=journal, batch_api=FAST)
+    assert all(row["success"] for row in again)
+    named = PAGE_SCHEMA["properties"]
+    assert [row["fields"] for row in again] == [
+        {k: v for k, v in invoice_fields(i).items() if k in named} for i in range(2)
+    ]
+    assert {row["batch_id"] for row in again} == {first[0]["batch_id"]}
+    assert (stats.files_uploaded, stats.batches_created) == (1, 1), "a file went out twice"
+    assert len(executions(emulator)) == 3 and set(executions(emulator).values()) == {1}
+    assert set(stats.submissions_by_digest.values()) == {1}, "a document was converted twice"
+    assert stats.total("responses") == 0
+
+
 @pytest.mark.parametrize(
     ("value", "error"), [("yes", TypeError), (1, TypeError), (BatchAPI, TypeError)]
 )

@@ -24,7 +24,9 @@ are lines of that stage: `execute` returns them as an `engine.Deferred` once the
 and the document leaves its driver slot; its row is made when every line is answered
 (`then`), from what was kept of its OCR (`_OcrPart`, a few ids and counts, not its text).
 Such rows add `batch_id` and `custom_id` after their keys, as the Responses Batch API's
-results do (comma-joined when a `per_page` row's lines have several).
+results do (comma-joined when a `per_page` row's lines have several), and `batch_pending`
+(True) when a line's batch could not be polled or read: the row fails with that line's
+error, its lines stay journaled, and a rerun with the journal collects that batch.
 """
 
 from __future__ import annotations
@@ -248,20 +250,25 @@ class PipelineAdapter:
         part: _OcrPart,
         parts: Iterable[Extracted],
     ) -> Outcome[Row]:
-        """A document's row once its extraction requests ended."""
+        """A document's row once its extraction requests ended. A line whose batch may
+        still answer it (`Pending`) makes the row `Pending` with that line's failure: the
+        journal keeps its line, and a rerun collects that batch rather than paying again."""
         done = _Extractions()
+        waiting = False
         for stage, fields, failure in parts:
             if stage is not None:
                 done.stages.append(stage)
-            if failure is not None and done.failure is None:
-                done.failure = failure
+            if failure is not None and not waiting:
+                waiting = stage is not None and isinstance(stage.outcome, Pending)
+                if waiting or done.failure is None:
+                    done.failure = failure
             if fields is not None:
                 done.fields.append(fields)
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
                 _log_failed(index, EXTRACTION_STAGE, failure)
-            return self._row(started, part, done, EXTRACTION_STAGE, failure)
+            return self._row(started, part, done, EXTRACTION_STAGE, failure, pending=waiting)
         self.extracted += 1
         batch.note(extracted=self.extracted)
         return self._row(started, part, done, None, None)
@@ -444,8 +451,11 @@ class PipelineAdapter:
         done: _Extractions,
         failed_stage: str | None,
         failure: Failure | None,
+        *,
+        pending: bool = False,
     ) -> Outcome[Row]:
-        """The document's outcome, its row rendered from its stages' outcomes."""
+        """The document's outcome, its row rendered from its stages' outcomes (`pending`:
+        a batch may still answer its extraction, see `_ended`)."""
         ocr_done = failed_stage != OCR_STAGE
         ocr_bill = ocr.bill
         ocr_attempts = ocr.attempts
@@ -530,11 +540,13 @@ class PipelineAdapter:
         ids = None if row.batch is None or row.batch[0] is None else Ids(group=row.batch[0])
         if failure is None:
             return Answered(row, attempts, rate_limited, bill, ids)
+        if pending:
+            return Pending(failure, attempts, rate_limited, bill, ids, value=row)
         return Failed(failure, attempts, rate_limited, bill, ids, value=row)
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome
-        row = None if isinstance(outcome, Pending) else outcome.value
+        row = outcome.value
         if row is None:  # never ran: unreadable, or the batch was stopped
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
@@ -545,6 +557,8 @@ class PipelineAdapter:
         result = {"index": end.index, **row.keys, "processing_time_secs": row.seconds}
         if row.batch is not None:
             result["batch_id"], result["custom_id"] = row.batch
+        if isinstance(outcome, Pending):  # as the Responses Batch API path marks its own
+            result["batch_pending"] = True
         return result
 
     def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
@@ -582,7 +596,7 @@ class PipelineAdapter:
         return Failed(failure, attempts, rate_limited, bill, value=row)
 
 
-_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id"})
+_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id", "batch_pending"})
 """A row's keys `render` writes besides `Row.keys`."""
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..engine import ItemEnd, Pending
+from ..engine import ItemEnd
 from ..summary import BatchSummary
 from .path import EXTRACTION_STAGE, OCR_STAGE, Row
 
@@ -40,7 +40,7 @@ class PipelineSummary(BatchSummary):
     def add(self, end: ItemEnd[Any]) -> None:
         super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
         outcome = end.outcome
-        row = None if isinstance(outcome, Pending) else outcome.value
+        row = outcome.value
         if not isinstance(row, Row):
             return
         stage = row.failed_stage
