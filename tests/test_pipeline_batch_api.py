@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -114,24 +115,25 @@ async def test_a_rerun_collects_the_batch_of_an_interrupted_pipeline(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Interrupted while its batch runs: the rerun polls the journaled batch (no OCR job,
-    file or batch bought again, each page's line run once); a rerun without batch_api is
-    refused before anything is sent."""
-    emulator.config.batch_seconds_per_line = 0.1
+    file or batch bought again, each page's line run once); a rerun with background=True,
+    whose bodies the batch cannot answer, is refused before anything is sent."""
     journal = tmp_path / "pipeline.journal"
     docs = [invoice_pdf(i, 2) for i in range(3)]
-    task = asyncio.ensure_future(paged(emulator).process(docs, journal=journal, batch_api=FAST))
-    deadline = asyncio.get_running_loop().time() + 5.0
-    while not journal_jobs(journal):
-        assert not task.done() and asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.005)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await interrupt_once_batched(emulator, docs, journal, lines=1)
     stats = emulator.stats
     uploaded, created = stats.files_uploaded, stats.batches_created
 
+    background = pipeline_for(
+        emulator,
+        per_page=True,
+        schema=PAGE_SCHEMA,
+        ocr={"output_format": "json"},
+        request={"background": True},
+    )
+    converted = dict(stats.submissions_by_digest)
     with pytest.raises(ValueError, match="batch_api=True"):
-        await paged(emulator).process(docs, journal=journal)
+        await background.process(docs, journal=journal)
+    assert stats.submissions_by_digest == converted and stats.total("responses") == 0
     rows = await paged(emulator).process(docs, journal=journal, batch_api=FAST)
 
     assert all(row["success"] for row in rows)
@@ -139,6 +141,59 @@ async def test_a_rerun_collects_the_batch_of_an_interrupted_pipeline(
     assert (stats.files_uploaded, stats.batches_created) == (uploaded, created)
     assert len(executions(emulator)) == 6 and set(executions(emulator).values()) == {1}
     assert stats.total("responses") == 0
+
+
+async def interrupt_once_batched(
+    emulator: Emulator, docs: list[bytes], journal: Path, *, lines: int
+) -> None:
+    """Run `docs` per page on the Batch API with `journal`, and cancel the run (Ctrl-C)
+    once at least `lines` extraction lines are in journaled batches: they run on."""
+    emulator.config.batch_seconds_per_line = 0.1
+    task = asyncio.ensure_future(paged(emulator).process(docs, journal=journal, batch_api=FAST))
+    deadline = asyncio.get_running_loop().time() + 5.0
+    while batched_lines(journal) < lines:
+        assert not task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.005)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def batched_lines(journal: Path) -> int:
+    """Extraction lines the journal holds in a batch, read without writing."""
+    if not journal_jobs(journal):
+        return 0
+    db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        (count,) = db.execute(
+            "SELECT COUNT(*) FROM stage_lines JOIN group_jobs USING (file_id)"
+        ).fetchone()
+    finally:
+        db.close()
+    return int(count)
+
+
+async def test_a_rerun_without_batch_api_collects_the_journaled_batch_and_sends_the_rest(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun without batch_api of an interrupted pipeline's journal, with one more
+    document: the lines its batch holds are collected from it (no synchronous POST for
+    them, no file or batch bought again), the new document is extracted synchronously."""
+    journal = tmp_path / "pipeline.journal"
+    docs = [invoice_pdf(i, 2) for i in range(3)]
+    await interrupt_once_batched(emulator, docs, journal, lines=6)
+    stats = emulator.stats
+    uploaded, created = stats.files_uploaded, stats.batches_created
+
+    rows = await paged(emulator).process([*docs, invoice_pdf(3, 1)], journal=journal)
+
+    assert all(row["success"] for row in rows)
+    assert (stats.files_uploaded, stats.batches_created) == (uploaded, created)
+    assert len(executions(emulator)) == 6 and set(executions(emulator).values()) == {1}
+    assert stats.total("responses") == 1, "only the new document's page is POSTed"
+    assert all(row["service_tier"] == "batch" and row["batch_id"] for row in rows[:3])
+    assert "batch_id" not in rows[3] and rows[3]["service_tier"] != "batch"
+    assert set(stats.submissions_by_digest.values()) == {1}, "a document was converted twice"
 
 
 async def test_kill_9_then_resume_of_a_batch_api_pipeline_buys_nothing_twice(

@@ -27,6 +27,11 @@ Such rows add `batch_id` and `custom_id` after their keys, as the Responses Batc
 results do (comma-joined when a `per_page` row's lines have several), and `batch_pending`
 (True) when a line's batch could not be polled or read: the row fails with that line's
 error, its lines stay journaled, and a rerun with the journal collects that batch.
+
+A rerun without `batch_api` of a journal whose extraction requests wait on batches
+(`collecting`) collects them instead of paying twice: a request a journaled batch holds is
+a line of the collecting stage (`responses.batch.CollectingAdapter.stage`), the others are
+sent now, and a row none of the batches answered is the synchronous pipeline's.
 """
 
 from __future__ import annotations
@@ -200,6 +205,7 @@ class PipelineAdapter:
         ocr_session: Any = None,
         extraction_session: Any = None,
         batch: GroupedStage | None = None,
+        collecting: bool = False,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
@@ -210,6 +216,8 @@ class PipelineAdapter:
         self.sessions = {OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session}
         self.batch = batch
         """The Batch API's stage the extraction requests go to as lines (None: sent now)."""
+        self.collecting = collecting
+        """`batch` only collects: only the requests a journaled batch holds go to it."""
         self._batches: dict[str, tuple[BatchRun, BatchRun]] = {}
         self.identity = orjson.dumps(
             {"extraction": extraction.template.body("").decode(), "per_page": per_page}
@@ -337,6 +345,9 @@ class PipelineAdapter:
         planned = await self._plan(run, page, text)
         if not isinstance(planned, _Request):
             return planned
+        return await self._send_now(run, planned)
+
+    async def _send_now(self, run: ItemRun, planned: _Request) -> Extracted:
         started = time.perf_counter()
         outcome = await self._send(run, planned.prepared, started, planned.key, planned.digest)
         seconds = time.perf_counter() - started
@@ -349,12 +360,25 @@ class PipelineAdapter:
         made once they are all answered (those the journal or the text settle need none)."""
         assert self.batch is not None
         planned = [await self._plan(run, page, text) for page, text in enumerate(texts)]
+        if self.collecting:
+            planned = list(await asyncio.gather(*(self._collected(run, p) for p in planned)))
         lines = [Line(p.key, p.prepared, p.digest) for p in planned if isinstance(p, _Request)]
         if not lines:
             ended = [p for p in planned if not isinstance(p, _Request)]
             return self._ended(run.batch, run.index, run.started, part, ended)
         kept = [_Sent(p.key, p.digest) if isinstance(p, _Request) else p for p in planned]
         return Deferred(self.batch, lines, self._then(run, part, kept))
+
+    async def _collected(self, run: ItemRun, planned: _Request | Extracted) -> _Request | Extracted:
+        """On a collecting rerun: a request a journaled batch holds stays a line (to collect),
+        any other is sent now."""
+        if not isinstance(planned, _Request):
+            return planned
+        journal = run.batch.journal
+        known = None if journal is None else journal.group_line(planned.key, planned.digest)
+        if known is not None and known.job_id is not None:
+            return planned
+        return await self._send_now(run, planned)
 
     def _then(
         self, run: ItemRun, part: _OcrPart, kept: list[_Sent | Extracted]
@@ -525,7 +549,7 @@ class PipelineAdapter:
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
-            None if self.batch is None else _batch_ids(stages),
+            self._batch_of(stages),
         )
         bill = Bill(
             self.extraction.model,
@@ -543,6 +567,14 @@ class PipelineAdapter:
         if pending:
             return Pending(failure, attempts, rate_limited, bill, ids, value=row)
         return Failed(failure, attempts, rate_limited, bill, ids, value=row)
+
+    def _batch_of(self, stages: Iterable[Stage[Answer]]) -> tuple[str | None, str | None] | None:
+        """A row's `Row.batch`: None off the Batch API, and on a collecting rerun for a row
+        no batch answered (it is the synchronous pipeline's)."""
+        if self.batch is None:
+            return None
+        ids = _batch_ids(stages)
+        return None if self.collecting and ids == (None, None) else ids
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome

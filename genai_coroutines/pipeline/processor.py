@@ -35,7 +35,7 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.background import BackgroundAdapter
-from ..responses.batch import BatchAPI, BatchContext, BatchStage
+from ..responses.batch import BatchAPI, BatchContext, BatchStage, CollectingAdapter, check_rerun
 from ..responses.clients import ResponsesClients
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
@@ -163,20 +163,18 @@ class ExtractionPipeline(ResponsesClients):
         `BatchAPI.flush_idle_secs` without a new line or `flush_max_wait_secs` since its
         first); a document waiting on its batch holds no concurrency slot. Each row adds
         the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
-        collects the batches an interrupted run left running.
+        collects the batches an interrupted run left running (without `batch_api` too: the
+        requests they hold are collected, the others sent synchronously).
         """
         ocr, request, clients = self.ocr, self.extraction, self.clients
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
+        collecting = False
         if journal is not None and batch is None:
-            left = unfinished(journal, KIND).jobs
-            if left:
-                raise ValueError(
-                    f"journal {journal} has extractions waiting on Batch API batches "
-                    f"({', '.join(left[:5])}), which answer and bill them: rerun with "
-                    "batch_api=True to collect them instead of paying twice"
-                )
+            left = unfinished(journal, KIND)
+            check_rerun(request, journal, left)  # refused with background or stream
+            collecting = bool(left.jobs)
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=request.model, prices=self.prices)
         warn_unpriced(logger, request.model, table_of(summary))
@@ -194,10 +192,14 @@ class ExtractionPipeline(ResponsesClients):
             if batch is not None:
                 context = BatchContext(request, batch, extraction, clients.limits)
                 stage = BatchStage(context, session=extraction_session)
+            elif collecting:  # a rerun without batch_api collects the journal's batches
+                collector = CollectingAdapter(extraction, clients.limits, extraction_session)
+                stage = collector.stage
             adapter = PipelineAdapter(
                 documents.adapter(),
                 extraction,
                 batch=stage,
+                collecting=collecting,
                 ocr_slots=ocr_slots,
                 extraction_slots=extraction_slots,
                 per_page=self.per_page,
