@@ -13,8 +13,8 @@ the input ended, go out together without waiting for the input's end).
 Each job is submitted (`submitter.Submitter`), its batch followed until it
 ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
 follow-up job, copied from the ended job's spool. Each waiting line keeps a small `Member`
-in memory (its body is in the spool), so memory grows with the lines waiting: about 0.33 KiB
-a line, 0.55 KiB with a journal (`benchmarks/memory.py --batch-api`).
+in memory (its body is in the spool), so memory grows with the lines waiting: about 0.57 KiB
+a line, 0.75 KiB with a journal (`benchmarks/memory.py --batch-api`).
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
 same journal finds each unfinished item's file and batch and, once the input has been
