@@ -8,8 +8,8 @@ one machine sends). For each path it prints the files and batches the emulator s
 the wall time, the tokens and the summary's estimated USD; then the ratio of the two
 costs, which must be 0.5 (the same tokens at the Batch API's half price), and this
 client's peak RSS after the Batch API run, which must stay under 150 MB (the lines go
-to temporary files and output files are read line by line; each waiting item keeps its
-bookkeeping, about 0.33 KiB, 0.55 KiB with a journal: `memory.py --batch-api`).
+to temporary files and output files are read line by line; each waiting item keeps about
+0.3 KiB, 0.4 KiB with a journal: `million.py`).
 
     python benchmarks/batch_api.py                       # 20,000 prompts, 5,000 per file
     python benchmarks/batch_api.py --prompts 2000 --per-file 500

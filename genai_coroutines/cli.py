@@ -21,11 +21,12 @@ from .batchfiles import JsonlWriter, Rereadable, check_documents, expand_documen
 from .demo import run_demo
 from .documents import DocumentConfig, DocumentProcessor
 from .emulator import EmulatorConfig, serve_forever
+from .engine.cutoff import Cutoff
 from .engine.journal import Journal, JournalError
 from .engine.store import LimitStoreUnavailable
 from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
-from .params import add_flags, cli_fields, flags_named, given, json_file
+from .params import add_deadline, add_flags, cli_fields, flags_named, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
 from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
@@ -124,6 +125,7 @@ def _add_responses(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     add_flags(cmd, ResponsesRequest)
     _add_batch_api(cmd, "the prompts")
     _add_batch_options(cmd)
+    add_deadline(cmd)
     _add_cost_options(cmd, "USD")
     _add_prices(cmd)
     cmd.add_argument(
@@ -205,6 +207,8 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
             group.add_argument(new, **{**options, "dest": _dest(new)})
     _add_batch_api(cmd, "the extraction requests")
     _add_batch_options(cmd)
+    add_deadline(cmd)
+    _add_cost_options(cmd, "USD (both stages: Datalab's cents / 100 and OpenAI's dollars)")
     _add_prices(cmd)
 
 
@@ -462,7 +466,11 @@ def _run_batch(args: argparse.Namespace) -> int:
             progress=args.progress,
             summary=summary,
             ordered=args.in_order,
+            dedupe=args.dedupe,
+            max_cost_usd=args.max_cost,
+            budget_name=args.budget_name,
             batch_api=_batch_api(args),
+            deadline=args.deadline,
         )
     elif args.command == "responses":
         journal = _journal_path(args, "responses")
@@ -480,6 +488,7 @@ def _run_batch(args: argparse.Namespace) -> int:
             max_cost_usd=args.max_cost,
             budget_name=args.budget_name,
             batch_api=_batch_api(args),
+            deadline=args.deadline,
         )
     else:
         journal = _journal_path(args, "documents")
@@ -497,6 +506,10 @@ def _run_batch(args: argparse.Namespace) -> int:
             cents_per_page=args.cents_per_page,
             budget_name=args.budget_name,
         )
+    try:  # a deadline past already is refused before the output is opened
+        Cutoff.of(getattr(args, "deadline", None))
+    except ValueError as exc:
+        raise UsageError(f"--deadline: {exc}") from None
     try:  # an unreachable store is refused before the output is opened
         run(limits.ready())
     except LimitStoreUnavailable as exc:

@@ -33,6 +33,7 @@ import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 import orjson
@@ -112,6 +113,19 @@ def max_waiting_param() -> int:
     )
 
 
+def max_wait_param(default: float | None, what: str, *, flag: str | None = None) -> float | None:
+    """`max_wait_secs` of every path whose work the provider runs and this library polls
+    (background responses, Batch API batches): declared here once, each with its default.
+    When reached, the item ends `poll_timeout` with its work's id journaled, not final,
+    so a rerun with the journal polls it again instead of paying for it twice."""
+    return param(
+        default,
+        f"{what}: seconds polled at most before the item ends poll_timeout, its id kept for a "
+        "rerun (None: no limit)",
+        flag=flag,
+    )
+
+
 # Converters for `convert=`: raise ValueError (or OSError) and the CLI names the flag.
 
 
@@ -144,6 +158,44 @@ def json_file(path: str) -> Any:
 def json_object_or_text(text: str) -> Any:
     """A JSON object when `text` starts with `{`, else `text` as given (e.g. a mode name)."""
     return json_text(text) if text.lstrip().startswith("{") else text
+
+
+DEADLINE_HELP = (
+    "finish by then: seconds (90), minutes (30m), hours (6h), days (1d) from now, or an "
+    "ISO 8601 time with its offset (2026-03-02T09:00:00+01:00, or Z); nothing is sent "
+    "after it and the rest end deadline_exceeded (--resume sends them); with --batch-api "
+    "the batches give way to the synchronous path in time for it"
+)
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def deadline_text(text: str) -> float | datetime:
+    """`--deadline` as typed: seconds from now (with an s, m, h or d unit) or an ISO 8601
+    time with an offset; what `deadline=` takes (checked there: above 0, not past)."""
+    text = text.strip()
+    duration = _DURATION.fullmatch(text)
+    if duration is not None:
+        seconds = float(duration[1]) * _UNIT_SECONDS[duration[2]]
+        if seconds <= 0:
+            raise ValueError(f"{text!r} is no time from now: give more than 0")
+        return seconds
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither a duration (90, 30m, 6h, 1d) nor an ISO 8601 time"
+        ) from None
+    if when.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset (add +01:00, or Z for UTC)")
+    return when
+
+
+def add_deadline(parser: argparse.ArgumentParser) -> None:
+    """The `--deadline` flag of a command whose batch takes `deadline=`."""
+    parser.add_argument(
+        "--deadline", type=_argparse_type(deadline_text), metavar="WHEN", help=DEADLINE_HELP
+    )
 
 
 # Deriving the command line.

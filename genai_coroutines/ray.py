@@ -10,14 +10,15 @@
     answered = ray.data.read_parquet("prompts.parquet").map_batches(
         stage, concurrency=4, batch_size=200, batch_format="pandas", num_cpus=0.25)
 
-Each actor (one per `concurrency`) keeps one processor and one event loop, and runs each
-batch through it asynchronously: the request's `max_concurrent_requests` in flight per
-actor, retries, 429 pauses and the key's limits as in a single process. Batches arrive in
-any format (pass `batch_format="pandas"` to skip a conversion) and leave as a pandas
-DataFrame: every input column kept, plus `success`, `error`, `error_type`, `attempts`
-and, for responses, `response_text` (as `parse_responses` gives it), `raw_response` (the
-API's JSON text) and `total_tokens`; for documents, `content` (as `parse_documents`
-gives it) and `cost_cents`. Those names replace input columns of the same name.
+Each actor (one per `concurrency`) keeps one processor, one event loop and one HTTP
+session, and runs each batch through them asynchronously: the request's
+`max_concurrent_requests` in flight per actor, retries, 429 pauses and the key's limits
+as in a single process. Batches arrive in any format (pass `batch_format="pandas"` to
+skip a conversion) and leave as a pandas DataFrame: every input column kept, plus
+`success`, `error`, `error_type`, `attempts` and, for responses, `response_text` (as
+`parse_responses` gives it), `raw_response` (the API's JSON text) and `total_tokens`;
+for documents, `content` (as `parse_documents` gives it) and `cost_cents`. Those names
+replace input columns of the same name.
 
 Limits. With `limits_store` (or `$GENAI_COROUTINES_LIMITS_STORE`, read where the stage is
 made) every actor, on any node, shares the key's limits through that Redis: together they
@@ -27,20 +28,39 @@ for documents `max_pages_in_flight`) are divided by `concurrency` (pass the same
 as to `map_batches`), and limits learned from response headers cannot be divided (each
 actor learns the whole key's limit), which is why a store is better.
 
+Sessions. Each actor opens one HTTP session (one pool of keep-alive connections) the
+first time it sends, and keeps it, with its processor, for its lifetime: a Ray batch
+reuses the connections of the batches before it.
+
+Journal. With `journal_dir` (a folder every actor can write: a shared filesystem on a
+multi-node cluster), each Ray batch is journaled in a file of its own, named by a digest
+of its column's values: a rerun, or Ray retrying a batch whose worker died, finds the
+answers of that very batch there and pays only for the rest. Rows that arrive grouped in
+other batches (another `batch_size`, other blocks) are sent again.
+
+Budget. `max_cost_usd` (documents: `max_cost_cents`) with `budget_name`: one budget for
+every actor, kept in the limits store (so more than one actor needs `limits_store`): the
+spent total and what is in flight are reserved there before each request, and the rows
+past it end `budget_exceeded`. A stage's budget always has a name: each Ray batch is a
+run of its own, which without one would each get the whole budget.
+
 Failures. A per-item failure is a row with `success=False`, never an exception, so a Ray
 task fails (and Ray retries it) only when its worker dies: the retry re-runs that whole
-batch, buying again any item of it that had already been answered.
+batch, buying again any item of it that had already been answered (unless `journal_dir`
+journaled it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import importlib
 import logging
 import os
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from . import validation as check
@@ -76,6 +96,53 @@ def _store(limits_store: str | None, concurrency: int) -> str | None:
     return url
 
 
+def _journal_dir(journal_dir: str | os.PathLike[str] | None) -> str | None:
+    """The folder each Ray batch's journal goes in, checked before any actor starts."""
+    if journal_dir is None:
+        return None
+    if not isinstance(journal_dir, str | os.PathLike):
+        raise TypeError(f"journal_dir must be a path, not {type(journal_dir).__name__}")
+    folder = os.fspath(journal_dir)
+    if not isinstance(folder, str) or not folder.strip():
+        raise ValueError("journal_dir must not be empty")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"journal_dir {folder!r} is not a folder")
+    return folder
+
+
+def _budget(
+    limit_name: str, limit: float | None, name: str | None, url: str | None, concurrency: int
+) -> None:
+    """A stage's budget: named (each Ray batch is a run of its own), and shared through
+    the store when more than one actor spends it."""
+    check.number(limit_name, limit, optional=True)
+    check.text("budget_name", name, optional=True)
+    if limit is None and name is None:
+        return
+    if limit is None:
+        raise ValueError(f"budget_name needs {limit_name}: the budget the name shares")
+    if name is None:
+        raise ValueError(
+            f"{limit_name} on a Ray stage needs budget_name: each Ray batch is a run of its "
+            "own, and without a name each would get the whole budget"
+        )
+    if url is None and concurrency > 1:
+        raise ValueError(
+            f"budget_name with {concurrency} actors needs limits_store: without a store each "
+            "actor would spend the whole budget"
+        )
+
+
+def _batch_digest(items: list[Any]) -> str:
+    """A digest of a Ray batch's column values: its journal's name."""
+    hasher = hashlib.sha256()
+    for item in items:
+        data = item if isinstance(item, bytes) else repr(item).encode("utf-8", "replace")
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()[:32]
+
+
 def _divided(value: float | None, concurrency: int) -> float | None:
     return None if value is None else value / concurrency
 
@@ -99,14 +166,25 @@ def _cell(value: Any) -> Any:
 
 
 class _Stage:
-    """What both stages share: one processor and one event loop per actor."""
+    """What both stages share: one processor, one event loop and its HTTP sessions per actor."""
 
     column: str
     columns: tuple[str, ...]
+    kind: str
+    """Journal names start with it."""
+    journal_dir: str | None
+    budget_name: str | None
 
     def __init__(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._lock = threading.Lock()  # batches of one actor run one at a time on its loop
+
+    def _journal(self, items: list[Any]) -> str | None:
+        """The journal of this very batch (its column's values), in `journal_dir`."""
+        if self.journal_dir is None:
+            return None
+        os.makedirs(self.journal_dir, exist_ok=True)
+        return str(Path(self.journal_dir, f"{self.kind}-{_batch_digest(items)}.journal"))
 
     def __call__(self, batch: Any) -> Any:
         frame = _as_frame(batch)
@@ -134,7 +212,10 @@ class _Stage:
 
     def __del__(self) -> None:
         loop = getattr(self, "_loop", None)
+        processor = getattr(self, "processor", None)
         if loop is not None and not loop.is_closed() and not loop.is_running():
+            if processor is not None:
+                loop.run_until_complete(processor.clients.close_sessions())
             loop.close()
 
 
@@ -152,16 +233,26 @@ class ResponsesStage(_Stage):
 
     request: ResponsesRequest
     limits_store: str | None
+    max_cost_usd: float | None
     columns = RESPONSE_COLUMNS
+    kind = "responses"
 
     def __init__(self) -> None:
         super().__init__()
         self.processor = ResponsesProcessor(limits_store=self.limits_store or "local")
+        self.processor.clients.keep_sessions()
 
     async def _run(self, items: list[Any]) -> dict[str, list[Any]]:
         # A lazy source: a prompt that is no prompt (None, a number) fails alone.
         request = dataclasses.replace(self.request, user_prompts=iter(items))
-        results = (await self.processor.process_batch(request))["results"]
+        results = (
+            await self.processor.process_batch(
+                request,
+                journal=self._journal(items),
+                max_cost_usd=self.max_cost_usd,
+                budget_name=self.budget_name,
+            )
+        )["results"]
         usage = [r.get("usage") if r.get("success") else None for r in results]
         return {
             **_common(results),
@@ -176,14 +267,22 @@ class DocumentsStage(_Stage):
 
     config: DocumentConfig
     limits_store: str | None
+    max_cost_cents: float | None
     columns = DOCUMENT_COLUMNS
+    kind = "documents"
 
     def __init__(self) -> None:
         super().__init__()
         self.processor = DocumentProcessor(self.config, limits_store=self.limits_store or "local")
+        self.processor.clients.keep_sessions()
 
     async def _run(self, items: list[Any]) -> dict[str, list[Any]]:
-        results = await self.processor.process(iter(items))
+        results = await self.processor.process(
+            iter(items),
+            journal=self._journal(items),
+            max_cost_cents=self.max_cost_cents,
+            budget_name=self.budget_name,
+        )
         return {
             **_common(results),
             "content": parse_documents(results),
@@ -212,14 +311,20 @@ def responses_stage(
     limits_store: str | None = None,
     *,
     concurrency: int = 1,
+    journal_dir: str | os.PathLike[str] | None = None,
+    max_cost_usd: float | None = None,
+    budget_name: str | None = None,
 ) -> type[ResponsesStage]:
     """A callable class for `Dataset.map_batches`: each row's `prompt_column` through the
     Responses API with `request`'s settings (its own `user_prompts` are ignored). Without a
-    store, the request's given limits are divided by `concurrency` (the actors' number)."""
+    store, the request's given limits are divided by `concurrency` (the actors' number).
+    `journal_dir`, `max_cost_usd` and `budget_name`: see the module docstring."""
     if not isinstance(request, ResponsesRequest):
         raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
     check.text("prompt_column", prompt_column)
+    folder = _journal_dir(journal_dir)
     url = _store(limits_store, concurrency)
+    _budget("max_cost_usd", max_cost_usd, budget_name, url, concurrency)
     template = dataclasses.replace(request, user_prompts=["-"])  # the column gives the prompts
     if url is None and concurrency > 1:
         template = dataclasses.replace(
@@ -234,7 +339,14 @@ def responses_stage(
                 concurrency,
             )
     stage = _stage_class(
-        ResponsesStage, "ResponsesStage", request=template, limits_store=url, column=prompt_column
+        ResponsesStage,
+        "ResponsesStage",
+        request=template,
+        limits_store=url,
+        column=prompt_column,
+        journal_dir=folder,
+        max_cost_usd=max_cost_usd,
+        budget_name=budget_name,
     )
     return stage
 
@@ -245,14 +357,20 @@ def documents_stage(
     limits_store: str | None = None,
     *,
     concurrency: int = 1,
+    journal_dir: str | os.PathLike[str] | None = None,
+    max_cost_cents: float | None = None,
+    budget_name: str | None = None,
 ) -> type[DocumentsStage]:
     """A callable class for `Dataset.map_batches`: each row's `path_column` (a path, URL
     or bytes) through Datalab with `config`. Without a store, the config's
-    `requests_per_minute` and `max_pages_in_flight` are divided by `concurrency`."""
+    `requests_per_minute` and `max_pages_in_flight` are divided by `concurrency`.
+    `journal_dir`, `max_cost_cents` and `budget_name`: see the module docstring."""
     if not isinstance(config, DocumentConfig):
         raise TypeError(f"config must be a DocumentConfig, not {type(config).__name__}")
     check.text("path_column", path_column)
+    folder = _journal_dir(journal_dir)
     url = _store(limits_store, concurrency)
+    _budget("max_cost_cents", max_cost_cents, budget_name, url, concurrency)
     if url is None and concurrency > 1:
         pages = config.max_pages_in_flight
         config = dataclasses.replace(
@@ -261,7 +379,14 @@ def documents_stage(
             max_pages_in_flight=None if pages is None else max(1, pages // concurrency),
         )
     stage = _stage_class(
-        DocumentsStage, "DocumentsStage", config=config, limits_store=url, column=path_column
+        DocumentsStage,
+        "DocumentsStage",
+        config=config,
+        limits_store=url,
+        column=path_column,
+        journal_dir=folder,
+        max_cost_cents=max_cost_cents,
+        budget_name=budget_name,
     )
     return stage
 

@@ -114,6 +114,6 @@ def pipeline_for(
     }
     return ExtractionPipeline(
         DocumentConfig(**ocr_options),
-        extraction_request(model=MODEL, schema=schema, **request_options),
+        extraction_request(**{"model": MODEL, "schema": schema, **request_options}),
         per_page=per_page,
     )

@@ -217,6 +217,59 @@ async def test_a_resumed_response_that_expired_is_sent_afresh(
     assert posts(emulator) == 2  # the lost one, and once afresh
 
 
+async def test_a_response_past_max_wait_secs_ends_poll_timeout_and_a_rerun_polls_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A response still queued after `max_wait_secs` ends its item `poll_timeout` with the
+    response's id; the journal keeps that id, not a final result: the rerun polls the very
+    same responses (no POST) until they answer."""
+    emulator.config.background_queue_seconds = 0.6
+    journal = tmp_path / "batch.journal"
+    prompts = [f"slow {i}" for i in range(3)]
+    request = request_for(emulator, prompts, **FAST, max_wait_secs=0.05)
+    first = (await ResponsesProcessor().process_batch(request, journal=journal))["results"]
+    assert [r["error_type"] for r in first] == ["poll_timeout"] * 3
+    assert all(r["response_id"].startswith("resp_") and r["is_retriable"] for r in first)
+    assert all(r["response_id"] in r["error"] and "max_wait_secs" in r["error"] for r in first)
+    assert posts(emulator) == 3
+    journaled = {url.rsplit("/", 1)[-1] for _, url, result in journal_rows(journal) if not result}
+    assert journaled == {r["response_id"] for r in first}, "kept as submitted, not final"
+
+    again = await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts, **FAST, max_wait_secs=30), journal=journal
+    )
+    assert again["total_success"] == 3
+    assert posts(emulator) == 3, "the rerun polled the journaled responses, it POSTed nothing"
+    ids = [orjson.loads(r["raw_response"])["id"] for r in again["results"]]
+    assert ids == [r["response_id"] for r in first]
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("60", TypeError), (0, ValueError), (-1.5, ValueError), (True, TypeError)]
+)
+def test_max_wait_secs_is_checked_naming_it(value: Any, error: type[Exception]) -> None:
+    with pytest.raises(error, match="max_wait_secs"):
+        ResponsesRequest(
+            api_key="sk-x",
+            model="gpt-4o-mini",
+            system_prompt="",
+            user_prompts=["x"],
+            response_format=TEXT,
+            background=True,
+            max_wait_secs=value,
+        )
+    for fine in (0.25, 7200, None):  # a float, an int, no limit
+        ResponsesRequest(
+            api_key="sk-x",
+            model="gpt-4o-mini",
+            system_prompt="",
+            user_prompts=["x"],
+            response_format=TEXT,
+            background=True,
+            max_wait_secs=fine,
+        )
+
+
 def test_background_path_polls_where_it_posted() -> None:
     request = ResponsesRequest(
         api_key="sk-x",

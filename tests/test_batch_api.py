@@ -639,6 +639,25 @@ async def test_a_batch_that_cannot_be_polled_is_asked_again_by_the_rerun_not_res
     assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
 
 
+async def test_a_batch_past_max_wait_secs_ends_poll_timeout_and_the_rerun_collects_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    emulator.config.batch_seconds_per_line = 0.1
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 5)
+    waited = fast(max_wait_secs=0.05)
+    first = (await ResponsesProcessor().process_batch(request, batch_api=waited, journal=journal))[
+        "results"
+    ]
+    assert {r["error_type"] for r in first} == {"poll_timeout"}
+    assert all(r["batch_pending"] and "max_wait_secs (0.05s)" in r["error"] for r in first)
+    again = (await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal))[
+        "results"
+    ]
+    assert all(r["success"] for r in again)
+    assert {r["batch_id"] for r in again} == {first[0]["batch_id"]}
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+
+
 async def interrupt_after_the_batch_is_created(
     request: ResponsesRequest, journal: Path, batches: int = 1
 ) -> str:
@@ -776,6 +795,33 @@ async def test_kill_9_after_the_second_batch_then_resume_creates_3_batches_and_u
     assert "tokens:" in err and "items: 1200 (1200 ok" in err
 
 
+async def test_kill_9_between_an_upload_and_its_journal_line_then_resume_uploads_nothing_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The emulator stores the first upload and never answers it (`files_stored`), so the
+    run is killed with its file at the API and only the upload's intent journaled; the
+    resume lists the files, finds it by name (its digest) and size, and batches it."""
+    write_prompts(tmp_path / "prompts.jsonl", prompts(30))
+    emulator.faults.schedule("files_stored", "hang", times=1)
+    args = cli_args(emulator, tmp_path, "--batch-max-requests-per-file", "20")
+    first = await start(emulator, tmp_path, *args)
+    stats = emulator.stats
+    await until(first, lambda: stats.files_uploaded == 1, "the first file was stored")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    assert stats.batches_created == 0 and not journal_jobs(tmp_path / "batch.journal")
+
+    code, _, err = await run(emulator, *args, "--resume")
+    assert code == 0, err
+    assert stats.files_uploaded == 2 and set(stats.files_by_digest.values()) == {1}, (
+        "two files, each uploaded once"
+    )
+    assert stats.batches_created == 2 and "batch_api_file_found" in err
+    records = output_lines(tmp_path / "out.jsonl")
+    assert sorted(r["index"] for r in records) == list(range(30))
+    assert all(r["success"] for r in records)
+
+
 async def test_ctrl_c_leaves_the_batches_running_and_resume_collects_them(
     emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -892,6 +938,8 @@ async def test_progress_shows_each_batch_state_and_counts(
         ({"flush_idle_secs": "1"}, TypeError, "flush_idle_secs"),
         ({"flush_max_wait_secs": -1.0}, ValueError, "flush_max_wait_secs"),
         ({"flush_max_wait_secs": None}, TypeError, "flush_max_wait_secs"),
+        ({"max_wait_secs": 0}, ValueError, "max_wait_secs"),
+        ({"max_wait_secs": "3600"}, TypeError, "max_wait_secs"),
         # declared once, on the request (`ResponsesRequest.cancel_on_interrupt`)
         ({"cancel_on_interrupt": True}, TypeError, "cancel_on_interrupt"),
     ],

@@ -25,6 +25,7 @@ from genai_coroutines.cli import build_parser, main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.engine.journal import Journal
+from genai_coroutines.engine.records import Records
 from tests.samples import FAIL_MARKER, pdf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +97,7 @@ def output_lines(path: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
-def journal_rows(path: Path) -> list[tuple[int, str | None, bytes | None]]:
+def journal_rows(path: Path) -> list[tuple[int, str | None, dict[str, Any] | None]]:
     """(index, check_url, result) of every item, read without writing (safe mid-batch)."""
     if not path.exists():
         return []
@@ -105,7 +106,9 @@ def journal_rows(path: Path) -> list[tuple[int, str | None, bytes | None]]:
     except sqlite3.OperationalError:
         return []
     try:
-        return db.execute("SELECT idx, check_url, result FROM items ORDER BY idx").fetchall()
+        rows = db.execute("SELECT idx, check_url, result FROM items ORDER BY idx").fetchall()
+        records = Records.of(db)
+        return [(idx, url, None if r is None else records.decode(r)) for idx, url, r in rows]
     except sqlite3.OperationalError:  # tables not created yet
         return []
     finally:
@@ -113,9 +116,7 @@ def journal_rows(path: Path) -> list[tuple[int, str | None, bytes | None]]:
 
 
 def succeeded_in_journal(path: Path) -> set[int]:
-    return {
-        idx for idx, _, result in journal_rows(path) if result and orjson.loads(result)["success"]
-    }
+    return {idx for idx, _, result in journal_rows(path) if result and result["success"]}
 
 
 def write_prompts(path: Path, prompts: list[str]) -> None:
@@ -242,10 +243,11 @@ async def test_ctrl_c_exits_130_and_leaves_a_valid_journal(
     db = sqlite3.connect(journal)
     assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     rows = db.execute("SELECT idx, result FROM items").fetchall()
+    records = Records.of(db)
     db.close()
     assert rows and all(result is not None for _, result in rows)
     for idx, result in rows:  # every record whole: complete JSON, its own index
-        record = orjson.loads(result)
+        record = records.decode(result)
         assert record["index"] == idx and record["success"] is True
     written = output_lines(output)
     assert output.read_bytes().endswith(b"\n"), "no half-written output line"

@@ -18,6 +18,7 @@ from genai_coroutines import cli
 from genai_coroutines.documents.parse import document_text
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
+from genai_coroutines.engine.records import Records
 from tests.pipeline_support import INVOICE_SCHEMA, invoice_fields, invoice_pdf
 from tests.test_cli import assert_each_index_once, output_lines, run, start, until
 
@@ -72,13 +73,15 @@ def ocr_accepted(path: Path) -> set[int]:
     return {idx for (idx,) in rows}
 
 
-def stage_rows(path: Path) -> list[tuple[int, str, bytes]]:
+def stage_rows(path: Path) -> list[tuple[int, str, Any]]:
     """(index, stage, result) of every journaled stage, read without writing."""
     if not path.exists():
         return []
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return db.execute("SELECT idx, stage, result FROM stages ORDER BY idx").fetchall()
+        rows = db.execute("SELECT idx, stage, result FROM stages ORDER BY idx").fetchall()
+        records = Records.of(db)
+        return [(idx, stage, records.decode(result)) for idx, stage, result in rows]
     except sqlite3.OperationalError:
         return []
     finally:
@@ -120,7 +123,7 @@ async def test_kill_9_mid_pipeline_then_resume_buys_nothing_twice(
     first.kill()
     assert await first.wait() == -signal.SIGKILL
     assert sum(emulator.stats.submissions_by_digest.values()) == 8
-    ocr_done = {idx: orjson.loads(r) for idx, stage, r in stage_rows(journal) if stage == "ocr"}
+    ocr_done = {idx: r for idx, stage, r in stage_rows(journal) if stage == "ocr"}
     extracted = {idx for idx, stage, _ in stage_rows(journal) if stage.startswith("extraction")}
     assert extracted and len(extracted) < 8
 

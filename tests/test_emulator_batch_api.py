@@ -309,6 +309,24 @@ async def test_create_refuses_bad_requests(client: openai.AsyncOpenAI) -> None:
         await client.batches.retrieve("batch_nope")
 
 
+async def test_files_list_by_purpose_in_pages_newest_first_and_uploads_count_by_content(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    data = [jsonl(rows(n)) for n in (1, 2, 3)]
+    ids = [(await client.files.create(file=(f"{n}.jsonl", d), purpose="batch")).id
+           for n, d in enumerate(data)]  # fmt: skip
+    await client.files.create(file=("other.jsonl", data[0]), purpose="user_data")
+    page = await client.files.list(purpose="batch", limit=2)
+    assert [f.id for f in page.data] == ids[::-1][:2] and page.has_more
+    assert [f.id async for f in client.files.list(purpose="batch", limit=2)] == ids[::-1]
+    oldest = await client.files.list(purpose="batch", order="asc", limit=1)
+    assert [(f.id, f.bytes, f.filename) for f in oldest.data] == [(ids[0], len(data[0]), "0.jsonl")]
+    assert len([f async for f in client.files.list()]) == 4
+    with pytest.raises(openai.BadRequestError, match="limit"):
+        await client.files.list(limit=10_001)
+    assert sorted(emulator.stats.files_by_digest.values()) == [1, 1, 2]  # data[0] twice
+
+
 async def test_list_pages_newest_first(client: openai.AsyncOpenAI) -> None:
     ids = [(await submit(client, jsonl(rows(1)))).id for _ in range(3)]
     page = await client.batches.list(limit=2)

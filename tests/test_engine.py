@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -30,6 +31,7 @@ from genai_coroutines.engine import (
 )
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.headers import count
+from genai_coroutines.engine.indexed import IndexedDigests, IndexedFloats
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
 from genai_coroutines.engine.outcome import Ids, Outcome
 from genai_coroutines.engine.pricing import Charges
@@ -557,3 +559,35 @@ async def test_a_price_model_of_its_own_prices_the_summary_and_settles_the_budge
     budget.settle(held, result.outcome)
     assert budget.spent == pytest.approx(1.2)
     assert not isinstance(await budget.reserve(1), float), "1.2 + 1 is over 2 cents"
+
+
+def test_indexed_floats_keep_each_index_its_own_number_as_items_come_and_go() -> None:
+    """The driver's start times and budget holds of waiting items (`engine.indexed`): indices
+    set mostly in order, below the front, past the end; popped mostly oldest first."""
+    kept, expected = IndexedFloats(), {}
+    draw = random.Random(3)
+    for step in range(20_000):
+        if draw.random() < 0.55 or not expected:
+            index = max(0, step // 2 + draw.randrange(-50, 400))
+            kept[index] = expected[index] = float(step)
+        else:
+            oldest = sorted(expected)[:20]
+            index = draw.choice(oldest) if draw.random() < 0.9 else draw.randrange(12_000)
+            assert kept.pop(index) == expected.pop(index, None)
+        assert len(kept) == len(expected)
+    assert sorted(kept) == sorted(expected)
+    assert all(kept.get(index) == value for index, value in expected.items())
+    for index in list(expected):
+        assert kept.pop(index) == expected.pop(index)
+    assert len(kept) == 0 and list(kept) == [] and kept.get(0) is None
+
+
+def test_indexed_digests_give_back_each_index_its_own_digest() -> None:
+    """The journal digests of items in flight (`bookkeeping.Digests`), 32 bytes each."""
+    kept = IndexedDigests()
+    for index in (5, 3, 9, 4):
+        kept[index] = request_digest(b"%d" % index)
+    assert kept.pop(3) == request_digest(b"3") and kept.pop(3) is None
+    assert sorted(kept) == [4, 5, 9] and kept.get(9) == request_digest(b"9")
+    kept[9] = request_digest(b"again")
+    assert kept.get(9) == request_digest(b"again") and len(kept) == 3

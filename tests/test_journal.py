@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -29,16 +30,20 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from genai_coroutines import ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.journal import (
+    WINDOW,
     Journal,
     JournalError,
     JournalLocked,
     JournalMismatch,
+    request_digest,
 )
+from genai_coroutines.engine.records import Records
 from genai_coroutines.engine.stages import StageKey
 from tests.responses_support import request_for
 
@@ -224,7 +229,7 @@ FULL_DISK = """
     from genai_coroutines.engine.stages import StageKey
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
     journal = Journal(sys.argv[1], "documents")
-    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (96 * 1024, 96 * 1024))
     written = 0
     try:
         for index in range(1000):
@@ -428,3 +433,123 @@ def test_each_stage_of_an_item_keeps_its_own_submission_and_group_line(tmp_path:
         journal.record_result(7, "row", result(7))
         assert journal.submitted(page0, "e0") is None
         assert journal.group_line(page1, "e1") is None
+
+
+# What a record costs, journals written before, and a resume that reads items in windows.
+
+
+def old_format(path: Path) -> None:
+    """Rewrite a journal as this library wrote it before records were deflated: every result
+    plain JSON, every digest 64 hex characters, no dictionary."""
+    db = sqlite3.connect(path)
+    records = Records.of(db)
+    rows = db.execute("SELECT idx, digest, result FROM items").fetchall()
+    db.executemany(
+        "UPDATE items SET digest = ?, result = ? WHERE idx = ?",
+        [
+            (digest.hex(), orjson.dumps(records.decode(blob)), idx)
+            for idx, digest, blob in rows
+            if isinstance(digest, bytes)
+        ],
+    )
+    db.execute("DELETE FROM meta WHERE key = 'dictionary'")
+    db.commit()
+    db.close()
+
+
+async def test_one_line_answers_take_under_a_kilobyte_each_and_read_back_whole(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A one-line answer's result is about 1.7 KB of JSON; the journal stores it deflated
+    against its first record (`engine.records`), digest in 32 bytes."""
+    path, n = tmp_path / "batch.journal", 400
+    prompts = [f"Summarise item number {i} in one line." for i in range(n)]
+    first = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert path.stat().st_size <= 1024 * n
+    with Journal(path, "responses", resume=True) as journal:
+        assert journal.results() == first["results"]  # every record whole
+    rerun = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r["from_journal"] for r in rerun["results"])
+    assert emulator.stats.total("responses") == n
+
+
+async def test_a_journal_written_before_deflated_records_resumes_and_takes_new_ones(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(10)]
+    first = await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts[:6]), journal=path
+    )
+    old_format(path)
+    with Journal(path, "responses", resume=True) as journal:
+        assert journal.results() == first["results"]
+
+    second = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert [r["index"] for r in second["results"] if r.get("from_journal")] == list(range(6))
+    assert emulator.stats.total("responses") == 10
+    third = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r.get("from_journal") for r in third["results"])  # old records and new alike
+    assert emulator.stats.total("responses") == 10
+    db = sqlite3.connect(path)
+    kinds = {bytes(blob[:1]) for (blob,) in db.execute("SELECT result FROM items")}
+    db.close()
+    assert kinds == {b"{", b"\x01"}  # the old records kept as they were, the new deflated
+
+
+def test_items_read_in_windows_answer_each_index_with_its_own_request(tmp_path: Path) -> None:
+    """`finished` and `submitted` read `items` a window of indices at a time: across window
+    boundaries, out of order, after writes into a window already read, each index still
+    answers only its own request."""
+    path, n = tmp_path / "batch.journal", 3 * WINDOW + 5
+    with Journal(path, "documents") as journal:
+        for index in range(n):
+            if index % 5:
+                journal.record_result(index, request_digest(b"%d" % index), result(index))
+            else:
+                journal.record_submission(
+                    StageKey(index), request_digest(b"%d" % index), f"req-{index}", "u"
+                )
+    order = list(range(n))
+    random.Random(7).shuffle(order)
+    with Journal(path, "documents", resume=True) as journal:
+        for index in order[: n // 2] + sorted(order[n // 2 :]):
+            digest = request_digest(b"%d" % index)
+            if index % 5:
+                assert journal.finished(index, digest) == result(index)
+                assert journal.submitted(StageKey(index), digest) is None
+            else:
+                assert journal.finished(index, digest) is None
+                assert journal.submitted(StageKey(index), digest) == (f"req-{index}", "u")
+            assert journal.finished(index, request_digest(b"other")) is None
+            assert journal.submitted(StageKey(index), request_digest(b"other")) is None
+        journal.record_submission(StageKey(n - 1), request_digest(b"new"), "req-new", "v")
+        assert journal.submitted(StageKey(n - 1), request_digest(b"new")) == ("req-new", "v")
+        journal.record_result(n - 1, request_digest(b"new"), result(n - 1, 3))
+        assert journal.finished(n - 1, request_digest(b"new")) == result(n - 1, 3)
+        assert journal.submitted(StageKey(n - 1), request_digest(b"new")) is None
+        assert journal.finished(n + WINDOW, request_digest(b"new")) is None
+
+
+async def test_a_half_finished_journal_sends_only_the_rest_and_replays_in_input_order(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    path, n = tmp_path / "batch.journal", WINDOW + 100
+    prompts = [f"prompt {i}" for i in range(n)]
+    await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    db = sqlite3.connect(path)  # a run interrupted halfway, a few earlier items unfinished
+    db.execute(f"DELETE FROM items WHERE idx >= {n // 2} OR idx % 97 = 3")
+    db.commit()
+    db.close()
+    unfinished = [i for i in range(n) if i >= n // 2 or i % 97 == 3]
+
+    stream = ResponsesProcessor().stream(request_for(emulator, prompts), journal=path)
+    results = [result async for result in stream]
+    replayed = [r["index"] for r in results if r.get("from_journal")]
+    assert replayed == [i for i in range(n) if i not in set(unfinished)]  # in input order
+    assert sorted(r["index"] for r in results if not r.get("from_journal")) == unfinished
+    assert emulator.stats.total("responses") == n + len(unfinished)
+
+    again = ResponsesProcessor().stream(request_for(emulator, prompts), journal=path)
+    indices = [r["index"] async for r in again if r["from_journal"]]
+    assert indices == list(range(n))  # a finished journal replays in input order

@@ -111,7 +111,8 @@ def test_the_batch_api_path_is_one_subpackage_without_a_circle() -> None:
     graph = import_graph()
     batch = {name for name in graph if name.startswith("responses.batch.")}
     assert {name.rsplit(".", 1)[1] for name in batch} == {
-        "answers", "collect", "context", "jobs", "options", "path", "spool", "submitter", "wire"
+        "answers", "collect", "context", "fallback", "jobs", "options", "path", "spool",
+        "submitter", "wire",
     }  # fmt: skip
     assert not [name for name in graph if name.startswith("responses.batch_")]
     assert not any(group & batch for group in circles(graph))

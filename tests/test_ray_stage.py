@@ -7,6 +7,7 @@ The workers import this work tree (its root on their PYTHONPATH), not an install
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tests.scale_support import (  # noqa: E402
     ROOT,
     EmulatorProcess,
     RedisServer,
+    billed_usd,
     emulator_process,
     prompts,
     redis_server,
@@ -30,6 +32,8 @@ from tests.scale_support import (  # noqa: E402
 )
 
 RPM, TPM = 9000, 2_100_000  # requests bind; tokens have headroom
+QUOTED = re.compile(r"the next request up to \$([0-9.e+-]+)")
+"""The estimate a `budget_exceeded` refusal quotes for the request it refused."""
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own, at start
 
@@ -151,6 +155,72 @@ def test_per_item_failures_are_rows_not_failed_tasks(
     assert rows[1]["error_type"] == "invalid_input" and rows[1]["response_text"] == ""
 
 
+def test_an_actor_keeps_one_session_and_a_rerun_with_journal_dir_pays_nothing_again(
+    ray_cluster: None, limited: EmulatorProcess, tmp_path: Path
+) -> None:
+    """One actor, six Ray batches of ten rows, four requests at a time: its connections
+    (distinct client addresses at the emulator) are one pool of four for its lifetime, not
+    a pool per batch. The same rows again with the same `journal_dir` come back from each
+    batch's journal: nothing is sent."""
+    rows = [{"n": i, "prompt": text} for i, text in enumerate(prompts(60, seed=11))]
+    stage = responses_stage(
+        request_for(limited, max_concurrent_requests=4), journal_dir=tmp_path / "journals"
+    )
+
+    def answered() -> list[dict[str, Any]]:
+        return (
+            ray.data.from_items(rows)
+            .map_batches(stage, concurrency=1, batch_size=10, batch_format="pandas", num_cpus=0.25)
+            .take_all()
+        )
+
+    limited.reset()
+    first = answered()
+    stats = limited.stats()
+    assert sorted(row["n"] for row in first) == list(range(60)) and all(r["success"] for r in first)
+    assert responses_sent(stats) == 60
+    assert stats["client_connections"] <= 4, "one pool for the actor's six batches"
+    assert len(list((tmp_path / "journals").glob("responses-*.journal"))) == 6
+
+    limited.reset()
+    again = answered()
+    assert responses_sent(limited.stats()) == 0, "every batch answered from its journal"
+    by_n = {row["n"]: row for row in first}
+    assert all(row["response_text"] == by_n[row["n"]]["response_text"] for row in again)
+
+
+def test_actors_on_one_budget_name_spend_it_once_between_them(
+    ray_cluster: None, limited: EmulatorProcess, store: RedisServer, tmp_path: Path
+) -> None:
+    """Two actors, each sending one request at a time, on one `budget_name` in the store:
+    what the emulator billed stays within the budget plus one request per actor, where
+    each actor alone would spend the whole budget."""
+    limited.reset()
+    length = 400
+    texts = [text[:length].ljust(length, ".") for text in prompts(120, seed=23)]
+    budget = 0.0008
+    stage = responses_stage(
+        request_for(limited, max_concurrent_requests=1, max_output_tokens=64),
+        limits_store=store.url,
+        concurrency=2,
+        max_cost_usd=budget,
+        budget_name=f"ray {tmp_path.name}",
+    )
+    rows = (
+        ray.data.from_items([{"prompt": text} for text in texts])
+        .map_batches(stage, concurrency=2, batch_size=20, batch_format="pandas", num_cpus=0.25)
+        .take_all()
+    )
+    sent = sum(1 for row in rows if row["success"])
+    refused = [row for row in rows if not row["success"]]
+    assert len(rows) == 120 and refused and sent
+    assert {row["error_type"] for row in refused} == {"budget_exceeded"}
+    estimate = max(float(QUOTED.findall(row["error"])[0]) for row in refused)
+    billed = billed_usd(limited.stats()["billed_tokens"])
+    print(f"\nRay, 2 actors, one budget of ${budget}: {sent} sent, ${billed:.6f} billed")
+    assert budget - 2 * estimate <= billed <= budget + 2 * estimate
+
+
 def test_without_a_store_each_actor_gets_its_share_of_given_limits() -> None:
     request = ResponsesRequest(
         api_key=OPENAI_KEY,
@@ -177,6 +247,18 @@ STAGE_ARGUMENTS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("responses", {"prompt_column": 1}, TypeError, "prompt_column must be a str"),
     ("documents", {"path_column": ""}, ValueError, "path_column must not be empty"),
     ("responses", {"limits_store": 6379}, TypeError, "limits_store must be a str"),
+    ("responses", {"journal_dir": 3}, TypeError, "journal_dir must be a path"),
+    ("documents", {"journal_dir": ""}, ValueError, "journal_dir must not be empty"),
+    ("responses", {"max_cost_usd": 1.0}, ValueError, "needs budget_name"),
+    ("responses", {"budget_name": "n"}, ValueError, "budget_name needs max_cost_usd"),
+    ("responses", {"max_cost_usd": "1"}, TypeError, "max_cost_usd must be a number"),
+    ("documents", {"budget_name": 5, "max_cost_cents": 9}, TypeError, "budget_name must be"),
+    (
+        "documents",
+        {"max_cost_cents": 9.5, "budget_name": "n", "concurrency": 2, "limits_store": "local"},
+        ValueError,
+        "needs limits_store",
+    ),
 ]
 
 

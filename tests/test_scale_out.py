@@ -318,3 +318,36 @@ def test_three_processes_on_one_budget_name_stay_within_it_over_redis(
     )
     assert responses_sent(stats) == sum(sent) and all(sent)
     assert budget - WORKERS * estimate <= billed <= budget + WORKERS * estimate
+
+
+def test_two_processes_creating_batches_share_one_creations_per_hour_count(
+    tmp_path: Path,
+) -> None:
+    """Each worker needs two batches, and the hour allows three: over one Redis store (a
+    fresh one: the hour's count is the key's) three are created between them and the
+    fourth waits for the hour, where two processes counting alone would create four."""
+    with redis_server() as fresh, emulator_process("--batch-validating-seconds", "0.02") as emu:
+        args_of = []
+        for number in range(2):
+            prompts_file = tmp_path / f"prompts{number}.txt"
+            prompts_file.write_text("\n".join(prompts(10, seed=500 + number)) + "\n")
+            args_of.append([
+                "responses", str(prompts_file), "--model", "gpt-4o-mini",
+                "--base-url", emu.openai_base_url, "--batch-api",
+                "--batch-max-requests-per-file", "5", "--batch-max-per-hour", "3",
+                "--batch-poll-interval", "0.02", "--limits-store", fresh.url,
+                "-o", str(tmp_path / f"out{number}.jsonl"),
+            ])  # fmt: skip
+        workers = start_workers(tmp_path, args_of, [worker_env(), worker_env()])
+        logs = [tmp_path / f"stderr{number}.txt" for number in range(2)]
+        deadline = time.monotonic() + 20
+        try:
+            while not any("batch_api_creation_limit" in log.read_text() for log in logs):
+                assert time.monotonic() < deadline, [log.read_text()[-1500:] for log in logs]
+                assert any(worker.poll() is None for worker in workers), "both ended"
+                time.sleep(0.02)
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait(10)
+        assert emu.stats()["batches_created"] == 3

@@ -151,7 +151,7 @@ class DocumentProcessor(UsesClients):
                 concurrency=config.max_concurrent_requests,
                 max_waiting=config.max_waiting,
                 headers=datalab_headers(config),
-                connector=self.clients.connector,
+                sessions=self.clients.session,
                 journal=journal,
                 progress=progress,
                 summary=summary or Summary(pricing=(DatalabPrices(),)),

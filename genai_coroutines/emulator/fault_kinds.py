@@ -52,6 +52,7 @@ FAULT_ENDPOINTS = (
     "responses_poll",
     "responses_cancel",
     "files_upload",
+    "files_stored",
     "files_read",
     "batches_create",
     "batches_poll",
@@ -68,7 +69,9 @@ job runs (and is billed) but the client never learns its id; `datalab_files` is 
 `POST /api/v1/files/upload` and `GET .../confirm`, `storage_put` the PUT to a presigned upload
 URL. The OpenAI async paths:
 `responses_poll` is `GET /v1/responses/{id}`, `responses_cancel` its `/cancel`;
-`files_upload` is `POST /v1/files`, `files_read` `GET /v1/files/{id}` and its `/content`;
+`files_upload` is `POST /v1/files`, `files_stored` strikes after an upload was stored (the
+file exists and counts, but the client never learns its id), `files_read` `GET /v1/files`
+(the list), `GET /v1/files/{id}` and its `/content`;
 `batches_create` is `POST /v1/batches`, `batches_poll` `GET /v1/batches[/{id}]`,
 `batches_cancel` `POST /v1/batches/{id}/cancel`; `batch_lines` each line a batch runs
 (`LINE_FAULTS`)."""

@@ -199,7 +199,8 @@ class Stats:
         self.completed_by_digest: Counter[str] = Counter()
         """OpenAI: 200 answers per digest of their `input` (a second one means paid twice)."""
         self.received: list[dict[str, Any]] = []
-        """The last request bodies/forms seen, newest last (kept short)."""
+        """The last request bodies/forms seen, newest last (kept short); the snapshot's
+        `client_connections` counts the distinct client addresses (`peer`) among them."""
         self.in_flight = 0
         self.peak_in_flight = 0
         self.webhooks_sent = 0
@@ -208,6 +209,9 @@ class Stats:
         (what a benchmark's lower bound divides by the limit)."""
         # OpenAI async paths
         self.files_uploaded = 0
+        self.files_by_digest: Counter[str] = Counter()
+        """OpenAI Files: uploads stored per digest of their bytes (a second one means the
+        same file was uploaded twice)."""
         self.batches_created = 0
         self.batch_executions_by_custom_id: Counter[str] = Counter()
         """Batch lines run per `custom_id`, across batches (a second one means it ran twice)."""
@@ -283,7 +287,9 @@ class Stats:
             "peak_in_flight": self.peak_in_flight,
             "webhooks_sent": self.webhooks_sent,
             "tokens_charged": self.tokens_charged,
+            "client_connections": len({seen.get("peer") for seen in self.received} - {None}),
             "files_uploaded": self.files_uploaded,
+            "files_by_digest": dict(self.files_by_digest),
             "batches_created": self.batches_created,
             "batch_executions_by_custom_id": dict(self.batch_executions_by_custom_id),
             "duplicate_batch_executions": sum(

@@ -27,13 +27,15 @@ API accepted the item earlier (a Datalab job, a background response), the journa
 `Submission` to poll instead of sending it again, with `submitted()` to journal a new
 one the moment the API returns it.
 
-Two choices of the caller are the driver's too, so they hold for every adapter: with
+Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
 (`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
 `twin` set, and ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
-unsent (`engine.budget`).
+unsent (`engine.budget`); with a `cutoff` (`deadline=`), once it passes nothing more is sent
+and the rest end `deadline_exceeded`, journaled, while what is in flight finishes
+(`engine.cutoff`).
 
 `execute` may also return a `Deferred`: stage requests (`Line`s, each named by its
 `StageKey`) run in a group the API answers together (the OpenAI Batch API: a file of lines,
@@ -60,9 +62,11 @@ import aiohttp
 
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
+from .cutoff import Cutoff
 from .dedupe import Twin, Twins, twin_end
 from .grouped import Tasks
 from .http import ConnectorFactory, open_session
+from .indexed import IndexedFloats
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome, Pending
@@ -126,6 +130,12 @@ class Line:
     key: StageKey
     request: Any
     digest: str | None = None
+
+
+SessionOpener = Callable[
+    [int, Mapping[str, str]], AbstractAsyncContextManager[aiohttp.ClientSession]
+]
+"""`Clients.session`: a session for (concurrency, headers), to use in `async with`."""
 
 
 @dataclass(slots=True)
@@ -270,8 +280,13 @@ class BatchOptions:
     """Send nothing more once the next request could pass it (`engine.budget`)."""
     connector: ConnectorFactory | None = None
     """The caller's connector for the batch's session (`engine.clients`); None: the pool."""
+    sessions: SessionOpener | None = None
+    """Where the batch gets its session (`Clients.session`, which may keep one open across
+    batches); None: one opened on `connector` and closed at the end."""
     max_waiting: int = MAX_WAITING
     """Items waiting on the provider without a driver slot, at most (`ItemRun.waiting`)."""
+    cutoff: Cutoff | None = None
+    """The batch's deadline: once it passes nothing more is sent (`engine.cutoff`)."""
 
 
 class DriverCore(Generic[P]):
@@ -293,7 +308,7 @@ class DriverCore(Generic[P]):
         )
         self.stop = BatchStop()
         self._twins = Twins() if options.dedupe else None
-        self._held: dict[int, float] = {}
+        self._held = IndexedFloats()
         """The budget's estimate held for each admitted item until it finishes."""
 
     @property
@@ -307,10 +322,19 @@ class DriverCore(Generic[P]):
         telemetry = start_batch(
             getattr(self.adapter, "telemetry_identity", None), books.summary.pricing
         )
+        cutoff = options.cutoff
+        timer = (
+            None
+            if cutoff is None
+            else asyncio.get_running_loop().call_later(max(0.0, cutoff.left()), self._cut)
+        )
         try:
-            async with open_session(
-                options.concurrency, options.headers, options.connector
-            ) as session:
+            opened = (
+                open_session(options.concurrency, options.headers, options.connector)
+                if options.sessions is None
+                else options.sessions(options.concurrency, options.headers)
+            )
+            async with opened as session:
                 run = BatchRun(
                     session,
                     self.stop,
@@ -329,6 +353,8 @@ class DriverCore(Generic[P]):
                             telemetry.finished(end)
                         yield result
         finally:
+            if timer is not None:
+                timer.cancel()
             if options.budget is not None:
                 await options.budget.close()
             books.close()
@@ -350,6 +376,22 @@ class DriverCore(Generic[P]):
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
+    def _cut(self) -> None:
+        """The deadline passed: stop sending (`BatchStop.cut`), and say so."""
+        cutoff = self.options.cutoff
+        assert cutoff is not None
+        self.stop.cut(cutoff.failure())
+        books = self.books
+        log_event(
+            self.adapter.logger,
+            logging.WARNING,
+            "deadline_passed",
+            deadline=cutoff.text(),
+            done=books.succeeded + books.failed,
+            action='"nothing more is sent: requests in flight finish, the rest end '
+            'deadline_exceeded (journaled: a rerun with the journal sends them)"',
+        )
+
     def _unsent(self, index: int, failure: Failure, started: float) -> Ended:
         """An item that ends without being sent."""
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
@@ -360,8 +402,9 @@ class DriverCore(Generic[P]):
         it cannot be sent, or the journal holds its success. Never raises for the item."""
         adapter, books = self.adapter, self.books
         started = time.perf_counter()
-        if self.stop.failure is not None:
-            return self._unsent(index, self.stop.failure, started)
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return self._unsent(index, stop.failure, started)
         try:
             prepared = await adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
@@ -388,6 +431,9 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         if budget is not None:
             paid = index in (self.options.resume or {}) or books.submission(index) is not None
             held = await budget.reserve(prepared, paid=paid)
@@ -400,7 +446,7 @@ class DriverCore(Generic[P]):
         """An admitted item will not finish (the batch is being cancelled)."""
         if self._twins is not None:
             self._twins.abandoned(index)
-        held = self._held.pop(index, None)
+        held = self._held.pop(index)
         if held is not None and self.options.budget is not None:
             self.options.budget.release(held)
 
@@ -421,7 +467,7 @@ class DriverCore(Generic[P]):
         if self._twins is not None:
             self._twins.finished(end)
         if self._held:
-            held = self._held.pop(index, None)
+            held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
                 self.options.budget.settle(held, outcome)
         if self.books.journal is not None:
@@ -470,6 +516,10 @@ class Driver(DriverCore[P]):
         self._later: Later[Ended] = Later(self._close_groups)
         self._groups: dict[GroupedStage, Group] = {}
         self._waiting: dict[StageKey, _Waiting] = {}
+        self._plain = IndexedFloats()
+        """When the turn came of each item waiting on a group with nothing but its index
+        to keep (its only stage, no `then`, no span): the Batch API path's million
+        waiting lines cost 8 bytes each here, not a `_Waiting` and a dict entry."""
         self._continuing = Tasks(self._later.fail)
         """Continuations running (an awaitable `then`), a task each while they run."""
         self._run: BatchRun | None = None
@@ -490,7 +540,8 @@ class Driver(DriverCore[P]):
             finished = True
         finally:
             await self._continuing.cancel()
-            for index in {waiting.index for waiting in self._waiting.values()}:
+            waiting = {waiting.index for waiting in self._waiting.values()}
+            for index in waiting.union(self._plain):
                 self._abandon(index)
             for group in self._groups.values():
                 await group.shut(finished)
@@ -533,6 +584,21 @@ class Driver(DriverCore[P]):
             group_run = GroupRun(self._run, self._report, self._later.fail)
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
         lines = deferred.lines
+        digests = self.books.digests
+        if (
+            len(lines) == 1
+            and deferred.then is None
+            and waiting.trace is None
+            and not lines[0].key.stage
+            and lines[0].key.index == waiting.index
+        ):  # nothing but its start time to keep (`_plain`)
+            if waiting.index in self._plain:
+                raise ValueError(f"stage request {lines[0].key.text} is already waiting")
+            self._plain[waiting.index] = waiting.started
+            line = lines[0]
+            digest = line.digest if line.digest is not None else digests.get(waiting.index)
+            await group.add(line.key, line.request, digest)
+            return
         waiting.then = deferred.then
         waiting.keys = waiting.got = None
         if len(lines) > 1:
@@ -541,7 +607,6 @@ class Driver(DriverCore[P]):
             if line.key in self._waiting:
                 raise ValueError(f"stage request {line.key.text} is already waiting")
             self._waiting[line.key] = waiting
-        digests = self.books.digests
         for line in lines:
             digest = line.digest if line.digest is not None else digests.get(line.key.index)
             await group.add(line.key, line.request, digest)
@@ -549,6 +614,10 @@ class Driver(DriverCore[P]):
     async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
         """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the
         item's next stage or its end."""
+        started = None if key.stage else self._plain.pop(key.index)
+        if started is not None:
+            await self._next(_Waiting(key.index, started, None), outcome)
+            return
         waiting = self._waiting.pop(key)
         got, keys = waiting.got, waiting.keys
         if got is None or keys is None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
+from .indexed import IndexedDigests
 from .journal import Journal, request_digest
 from .outcome import Answered, ItemEnd, Outcome
 from .progress import Progress
@@ -20,6 +21,50 @@ from .stages import StageKey
 from .summary import Summary
 
 Result = dict[str, Any]
+
+
+class Digests(Mapping[int, str]):
+    """The journal digest of each item in flight, from `Bookkeeping.replay` to its record.
+
+    Held in memory (33 bytes an item: `IndexedDigests`, where a dict of strings takes about
+    200) until the journal holds it elsewhere: an item whose line went into a journaled
+    group file (`Journal.record_group`: the Batch API) is read back from its group line
+    when wanted (`Journal.group_digest`), so the million lines of a Batch API job waiting
+    at once hold no digest in memory once their files are uploaded."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        self._held = IndexedDigests()
+        self._journal = journal
+        if journal is not None:
+            journal.on_grouped = self.grouped
+
+    def keep(self, index: int, digest: str) -> None:
+        self._held[index] = digest
+
+    def grouped(self, indices: Iterable[int]) -> None:
+        """These items' digests are in their group lines now."""
+        held = self._held
+        for index in indices:
+            held.pop(index)
+
+    def __getitem__(self, index: int) -> str:
+        digest = self._held.get(index)
+        if digest is None:
+            if self._journal is not None:
+                digest = self._journal.group_digest(index)
+            if digest is None:
+                raise KeyError(index)
+        return digest
+
+    def pop(self, index: int) -> str:
+        digest = self._held.pop(index)
+        return self[index] if digest is None else digest
+
+    def __iter__(self) -> Iterator[int]:  # the held ones: what the journal holds is not listed
+        return iter(self._held)
+
+    def __len__(self) -> int:
+        return len(self._held)
 
 
 class Bookkeeping:
@@ -46,9 +91,9 @@ class Bookkeeping:
         self.summary = summary
         self.progress = Progress(summary, total=self.total, enabled=progress, unit=unit)
         self.succeeded = self.failed = 0
-        self.digests: dict[int, str] = {}
+        self.digests = Digests(self.journal)
         """Digest of each journaled item in flight, from `replay` to `record` (Datalab
-        journals its submitted job under it in between)."""
+        journals its submitted job under it in between; see `Digests`)."""
 
     def replay(
         self, index: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]], *request: bytes
@@ -67,7 +112,7 @@ class Bookkeeping:
                 # record, reused, is still a twin (counted, never charged again).
                 twin_of = record.get("duplicate_of")
                 return ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
-        self.digests[index] = digest
+        self.digests.keep(index, digest)
         return None
 
     def submission(self, index: int) -> tuple[str, str] | None:

@@ -33,6 +33,10 @@ settled them there already), so a rerun with the same budget sends nothing more 
 with a higher budget continues, whichever process runs it. A store lost mid-batch refuses
 the rest (`budget_exceeded`): a shared budget cannot be counted in one process.
 
+An item of several requests (a pipeline's document: its OCR job, then its extraction
+requests) reserves each one as it is about to be sent (`hold`) and settles it with what it
+cost (`spend`), the same rule request by request.
+
 Amounts are in the price model's unit (US dollars for tokens, cents for pages);
 `Budget` itself only adds them up.
 """
@@ -55,9 +59,20 @@ P = TypeVar("P")
 
 
 def budget_needs(limit: float | None, name: str | None, parameter: str) -> None:
-    """A `budget_name` names the total of a budget: it needs one (`parameter`)."""
+    """A budget's arguments, refused before anything is sent, each error naming its
+    parameter: `limit` (`parameter`, a non-negative number or None) and `name` (a
+    `budget_name` names the total of a budget: it needs one)."""
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int | float):
+            raise TypeError(f"{parameter} must be a number, not {type(limit).__name__}")
+        if not math.isfinite(limit) or limit < 0:
+            raise ValueError(f"{parameter} must be a non-negative number, got {limit!r}")
     if name is not None and limit is None:
         raise ValueError(f"budget_name needs {parameter}: the budget the name shares")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"budget_name must be a string, not {type(name).__name__}")
+    if name is not None and not name.strip():
+        raise ValueError("budget_name must not be empty")
 
 
 @dataclass(eq=False)
@@ -148,7 +163,12 @@ class Budget(Generic[P]):
     async def reserve(self, prepared: P, *, paid: bool = False) -> float | Failure:
         """The estimate now held for this item, or the `budget_exceeded` failure that ends it.
         `paid`: the API accepted it earlier (it is polled, not sent), so it is admitted."""
-        estimate = max(0.0, float(self.estimate(prepared)))
+        return await self.hold(self.estimate(prepared), paid=paid)
+
+    async def hold(self, estimate: float, *, paid: bool = False) -> float | Failure:
+        """`reserve` of an amount already estimated (an item of several requests reserves
+        each one so, and `spend`s what it cost)."""
+        estimate = max(0.0, float(estimate))
         if self.stop is not None and not paid:
             self.refused += 1
             return self.stop
@@ -191,8 +211,11 @@ class Budget(Generic[P]):
 
     def settle(self, reserved: float, outcome: Outcome[Any]) -> None:
         """The item ended: its estimate is replaced by what it cost."""
+        self.spend(reserved, self.pricing.cost(outcome))
+
+    def spend(self, reserved: float, cost: float | None) -> None:
+        """What `hold` reserved is replaced by `cost` (None: unknown, the estimate stays)."""
         self.in_flight = max(0.0, self.in_flight - reserved)
-        cost = self.pricing.cost(outcome)
         spend = reserved if cost is None else cost
         self.spent += spend
         if self.shared is not None:

@@ -4,7 +4,8 @@ Each of `ResponsesProcessor`, `DocumentProcessor` and `ExtractionPipeline` makes
 from its `limits=`, `limits_store=` and `connector=` arguments, which are declared
 (`ClientOptions`), checked and documented here only. The limits (`KeyLimits`) say whose
 rate limiters and capacities a batch draws on; the sessions are `http.open_session`'s,
-one per batch and API, built on the caller's connector when one is given.
+one per batch and API, built on the caller's connector when one is given (or, after
+`keep_sessions`, one per set of headers kept for every later batch: a Ray actor's).
 
 `connector` is the seam for whatever the transport should do differently: a proxy, a
 custom resolver or TLS context, a pool of another size, a connector a test counts.
@@ -16,6 +17,7 @@ returns, so a connector is never shared between sessions or event loops (a
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, TypedDict
 
@@ -71,14 +73,41 @@ class Clients:
             )
         self.limits = chosen_limits(options.get("limits"), options.get("limits_store"))
         self.connector = connector
+        self._kept: dict[tuple[tuple[str, str], ...], aiohttp.ClientSession] | None = None
+        """With `keep_sessions`: the sessions kept open, by the headers they send."""
 
     async def ready(self) -> None:
         """Check the limits store can be used: called before a batch sends anything."""
         await self.limits.ready()
 
-    def session(self, concurrency: int, headers: Mapping[str, str]) -> aiohttp.ClientSession:
-        """A session for `concurrency` requests at once, sending `headers` with each."""
-        return open_session(concurrency, headers, self.connector)
+    def session(
+        self, concurrency: int, headers: Mapping[str, str]
+    ) -> AbstractAsyncContextManager[aiohttp.ClientSession]:
+        """`async with` it: a session for `concurrency` requests at once, sending `headers`
+        with each, closed at the end of the block; after `keep_sessions`, the one kept for
+        these headers (opened by the first batch that asked, on its event loop)."""
+        if self._kept is None:
+            return open_session(concurrency, headers, self.connector)
+        key = tuple(sorted(headers.items()))
+        session = self._kept.get(key)
+        if session is None or session.closed:
+            session = self._kept[key] = open_session(concurrency, headers, self.connector)
+        return nullcontext(session)
+
+    def keep_sessions(self) -> None:
+        """Keep each session open for the next batches sending the same headers, until
+        `close_sessions`: an owner running many batches on one event loop (a Ray actor) then
+        keeps one pool of connections for its lifetime instead of one per batch."""
+        if self._kept is None:
+            self._kept = {}
+
+    async def close_sessions(self) -> None:
+        """Close the sessions `keep_sessions` kept (on the loop they were opened on)."""
+        kept = self._kept or {}
+        if self._kept is not None:
+            self._kept = {}
+        for session in kept.values():
+            await session.close()
 
 
 class UsesClients:

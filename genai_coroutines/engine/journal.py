@@ -4,10 +4,16 @@ Stored in SQLite (the standard library's `sqlite3`, WAL mode) rather than JSONL:
 every write is one atomic transaction, so a kill -9 or Ctrl-C can never leave half a
 record behind; an item's record is updated in place as it moves from "submitted" to
 "finished" (a Datalab job's `request_check_url` is journaled before its first poll);
-and a rerun looks each item up by its index instead of loading the whole journal into
-memory, which keeps 100,000-item batches flat. With `synchronous=NORMAL` a commit
-survives the process dying at any point (it is in the OS page cache at once); only a
-power cut can lose the last few.
+and a rerun reads the items by index, `WINDOW` of them per query as its input comes,
+instead of loading the whole journal (or its digests) into memory. With
+`synchronous=NORMAL` a commit survives the process dying at any point (it is in the OS
+page cache at once); only a power cut can lose the last few.
+
+A result is stored deflated against a dictionary the journal keeps (its first large
+record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
+a request digest as its 32 bytes. A journal written before either reads as it was: its
+plain JSON records and hex digests are matched as they are, and the records a rerun adds
+to it are deflated.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
 finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
@@ -48,7 +54,10 @@ unfinished when its item is reached, with a WARNING, so only that item is bought
 Paths that send items in groups (the OpenAI Batch API: a file of requests, one batch
 per file) journal each group the moment the API accepts it: `record_group` writes the
 uploaded file's id and which items it holds (their index, digest, line id and round) in
-one transaction, `record_group_job` the batch created for it. An item's result ends its
+one transaction, `record_group_job` the batch created for it. Before the upload,
+`record_upload_intent` journals the file's digest: a run killed between the upload and
+`record_group` leaves that intent, and the rerun looks for the file at the API (its name
+carries the digest) instead of uploading it again. An item's result ends its
 group membership (`record_result` deletes it in the same transaction), so a rerun finds
 in `group_line` exactly the items still waiting on a group: it polls that batch instead
 of uploading them again.
@@ -72,14 +81,16 @@ import os
 import sqlite3
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import orjson
 
+from .records import RecordError, Records
 from .stages import StageKey
 
 try:
@@ -146,6 +157,18 @@ _STAGED_TABLES = (
 )
 """Created by the first named stage's submission or group line (`_stage_tables`), so a
 journal of one-stage items is no larger than before stages existed."""
+WINDOW = 1024
+"""Items read from `items` in one query, by index (see `Journal._item`)."""
+WINDOWS = 4
+"""Windows kept: the workers admitting items a few windows apart still find theirs."""
+GROUP_ROWS = 1000
+"""Members of a group file journaled per statement (`record_group`)."""
+_UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
+    digest TEXT PRIMARY KEY,
+    intended_at REAL NOT NULL
+) WITHOUT ROWID"""
+"""Upload intents (`record_upload_intent`), created by the first one: only a journal of
+Batch API files has it."""
 _TABLE_NAMES = frozenset(
     {
         "meta",
@@ -153,11 +176,17 @@ _TABLE_NAMES = frozenset(
         "group_files",
         "group_jobs",
         "group_lines",
+        "group_uploads",
         "stages",
         "stage_submissions",
         "stage_lines",
     }
 )
+
+
+_Statement = tuple[str, list[tuple[Any, ...]]]
+_Item = tuple[Any, ...]
+"""An `items` row without its index: (digest, result, request_id, check_url)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +269,11 @@ class Journal:
         """Records `_load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
+        self.on_grouped: Callable[[list[int]], object] = lambda _indices: None
+        """Told the indices of the items of one stage each `record_group` journaled (their
+        digests are in `group_lines` then: `bookkeeping.Digests`)."""
+        self._windows: dict[int, dict[int, _Item]] = {}
+        """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
 
     def _open(self, kind: str, resume: bool) -> sqlite3.Connection:
         try:
@@ -293,6 +327,7 @@ class Journal:
         if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
         self._staged = "stage_submissions" in tables
+        self._uploads = "group_uploads" in tables
         """The tables of named stages' work exist (see `_STAGED_TABLES`)."""
         found = None
         if "meta" in tables:
@@ -302,6 +337,8 @@ class Journal:
             raise JournalMismatch(f"journal {self.path} holds a {found} batch, not {kind}")
         if found is None and resume:
             raise JournalError(f"journal {self.path} holds no batch: nothing to resume")
+        self._records = Records.of(db)
+        """How results are stored (`engine.records`: deflated against this dictionary)."""
         try:
             # A real write, even when nothing changes: a journal that cannot take one
             # fails here, before anything is sent, not after the first paid result.
@@ -322,11 +359,10 @@ class Journal:
         reused: the driver reuses a record only when its adapter revives it as answered
         (`Bookkeeping.replay`), so a rerun tries a failure again.
         """
-        row = self._read(
-            "SELECT result FROM items WHERE idx = ? AND digest = ? AND result IS NOT NULL",
-            (index, digest),
-        )
-        return None if row is None else self._load(row[0], index)
+        item = self._item(index)
+        if item is None or item[1] is None or item[0] not in (_packed(digest), digest):
+            return None
+        return self._load(item[1], index)
 
     def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of work the API accepted for this stage request
@@ -340,11 +376,12 @@ class Journal:
                 (key.index, _stage_name(key), digest),
             )
         else:
-            row = self._read(
-                "SELECT request_id, check_url FROM items"
-                " WHERE idx = ? AND digest = ? AND result IS NULL AND check_url IS NOT NULL",
-                (key.index, digest),
-            )
+            item = self._item(key.index)
+            if item is None or item[1] is not None or item[3] is None:
+                return None
+            if item[0] not in (_packed(digest), digest):
+                return None
+            row = item[2:]
         return None if row is None else (row[0], row[1])
 
     def record_submission(
@@ -364,8 +401,10 @@ class Journal:
                 "INSERT OR REPLACE INTO items (idx, digest, request_id, check_url, result)"
                 " VALUES (?, ?, ?, ?, NULL)"
             )
-            params = (key.index, digest, request_id, check_url)
+            params = (key.index, _packed(digest), request_id, check_url)
         self._write(f"the submission of {_described(key)}", sql, params)
+        if not key.stage:
+            self._cached(key.index, (params[1], None, request_id, check_url))
 
     def record_result(
         self, index: int, digest: str, result: dict[str, Any], *, pending: bool = False
@@ -375,16 +414,22 @@ class Journal:
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
         rerun asks that batch again rather than sending the item twice; so do its named
-        stages' submissions and lines (a rerun of a failed item starts it afresh).
+        stages' submissions and lines (a rerun of a failed item starts it afresh). A
+        pending item journaled as submitted (a background response given up on at
+        `max_wait_secs`) keeps that submission and no result, so a rerun polls it.
         """
-        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+        open_submission = "items.result IS NULL AND items.check_url IS NOT NULL"
+        keep = f" WHERE NOT ({open_submission})" if pending else ""
+        blob, statements, chosen = self._encoded(result)
+        packed = _packed(digest)
+        statements.append(
             (
                 "INSERT INTO items (idx, digest, result) VALUES (?, ?, ?)"
                 " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                " result = excluded.result",
-                [(index, digest, orjson.dumps(result))],
+                f" result = excluded.result{keep}",
+                [(index, packed, blob)],
             )
-        ]
+        )
         if not pending:
             tables = ("group_lines", "stage_lines", "stage_submissions")
             statements += [
@@ -392,6 +437,10 @@ class Journal:
                 for table in tables[: 3 if self._staged else 1]
             ]
         self._transaction(f"the result of item {index}", statements)
+        self._records.dictionary = self._records.dictionary or chosen
+        known = self._item(index, read=False)
+        if not (pending and known is not None and known[1] is None and known[3] is not None):
+            self._cached(index, (packed, blob, *(known[2:] if known else (None, None))))
 
     def record_group(
         self,
@@ -402,39 +451,86 @@ class Journal:
     ) -> None:
         """Journal an uploaded group file and its members, `(key, digest, line_id, attempt)`
         each, in one transaction (a member of an earlier group moves to this one)."""
-        rows = list(members)
-        single = [
-            (key.index, digest, line_id, file_id, attempt)
-            for key, digest, line_id, attempt in rows
-            if not key.stage
-        ]
-        staged = [
-            (key.index, _stage_name(key), digest, line_id, file_id, attempt)
-            for key, digest, line_id, attempt in rows
-            if key.stage
-        ]
-        if staged:
-            self._stage_tables()
+        grouped: list[int] = []
         self._transaction(
-            f"group file {file_id}",
-            [
-                (
-                    "INSERT OR REPLACE INTO group_files (file_id, lines, tokens, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    [(file_id, len(rows), tokens, time.time())],
-                ),
-                (
-                    "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    single,
-                ),
-                (
-                    "INSERT OR REPLACE INTO stage_lines"
-                    " (idx, stage, digest, line_id, file_id, attempt) VALUES (?, ?, ?, ?, ?, ?)",
-                    staged,
-                ),
-            ],
+            f"group file {file_id}", self._group_rows(file_id, members, tokens, grouped)
         )
+        if not self._staged:  # its named stages' lines may have created their tables
+            self._staged = (
+                self._read("SELECT 1 FROM sqlite_master WHERE name = 'stage_submissions'", ())
+                is not None
+            )
+        self.on_grouped(grouped)
+
+    def _group_rows(
+        self,
+        file_id: str,
+        members: Iterable[tuple[StageKey, str, str, int]],
+        tokens: int,
+        grouped: list[int],
+    ) -> Iterator[_Statement]:
+        """`record_group`'s statements, `GROUP_ROWS` members at a time (a file holds up to
+        50,000: their rows are never all in memory at once); `grouped` gets the indices of
+        the items of one stage."""
+        created = self._staged
+        lines = 0
+        insert_file = (
+            "INSERT OR REPLACE INTO group_files (file_id, lines, tokens, created_at)"
+            " VALUES (?, ?, ?, ?)"
+        )
+        yield insert_file, [(file_id, 0, tokens, time.time())]
+        for chunk in _chunks(members, GROUP_ROWS):
+            single = [
+                (key.index, digest, line_id, file_id, attempt)
+                for key, digest, line_id, attempt in chunk
+                if not key.stage
+            ]
+            yield (
+                "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
+                " VALUES (?, ?, ?, ?, ?)",
+                single,
+            )
+            staged = [
+                (key.index, _stage_name(key), digest, line_id, file_id, attempt)
+                for key, digest, line_id, attempt in chunk
+                if key.stage
+            ]
+            if staged and not created:  # `_STAGED_TABLES`, in this very transaction
+                created = True
+                yield from ((table, [()]) for table in _STAGED_TABLES)
+            yield (
+                "INSERT OR REPLACE INTO stage_lines"
+                " (idx, stage, digest, line_id, file_id, attempt) VALUES (?, ?, ?, ?, ?, ?)",
+                staged,
+            )
+            lines += len(chunk)
+            grouped += [row[0] for row in single]
+        yield "UPDATE group_files SET lines = ? WHERE file_id = ?", [(lines, file_id)]
+
+    def group_digest(self, index: int) -> str | None:
+        """The digest an item of one stage was journaled with in its group line; None if it
+        is in none."""
+        row = self._read("SELECT digest FROM group_lines WHERE idx = ?", (index,))
+        return None if row is None else str(row[0])
+
+    def record_upload_intent(self, digest: str) -> None:
+        """Journal that a group file of this content digest is about to be uploaded."""
+        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+            ("INSERT OR IGNORE INTO group_uploads (digest, intended_at) VALUES (?, ?)",
+             [(digest, time.time())]),
+        ]  # fmt: skip
+        if not self._uploads:
+            statements.insert(0, (_UPLOADS_TABLE, [()]))
+        self._transaction(f"the upload of file {digest[:16]}", statements)
+        self._uploads = True
+
+    def upload_intended(self, digest: str) -> float | None:
+        """When (`time.time()`) an upload of this content was first intended, if ever: an
+        earlier run may have uploaded it without journaling its file."""
+        if not self._uploads:
+            return None
+        row = self._read("SELECT intended_at FROM group_uploads WHERE digest = ?", (digest,))
+        return None if row is None else float(row[0])
 
     def record_group_job(self, file_id: str, job_id: str) -> None:
         """Journal the job (an OpenAI batch) the API created for a group file."""
@@ -489,18 +585,20 @@ class Journal:
         stage's submission and group line in the same transaction; `JournalError` if the
         journal cannot take it."""
         where = (key.index, _stage_name(key))
-        statements: list[tuple[str, list[tuple[Any, ...]]]] = [
+        blob, statements, chosen = self._encoded(result)
+        statements.append(
             (
                 "INSERT OR REPLACE INTO stages (idx, stage, digest, result) VALUES (?, ?, ?, ?)",
-                [(*where, digest, orjson.dumps(result))],
+                [(*where, digest, blob)],
             )
-        ]
+        )
         if self._staged:
             statements += [
                 (f"DELETE FROM {table} WHERE idx = ? AND stage = ?", [where])
                 for table in ("stage_submissions", "stage_lines")
             ]
         self._transaction(_described(key), statements)
+        self._records.dictionary = self._records.dictionary or chosen
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export); an unreadable
@@ -571,17 +669,17 @@ class Journal:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
 
     def _load(self, blob: bytes, index: int) -> dict[str, Any] | None:
-        """A journaled result, or None when it cannot be read (not JSON: a newer encoding,
-        bit rot; or not an object). Such a record counts as unfinished, so its item is
+        """A journaled result, or None when it cannot be read (`engine.records`: a newer
+        encoding, bit rot; or not an object). Such a record counts as unfinished, so its item is
         sent again and its new result replaces it: raising instead would end the batch
         when the item's turn came, losing the answers paid for meanwhile, and end every
         rerun the same way. Results are only decoded when their item is reached (decoding
         them all at open would cost a large journal seconds), so the first one is logged
         as it is met and `close` logs how many there were."""
         try:
-            result = orjson.loads(blob)
-        except orjson.JSONDecodeError as exc:
-            problem = f"not JSON ({exc})"
+            result = self._records.decode(blob)
+        except RecordError as exc:
+            problem = str(exc)
         else:
             if isinstance(result, dict):
                 return result
@@ -597,6 +695,46 @@ class Journal:
             )
         return None
 
+    def _encoded(self, result: dict[str, Any]) -> tuple[bytes, list[_Statement], bytes | None]:
+        """A result as stored, the statements to write first, and the journal's dictionary
+        if this record is the first large enough to be it (`engine.records`): written in
+        the record's transaction, used (`Records.dictionary`) once that commits."""
+        data = orjson.dumps(result)
+        chosen = self._records.choose(data)
+        if chosen is None:
+            return self._records.encode(data), [], None
+        choice = ("INSERT OR REPLACE INTO meta (key, value) VALUES ('dictionary', ?)", [(chosen,)])
+        return Records(chosen).encode(data), [choice], chosen
+
+    def _item(self, index: int, *, read: bool = True) -> _Item | None:
+        """The `items` row of an index, read `WINDOW` rows at a time: a rerun asks for its
+        items in input order, so one query answers a thousand of them (one query per item
+        was most of a replay's time), and no more than `WINDOWS` windows are held."""
+        number = index // WINDOW
+        rows = self._windows.get(number)
+        if rows is None:
+            if not read:
+                return None
+            start = number * WINDOW
+            try:
+                found = self._db.execute(
+                    "SELECT idx, digest, result, request_id, check_url FROM items"
+                    " WHERE idx >= ? AND idx < ?",
+                    (start, start + WINDOW),
+                ).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise JournalError(f"journal {self.path} is damaged: {exc}") from None
+            rows = self._windows[number] = {row[0]: row[1:] for row in found}
+            while len(self._windows) > WINDOWS:
+                del self._windows[next(iter(self._windows))]
+        return rows.get(index)
+
+    def _cached(self, index: int, item: _Item) -> None:
+        """A row just written, in its window if that is held."""
+        rows = self._windows.get(index // WINDOW)
+        if rows is not None:
+            rows[index] = item
+
     def _write(self, what: str, sql: str, params: tuple[Any, ...]) -> None:
         try:
             self._db.execute(sql, params)
@@ -604,7 +742,7 @@ class Journal:
             raise JournalError(f"cannot write {what} to journal {self.path}: {exc}") from exc
         self._written()
 
-    def _transaction(self, what: str, statements: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+    def _transaction(self, what: str, statements: Iterable[_Statement]) -> None:
         """Several statements, all or none (one with no rows is not run: its table may not
         exist, see `_STAGED_TABLES`)."""
         db = self._db
@@ -722,6 +860,23 @@ def unfinished(path: str | os.PathLike[str], kind: str) -> Unfinished:
     except (sqlite3.Error, OSError):
         return Unfinished()
     return Unfinished(tuple(job for (job,) in jobs), int(submissions))
+
+
+def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    rows = iter(rows)
+    while chunk := list(islice(rows, size)):
+        yield chunk
+
+
+def _packed(digest: str) -> bytes | str:
+    """A request digest as `items` stores it: its 32 bytes (a journal written before kept
+    the 64 hex characters, which `finished` and `submitted` still match)."""
+    if len(digest) == 64:
+        try:
+            return bytes.fromhex(digest)
+        except ValueError:
+            pass
+    return digest
 
 
 def _stage_name(key: StageKey) -> str:

@@ -45,6 +45,7 @@ ErrorType = Literal[
     "read_error",
     "poll_timeout",
     "budget_exceeded",
+    "deadline_exceeded",
     "journal_error",
 ]
 ERROR_TYPES: tuple[ErrorType, ...] = get_args(ErrorType)
@@ -196,17 +197,27 @@ class ItemEnd(Generic[T]):
 
 
 class BatchStop:
-    """The first failure that dooms every item (a bad key, no quota), once seen.
+    """The first failure that dooms every item (a bad key, no quota), once seen, or the
+    batch's deadline once passed (`engine.cutoff`).
 
     Workers check it before each attempt, so the rest of the batch ends at once with
-    that error instead of each item paying for its own doomed request.
+    that error instead of each item paying for its own doomed request (or being sent
+    after the deadline).
     """
 
-    __slots__ = ("failure",)
+    __slots__ = ("failure", "cut_off")
 
     def __init__(self) -> None:
         self.failure: Failure | None = None
+        self.cut_off = False
+        """`failure` is the deadline's: the items not sent end with it, journaled."""
 
     def record(self, failure: Failure) -> None:
         if failure.dooms_batch and self.failure is None:
             self.failure = failure
+
+    def cut(self, failure: Failure) -> None:
+        """The deadline passed: nothing more is sent (unless a doom came first)."""
+        if self.failure is None:
+            self.failure = failure
+            self.cut_off = True

@@ -10,6 +10,7 @@ Only `max_retries` such failures in a row end the item.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -33,12 +34,16 @@ async def poll_until(
     wait: Callable[[float], Awaitable[None]] = asyncio.sleep,
     on_retry: RetryHook | None = None,
     what: str = "the work",
+    until: float | None = None,
 ) -> Success[T] | Failure | None:
     """Poll until the work has ended, or the polls fail; None after `max_polls` polls of
-    running work. `wait` sleeps the retries of failed polls (the interval itself is not a retry)."""
+    running work, or once `time.monotonic()` passes `until` (the work polled at least
+    once, the last wait cut short to end there). `wait` sleeps the retries of failed polls
+    (the interval itself is not a retry)."""
     polls = 0
     while True:
-        await asyncio.sleep(interval)
+        pause = interval if until is None else max(0.0, min(interval, until - time.monotonic()))
+        await asyncio.sleep(pause)
         counts = Retried()
         outcome = await retrying(check, policy, on_retry=on_retry, sleep=wait, counts=counts)
         if isinstance(outcome, Failure):
@@ -55,4 +60,6 @@ async def poll_until(
             return outcome
         polls += 1
         if max_polls is not None and polls >= max_polls:
+            return None
+        if until is not None and time.monotonic() >= until:
             return None

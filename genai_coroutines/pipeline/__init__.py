@@ -30,7 +30,9 @@ It is one batch of the engine's driver (`engine.batch.Driver`) with one adapter,
 The modules, one per part: `processor` (`ExtractionPipeline`, `extraction_request`: the
 entry points), `path` (`PipelineAdapter`: one document's OCR, its extraction and its row),
 `pages` (an OCR result's text, page by page), `fields` (an extraction's answer as fields,
-and `per_page` fields merged) and `summary` (`PipelineSummary`). This module re-exports
+and `per_page` fields merged), `budget` (`max_cost_usd` over both stages), `shared`
+(identical extraction requests sent once, with `dedupe`), `slots` (the extraction's slot)
+and `summary` (`PipelineSummary`). This module re-exports
 their public names, so callers import from `genai_coroutines.pipeline` (or, for the
 entry points, from `genai_coroutines`).
 """

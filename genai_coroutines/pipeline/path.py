@@ -11,8 +11,12 @@ and each finished stage journaled as a stage of the item. Every document ends as
     over the requests), model, service_tier, response_ids, retries (both stages),
     rate_limited, processing_time_secs, from_journal (the whole row came from the
     journal), and the stages' detail in `ocr` and `extraction` (attempts, timings,
-    `from_journal` for a reused stage; `page_fields` with `per_page`); a failed row adds
-    the failed stage's `status`, `code` and `is_retriable`.
+    `from_journal` for a reused stage; `page_fields` with `per_page`; `duplicate_of` with
+    `dedupe`: the documents whose identical requests answered its own, which its `usage`
+    leaves out); a failed row adds the failed stage's `status`, `code` and `is_retriable`.
+
+With a budget (`budget.StageBudget`) each stage request is reserved before it is sent and
+settled when it ends (`_paid`).
 
 Each stage's adapter returns its typed outcome (`engine.outcome`), so a row's failure is
 the stage's real `Failure`, and the extraction's answer is parsed once; the row is the
@@ -40,7 +44,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -77,8 +81,10 @@ from ..responses.direct import DirectAdapter, Prepared
 from ..responses.parse import answer_text
 from ..responses.prices import usage_tokens
 from ..responses.results import Answer
+from .budget import StageBudget
 from .fields import fields_of, merge_fields
 from .pages import payload_pages
+from .shared import SharedRequests
 from .slots import StageRun, StageSlot
 
 T = TypeVar("T")
@@ -99,6 +105,9 @@ class Stage(Generic[T]):
     outcome: Outcome[T]
     seconds: float
     reused: bool = False
+    duplicate_of: int | None = None
+    """With `dedupe`: the document whose identical request answered this one (it cost
+    nothing here; see `shared`)."""
 
 
 @dataclass(slots=True)
@@ -205,10 +214,17 @@ class PipelineAdapter:
         ocr_session: Any = None,
         extraction_session: Any = None,
         batch: GroupedStage | None = None,
+        budget: StageBudget | None = None,
+        dedupe: bool = False,
         collecting: bool = False,
     ) -> None:
         self.ocr = ocr
         self.extraction = extraction
+        self.budget = budget
+        self.shared = SharedRequests() if dedupe else None
+        self.sources: dict[int, str | None] | None = {} if dedupe else None
+        """With `dedupe`: each document's own `source` until its row is out (a twin's row
+        is its original's but for that)."""
         self.telemetry_identity = Identity(KIND, model=extraction.model)
         self.per_page = per_page
         self.ocr_slots = asyncio.Semaphore(ocr_slots)
@@ -229,7 +245,10 @@ class PipelineAdapter:
     # The driver's side.
 
     async def prepare(self, index: int, item: Any) -> Upload | Failure:
-        return await self.ocr.prepare(index, item)
+        upload = await self.ocr.prepare(index, item)
+        if self.sources is not None and isinstance(upload, Upload):
+            self.sources[index] = upload.url or upload.filename
+        return upload
 
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
@@ -283,6 +302,8 @@ class PipelineAdapter:
 
     def replayed(self, run_note: Any, row: Mapping[str, Any]) -> None:
         """Count a row the journal answered in the bar's stage counts."""
+        if self.sources is not None:
+            self.sources.pop(row["index"], None)
         if row.get("from_journal") and row.get("success"):
             self.ocred += 1
             self.extracted += 1
@@ -314,6 +335,8 @@ class PipelineAdapter:
             if done is not None:
                 revived = self.ocr.revive(done)
                 if isinstance(revived, Answered):
+                    if self.budget is not None:  # paid for by the run that journaled it
+                        self.budget.charge(ItemEnd(run.index, revived, 0.0))
                     return Stage(revived, 0.0, reused=True)
             accepted = journal.submitted(key, digest)
             if known is None and accepted is not None:
@@ -328,7 +351,9 @@ class PipelineAdapter:
                 on_submitted=_journal_submission(run, key, digest),
                 trace=run.trace,
             )
-            outcome = await self.ocr.execute(stage_run, upload)
+            outcome = await self._paid(
+                upload, known is not None, lambda: self.ocr.execute(stage_run, upload)
+            )
         if isinstance(outcome, Answered):
             record = self.ocr.render(ItemEnd(run.index, outcome, started))
             run.batch.journaled(lambda j: j.record_stage(key, digest, record))
@@ -348,10 +373,20 @@ class PipelineAdapter:
         return await self._send_now(run, planned)
 
     async def _send_now(self, run: ItemRun, planned: _Request) -> Extracted:
-        started = time.perf_counter()
-        outcome = await self._send(run, planned.prepared, started, planned.key, planned.digest)
+        key, digest, started = planned.key, planned.digest, time.perf_counter()
+
+        def send() -> Awaitable[Outcome[Answer]]:
+            return self._send(run, planned.prepared, started, key, digest)
+
+        shared, sender = self.shared, None
+        if shared is None:
+            outcome = await send()
+        else:
+            outcome, sender = await shared.run(digest, run.index, send)
+            if sender is not None:  # another document's identical request: no cost here
+                outcome = dataclasses.replace(outcome, attempts=0, rate_limited=0)
         seconds = time.perf_counter() - started
-        return self._extracted(run.batch, planned.key, planned.digest, outcome, seconds, started)
+        return self._extracted(run.batch, key, digest, outcome, seconds, started, sender)
 
     async def _extract_in_batch(
         self, run: ItemRun, part: _OcrPart, texts: list[str]
@@ -416,7 +451,12 @@ class PipelineAdapter:
             if done is not None:
                 revived = self.extraction.revive(done)
                 if isinstance(revived, Answered):
-                    reused = Stage(revived, 0.0, reused=True)
+                    twin = done.get("duplicate_of")
+                    reused = Stage(revived, 0.0, True, twin)
+                    if twin is None and self.budget is not None:  # paid for by its run
+                        self.budget.charge(ItemEnd(run.index, revived, 0.0))
+                    if twin is None and self.shared is not None:
+                        self.shared.answered(digest, run.index, revived)
                     return reused, fields_of(answer_text(revived.value.raw)), None
         return _Request(key, prepared, digest)
 
@@ -428,11 +468,14 @@ class PipelineAdapter:
         outcome: Outcome[Answer],
         seconds: float,
         started: float,
+        sender: int | None = None,
     ) -> Extracted:
-        """An extraction request's outcome parsed into fields, journaled as its stage."""
-        stage = Stage(outcome, seconds)
+        """An extraction request's outcome parsed into fields, journaled as its stage
+        (`sender`: the document whose identical request answered it, with `dedupe`)."""
+        stage = Stage(outcome, seconds, duplicate_of=sender)
         if not isinstance(outcome, Answered):
-            return stage, None, outcome.failure
+            unsent = outcome.failure.error_type == "budget_exceeded"  # no request to count
+            return None if unsent else stage, None, outcome.failure
         text_out = answer_text(outcome.value.raw)
         fields = fields_of(text_out)
         if fields is None:
@@ -443,6 +486,8 @@ class PipelineAdapter:
             )
             return stage, None, failure
         record = self.extraction.render(ItemEnd(key.index, outcome, started))
+        if sender is not None:
+            record["duplicate_of"] = sender
         batch.journaled(lambda j: j.record_stage(key, digest, record))
         return stage, fields, None
 
@@ -464,7 +509,31 @@ class PipelineAdapter:
                 trace=run.trace,
                 slot=slot,
             )
-            return await self.extraction.execute(stage_run, prepared)
+            return await self._paid(
+                prepared, accepted is not None, lambda: self.extraction.execute(stage_run, prepared)
+            )
+
+    async def _paid(
+        self, request: Upload | Prepared, paid: bool, send: Callable[[], Awaitable[Outcome[T]]]
+    ) -> Outcome[T]:
+        """`send()` a stage request within the budget, if any: its estimate held before it
+        is sent (`paid`: the API accepted it earlier, so it is polled whatever the budget),
+        what it cost spent when it ends; unsent, `budget_exceeded`, once the budget could
+        be passed."""
+        budget = self.budget
+        if budget is None:
+            return await send()
+        estimate, cost = budget.weigh(request)
+        held = await budget.hold(estimate, paid=paid)
+        if isinstance(held, Failure):
+            return Failed(held, 0)
+        try:
+            outcome = await send()
+        except BaseException:
+            budget.release(held)
+            raise
+        budget.spend(held, cost(outcome))
+        return outcome
 
     # The row.
 
@@ -492,7 +561,9 @@ class PipelineAdapter:
         checkpoint = ocr.checkpoint
         stages = done.stages
         answers = [s.outcome for s in stages if isinstance(s.outcome, Answered)]
-        usage = _summed_usage([answer.value.usage for answer in answers])
+        twins = [s.duplicate_of for s in stages if s.duplicate_of is not None]
+        billed = [s.outcome for s in stages if s.duplicate_of is None]
+        usage = _summed_usage([a.value.usage for a in billed if isinstance(a, Answered)])
         extraction_retries = sum(max(0, s.outcome.attempts - 1) for s in stages if not s.reused)
         tier = next((a.value.service_tier for a in answers if a.value.service_tier), None)
         fields = merge_fields(done.fields) if failed_stage is None else None
@@ -536,6 +607,7 @@ class PipelineAdapter:
                 "latency_ms": sum(s.seconds for s in stages) * 1000.0,
                 "usage": usage,
                 **({"page_fields": done.fields} if self.per_page else {}),
+                **({"duplicate_of": twins} if twins else {}),
             },
         }
         if failure is not None:
@@ -545,7 +617,7 @@ class PipelineAdapter:
             failed_stage,
             ocr_reused,
             ocr_retries,
-            len(stages),
+            len(stages) - len(twins),
             sum(s.reused for s in stages),
             extraction_retries,
             time.perf_counter() - started,
@@ -591,13 +663,17 @@ class PipelineAdapter:
             result["batch_id"], result["custom_id"] = row.batch
         if isinstance(outcome, Pending):  # as the Responses Batch API path marks its own
             result["batch_pending"] = True
+        if self.sources is not None:
+            source = self.sources.pop(end.index, None)
+            if end.duplicate_of is not None:
+                result["source"] = source
         return result
 
     def revive(self, record: Mapping[str, Any]) -> Outcome[Row]:
         get = record.get
         ocr, extraction = get("ocr") or {}, get("extraction") or {}
         keys = {k: v for k, v in record.items() if k not in _RENDERED}
-        reused = int(extraction.get("requests") or 0)
+        reused = int(extraction.get("requests") or 0) - len(extraction.get("duplicate_of") or ())
         row = Row(
             keys,
             get("failed_stage"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ from ..engine import (
     collect_in_order,
     count,
 )
+from ..engine.budget import SharedBudget, budget_needs
+from ..engine.cutoff import Cutoff
 from ..engine.journal import unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
@@ -41,6 +44,7 @@ from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
+from .budget import stage_budget
 from .path import KIND, PipelineAdapter, logger
 from .summary import PipelineSummary
 
@@ -146,7 +150,11 @@ class ExtractionPipeline(ResponsesClients):
         summary: Summary | None = None,
         resume: Mapping[int, Submission] | None = None,
         ordered: bool = False,
+        dedupe: bool = False,
+        max_cost_usd: float | None = None,
+        budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
+        deadline: float | datetime | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each document's row as soon as it is done (`ordered=True`: in input order, each
         as soon as every earlier one is out).
@@ -157,6 +165,13 @@ class ExtractionPipeline(ResponsesClients):
         `last_summary`) totals both. `resume` maps an input index to a Datalab job
         submitted earlier, polled instead of uploaded.
 
+        `dedupe`, `max_cost_usd` and `budget_name` as `ResponsesProcessor.stream`'s, over
+        both stages: identical documents (same bytes or URL) are converted and extracted
+        once, each row with `duplicate_of` naming the index sent, and identical extraction
+        requests of different documents are sent once (`shared`); the budget, in US
+        dollars, is reserved before each OCR job and each extraction request, Datalab's
+        cents as dollars (`budget`).
+
         `batch_api` (True, or a `BatchAPI` of options): the extraction requests go through
         the OpenAI Batch API at half the price, as lines of batch files written as the
         documents finish their OCR (a file goes out when full, or partly filled after
@@ -165,11 +180,21 @@ class ExtractionPipeline(ResponsesClients):
         the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
         collects the batches an interrupted run left running (without `batch_api` too: the
         requests they hold are collected, the others sent synchronously).
+
+        `deadline`: seconds from this call, or a timezone-aware `datetime`, after which
+        nothing more is sent (no upload, no extraction): the jobs and requests in flight
+        finish, and every row not done ends `deadline_exceeded` (with its finished OCR, if
+        any), journaled, so a rerun with the journal goes on from there (`engine.cutoff`).
         """
+        cutoff = Cutoff.of(deadline)
+        check.flag("dedupe", dedupe)
+        budget_needs(max_cost_usd, budget_name, "max_cost_usd")
         ocr, request, clients = self.ocr, self.extraction, self.clients
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
+        if batch is not None and max_cost_usd is not None:  # its lines are not reserved
+            raise ValueError("max_cost_usd cannot be used with batch_api in the pipeline")
         collecting = False
         if journal is not None and batch is None:
             left = unfinished(journal, KIND)
@@ -177,7 +202,11 @@ class ExtractionPipeline(ResponsesClients):
             collecting = bool(left.jobs)
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=request.model, prices=self.prices)
-        warn_unpriced(logger, request.model, table_of(summary))
+        prices = table_of(summary)
+        budget = None if max_cost_usd is None else stage_budget(ocr, request, max_cost_usd, prices)
+        if budget is not None and budget_name is not None:
+            budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
+        warn_unpriced(logger, request.model, prices)
         documents = DocumentProcessor(ocr, limits=clients.limits)
         ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
         async with (
@@ -190,7 +219,7 @@ class ExtractionPipeline(ResponsesClients):
             )
             stage = None
             if batch is not None:
-                context = BatchContext(request, batch, extraction, clients.limits)
+                context = BatchContext(request, batch, extraction, clients.limits, cutoff)
                 stage = BatchStage(context, session=extraction_session)
             elif collecting:  # a rerun without batch_api collects the journal's batches
                 collector = CollectingAdapter(extraction, clients.limits, extraction_session)
@@ -205,6 +234,8 @@ class ExtractionPipeline(ResponsesClients):
                 per_page=self.per_page,
                 ocr_session=ocr_session,
                 extraction_session=extraction_session,
+                budget=budget,
+                dedupe=dedupe,
             )
             driver = Driver(
                 adapter,
@@ -218,6 +249,9 @@ class ExtractionPipeline(ResponsesClients):
                     progress=progress,
                     summary=summary,
                     resume=resume,
+                    cutoff=cutoff,
+                    dedupe=dedupe,
+                    budget=budget,
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,

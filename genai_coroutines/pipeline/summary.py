@@ -41,8 +41,8 @@ class PipelineSummary(BatchSummary):
         super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
         outcome = end.outcome
         row = outcome.value
-        if not isinstance(row, Row):
-            return
+        if not isinstance(row, Row) or end.duplicate_of is not None:
+            return  # a twin (`dedupe`): its stages ran once, counted as its original's
         stage = row.failed_stage
         self.ocr_failed += stage == OCR_STAGE
         self.extraction_failed += stage == EXTRACTION_STAGE

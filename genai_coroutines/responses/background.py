@@ -13,6 +13,11 @@
       |                                             |   again after backoff (a counted retry)
       |                                             +-- failed otherwise, cancelled: the item
       |                                             |   fails with the API's message
+      |                                             +-- still running after max_wait_secs
+      |                                             |   (from the item's start): the item ends
+      |                                             |   `poll_timeout`, its response id kept in
+      |                                             |   its result and, not final, in the
+      |                                             |   journal: a rerun polls it again
       |                                             +-- 404 (expired from storage, unknown):
       |                                                 the item fails with the API's message;
       |                                                 a response resumed from the journal is
@@ -41,18 +46,23 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from ..engine import (
     Failure,
+    Ids,
+    ItemEnd,
     ItemRun,
     Outcome,
+    Pending,
     RateLimiter,
     Reply,
+    Result,
     RetryDetails,
     RetryPolicy,
     Submission,
@@ -70,6 +80,7 @@ from .request import ResponsesRequest
 from .results import Answer, logger
 
 RUNNING = ("queued", "in_progress")
+POLL_TIMEOUT: Literal["poll_timeout"] = "poll_timeout"
 CANCEL_TIMEOUT_SECS = 10.0
 """How long an interrupted batch waits for each cancel before leaving the response be."""
 
@@ -99,6 +110,7 @@ class BackgroundAdapter(DirectAdapter):
         super().__init__(request, limiter, cache_keys)
         self.responses_url = self.url + "/"
         self.interval = request.poll_interval_secs
+        self.max_wait = request.max_wait_secs
         self.poll_timeout = float(request.timeout_secs)
         self.poll_policy = RetryPolicy(
             max_retries=request.max_retries,
@@ -112,9 +124,10 @@ class BackgroundAdapter(DirectAdapter):
 
     async def execute(self, run: ItemRun, prepared: Prepared) -> Outcome[Answer]:
         tries = Tries()
+        until = None if self.max_wait is None else time.monotonic() + self.max_wait
 
         def one_round() -> Awaitable[Attempted]:
-            return self._round(run, prepared, tries)
+            return self._round(run, prepared, tries, until)
 
         try:
             outcome = await retrying(
@@ -128,9 +141,25 @@ class BackgroundAdapter(DirectAdapter):
         except asyncio.CancelledError:
             await self._interrupted(run)
             raise
+        submission = run.submission
+        if isinstance(outcome, Failure) and outcome.error_type == POLL_TIMEOUT and submission:
+            ids = Ids(request=submission.request_id)  # still running: not final
+            failure = dataclasses.replace(outcome, retriable=True)  # a rerun polls it
+            return Pending(failure, tries.sent, tries.rate_limited, ids=ids)
         return self.ended(outcome, tries)
 
-    async def _round(self, run: ItemRun, prepared: Prepared, tries: Tries) -> Attempted:
+    def render(self, end: ItemEnd[Answer]) -> Result:
+        """The synchronous path's result dict; one given up on while its response still ran
+        (`poll_timeout`) adds that `response_id`, which a rerun with the journal polls."""
+        result = super().render(end)
+        outcome = end.outcome
+        if isinstance(outcome, Pending) and outcome.ids is not None:
+            result["response_id"] = outcome.ids.request
+        return result
+
+    async def _round(
+        self, run: ItemRun, prepared: Prepared, tries: Tries, until: float | None
+    ) -> Attempted:
         """POST unless a response is known (this run's or the journal's), then poll it."""
         resumed = run.submission
         while True:
@@ -148,11 +177,11 @@ class BackgroundAdapter(DirectAdapter):
             background_in_flight(1)
             try:
                 async with run.waiting():  # polled without a driver slot
-                    ended = await self._poll(run, submission)
+                    ended = await self._poll(run, submission, until)
             finally:
                 background_in_flight(-1)
-            if isinstance(ended, Success):
-                return ended
+            if isinstance(ended, Success) or ended.error_type == POLL_TIMEOUT:
+                return ended  # a response given up on stays `run.submission`
             if ended.error_type == "not_found_error" and submission is resumed:
                 log_event(
                     logger,
@@ -186,8 +215,9 @@ class BackgroundAdapter(DirectAdapter):
             )
         return Success(Queued(response_id))
 
-    async def _poll(self, run: ItemRun, submission: Submission) -> Attempted:
-        """Poll the response until it ends: its answer, or why there is none."""
+    async def _poll(self, run: ItemRun, submission: Submission, until: float | None) -> Attempted:
+        """Poll the response until it ends (its answer, or why there is none), or until
+        `until` (`time.monotonic()`), then `poll_timeout`."""
         record = run.batch.stop.record
 
         async def check() -> Success[Answer | Ended | None] | Failure:
@@ -212,8 +242,15 @@ class BackgroundAdapter(DirectAdapter):
             wait=run.batch.wait,
             on_retry=self._log_poll_retry(run.index, submission),
             what=f"response {submission.request_id}",
+            until=until,
         )
-        assert ended is not None  # without `max_polls` only an end or a failure returns
+        if ended is None:
+            return Failure(
+                f"response {submission.request_id} still running after max_wait_secs "
+                f"({self.max_wait}s): rerun with the same journal to poll it again",
+                POLL_TIMEOUT,
+                retriable=False,  # ends this run's rounds; `execute` makes it Pending
+            )
         if isinstance(ended, Failure):
             return ended
         value = ended.value

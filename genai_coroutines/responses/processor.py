@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ from ..engine import (
     log_event,
 )
 from ..engine.budget import SharedBudget, budget_needs
+from ..engine.cutoff import Cutoff
 from ..engine.journal import Unfinished, unfinished
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
@@ -86,6 +88,7 @@ class ResponsesProcessor(ResponsesClients):
         max_cost_usd: float | None = None,
         budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
+        deadline: float | datetime | None = None,
     ) -> dict[str, Any]:
         """Every prompt's result in input order: `{"total_success", "total_errors", "results"}`.
 
@@ -102,6 +105,7 @@ class ResponsesProcessor(ResponsesClients):
                 max_cost_usd=max_cost_usd,
                 budget_name=budget_name,
                 batch_api=batch_api,
+                deadline=deadline,
             ),
             itemgetter("index"),
         )
@@ -139,6 +143,7 @@ class ResponsesProcessor(ResponsesClients):
         max_cost_usd: float | None = None,
         budget_name: str | None = None,
         batch_api: bool | BatchAPI = False,
+        deadline: float | datetime | None = None,
     ) -> AsyncGenerator[Result, None]:
         """Each item's result dict (carrying its `index`) as soon as it finishes.
 
@@ -165,9 +170,18 @@ class ResponsesProcessor(ResponsesClients):
         OpenAI Batch API at half the price, answered within its completion window
         (`responses.batch`); each result adds its `batch_id` and `custom_id`, and a rerun
         with the same journal collects the batches an interrupted run left running.
+
+        `deadline`: seconds from this call, or a timezone-aware `datetime`, by which the
+        batch must be done. Once it passes nothing more is sent: requests in flight finish
+        (and background responses already started are polled to their end), and every
+        item not sent ends `deadline_exceeded` with no attempt, journaled, so a rerun with
+        the journal sends it. With `batch_api`, the batches give way to the synchronous
+        path in time for it: unfinished ones are cancelled, what they answered is kept,
+        and the rest is sent synchronously (`responses.batch.fallback`).
         """
         if not isinstance(request, ResponsesRequest):
             raise TypeError(f"request must be a ResponsesRequest, not {type(request).__name__}")
+        cutoff = Cutoff.of(deadline)
         batch = BatchAPI.of(batch_api)
         if batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
@@ -208,12 +222,13 @@ class ResponsesProcessor(ResponsesClients):
             concurrency=request.max_concurrent_requests,
             max_waiting=request.max_waiting,
             headers=request_headers(request),
-            connector=self.clients.connector,
+            sessions=self.clients.session,
             journal=journal,
             progress=progress,
             summary=summary,
             dedupe=dedupe,
             budget=budget,
+            cutoff=cutoff,
             start_fields={
                 "model": request.model,
                 "prompts": count(request.user_prompts, "lazy"),
@@ -221,13 +236,14 @@ class ResponsesProcessor(ResponsesClients):
                 "stream": bool(request.stream),
                 **({"background": True} if request.background else {}),
                 **({"batch_api": True} if batch is not None else {}),
+                **({"deadline": cutoff.text()} if cutoff is not None else {}),
             },
         )
         warn_unpriced(logger, request.model, prices)
         adapter: Adapter[Any]
         if batch is not None:
             direct = DirectAdapter(request, limiter, self.cache_keys)
-            adapter = BatchAPIAdapter(request, batch, direct, self.limits)
+            adapter = BatchAPIAdapter(request, batch, direct, self.limits, cutoff)
         elif left.jobs:  # an earlier batch_api run's batches answer some items: collect them
             direct = DirectAdapter(request, limiter, self.cache_keys)
             adapter = CollectingAdapter(direct, self.limits)

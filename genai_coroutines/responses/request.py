@@ -23,6 +23,7 @@ from ..params import (
     json_file,
     json_object_or_text,
     json_text,
+    max_wait_param,
     max_waiting_param,
     not_cli,
     param,
@@ -57,6 +58,11 @@ class _Default(float):
 DEFAULT_TIMEOUT_SECS: float = _Default(60)
 FLEX_TIMEOUT_SECS = 900.0
 """OpenAI's flex guide: flex answers are slower, so raise the timeout to 15 minutes."""
+BACKGROUND_MAX_WAIT_SECS = 3 * 3600.0
+"""How long a background response is polled by default: three hours is several times the
+longest reasoning runs OpenAI describes (tens of minutes), so a healthy response is never
+given up on, yet a response stuck `queued` (reported after an early disconnect) does not
+hold its batch open indefinitely; the id stays journaled, so giving up costs nothing."""
 
 
 @dataclass(frozen=True, kw_only=True, eq=False, repr=False)
@@ -131,6 +137,9 @@ class ResponsesRequest:
     )
     poll_interval_secs: float = param(
         2.0, "background mode: seconds between polls of a response", flag="--poll-interval"
+    )
+    max_wait_secs: float | None = max_wait_param(
+        BACKGROUND_MAX_WAIT_SECS, "background mode", flag="--max-wait"
     )
     max_waiting: int = max_waiting_param()
     cancel_on_interrupt: bool = param(
@@ -243,6 +252,7 @@ def _check_background(request: ResponsesRequest) -> None:
     for name in ("background", "cancel_on_interrupt"):
         check.flag(name, getattr(request, name))
     check.number("poll_interval_secs", request.poll_interval_secs, positive=True)
+    check.number("max_wait_secs", request.max_wait_secs, positive=True, optional=True)
     if not request.background:
         return
     if request.store is False:

@@ -7,6 +7,8 @@ not), each on those after it:
     collect    CollectingAdapter: a synchronous rerun that collects a journal's batches
     jobs       BatchStage, a grouped stage; BatchJobs, its group: lines into files, files
                into batches, outcomes emitted
+    fallback   with a deadline, the switch to the synchronous path in time for it; Resender,
+               what sends lines synchronously
     submitter  uploads and creates, within the enqueued tokens and creations per hour
     answers    each batch polled to its end, its lines judged and joined back
     context    BatchContext: the request, options, key limits, result rendering

@@ -19,6 +19,7 @@ Nothing is bought again silently: the lines handed back are logged at WARNING
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -144,6 +145,8 @@ class Answers:
             self.observe(job, got.value)
             return Success(got.value if job.status in TERMINAL else None)
 
+        wait = self.options.max_wait_secs
+        until = None if wait is None else time.monotonic() + wait
         outcome: Success[Json | None] | Failure | None = None
         if job.status == "resumed":  # an earlier run's batch may have ended long ago
             outcome = await check()
@@ -155,6 +158,7 @@ class Answers:
                 policy=self.policy,
                 wait=self.wait,
                 what=f"batch {batch_id}",
+                until=until,
             )
         if not isinstance(outcome, Success) or outcome.value is None:
             failure = outcome if isinstance(outcome, Failure) else None
@@ -164,7 +168,8 @@ class Answers:
             await self.fail(
                 job,
                 Failure(
-                    f"{failure.message if failure else 'polling stopped'}; batch {batch_id} "
+                    f"{failure.message if failure else f'polled for max_wait_secs ({wait}s)'}; "
+                    f"batch {batch_id} "
                     "may still be running: rerun with the same journal to collect it",
                     failure.error_type if failure else "poll_timeout",
                     retriable=True,
@@ -325,7 +330,9 @@ class Answers:
                     line=member.line_id,
                 ),
             )
-        elif outcome.retriable and member.attempt < self.max_retries:
+        elif outcome.retriable and (
+            member.attempt < self.max_retries or outcome.code == "batch_cancelled"
+        ):  # a line its cancelled batch never ran cost nothing: sending it is no retry
             retry.add(key, member, outcome)
         else:
             await self.emit(

@@ -7,8 +7,9 @@ synchronous path must not buy those items a second time, so it collects them:
 would on resume (the Batch API stage: the batch polled every `poll_interval_secs` until it
 ends, its files read: `jobs.BatchJobs`), and every other item synchronously, as asked,
 `max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
-never ran) is sent synchronously too, not in a new batch. The pipeline's rerun without
-`batch_api` collects its extraction requests through the same stage (`pipeline.path`).
+never ran) is sent synchronously too, not in a new batch (`fallback.Resender`). The
+pipeline's rerun without `batch_api` collects its extraction requests through the same stage
+(`pipeline.path`).
 
 A rerun with `stream` or `background` sends other request bodies, which the journal's
 batches cannot answer item by item, so it is refused (`check_rerun`) before anything is
@@ -17,12 +18,9 @@ sent, naming the batches and how to collect them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -30,7 +28,6 @@ import aiohttp
 from ...engine import (
     Deferred,
     Failure,
-    GroupRun,
     ItemEnd,
     ItemRun,
     KeyLimits,
@@ -45,9 +42,8 @@ from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, logger
 from .context import BatchContext
-from .jobs import BatchJobs, BatchStage
+from .jobs import BatchStage
 from .options import BatchAPI
-from .spool import BatchJob, Member, body_of, custom_id_of, key_of
 
 SHOWN_JOBS = 5
 
@@ -103,11 +99,9 @@ class CollectingAdapter:
         self.collector = BatchContext(
             request, BatchAPI(poll_interval_secs=request.poll_interval_secs), direct, limits
         )
-        self.stage = BatchStage(self.collector, resend=self._again, session=session)
+        self.stage = BatchStage(self.collector, resend=True, session=session)
         """The Batch API stage that collects (and sends synchronously what its batches hand
         back); also the pipeline's, on a rerun without `batch_api` (`pipeline.path`)."""
-        self.resending = asyncio.Semaphore(request.max_concurrent_requests)
-        """Bounds the lines sent again synchronously (beside the driver's own slots)."""
         self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
@@ -134,21 +128,3 @@ class CollectingAdapter:
             if known is not None and known.job_id is not None:
                 return Deferred(self.stage, [Line(key, prepared)])
         return await self.direct.execute(run, prepared)
-
-    def _again(self, jobs: BatchJobs, job: BatchJob, members: dict[StageKey, Member]) -> None:
-        """Send synchronously what an ended batch handed back (its lines are in the spool),
-        `max_concurrent_requests` at a time."""
-        max_output = self.direct.template.max_output
-        for raw in job.spool.read():
-            key = key_of(custom_id_of(raw))
-            member = None if key is None else members.pop(key, None)
-            if key is not None and member is not None:
-                prepared = Prepared(body_of(raw), member.tokens + max_output)
-                jobs.tasks.spawn(self._send(jobs.group, key, prepared, member.attempt + 1))
-
-    async def _send(self, group: GroupRun, key: StageKey, prepared: Prepared, earlier: int) -> None:
-        """Run one line on the synchronous path; `earlier`: batches it was sent in before."""
-        async with self.resending:
-            item = ItemRun(key.index, group.batch, time.perf_counter())
-            outcome = await self.direct.execute(item, prepared)
-        await group.emit(key, replace(outcome, attempts=outcome.attempts + earlier))

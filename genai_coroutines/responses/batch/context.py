@@ -8,11 +8,12 @@ adapter (`path.BatchAPIAdapter`), which runs them: so they depend on it and neve
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sized
 from dataclasses import replace
 from typing import Any
 
 from ...engine import Failed, Failure, Ids, ItemEnd, KeyLimits, Outcome, Pending, Result
+from ...engine.cutoff import Cutoff
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
 from ..results import Answer, answered, logger, rendered, revived
@@ -25,7 +26,12 @@ class BatchContext:
     logger: logging.Logger = logger
 
     def __init__(
-        self, request: ResponsesRequest, options: BatchAPI, direct: DirectAdapter, limits: KeyLimits
+        self,
+        request: ResponsesRequest,
+        options: BatchAPI,
+        direct: DirectAdapter,
+        limits: KeyLimits,
+        cutoff: Cutoff | None = None,
     ) -> None:
         self.request = request
         self.options = options
@@ -34,6 +40,13 @@ class BatchContext:
         self.limits = limits
         """The key's limits: the batches created per hour are counted there."""
         self.model = request.model
+        self.cutoff = cutoff
+        """The run's deadline: the batches give way to the synchronous path in time for it
+        (`fallback`)."""
+        prompts = request.user_prompts
+        self.expected = len(prompts) if isinstance(prompts, Sized) else None
+        """The items of the run, when the input says (a list): those not read yet count
+        in what the synchronous path would need."""
 
     def input_tokens(self, prepared: Prepared) -> int:
         """Estimated input tokens (what the API's enqueued-token limit counts)."""

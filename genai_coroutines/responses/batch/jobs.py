@@ -13,8 +13,8 @@ the input ended, go out together without waiting for the input's end).
 Each job is submitted (`submitter.Submitter`), its batch followed until it
 ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
 follow-up job, copied from the ended job's spool. Each waiting line keeps a small `Member`
-in memory (its body is in the spool), so memory grows with the lines waiting: about 0.57 KiB
-a line, 0.75 KiB with a journal (`benchmarks/memory.py --batch-api`).
+in memory (its body is in the spool), so memory grows with the lines waiting: about 0.3 KiB
+a line, 0.4 KiB with a journal (`benchmarks/million.py`).
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
 same journal finds each unfinished item's file and batch and, once the input has been
@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
 
@@ -44,6 +43,7 @@ from ..direct import Prepared, retry_policy
 from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
+from .fallback import Fallback, Resender
 from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, key_of
 from .submitter import Submitter
 from .wire import TERMINAL, BatchWire
@@ -52,17 +52,10 @@ SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
 
 
-SendAgain = Callable[["BatchJobs", BatchJob, dict[StageKey, Member]], None]
-"""Takes the members of an ended job that are to be sent again, instead of a follow-up
-batch (their lines are still in the job's spool), and emits their outcomes."""
-
-
 class BatchJobs:
     """The files and batches of one `stream()` on the Batch API path."""
 
-    def __init__(
-        self, context: BatchContext, run: GroupRun, resend: SendAgain | None = None
-    ) -> None:
+    def __init__(self, context: BatchContext, run: GroupRun, resend: bool = False) -> None:
         request = context.request
         self.context = context
         self.group = run
@@ -84,8 +77,28 @@ class BatchJobs:
         self.answers = Answers(
             context, self.wire, api_key, policy, run.batch.wait, emit=run.emit, note=self._note
         )
-        self.submitter = Submitter(context, run, self.wire, api_key, self.answers)
+        self.resender = Resender(context, run, self.tasks)
         self.resend = resend
+        """Send what an ended batch hands back synchronously, not in a follow-up batch."""
+        self.fallback = (
+            None
+            if context.cutoff is None
+            else Fallback(context, context.cutoff, self, self.wire, self.answers, self.resender)
+        )
+        self.submitter = Submitter(
+            context,
+            run,
+            self.wire,
+            api_key,
+            self.answers,
+            divert=None if self.fallback is None else self.fallback.take,
+        )
+        self.added = 0
+        """Lines taken (`add`)."""
+        self.closed = False
+        """The input is read (`close`)."""
+        if self.fallback is not None:
+            self.tasks.spawn(self.fallback.watch())
         self.writer: BatchJob | None = None
         """The file being written."""
         self.loop = asyncio.get_running_loop()
@@ -112,13 +125,22 @@ class BatchJobs:
 
     def close(self) -> None:
         """The input is read: the file being written goes out, and so do earlier runs'."""
-        self._send_writer()
+        self.closed = True
+        self.flush()
         for job in self.resumed.values():
             self._launch(job)
         self.resumed.clear()
 
+    def flush(self) -> None:
+        """The file being written goes out."""
+        if self.writer is not None:
+            self._launch(self.writer)
+            self.writer = None
+
     async def add(self, key: StageKey, request: Prepared, digest: str | None) -> None:
-        """A line for the file being written (a file of an earlier run, if it holds it)."""
+        """A line for the file being written (a file of an earlier run, if it holds it);
+        after a deadline's switch (`fallback`), sent synchronously."""
+        self.added += 1
         options = self.options
         body = self.context.direct.wire_body(request)
         tokens = self.context.input_tokens(request)
@@ -129,6 +151,9 @@ class BatchJobs:
                 job = self.resumed[known.file_id] = self._resumed(known)
             member = Member(known.line_id, known.attempt, tokens, digest)
             job.add(key, member, batch_line(known.line_id, body))
+            return
+        if self.fallback is not None and self.fallback.switched:
+            self.resender.send(key, body, tokens, 0)
             return
         line_id = custom_id(key, body)
         line = batch_line(line_id, body)
@@ -147,7 +172,7 @@ class BatchJobs:
             return
         writer = self.writer
         if writer is not None and not self._fits(writer, len(line), tokens):
-            self._send_writer()
+            self.flush()
             writer = None
         now = self.loop.time()
         if writer is None:
@@ -185,12 +210,7 @@ class BatchJobs:
             lines=self.writer.spool.lines,
             waited=f"{self.loop.time() - self.first_line:.2f}s",
         )
-        self._send_writer()
-
-    def _send_writer(self) -> None:
-        if self.writer is not None:
-            self._launch(self.writer)
-            self.writer = None
+        self.flush()
 
     def _known(self, key: StageKey, digest: str | None) -> GroupLine | None:
         journal = self.group.batch.journal
@@ -235,6 +255,8 @@ class BatchJobs:
         try:
             if job.batch_id is None and not await self.submitter.submit(job):
                 return
+            if self.fallback is not None:
+                await self.fallback.created(job)
             batch = await self.answers.follow(job)
             if batch is not None:
                 await self.submitter.release(job)  # it ended: its tokens leave before it is read
@@ -242,8 +264,9 @@ class BatchJobs:
                 usage = batch.get("usage")  # the provider's figures, beside the lines' sums
                 summary = self.group.batch.summary
                 summary.report_group(usage_tokens(usage) if isinstance(usage, dict) else None)
-                if retry.members and self.resend is not None:
-                    self.resend(self, job, retry.members)
+                resend = self.resend or (self.fallback is not None and self.fallback.switched)
+                if retry.members and resend:
+                    self.resender.again(job, retry.members, ran=True)
                 elif retry.members:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.members, after=after)
@@ -342,9 +365,11 @@ class BatchStage:
     def __init__(
         self,
         context: BatchContext,
-        resend: SendAgain | None = None,
+        resend: bool = False,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
+        """`resend`: what an ended batch hands back is sent synchronously (a rerun that
+        collects an earlier run's batches), not in a follow-up batch."""
         self.context = context
         self.resend = resend
         self.session = session

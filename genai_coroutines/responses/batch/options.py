@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ... import validation as check
-from ...params import json_text, param
+from ...params import json_text, max_wait_param, param
 from ..request import check_metadata
 
 MAX_REQUESTS_PER_FILE = 50_000
@@ -39,6 +39,9 @@ class BatchAPI:
     poll_interval_secs: float = param(
         60.0, "seconds between polls of each batch", flag="--batch-poll-interval"
     )
+    max_wait_secs: float | None = max_wait_param(
+        None, "each batch (None: until its completion window ends it)", flag="--batch-max-wait"
+    )
     completion_window: str = param(
         "24h", "the batches' completion window", flag="--batch-completion-window"
     )
@@ -71,6 +74,12 @@ class BatchAPI:
         "seconds after its first line at which a partly filled batch file is sent",
         flag="--batch-flush-max-wait",
     )
+    fallback_margin_secs: float = param(
+        600.0,
+        "with a deadline: time kept beyond the synchronous path's estimate when switching "
+        "to it (a cancelled batch may take 10 minutes to stop)",
+        flag="--batch-fallback-margin",
+    )
     metadata: dict[str, str] | None = param(
         None,
         'each batch\'s metadata, a JSON object, e.g. \'{"run": "nightly"}\'',
@@ -81,6 +90,7 @@ class BatchAPI:
 
     def __post_init__(self) -> None:
         check.number("poll_interval_secs", self.poll_interval_secs, positive=True)
+        check.number("max_wait_secs", self.max_wait_secs, positive=True, optional=True)
         check.choice("completion_window", self.completion_window, COMPLETION_WINDOWS)
         check.integer("max_requests_per_file", self.max_requests_per_file, minimum=1)
         if self.max_requests_per_file > MAX_REQUESTS_PER_FILE:
@@ -98,6 +108,7 @@ class BatchAPI:
         check.integer("max_batches_per_hour", self.max_batches_per_hour, minimum=1)
         check.number("flush_idle_secs", self.flush_idle_secs, positive=True)
         check.number("flush_max_wait_secs", self.flush_max_wait_secs, positive=True)
+        check.number("fallback_margin_secs", self.fallback_margin_secs)
         check_metadata(self.metadata)
 
     @classmethod

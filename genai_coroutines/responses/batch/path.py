@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...engine import Deferred, Failure, ItemEnd, ItemRun, KeyLimits, Line, Outcome, Result
+from ...engine.cutoff import Cutoff
 from ...engine.stages import StageKey
 from ..direct import DirectAdapter, Prepared
 from ..request import ResponsesRequest
@@ -47,11 +48,18 @@ class BatchAPIAdapter:
     logger: logging.Logger = logger
 
     def __init__(
-        self, request: ResponsesRequest, options: BatchAPI, direct: DirectAdapter, limits: KeyLimits
+        self,
+        request: ResponsesRequest,
+        options: BatchAPI,
+        direct: DirectAdapter,
+        limits: KeyLimits,
+        cutoff: Cutoff | None = None,
     ) -> None:
+        """`cutoff`: the run's deadline, which the batches give way to the synchronous
+        path in time for (`fallback`)."""
         if request.stream:
             raise ValueError("stream=True cannot be used with batch_api: a batch answers whole")
-        self.context = BatchContext(request, options, direct, limits)
+        self.context = BatchContext(request, options, direct, limits, cutoff)
         self.stage = BatchStage(self.context)
         self.telemetry_identity = direct.telemetry_identity
 

@@ -4,7 +4,9 @@ Each `BatchJob` is submitted in turn: wait for room in the enqueued-token budget
 (`BatchAPI.max_enqueued_tokens`: the estimated input tokens of the batches created and
 not ended, a capacity of the key and model in the limits store, so every process sharing
 the store shares the one allowance: `Allowance`), upload, journal the file and its
-members, wait for a creation slot
+members (with a journal, the file's digest first, so a rerun after a kill between the
+upload and that journal line finds the file by listing instead of uploading it again),
+wait for a creation slot
 (`BatchAPI.max_batches_per_hour`, 2,000 by default: counted with the key's other limits,
 `KeyLimits.take_slot`, so every process sharing a limits store shares the hour), create,
 journal the batch id. The slot is taken before the create (a create that fails has still
@@ -18,7 +20,9 @@ submitted end with the failure (`Answers.fail`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from contextlib import suppress
@@ -29,6 +33,8 @@ from .answers import Answers
 from .context import BatchContext
 from .spool import BatchJob
 from .wire import BatchWire, Json
+
+DIGEST_CHUNK = 2**20
 
 HOUR = 3600.0
 LEASE_SECS = 600.0
@@ -92,8 +98,12 @@ class Submitter:
         wire: BatchWire,
         api_key: str,
         answers: Answers,
+        divert: Callable[[BatchJob], bool] | None = None,
     ) -> None:
+        """`divert`: asked before a job's upload and again before its batch is created;
+        True takes the job away (a deadline's switch to the synchronous path: `fallback`)."""
         self.context = context
+        self.divert = divert
         self.group = run
         self.options = context.options
         self.wire = wire
@@ -124,6 +134,8 @@ class Submitter:
             if stop is not None:
                 await self.answers.fail(job, stop)
                 return False
+            if job.file_id is None and self._diverted(job):
+                return False
             await self._wait_for(lambda: self._after_ended(job))
             if self.allowance is not None:
                 await self.allowance.reserve(job)
@@ -143,6 +155,9 @@ class Submitter:
                 return False
             assert job.file_id is not None
             await self._creation_slot()
+            if self._diverted(job):  # nothing awaited from here to the create
+                await self.release(job)
+                return False
             created = await self.wire.create(
                 job.file_id, self.options.completion_window, self.options.metadata, job.file_created
             )
@@ -153,6 +168,9 @@ class Submitter:
                 return False
             self._created(job, created.value)
             return True
+
+    def _diverted(self, job: BatchJob) -> bool:
+        return self.divert is not None and self.divert(job)
 
     def _after_ended(self, job: BatchJob) -> bool:
         """After the API refused a batch for its enqueued tokens, its follow-up waits for
@@ -165,9 +183,38 @@ class Submitter:
             await self.changed.wait()
 
     async def _upload(self, job: BatchJob) -> bool:
+        """Upload the job's file, or with a journal, find the one an earlier run uploaded
+        and was killed before journaling: the file's name carries its digest, and the
+        digest is journaled before each upload (`Journal.record_upload_intent`)."""
         spool = job.spool
         spool.seal()
-        uploaded = await self.wire.upload(spool.path, f"genai-coroutines-{job.number}.jsonl")
+        uploaded: Success[Json] | Failure | None = None
+        name = f"genai-coroutines-{job.number}.jsonl"
+        journal = self.group.batch.journal
+        if journal is not None:
+            digest = await asyncio.to_thread(file_digest, spool.path)
+            name = f"genai-coroutines-{job.number}-{digest}.jsonl"
+            since = journal.upload_intended(digest)
+            if since is not None:
+                found = await self.wire.find_file(name, os.path.getsize(spool.path), since)
+                if isinstance(found, Failure):
+                    uploaded = found
+                elif found is not None:
+                    uploaded = Success(found)
+                    log_event(
+                        self.context.logger,
+                        logging.INFO,
+                        "batch_api_file_found",
+                        file=found.get("id"),
+                        action='"uploaded by an earlier run, not journaled: not uploaded again"',
+                    )
+            elif not self.group.batch.journaled(lambda j: j.record_upload_intent(digest)):
+                stop = self.group.batch.stop.failure
+                failure = stop or Failure("journal failed", "journal_error", False)
+                await self.answers.fail(job, failure)
+                return False
+        if uploaded is None:
+            uploaded = await self.wire.upload(spool.path, name)
         file_id = uploaded.value.get("id") if isinstance(uploaded, Success) else None
         if not isinstance(file_id, str) or not file_id:
             failure = (
@@ -252,3 +299,12 @@ class Submitter:
             self.live -= 1
             self.ended += 1
             self.changed.set()
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (a batch file may be 200 MB)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(DIGEST_CHUNK):
+            hasher.update(chunk)
+    return hasher.hexdigest()

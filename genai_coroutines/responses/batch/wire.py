@@ -3,7 +3,8 @@
 `POST /v1/files` (multipart, `purpose=batch`, the file streamed from disk),
 `POST /v1/batches`, `GET /v1/batches/{id}`, `GET /v1/batches` (to find a batch created
 for a file before a crash let its id be journaled), `POST /v1/batches/{id}/cancel` and
-`GET /v1/files/{id}/content`, read in chunks and handed over line by line so an output
+`GET /v1/files?purpose=batch` (to find a file uploaded before a crash let its id be
+journaled), `GET /v1/files/{id}/content`, read in chunks and handed over line by line so an output
 file of 50,000 responses is never held whole. Failures are classified by
 `errors.classify`, as on the synchronous path.
 
@@ -54,8 +55,11 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 """The statuses a batch ends in."""
 READ_CHUNK = 2**16
 LIST_PAGE = 100
+FILE_PAGE = 10_000
+"""Files listed per page: the API's largest `limit`."""
 CLOCK_SKEW_SECS = 600
-"""A batch listed as created this long before its file was journaled is not its batch."""
+"""A batch listed as created this long before its file was journaled is not its batch (nor
+a file this long before its upload was intended)."""
 
 
 class BatchWire:
@@ -182,6 +186,35 @@ class BatchWire:
             ):
                 return None
             after = str(batches[-1].get("id"))
+
+    async def find_file(self, name: str, size: int, since: float) -> Json | None | Failure:
+        """The batch file named `name` of `size` bytes, listed newest first back to `since`
+        (`time.time()` of the upload's intent); or None."""
+        after: str | None = None
+        while True:
+            query = f"?purpose=batch&limit={FILE_PAGE}" + (f"&after={after}" if after else "")
+
+            async def attempt(query: str = query) -> Success[Json] | Failure:
+                reply = await send(
+                    self.session, "GET", f"{self.base}/files{query}", timeout=self.timeout
+                )
+                return self._json(reply)
+
+            page = await self._retrying(attempt, "list files")
+            if isinstance(page, Failure):
+                return page
+            files = [f for f in page.value.get("data") or [] if isinstance(f, dict)]
+            for found in files:
+                if found.get("filename") == name and found.get("bytes") == size:
+                    return found
+            oldest = files[-1].get("created_at") if files else None
+            if (
+                not files
+                or not page.value.get("has_more")
+                or (isinstance(oldest, int | float) and oldest < since - CLOCK_SKEW_SECS)
+            ):
+                return None
+            after = str(files[-1].get("id"))
 
     async def lines(
         self, file_id: str, handle: LineHandler, restart: Callable[[], None] | None = None

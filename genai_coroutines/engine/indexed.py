@@ -1,0 +1,139 @@
+"""A fixed-size value per input index for the items in flight, in a flat byte array.
+
+A batch of a million prompts through a path that answers in groups (the Batch API) has
+every item waiting at once. What the driver keeps of each (when its turn came, the
+budget's hold, the journal digest until the journal holds it elsewhere) was a dict entry:
+an int key, a float or a 64-character string, and the table's slot, 100 to 200 bytes an
+item. Here it is a slot of a `bytearray` (8 bytes for a float, 32 for a digest, and one
+byte saying whether it is there) from the lowest index still kept to the highest; the
+front is dropped as the oldest items end (groups answer roughly in input order), so a run
+holds that much for each index between the oldest item kept and the newest.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+_FLOAT = struct.Struct("d")
+
+
+class Indexed(Generic[V]):
+    """`index -> value` for non-negative indices, each value `width` bytes once encoded (see
+    the module docstring)."""
+
+    __slots__ = ("_width", "_data", "_present", "_first", "_front", "_count")
+
+    def __init__(self, width: int) -> None:
+        self._width = width
+        self._data = bytearray()
+        self._present = bytearray()
+        self._first = 0
+        """The index of slot 0."""
+        self._front = 0
+        """Every slot before this one is absent."""
+        self._count = 0
+
+    def _encode(self, value: V) -> bytes:
+        raise NotImplementedError
+
+    def _decode(self, raw: bytes) -> V:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, index: int) -> bool:
+        slot = index - self._first
+        return 0 <= slot < len(self._present) and bool(self._present[slot])
+
+    def __iter__(self) -> Iterator[int]:
+        first = self._first
+        return (first + slot for slot, there in enumerate(self._present) if there)
+
+    def __setitem__(self, index: int, value: V) -> None:
+        raw, width, present = self._encode(value), self._width, self._present
+        if not present:
+            self._first = self._front = index
+        elif index < self._first:  # below the front: grow the front back
+            grow = self._first - index
+            present[:0] = bytes(grow)
+            self._data[:0] = bytes(grow * width)
+            self._first, self._front = index, 0
+        slot = index - self._first
+        if slot >= len(present):
+            grow = slot + 1 - len(present)
+            present += bytes(grow)
+            self._data += bytes(grow * width)
+        if not present[slot]:
+            present[slot] = 1
+            self._count += 1
+        self._data[slot * width : (slot + 1) * width] = raw
+        self._front = min(self._front, slot)
+
+    def get(self, index: int) -> V | None:
+        if index not in self:
+            return None
+        slot, width = index - self._first, self._width
+        return self._decode(bytes(self._data[slot * width : (slot + 1) * width]))
+
+    def pop(self, index: int) -> V | None:
+        """The value kept for `index`, no longer kept; None if there was none."""
+        value = self.get(index)
+        if value is None:
+            return None
+        slot = index - self._first
+        self._present[slot] = 0
+        self._count -= 1
+        if not self._count:
+            self._data.clear()
+            self._present.clear()
+            self._first = self._front = 0
+        elif slot == self._front:
+            self._trim()
+        return value
+
+    def _trim(self) -> None:
+        """Move `_front` past the absent slots (each is passed once), and drop them once
+        they are a quarter of the array (the copy is paid for by as many pops)."""
+        present = self._present
+        front = present.find(1, self._front)
+        if front * 4 >= len(present):
+            del present[:front]
+            del self._data[: front * self._width]
+            self._first += front
+            front = 0
+        self._front = front
+
+
+class IndexedFloats(Indexed[float]):
+    """A float per index (start times, budget holds): 9 bytes each."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(_FLOAT.size)
+
+    def _encode(self, value: float) -> bytes:
+        return _FLOAT.pack(value)
+
+    def _decode(self, raw: bytes) -> float:
+        return float(_FLOAT.unpack(raw)[0])
+
+
+class IndexedDigests(Indexed[str]):
+    """A SHA-256 hex digest per index (`journal.request_digest`'s): 33 bytes each, where the
+    string alone is 113."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(32)
+
+    def _encode(self, value: str) -> bytes:
+        return bytes.fromhex(value)
+
+    def _decode(self, raw: bytes) -> str:
+        return raw.hex()
