@@ -22,6 +22,19 @@ second, and the last one still needs at least one page of processing:
     python benchmarks/ocr_throughput.py --n 50 --no-seed-client   # a quick run
 
 Targets for this library: efficiency >= 0.90, 429s <= 2% of uploads, no duplicates.
+
+Many schemas, one OCR (`--schemas 3`, the default; 0 skips it): the same documents
+(`--schema-n`, default 200) each filled with 3 JSON schemas, under the same limits,
+
+- by `DatalabExtraction`: one `/convert` with `save_checkpoint` per document, then one
+  `/extract` per schema from its checkpoint, and
+- by three separate `/extract` runs from the files (one `DocumentProcessor` per schema),
+  each parsing every document again.
+
+For each it prints submissions, the OCR's cents (the `parse` operations billed), all cents,
+and wall time.
+
+    python benchmarks/ocr_throughput.py --n 0 --no-seed-client     # the schemas row alone
 """
 
 from __future__ import annotations
@@ -131,6 +144,84 @@ async def run_seed_design(marker_url: str, docs: list[bytes], args: argparse.Nam
     return sum(outcomes)
 
 
+def schemas(count: int) -> dict[str, dict[str, Any]]:
+    """`count` small JSON schemas (an invoice's parts), each with its own fields."""
+    fields = [("vendor", "total"), ("buyer", "date"), ("currency", "invoice_number")]
+    return {
+        f"schema{i}": {
+            "type": "object",
+            "properties": {name: {"type": "string"} for name in fields[i % len(fields)]},
+        }
+        for i in range(count)
+    }
+
+
+async def run_one_ocr(base_url: str, docs: list[bytes], args: argparse.Namespace) -> Any:
+    """`DatalabExtraction`: converted once, each schema extracted from the checkpoint."""
+    from genai_coroutines import DatalabExtraction, ExtractionPipeline
+
+    pipeline = ExtractionPipeline(
+        schema_config(f"{base_url}/api/v1/convert", args),
+        DatalabExtraction(schemas(args.schemas)),
+    )
+    rows = await pipeline.process(docs)
+    summary = pipeline.last_summary
+    assert summary is not None
+    return sum(row["success"] for row in rows), summary.ocr_cents, summary.cost_cents
+
+
+async def run_from_files(base_url: str, docs: list[bytes], args: argparse.Namespace) -> Any:
+    """Three separate `/extract` runs from the files, one per schema."""
+    from genai_coroutines import DocumentProcessor
+
+    ok, ocr, total = len(docs), 0.0, 0.0
+    for schema in schemas(args.schemas).values():
+        config = schema_config(f"{base_url}/api/v1/extract", args, page_schema=json.dumps(schema))
+        results = await DocumentProcessor(config).process_multiparts(docs)
+        ok = min(ok, sum(r["success"] for r in results))
+        for result in results:
+            cost = result["cost_breakdown"] or {}
+            ocr += cost.get("operations", {}).get("parse", 0.0)
+            total += cost.get("final_cost_cents", 0.0)
+    return ok, ocr, total
+
+
+def schema_config(url: str, args: argparse.Namespace, **options: Any) -> Any:
+    from genai_coroutines import DocumentConfig
+
+    return DocumentConfig(
+        api_key=API_KEY,
+        api_url=url,
+        max_concurrent_requests=args.concurrency,
+        poll_interval_secs=args.poll_interval,
+        base_retry_delay_secs=args.retry_delay,
+        max_poll_attempts=10_000,
+        requests_per_minute=args.rpm,
+        **options,
+    )
+
+
+async def measure_schemas(name: str, base_url: str, client: Any) -> tuple[str, float, Any, Any]:
+    await emulator_stats(base_url, reset=True)
+    started = time.monotonic()
+    figures = await client()
+    return name, time.monotonic() - started, figures, await emulator_stats(base_url)
+
+
+def report_schemas(rows: list[tuple[str, float, Any, Any]], n: int, count: int) -> None:
+    print(f"\n{n} documents x {count} schemas")
+    print(
+        f"{'client':<34}{'ok':>5}{'submissions':>13}{'parses':>8}{'OCR cents':>11}"
+        f"{'all cents':>11}{'wall s':>8}"
+    )
+    for name, wall, (ok, ocr, total), stats in rows:
+        submissions = sum(sum(c.values()) for c in stats["submissions_by_endpoint"].values())
+        parses = sum(stats["parses_by_digest"].values())
+        print(
+            f"{name:<34}{ok:>5}{submissions:>13}{parses:>8}{ocr:>11.1f}{total:>11.1f}{wall:>8.2f}"
+        )
+
+
 def report(runs: list[Run], n: int, bound: float) -> None:
     print(
         f"\n{'client':<22}{'wall s':>8}{'bound s':>9}{'effic.':>8}{'429s':>7}{'429 %':>8}"
@@ -165,6 +256,8 @@ def main() -> None:
         help="the seed design's base delay (its default)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--schemas", type=int, default=3, help="schemas per document (0: skip)")
+    parser.add_argument("--schema-n", type=int, default=200, help="documents of the schemas row")
     parser.add_argument("--no-seed-client", action="store_true", help="skip the seed's design")
     args = parser.parse_args()
 
@@ -190,12 +283,14 @@ def main() -> None:
             f"{share:.0%} poll faults; client: concurrency {args.concurrency}, "
             f"poll every {args.poll_interval:g} s"
         )
-        runs = [
-            asyncio.run(
-                measure("genai-coroutines", base_url, lambda: run_ours(marker_url, docs, args))
+        runs = []
+        if args.n:
+            runs.append(
+                asyncio.run(
+                    measure("genai-coroutines", base_url, lambda: run_ours(marker_url, docs, args))
+                )
             )
-        ]
-        if not args.no_seed_client:
+        if args.n and not args.no_seed_client:
             runs.append(
                 asyncio.run(
                     measure(
@@ -205,7 +300,27 @@ def main() -> None:
                     )
                 )
             )
-        report(runs, args.n, bound)
+        if runs:
+            report(runs, args.n, bound)
+        if args.schemas:
+            docs = documents(args.schema_n, args.seed + 1)
+            rows = [
+                asyncio.run(
+                    measure_schemas(
+                        "DatalabExtraction (convert once)",
+                        base_url,
+                        lambda: run_one_ocr(base_url, docs, args),
+                    )
+                ),
+                asyncio.run(
+                    measure_schemas(
+                        f"{args.schemas} /extract runs from files",
+                        base_url,
+                        lambda: run_from_files(base_url, docs, args),
+                    )
+                ),
+            ]
+            report_schemas(rows, args.schema_n, args.schemas)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from .engine import ERROR_TYPES, ErrorType, KeyLimits, Submission
 from .engine.journal import Journal, JournalError, JournalLocked, JournalMismatch
 from .engine.store import LimitStoreUnavailable
 from .engine.sync import run_sync
-from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
+from .pipeline import DatalabExtraction, ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import (
     BatchAPI,
     ResponsesProcessor,
@@ -30,6 +30,7 @@ __all__ = [
     "PRICES",
     "BatchAPI",
     "BatchSummary",
+    "DatalabExtraction",
     "DocumentConfig",
     "DocumentProcessor",
     "ErrorType",

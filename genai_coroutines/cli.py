@@ -28,7 +28,7 @@ from .engine.sync import run
 from .metrics_server import DEFAULT_HOST, MetricsUnavailable, metrics_port, serving
 from .params import add_deadline, add_flags, cli_fields, flags_named, given, json_file
 from .pipeline import KIND as PIPELINE_KIND
-from .pipeline import ExtractionPipeline, PipelineSummary, extraction_request
+from .pipeline import DatalabExtraction, ExtractionPipeline, PipelineSummary, extraction_request
 from .responses import BatchAPI, ResponsesProcessor, ResponsesRequest
 from .responses.prices import PriceTable, load_prices
 from .summary import BatchSummary
@@ -150,6 +150,12 @@ def _add_ocr(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="the price per page --max-cost estimates with (default: Datalab's list price "
         "for the --mode)",
     )
+    cmd.add_argument(
+        "--estimate",
+        action="store_true",
+        help="send nothing: print as JSON the documents' pages (counted locally), Datalab's "
+        "list cents on each endpoint and the minutes at --rpm",
+    )
 
 
 EXTRACT_SYSTEM = "Extract the fields of the schema from the document's text."
@@ -191,7 +197,14 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"names the request flags also use are prefixed --ocr-: {prefixed}.",
     )
     cmd.add_argument("documents", nargs="+", help="files, globs, http(s) URLs or @list.txt")
-    cmd.add_argument("--schema", required=True, help="JSON Schema file: the fields (strict)")
+    cmd.add_argument("--schema", help="JSON Schema file: the fields (strict)")
+    cmd.add_argument(
+        "--datalab-schema",
+        action="append",
+        metavar="NAME=FILE",
+        help="instead of --schema and a model: Datalab's /extract fills this JSON Schema from "
+        "each document's checkpoint, converted once (repeatable: one object per NAME in fields)",
+    )
     cmd.add_argument("--schema-name", default="extraction")
     cmd.add_argument("--system", default=EXTRACT_SYSTEM, help="instructions for the model")
     cmd.add_argument("--system-file", help="read the instructions from this file")
@@ -200,6 +213,9 @@ def _add_extract(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     cmd.add_argument("--in-order", action="store_true", help="write rows in input order")
     add_flags(cmd, ResponsesRequest, "extraction (ResponsesRequest) parameters")
+    for action in cmd._actions:
+        if action.dest == "model":  # not with --datalab-schema (_extraction_request)
+            action.required = False
     group = cmd.add_argument_group("OCR (DocumentConfig) parameters")
     for _, flag, options in cli_fields(DocumentConfig):
         new = renamed[flag]
@@ -375,7 +391,17 @@ def _extract_ocr_config(args: argparse.Namespace) -> DocumentConfig:
         return DocumentConfig(**chosen)
 
 
-def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
+def _extraction_request(args: argparse.Namespace) -> ResponsesRequest | DatalabExtraction:
+    if args.datalab_schema:
+        if args.schema is not None:
+            raise UsageError("--schema and --datalab-schema: give one (a model, or Datalab)")
+        if args.batch_api:
+            raise UsageError("--batch-api: Datalab's /extract (--datalab-schema) has no batch API")
+        if args.max_cost is not None:
+            raise UsageError("--max-cost cannot be used with --datalab-schema")
+        return _datalab_extraction(args.datalab_schema)
+    if args.schema is None or args.model is None:
+        raise UsageError("--schema and --model are required (or --datalab-schema NAME=FILE)")
     try:
         schema = json_file(args.schema)
     except ValueError as exc:
@@ -389,6 +415,25 @@ def _extraction_request(args: argparse.Namespace) -> ResponsesRequest:
             system_prompt=_read_text(args.system_file) if args.system_file else args.system,
             **given(args, ResponsesRequest),
         )
+
+
+def _datalab_extraction(given: list[str]) -> DatalabExtraction:
+    """`--datalab-schema NAME=FILE ...` as a `DatalabExtraction`."""
+    schemas: dict[str, Any] = {}
+    for value in given:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--datalab-schema: {value!r} is not NAME=FILE")
+        if name in schemas:
+            raise UsageError(f"--datalab-schema: {name} given twice")
+        try:
+            schemas[name] = json_file(path)
+        except ValueError as exc:
+            raise UsageError(f"--datalab-schema: {exc}") from None
+    try:
+        return DatalabExtraction(schemas)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--datalab-schema: {exc}") from None
 
 
 async def _write_all(
@@ -436,11 +481,15 @@ async def _write_all(
 
 def _run_batch(args: argparse.Namespace) -> int:
     """Run one batch; every input is checked before the output file is opened."""
-    model = getattr(args, "model", "")
+    model = getattr(args, "model", None) or ""
     prices = _prices_of(args)
     if getattr(args, "estimate", False):
-        estimator = ResponsesProcessor(prices=prices, limits_store=args.limits_store)
-        figures = run(estimator.estimate(_responses_request(args)))
+        if args.command == "ocr":
+            counter = DocumentProcessor(_document_config(args))
+            figures = run(counter.estimate(NamedDocuments(args.documents)))
+        else:
+            estimator = ResponsesProcessor(prices=prices, limits_store=args.limits_store)
+            figures = run(estimator.estimate(_responses_request(args)))
         sys.stdout.write(orjson.dumps(figures, option=orjson.OPT_INDENT_2).decode() + "\n")
         return EXIT_OK
     summary: BatchSummary = BatchSummary(model=model, prices=prices)

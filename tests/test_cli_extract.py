@@ -6,6 +6,7 @@ crossed the wire; the CLI is waited on by polling what it wrote, never paced by 
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import sqlite3
 from pathlib import Path
@@ -200,3 +201,159 @@ async def test_extract_usage_errors_exit_2(emulator: Emulator, tmp_path: Path) -
     assert code == 2 and "--schema" in err
     assert not (tmp_path / "out.jsonl").exists()
     assert emulator.stats.total("marker_submit") == 0
+
+
+# -- --datalab-schema: many schemas, one OCR -----------------------------------------------
+
+PARTIES = {"type": "object", "properties": {"vendor": {"type": "string"}}}
+
+
+def datalab_args(emulator: Emulator, tmp_path: Path, *extra: str) -> list[str]:
+    """The extract command with two Datalab schemas and no model."""
+    (tmp_path / "invoice.json").write_bytes(orjson.dumps(INVOICE_SCHEMA))
+    (tmp_path / "parties.json").write_bytes(orjson.dumps(PARTIES))
+    return [
+        "extract",
+        str(tmp_path / "docs" / "*.pdf"),
+        "--datalab-schema",
+        f"invoice={tmp_path / 'invoice.json'}",
+        "--datalab-schema",
+        f"parties={tmp_path / 'parties.json'}",
+        "--api-url",
+        f"{emulator.datalab_base_url}/api/v1/convert",
+        "--ocr-poll-interval",
+        "0.05",
+        "--retry-delay",
+        "0.05",
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        *extra,
+    ]
+
+
+def extract_jobs(emulator: Emulator) -> int:
+    return sum(emulator.stats.submissions_by_endpoint.get("extract", {}).values())
+
+
+async def test_datalab_schema_fills_each_schema_from_one_conversion(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    write_invoices(tmp_path, [1, 2])
+    code, _, err = await run(emulator, *datalab_args(emulator, tmp_path, "--in-order"))
+
+    assert code == 0, err
+    rows = output_lines(tmp_path / "out.jsonl")
+    assert [row["fields"] for row in rows] == [
+        {"invoice": invoice_fields(i), "parties": {"vendor": invoice_fields(i)["vendor"]}}
+        for i in range(2)
+    ]
+    assert all(row["model"] is None and row["usage"] is None for row in rows)
+    stats = emulator.stats
+    assert sum(stats.parses_by_digest.values()) == 2 and extract_jobs(emulator) == 4
+    assert "extraction (Datalab): 4 requests" in err and "extract:parties" in err
+    assert emulator.stats.total("responses") == 0, "no model was asked"
+
+
+async def test_datalab_schema_usage_errors_exit_2(emulator: Emulator, tmp_path: Path) -> None:
+    write_invoices(tmp_path, [1])
+    args = datalab_args(emulator, tmp_path)
+    for bad, said in (
+        (["--datalab-schema", "nameless"], "is not NAME=FILE"),
+        (["--schema", str(tmp_path / "invoice.json")], "--schema and --datalab-schema"),
+        (["--batch-api"], "--batch-api: Datalab's /extract (--datalab-schema) has no batch API"),
+        (["--max-cost", "1"], "--max-cost cannot be used with --datalab-schema"),
+    ):
+        code, _, err = await run(emulator, *args, *bad)
+        assert code == 2 and said in err, err
+    (tmp_path / "flat.json").write_text('{"type": "object"}')
+    code, _, err = await run(emulator, *args, "--datalab-schema", f"x={tmp_path / 'flat.json'}")
+    assert code == 2 and "'properties'" in err
+    no_model = [arg for arg in extract_args(emulator, tmp_path) if arg not in ("--model", MODEL)]
+    code, _, err = await run(emulator, *no_model)
+    assert code == 2 and "--model" in err
+    assert emulator.stats.total("marker_submit") == 0
+
+
+def extract_submissions(path: Path) -> list[str]:
+    """Request ids of the /extract jobs journaled as accepted and not finished."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute(
+            "SELECT request_id FROM stage_submissions WHERE stage LIKE 'extract:%'"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        db.close()
+    return [request_id for (request_id,) in rows]
+
+
+async def test_kill_9_mid_multi_schema_run_then_resume_pays_no_stage_twice(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Killed at a quiescent point: once one /extract finished and one accepted job is still
+    running, every later submission and poll hangs, and the kill waits until each job
+    Datalab accepted is in the journal. The resume polls what was accepted, sends the rest."""
+    emulator.config.seconds_per_page = 0.3
+    emulator.config.hang_seconds = 30.0
+    pages = [1, 2, 3, 1, 2, 3]
+    write_invoices(tmp_path, pages)
+    journal = tmp_path / "pipeline.journal"
+    args = datalab_args(emulator, tmp_path, "--journal", str(journal), "--concurrency", "3")
+    loop_time = asyncio.get_running_loop().time
+
+    def running_extraction() -> bool:
+        """An /extract finished and another accepted, its job ready no sooner than 0.1 s."""
+        done = [stage for _, stage, _ in stage_rows(journal) if stage.startswith("extract:")]
+        jobs = emulator.datalab.jobs
+        return bool(done) and any(
+            request_id in jobs and jobs[request_id].ready_at > loop_time() + 0.1
+            for request_id in extract_submissions(journal)
+        )
+
+    def accepted() -> int:
+        return sum(sum(c.values()) for c in emulator.stats.submissions_by_endpoint.values())
+
+    def quiescent() -> bool:
+        """Every job Datalab accepted is journaled, as a submission or a result."""
+        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+        try:
+            staged = db.execute("SELECT COUNT(*) FROM stages").fetchone()[0]
+            waiting = db.execute("SELECT COUNT(*) FROM stage_submissions").fetchone()[0]
+        finally:
+            db.close()
+        return staged + waiting == accepted()
+
+    first = await start(emulator, tmp_path, *args)
+    await until(first, running_extraction, "one /extract done, one running")
+    emulator.faults.schedule("marker_submit", "hang", times=1000)
+    emulator.faults.schedule("marker_poll", "hang", times=1000)
+    await until(first, quiescent, "every accepted job journaled")
+    first.kill()
+    assert await first.wait() == -signal.SIGKILL
+    at_kill = {
+        "conversions": sum(emulator.stats.submissions_by_endpoint["convert"].values()),
+        "extractions": extract_jobs(emulator),
+        "running": len(extract_submissions(journal)),
+    }
+    emulator.faults.clear()
+
+    code, _, err = await run(emulator, *args, "--resume")
+
+    assert code == 0, err
+    print(
+        f"\nkill -9 of a 6 x 2-schema run: at the kill {at_kill}; after the resume "
+        f"{sum(emulator.stats.parses_by_digest.values())} conversions, "
+        f"{extract_jobs(emulator)} extractions"
+    )
+    assert at_kill["running"] >= 1 and at_kill["extractions"] < 12
+    stats = emulator.stats
+    docs = [invoice_pdf(i, count) for i, count in enumerate(pages)]
+    assert stats.parses_by_digest == {digest(doc): 1 for doc in docs}, "a document converted twice"
+    assert extract_jobs(emulator) == 12, "a schema extracted twice"
+    assert set(stats.submissions_by_endpoint["extract"].values()) == {2}  # 2 per checkpoint
+    assert stats.cents_billed["extract"] == pytest.approx(sum(pages) * 0.6 * 2)
+    rows = output_lines(tmp_path / "out.jsonl")
+    assert_each_index_once(rows, 6)
+    assert all(row["success"] for row in rows), [row["error"] for row in rows]
+    assert all(row["fields"]["invoice"] == invoice_fields(row["index"]) for row in rows)

@@ -34,6 +34,7 @@ from ..engine.clients import UsesClients
 from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from .config import DocumentConfig
+from .estimate import estimate
 from .path import DocumentsAdapter, check_inputs, documents_path, pages_budget
 from .prices import DatalabPrices
 from .sources import DocumentInput
@@ -98,6 +99,21 @@ class DocumentProcessor(UsesClients):
         """
         check_inputs(inputs, self.config)
         return await collect_in_order(self.stream(inputs, **options), itemgetter("index"))
+
+    async def estimate(
+        self, inputs: Iterable[DocumentInput], config: DocumentConfig | None = None
+    ) -> dict[str, Any]:
+        """What `inputs` would cost under `config` (default: this processor's) and take,
+        sending nothing (see `documents.estimate`): each document is read and its pages
+        counted locally (pypdf), priced at Datalab's list cents per page of each endpoint,
+        and timed at the config's `requests_per_minute`."""
+        config = self.config if config is None else config
+        if not isinstance(config, DocumentConfig):
+            raise TypeError(f"config must be a DocumentConfig, not {type(config).__name__}")
+        if isinstance(inputs, AsyncIterable) or not isinstance(inputs, Iterable):
+            raise TypeError("inputs must be a list (or an iterable) of documents")
+        check_inputs(inputs, config)
+        return await estimate(inputs, config)
 
     def process_sync(self, inputs: Inputs, **options: Any) -> list[Result]:
         """`process` for plain scripts and notebooks (see `run_sync`)."""

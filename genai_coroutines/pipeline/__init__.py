@@ -27,16 +27,23 @@ It is one batch of the engine's driver (`engine.batch.Driver`) with one adapter,
   stage ends) and one `PipelineSummary`: pages, Datalab cents, tokens, estimated USD,
   retries of both stages, and the total.
 
+With `DatalabExtraction(schemas={...})` as `extraction`, Datalab fills the schemas instead:
+each document is converted once (`save_checkpoint`), then one `/extract` per schema reads
+its checkpoint, in parallel, each journaled as its own stage (`datalab_stage`).
+
 The modules, one per part: `processor` (`ExtractionPipeline`, `extraction_request`: the
 entry points), `path` (`PipelineAdapter`: one document's OCR, its extraction and its row),
-`pages` (an OCR result's text, page by page), `fields` (an extraction's answer as fields,
-and `per_page` fields merged), `budget` (`max_cost_usd` over both stages), `shared`
-(identical extraction requests sent once, with `dedupe`), `slots` (the extraction's slot)
-and `summary` (`PipelineSummary`). This module re-exports
-their public names, so callers import from `genai_coroutines.pipeline` (or, for the
-entry points, from `genai_coroutines`).
+`stage` (`ExtractionStage`, what either extraction stage supplies), `responses_stage`
+(`ResponsesExtraction`, the OpenAI stage, direct or on the Batch API), `datalab_stage`
+(`DatalabExtraction` and its stage), `pages` (an OCR result's text, page by page),
+`fields` (an extraction's answer as fields, and `per_page` fields merged), `budget`
+(`max_cost_usd` over both stages), `shared` (identical extraction requests sent once, with
+`dedupe`), `slots` (the extraction's slot) and `summary` (`PipelineSummary`). This module
+re-exports their public names, so callers import from `genai_coroutines.pipeline` (or, for
+the entry points, from `genai_coroutines`).
 """
 
+from .datalab_stage import DatalabExtraction
 from .fields import merge_fields
 from .pages import page_texts
 from .path import EXTRACTION_STAGE, KIND, OCR_STAGE, PipelineAdapter, logger
@@ -44,6 +51,7 @@ from .processor import ExtractionPipeline, Inputs, extraction_request, in_input_
 from .summary import PipelineSummary
 
 __all__ = [
+    "DatalabExtraction",
     "EXTRACTION_STAGE",
     "KIND",
     "OCR_STAGE",

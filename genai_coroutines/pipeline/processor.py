@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable, Mapping
 from contextlib import aclosing
+from dataclasses import replace
 from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
@@ -44,8 +45,11 @@ from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
 from ..responses.processor import request_headers
 from ..responses.wire import text_format
-from .budget import stage_budget
-from .path import KIND, PipelineAdapter, logger
+from .budget import StageBudget, stage_budget
+from .datalab_stage import DatalabExtraction, DatalabStage
+from .path import EXTRACTION_STAGE, KIND, OCR_STAGE, PipelineAdapter, logger
+from .responses_stage import ResponsesExtraction
+from .stage import ExtractionStage, Sessions
 from .summary import PipelineSummary
 
 if TYPE_CHECKING:
@@ -88,7 +92,7 @@ class ExtractionPipeline(ResponsesClients):
     def __init__(
         self,
         ocr: DocumentConfig,
-        extraction: ResponsesRequest,
+        extraction: ResponsesRequest | DatalabExtraction,
         *,
         per_page: bool = False,
         prices: PricesArg = None,
@@ -97,21 +101,34 @@ class ExtractionPipeline(ResponsesClients):
         """`prices`: the extraction's token prices, as `ResponsesProcessor`'s (the OCR's
         cost is the cents Datalab reports). `limits_store` / `limits`: where both keys'
         limits live; `connector`: a factory of the aiohttp connector each API's session
-        sends through; as for the processors (see `engine.ClientOptions`)."""
+        sends through; as for the processors (see `engine.ClientOptions`).
+
+        `extraction` a `DatalabExtraction`: each document is converted once with
+        `save_checkpoint` (set here) and each schema is an `/extract` from its checkpoint
+        (`datalab_stage`); no model, so `per_page` and `prices` do not apply, nor, in
+        `stream`, `batch_api` (Datalab has no batch API) or `max_cost_usd`."""
         if not isinstance(ocr, DocumentConfig):
             raise TypeError(f"ocr must be a DocumentConfig, not {type(ocr).__name__}")
-        if not isinstance(extraction, ResponsesRequest):
+        if not isinstance(extraction, ResponsesRequest | DatalabExtraction):
             raise TypeError(
-                f"extraction must be a ResponsesRequest, not {type(extraction).__name__}"
+                "extraction must be a ResponsesRequest or a DatalabExtraction, not "
+                f"{type(extraction).__name__}"
             )
         check.flag("per_page", per_page)
         if ocr.page_schema is not None or ocr.schema_id is not None or not ocr.needs_file:
             raise ValueError(
                 "ocr: the pipeline's OCR converts (no page_schema, schema_id or "
-                "checkpoint_id): extraction is its Responses stage"
+                "checkpoint_id): extraction is its own stage"
             )
-        kind = text_format(extraction.response_format).get("type")
-        if kind not in ("json_schema", "json_object"):
+        if isinstance(extraction, DatalabExtraction):
+            if per_page:
+                raise ValueError("per_page: a DatalabExtraction reads the whole checkpoint")
+            ocr = replace(ocr, save_checkpoint=True)
+            extraction.configs(ocr)  # each schema's /extract config, checked now
+        elif text_format(extraction.response_format).get("type") not in (
+            "json_schema",
+            "json_object",
+        ):
             raise ValueError(
                 "extraction.response_format must be a JSON schema (or json_object): the "
                 "pipeline parses each answer into fields"
@@ -123,12 +140,13 @@ class ExtractionPipeline(ResponsesClients):
             )
         self.ocr = ocr
         self.extraction = extraction
+        self.model = extraction.model if isinstance(extraction, ResponsesRequest) else None
         self.per_page = per_page
         super().__init__(prices, **clients)
 
     def __repr__(self) -> str:
         return (
-            f"ExtractionPipeline(ocr={self.ocr.url!r}, model={self.extraction.model!r}, "
+            f"ExtractionPipeline(ocr={self.ocr.url!r}, model={self.model!r}, "
             f"per_page={self.per_page})"
         )
 
@@ -191,49 +209,51 @@ class ExtractionPipeline(ResponsesClients):
         budget_needs(max_cost_usd, budget_name, "max_cost_usd")
         ocr, request, clients = self.ocr, self.extraction, self.clients
         batch = BatchAPI.of(batch_api)
-        if batch is not None and (request.background or request.stream):
+        if isinstance(request, DatalabExtraction):
+            if batch is not None:
+                raise ValueError(
+                    "batch_api: Datalab's /extract has no batch API; batch_api applies to an "
+                    "OpenAI extraction (a ResponsesRequest), not a DatalabExtraction"
+                )
+            if max_cost_usd is not None:  # its /extract jobs are not weighed
+                raise ValueError("max_cost_usd cannot be used with a DatalabExtraction")
+        elif batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
         if batch is not None and max_cost_usd is not None:  # its lines are not reserved
             raise ValueError("max_cost_usd cannot be used with batch_api in the pipeline")
         collecting = False
-        if journal is not None and batch is None:
+        if journal is not None and batch is None and isinstance(request, ResponsesRequest):
             left = unfinished(journal, KIND)
             check_rerun(request, journal, left)  # refused with background or stream
             collecting = bool(left.jobs)
         await clients.ready()  # an unreachable shared store fails here, nothing sent
-        summary = summary or PipelineSummary(model=request.model, prices=self.prices)
+        summary = summary or PipelineSummary(model=self.model or "", prices=self.prices)
         prices = table_of(summary)
-        budget = None if max_cost_usd is None else stage_budget(ocr, request, max_cost_usd, prices)
+        budget: StageBudget | None = None
+        if max_cost_usd is not None and isinstance(request, ResponsesRequest):
+            budget = stage_budget(ocr, request, max_cost_usd, prices)
         if budget is not None and budget_name is not None:
             budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
-        warn_unpriced(logger, request.model, prices)
+        if self.model is not None:
+            warn_unpriced(logger, self.model, prices)
         documents = DocumentProcessor(ocr, limits=clients.limits)
-        ocr_slots, extraction_slots = ocr.max_concurrent_requests, request.max_concurrent_requests
+        ocr_slots, extraction_slots = ocr.max_concurrent_requests, self._extraction_slots()
+        headers = (
+            request_headers(request)
+            if isinstance(request, ResponsesRequest)
+            else datalab_headers(ocr)  # Datalab's /extract: a second session on its key
+        )
         async with (
             clients.session(ocr_slots, datalab_headers(ocr)) as ocr_session,
-            clients.session(extraction_slots, request_headers(request)) as extraction_session,
+            clients.session(extraction_slots, headers) as extraction_session,
         ):
-            # background=True: each extraction's response id journaled, then polled
-            extraction = (BackgroundAdapter if request.background else DirectAdapter)(
-                request, key_limiter(request, clients.limits), self.cache_keys
-            )
-            stage = None
-            if batch is not None:
-                context = BatchContext(request, batch, extraction, clients.limits, cutoff)
-                stage = BatchStage(context, session=extraction_session)
-            elif collecting:  # a rerun without batch_api collects the journal's batches
-                collector = CollectingAdapter(extraction, clients.limits, extraction_session)
-                stage = collector.stage
+            sessions = Sessions({OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session})
+            stage = self._stage(sessions, batch, cutoff, budget, dedupe, collecting)
             adapter = PipelineAdapter(
                 documents.adapter(),
-                extraction,
-                batch=stage,
-                collecting=collecting,
+                stage,
                 ocr_slots=ocr_slots,
-                extraction_slots=extraction_slots,
-                per_page=self.per_page,
-                ocr_session=ocr_session,
-                extraction_session=extraction_session,
+                sessions=sessions,
                 budget=budget,
                 dedupe=dedupe,
             )
@@ -255,7 +275,7 @@ class ExtractionPipeline(ResponsesClients):
                     start_fields={
                         "files": count(inputs, "?"),
                         "endpoint": ocr.endpoint or ocr.url,
-                        "model": request.model,
+                        "model": self.model,
                         "ocr_concurrency": ocr_slots,
                         "extraction_concurrency": extraction_slots,
                         "per_page": self.per_page,
@@ -271,6 +291,50 @@ class ExtractionPipeline(ResponsesClients):
                 async for row in in_input_order(rows) if ordered else rows:
                     adapter.replayed(note, row)
                     yield row
+
+    def _extraction_slots(self) -> int:
+        """The extraction's requests in flight at most (its stage's `slots`)."""
+        request = self.extraction
+        if isinstance(request, DatalabExtraction):
+            return request.configs(self.ocr)[0].max_concurrent_requests
+        return request.max_concurrent_requests
+
+    def _stage(
+        self,
+        sessions: Sessions,
+        batch: BatchAPI | None,
+        cutoff: Cutoff | None,
+        budget: StageBudget | None,
+        dedupe: bool,
+        collecting: bool,
+    ) -> ExtractionStage:
+        """The extraction stage of one batch, on its key's limits (`batch`: the OpenAI
+        extraction's requests as Batch API lines, which give way to the synchronous path
+        in time for `cutoff`; `collecting`: without `batch`, the journal's batches are
+        collected, see `responses_stage`)."""
+        request, limits = self.extraction, self.clients.limits
+        if isinstance(request, DatalabExtraction):
+            return DatalabStage(request, self.ocr, limits, sessions)
+        # background=True: each extraction's response id journaled, then polled
+        direct = (BackgroundAdapter if request.background else DirectAdapter)(
+            request, key_limiter(request, limits), self.cache_keys
+        )
+        grouped, session = None, sessions.sessions[EXTRACTION_STAGE]
+        if batch is not None:
+            context = BatchContext(request, batch, direct, limits, cutoff)
+            grouped = BatchStage(context, session=session)
+        elif collecting:
+            grouped = CollectingAdapter(direct, limits, session).stage
+        return ResponsesExtraction(
+            direct,
+            slots=request.max_concurrent_requests,
+            per_page=self.per_page,
+            sessions=sessions,
+            batch=grouped,
+            budget=budget,
+            dedupe=dedupe,
+            collecting=collecting,
+        )
 
 
 async def in_input_order(rows: AsyncIterator[Result]) -> AsyncIterator[Result]:

@@ -8,7 +8,7 @@ and `extraction` detail, so it needs nothing from the adapter but the stages' na
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import ItemEnd
@@ -36,6 +36,8 @@ class PipelineSummary(BatchSummary):
     ocr_reused: int = 0
     """OCR results reused from the journal (a row from the journal counts too)."""
     extractions_reused: int = 0
+    stage_cents: dict[str, float] = field(default_factory=dict)
+    """Datalab cents per stage: "ocr", and "extract:<schema>" with `DatalabExtraction`."""
 
     def add(self, end: ItemEnd[Any]) -> None:
         super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
@@ -44,6 +46,8 @@ class PipelineSummary(BatchSummary):
         if not isinstance(row, Row) or end.duplicate_of is not None:
             return  # a twin (`dedupe`): its stages ran once, counted as its original's
         stage = row.failed_stage
+        for name, cents in row.stage_cents.items():
+            self.stage_cents[name] = self.stage_cents.get(name, 0.0) + cents
         self.ocr_failed += stage == OCR_STAGE
         self.extraction_failed += stage == EXTRACTION_STAGE
         whole = end.origin == "journal"
@@ -72,7 +76,7 @@ class PipelineSummary(BatchSummary):
                 "reused_from_journal": self.ocr_reused,
                 "retries": self.ocr_retries,
                 "pages": self.pages,
-                "cost_cents": self.cost_cents,
+                "cost_cents": self.ocr_cents,
             },
             "extraction": {
                 "requests": self.extraction_requests,
@@ -82,9 +86,25 @@ class PipelineSummary(BatchSummary):
                 "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens,
                 "estimated_cost_usd": round(self.cost_usd, 6),
+                **({"cost_cents": self.extraction_cents} if self.datalab_extraction else {}),
             },
+            "cost_cents_by_stage": {name: round(c, 6) for name, c in self.stage_cents.items()},
             "total_cost_usd": round(self.total_cost_usd, 6),
         }
+
+    @property
+    def datalab_extraction(self) -> bool:
+        """Whether Datalab ran the extraction (`DatalabExtraction`): its stages have cents."""
+        return any(name != "ocr" for name in self.stage_cents)
+
+    @property
+    def extraction_cents(self) -> float:
+        return round(sum(c for name, c in self.stage_cents.items() if name != "ocr"), 6)
+
+    @property
+    def ocr_cents(self) -> float:
+        """Datalab's cents but the extraction's."""
+        return round(self.cost_cents - self.extraction_cents, 6)
 
     def describe(self) -> str:
         failed = f"{self.failed} failed"
@@ -98,15 +118,29 @@ class PipelineSummary(BatchSummary):
                 f"  wall: {self.wall_seconds:.2f}s",
                 f"OCR (Datalab):       {self.ocr_done} documents"
                 f"{_from_journal(self.ocr_reused)}, {self.pages} pages, "
-                f"Datalab cost: {self.cost_cents:g} cents (${self.cost_cents / 100:.4f}), "
+                f"Datalab cost: {self.ocr_cents:g} cents (${self.ocr_cents / 100:.4f}), "
                 f"{_plural(self.ocr_retries, 'retry', 'retries')}",
-                f"extraction (OpenAI): {_plural(self.extraction_requests, 'request')}"
-                f"{_from_journal(self.extractions_reused)}, "
-                f"{self.input_tokens} tokens in ({self.cached_tokens} cached), "
-                f"{self.output_tokens} out, estimated cost: ${self.cost_usd:.4f}, "
-                f"{_plural(self.extraction_retries, 'retry', 'retries')}",
+                self._extraction_line(),
                 f"total cost: ${self.total_cost_usd:.4f}",
             ]
+        )
+
+    def _extraction_line(self) -> str:
+        requests = _plural(self.extraction_requests, "request")
+        requests += _from_journal(self.extractions_reused)
+        retries = _plural(self.extraction_retries, "retry", "retries")
+        if self.datalab_extraction:
+            split = ", ".join(
+                f"{name} {cents:g}" for name, cents in self.stage_cents.items() if name != "ocr"
+            )
+            return (
+                f"extraction (Datalab): {requests}, {self.extraction_cents:g} cents ({split}), "
+                f"{retries}"
+            )
+        return (
+            f"extraction (OpenAI): {requests}, "
+            f"{self.input_tokens} tokens in ({self.cached_tokens} cached), "
+            f"{self.output_tokens} out, estimated cost: ${self.cost_usd:.4f}, {retries}"
         )
 
 
