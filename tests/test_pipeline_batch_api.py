@@ -13,19 +13,24 @@ import asyncio
 import contextlib
 import signal
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from genai_coroutines import BatchAPI, ExtractionPipeline, PipelineSummary
+from genai_coroutines.documents.prices import list_cents_per_page
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.spool import key_of
-from tests.pipeline_support import invoice_fields, invoice_pdf, pipeline_for
+from tests.pipeline_support import MODEL, invoice_fields, invoice_pdf, pipeline_for
+from tests.scale_support import billed_usd
 from tests.test_batch_api import journal_jobs
 from tests.test_cli import assert_each_index_once, output_lines, run, start, until
 from tests.test_cli_extract import extract_args, write_invoices
+from tests.test_pipeline_options import ALLOWANCE, budgeted, one_estimate
+from tests.test_stages import until as task_until
 
 FAST = BatchAPI(poll_interval_secs=0.01, flush_idle_secs=0.05)
 
@@ -291,3 +296,82 @@ async def test_batch_api_is_checked_as_the_responses_processor_checks_it(
             [invoice_pdf(0)], batch_api=True
         )
     assert not emulator.stats.submissions_by_digest, "something was sent"
+
+
+# -- a budget, dedupe ------------------------------------------------------------------
+
+
+def billed_on_batches(emulator: Emulator) -> float:
+    """US dollars the emulator charged when every extraction went through a batch: Datalab's
+    cents, and the tokens at the Batch API's half price."""
+    stats = emulator.stats
+    return sum(stats.cents_billed.values()) / 100 + billed_usd(stats.billed_tokens, MODEL) / 2
+
+
+async def test_a_budget_reserves_each_batch_line_at_half_price_and_stops_within_it(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """`max_cost_usd` with `batch_api`: each line held at the Batch API's price before it goes
+    into a file, settled by its batch's usage; the run stops with `budget_exceeded` rows
+    within one estimate of the budget, and a rerun with a higher one finishes the rest
+    without buying anything twice."""
+    journal, limit = tmp_path / "pipeline.journal", 0.02
+    docs = [invoice_pdf(i) for i in range(12)]
+    rows = await budgeted(emulator).process(
+        docs, journal=journal, max_cost_usd=limit, batch_api=FAST
+    )
+    done = [row for row in rows if row["success"]]
+    refused = [row for row in rows if not row["success"]]
+    assert [row["index"] for row in rows] == list(range(12)) and 0 < len(done) < 12
+    assert {row["error_type"] for row in refused} == {"budget_exceeded"}
+    assert all(row["service_tier"] == "batch" and row["batch_id"] for row in done)
+    assert emulator.stats.total("responses") == 0, "an extraction was POSTed"
+    assert billed_on_batches(emulator) <= limit + one_estimate(emulator)
+    kept = [row["index"] for row in refused if row["failed_stage"] == "extraction"]
+
+    again = await budgeted(emulator).process(
+        docs, journal=journal, max_cost_usd=1.0, batch_api=FAST
+    )
+    assert all(row["success"] for row in again)
+    assert [row["fields"] for row in again] == [invoice_fields(i) for i in range(12)]
+    assert set(emulator.stats.submissions_by_digest.values()) == {1}, "converted twice"
+    assert len(executions(emulator)) == 12 and set(executions(emulator).values()) == {1}
+    assert all(again[i]["ocr"]["from_journal"] for i in kept), "a finished OCR was bought again"
+
+
+async def test_lines_collected_from_a_journaled_batch_are_charged_to_the_budget(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun without batch_api, on a budget name, collects the lines an interrupted run's
+    batch holds and spends what they cost: a later run on that name then finds the budget
+    spent (were they free, its document would fit)."""
+    journal, name = tmp_path / "pipeline.journal", f"docs-{uuid.uuid4().hex}"
+    docs = [invoice_pdf(i, 2) for i in range(3)]
+    emulator.config.batch_seconds_per_line = 0.1
+    pipeline = pipeline_for(
+        emulator,
+        per_page=True,
+        schema=PAGE_SCHEMA,
+        ocr={"output_format": "json"},
+        request={"max_output_tokens": ALLOWANCE},
+    )
+    run = pipeline.process(
+        docs, journal=journal, batch_api=FAST, max_cost_usd=1.0, budget_name=name
+    )
+    task = asyncio.ensure_future(run)
+    await task_until(task, lambda: batched_lines(journal) == 6, "6 lines in a batch")
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    ocr_spent = sum(emulator.stats.cents_billed.values()) / 100  # what the name holds
+    assert emulator.stats.billed_tokens["output"] == 0, "no line answered yet"
+
+    one_page = list_cents_per_page(pipeline.ocr) / 100
+    rows = await pipeline.process(docs, journal=journal, max_cost_usd=1.0, budget_name=name)
+    assert all(row["success"] and row["batch_id"] for row in rows)
+    lines = billed_usd(emulator.stats.billed_tokens, MODEL) / 2
+    assert emulator.stats.total("responses") == 0 and lines > 0
+
+    limit = ocr_spent + one_page + lines / 2  # fits the new page only if the lines were free
+    [late] = await pipeline.process([invoice_pdf(9)], max_cost_usd=limit, budget_name=name)
+    assert late["error_type"] == "budget_exceeded" and late["failed_stage"] == "ocr"

@@ -219,8 +219,6 @@ class ExtractionPipeline(ResponsesClients):
                 raise ValueError("max_cost_usd cannot be used with a DatalabExtraction")
         elif batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
-        if batch is not None and max_cost_usd is not None:  # its lines are not reserved
-            raise ValueError("max_cost_usd cannot be used with batch_api in the pipeline")
         collecting = False
         if journal is not None and batch is None and isinstance(request, ResponsesRequest):
             left = unfinished(journal, KIND)
@@ -231,7 +229,7 @@ class ExtractionPipeline(ResponsesClients):
         prices = table_of(summary)
         budget: StageBudget | None = None
         if max_cost_usd is not None and isinstance(request, ResponsesRequest):
-            budget = stage_budget(ocr, request, max_cost_usd, prices)
+            budget = stage_budget(ocr, request, max_cost_usd, prices, batch_api=batch is not None)
         if budget is not None and budget_name is not None:
             budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
         if self.model is not None:

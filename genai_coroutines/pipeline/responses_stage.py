@@ -76,10 +76,12 @@ class _Request:
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """An extraction request sent as a Batch API line, as its document keeps it."""
+    """An extraction request sent as a Batch API line, as its document keeps it (`held`:
+    its estimate on the budget, if any)."""
 
     key: StageKey
     digest: str
+    held: float | None = None
 
 
 class ResponsesExtraction:
@@ -192,22 +194,49 @@ class ResponsesExtraction:
         planned = [await self._plan(run, page, text) for page, text in enumerate(texts)]
         if self.collecting:
             planned = list(await asyncio.gather(*(self._collected(run, p) for p in planned)))
-        lines = [Line(p.key, p.prepared, p.digest) for p in planned if isinstance(p, _Request)]
+        kept: list[_Sent | _Ended] = []
+        lines: list[Line] = []
+        for each in planned:
+            if not isinstance(each, _Request):
+                kept.append(each)
+                continue
+            held = await self._hold(run, each)
+            if isinstance(held, Failure):  # the budget is reached: not sent
+                kept.append((None, None, held))
+                continue
+            lines.append(Line(each.key, each.prepared, each.digest))
+            kept.append(_Sent(each.key, each.digest, held))
         if not lines:
-            return self._done([p for p in planned if not isinstance(p, _Request)])
-        kept = [_Sent(p.key, p.digest) if isinstance(p, _Request) else p for p in planned]
+            return self._done(each for each in kept if not isinstance(each, _Sent))
         return Waiting(stage, lines, self._then(run.batch, kept))
 
     async def _collected(self, run: ItemRun, planned: _Request | _Ended) -> _Request | _Ended:
         """On a collecting rerun: a request a journaled batch holds stays a line (to be
         collected), any other is sent now."""
-        if not isinstance(planned, _Request):
-            return planned
-        journal = run.batch.journal
-        known = None if journal is None else journal.group_line(planned.key, planned.digest)
-        if known is not None and known.job_id is not None:
+        if not isinstance(planned, _Request) or _in_journaled_batch(run, planned):
             return planned
         return await self._send_now(run, planned)
+
+    async def _hold(self, run: ItemRun, planned: _Request) -> float | Failure | None:
+        """A line's estimate held on the budget, if any, before it goes into a file (at the
+        Batch API's share: `stage_budget`). One a journaled batch holds is admitted whatever
+        the budget, being accepted already: it is paid for when this run collects it."""
+        if self.budget is None:
+            return None
+        estimate, _ = self.budget.weigh(planned.prepared)
+        return await self.budget.hold(estimate, paid=_in_journaled_batch(run, planned))
+
+    def _settle(self, held: float | None, outcome: Outcome[Any]) -> None:
+        """A line's estimate replaced by what its answer cost (the tier that served it);
+        released for a line that ended unanswered (the Batch API bills only the lines it
+        answers; a pending one is paid for by the rerun that collects it)."""
+        budget = self.budget
+        if budget is None or held is None:
+            return
+        if isinstance(outcome, Answered):
+            budget.spend(held, budget.pricing.extraction.cost(outcome))
+        else:
+            budget.release(held)
 
     def _then(
         self, batch: BatchRun, kept: list[_Sent | _Ended]
@@ -219,12 +248,14 @@ class ResponsesExtraction:
         def then(outcomes: list[Outcome[Any]]) -> Extracted:
             seconds = time.perf_counter() - sent
             answers = iter(outcomes)
-            return self._done(
-                self._parsed(batch, each.key, each.digest, next(answers), seconds, sent)
-                if isinstance(each, _Sent)
-                else each
-                for each in kept
-            )
+            ended: list[_Ended] = []
+            for each in kept:
+                if isinstance(each, _Sent):
+                    outcome = next(answers)
+                    self._settle(each.held, outcome)
+                    each = self._parsed(batch, each.key, each.digest, outcome, seconds, sent)
+                ended.append(each)
+            return self._done(ended)
 
         return then
 
@@ -308,6 +339,14 @@ class ResponsesExtraction:
                 accepted is not None,
                 lambda: self.adapter.execute(stage_run, prepared),
             )
+
+
+def _in_journaled_batch(run: ItemRun, planned: _Request) -> bool:
+    """Whether a batch an earlier run created holds this request as a line (a rerun
+    collects it: it is neither sent nor paid for again)."""
+    journal = run.batch.journal
+    known = None if journal is None else journal.group_line(planned.key, planned.digest)
+    return known is not None and known.job_id is not None
 
 
 def _batch_ids(stages: Iterable[Stage[Answer]]) -> tuple[str | None, str | None]:
