@@ -375,3 +375,31 @@ async def test_lines_collected_from_a_journaled_batch_are_charged_to_the_budget(
     limit = ocr_spent + one_page + lines / 2  # fits the new page only if the lines were free
     [late] = await pipeline.process([invoice_pdf(9)], max_cost_usd=limit, budget_name=name)
     assert late["error_type"] == "budget_exceeded" and late["failed_stage"] == "ocr"
+
+
+async def test_dedupe_converts_and_extracts_identical_documents_once_on_the_batch_api(
+    emulator: Emulator,
+) -> None:
+    """`dedupe` with `batch_api`: a copy of a document is its original's row (one conversion,
+    one line); a rescan (other bytes, the same text) is converted and its extraction is a
+    line of its own (a line answers the one document that holds it: see the README)."""
+    one, two = invoice_pdf(1), invoice_pdf(2)
+    rescan = invoice_pdf(1, extra=b"% scanned again")
+    pipeline = pipeline_for(emulator, ocr={"max_concurrent_requests": 1})
+    rows = await pipeline.process([one, two, one, rescan, two], dedupe=True, batch_api=FAST)
+
+    assert all(row["success"] for row in rows)
+    assert [row.get("duplicate_of") for row in rows] == [None, None, 0, None, 1]
+    assert (
+        rows[2]["batch_id"] == rows[0]["batch_id"] and rows[2]["custom_id"] == rows[0]["custom_id"]
+    )
+    assert rows[3]["fields"] == rows[0]["fields"] == invoice_fields(1)
+    stats = emulator.stats
+    assert sorted(stats.submissions_by_digest.values()) == [1, 1, 1], "a copy was converted"
+    assert len(executions(emulator)) == 3 and set(executions(emulator).values()) == {1}
+    batched = {StageKey(index, "extraction", 0) for index in (0, 1, 3)}
+    assert {key_of(line) for line in executions(emulator)} == batched
+    assert stats.total("responses") == 0
+    summary = summary_of(pipeline)
+    assert summary.duplicates == 2 and summary.extraction_requests == 3
+    assert summary.cost_usd == pytest.approx(billed_usd(stats.billed_tokens, MODEL) / 2)
