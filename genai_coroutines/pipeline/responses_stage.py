@@ -6,13 +6,18 @@ merged). A request is sent now (direct or background, within the budget if any; 
 `dedupe`, identical requests of different documents once, `shared`), or, on the Batch API
 (`batch`: its grouped stage), becomes a line: `extract` answers `stage.Waiting` with the
 document's lines, and `then` parses their outcomes once the batches answered them, keeping
-meanwhile only each line's key and digest (`_Sent`), not its body. A line whose batch could
-not be polled or read (`Pending`) makes the extraction `pending`: its row ends `Pending`.
+meanwhile only each line's key and digest (`_Sent`, and its estimate held on the budget
+before it went into a file, settled in `then`), not its body. A line whose batch could not
+be polled or read (`Pending`) makes the extraction `pending`: its row ends `Pending`.
 
 A rerun without `batch_api` of a journal whose extraction requests wait on batches
 (`collecting`, `batch` then `responses.batch.CollectingAdapter.stage`) collects them instead
 of paying twice: a request a journaled batch holds is a line of that stage, the others are
 sent now, and a row none of the batches answered is the synchronous pipeline's.
+
+Identical requests of different documents are not shared on the Batch API: a line answers
+the one document whose `Deferred` holds it, and a document waiting on another's line would
+hold its driver slot for the batch's window.
 """
 
 from __future__ import annotations
