@@ -25,6 +25,7 @@ from genai_coroutines.cli import build_parser, main
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.engine import RateLimiter
+from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.responses.batch.spool import key_of
 from genai_coroutines.responses.direct import DirectAdapter, Prepared
 from tests.pipeline_support import invoice_pdf, pipeline_for
@@ -309,3 +310,32 @@ async def test_a_flex_request_falls_back_to_flex_when_the_time_allows(
     assert by_sync and {r["service_tier"] for r in by_sync} == {tier}
     assert summary.tiers[tier] == len(by_sync)
     assert await answers_per_item(emulator, request) == [1] * 30, "nothing answered twice"
+
+
+async def test_a_batch_api_pipeline_the_batches_would_miss_sends_the_rest_synchronously(
+    emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The pipeline's extraction lines with a deadline their batch would miss: the batch is
+    cancelled, what it answered kept, every other line sent synchronously, each extraction
+    answered once, every row done before the deadline."""
+    emulator.config.batch_seconds_per_line = 0.1  # the batch would take 2 s
+    docs = [invoice_pdf(i) for i in range(20)]
+    pipeline = pipeline_for(
+        emulator, request={"max_concurrent_requests": 50, "requests_per_minute": 60_000}
+    )
+    with caplog.at_level(logging.INFO, logger="genai_coroutines"):
+        rows = await pipeline.process(docs, batch_api=batch(margin=0.3), deadline=1.5)
+    assert all(row["success"] for row in rows), "every row done before the deadline"
+    assert emulator.stats.total("batches_cancel") >= 1, "no batch was cancelled"
+    by_batch = [row for row in rows if row["batch_id"] is not None]
+    by_sync = [row for row in rows if row["batch_id"] is None]
+    assert by_batch and by_sync, "the batch's answered lines kept, the rest sent synchronously"
+    assert {row["service_tier"] for row in by_batch} == {"batch"}
+    assert {row["service_tier"] for row in by_sync} == {"default"}
+    assert all(row["custom_id"] is None for row in by_sync)
+    lines = emulator.stats.batch_executions_by_custom_id
+    answered = Counter(cast(StageKey, key_of(line)).index for line in lines)
+    assert set(answered.values()) == {1} and set(answered) == {r["index"] for r in by_batch}
+    assert emulator.stats.total("responses") == len(by_sync), "a line answered twice"
+    switched = [r.getMessage() for r in caplog.records if "deadline_fallback" in r.getMessage()]
+    assert len(switched) == 1

@@ -166,7 +166,6 @@ async def test_a_budget_refuses_an_unpriced_model_and_bad_values_before_sending(
         ({"budget_name": "n"}, ValueError, "budget_name needs max_cost_usd"),
         ({"max_cost_usd": 1.0, "budget_name": " "}, ValueError, "budget_name must not"),
         ({"dedupe": 1}, TypeError, "dedupe must be True or False"),
-        ({"max_cost_usd": 1.0, "batch_api": True}, ValueError, "max_cost_usd cannot be used"),
     ]:
         with pytest.raises(error, match=named):
             await pipeline.process([invoice_pdf(0)], **options)

@@ -158,20 +158,22 @@ class Failed(Generic[T]):
 
 
 @dataclass(slots=True)
-class Pending:
+class Pending(Generic[T]):
     """An item whose work the provider accepted and may still answer, given up on by this
     run (`failure` says why): a failure for this run, but the journal keeps the work
-    (an OpenAI batch's line) so a rerun asks the provider again rather than resending it."""
+    (an OpenAI batch's line) so a rerun asks the provider again rather than resending it.
+    `value` and `bill` as `Failed`'s: what it has and was billed despite that (a pipeline
+    row's finished OCR, whose extraction waits on a batch); nothing for a lone batch line."""
 
     failure: Failure
     attempts: int
     rate_limited: int = 0
-    bill: None = None
-    """Nothing billed yet (there for readers of any outcome)."""
+    bill: Bill | None = None
     ids: Ids | None = None
+    value: T | None = None
 
 
-Outcome: TypeAlias = Answered[T] | Failed[T] | Pending
+Outcome: TypeAlias = Answered[T] | Failed[T] | Pending[T]
 """What an adapter's item came to: `Answered` is the only success."""
 
 Origin = Literal["sent", "journal", "twin"]

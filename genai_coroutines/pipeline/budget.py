@@ -5,11 +5,14 @@ the budget is reserved stage by stage, not per document: before its OCR job is u
 (its pages at Datalab's list price, as `DocumentProcessor`'s `max_cost_cents` estimates,
 as dollars) and before each extraction request (its input estimate and output allowance,
 as `ResponsesProcessor`'s `max_cost_usd`), each settled by its stage's own price model
-(the job's `cost_breakdown`, the answer's usage). Everything else is `engine.budget`'s
-rule: once the next request could pass the budget, nothing more is sent and the rest end
-`budget_exceeded` (a document whose OCR finished keeps it, journaled); a `budget_name`
-shares the total through the limits store (in dollars, so with `ResponsesProcessor`
-batches on that name too); a rerun with a higher budget continues.
+(the job's `cost_breakdown`, the answer's usage). With `batch_api` an extraction request
+is reserved at the Batch API's share (half) before its line goes into a file and settled
+when its batch answers it (released when it ends unanswered: `responses_stage`).
+Everything else is `engine.budget`'s rule: once the next request could pass the budget,
+nothing more is sent and the rest end `budget_exceeded` (a document whose OCR finished
+keeps it, journaled); a `budget_name` shares the total through the limits store (in
+dollars, so with `ResponsesProcessor` batches on that name too); a rerun with a higher
+budget continues.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..engine.budget import Budget
 from ..engine.pricing import Charges, PriceModel
 from ..responses import ResponsesRequest
 from ..responses.direct import Prepared, budget_for
-from ..responses.prices import PriceTable
+from ..responses.prices import PriceTable, tier_share
 
 
 @dataclass(eq=False, slots=True)
@@ -78,12 +81,19 @@ class StageBudget(Budget[Upload]):
 
 
 def stage_budget(
-    ocr: DocumentConfig, request: ResponsesRequest, limit_usd: float, prices: PriceTable
+    ocr: DocumentConfig,
+    request: ResponsesRequest,
+    limit_usd: float,
+    prices: PriceTable,
+    *,
+    batch_api: bool = False,
 ) -> StageBudget:
-    """The stages' estimates and price models as each processor's own budget has them;
-    `ValueError` when the extraction's model has no price."""
+    """The stages' estimates and price models as each processor's own budget has them (an
+    extraction request at the Batch API's share with `batch_api`); `ValueError` when the
+    extraction's model has no price."""
     pages = pages_budget(ocr, limit_usd * 100.0, None)
-    tokens = budget_for(request, limit_usd, prices)
+    share = tier_share("batch", prices.tiers) if batch_api else None
+    tokens = budget_for(request, limit_usd, prices, share=share)
     return StageBudget(
         limit_usd,
         lambda upload: pages.estimate(upload) / 100.0,

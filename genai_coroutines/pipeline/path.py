@@ -31,7 +31,9 @@ the Batch API's grouped stage): `execute` hands them to the driver as an `engine
 and the document leaves its driver slot; its row is made when every line is answered, from
 what was kept of its OCR (`_OcrPart`, a few ids and counts, not its text). Such rows add
 `batch_id` and `custom_id` after their keys, as the Responses Batch API's results do
-(comma-joined when a `per_page` row's lines have several).
+(comma-joined when a `per_page` row's lines have several), and `batch_pending` (True) when a
+line's batch could not be polled or read (`Extracted.pending`): the row ends `Pending` with
+that line's error, its lines stay journaled, and a rerun with the journal collects that batch.
 """
 
 from __future__ import annotations
@@ -221,7 +223,8 @@ class PipelineAdapter:
     def _ended(
         self, batch: BatchRun, index: int, started: float, part: _OcrPart, done: Extracted
     ) -> Outcome[Row]:
-        """A document's row once its extraction ended."""
+        """A document's row once its extraction ended (`Pending` when a batch may still
+        answer it: the journal keeps its lines, and a rerun collects them)."""
         if done.failure is not None:
             failure = done.failure
             if failure.error_type == "invalid_response":  # the others' paths logged theirs
@@ -379,11 +382,13 @@ class PipelineAdapter:
         ids = None if row.batch is None or row.batch[0] is None else Ids(group=row.batch[0])
         if failure is None:
             return Answered(row, attempts, rate_limited, bill, ids)
+        if done.pending:
+            return Pending(failure, attempts, rate_limited, bill, ids, value=row)
         return Failed(failure, attempts, rate_limited, bill, ids, value=row)
 
     def render(self, end: ItemEnd[Row]) -> Result:
         outcome = end.outcome
-        row = None if isinstance(outcome, Pending) else outcome.value
+        row = outcome.value
         if row is None:  # never ran: unreadable, or the batch was stopped
             assert not isinstance(outcome, Answered)
             failure = outcome.failure
@@ -394,6 +399,8 @@ class PipelineAdapter:
         result = {"index": end.index, **row.keys, "processing_time_secs": row.seconds}
         if row.batch is not None:
             result["batch_id"], result["custom_id"] = row.batch
+        if isinstance(outcome, Pending):  # as the Responses Batch API path marks its own
+            result["batch_pending"] = True
         if self.sources is not None:
             source = self.sources.pop(end.index, None)
             if end.duplicate_of is not None:
@@ -440,7 +447,7 @@ class PipelineAdapter:
         return Failed(failure, attempts, rate_limited, bill, value=row)
 
 
-_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id"})
+_RENDERED = frozenset({"index", "processing_time_secs", "batch_id", "custom_id", "batch_pending"})
 """A row's keys `render` writes besides `Row.keys`."""
 
 

@@ -39,7 +39,7 @@ from ..engine.summary import Summary
 from ..engine.sync import run_sync
 from ..responses import ResponsesRequest
 from ..responses.background import BackgroundAdapter
-from ..responses.batch import BatchAPI, BatchContext, BatchStage
+from ..responses.batch import BatchAPI, BatchContext, BatchStage, CollectingAdapter, check_rerun
 from ..responses.clients import ResponsesClients
 from ..responses.direct import DirectAdapter, key_limiter
 from ..responses.prices import PricesArg, table_of, warn_unpriced
@@ -196,7 +196,8 @@ class ExtractionPipeline(ResponsesClients):
         `BatchAPI.flush_idle_secs` without a new line or `flush_max_wait_secs` since its
         first); a document waiting on its batch holds no concurrency slot. Each row adds
         the `batch_id` and `custom_id` that answered it, and a rerun with the same journal
-        collects the batches an interrupted run left running.
+        collects the batches an interrupted run left running (without `batch_api` too: the
+        requests they hold are collected, the others sent synchronously).
 
         `deadline`: seconds from this call, or a timezone-aware `datetime`, after which
         nothing more is sent (no upload, no extraction): the jobs and requests in flight
@@ -218,22 +219,17 @@ class ExtractionPipeline(ResponsesClients):
                 raise ValueError("max_cost_usd cannot be used with a DatalabExtraction")
         elif batch is not None and (request.background or request.stream):
             raise ValueError("background=True and stream=True cannot be used with batch_api")
-        if batch is not None and max_cost_usd is not None:  # its lines are not reserved
-            raise ValueError("max_cost_usd cannot be used with batch_api in the pipeline")
-        if journal is not None and batch is None:
-            left = unfinished(journal, KIND).jobs
-            if left:
-                raise ValueError(
-                    f"journal {journal} has extractions waiting on Batch API batches "
-                    f"({', '.join(left[:5])}), which answer and bill them: rerun with "
-                    "batch_api=True to collect them instead of paying twice"
-                )
+        collecting = False
+        if journal is not None and batch is None and isinstance(request, ResponsesRequest):
+            left = unfinished(journal, KIND)
+            check_rerun(request, journal, left)  # refused with background or stream
+            collecting = bool(left.jobs)
         await clients.ready()  # an unreachable shared store fails here, nothing sent
         summary = summary or PipelineSummary(model=self.model or "", prices=self.prices)
         prices = table_of(summary)
         budget: StageBudget | None = None
         if max_cost_usd is not None and isinstance(request, ResponsesRequest):
-            budget = stage_budget(ocr, request, max_cost_usd, prices)
+            budget = stage_budget(ocr, request, max_cost_usd, prices, batch_api=batch is not None)
         if budget is not None and budget_name is not None:
             budget.shared = SharedBudget(clients.limits.store, budget_name, "usd")
         if self.model is not None:
@@ -250,7 +246,7 @@ class ExtractionPipeline(ResponsesClients):
             clients.session(extraction_slots, headers) as extraction_session,
         ):
             sessions = Sessions({OCR_STAGE: ocr_session, EXTRACTION_STAGE: extraction_session})
-            stage = self._stage(sessions, batch, cutoff, budget, dedupe)
+            stage = self._stage(sessions, batch, cutoff, budget, dedupe, collecting)
             adapter = PipelineAdapter(
                 documents.adapter(),
                 stage,
@@ -308,10 +304,12 @@ class ExtractionPipeline(ResponsesClients):
         cutoff: Cutoff | None,
         budget: StageBudget | None,
         dedupe: bool,
+        collecting: bool,
     ) -> ExtractionStage:
         """The extraction stage of one batch, on its key's limits (`batch`: the OpenAI
         extraction's requests as Batch API lines, which give way to the synchronous path
-        in time for `cutoff`)."""
+        in time for `cutoff`; `collecting`: without `batch`, the journal's batches are
+        collected, see `responses_stage`)."""
         request, limits = self.extraction, self.clients.limits
         if isinstance(request, DatalabExtraction):
             return DatalabStage(request, self.ocr, limits, sessions)
@@ -319,10 +317,12 @@ class ExtractionPipeline(ResponsesClients):
         direct = (BackgroundAdapter if request.background else DirectAdapter)(
             request, key_limiter(request, limits), self.cache_keys
         )
-        grouped = None
+        grouped, session = None, sessions.sessions[EXTRACTION_STAGE]
         if batch is not None:
             context = BatchContext(request, batch, direct, limits, cutoff)
-            grouped = BatchStage(context, session=sessions.sessions[EXTRACTION_STAGE])
+            grouped = BatchStage(context, session=session)
+        elif collecting:
+            grouped = CollectingAdapter(direct, limits, session).stage
         return ResponsesExtraction(
             direct,
             slots=request.max_concurrent_requests,
@@ -331,6 +331,7 @@ class ExtractionPipeline(ResponsesClients):
             batch=grouped,
             budget=budget,
             dedupe=dedupe,
+            collecting=collecting,
         )
 
 

@@ -6,7 +6,18 @@ merged). A request is sent now (direct or background, within the budget if any; 
 `dedupe`, identical requests of different documents once, `shared`), or, on the Batch API
 (`batch`: its grouped stage), becomes a line: `extract` answers `stage.Waiting` with the
 document's lines, and `then` parses their outcomes once the batches answered them, keeping
-meanwhile only each line's key and digest (`_Sent`), not its body.
+meanwhile only each line's key and digest (`_Sent`, and its estimate held on the budget
+before it went into a file, settled in `then`), not its body. A line whose batch could not
+be polled or read (`Pending`) makes the extraction `pending`: its row ends `Pending`.
+
+A rerun without `batch_api` of a journal whose extraction requests wait on batches
+(`collecting`, `batch` then `responses.batch.CollectingAdapter.stage`) collects them instead
+of paying twice: a request a journaled batch holds is a line of that stage, the others are
+sent now, and a row none of the batches answered is the synchronous pipeline's.
+
+Identical requests of different documents are not shared on the Batch API: a line answers
+the one document whose `Deferred` holds it, and a document waiting on another's line would
+hold its driver slot for the batch's window.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from ..engine import (
     ItemRun,
     Line,
     Outcome,
+    Pending,
     Submission,
 )
 from ..engine.journal import request_digest
@@ -69,10 +81,12 @@ class _Request:
 
 @dataclass(frozen=True, slots=True)
 class _Sent:
-    """An extraction request sent as a Batch API line, as its document keeps it."""
+    """An extraction request sent as a Batch API line, as its document keeps it (`held`:
+    its estimate on the budget, if any)."""
 
     key: StageKey
     digest: str
+    held: float | None = None
 
 
 class ResponsesExtraction:
@@ -88,6 +102,7 @@ class ResponsesExtraction:
         batch: GroupedStage | None = None,
         budget: StageBudget | None = None,
         dedupe: bool = False,
+        collecting: bool = False,
     ) -> None:
         self.adapter = adapter
         self.model: str | None = adapter.model
@@ -97,6 +112,8 @@ class ResponsesExtraction:
         self.sessions = sessions
         self.batch = batch
         """The Batch API's stage the requests go to as lines (None: sent now)."""
+        self.collecting = collecting
+        """`batch` only collects: only the requests a journaled batch holds go to it."""
         self.budget = budget
         self.shared = SharedRequests() if dedupe else None
         self.identity = orjson.dumps(
@@ -124,8 +141,10 @@ class ResponsesExtraction:
         for stage, fields, failure in parts:
             if stage is not None:
                 done.stages.append(stage)
-            if failure is not None and done.failure is None:
-                done.failure = failure
+            if failure is not None and not done.pending:  # a pending line's failure first
+                done.pending = stage is not None and isinstance(stage.outcome, Pending)
+                if done.pending or done.failure is None:
+                    done.failure = failure
             if fields is not None:
                 found.append(fields)
         answers = [s.outcome for s in done.stages if isinstance(s.outcome, Answered)]
@@ -142,7 +161,9 @@ class ResponsesExtraction:
         if twins:
             done.detail["duplicate_of"] = twins
         if self.batch is not None:
-            done.batch = _batch_ids(done.stages)
+            ids = _batch_ids(done.stages)
+            # collecting: a row no batch answered is the synchronous pipeline's
+            done.batch = None if self.collecting and ids == (None, None) else ids
         return done
 
     async def _extract_one(self, run: ItemRun, page: int, text: str) -> _Ended:
@@ -150,6 +171,10 @@ class ResponsesExtraction:
         planned = await self._plan(run, page, text)
         if not isinstance(planned, _Request):
             return planned
+        return await self._send_now(run, planned)
+
+    async def _send_now(self, run: ItemRun, planned: _Request) -> _Ended:
+        """An extraction request sent now (once, with `dedupe`, for identical ones)."""
         key, digest, started = planned.key, planned.digest, time.perf_counter()
 
         def send() -> Awaitable[Outcome[Answer]]:
@@ -172,11 +197,51 @@ class ResponsesExtraction:
         extraction is made once they are all answered (those the journal or the text
         settle need none)."""
         planned = [await self._plan(run, page, text) for page, text in enumerate(texts)]
-        lines = [Line(p.key, p.prepared, p.digest) for p in planned if isinstance(p, _Request)]
+        if self.collecting:
+            planned = list(await asyncio.gather(*(self._collected(run, p) for p in planned)))
+        kept: list[_Sent | _Ended] = []
+        lines: list[Line] = []
+        for each in planned:
+            if not isinstance(each, _Request):
+                kept.append(each)
+                continue
+            held = await self._hold(run, each)
+            if isinstance(held, Failure):  # the budget is reached: not sent
+                kept.append((None, None, held))
+                continue
+            lines.append(Line(each.key, each.prepared, each.digest))
+            kept.append(_Sent(each.key, each.digest, held))
         if not lines:
-            return self._done([p for p in planned if not isinstance(p, _Request)])
-        kept = [_Sent(p.key, p.digest) if isinstance(p, _Request) else p for p in planned]
+            return self._done(each for each in kept if not isinstance(each, _Sent))
         return Waiting(stage, lines, self._then(run.batch, kept))
+
+    async def _collected(self, run: ItemRun, planned: _Request | _Ended) -> _Request | _Ended:
+        """On a collecting rerun: a request a journaled batch holds stays a line (to be
+        collected), any other is sent now."""
+        if not isinstance(planned, _Request) or _in_journaled_batch(run, planned):
+            return planned
+        return await self._send_now(run, planned)
+
+    async def _hold(self, run: ItemRun, planned: _Request) -> float | Failure | None:
+        """A line's estimate held on the budget, if any, before it goes into a file (at the
+        Batch API's share: `stage_budget`). One a journaled batch holds is admitted whatever
+        the budget, being accepted already: it is paid for when this run collects it."""
+        if self.budget is None:
+            return None
+        estimate, _ = self.budget.weigh(planned.prepared)
+        return await self.budget.hold(estimate, paid=_in_journaled_batch(run, planned))
+
+    def _settle(self, held: float | None, outcome: Outcome[Any]) -> None:
+        """A line's estimate replaced by what its answer cost (the tier that served it);
+        released for a line that ended unanswered (the Batch API bills only the lines it
+        answers; a pending one is paid for by the rerun that collects it)."""
+        budget = self.budget
+        if budget is None or held is None:
+            return
+        if isinstance(outcome, Answered):
+            budget.spend(held, budget.pricing.extraction.cost(outcome))
+        else:
+            budget.release(held)
 
     def _then(
         self, batch: BatchRun, kept: list[_Sent | _Ended]
@@ -188,12 +253,14 @@ class ResponsesExtraction:
         def then(outcomes: list[Outcome[Any]]) -> Extracted:
             seconds = time.perf_counter() - sent
             answers = iter(outcomes)
-            return self._done(
-                self._parsed(batch, each.key, each.digest, next(answers), seconds, sent)
-                if isinstance(each, _Sent)
-                else each
-                for each in kept
-            )
+            ended: list[_Ended] = []
+            for each in kept:
+                if isinstance(each, _Sent):
+                    outcome = next(answers)
+                    self._settle(each.held, outcome)
+                    each = self._parsed(batch, each.key, each.digest, outcome, seconds, sent)
+                ended.append(each)
+            return self._done(ended)
 
         return then
 
@@ -277,6 +344,14 @@ class ResponsesExtraction:
                 accepted is not None,
                 lambda: self.adapter.execute(stage_run, prepared),
             )
+
+
+def _in_journaled_batch(run: ItemRun, planned: _Request) -> bool:
+    """Whether a batch an earlier run created holds this request as a line (a rerun
+    collects it: it is neither sent nor paid for again)."""
+    journal = run.batch.journal
+    known = None if journal is None else journal.group_line(planned.key, planned.digest)
+    return known is not None and known.job_id is not None
 
 
 def _batch_ids(stages: Iterable[Stage[Answer]]) -> tuple[str | None, str | None]:

@@ -60,6 +60,9 @@ class Extracted:
     """The document's conversion done again (its checkpoint was gone): the row's OCR now."""
     batch: tuple[str | None, str | None] | None = None
     """On the Batch API: the row's `batch_id` and `custom_id` (None: not on it)."""
+    pending: bool = False
+    """`failure` is a line's whose batch may still answer it (could not be polled or read
+    this run): the row ends `Pending`, and a rerun with the journal collects that batch."""
 
 
 @dataclass(frozen=True, slots=True)

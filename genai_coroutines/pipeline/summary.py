@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine import ItemEnd, Pending
+from ..engine import ItemEnd
 from ..summary import BatchSummary
 from .path import EXTRACTION_STAGE, OCR_STAGE, Row
 
@@ -42,7 +42,7 @@ class PipelineSummary(BatchSummary):
     def add(self, end: ItemEnd[Any]) -> None:
         super().add(end)  # its retries too: a row's attempts are 1 + both stages' retries
         outcome = end.outcome
-        row = None if isinstance(outcome, Pending) else outcome.value
+        row = outcome.value
         if not isinstance(row, Row) or end.duplicate_of is not None:
             return  # a twin (`dedupe`): its stages ran once, counted as its original's
         stage = row.failed_stage

@@ -7,7 +7,9 @@ synchronous path must not buy those items a second time, so it collects them:
 would on resume (the Batch API stage: the batch polled every `poll_interval_secs` until it
 ends, its files read: `jobs.BatchJobs`), and every other item synchronously, as asked,
 `max_concurrent_requests` at a time. What the batch hands back (a 5xx line, a line that
-never ran) is sent synchronously too, not in a new batch (`fallback.Resender`).
+never ran) is sent synchronously too, not in a new batch (`fallback.Resender`). The
+pipeline's rerun without `batch_api` collects its extraction requests through the same stage
+(`pipeline.path`).
 
 A rerun with `stream` or `background` sends other request bodies, which the journal's
 batches cannot answer item by item, so it is refused (`check_rerun`) before anything is
@@ -20,6 +22,8 @@ import logging
 import os
 from collections.abc import Mapping
 from typing import Any
+
+import aiohttp
 
 from ...engine import (
     Deferred,
@@ -82,13 +86,22 @@ class CollectingAdapter:
     unit = "prompt"
     logger: logging.Logger = logger
 
-    def __init__(self, direct: DirectAdapter, limits: KeyLimits) -> None:
+    def __init__(
+        self,
+        direct: DirectAdapter,
+        limits: KeyLimits,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        """`session`: the one the stage's calls go through, when not the batch's (see
+        `BatchStage`)."""
         request = direct.request
         self.direct = direct
         self.collector = BatchContext(
             request, BatchAPI(poll_interval_secs=request.poll_interval_secs), direct, limits
         )
-        self.stage = BatchStage(self.collector, resend=True)
+        self.stage = BatchStage(self.collector, resend=True, session=session)
+        """The Batch API stage that collects (and sends synchronously what its batches hand
+        back); also the pipeline's, on a rerun without `batch_api` (`pipeline.path`)."""
         self.telemetry_identity = direct.telemetry_identity
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
