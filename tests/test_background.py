@@ -308,8 +308,13 @@ KILL_PROMPTS = 60
 
 
 async def _kill_then_resume(
-    emulator: Emulator, tmp_path: Path, *extra: str
+    emulator: Emulator, tmp_path: Path, *extra: str, quiesce: bool = False
 ) -> tuple[list[str], dict[str, int]]:
+    """Kill a batch midway, then resume it with its journal. `quiesce`: before the kill,
+    every later POST hangs unanswered (the emulator never takes it) and the kill waits
+    until each response the emulator accepted is journaled, so what is measured is the
+    resume, not a kill landing between a POST's answer and its journal line (the one
+    window no client can close: that response would be bought again)."""
     prompts = [f"prompt {i}" for i in range(KILL_PROMPTS)]
     write_prompts(tmp_path / "prompts.jsonl", prompts)
     emulator.config.latency = 0.15  # 60 prompts, 10 at a time: under a second either way
@@ -322,8 +327,17 @@ async def _kill_then_resume(
 
     first = await start(emulator, tmp_path, *args)
     await until(first, midway, "15 results written and 25 items started")
+    if quiesce:
+        emulator.config.hang_seconds = 30.0
+        emulator.faults.schedule("responses", "hang", times=1000)
+
+        def journaled() -> bool:
+            return sum(1 for _, url, _ in journal_rows(journal) if url) == posts(emulator)
+
+        await until(first, journaled, "every accepted response journaled")
     first.kill()
     assert await first.wait() == -signal.SIGKILL
+    emulator.faults.clear()
     started = sum(1 for _, url, result in journal_rows(journal) if url and not result)
     code, _, err = await run(emulator, *args, "--resume")
     assert code == 0, err
@@ -343,7 +357,7 @@ async def test_kill_9_a_background_batch_then_resume_posts_no_item_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     prompts, figures = await _kill_then_resume(
-        emulator, tmp_path, "--background", "--poll-interval", "0.02"
+        emulator, tmp_path, "--background", "--poll-interval", "0.02", quiesce=True
     )
     print(f"\nkill -9 with --background: {figures}")
     for prompt in prompts:
