@@ -50,6 +50,10 @@ from .wire import TERMINAL, BatchWire
 
 SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
+UNSENT_FILES = 2
+"""New lines not yet in an uploaded file, at most, in files of `max_requests_per_file`: past
+that, `add` waits for an upload (the input is read no further ahead of the uploads, so the
+journal digests the driver keeps of such lines, and the spools on disk, stay bounded)."""
 
 
 class BatchJobs:
@@ -108,6 +112,10 @@ class BatchJobs:
         """Sends the writer once it is due (`_due`); one per group, not one per line."""
         self.resumed: dict[str, BatchJob] = {}
         """The files of earlier runs that hold lines of this one, sent once the input is read."""
+        self.unsent = 0
+        """New lines written and not yet in an uploaded file (see `UNSENT_FILES`)."""
+        self.sent = asyncio.Event()
+        """Set when `unsent` falls."""
 
     async def shut(self, finished: bool) -> None:
         """The batch ends; on the way out (Ctrl-C, a bug) the batches still running are left
@@ -169,6 +177,9 @@ class BatchJobs:
                 key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
             )
             return
+        while self.unsent >= UNSENT_FILES * options.max_requests_per_file:
+            self.sent.clear()
+            await self.sent.wait()
         writer = self.writer
         if writer is not None and not self._fits(writer, len(line), tokens):
             self.flush()
@@ -179,6 +190,8 @@ class BatchJobs:
             self.first_line = now
         self.last_line = now
         writer.add(key, line, 0, tokens, digest)
+        writer.new += 1
+        self.unsent += 1
         if self.timer is None:
             self._arm()
 
@@ -254,6 +267,7 @@ class BatchJobs:
         try:
             if job.batch_id is None and not await self.submitter.submit(job):
                 return
+            self._sent(job)
             if self.fallback is not None:
                 await self.fallback.created(job)
             batch = await self.answers.follow(job)
@@ -270,11 +284,19 @@ class BatchJobs:
                     after = self.submitter.ended if token_limited else None
                     self._follow_up(job, retry.keys, after=after)
         finally:
+            self._sent(job)
             await self.submitter.release(job)
             job.spool.remove()
             with suppress(ValueError):
                 self.jobs.remove(job)
             self._note()
+
+    def _sent(self, job: BatchJob) -> None:
+        """The job's new lines are in an uploaded file, or will never be."""
+        if job.new:
+            self.unsent -= job.new
+            job.new = 0
+            self.sent.set()
 
     def _follow_up(self, job: BatchJob, retry: Keys, after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""

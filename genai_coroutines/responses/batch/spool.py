@@ -191,6 +191,8 @@ class BatchJob:
     file's, a follow-up's of one ended job, an earlier run's file's)."""
     apart: dict[StageKey, int] = field(default_factory=dict)
     """The lines whose round is not `attempt` (none, unless a journal says otherwise)."""
+    new: int = 0
+    """Lines of the input's that no file holds yet (`jobs.UNSENT_FILES`)."""
     file_id: str | None = None
     file_created: float = 0.0
     file_lines: int = 0
