@@ -38,7 +38,7 @@ from genai_coroutines.engine import (
 from genai_coroutines.engine.stages import StageKey
 from genai_coroutines.engine.store import MemoryStore
 from genai_coroutines.responses.batch import BatchAPIAdapter
-from genai_coroutines.responses.batch.spool import custom_id, key_of
+from genai_coroutines.responses.batch.spool import BatchJob, batch_line, custom_id, key_of
 from genai_coroutines.responses.direct import DirectAdapter, Prepared, key_limiter
 from genai_coroutines.responses.processor import request_headers
 from tests import samples
@@ -123,6 +123,37 @@ def test_batch_line_ids_carry_the_stage_key_and_old_ones_still_resolve() -> None
     assert custom_id(StageKey(41), b"")[:3] == "41-" and key_of(old) == StageKey(41)
     for foreign in ("41-0123456789AB", "x-0123456789ab", "²-0123456789ab", "41-012", "41"):
         assert key_of(foreign) is None
+
+
+def test_a_batch_job_owes_its_lines_by_key_and_reads_their_ids_tokens_digests_from_its_spool() -> (
+    None
+):
+    """A waiting line is a bit of its job (a named stage's key an entry): what it was sent
+    with comes back from the spool, in file order, for the lines still owed."""
+    job = BatchJob(1)
+    keys = [StageKey(70), StageKey(64), StageKey(3), StageKey(9, "extraction", 2), StageKey(71)]
+    digests = [f"{n:064x}" for n in range(len(keys))]
+    ids = [custom_id(key, b'{"input":"%d"}' % n) for n, key in enumerate(keys)]
+    try:
+        for n, key in enumerate(keys):  # out of order: the first bit grows back to index 3
+            body = b'{"input":"%d"}' % n
+            attempt = 2 if key.index == 71 else 1  # one line of a journal in another round
+            job.add(key, batch_line(ids[n], body), attempt, 10 + n, digests[n])
+        assert len(job.owed) == 5 and StageKey(4) not in job.owed and StageKey(9) not in job.owed
+        assert job.owed.discard(StageKey(64)) and not job.owed.discard(StageKey(64))
+        assert job.owed.discard(StageKey(9, "extraction", 2))
+        owing = list(job.owing())
+        assert [line.key for line in owing] == [StageKey(70), StageKey(3), StageKey(71)]
+        assert [line.tokens for line in owing] == [10, 12, 14]
+        assert [line.digest for line in owing] == [digests[0], digests[2], digests[4]]
+        assert [line.line_id for line in owing] == [ids[0], ids[2], ids[4]]
+        assert [job.attempt_of(line.key) for line in owing] == [1, 1, 2]
+        for line in owing:
+            job.owed.discard(line.key)
+        assert not job.owed and list(job.owing()) == []
+        assert (job.spool.lines, job.spool.tokens) == (5, 60), "the file keeps every line"
+    finally:
+        job.spool.remove()
 
 
 async def test_grouped_lines_hold_no_slot_all_in_one_batch(emulator: Emulator) -> None:

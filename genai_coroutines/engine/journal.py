@@ -84,6 +84,7 @@ import os
 import sqlite3
 import stat
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -284,7 +285,7 @@ class Journal:
         """Records `_load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
-        self.on_grouped: Callable[[list[int]], object] = lambda _indices: None
+        self.on_grouped: Callable[[Iterable[int]], object] = lambda _indices: None
         """Told the indices of the items of one stage each `record_group` journaled (their
         digests are in `group_lines` then: `bookkeeping.Digests`)."""
         self._windows: dict[int, dict[int, _Item]] = {}
@@ -504,7 +505,7 @@ class Journal:
     ) -> None:
         """Journal an uploaded group file and its members, `(key, digest, line_id, attempt)`
         each, in one transaction (a member of an earlier group moves to this one)."""
-        grouped: list[int] = []
+        grouped = array("q")  # 8 bytes an index: a file holds up to 50,000
         self._transaction(
             f"group file {file_id}", self._group_rows(file_id, members, tokens, grouped)
         )
@@ -520,7 +521,7 @@ class Journal:
         file_id: str,
         members: Iterable[tuple[StageKey, str, str, int]],
         tokens: int,
-        grouped: list[int],
+        grouped: array[int],
     ) -> Iterator[_Statement]:
         """`record_group`'s statements, `GROUP_ROWS` members at a time (a file holds up to
         50,000: their rows are never all in memory at once); `grouped` gets the indices of
@@ -557,7 +558,7 @@ class Journal:
                 staged,
             )
             lines += len(chunk)
-            grouped += [row[0] for row in single]
+            grouped.extend(row[0] for row in single)
         yield "UPDATE group_files SET lines = ? WHERE file_id = ?", [(lines, file_id)]
 
     def group_digest(self, index: int) -> str | None:

@@ -35,7 +35,7 @@ from ..direct import answer
 from ..errors import classify
 from ..results import Answer
 from .context import BatchContext
-from .spool import BatchJob, Member, custom_id_of, key_of
+from .spool import BatchJob, Keys, custom_id_of, key_of
 from .wire import TERMINAL, BatchWire, Json
 
 SHOWN_REASONS = 3
@@ -76,13 +76,13 @@ def judge(line: dict[str, Any], api_key: str) -> Success[Answer] | Failure:
 
 @dataclass(slots=True)
 class Resend:
-    """The members of an ended batch handed back for a follow-up batch, and why."""
+    """The lines of an ended batch handed back for a follow-up batch, and why."""
 
-    members: dict[StageKey, Member] = field(default_factory=dict)
+    keys: Keys = field(default_factory=Keys)
     reasons: Counter[str] = field(default_factory=Counter)
 
-    def add(self, key: StageKey, member: Member, failure: Failure) -> None:
-        self.members[key] = member
+    def add(self, key: StageKey, failure: Failure) -> None:
+        self.keys.add(key)
         self.reasons[failure.message] += 1
 
     def described(self) -> str:
@@ -245,24 +245,24 @@ class Answers:
                 await self.fail(job, failure, pending=unread.status != 404)  # 404: gone
             else:
                 never = self._never_ran(job, status, errors)
-                for member_key in list(job.members):
-                    await self._settle(job, member_key, never, retry)
+                for line in job.owing():  # no line in either file
+                    await self._settle(job, line.key, line.line_id, never, retry)
         log_event(
             self.context.logger,
             logging.INFO,
             "batch_api_ended",
             batch=job.batch_id,
             status=status,
-            retried=len(retry.members),
+            retried=len(retry.keys),
         )
-        if retry.members:
+        if retry.keys:
             log_event(
                 self.context.logger,
                 logging.WARNING,
                 "batch_api_resend",
                 batch=job.batch_id,
                 status=status,
-                count=len(retry.members),
+                count=len(retry.keys),
                 reasons=orjson.dumps(retry.described()).decode(),
             )
         return retry, _token_limited(errors)
@@ -277,14 +277,13 @@ class Answers:
             return
         line_id = line.get("custom_id")
         key = key_of(line_id) if isinstance(line_id, str) else None
-        member = job.members.get(key) if key is not None else None
-        if key is None or (member is not None and member.line_id != line_id):
+        if key is None or not isinstance(line_id, str):
             odd.foreign += 1
             odd.example = odd.example or repr(line_id)[:SHOWN_ID_CHARS]
             return
-        if member is None:
+        if key not in job.owed:
             return  # seen already (a download restarted), or an item not rerun since
-        await self._settle(job, key, judge(line, self.api_key), retry)
+        await self._settle(job, key, line_id, judge(line, self.api_key), retry)
 
     def _odd_lines(self, job: BatchJob, file_id: str, odd: _Oddities) -> None:
         """Say what in a file answered no item: ignored, but never silently."""
@@ -315,33 +314,35 @@ class Answers:
         self,
         job: BatchJob,
         key: StageKey,
+        line_id: str,
         outcome: Success[Any] | Failure,
         retry: Resend,
     ) -> None:
-        member = job.members.pop(key)
-        attempts = member.attempt + 1
+        """A line's outcome: emitted, or the line handed back (`retry`)."""
+        attempt = job.attempt_of(key)
+        job.owed.discard(key)
         if isinstance(outcome, Success):
             await self.emit(
                 key,
                 self.context.succeeded(
                     outcome.value,
-                    attempts=attempts,
+                    attempts=attempt + 1,
                     batch_id=str(job.batch_id),
-                    line=member.line_id,
+                    line=line_id,
                 ),
             )
         elif outcome.retriable and (
-            member.attempt < self.max_retries or outcome.code == "batch_cancelled"
+            attempt < self.max_retries or outcome.code == "batch_cancelled"
         ):  # a line its cancelled batch never ran cost nothing: sending it is no retry
-            retry.add(key, member, outcome)
+            retry.add(key, outcome)
         else:
             await self.emit(
                 key,
                 self.context.errored(
                     outcome,
-                    attempts=attempts,
+                    attempts=attempt + 1,
                     batch_id=job.batch_id,
-                    line=member.line_id,
+                    line=line_id,
                 ),
             )
 
@@ -380,8 +381,8 @@ class Answers:
         named = {e["line"]: e for e in errors if isinstance(e.get("line"), int)}
         whole = [e for e in errors if not isinstance(e.get("line"), int)]
         by_line_id = await self._line_errors(job, named) if named else {}
-        for key, member in list(job.members.items()):
-            error = by_line_id.get(member.line_id)
+        for line in job.owing():
+            error = by_line_id.get(line.line_id)
             if error is not None:
                 failure = Failure(
                     f"batch {batch_id} failed validation: line {error['line']}: "
@@ -409,7 +410,7 @@ class Answers:
                     retriable=True,
                     code="batch_failed",
                 )
-            await self._settle(job, key, failure, retry)
+            await self._settle(job, line.key, line.line_id, failure, retry)
 
     async def _line_errors(self, job: BatchJob, named: dict[int, Json]) -> dict[str, Json]:
         """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
@@ -424,8 +425,8 @@ class Answers:
                 found[custom_id_of(raw)] = error
 
         if job.uploaded_here:
-            for raw in job.spool.read():
-                numbered(raw)
+            for line in job.spool.read():
+                numbered(line.raw)
             return found
 
         def restart() -> None:
@@ -443,15 +444,16 @@ class Answers:
     async def fail(self, job: BatchJob, failure: Failure, *, pending: bool = False) -> None:
         """End every member with `failure`. `pending`: the batch may still answer them, so a
         rerun with the journal polls it rather than sending them again."""
-        for key in list(job.members):
-            member = job.members.pop(key)
+        for line in job.owing():
+            attempt = job.attempt_of(line.key)
+            job.owed.discard(line.key)
             await self.emit(
-                key,
+                line.key,
                 self.context.errored(
                     failure,
-                    attempts=member.attempt + (job.batch_id is not None),
+                    attempts=attempt + (job.batch_id is not None),
                     batch_id=job.batch_id,
-                    line=member.line_id,
+                    line=line.line_id,
                     pending=pending,
                 ),
             )

@@ -53,7 +53,7 @@ from ..direct import Prepared
 from ..prices import DEFAULT_OUTPUT_ALLOWANCE
 from .answers import Answers
 from .context import BatchContext
-from .spool import BatchJob, Member, body_of, custom_id_of, key_of
+from .spool import BatchJob, Keys, body_of
 from .wire import TERMINAL, BatchWire
 
 ASSUMED_RPM = 500.0
@@ -79,14 +79,13 @@ class Resender:
         self.tier: str | None = None
         """The `service_tier` the bodies are sent at (None: as written, the request's)."""
 
-    def again(self, job: BatchJob, members: dict[StageKey, Member], *, ran: bool) -> None:
-        """Send the `members` of a job (their lines are in its spool); `ran`: its batch
-        ended, so each was sent in it once more."""
-        for raw in job.spool.read():
-            key = key_of(custom_id_of(raw))
-            member = None if key is None else members.pop(key, None)
-            if key is not None and member is not None:
-                self.send(key, body_of(raw), member.tokens, member.attempt + int(ran))
+    def again(self, job: BatchJob, keys: Keys, *, ran: bool) -> None:
+        """Send the lines of a job under `keys` (taken out of it); `ran`: its batch ended,
+        so each was sent in it once more."""
+        for line in job.spool.read():
+            if keys.discard(line.key):
+                earlier = job.attempt_of(line.key) + int(ran)
+                self.send(line.key, body_of(line.raw), line.tokens, earlier)
 
     def send(self, key: StageKey, body: bytes, tokens: int, earlier: int) -> None:
         """Send one stage request's body; `earlier`: batches it was sent in before."""
@@ -167,8 +166,8 @@ class Fallback:
         items, tokens = 0, 0.0
         for job in owed.jobs:
             spool = job.spool
-            read = spool.lines - len(job.members)  # lines whose answers were read back
-            owing = len(job.members) - max(0, job.counts.get("completed", 0) - read)
+            read = spool.lines - len(job.owed)  # lines whose answers were read back
+            owing = len(job.owed) - max(0, job.counts.get("completed", 0) - read)
             if owing > 0:
                 items += owing
                 tokens += spool.tokens * owing / spool.lines
@@ -221,7 +220,7 @@ class Fallback:
         (True); before it, False (`submitter.Submitter` goes on)."""
         if not self.switched:
             return False
-        self.resender.again(job, job.members, ran=False)
+        self.resender.again(job, job.owed, ran=False)
         return True
 
     async def created(self, job: BatchJob) -> None:

@@ -4,7 +4,7 @@
 it each stage request's line (`add`, keyed by its `StageKey`: an item's index, and for a
 multi-stage item its stage and page) and takes each one's outcome back by that key
 (`GroupRun.emit`) once its batch ends. The lines go into `BatchJob`s (`spool`: the lines in
-a temporary file, a `Member` per line in memory), files cut by request count, bytes and
+a temporary file, a bit per line in memory), files cut by request count, bytes and
 (when `BatchAPI.max_enqueued_tokens` is set) estimated input tokens, or sent partly filled
 once no line came for `flush_idle_secs` or `flush_max_wait_secs` passed since the file's
 first line (so lines that come slowly, as a pipeline's documents finish their OCR, or after
@@ -12,9 +12,9 @@ the input ended, go out together without waiting for the input's end).
 
 Each job is submitted (`submitter.Submitter`), its batch followed until it
 ends and its answers joined back (`answers.Answers`); the lines they hand back go into a
-follow-up job, copied from the ended job's spool. Each waiting line keeps a small `Member`
-in memory (its body is in the spool), so memory grows with the lines waiting: about 0.3 KiB
-a line, 0.4 KiB with a journal (`benchmarks/million.py`).
+follow-up job, copied from the ended job's spool. A waiting line keeps a bit of its job in
+memory (`spool.Keys`: its body, custom_id, tokens and journal digest are in the spool), so
+the lines waiting cost next to nothing (`benchmarks/million.py`).
 
 Crash-safety is the journal's (`Journal.record_group`, `group_line`): a rerun with the
 same journal finds each unfinished item's file and batch and, once the input has been
@@ -44,12 +44,16 @@ from ..prices import usage_tokens
 from .answers import Answers
 from .context import BatchContext
 from .fallback import Fallback, Resender
-from .spool import BatchJob, Member, batch_line, custom_id, custom_id_of, key_of
+from .spool import BatchJob, Keys, batch_line, custom_id
 from .submitter import Submitter
 from .wire import TERMINAL, BatchWire
 
 SHOWN_BATCHES = 3
 """Batches named on the progress bar; the rest are counted."""
+UNSENT_FILES = 2
+"""New lines not yet in an uploaded file, at most, in files of `max_requests_per_file`: past
+that, `add` waits for an upload (the input is read no further ahead of the uploads, so the
+journal digests the driver keeps of such lines, and the spools on disk, stay bounded)."""
 
 
 class BatchJobs:
@@ -108,6 +112,10 @@ class BatchJobs:
         """Sends the writer once it is due (`_due`); one per group, not one per line."""
         self.resumed: dict[str, BatchJob] = {}
         """The files of earlier runs that hold lines of this one, sent once the input is read."""
+        self.unsent = 0
+        """New lines written and not yet in an uploaded file (see `UNSENT_FILES`)."""
+        self.sent = asyncio.Event()
+        """Set when `unsent` falls."""
 
     async def shut(self, finished: bool) -> None:
         """The batch ends; on the way out (Ctrl-C, a bug) the batches still running are left
@@ -149,8 +157,7 @@ class BatchJobs:
             job = self.resumed.get(known.file_id)
             if job is None:
                 job = self.resumed[known.file_id] = self._resumed(known)
-            member = Member(known.line_id, known.attempt, tokens, digest)
-            job.add(key, member, batch_line(known.line_id, body))
+            job.add(key, batch_line(known.line_id, body), known.attempt, tokens, digest)
             return
         if self.fallback is not None and self.fallback.switched:
             self.resender.send(key, body, tokens, 0)
@@ -170,6 +177,9 @@ class BatchJobs:
                 key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
             )
             return
+        while self.unsent >= UNSENT_FILES * options.max_requests_per_file:
+            self.sent.clear()
+            await self.sent.wait()
         writer = self.writer
         if writer is not None and not self._fits(writer, len(line), tokens):
             self.flush()
@@ -179,7 +189,9 @@ class BatchJobs:
             writer = self.writer = self._job()
             self.first_line = now
         self.last_line = now
-        writer.add(key, Member(line_id, 0, tokens, digest), line)
+        writer.add(key, line, 0, tokens, digest)
+        writer.new += 1
+        self.unsent += 1
         if self.timer is None:
             self._arm()
 
@@ -255,6 +267,7 @@ class BatchJobs:
         try:
             if job.batch_id is None and not await self.submitter.submit(job):
                 return
+            self._sent(job)
             if self.fallback is not None:
                 await self.fallback.created(job)
             batch = await self.answers.follow(job)
@@ -265,28 +278,34 @@ class BatchJobs:
                 summary = self.group.batch.summary
                 summary.report_group(usage_tokens(usage) if isinstance(usage, dict) else None)
                 resend = self.resend or (self.fallback is not None and self.fallback.switched)
-                if retry.members and resend:
-                    self.resender.again(job, retry.members, ran=True)
-                elif retry.members:
+                if retry.keys and resend:
+                    self.resender.again(job, retry.keys, ran=True)
+                elif retry.keys:
                     after = self.submitter.ended if token_limited else None
-                    self._follow_up(job, retry.members, after=after)
+                    self._follow_up(job, retry.keys, after=after)
         finally:
+            self._sent(job)
             await self.submitter.release(job)
             job.spool.remove()
             with suppress(ValueError):
                 self.jobs.remove(job)
             self._note()
 
-    def _follow_up(self, job: BatchJob, retry: dict[StageKey, Member], after: int | None) -> None:
+    def _sent(self, job: BatchJob) -> None:
+        """The job's new lines are in an uploaded file, or will never be."""
+        if job.new:
+            self.unsent -= job.new
+            job.new = 0
+            self.sent.set()
+
+    def _follow_up(self, job: BatchJob, retry: Keys, after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""
         follow = self._job()
         follow.after_ended = after
-        for raw in job.spool.read():
-            key = key_of(custom_id_of(raw))
-            member = None if key is None else retry.pop(key, None)
-            if key is not None and member is not None:
-                member.attempt += 1
-                follow.add(key, member, raw)
+        for line in job.spool.read():
+            if retry.discard(line.key):
+                attempt = job.attempt_of(line.key) + 1
+                follow.add(line.key, line.raw, attempt, line.tokens, line.digest)
         self._launch(follow)
 
     def _note(self) -> None:

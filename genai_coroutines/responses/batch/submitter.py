@@ -148,7 +148,7 @@ class Submitter:
                 if found is not None:
                     self._created(job, found)
                     return True
-                if len(job.members) < job.file_lines:  # some of its lines are wanted no more
+                if len(job.owed) < job.file_lines:  # some of its lines are wanted no more
                     job.file_id, job.known_tokens = None, None
             if job.file_id is None and not await self._upload(job):
                 await self.release(job)
@@ -229,11 +229,11 @@ class Submitter:
         batch_api_file("uploaded")
         job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
         job.uploaded_here = True
-        members = [
-            (key, member.digest, member.line_id, member.attempt)
-            for key, member in job.members.items()
-            if member.digest is not None
-        ]
+        members = (  # read from the spool as the journal writes them, never all at once
+            (line.key, line.digest, line.line_id, job.attempt_of(line.key))
+            for line in job.owing()
+            if line.digest is not None
+        )
         tokens = job.tokens
         if not self.group.batch.journaled(
             lambda j: j.record_group(file_id, members, tokens=tokens)
@@ -277,7 +277,7 @@ class Submitter:
             "batch_api_created",
             batch=batch_id,
             file=file_id,
-            lines=len(job.members),
+            lines=len(job.owed),
         )
         self.answers.observe(job, batch)
 
