@@ -307,8 +307,9 @@ async def test_kill_9_mid_multi_schema_run_then_resume_pays_no_stage_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Killed at a quiescent point: once one /extract finished and one accepted job is still
-    running, every later submission and poll hangs, and the kill waits until each job
-    Datalab accepted is in the journal. The resume polls what was accepted, sends the rest."""
+    running, every later submission and poll hangs, and the kill waits until no submission
+    is half taken and each job Datalab accepted is in the journal. The resume polls what was
+    accepted, sends the rest."""
     emulator.config.seconds_per_page = 0.3
     emulator.config.hang_seconds = 30.0
     pages = [1, 2, 3, 1, 2, 3]
@@ -335,9 +336,8 @@ async def test_kill_9_mid_multi_schema_run_then_resume_pays_no_stage_twice(
         (`hang_seconds` outlasts `until`), so each one the emulator counts is in flight."""
         stats = emulator.stats
         hanging = stats.faults["marker_submit hang"] + stats.faults["marker_poll hang"]
-        return stats.in_flight == hanging and journaled_jobs(journal) == set(
-            emulator.datalab.jobs
-        )
+        accepted = set(emulator.datalab.jobs)
+        return stats.in_flight == hanging and journaled_jobs(journal) == accepted
 
     first = await start(emulator, tmp_path, *args)
     await until(first, running_extraction, "one /extract done, one running")
