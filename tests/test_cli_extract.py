@@ -274,6 +274,21 @@ async def test_datalab_schema_usage_errors_exit_2(emulator: Emulator, tmp_path: 
     assert emulator.stats.total("marker_submit") == 0
 
 
+def journaled_jobs(path: Path) -> set[str]:
+    """Request ids of the Datalab jobs journaled, accepted or finished, read without writing
+    (a job finishing between the two reads is in one or both: never missed)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT request_id FROM stage_submissions").fetchall()
+    except sqlite3.OperationalError:  # no job accepted yet: no stage_submissions table
+        rows = []
+    finally:
+        db.close()
+    return {request_id for (request_id,) in rows} | {
+        result["request_id"] for _, _, result in stage_rows(path)
+    }
+
+
 def extract_submissions(path: Path) -> list[str]:
     """Request ids of the /extract jobs journaled as accepted and not finished."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -292,8 +307,9 @@ async def test_kill_9_mid_multi_schema_run_then_resume_pays_no_stage_twice(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """Killed at a quiescent point: once one /extract finished and one accepted job is still
-    running, every later submission and poll hangs, and the kill waits until each job
-    Datalab accepted is in the journal. The resume polls what was accepted, sends the rest."""
+    running, every later submission and poll hangs, and the kill waits until no submission
+    is half taken and each job Datalab accepted is in the journal. The resume polls what was
+    accepted, sends the rest."""
     emulator.config.seconds_per_page = 0.3
     emulator.config.hang_seconds = 30.0
     pages = [1, 2, 3, 1, 2, 3]
@@ -311,18 +327,17 @@ async def test_kill_9_mid_multi_schema_run_then_resume_pays_no_stage_twice(
             for request_id in extract_submissions(journal)
         )
 
-    def accepted() -> int:
-        return sum(sum(c.values()) for c in emulator.stats.submissions_by_endpoint.values())
-
     def quiescent() -> bool:
-        """Every job Datalab accepted is journaled, as a submission or a result."""
-        db = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
-        try:
-            staged = db.execute("SELECT COUNT(*) FROM stages").fetchone()[0]
-            waiting = db.execute("SELECT COUNT(*) FROM stage_submissions").fetchone()[0]
-        finally:
-            db.close()
-        return staged + waiting == accepted()
+        """Every request the emulator is handling hangs, and each job Datalab accepted is
+        journaled. Counting accepted jobs is not enough: a submission that passed the fault
+        before it was scheduled is neither accepted nor journaled while the emulator still
+        reads its PDF (in a worker thread, slow on a loaded machine), and a kill then lets
+        Datalab accept a job whose id the client never learns. No hang ends while waiting
+        (`hang_seconds` outlasts `until`), so each one the emulator counts is in flight."""
+        stats = emulator.stats
+        hanging = stats.faults["marker_submit hang"] + stats.faults["marker_poll hang"]
+        accepted = set(emulator.datalab.jobs)
+        return stats.in_flight == hanging and journaled_jobs(journal) == accepted
 
     first = await start(emulator, tmp_path, *args)
     await until(first, running_extraction, "one /extract done, one running")
