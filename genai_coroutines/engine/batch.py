@@ -698,10 +698,14 @@ class Driver(DriverCore[P]):
                 return None
             self._reading = self.books.replayed(*taken, self.adapter.revive)
             end = next(self._reading)
-        if end.origin != "journal":  # its record did not read back: journaled as failed
+        record = end.record
+        if record is None:  # it did not read back: journaled as failed
             return self._finish(end)
-        assert end.record is not None
-        return end, {**end.record, "from_journal": True}
+        # The result is the record itself, marked: it was read for this item alone (and
+        # revived before it was marked), so no copy of it is needed.
+        assert isinstance(record, dict)
+        record["from_journal"] = True
+        return end, record
 
     def _close_groups(self) -> None:
         """`Later.close`: the input is read, so each group sends what it holds."""

@@ -138,12 +138,13 @@ class Bookkeeping:
         journal's dictionary damaged), a `journal_error` failure with its digest kept for
         `record`, so that a rerun sends it (its input is long gone by now)."""
         assert self.journal is not None
+        now = time.perf_counter()  # a replay's latency is nil: one clock reading a run
         for index, record, digest in self.journal.records(first, stop):
             if record is not None:
                 outcome = revive(record)
                 if isinstance(outcome, Answered):
                     twin_of = record.get("duplicate_of")
-                    yield ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
+                    yield ItemEnd(index, outcome, now, "journal", twin_of, record)
                     continue
             self.digests.keep(index, digest)
             failure = Failure(
@@ -151,7 +152,7 @@ class Bookkeeping:
                 "journal_error",
                 retriable=True,
             )
-            yield ItemEnd(index, Failed(failure, 0), time.perf_counter())
+            yield ItemEnd(index, Failed(failure, 0), now)
 
     def submission(self, index: int) -> tuple[str, str] | None:
         """(request id, poll URL) of work journaled as accepted for this very request."""
