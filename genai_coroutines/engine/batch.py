@@ -54,7 +54,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, Union
@@ -71,7 +71,7 @@ from .indexed import IndexedFloats
 from .journal import Journal, JournalError, request_digest
 from .logs import log_event
 from .outcome import BatchStop, Failed, Failure, ItemEnd, Outcome
-from .replays import Replays
+from .replays import READ_RUN, Replays
 from .runner import Later, Slots, Source, run_streaming
 from .stages import MAX_WAITING, StageKey
 from .summary import Summary
@@ -544,6 +544,8 @@ class Driver(DriverCore[P]):
         """Continuations running (an awaitable `then`), a task each while they run."""
         self._replays = Replays()
         """Items the journal answers, read when the consumer takes them (`_replayed`)."""
+        self._reading: Iterator[ItemEnd[Any]] = iter(())
+        """The ends of those whose records were fetched last, not yet taken."""
         self._run: BatchRun | None = None
 
     async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
@@ -687,15 +689,23 @@ class Driver(DriverCore[P]):
         await self._later.put(self._finish(ItemEnd(waiting.index, ended, waiting.started)))
 
     def _replayed(self) -> Ended | None:
-        """`run_streaming`'s backlog: the next item the journal answers, read now."""
-        index = self._replays.take()
-        if index is None:
-            return None
-        end = self.books.replayed(index, self.adapter.revive)
-        if end.origin != "journal":  # its record did not read back: journaled as failed
+        """`run_streaming`'s backlog: the next item the journal answers, read now (the
+        records of the next `READ_RUN` of them are fetched together)."""
+        end = next(self._reading, None)
+        if end is None:
+            taken = self._replays.take(READ_RUN)
+            if taken is None:
+                return None
+            self._reading = self.books.replayed(*taken, self.adapter.revive)
+            end = next(self._reading)
+        record = end.record
+        if record is None:  # it did not read back: journaled as failed
             return self._finish(end)
-        assert end.record is not None
-        return end, {**end.record, "from_journal": True}
+        # The result is the record itself, marked: it was read for this item alone (and
+        # revived before it was marked), so no copy of it is needed.
+        assert isinstance(record, dict)
+        record["from_journal"] = True
+        return end, record
 
     def _close_groups(self) -> None:
         """`Later.close`: the input is read, so each group sends what it holds."""

@@ -130,26 +130,29 @@ class Bookkeeping:
         return None
 
     def replayed(
-        self, index: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]]
-    ) -> ItemEnd[Any]:
-        """The end of an item `replay` answered `True` for: its journaled answer, read now;
-        or, should the record not read back as one after all (its journal's dictionary
-        damaged), a `journal_error` failure with its digest kept for `record`, so that a
-        rerun sends it (its input is long gone by now)."""
+        self, first: int, stop: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]]
+    ) -> Iterator[ItemEnd[Any]]:
+        """The ends of the items `[first, stop)`, each one `replay` answered `True` for, one
+        at a time as they are taken: its journaled answer (`Journal.records`: read with the
+        others in one query); or, should a record not read back as one after all (its
+        journal's dictionary damaged), a `journal_error` failure with its digest kept for
+        `record`, so that a rerun sends it (its input is long gone by now)."""
         assert self.journal is not None
-        record, digest = self.journal.record(index)
-        if record is not None:
-            outcome = revive(record)
-            if isinstance(outcome, Answered):
-                twin_of = record.get("duplicate_of")
-                return ItemEnd(index, outcome, time.perf_counter(), "journal", twin_of, record)
-        self.digests.keep(index, digest)
-        failure = Failure(
-            f"the journal's record of item {index} cannot be read back: a rerun sends it",
-            "journal_error",
-            retriable=True,
-        )
-        return ItemEnd(index, Failed(failure, 0), time.perf_counter())
+        now = time.perf_counter()  # a replay's latency is nil: one clock reading a run
+        for index, record, digest in self.journal.records(first, stop):
+            if record is not None:
+                outcome = revive(record)
+                if isinstance(outcome, Answered):
+                    twin_of = record.get("duplicate_of")
+                    yield ItemEnd(index, outcome, now, "journal", twin_of, record)
+                    continue
+            self.digests.keep(index, digest)
+            failure = Failure(
+                f"the journal's record of item {index} cannot be read back: a rerun sends it",
+                "journal_error",
+                retriable=True,
+            )
+            yield ItemEnd(index, Failed(failure, 0), now)
 
     def submission(self, index: int) -> tuple[str, str] | None:
         """(request id, poll URL) of work journaled as accepted for this very request."""

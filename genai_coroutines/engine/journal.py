@@ -386,7 +386,7 @@ class Journal:
     def replayable(self, index: int, digest: bytes) -> bool | None:
         """Whether this item's journaled record is an answer to this very request (its
         `packed_digest`), told without reading the record: True (read it when it is wanted:
-        `record`), False (nothing to reuse), None when only reading it can tell (`finished`:
+        `records`), False (nothing to reuse), None when only reading it can tell (`finished`:
         a record written before `answer_crc`, or one whose bytes no longer match it)."""
         item = self._item(index)
         if item is None or item[1] is None:
@@ -399,13 +399,26 @@ class Journal:
             return False
         return True if crc is not None and isinstance(blob, bytes) and crc == crc32(blob) else None
 
-    def record(self, index: int) -> tuple[dict[str, Any] | None, str]:
-        """The journaled record of an item `replayable` found (None if it cannot be read
-        after all, see `_load`), and the digest it was journaled with (hex)."""
-        item = self._item(index)
-        assert item is not None and item[1] is not None, index
-        digest = item[0]
-        return self._load(item[1], index), digest.hex() if isinstance(digest, bytes) else digest
+    def records(self, first: int, stop: int) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+        """The journaled records of the items `[first, stop)`, every one of which
+        `replayable` found, in index order: each index, its record (None if it cannot be
+        read after all, see `_load`) and the digest it was journaled with (hex). Their rows
+        are read in one query, each decoded as it is taken, so what waits meanwhile is
+        their stored bytes (a few hundred decoded results held at once would be promoted
+        by the garbage collector and traversed again and again: it doubled a replay's
+        time). (The windows `replayable` read are long gone by the time a rerun yields
+        these: it tells the whole input before the consumer has taken a fraction of it.)"""
+        try:
+            rows = self._db.execute(
+                "SELECT idx, digest, result FROM items WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (first, stop),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path} is damaged: {exc}") from None
+        assert len(rows) == stop - first, (first, stop)
+        load = self._load
+        for index, digest, blob in rows:
+            yield index, load(blob, index), digest.hex() if isinstance(digest, bytes) else digest
 
     def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of work the API accepted for this stage request

@@ -7,7 +7,8 @@ revived and yielded when the consumer has nothing newer to take (`runner.run_str
 `backlog`). The workers thus go through a finished stretch of the input at the pace of its
 digests, and the first item the journal cannot answer is sent without waiting for every
 answer before it to be yielded. What waits here is runs of consecutive indices, so a
-finished first half of a million items is one run, not half a million entries.
+finished first half of a million items is one run, not half a million entries; they are
+taken `READ_RUN` at a time, their records read in one query (`Journal.records`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from collections import deque
 SCAN_TURN = 512
 """Items a worker admits for replay before it lets the loop run (the consumer yielding
 what is replayed, the requests already sent)."""
+READ_RUN = 256
+"""Consecutive items replayed together: their records read in one query (each decoded
+when it is yielded)."""
 
 
 class Replays:
@@ -41,14 +45,16 @@ class Replays:
         self._added += 1
         return not self._added % SCAN_TURN
 
-    def take(self) -> int | None:
-        """The oldest index kept, no longer kept; None if there is none."""
+    def take(self, most: int) -> tuple[int, int] | None:
+        """The oldest indices kept, at most `most` consecutive ones as `(first, stop)`, no
+        longer kept; None if there is none. (Read together: `Journal.records`.)"""
         runs = self._runs
         if not runs:
             return None
         run = runs[0]
-        index = run[0]
-        run[0] = index + 1
-        if run[0] == run[1]:
+        first = run[0]
+        stop = min(run[1], first + most)
+        run[0] = stop
+        if stop == run[1]:
             runs.popleft()
-        return index
+        return first, stop

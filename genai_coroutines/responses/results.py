@@ -87,7 +87,9 @@ def rendered(end: ItemEnd[Answer], model: str) -> Result:
 def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
     """The outcome of a result dict `rendered` earlier (the Responses adapters' `revive`)."""
     get = record.get
-    attempts, rate_limited = int(get("attempts") or 0), int(get("rate_limited") or 0)
+    attempts, rate_limited = get("attempts"), get("rate_limited")
+    attempts = attempts if type(attempts) is int else int(attempts or 0)
+    rate_limited = rate_limited if type(rate_limited) is int else int(rate_limited or 0)
     if not get("success"):
         kind = cast(ErrorType, get("error_type") or "api_error")
         failure = Failure(
@@ -99,7 +101,8 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
             param=get("param"),
         )
         return Failed(failure, attempts, rate_limited)
-    raw, usage, tier = str(get("raw_response")), get("usage"), get("service_tier")
+    raw, usage, tier = get("raw_response"), get("usage"), get("service_tier")
+    raw = raw if isinstance(raw, str) else str(raw)
     leading = _LEADING_ID.match(raw)  # a response's id comes first: no need to parse it whole
     if leading is not None:
         found: Any = leading[1]
@@ -109,13 +112,11 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
         except orjson.JSONDecodeError:
             data = None
         found = data.get("id") if isinstance(data, dict) else None
-    answer = Answer(
-        raw,
-        usage if isinstance(usage, dict) else None,
-        tier if isinstance(tier, str) else None,
-        found if isinstance(found, str) else None,
-    )
-    return answered(answer, model, attempts, rate_limited)
+    usage = usage if isinstance(usage, dict) else None
+    tier = tier if isinstance(tier, str) else None
+    answer = Answer(raw, usage, tier, found if isinstance(found, str) else None)
+    # `answered`, inline: a rerun revives every journaled answer it yields
+    return Answered(answer, attempts, rate_limited, bill_of(model, usage, tier))
 
 
 def success_result(
