@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
@@ -357,12 +358,17 @@ class DriverCore(Generic[P]):
                     telemetry,
                     Slots(options.max_waiting),
                 )
-                async with aclosing(self._results(run)) as results:
-                    async for end, result in results:
-                        books.add(end)
-                        if telemetry is not None:
-                            telemetry.finished(end)
-                        yield result
+                finished = False
+                try:
+                    async with aclosing(self._results(run)) as results:
+                        async for end, result in results:
+                            books.add(end)
+                            if telemetry is not None:
+                                telemetry.finished(end)
+                            yield result
+                    finished = True
+                finally:  # after `results` closed: its workers cancelled before the groups shut
+                    await self._wind_down(finished)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -385,6 +391,11 @@ class DriverCore(Generic[P]):
 
     def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
+        raise NotImplementedError
+
+    async def _wind_down(self, finished: bool) -> None:
+        """After `_results` is closed: what its items still hold is let go (`finished`:
+        every item ended; else the batch is being interrupted)."""
         raise NotImplementedError
 
     def _cut(self) -> None:
@@ -546,32 +557,26 @@ class Driver(DriverCore[P]):
         """Items the journal answers, read when the consumer takes them (`_replayed`)."""
         self._run: BatchRun | None = None
 
-    async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
-        def work(index: int, item: Any) -> Awaitable[Ended | None]:
-            return self._one(run, index, item)
-
-        later = self._later
-        self._run, finished = run, False
-        results = run_streaming(
+    def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
+        """`run_streaming` itself, not a generator around it (one less on every result's
+        way); `_wind_down` does what such a generator's `finally` would."""
+        self._run = run
+        return run_streaming(
             self.source,
-            work,
+            functools.partial(self._one, run),
             concurrency=self.options.concurrency,
             slots=run.slots,
-            later=later,
+            later=self._later,
             backlog=None if self.books.journal is None else self._replayed,
         )
-        try:
-            async with aclosing(results):  # its workers cancelled before the groups shut
-                async for ended in results:
-                    yield ended
-            finished = True
-        finally:
-            await self._continuing.cancel()
-            waiting = {waiting.index for waiting in self._waiting.values()}
-            for index in waiting.union(self._plain):
-                self._abandon(index)
-            for group in self._groups.values():
-                await group.shut(finished)
+
+    async def _wind_down(self, finished: bool) -> None:
+        await self._continuing.cancel()
+        waiting = {waiting.index for waiting in self._waiting.values()}
+        for index in waiting.union(self._plain):
+            self._abandon(index)
+        for group in self._groups.values():
+            await group.shut(finished)
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never

@@ -255,13 +255,16 @@ class DirectAdapter:
         accept: Callable[[Reply], Success[A] | Failure],
     ) -> Success[A] | Failure:
         """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
-        stop = run.batch.stop
-        reserved = prepared.estimate + await self.limiter.surcharge(self.shape)
+        stop, limiter = run.batch.stop, self.limiter
+        surcharge = limiter.known_surcharge(self.shape)
+        if surcharge is None:
+            surcharge = await limiter.surcharge(self.shape)
+        reserved = prepared.estimate + surcharge
         if stop.failure is not None:
             return stop.failure
-        number = await self.limiter.acquire(reserved)
+        number = await limiter.acquire(reserved)
         if number is None:
-            return too_large(reserved, self.limiter.max_tokens)
+            return too_large(reserved, limiter.max_tokens)
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
@@ -281,7 +284,7 @@ class DirectAdapter:
             self.url,
             timeout=self.timeout,
             data=body,
-            read_body=self._observe_then_read if self.limiter.learning else self._read_body,
+            read_body=self._observe_then_read if limiter.learning else self._read_body,
         )
         outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
         if span is not None:

@@ -69,11 +69,26 @@ def answered(
 def rendered(end: ItemEnd[Answer], model: str) -> Result:
     """The result dict of an item that ended (the Responses adapters' `render`)."""
     outcome = end.outcome
-    if isinstance(outcome, Answered):
+    if isinstance(outcome, Answered):  # a success's dict here, not in a function of its own:
+        index, attempts = end.index, outcome.attempts  # this is on every answer's path
+        latency_ms = round((time.perf_counter() - end.started) * 1000.0, 1)
+        if logger.isEnabledFor(logging.DEBUG):
+            log_event(
+                logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms
+            )
         answer = outcome.value
-        return success_result(
-            end.index, answer, model, outcome.attempts, outcome.rate_limited, end.started
-        )
+        return {
+            "index": index,
+            "success": True,
+            "raw_response": answer.raw,
+            "usage": answer.usage,
+            "status": 200,
+            "latency_ms": latency_ms,
+            "attempts": attempts,
+            "rate_limited": outcome.rate_limited,
+            "model": model,
+            "service_tier": answer.service_tier,
+        }
     return error_result(
         end.index,
         outcome.failure,
@@ -116,28 +131,6 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
         found if isinstance(found, str) else None,
     )
     return answered(answer, model, attempts, rate_limited)
-
-
-def success_result(
-    index: int, answer: Answer, model: str, attempts: int, rate_limited: int, started: float
-) -> Result:
-    latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
-    if logger.isEnabledFor(logging.DEBUG):
-        log_event(
-            logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms
-        )
-    return {
-        "index": index,
-        "success": True,
-        "raw_response": answer.raw,
-        "usage": answer.usage,
-        "status": 200,
-        "latency_ms": latency_ms,
-        "attempts": attempts,
-        "rate_limited": rate_limited,
-        "model": model,
-        "service_tier": answer.service_tier,
-    }
 
 
 def error_result(
