@@ -286,7 +286,20 @@ class DirectAdapter:
             data=body,
             read_body=self._observe_then_read if limiter.learning else self._read_body,
         )
-        outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
+        # The reservation is settled (`refund`) before the reply's `x-ratelimit-*` headers
+        # lower the buckets, so where the server counts differently from our estimate (OpenAI
+        # charges `max_output_tokens` up front), its `remaining` has the last word.
+        outcome: Success[A] | Failure
+        if isinstance(reply, Failure) or reply.status != 200:
+            outcome = await self._failed(reply, reserved, number, prepared.estimate, stop.record)
+        else:  # here, not in a coroutine of its own: this is every answer's path
+            outcome = accept(reply)
+            refund = 0
+            if isinstance(outcome, Success):
+                usage = outcome.value.usage
+                used = usage.get("total_tokens") if usage is not None else None
+                refund = reserved - used if isinstance(used, int) else 0
+            await limiter.observe(reply.headers, refund=refund, number=number)
         if span is not None:
             span.end(reply, outcome)
         if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
@@ -322,34 +335,21 @@ class DirectAdapter:
         await self.limiter.observe(response.headers)
         return await (response.read() if self._read_body is None else self._read_body(response))
 
-    async def _judge(
+    async def _failed(
         self,
         reply: Reply | Failure,
         reserved: int,
         number: Ticket,
         estimate: int,
         record: Callable[[Failure], None],
-        accept: Callable[[Reply], Success[A] | Failure],
-    ) -> Success[A] | Failure:
-        """What one attempt produced, with the limiter and the batch stop told about it.
-
-        The reservation is settled (`refund`) before the reply's `x-ratelimit-*` headers
-        lower the buckets, so where the server counts differently from our estimate (OpenAI
-        charges `max_output_tokens` up front), its `remaining` has the last word.
-        """
+    ) -> Failure:
+        """An attempt without a 200 (no reply, or an error status), with the limiter and the
+        batch stop told about it: the whole reservation goes back before the headers lower
+        the buckets, and a 429 that says what the request counted teaches the surcharge."""
         limiter = self.limiter
         if isinstance(reply, Failure):
             await limiter.observe(None)
             return reply
-        if reply.status == 200:
-            outcome = accept(reply)
-            refund = 0
-            if isinstance(outcome, Success):
-                usage = outcome.value.usage
-                used = usage.get("total_tokens") if usage is not None else None
-                refund = reserved - used if isinstance(used, int) else 0
-            await limiter.observe(reply.headers, refund=refund, number=number)
-            return outcome
         await limiter.observe(reply.headers, refund=reserved, number=number)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
