@@ -426,10 +426,23 @@ class DriverCore(Generic[P]):
     ) -> Admitted[P] | Ended | Replayed | None:
         """A prepared item's end when it need not run: it cannot be sent, the journal holds
         its success (`REPLAYED`: read when it is yielded, `Driver._replayed`) or a twin's
-        (`Admitted` with its `twin`: it takes the twin's outcome), or the deadline passed;
-        None: it runs (after `_hold`, with a budget). Never raises for the item. (Not a
-        coroutine, and no `Admitted` for an item that simply runs: this is on every item's
-        path.)"""
+        (`Admitted`: it takes the twin's outcome), or the deadline passed; None: it runs
+        (after `_hold`, with a budget). Never raises for the item. (Not a coroutine, and
+        no `Admitted` for an item that simply runs: this is on every item's path.)"""
+        if self.books.journal is not None or self._twins is not None:  # what its digest finds
+            found = self._found(index, prepared, started)
+            if found is not None:
+                return found
+        stop = self.stop
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
+        return None
+
+    def _found(
+        self, index: int, prepared: P, started: float
+    ) -> Admitted[P] | Ended | Replayed | None:
+        """What the journal or the item's twins (`dedupe`) hold for it, by its digest."""
         books = self.books
         twins, budget = self._twins, self.options.budget
         try:
@@ -460,10 +473,6 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
-        stop = self.stop
-        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
-            assert stop.failure is not None
-            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         return None
 
     async def _hold(self, index: int, prepared: P, started: float) -> Ended | None:

@@ -79,9 +79,12 @@ class _Handoff(Generic[R]):
 
     def put(self, result: R) -> bool:
         """Hand a result over; True when that leaves no room (see `wait_for_room`)."""
-        self.items.append(result)
-        self._wake_consumer()
-        return len(self.items) >= self.room
+        items = self.items
+        items.append(result)
+        consumer, self._consumer = self._consumer, None  # `_wake_consumer`, inlined
+        if consumer is not None and not consumer.done():
+            consumer.set_result(None)
+        return len(items) >= self.room
 
     def fail(self, exc: BaseException) -> None:
         if self.failure is None:

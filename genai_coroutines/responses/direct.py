@@ -64,7 +64,7 @@ from .prices import DEFAULT_OUTPUT_ALLOWANCE, PriceTable, tier_share, token_budg
 from .request import ResponsesRequest
 from .results import Answer, answered, logger, rendered, revived
 from .sse import is_event_stream, read_final_event
-from .wire import check_prompt
+from .wire import prompt_error
 
 Attempted = Success[Answer] | Failure
 """One attempt's usable answer, or why there is none."""
@@ -188,7 +188,7 @@ class DirectAdapter:
         )
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
-        problem = check_prompt(prompt)
+        problem: Exception | None = prompt_error(prompt)
         if problem is None:
             try:
                 template = self.template
@@ -199,7 +199,7 @@ class DirectAdapter:
                     )
                 return prepared
             except (TypeError, ValueError) as exc:  # orjson: surrogates, bytes, big ints...
-                problem = f"cannot be sent as JSON: {exc}"
+                problem = ValueError(f"cannot be sent as JSON: {exc}")
         return Failure(
             f"user_prompts[{index}] {problem}", "invalid_input", False, param="user_prompts"
         )
@@ -268,11 +268,12 @@ class DirectAdapter:
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
-        body = (
-            self._body(run.index, prepared, tries)
-            if self._may_fall_back
-            else self.wire_body(prepared)
-        )
+        if self._may_fall_back:
+            body = self._body(run.index, prepared, tries)
+        elif prepared.cache_group is None:  # `wire_body`'s answer, without a call
+            body = prepared.body
+        else:
+            body = self.wire_body(prepared)
         span = (
             None
             if run.trace is None
