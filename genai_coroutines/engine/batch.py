@@ -593,7 +593,8 @@ class Driver(DriverCore[P]):
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never
-        raises for its own failures."""
+        raises for its own failures. After a stop (not the deadline's) or a failed
+        `prepare` it ends unsent; `_admit` then says whether it runs."""
         started = time.perf_counter()
         stop = self.stop
         if stop.failure is not None and not stop.cut_off:

@@ -385,7 +385,15 @@ def answer(reply: Reply) -> Attempted:
     if problem is not None:
         return problem
     raw = orjson.dumps(data).decode() if streamed else body.decode()
-    return Success(Answer.of(raw, data))
+    usage, tier, response_id = data.get("usage"), data.get("service_tier"), data.get("id")
+    return Success(
+        Answer(
+            raw,
+            usage if isinstance(usage, dict) else None,
+            tier if isinstance(tier, str) else None,
+            response_id if isinstance(response_id, str) else None,
+        )
+    )
 
 
 def unusable(data: dict[str, Any], status: int) -> Failure | None:

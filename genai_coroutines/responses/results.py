@@ -47,16 +47,6 @@ class Answer:
     service_tier: str | None
     response_id: str | None = None
 
-    @classmethod
-    def of(cls, raw: str, data: dict[str, Any]) -> Answer:
-        usage, tier, response_id = data.get("usage"), data.get("service_tier"), data.get("id")
-        return cls(
-            raw,
-            usage if isinstance(usage, dict) else None,
-            tier if isinstance(tier, str) else None,
-            response_id if isinstance(response_id, str) else None,
-        )
-
 
 def answered(
     answer: Answer, model: str, attempts: int, rate_limited: int, ids: Ids | None = None
