@@ -29,8 +29,8 @@ one the moment the API returns it.
 
 Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
-(`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted` with
-`twin` set, and ends with its original's outcome, never sent, holding no slot); with a
+(`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted`, and
+ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
 unsent (`engine.budget`); with a `cutoff` (`deadline=`), once it passes nothing more is sent
@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -200,13 +201,15 @@ class GroupedStage(Protocol):
 
 @dataclass(slots=True)
 class Admitted(Generic[P]):
-    """An item the driver admitted: prepared, not stopped, not answered by the journal."""
+    """An item the driver admitted to take its twin's outcome (`dedupe`): prepared, not
+    stopped, not answered by the journal, and identical to an item already running.
+    (An item that runs itself needs no such record: `DriverCore._admit` says None.)"""
 
     index: int
     prepared: P
     started: float
-    twin: Twin | None = None
-    """With `dedupe`: the identical item already running, whose outcome this one takes
+    twin: Twin
+    """The identical item already running, whose outcome this one takes
     (`Driver._await_twin`) instead of being sent."""
 
 
@@ -357,12 +360,17 @@ class DriverCore(Generic[P]):
                     telemetry,
                     Slots(options.max_waiting),
                 )
-                async with aclosing(self._results(run)) as results:
-                    async for end, result in results:
-                        books.add(end)
-                        if telemetry is not None:
-                            telemetry.finished(end)
-                        yield result
+                finished = False
+                try:
+                    async with aclosing(self._results(run)) as results:
+                        async for end, result in results:
+                            books.add(end)
+                            if telemetry is not None:
+                                telemetry.finished(end)
+                            yield result
+                    finished = True
+                finally:  # after `results` closed: its workers cancelled before the groups shut
+                    await self._wind_down(finished)
         finally:
             if timer is not None:
                 timer.cancel()
@@ -387,6 +395,11 @@ class DriverCore(Generic[P]):
         """Every item's end and result, in completion order (each admitted by `_admit`)."""
         raise NotImplementedError
 
+    async def _wind_down(self, finished: bool) -> None:
+        """After `_results` is closed: what its items still hold is let go (`finished`:
+        every item ended; else the batch is being interrupted)."""
+        raise NotImplementedError
+
     def _cut(self) -> None:
         """The deadline passed: stop sending (`BatchStop.cut`), and say so."""
         cutoff = self.options.cutoff
@@ -408,30 +421,38 @@ class DriverCore(Generic[P]):
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
         return end, self.adapter.render(end)
 
-    async def _admit(self, index: int, item: Any) -> Admitted[P] | Ended | Replayed:
-        """The item prepared to run, or its end when it need not: the batch was stopped,
-        it cannot be sent, or the journal holds its success (`REPLAYED`: read when it is
-        yielded, `Driver._replayed`). Never raises for the item."""
-        adapter, books = self.adapter, self.books
-        started = time.perf_counter()
+    def _admit(
+        self, index: int, prepared: P, started: float
+    ) -> Admitted[P] | Ended | Replayed | None:
+        """A prepared item's end when it need not run: it cannot be sent, the journal holds
+        its success (`REPLAYED`: read when it is yielded, `Driver._replayed`) or a twin's
+        (`Admitted`: it takes the twin's outcome), or the deadline passed; None: it runs
+        (after `_hold`, with a budget). Never raises for the item. (Not a coroutine, and
+        no `Admitted` for an item that simply runs: this is on every item's path.)"""
+        if self.books.journal is not None or self._twins is not None:  # what its digest finds
+            found = self._found(index, prepared, started)
+            if found is not None:
+                return found
         stop = self.stop
-        if stop.failure is not None and not stop.cut_off:
-            return self._unsent(index, stop.failure, started)
-        try:
-            prepared = await adapter.prepare(index, item)
-        except (ValueError, TypeError) as exc:
-            prepared = Failure(str(exc), "invalid_input", retriable=False)
-        if isinstance(prepared, Failure):
-            return self._unsent(index, prepared, started)
+        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
+            assert stop.failure is not None
+            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
+        return None
+
+    def _found(
+        self, index: int, prepared: P, started: float
+    ) -> Admitted[P] | Ended | Replayed | None:
+        """What the journal or the item's twins (`dedupe`) hold for it, by its digest."""
+        books = self.books
         twins, budget = self._twins, self.options.budget
         try:
-            parts = adapter.digest(prepared)
+            parts = self.adapter.digest(prepared)
             # Read later (`_replayed`) unless dedupe or a budget needs the answer now.
             done = (
                 None
                 if books.journal is None
                 else books.replay(
-                    index, adapter.revive, *parts, later=twins is None and budget is None
+                    index, self.adapter.revive, *parts, later=twins is None and budget is None
                 )
             )
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
@@ -452,16 +473,19 @@ class DriverCore(Generic[P]):
             return Admitted(index, prepared, started, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
-        if stop.cut_off:  # past the deadline: journaled, so a rerun sends it
-            assert stop.failure is not None
-            return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
-        if budget is not None:
-            paid = index in (self.options.resume or {}) or books.submission(index) is not None
-            held = await budget.reserve(prepared, paid=paid)
-            if isinstance(held, Failure):
-                return self._finish(ItemEnd(index, Failed(held, 0), started))
-            self._held[index] = held
-        return Admitted(index, prepared, started)
+        return None
+
+    async def _hold(self, index: int, prepared: P, started: float) -> Ended | None:
+        """Reserve an admitted item's estimate on the budget; its end when the budget
+        cannot take it."""
+        budget = self.options.budget
+        assert budget is not None
+        paid = index in (self.options.resume or {}) or self.books.submission(index) is not None
+        held = await budget.reserve(prepared, paid=paid)
+        if isinstance(held, Failure):
+            return self._finish(ItemEnd(index, Failed(held, 0), started))
+        self._held[index] = held
+        return None
 
     def _abandon(self, index: int) -> None:
         """An admitted item will not finish (the batch is being cancelled)."""
@@ -548,60 +572,67 @@ class Driver(DriverCore[P]):
         """The ends of those whose records were fetched last, not yet taken."""
         self._run: BatchRun | None = None
 
-    async def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
-        def work(index: int, item: Any) -> Awaitable[Ended | None]:
-            return self._one(run, index, item)
-
-        later = self._later
-        self._run, finished = run, False
-        results = run_streaming(
+    def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
+        """`run_streaming` itself, not a generator around it (one less on every result's
+        way); `_wind_down` does what such a generator's `finally` would."""
+        self._run = run
+        return run_streaming(
             self.source,
-            work,
+            functools.partial(self._one, run),
             concurrency=self.options.concurrency,
             slots=run.slots,
-            later=later,
+            later=self._later,
             backlog=None if self.books.journal is None else self._replayed,
         )
-        try:
-            async with aclosing(results):  # its workers cancelled before the groups shut
-                async for ended in results:
-                    yield ended
-            finished = True
-        finally:
-            await self._continuing.cancel()
-            waiting = {waiting.index for waiting in self._waiting.values()}
-            for index in waiting.union(self._plain):
-                self._abandon(index)
-            for group in self._groups.values():
-                await group.shut(finished)
+
+    async def _wind_down(self, finished: bool) -> None:
+        await self._continuing.cancel()
+        waiting = {waiting.index for waiting in self._waiting.values()}
+        for index in waiting.union(self._plain):
+            self._abandon(index)
+        for group in self._groups.values():
+            await group.shut(finished)
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never
-        raises for its own failures."""
-        admitted = await self._admit(index, item)
-        if not isinstance(admitted, Admitted):
-            if admitted is not REPLAYED:
-                return admitted
+        raises for its own failures. After a stop (not the deadline's) or a failed
+        `prepare` it ends unsent; `_admit` then says whether it runs."""
+        started = time.perf_counter()
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return self._unsent(index, stop.failure, started)
+        try:
+            prepared = await self.adapter.prepare(index, item)
+        except (ValueError, TypeError) as exc:
+            prepared = Failure(str(exc), "invalid_input", retriable=False)
+        if isinstance(prepared, Failure):
+            return self._unsent(index, prepared, started)
+        ended = self._admit(index, prepared, started)
+        if ended is None and self.options.budget is not None:
+            ended = await self._hold(index, prepared, started)
+        if ended is not None:
+            if isinstance(ended, Admitted):
+                self._await_twin(ended)
+                return None
+            if ended is not REPLAYED:
+                return ended
             replays = self._replays
             if not replays:
                 self._later.wake()
             if replays.add(index):  # a turn of the loop for the consumer and the requests
                 await asyncio.sleep(0)
             return None
-        if admitted.twin is not None:
-            self._await_twin(admitted)
-            return None
         journaled = self.books.journal is not None
         known = self._known(index) if journaled or self.options.resume else None
-        item_run = ItemRun(index, run, admitted.started, known)
+        item_run = ItemRun(index, run, started, known)
         if journaled:
             item_run.on_submitted = self._journal_submission(index)
         if run.telemetry is not None:
             item_run.trace = run.telemetry.item(index)
         try:
-            outcome = await self.adapter.execute(item_run, admitted.prepared)
+            outcome = await self.adapter.execute(item_run, prepared)
             if isinstance(outcome, Deferred):
-                waiting = _Waiting(index, admitted.started, item_run.trace)
+                waiting = _Waiting(index, started, item_run.trace)
                 self._later.pending += 1
                 await self._defer(waiting, outcome)
                 return None
@@ -612,7 +643,7 @@ class Driver(DriverCore[P]):
             raise
         if item_run.trace is not None:
             item_run.trace.end(outcome)
-        return self._finish(ItemEnd(index, outcome, admitted.started))
+        return self._finish(ItemEnd(index, outcome, started))
 
     async def _defer(self, waiting: _Waiting, deferred: Deferred) -> None:
         """Hand a stage's lines to its group; `_report` takes their outcomes."""
@@ -714,7 +745,6 @@ class Driver(DriverCore[P]):
 
     def _await_twin(self, admitted: Admitted[P]) -> None:
         """An item whose twin runs ends with the twin's outcome, holding no slot meanwhile."""
-        assert admitted.twin is not None
         later, index, started = self._later, admitted.index, admitted.started
         later.pending += 1
 

@@ -272,6 +272,12 @@ class RateLimiter:
                     surcharges = self._surcharges = await self.store.surcharges(self.key)
         return surcharges.get(kind, 0)
 
+    def known_surcharge(self, kind: str) -> int | None:
+        """`surcharge(kind)` once the key's surcharges are read (None before): no coroutine
+        on every attempt's path."""
+        surcharges = self._surcharges
+        return None if surcharges is None else surcharges.get(kind, 0)
+
     async def charged(self, tokens: int, estimate: int, kind: str) -> None:
         """The server said a request of `kind` estimated at `estimate` tokens costs it
         `tokens`: the key's surcharge learns the excess (`LimitStore.learn_surcharge`)."""

@@ -79,9 +79,12 @@ class _Handoff(Generic[R]):
 
     def put(self, result: R) -> bool:
         """Hand a result over; True when that leaves no room (see `wait_for_room`)."""
-        self.items.append(result)
-        self._wake_consumer()
-        return len(self.items) >= self.room
+        items = self.items
+        items.append(result)
+        consumer, self._consumer = self._consumer, None  # `_wake_consumer`, inlined
+        if consumer is not None and not consumer.done():
+            consumer.set_result(None)
+        return len(items) >= self.room
 
     def fail(self, exc: BaseException) -> None:
         if self.failure is None:
@@ -247,15 +250,13 @@ async def run_streaming(
     if later is not None:
         later.handoff = handoff
 
-    def done(result: R | None) -> bool:
-        return result is not None and handoff.put(result)
-
     async def worker() -> None:
         nonlocal ran_out
         try:
             if numbered is not None:  # a plain iterable: no coroutine per input
                 for index, item in numbered:
-                    if done(await work(index, item)):
+                    result = await work(index, item)
+                    if result is not None and handoff.put(result):
                         await handoff.wait_for_room()
                     if slots is not None and slots.orphans:  # its slot went to another
                         slots.orphans -= 1
@@ -264,7 +265,8 @@ async def run_streaming(
                     ran_out = True
             else:
                 while (numbered_item := await next_item()) is not None:
-                    if done(await work(*numbered_item)):
+                    result = await work(*numbered_item)
+                    if result is not None and handoff.put(result):
                         await handoff.wait_for_room()
                     if slots is not None and slots.orphans:
                         slots.orphans -= 1

@@ -54,28 +54,32 @@ class Summary(Charges):
             self.succeeded += 1
         else:
             self.failed += 1
-        attempts = outcome.attempts
+        attempts, rate_limited = outcome.attempts, outcome.rate_limited
         if attempts > 1:
             self.retries += attempts - 1
-        if outcome.rate_limited:
-            self.rate_limited += outcome.rate_limited
-        if end.origin == "journal":
+        if rate_limited:
+            self.rate_limited += rate_limited
+        journaled = end.origin == "journal"
+        if journaled:
             self.reused += 1
         if end.duplicate_of is not None:
             self.duplicates += 1
             return  # a twin of an item sent once (`dedupe`): its charges are that item's
         for model in self.pricing:
             model.read(outcome, self)
-        bill, ids = outcome.bill, outcome.ids
+        bill = outcome.bill
         if bill is None:
             return
-        if end.origin == "journal" or ids is None or ids.group is None:  # else: `report_group`
+        ids = outcome.ids
+        if journaled or ids is None or ids.group is None:  # else: `report_group`
             reported = self.reported
             reported[0] += bill.input_tokens
             reported[1] += bill.cached_tokens
             reported[2] += bill.output_tokens
             reported[3] += bill.reasoning_tokens
-        self.reported_cents += bill.cents or 0.0  # a group reports tokens, never cents
+        cents = bill.cents
+        if cents:  # a group reports tokens, never cents
+            self.reported_cents += cents
 
     def report_group(self, usage: tuple[int, int, int, int] | None) -> None:
         """What the provider reports a group it answered (a Batch API batch's `usage`) used:

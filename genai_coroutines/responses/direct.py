@@ -64,7 +64,7 @@ from .prices import DEFAULT_OUTPUT_ALLOWANCE, PriceTable, tier_share, token_budg
 from .request import ResponsesRequest
 from .results import Answer, answered, logger, rendered, revived
 from .sse import is_event_stream, read_final_event
-from .wire import check_prompt
+from .wire import prompt_error
 
 Attempted = Success[Answer] | Failure
 """One attempt's usable answer, or why there is none."""
@@ -188,7 +188,7 @@ class DirectAdapter:
         )
 
     async def prepare(self, index: int, prompt: Any) -> Prepared | Failure:
-        problem = check_prompt(prompt)
+        problem: Exception | None = prompt_error(prompt)
         if problem is None:
             try:
                 template = self.template
@@ -199,7 +199,7 @@ class DirectAdapter:
                     )
                 return prepared
             except (TypeError, ValueError) as exc:  # orjson: surrogates, bytes, big ints...
-                problem = f"cannot be sent as JSON: {exc}"
+                problem = ValueError(f"cannot be sent as JSON: {exc}")
         return Failure(
             f"user_prompts[{index}] {problem}", "invalid_input", False, param="user_prompts"
         )
@@ -255,21 +255,25 @@ class DirectAdapter:
         accept: Callable[[Reply], Success[A] | Failure],
     ) -> Success[A] | Failure:
         """One `POST /responses` of the item: reserve, send, judge (`accept` reads a 200)."""
-        stop = run.batch.stop
-        reserved = prepared.estimate + await self.limiter.surcharge(self.shape)
+        stop, limiter = run.batch.stop, self.limiter
+        surcharge = limiter.known_surcharge(self.shape)
+        if surcharge is None:
+            surcharge = await limiter.surcharge(self.shape)
+        reserved = prepared.estimate + surcharge
         if stop.failure is not None:
             return stop.failure
-        number = await self.limiter.acquire(reserved)
+        number = await limiter.acquire(reserved)
         if number is None:
-            return too_large(reserved, self.limiter.max_tokens)
+            return too_large(reserved, limiter.max_tokens)
         if stop.failure is not None:
             return stop.failure
         tries.sent += 1
-        body = (
-            self._body(run.index, prepared, tries)
-            if self._may_fall_back
-            else self.wire_body(prepared)
-        )
+        if self._may_fall_back:
+            body = self._body(run.index, prepared, tries)
+        elif prepared.cache_group is None:  # `wire_body`'s answer, without a call
+            body = prepared.body
+        else:
+            body = self.wire_body(prepared)
         span = (
             None
             if run.trace is None
@@ -281,9 +285,22 @@ class DirectAdapter:
             self.url,
             timeout=self.timeout,
             data=body,
-            read_body=self._observe_then_read if self.limiter.learning else self._read_body,
+            read_body=self._observe_then_read if limiter.learning else self._read_body,
         )
-        outcome = await self._judge(reply, reserved, number, prepared.estimate, stop.record, accept)
+        # The reservation is settled (`refund`) before the reply's `x-ratelimit-*` headers
+        # lower the buckets, so where the server counts differently from our estimate (OpenAI
+        # charges `max_output_tokens` up front), its `remaining` has the last word.
+        outcome: Success[A] | Failure
+        if isinstance(reply, Failure) or reply.status != 200:
+            outcome = await self._failed(reply, reserved, number, prepared.estimate, stop.record)
+        else:  # here, not in a coroutine of its own: this is every answer's path
+            outcome = accept(reply)
+            refund = 0
+            if isinstance(outcome, Success):
+                usage = outcome.value.usage
+                used = usage.get("total_tokens") if usage is not None else None
+                refund = reserved - used if isinstance(used, int) else 0
+            await limiter.observe(reply.headers, refund=refund, number=number)
         if span is not None:
             span.end(reply, outcome)
         if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
@@ -319,34 +336,21 @@ class DirectAdapter:
         await self.limiter.observe(response.headers)
         return await (response.read() if self._read_body is None else self._read_body(response))
 
-    async def _judge(
+    async def _failed(
         self,
         reply: Reply | Failure,
         reserved: int,
         number: Ticket,
         estimate: int,
         record: Callable[[Failure], None],
-        accept: Callable[[Reply], Success[A] | Failure],
-    ) -> Success[A] | Failure:
-        """What one attempt produced, with the limiter and the batch stop told about it.
-
-        The reservation is settled (`refund`) before the reply's `x-ratelimit-*` headers
-        lower the buckets, so where the server counts differently from our estimate (OpenAI
-        charges `max_output_tokens` up front), its `remaining` has the last word.
-        """
+    ) -> Failure:
+        """An attempt without a 200 (no reply, or an error status), with the limiter and the
+        batch stop told about it: the whole reservation goes back before the headers lower
+        the buckets, and a 429 that says what the request counted teaches the surcharge."""
         limiter = self.limiter
         if isinstance(reply, Failure):
             await limiter.observe(None)
             return reply
-        if reply.status == 200:
-            outcome = accept(reply)
-            refund = 0
-            if isinstance(outcome, Success):
-                usage = outcome.value.usage
-                used = usage.get("total_tokens") if usage is not None else None
-                refund = reserved - used if isinstance(used, int) else 0
-            await limiter.observe(reply.headers, refund=refund, number=number)
-            return outcome
         await limiter.observe(reply.headers, refund=reserved, number=number)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
@@ -381,7 +385,15 @@ def answer(reply: Reply) -> Attempted:
     if problem is not None:
         return problem
     raw = orjson.dumps(data).decode() if streamed else body.decode()
-    return Success(Answer.of(raw, data))
+    usage, tier, response_id = data.get("usage"), data.get("service_tier"), data.get("id")
+    return Success(
+        Answer(
+            raw,
+            usage if isinstance(usage, dict) else None,
+            tier if isinstance(tier, str) else None,
+            response_id if isinstance(response_id, str) else None,
+        )
+    )
 
 
 def unusable(data: dict[str, Any], status: int) -> Failure | None:

@@ -47,16 +47,6 @@ class Answer:
     service_tier: str | None
     response_id: str | None = None
 
-    @classmethod
-    def of(cls, raw: str, data: dict[str, Any]) -> Answer:
-        usage, tier, response_id = data.get("usage"), data.get("service_tier"), data.get("id")
-        return cls(
-            raw,
-            usage if isinstance(usage, dict) else None,
-            tier if isinstance(tier, str) else None,
-            response_id if isinstance(response_id, str) else None,
-        )
-
 
 def answered(
     answer: Answer, model: str, attempts: int, rate_limited: int, ids: Ids | None = None
@@ -69,11 +59,26 @@ def answered(
 def rendered(end: ItemEnd[Answer], model: str) -> Result:
     """The result dict of an item that ended (the Responses adapters' `render`)."""
     outcome = end.outcome
-    if isinstance(outcome, Answered):
+    if isinstance(outcome, Answered):  # a success's dict here, not in a function of its own:
+        index, attempts = end.index, outcome.attempts  # this is on every answer's path
+        latency_ms = round((time.perf_counter() - end.started) * 1000.0, 1)
+        if logger.isEnabledFor(logging.DEBUG):
+            log_event(
+                logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms
+            )
         answer = outcome.value
-        return success_result(
-            end.index, answer, model, outcome.attempts, outcome.rate_limited, end.started
-        )
+        return {
+            "index": index,
+            "success": True,
+            "raw_response": answer.raw,
+            "usage": answer.usage,
+            "status": 200,
+            "latency_ms": latency_ms,
+            "attempts": attempts,
+            "rate_limited": outcome.rate_limited,
+            "model": model,
+            "service_tier": answer.service_tier,
+        }
     return error_result(
         end.index,
         outcome.failure,
@@ -117,28 +122,6 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
     answer = Answer(raw, usage, tier, found if isinstance(found, str) else None)
     # `answered`, inline: a rerun revives every journaled answer it yields
     return Answered(answer, attempts, rate_limited, bill_of(model, usage, tier))
-
-
-def success_result(
-    index: int, answer: Answer, model: str, attempts: int, rate_limited: int, started: float
-) -> Result:
-    latency_ms = round((time.perf_counter() - started) * 1000.0, 1)
-    if logger.isEnabledFor(logging.DEBUG):
-        log_event(
-            logger, logging.DEBUG, "task_success", index=index, attempts=attempts, ms=latency_ms
-        )
-    return {
-        "index": index,
-        "success": True,
-        "raw_response": answer.raw,
-        "usage": answer.usage,
-        "status": 200,
-        "latency_ms": latency_ms,
-        "attempts": attempts,
-        "rate_limited": rate_limited,
-        "model": model,
-        "service_tier": answer.service_tier,
-    }
 
 
 def error_result(

@@ -179,12 +179,6 @@ def prompt_error(prompt: object) -> TypeError | ValueError | None:
     return None
 
 
-def check_prompt(prompt: object) -> str | None:
-    """`prompt_error`'s message, or None: what a lazily read prompt's error result says."""
-    error = prompt_error(prompt)
-    return None if error is None else str(error)
-
-
 def mentions_json(prompt: str | list[dict[str, Any]]) -> bool:
     """Whether any text of the prompt's messages says "json" (any case), as the API requires."""
     if isinstance(prompt, str):
@@ -344,7 +338,8 @@ class BodyTemplate:
         return [JSON_NOTE, *turns]
 
     def body(self, prompt: str | list[dict[str, Any]]) -> bytes:
-        return self.prefix + orjson.dumps(self.input_for(prompt)) + b"}"
+        sent = self.input_for(prompt) if self.json_mode else prompt  # on every item's path
+        return self.prefix + orjson.dumps(sent) + b"}"
 
     def estimate(self, prompt: str | list[dict[str, Any]]) -> int:
         return estimate_tokens(self.fixed_chars, prompt, self.max_output)
