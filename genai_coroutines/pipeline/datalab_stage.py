@@ -39,12 +39,12 @@ from ..documents.job import Finished
 from ..documents.path import DocumentsAdapter, documents_path
 from ..documents.prices import cents_of
 from ..documents.sources import Upload
-from ..engine import Answered, Failed, Failure, ItemEnd, ItemRun, KeyLimits, Submission, log_event
+from ..engine import Answered, Failed, Failure, ItemEnd, ItemRun, KeyLimits, log_event
 from ..engine.journal import request_digest
 from ..engine.stages import StageKey
 from .path import EXTRACTION_STAGE, logger
-from .slots import StageRun, StageSlot
-from .stage import Extracted, Reconvert, Sessions, Stage, journal_submission
+from .slots import StageSlot
+from .stage import Extracted, Reconvert, Sessions, Stage
 
 EXTRACT_STAGE = "extract"
 """The journal stage of one schema's `/extract` (its page: the schema's position)."""
@@ -297,14 +297,8 @@ class DatalabStage:
             known = journal.submitted(key, digest)
         started = time.perf_counter()
         async with StageSlot(self.semaphore) as slot:
-            stage_run = StageRun(
-                run.index,
-                self.sessions.batch(run, EXTRACTION_STAGE),
-                started,
-                None if known is None else Submission(*known),
-                on_submitted=journal_submission(run, key, digest),
-                trace=run.trace,
-                slot=slot,
+            stage_run = self.sessions.stage_run(
+                run, EXTRACTION_STAGE, key, digest, started, known, slot
             )
             outcome = await adapter.execute(stage_run, upload)
         if isinstance(outcome, Answered):

@@ -43,7 +43,6 @@ from ..engine import (
     Line,
     Outcome,
     Pending,
-    Submission,
 )
 from ..engine.journal import request_digest
 from ..engine.stages import StageKey
@@ -55,14 +54,13 @@ from .fields import fields_of, merge_fields
 from .pages import payload_pages
 from .path import EXTRACTION_STAGE
 from .shared import SharedRequests
-from .slots import StageRun, StageSlot
+from .slots import StageSlot
 from .stage import (
     Extracted,
     Reconvert,
     Sessions,
     Stage,
     Waiting,
-    journal_submission,
     within_budget,
 )
 
@@ -329,14 +327,8 @@ class ResponsesExtraction:
         journal = run.batch.journal
         accepted = None if journal is None else journal.submitted(key, digest)
         async with StageSlot(self.semaphore) as slot:
-            stage_run = StageRun(
-                run.index,
-                self.sessions.batch(run, EXTRACTION_STAGE),
-                started,
-                None if accepted is None else Submission(*accepted),
-                on_submitted=journal_submission(run, key, digest),
-                trace=run.trace,
-                slot=slot,
+            stage_run = self.sessions.stage_run(
+                run, EXTRACTION_STAGE, key, digest, started, accepted, slot
             )
             return await within_budget(
                 self.budget,

@@ -23,6 +23,7 @@ from ..engine import BatchRun, Failed, Failure, GroupedStage, ItemRun, Line, Out
 from ..engine.stages import StageKey
 from ..responses.direct import Prepared
 from .budget import StageBudget
+from .slots import StageRun, StageSlot
 
 T = TypeVar("T")
 
@@ -112,6 +113,29 @@ class Sessions:
             cached = (run.batch, dataclasses.replace(run.batch, session=session))
             self._batches[stage] = cached
         return cached[1]
+
+    def stage_run(
+        self,
+        run: ItemRun,
+        stage: str,
+        key: StageKey,
+        digest: str,
+        started: float,
+        known: tuple[str, str] | None,
+        slot: StageSlot,
+    ) -> StageRun:
+        """One stage request of `run`'s item, on `stage`'s session and holding `slot`: it
+        polls `known` (a submission the journal holds) instead of sending, and journals
+        what the API accepts under `key`."""
+        return StageRun(
+            run.index,
+            self.batch(run, stage),
+            started,
+            None if known is None else Submission(*known),
+            on_submitted=journal_submission(run, key, digest),
+            trace=run.trace,
+            slot=slot,
+        )
 
 
 def journal_submission(run: ItemRun, key: StageKey, digest: str) -> Callable[[Submission], bool]:
