@@ -21,6 +21,7 @@ import orjson
 
 from ..engine import (
     Answered,
+    Bill,
     ErrorType,
     Failed,
     Failure,
@@ -30,12 +31,11 @@ from ..engine import (
     Result,
     log_event,
 )
-from .prices import bill_of
+from .prices import bill_of, usage_tokens
 
 logger = logging.getLogger("genai_coroutines.responses")
 _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\]*)"')
-"""A response's `id` when it is its first key (as the API writes it): read by `revived`
-without parsing the whole response, which is most of a journal replay's time."""
+"""A response's `id` when it is its first key (as the API writes it)."""
 
 
 @dataclass(slots=True)
@@ -45,7 +45,28 @@ class Answer:
     raw: str
     usage: dict[str, Any] | None
     service_tier: str | None
-    response_id: str | None = None
+    given_id: str | None = None
+    """The response's id when known as it is made; else `response_id` reads it from `raw`
+    when asked (a revived answer: a rerun revives every journaled answer it yields, and
+    rarely asks)."""
+
+    @property
+    def response_id(self) -> str | None:
+        return self.given_id if self.given_id is not None else id_of(self.raw)
+
+
+def id_of(raw: str) -> str | None:
+    """A response's `id`, read without parsing it whole when it is its first key (as the
+    API writes it)."""
+    leading = _LEADING_ID.match(raw)
+    if leading is not None:
+        return leading[1]
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    found = data.get("id") if isinstance(data, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def answered(
@@ -107,21 +128,13 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
         )
         return Failed(failure, attempts, rate_limited)
     raw, usage, tier = get("raw_response"), get("usage"), get("service_tier")
-    raw = raw if isinstance(raw, str) else str(raw)
-    leading = _LEADING_ID.match(raw)  # a response's id comes first: no need to parse it whole
-    if leading is not None:
-        found: Any = leading[1]
-    else:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        found = data.get("id") if isinstance(data, dict) else None
+    raw = raw if type(raw) is str else str(raw)
     usage = usage if isinstance(usage, dict) else None
     tier = tier if isinstance(tier, str) else None
-    answer = Answer(raw, usage, tier, found if isinstance(found, str) else None)
+    answer = Answer(raw, usage, tier)
     # `answered`, inline: a rerun revives every journaled answer it yields
-    return Answered(answer, attempts, rate_limited, bill_of(model, usage, tier))
+    bill = Bill(model, tier, *usage_tokens(usage), True) if usage else Bill(model, tier)
+    return Answered(answer, attempts, rate_limited, bill)
 
 
 def error_result(
