@@ -570,8 +570,9 @@ class Driver(DriverCore[P]):
         """Items the journal answers, read when the consumer takes them (`_replayed`)."""
         self._reading: list[bytes | str] = []
         """The stored records of those fetched last, not yet taken (`Journal.records`: the
-        next one last), and the next one's index."""
+        next one last)."""
         self._read_index = 0
+        """The index of the next one."""
         self._read_at = 0.0
         """When they were fetched: their end time (a replay's latency is nil)."""
         self._run: BatchRun | None = None

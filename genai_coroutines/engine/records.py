@@ -84,8 +84,8 @@ class Records:
         if blob[:1] == DEFLATED and isinstance(blob, bytes):
             if self.dictionary is None:
                 raise RecordError("deflated, but the journal holds no dictionary")
-            # One `decompress` of the whole stream gives all of it: no `flush`, which cost
-            # a third of the inflating (a replay inflates every record it yields).
+            # One `decompress` of the whole stream gives all of it: no `flush` and no
+            # joining of its output (a replay inflates every record it yields).
             unpacker = zlib.decompressobj(-15, zdict=self.dictionary)
             try:
                 blob = unpacker.decompress(blob[1:])

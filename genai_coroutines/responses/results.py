@@ -21,7 +21,6 @@ import orjson
 
 from ..engine import (
     Answered,
-    Bill,
     ErrorType,
     Failed,
     Failure,
@@ -31,7 +30,7 @@ from ..engine import (
     Result,
     log_event,
 )
-from .prices import bill_of, usage_tokens
+from .prices import bill_of
 
 logger = logging.getLogger("genai_coroutines.responses")
 _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\]*)"')
@@ -128,13 +127,12 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
         )
         return Failed(failure, attempts, rate_limited)
     raw, usage, tier = get("raw_response"), get("usage"), get("service_tier")
-    raw = raw if type(raw) is str else str(raw)
+    raw = raw if isinstance(raw, str) else str(raw)
     usage = usage if isinstance(usage, dict) else None
     tier = tier if isinstance(tier, str) else None
     answer = Answer(raw, usage, tier)
     # `answered`, inline: a rerun revives every journaled answer it yields
-    bill = Bill(model, tier, *usage_tokens(usage), True) if usage else Bill(model, tier)
-    return Answered(answer, attempts, rate_limited, bill)
+    return Answered(answer, attempts, rate_limited, bill_of(model, usage, tier))
 
 
 def error_result(
