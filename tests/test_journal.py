@@ -474,6 +474,34 @@ async def test_one_line_answers_take_under_a_kilobyte_each_and_read_back_whole(
     assert emulator.stats.total("responses") == n
 
 
+async def test_answers_that_no_longer_inflate_are_failed_once_then_sent_again(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A damaged dictionary: the rows still say answer (their bytes match their CRC), so a
+    rerun replays them, finds they do not read back, and ends each `journal_error`
+    (journaled under its own digest); the next rerun sends exactly those."""
+    path, n = tmp_path / "batch.journal", 300
+    prompts = [f"Summarise item number {i} in one line." for i in range(n)]
+    await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    db = sqlite3.connect(path)
+    deflated = {
+        i for (i,) in db.execute("SELECT idx FROM items WHERE substr(result, 1, 1) = x'01'")
+    }
+    db.execute("UPDATE meta SET value = zeroblob(length(value)) WHERE key = 'dictionary'")
+    db.commit()
+    db.close()
+    assert len(deflated) > 256  # more than one run of records read together
+
+    second = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    failed = {r["index"] for r in second["results"] if not r["success"]}
+    assert failed == deflated
+    assert {r["error_type"] for r in second["results"] if not r["success"]} == {"journal_error"}
+    assert emulator.stats.total("responses") == n  # nothing sent yet
+    third = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r["success"] for r in third["results"])
+    assert emulator.stats.total("responses") == n + len(deflated)
+
+
 async def test_a_journal_written_before_deflated_records_resumes_and_takes_new_ones(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -86,6 +86,33 @@ async def test_summary_totals_tokens_retries_and_429s(emulator: Emulator) -> Non
     assert summary.cost_usd > 0  # gpt-4o-mini is in the price table
 
 
+async def test_a_replayed_run_totals_what_the_run_that_journaled_it_did(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun of a finished journal yields each result as journaled (marked
+    `from_journal`) and totals the same counts, retries, 429s, tokens, tiers and cost,
+    however its records are read (several runs of `replays.READ_RUN` here)."""
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(600)]
+    emulator.faults.schedule("responses", "429", times=2)
+    request = request_for(emulator, prompts)
+    first, again = BatchSummary(), BatchSummary()
+    sent = [r async for r in ResponsesProcessor().stream(request, journal=journal, summary=first)]
+    calls = emulator.stats.total("responses")
+    replayed = [
+        r async for r in ResponsesProcessor().stream(request, journal=journal, summary=again)
+    ]
+
+    assert emulator.stats.total("responses") == calls  # nothing sent
+    by_index = {r["index"]: r for r in sent}
+    assert [r["index"] for r in replayed] == list(range(600))
+    assert all(r == {**by_index[r["index"]], "from_journal": True} for r in replayed)
+    assert (first.retries, first.rate_limited, again.reused) == (2, 2, 600)
+    ignored = ("wall_seconds", "reused_from_journal")
+    expected = {k: v for k, v in first.as_dict().items() if k not in ignored}
+    assert {k: v for k, v in again.as_dict().items() if k not in ignored} == expected
+
+
 def _immutable(paths: list[Path], on: bool) -> None:
     flag = "+i" if on else "-i"
     for path in paths:

@@ -55,7 +55,7 @@ import enum
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, Union
@@ -568,8 +568,13 @@ class Driver(DriverCore[P]):
         """Continuations running (an awaitable `then`), a task each while they run."""
         self._replays = Replays()
         """Items the journal answers, read when the consumer takes them (`_replayed`)."""
-        self._reading: Iterator[ItemEnd[Any]] = iter(())
-        """The ends of those whose records were fetched last, not yet taken."""
+        self._reading: list[bytes | str] = []
+        """The stored records of those fetched last, not yet taken (`Journal.records`: the
+        next one last)."""
+        self._read_index = 0
+        """The index of the next one."""
+        self._read_at = 0.0
+        """When they were fetched: their end time (a replay's latency is nil)."""
         self._run: BatchRun | None = None
 
     def _results(self, run: BatchRun) -> AsyncGenerator[Ended, None]:
@@ -721,14 +726,20 @@ class Driver(DriverCore[P]):
 
     def _replayed(self) -> Ended | None:
         """`run_streaming`'s backlog: the next item the journal answers, read now (the
-        records of the next `READ_RUN` of them are fetched together)."""
-        end = next(self._reading, None)
-        if end is None:
+        rows of the next `READ_RUN` of them are fetched together)."""
+        reading = self._reading
+        if not reading:
             taken = self._replays.take(READ_RUN)
             if taken is None:
                 return None
-            self._reading = self.books.replayed(*taken, self.adapter.revive)
-            end = next(self._reading)
+            journal = self.books.journal
+            assert journal is not None
+            reading = self._reading = journal.records(*taken)
+            self._read_index = taken[0]
+            self._read_at = time.perf_counter()
+        index = self._read_index
+        self._read_index = index + 1
+        end = self.books.replayed(index, reading.pop(), self.adapter.revive, self._read_at)
         record = end.record
         if record is None:  # it did not read back: journaled as failed
             return self._finish(end)

@@ -90,6 +90,8 @@ class Bookkeeping:
         self.total = len(items) if isinstance(items, Sized) else None
         self.summary = summary
         self.progress = Progress(summary, total=self.total, enabled=progress, unit=unit)
+        self._count = self.progress.add if progress else summary.add
+        """`add`'s counting: the bar's (which adds to the summary), or the summary's alone."""
         self.succeeded = self.failed = 0
         self.digests = Digests(self.journal)
         """Digest of each journaled item in flight, from `replay` to `record` (Datalab
@@ -130,29 +132,31 @@ class Bookkeeping:
         return None
 
     def replayed(
-        self, first: int, stop: int, revive: Callable[[Mapping[str, Any]], Outcome[Any]]
-    ) -> Iterator[ItemEnd[Any]]:
-        """The ends of the items `[first, stop)`, each one `replay` answered `True` for, one
-        at a time as they are taken: its journaled answer (`Journal.records`: read with the
-        others in one query); or, should a record not read back as one after all (its
-        journal's dictionary damaged), a `journal_error` failure with its digest kept for
-        `record`, so that a rerun sends it (its input is long gone by now)."""
-        assert self.journal is not None
-        now = time.perf_counter()  # a replay's latency is nil: one clock reading a run
-        for index, record, digest in self.journal.records(first, stop):
-            if record is not None:
-                outcome = revive(record)
-                if isinstance(outcome, Answered):
-                    twin_of = record.get("duplicate_of")
-                    yield ItemEnd(index, outcome, now, "journal", twin_of, record)
-                    continue
-            self.digests.keep(index, digest)
-            failure = Failure(
-                f"the journal's record of item {index} cannot be read back: a rerun sends it",
-                "journal_error",
-                retriable=True,
-            )
-            yield ItemEnd(index, Failed(failure, 0), now)
+        self,
+        index: int,
+        blob: bytes | str,
+        revive: Callable[[Mapping[str, Any]], Outcome[Any]],
+        now: float,
+    ) -> ItemEnd[Any]:
+        """The end of an item `replay` answered `True` for, from its stored record
+        (`Journal.records`): its journaled answer; or, should the record not read back as
+        one after all (its journal's dictionary damaged), a `journal_error` failure with its
+        digest kept for `record`, so that a rerun sends it (its input is long gone by now).
+        `now`: its end time (a replay's latency is nil: one clock reading serves a run)."""
+        journal = self.journal
+        assert journal is not None
+        record = journal.load(blob, index)
+        if record is not None:
+            outcome = revive(record)
+            if isinstance(outcome, Answered):
+                return ItemEnd(index, outcome, now, "journal", record.get("duplicate_of"), record)
+        self.digests.keep(index, journal.digest(index))
+        failure = Failure(
+            f"the journal's record of item {index} cannot be read back: a rerun sends it",
+            "journal_error",
+            retriable=True,
+        )
+        return ItemEnd(index, Failed(failure, 0), now)
 
     def submission(self, index: int) -> tuple[str, str] | None:
         """(request id, poll URL) of work journaled as accepted for this very request."""
@@ -190,7 +194,7 @@ class Bookkeeping:
             self.succeeded += 1
         else:
             self.failed += 1
-        self.progress.add(end)
+        self._count(end)
 
     def close(self) -> None:
         """Stop the summary's clock, close the bar and the journal."""

@@ -282,7 +282,7 @@ class Journal:
             raise
         self._closed = False
         self._unreadable = 0
-        """Records `_load` could not read, for the warning at close."""
+        """Records `load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
         self.on_grouped: Callable[[Iterable[int]], object] = lambda _indices: None
@@ -381,7 +381,7 @@ class Journal:
         item = self._item(index)
         if item is None or item[1] is None or item[0] not in (_packed(digest), digest):
             return None
-        return self._load(item[1], index)
+        return self.load(item[1], index)
 
     def replayable(self, index: int, digest: bytes) -> bool | None:
         """Whether this item's journaled record is an answer to this very request (its
@@ -399,26 +399,30 @@ class Journal:
             return False
         return True if crc is not None and isinstance(blob, bytes) and crc == crc32(blob) else None
 
-    def records(self, first: int, stop: int) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
-        """The journaled records of the items `[first, stop)`, every one of which
-        `replayable` found, in index order: each index, its record (None if it cannot be
-        read after all, see `_load`) and the digest it was journaled with (hex). Their rows
-        are read in one query, each decoded as it is taken, so what waits meanwhile is
-        their stored bytes (a few hundred decoded results held at once would be promoted
-        by the garbage collector and traversed again and again: it doubled a replay's
-        time). (The windows `replayable` read are long gone by the time a rerun yields
-        these: it tells the whole input before the consumer has taken a fraction of it.)"""
+    def records(self, first: int, stop: int) -> list[bytes | str]:
+        """The stored records of the items `[first, stop)`, every one of which `replayable`
+        found, last first (`pop` them in index order; `load` each). Read in one query, each
+        decoded only as it is taken, so what waits meanwhile is their stored bytes (a few
+        hundred decoded results held at once would be promoted by the garbage collector and
+        traversed again and again: it doubled a replay's time). (The windows `replayable`
+        read are long gone by the time a rerun yields these: it tells the whole input
+        before the consumer has taken a fraction of it.)"""
         try:
             rows = self._db.execute(
-                "SELECT idx, digest, result FROM items WHERE idx >= ? AND idx < ? ORDER BY idx",
+                "SELECT result FROM items WHERE idx >= ? AND idx < ? ORDER BY idx DESC",
                 (first, stop),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
         assert len(rows) == stop - first, (first, stop)
-        load = self._load
-        for index, digest, blob in rows:
-            yield index, load(blob, index), digest.hex() if isinstance(digest, bytes) else digest
+        return [blob for (blob,) in rows]
+
+    def digest(self, index: int) -> str:
+        """The digest (hex) an item's record was journaled with."""
+        row = self._read("SELECT digest FROM items WHERE idx = ?", (index,))
+        assert row is not None, index
+        digest = row[0]
+        return digest.hex() if isinstance(digest, bytes) else str(digest)
 
     def submitted(self, key: StageKey, digest: str) -> tuple[str, str] | None:
         """(request_id, request_check_url) of work the API accepted for this stage request
@@ -644,7 +648,7 @@ class Journal:
             "SELECT result FROM stages WHERE idx = ? AND stage = ? AND digest = ?",
             (key.index, _stage_name(key), digest),
         )
-        return None if row is None else self._load(row[0], key.index)
+        return None if row is None else self.load(row[0], key.index)
 
     def record_stage(self, key: StageKey, digest: str, result: dict[str, Any]) -> None:
         """Journal a finished named stage of an item whose own result comes later (a
@@ -669,14 +673,14 @@ class Journal:
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export); an unreadable
-        record is left out (see `_load`)."""
+        record is left out (see `load`)."""
         try:
             rows = self._db.execute(
                 "SELECT idx, result FROM items WHERE result IS NOT NULL ORDER BY idx"
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        loaded = (self._load(blob, index) for index, blob in rows)
+        loaded = (self.load(blob, index) for index, blob in rows)
         return [result for result in loaded if result is not None]
 
     def checkpoint(self) -> None:
@@ -735,7 +739,7 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
 
-    def _load(self, blob: bytes, index: int) -> dict[str, Any] | None:
+    def load(self, blob: bytes | str, index: int) -> dict[str, Any] | None:
         """A journaled result, or None when it cannot be read (`engine.records`: a newer
         encoding, bit rot; or not an object). Such a record counts as unfinished, so its item is
         sent again and its new result replaces it: raising instead would end the batch

@@ -22,7 +22,7 @@ A stored record is either:
 - `DEFLATED` then raw deflate (`wbits=-15`) of the JSON against the dictionary.
 
 Anything else is unreadable (a newer encoding, bit rot), which the journal treats as
-an unfinished item (`Journal._load`).
+an unfinished item (`Journal.load`).
 """
 
 from __future__ import annotations
@@ -81,14 +81,18 @@ class Records:
 
     def decode(self, blob: bytes | str) -> Any:
         """A stored record's JSON value; `RecordError` saying why it cannot be read."""
-        if isinstance(blob, bytes) and blob[:1] == DEFLATED:
+        if blob[:1] == DEFLATED and isinstance(blob, bytes):
             if self.dictionary is None:
                 raise RecordError("deflated, but the journal holds no dictionary")
+            # One `decompress` of the whole stream gives all of it: no `flush` and no
+            # joining of its output (a replay inflates every record it yields).
+            unpacker = zlib.decompressobj(-15, zdict=self.dictionary)
             try:
-                unpacker = zlib.decompressobj(-15, zdict=self.dictionary)
-                blob = unpacker.decompress(blob[1:]) + unpacker.flush()
+                blob = unpacker.decompress(blob[1:])
             except zlib.error as exc:
                 raise RecordError(f"not deflate ({exc})") from None
+            if not unpacker.eof:
+                raise RecordError("deflate cut short")
         try:
             return orjson.loads(blob)
         except orjson.JSONDecodeError as exc:

@@ -34,8 +34,7 @@ from .prices import bill_of
 
 logger = logging.getLogger("genai_coroutines.responses")
 _LEADING_ID = re.compile(r'\s*\{\s*"id"\s*:\s*"([^"\\]*)"')
-"""A response's `id` when it is its first key (as the API writes it): read by `revived`
-without parsing the whole response, which is most of a journal replay's time."""
+"""A response's `id` when it is its first key (as the API writes it)."""
 
 
 @dataclass(slots=True)
@@ -45,7 +44,28 @@ class Answer:
     raw: str
     usage: dict[str, Any] | None
     service_tier: str | None
-    response_id: str | None = None
+    given_id: str | None = None
+    """The response's id when known as it is made; else `response_id` reads it from `raw`
+    when asked (a revived answer: a rerun revives every journaled answer it yields, and
+    rarely asks)."""
+
+    @property
+    def response_id(self) -> str | None:
+        return self.given_id if self.given_id is not None else id_of(self.raw)
+
+
+def id_of(raw: str) -> str | None:
+    """A response's `id`, read without parsing it whole when it is its first key (as the
+    API writes it)."""
+    leading = _LEADING_ID.match(raw)
+    if leading is not None:
+        return leading[1]
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    found = data.get("id") if isinstance(data, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def answered(
@@ -108,18 +128,9 @@ def revived(record: Mapping[str, Any], model: str) -> Outcome[Answer]:
         return Failed(failure, attempts, rate_limited)
     raw, usage, tier = get("raw_response"), get("usage"), get("service_tier")
     raw = raw if isinstance(raw, str) else str(raw)
-    leading = _LEADING_ID.match(raw)  # a response's id comes first: no need to parse it whole
-    if leading is not None:
-        found: Any = leading[1]
-    else:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        found = data.get("id") if isinstance(data, dict) else None
     usage = usage if isinstance(usage, dict) else None
     tier = tier if isinstance(tier, str) else None
-    answer = Answer(raw, usage, tier, found if isinstance(found, str) else None)
+    answer = Answer(raw, usage, tier)
     # `answered`, inline: a rerun revives every journaled answer it yields
     return Answered(answer, attempts, rate_limited, bill_of(model, usage, tier))
 

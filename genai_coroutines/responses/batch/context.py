@@ -70,7 +70,10 @@ class BatchContext:
         batch_id, line = record.get("batch_id"), record.get("custom_id")
         if not isinstance(batch_id, str) or not isinstance(line, str):
             return outcome
-        return replace(outcome, ids=Ids(group=batch_id, line=line))
+        # Made here for this record alone: given its ids before anyone sees it (a
+        # `dataclasses.replace` would copy it, on every Batch API answer a rerun replays).
+        outcome.ids = Ids(group=batch_id, line=line)
+        return outcome
 
     def succeeded(
         self,
