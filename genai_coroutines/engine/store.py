@@ -19,6 +19,7 @@ the model); the API key itself never reaches a store.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections import deque
@@ -217,6 +218,10 @@ class Bucket:
         return level
 
 
+def _when(entry: tuple[float, int, Mapping[str, float]]) -> float:
+    return entry[0]
+
+
 class _Sent:
     """A key's takes of the last `KEPT_SECS` (see `LimitStore.adjust`)."""
 
@@ -252,11 +257,17 @@ class _Sent:
     def in_transit(self, now: float, since: Ticket, window: float) -> dict[str, float]:
         """Per dimension, what the takes after `since` and in the last `window` came to."""
         self.forget(now)
-        cutoff = now - min(window, KEPT_SECS)
-        first = next((entry for entry in self.log if entry[0] > cutoff), None)
-        if first is None:
+        log = self.log
+        if not log:
             return {}
-        _, number, before = first
+        cutoff = now - min(window, KEPT_SECS)
+        if log[0][0] > cutoff:
+            first = 0
+        else:  # the oldest take in the window, found by halving (the log is in time order)
+            first = bisect.bisect_right(log, cutoff, key=_when)
+            if first == len(log):
+                return {}
+        _, number, before = log[first]
         base = before if number > since.number + 1 else since.through
         return {
             dimension: max(0.0, total - base.get(dimension, 0.0))
