@@ -17,6 +17,14 @@ where N and T count only the items delivered, so losing work never looks like sp
 
     python benchmarks/scale_out.py                      # N=1500, 3000 RPM, 480k TPM
     python benchmarks/scale_out.py --n 600 --processes 1 3   # quicker
+
+Requests in transit (`--transit`: counted that long after they reach the emulator, as over
+a network; see `EmulatorConfig.openai_transit_seconds`), with OpenAI's accounting and a
+start of 80 requests at once on a bucket banking three seconds:
+
+    python benchmarks/scale_out.py --n 200 --processes 2 --rpm 60000 --tpm 10000000 \\
+        --latency 0 --transit 0.02 --accounting provider --burst 3 --max-output 8192 \\
+        --concurrency 40 --runs 5 --store-only
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ def _worker(
     batch: list[str],
     concurrency: int,
     store: str | None,
+    max_output: int | None,
     ready: Any,
     go: Event,
     out: Any,
@@ -65,6 +74,7 @@ def _worker(
         user_prompts=batch,
         response_format={"type": "text"},
         max_concurrent_requests=concurrency,
+        max_output_tokens=max_output,
         retry_delay_min_ms=100,
     )
     processor = ResponsesProcessor(limits_store=store or "local")
@@ -83,14 +93,22 @@ def _worker(
 
 
 def run(
-    base_url: str, batch: list[str], processes: int, concurrency: int, store: str | None
+    base_url: str,
+    batch: list[str],
+    processes: int,
+    concurrency: int,
+    store: str | None,
+    max_output: int | None,
 ) -> tuple[float, int, int]:
     """(wall seconds, items failed, tokens delivered) of `processes` workers on `batch`."""
     context = multiprocessing.get_context("spawn")
     ready, out, go = context.Queue(), context.Queue(), context.Event()
     shares = [batch[i::processes] for i in range(processes)]
     workers = [
-        context.Process(target=_worker, args=(base_url, share, concurrency, store, ready, go, out))
+        context.Process(
+            target=_worker,
+            args=(base_url, share, concurrency, store, max_output, ready, go, out),
+        )
         for share in shares
     ]
     for worker in workers:
@@ -120,24 +138,29 @@ def main(args: argparse.Namespace) -> None:
         "openai_api_key": API_KEY,
         "openai_rpm": args.rpm,
         "openai_tpm": args.tpm,
-        "burst_seconds": 1.0,
+        "burst_seconds": args.burst,
         "latency": args.latency,
+        "openai_transit_seconds": args.transit,
+        "token_accounting": args.accounting,
         "seed": 1,
     }
     print(
-        f"N={args.n} prompts in total, limits {args.rpm:g} RPM / {args.tpm:g} TPM (1 s burst), "
-        f"median latency {args.latency * 1000:.0f} ms, concurrency {args.concurrency} "
-        "per process\n"
+        f"N={args.n} prompts in total, limits {args.rpm:g} RPM / {args.tpm:g} TPM "
+        f"({args.burst:g} s burst, {args.accounting} accounting), median latency "
+        f"{args.latency * 1000:.0f} ms, {args.transit * 1000:.0f} ms in transit, concurrency "
+        f"{args.concurrency} per process, max_output_tokens {args.max_output}\n"
     )
     header = f"{'processes':>9} {'store':>6} {'wall s':>8} {'bound s':>8} {'effic.':>7} "
     print(header + f"{'429s':>6} {'429 %':>6} {'lost':>5}")
     with emulator(**settings) as base_url, redis_server() as redis:
-        for with_store in (True, False):
-            for processes in args.processes:
+        for with_store in (True,) if args.store_only else (True, False):
+            for processes in [p for p in args.processes for _ in range(args.runs)]:
                 asyncio.run(emulator_stats(base_url, reset=True))  # full buckets each run
                 asyncio.run(flush(redis.url))
                 store = redis.url if with_store else None
-                wall, failed, tokens = run(base_url, batch, processes, args.concurrency, store)
+                wall, failed, tokens = run(
+                    base_url, batch, processes, args.concurrency, store, args.max_output
+                )
                 stats = asyncio.run(emulator_stats(base_url))
                 sent = sum(n for k, n in stats["requests"].items() if k.startswith("responses"))
                 bound = lower_bound(args.n - failed, tokens, args.rpm, args.tpm, args.latency)
@@ -157,4 +180,10 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 3, 6])
+    parser.add_argument("--transit", type=float, default=0.0, help="s in transit per request")
+    parser.add_argument("--accounting", choices=["settle", "provider"], default="settle")
+    parser.add_argument("--burst", type=float, default=1.0, help="s of quota a bucket banks")
+    parser.add_argument("--max-output", type=int, default=None, help="max_output_tokens")
+    parser.add_argument("--runs", type=int, default=1, help="runs of each process count")
+    parser.add_argument("--store-only", action="store_true", help="skip the runs without one")
     main(parser.parse_args())

@@ -103,16 +103,26 @@ def finish(workers: list[subprocess.Popen[bytes]], timeout: float = 120) -> list
     return [worker.wait(timeout) for worker in workers]
 
 
-def run_responses(emulator: EmulatorProcess, tmp_path: Path, url: str | None) -> Run:
+def run_responses(
+    emulator: EmulatorProcess,
+    tmp_path: Path,
+    url: str | None,
+    *,
+    workers: int = WORKERS,
+    per_worker: int = PER_WORKER,
+    concurrency: int = CONCURRENCY,
+    extra: tuple[str, ...] = (),
+) -> Run:
+    """`workers` CLI processes of `per_worker` prompts each (`extra`: more flags for each)."""
     emulator.reset()
     args_of, envs = [], []
-    for number in range(WORKERS):
+    for number in range(workers):
         batch = tmp_path / f"prompts{number}.txt"
-        batch.write_text("\n".join(prompts(PER_WORKER, seed=100 + number)) + "\n")
+        batch.write_text("\n".join(prompts(per_worker, seed=100 + number)) + "\n")
         args = [
             "responses", str(batch), "--model", "gpt-4o-mini",
-            "--base-url", emulator.openai_base_url, "--concurrency", str(CONCURRENCY),
-            "--retry-delay-min-ms", "50", "-o", str(tmp_path / f"out{number}.jsonl"),
+            "--base-url", emulator.openai_base_url, "--concurrency", str(concurrency),
+            "--retry-delay-min-ms", "50", "-o", str(tmp_path / f"out{number}.jsonl"), *extra,
         ]  # fmt: skip
         env = worker_env()
         if url is not None and number == 0:
@@ -124,7 +134,7 @@ def run_responses(emulator: EmulatorProcess, tmp_path: Path, url: str | None) ->
     started = time.monotonic()
     codes = finish(start_workers(tmp_path, args_of, envs))
     wall = time.monotonic() - started
-    results = [read_jsonl(tmp_path / f"out{number}.jsonl") for number in range(WORKERS)]
+    results = [read_jsonl(tmp_path / f"out{number}.jsonl") for number in range(workers)]
     return Run(results, emulator.stats(), wall, codes)
 
 
@@ -160,6 +170,44 @@ def test_three_processes_on_one_key_share_its_limits_over_redis(
     (tmp_path / "alone").mkdir()
     contrast = run_responses(limited, tmp_path / "alone", None)
     print(contrast.describe("3 processes, no store (for contrast)", PER_WORKER))
+
+
+def test_two_processes_bursting_on_one_key_count_each_others_requests_in_transit(
+    store: RedisServer, tmp_path: Path
+) -> None:
+    """A reply's `remaining` was counted before the requests still on the wire reached the
+    server (`--openai-transit-seconds`: 20 ms here), and the bucket is lowered to it less
+    what every process on the store took since: a process that took off only its own
+    (before 7b9131a) left the others' in the shared bucket and sent them again.
+
+    What makes it show: OpenAI's accounting (`provider`: `max_output_tokens` charged at
+    admission and never given back), so every reply gives back the allowance its answer
+    did not use and only the headers bring the bucket down again; and a bucket that banks
+    three seconds of quota, so both processes start with a burst of 80 requests, far more
+    than the second of refill the server gets while they are in transit. (At the steady
+    rate that refill covers the other process's share, and neither version overshoots.)
+    The last of 80 replies read at once are read well after the server counted them, so
+    the takes of that wait are counted in transit too (`store.in_transit_window`; with a
+    fixed 50 ms: up to 6.5% answered 429 here; before 7b9131a, 3.8% to 13.8% in
+    benchmarks/scale_out.py's same start with both processes released at once)."""
+    flags = [
+        "--openai-rpm", "60000", "--openai-tpm", "10000000", "--burst-seconds", "3",
+        "--token-accounting", "provider", "--openai-transit-seconds", "0.02", "--seed", "3",
+    ]  # fmt: skip
+    per_worker = 100
+    with emulator_process(*flags) as emulator:
+        run = run_responses(
+            emulator, tmp_path, store.url, workers=2, per_worker=per_worker, concurrency=40,
+            extra=("--max-output-tokens", "8192"),
+        )  # fmt: skip
+    print(
+        f"\n2 processes, one Redis store, 20 ms in transit: {run.sent} requests, "
+        f"{run.stats['rate_limited']} answered 429 ({100 * run.share_429:.1f}%), {run.wall:.2f} s"
+    )
+    assert run.codes == [0, 0], [(tmp_path / f"stderr{n}.txt").read_text()[-2000:] for n in (0, 1)]
+    for rows in run.results:
+        assert sorted(row["index"] for row in rows if row["success"]) == list(range(per_worker))
+    assert run.share_429 <= 0.01
 
 
 def test_pages_in_flight_shared_by_two_processes_are_never_exceeded(

@@ -35,6 +35,11 @@ Choices where the real API is not observable from outside:
 - `service_tier: "flex"` is refused at `flex_unavailable_rate` (seeded) with `FLEX_UNAVAILABLE`.
   The flex guide documents only "429 Resource Unavailable" and "You will not be charged";
   the body's `type` and `code` ("resource_unavailable") are the emulator's guess.
+- `openai_transit_seconds` is slept as a `POST /v1/responses` arrives, before anything else
+  and outside `openai-processing-ms`: the network between client and server, which
+  loopback does not have. A reply's `remaining` then misses the requests any client sent
+  in the last that long (still "on the wire"), as the real API's does; the reply itself
+  comes back at once.
 - Latency is slept before the first byte, also for streams. An answer counts in
   `completed_by_digest` once produced, before it is sent: like billing, a client that
   timed out or hung up mid-stream has still "paid" for it. A stream broken by a fault
@@ -149,6 +154,9 @@ class OpenAIEmulation:
         await self.batches.close()
 
     async def create_response(self, request: web.Request) -> web.StreamResponse:
+        transit = self.shared.config.openai_transit_seconds
+        if transit > 0:
+            await asyncio.sleep(transit)
         started = time.monotonic()
         raw = await request.read()
         try:

@@ -28,6 +28,11 @@ class EmulatorConfig:
 
     # OpenAI side
     latency: float = param(0.0, "median /v1/responses latency, s (lognormal around it when > 0)")
+    openai_transit_seconds: float = param(
+        0.0,
+        "how long a /v1/responses request travels before the rate limits count it, s: a "
+        "reply's x-ratelimit-remaining-* misses what other clients sent that recently",
+    )
     openai_rpm: int | None = param(None, "requests per minute (default: unlimited)")
     openai_tpm: int | None = param(None, "tokens per minute (default: unlimited)")
     burst_seconds: float = param(

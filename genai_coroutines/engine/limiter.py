@@ -39,7 +39,8 @@ Algorithm, per `acquire(tokens)`:
      later reply keeps them honest (a bucket is lowered to the `remaining` the server
      reports, never raised above its own accounting). That `remaining` was counted
      before the requests the key's clients (every process on a shared store) took in
-     the last `store.IN_TRANSIT_SECS` reached the server, so the store takes them off it
+     the last `store.IN_TRANSIT_SECS` (more for a reply read late:
+     `store.in_transit_window`) reached the server, so the store takes them off it
      (`LimitStore.adjust`): lowering to the bare figure would forget them, and the
      server, still to charge them, would answer the next request 429. (Most of all where
      the server keeps what the client gives back: OpenAI charges `max_output_tokens` at
@@ -69,7 +70,7 @@ from collections.abc import Awaitable, Mapping
 
 from . import telemetry
 from .headers import count, parse_duration
-from .store import ANY, LimitStore, Ticket
+from .store import ANY, IN_TRANSIT_SECS, LimitStore, Ticket
 
 DIMENSIONS = ("requests", "tokens")
 _HEADERS = tuple(
@@ -297,12 +298,14 @@ class RateLimiter:
         *,
         refund: int = 0,
         number: Ticket = ANY,
+        window: float = IN_TRANSIT_SECS,
     ) -> None:
         """Follow the server's `x-ratelimit-*` headers (None: the attempt got no reply),
         after giving back `refund` tokens: what the request was reserved beyond what the
         server reported it used. `number`: the ticket `acquire` gave the request answered
-        (`ANY`: not known; every request taken in the last `store.IN_TRANSIT_SECS` is then
-        taken to be in transit)."""
+        (`ANY`: not known; every request taken in the last `window` is then taken to be
+        in transit). `window`: how long before now the reply's `remaining` may have been
+        counted (`store.in_transit_window`)."""
         give = (("tokens", refund),) if refund else ()
         if headers is None:
             if give:
@@ -325,7 +328,7 @@ class RateLimiter:
             if remaining < self._ceilings[i]:
                 lower.append((name, float(remaining)))
         if give or lower:
-            await self.store.adjust(self.key, give, lower, number)
+            await self.store.adjust(self.key, give, lower, number, window)
             if give:
                 self._returned(refund)
         if not self._told:

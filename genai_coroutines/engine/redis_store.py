@@ -20,7 +20,7 @@ on one shard):
     genai-coroutines:{...}:slots    a sorted set: one member per event of a sliding window
         (batches created), scored by its server time
     genai-coroutines:{...}:sent     a sorted set: one member per take of the last
-        `IN_TRANSIT_SECS`, "<number> <dim> <what the takes before it came to> ...", scored
+        `KEPT_SECS`, "<number> <dim> <what the takes before it came to> ...", scored
         by its server time (the limits hash keeps `sent`, the takes' count, and per bucket
         `<dim>:s`, what they came to)
     genai-coroutines:{...}:surcharges  a hash: request kind -> the tokens learned
@@ -71,6 +71,7 @@ from .store import (
     ANY,
     BUDGET_KEEP_SECS,
     IN_TRANSIT_SECS,
+    KEPT_SECS,
     BudgetView,
     LimitStoreUnavailable,
     MemoryStore,
@@ -120,8 +121,8 @@ local function dims(key)
 end
 """
 
-# KEYS[1] the limits hash, KEYS[2] the takes in transit. ARGV[1] idle ttl (ms), ARGV[2] the
-# in-transit window (s), then per amount: dimension, amount, and the per-minute rate and
+# KEYS[1] the limits hash, KEYS[2] the takes in transit. ARGV[1] idle ttl (ms), ARGV[2] how long
+# takes are kept (s), then per amount: dimension, amount, and the per-minute rate and
 # capacity this client knows for it ('' when none), to recreate a bucket that expired while
 # idle. Returns the wait, or '0' and the ticket: the take's number, then dimension and what
 # the takes came to, with this one.
@@ -418,7 +419,7 @@ def redact(url: str) -> str:
 
 
 SCHEMES = ("redis", "rediss", "unix")
-_WINDOW = repr(IN_TRANSIT_SECS)
+_KEPT = repr(KEPT_SECS)
 _KEEP_MS = str(int(BUDGET_KEEP_SECS * 1000))
 
 
@@ -593,7 +594,7 @@ class RedisStore:
     # -- LimitStore ------------------------------------------------------------------
 
     async def take(self, key: str, amounts: Sequence[tuple[str, float]]) -> Taken:
-        args: list[Any] = [self._idle_ms, _WINDOW]
+        args: list[Any] = [self._idle_ms, _KEPT]
         for dimension, amount in amounts:
             args += [dimension, repr(float(amount)), *self._known(key, dimension)]
 
@@ -615,18 +616,19 @@ class RedisStore:
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
         since: Ticket = ANY,
+        window: float = IN_TRANSIT_SECS,
     ) -> None:
         ticket = " ".join(
             [str(since.number), *(f"{dim} {value!r}" for dim, value in since.through.items())]
         )
-        args: list[Any] = [self._idle_ms, _WINDOW, ticket, len(give)]
+        args: list[Any] = [self._idle_ms, repr(min(window, KEPT_SECS)), ticket, len(give)]
         for dimension, amount in (*give, *lower):
             args += [dimension, repr(float(amount))]
 
         async def call() -> None:
             await self._run("adjust", [f"{key}:limits", f"{key}:sent"], args)
 
-        await self._shared(call, lambda store: store.adjust(key, give, lower, since))
+        await self._shared(call, lambda store: store.adjust(key, give, lower, since, window))
 
     async def shape(self, key: str, dimension: str, per_minute: float, capacity: float) -> None:
         self._shapes[(key, dimension)] = (float(per_minute), float(capacity))

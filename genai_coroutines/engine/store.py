@@ -19,6 +19,7 @@ the model); the API key itself never reaches a store.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import time
 from collections import deque
@@ -28,6 +29,25 @@ from typing import NamedTuple, Protocol
 IN_TRANSIT_SECS = 0.05
 """How long after it is taken a request may still be missing from a reply's `remaining`:
 it has not reached the server yet, or it has while that reply was on its way back."""
+KEPT_SECS = 1.0
+"""How long takes are remembered: the longest window `adjust` may be given (a reply read
+late by a busy client; see `in_transit_window`)."""
+
+
+def in_transit_window(round_trip: float, server_secs: float | None) -> float:
+    """The window of takes a reply's `remaining` missed: `IN_TRANSIT_SECS` plus the time
+    since the request was taken (`round_trip`) that the server did not spend on it
+    (`openai-processing-ms`; None: not told, `IN_TRANSIT_SECS` alone). That time is the
+    network both ways and the waits in the client, before sending and before reading the
+    reply: a client reading a burst of 80 replies at once on 2 cores reads its last ones
+    tens of ms after the server counted them, and with a fixed 50 ms the takes of that wait
+    were forgotten (0% to 6.5% of requests answered 429 at the start of
+    benchmarks/scale_out.py's `--transit` run; 0% to 1% with this window). The server's own
+    time is left out: takes it counted before it wrote the headers of a slow answer must
+    not be taken off again (with replies of 300 ms, a 0.2 s window cost 3% of the rate)."""
+    if server_secs is None:
+        return IN_TRANSIT_SECS
+    return min(KEPT_SECS, IN_TRANSIT_SECS + max(0.0, round_trip - server_secs))
 
 
 class Ticket(NamedTuple):
@@ -84,13 +104,15 @@ class LimitStore(Protocol):
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
         since: Ticket = ANY,
+        window: float = IN_TRANSIT_SECS,
     ) -> None:
         """What a reply taught, in one step: add each `give` amount back to its bucket
         (never above capacity; negative: take more), e.g. to settle a token reservation,
         then lower each `lower` bucket to a level if it holds more: what the server says
         remains, less what the key's takes after `since` (the request answered) and in the
-        last `IN_TRANSIT_SECS` came to, by any client of the store. Those were not counted
-        in that `remaining` yet, and the server is still to charge them. (The takes before
+        last `window` seconds (at most `KEPT_SECS`) came to, by any client of the store.
+        Those were not counted in that `remaining` yet, and the server is still to charge
+        them. (The takes before
         the answered one reached the server before it did, and are counted.) One call per
         reply, not one per figure: over a shared store that is one round trip."""
         ...
@@ -196,8 +218,12 @@ class Bucket:
         return level
 
 
+def _when(entry: tuple[float, int, Mapping[str, float]]) -> float:
+    return entry[0]
+
+
 class _Sent:
-    """A key's takes of the last `IN_TRANSIT_SECS` (see `LimitStore.adjust`)."""
+    """A key's takes of the last `KEPT_SECS` (see `LimitStore.adjust`)."""
 
     __slots__ = ("log", "number", "through")
 
@@ -224,16 +250,24 @@ class _Sent:
         return Ticket(self.number, through)
 
     def forget(self, now: float) -> None:
-        log, cutoff = self.log, now - IN_TRANSIT_SECS
+        log, cutoff = self.log, now - KEPT_SECS
         while log and log[0][0] <= cutoff:
             log.popleft()
 
-    def in_transit(self, now: float, since: Ticket) -> dict[str, float]:
-        """Per dimension, what the takes after `since` and in the window came to."""
+    def in_transit(self, now: float, since: Ticket, window: float) -> dict[str, float]:
+        """Per dimension, what the takes after `since` and in the last `window` came to."""
         self.forget(now)
-        if not self.log:
+        log = self.log
+        if not log:
             return {}
-        _, number, before = self.log[0]
+        cutoff = now - min(window, KEPT_SECS)
+        if log[0][0] > cutoff:
+            first = 0
+        else:  # the oldest take in the window, found by halving (the log is in time order)
+            first = bisect.bisect_right(log, cutoff, key=_when)
+            if first == len(log):
+                return {}
+        _, number, before = log[first]
         base = before if number > since.number + 1 else since.through
         return {
             dimension: max(0.0, total - base.get(dimension, 0.0))
@@ -306,6 +340,7 @@ class MemoryStore:
         give: Sequence[tuple[str, float]],
         lower: Sequence[tuple[str, float]] = (),
         since: Ticket = ANY,
+        window: float = IN_TRANSIT_SECS,
     ) -> None:
         buckets = self._buckets.get(key)
         if not buckets:
@@ -318,7 +353,7 @@ class MemoryStore:
         if not lower:
             return
         sent = self._sent.get(key)
-        in_transit = {} if sent is None else sent.in_transit(now, since)
+        in_transit = {} if sent is None else sent.in_transit(now, since, window)
         for dimension, remaining in lower:
             bucket = buckets.get(dimension)
             level = remaining - in_transit.get(dimension, 0.0)

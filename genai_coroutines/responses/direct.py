@@ -22,6 +22,7 @@ attempt of a flex request may take 900 s unless `timeout_secs` was given.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -49,7 +50,8 @@ from ..engine import (
     send,
 )
 from ..engine.budget import Budget
-from ..engine.store import Ticket
+from ..engine.headers import count
+from ..engine.store import Ticket, in_transit_window
 from ..engine.telemetry import CHAT, OPENAI, Identity
 from .cache_keys import AUTO, ROUTING_CHARS, CacheKeys, prefix_group, with_key
 from .errors import (
@@ -263,6 +265,7 @@ class DirectAdapter:
         if stop.failure is not None:
             return stop.failure
         number = await limiter.acquire(reserved)
+        taken_at = time.monotonic()
         if number is None:
             return too_large(reserved, limiter.max_tokens)
         if stop.failure is not None:
@@ -292,7 +295,9 @@ class DirectAdapter:
         # charges `max_output_tokens` up front), its `remaining` has the last word.
         outcome: Success[A] | Failure
         if isinstance(reply, Failure) or reply.status != 200:
-            outcome = await self._failed(reply, reserved, number, prepared.estimate, stop.record)
+            outcome = await self._failed(
+                reply, reserved, number, prepared.estimate, stop.record, taken_at
+            )
         else:  # here, not in a coroutine of its own: this is every answer's path
             outcome = accept(reply)
             refund = 0
@@ -300,7 +305,8 @@ class DirectAdapter:
                 usage = outcome.value.usage
                 used = usage.get("total_tokens") if usage is not None else None
                 refund = reserved - used if isinstance(used, int) else 0
-            await limiter.observe(reply.headers, refund=refund, number=number)
+            window = _window(reply, taken_at)
+            await limiter.observe(reply.headers, refund=refund, number=number, window=window)
         if span is not None:
             span.end(reply, outcome)
         if isinstance(outcome, Failure) and outcome.error_type == "capacity_unavailable":
@@ -343,6 +349,7 @@ class DirectAdapter:
         number: Ticket,
         estimate: int,
         record: Callable[[Failure], None],
+        taken_at: float,
     ) -> Failure:
         """An attempt without a 200 (no reply, or an error status), with the limiter and the
         batch stop told about it: the whole reservation goes back before the headers lower
@@ -351,13 +358,23 @@ class DirectAdapter:
         if isinstance(reply, Failure):
             await limiter.observe(None)
             return reply
-        await limiter.observe(reply.headers, refund=reserved, number=number)
+        window = _window(reply, taken_at)
+        await limiter.observe(reply.headers, refund=reserved, number=number, window=window)
         failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
             await limiter.charged(charged, estimate, self.shape)
         record(failure)
         return failure
+
+
+def _window(reply: Reply, taken_at: float) -> float:
+    """How far back the reply's `remaining` may have been counted: the time since the
+    request was taken from the buckets (`taken_at`) less the server's own time on it
+    (`store.in_transit_window`)."""
+    server_ms = count(reply.headers.get("openai-processing-ms"))
+    round_trip = time.monotonic() - taken_at
+    return in_transit_window(round_trip, None if server_ms is None else server_ms / 1000)
 
 
 def answer(reply: Reply) -> Attempted:
