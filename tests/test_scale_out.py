@@ -194,7 +194,7 @@ def test_two_processes_bursting_on_one_key_count_each_others_requests_in_transit
         "--openai-rpm", "60000", "--openai-tpm", "10000000", "--burst-seconds", "3",
         "--token-accounting", "provider", "--openai-transit-seconds", "0.02", "--seed", "3",
     ]  # fmt: skip
-    per_worker = 100
+    per_worker = 300
     with emulator_process(*flags) as emulator:
         run = run_responses(
             emulator, tmp_path, store.url, workers=2, per_worker=per_worker, concurrency=40,
