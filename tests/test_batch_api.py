@@ -1033,3 +1033,22 @@ async def test_a_partly_filled_file_goes_out_without_waiting_for_the_input_end(
     first_batch = results[0]["batch_id"]
     assert [r["batch_id"] == first_batch for r in results[:first]] == [True] * first
     assert results[-1]["batch_id"] != first_batch, "the last line went out at the input's end"
+
+
+async def test_lines_held_back_for_an_upload_go_in_in_turn(emulator: Emulator) -> None:
+    """Past `UNSENT_FILES` files of lines not yet uploaded, lines wait for an upload and go
+    in first come, first served: a worker whose items go straight into the file must not
+    take every place an upload frees while a line held back earlier stays back (to the
+    input's end, its journal digest keeping the index range behind it in memory). So each
+    file holds lines close together in the input."""
+    per_file, concurrency = 5, 10
+    request = make_request(emulator, 150, max_concurrent_requests=concurrency)
+    out = await ResponsesProcessor().process_batch(
+        request, batch_api=fast(max_requests_per_file=per_file)
+    )
+    assert out["total_success"] == 150
+    files: dict[str, list[int]] = {}
+    for result in out["results"]:
+        files.setdefault(result["batch_id"], []).append(result["index"])
+    spans = sorted(max(indices) - min(indices) for indices in files.values())
+    assert spans[-1] < per_file + 2 * concurrency, spans

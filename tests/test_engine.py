@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import logging
 import random
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -31,7 +32,7 @@ from genai_coroutines.engine import (
 )
 from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.headers import count
-from genai_coroutines.engine.indexed import IndexedDigests, IndexedFloats
+from genai_coroutines.engine.indexed import BLOCK, IndexedDigests, IndexedFloats, Starts
 from genai_coroutines.engine.journal import Journal, JournalMismatch, request_digest
 from genai_coroutines.engine.outcome import Ids, Outcome
 from genai_coroutines.engine.pricing import Charges
@@ -580,6 +581,45 @@ def test_indexed_floats_keep_each_index_its_own_number_as_items_come_and_go() ->
     for index in list(expected):
         assert kept.pop(index) == expected.pop(index)
     assert len(kept) == 0 and list(kept) == [] and kept.get(0) is None
+
+
+def test_starts_report_each_waiting_item_its_blocks_earliest_start() -> None:
+    """The driver's waiting lines (`engine.indexed.Starts`): indices kept mostly in order,
+    below the front, past the end, popped mostly oldest first; each reports the earliest
+    start of its block of `BLOCK` indices (never later than its own), and a million waiting
+    items cost a quarter of a byte each."""
+    kept, expected = Starts(), {}
+    starts: dict[int, set[float]] = {}
+    """The starts of the items kept in each block."""
+    draw, used = random.Random(5), set()
+    for step in range(20_000):
+        if draw.random() < 0.55 or not expected:
+            index = max(0, step // 2 + draw.randrange(-50, 400))
+            if index in used:  # each index waits once in a run
+                continue
+            used.add(index)
+            kept.add(index, float(step))
+            expected[index] = float(step)
+            starts.setdefault(index // BLOCK, set()).add(float(step))
+        else:
+            oldest = sorted(expected)[:20]
+            index = draw.choice(oldest) if draw.random() < 0.9 else draw.randrange(12_000)
+            started = kept.pop(index)
+            if index in expected:
+                assert started in starts[index // BLOCK] and started <= expected.pop(index)
+            else:
+                assert started is None
+        assert len(kept) == len(expected)
+    assert sorted(kept) == sorted(expected) and all(index in kept for index in expected)
+    with pytest.raises(ValueError, match="already"):
+        kept.add(next(iter(expected)), 0.0)
+    for index in sorted(expected, reverse=True):
+        started = kept.pop(index)
+        assert started in starts[index // BLOCK] and started <= expected.pop(index)
+    assert len(kept) == 0 and list(kept) == [] and kept.pop(0) is None
+    for index in range(1_000_000):
+        kept.add(index, 1.0)
+    assert sys.getsizeof(kept._bits) + sys.getsizeof(kept._times) < 260 * 1024
 
 
 def test_indexed_digests_give_back_each_index_its_own_digest() -> None:

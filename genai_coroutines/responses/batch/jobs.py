@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from contextlib import suppress
 from dataclasses import replace
 
@@ -53,7 +54,8 @@ SHOWN_BATCHES = 3
 UNSENT_FILES = 2
 """New lines not yet in an uploaded file, at most, in files of `max_requests_per_file`: past
 that, `add` waits for an upload (the input is read no further ahead of the uploads, so the
-journal digests the driver keeps of such lines, and the spools on disk, stay bounded)."""
+journal digests the driver keeps of such lines, and the spools on disk, stay bounded). The
+lines held back go in first come, first served (`BatchJobs.queued`)."""
 
 
 class BatchJobs:
@@ -113,9 +115,15 @@ class BatchJobs:
         self.resumed: dict[str, BatchJob] = {}
         """The files of earlier runs that hold lines of this one, sent once the input is read."""
         self.unsent = 0
-        """New lines written and not yet in an uploaded file (see `UNSENT_FILES`)."""
-        self.sent = asyncio.Event()
-        """Set when `unsent` falls."""
+        """New lines written, or let in to be written, and not yet in an uploaded file (see
+        `UNSENT_FILES`)."""
+        self.queued: deque[asyncio.Future[None]] = deque()
+        """Lines held back for room among the unsent, let in in turn as uploads make room
+        (`_room`). In turn: a worker whose items go straight into the file takes input after
+        input without yielding, so with a mere "wait until there is room" it would take every
+        place an upload frees, and a line held back early stayed back until the input ended,
+        its journal digest keeping the index range behind it in memory (`bookkeeping.Digests`:
+        33 bytes an index, 31 MiB at a million)."""
 
     async def shut(self, finished: bool) -> None:
         """The batch ends; on the way out (Ctrl-C, a bug) the batches still running are left
@@ -177,9 +185,10 @@ class BatchJobs:
                 key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
             )
             return
-        while self.unsent >= UNSENT_FILES * options.max_requests_per_file:
-            self.sent.clear()
-            await self.sent.wait()
+        if self.queued or self.unsent >= self._most():
+            await self._room()
+        else:
+            self.unsent += 1
         writer = self.writer
         if writer is not None and not self._fits(writer, len(line), tokens):
             self.flush()
@@ -191,9 +200,37 @@ class BatchJobs:
         self.last_line = now
         writer.add(key, line, 0, tokens, digest)
         writer.new += 1
-        self.unsent += 1
         if self.timer is None:
             self._arm()
+
+    def _most(self) -> int:
+        """New lines that may wait for an upload (`UNSENT_FILES`)."""
+        return UNSENT_FILES * self.options.max_requests_per_file
+
+    async def _room(self) -> None:
+        """Wait for this line's turn to be let in among the unsent (`queued`); it is counted
+        in `unsent` when let in (`_let_in`)."""
+        turn = self.loop.create_future()
+        self.queued.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # let in, never written: its place goes on
+                self.unsent -= 1
+                self._let_in()
+            else:
+                with suppress(ValueError):  # not taken out yet
+                    self.queued.remove(turn)
+            raise
+
+    def _let_in(self) -> None:
+        """The lines held back that the unsent have room for, in turn."""
+        queued, most = self.queued, self._most()
+        while queued and self.unsent < most:
+            turn = queued.popleft()
+            if not turn.done():
+                self.unsent += 1
+                turn.set_result(None)
 
     def _deadline(self) -> float:
         """When the file being written is due: `flush_idle_secs` after its latest line, at
@@ -296,7 +333,7 @@ class BatchJobs:
         if job.new:
             self.unsent -= job.new
             job.new = 0
-            self.sent.set()
+            self._let_in()
 
     def _follow_up(self, job: BatchJob, retry: Keys, after: int | None) -> None:
         """A new job of the lines to send again, copied from the ended job's spool."""

@@ -143,15 +143,22 @@ class Spool:
         fd, self._beside_path = tempfile.mkstemp(prefix="genai-coroutines-batch-", suffix=".bin")
         self._beside: IO[bytes] | None = os.fdopen(fd, "wb")
         self.lines = self.bytes = self.tokens = 0
+        self._hash = hashlib.sha256()
+        """Of the file's bytes, as they are written (the file is never read back for it)."""
 
     def add(self, line: bytes, tokens: int, digest: str | None) -> None:
         assert self._out is not None and self._beside is not None, "a sealed spool takes no more"
         self._out.write(line)
+        self._hash.update(line)
         packed = b"" if digest is None else bytes.fromhex(digest)
         self._beside.write(_BESIDE.pack(tokens, digest is not None, packed))
         self.lines += 1
         self.bytes += len(line)
         self.tokens += tokens
+
+    def digest(self) -> str:
+        """The SHA-256 of the file's bytes (what a rerun finds its upload by)."""
+        return self._hash.hexdigest()
 
     def seal(self) -> None:
         for out in (self._out, self._beside):

@@ -20,7 +20,6 @@ submitted end with the failure (`Answers.fail`).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import time
@@ -33,8 +32,6 @@ from .answers import Answers
 from .context import BatchContext
 from .spool import BatchJob
 from .wire import BatchWire, Json
-
-DIGEST_CHUNK = 2**20
 
 HOUR = 3600.0
 LEASE_SECS = 600.0
@@ -192,7 +189,7 @@ class Submitter:
         name = f"genai-coroutines-{job.number}.jsonl"
         journal = self.group.batch.journal
         if journal is not None:
-            digest = await asyncio.to_thread(file_digest, spool.path)
+            digest = spool.digest()
             name = f"genai-coroutines-{job.number}-{digest}.jsonl"
             since = journal.upload_intended(digest)
             if since is not None:
@@ -299,12 +296,3 @@ class Submitter:
             self.live -= 1
             self.ended += 1
             self.changed.set()
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes, read in chunks (a batch file may be 200 MB)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(DIGEST_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()

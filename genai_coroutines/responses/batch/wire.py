@@ -1,6 +1,7 @@
 """The Files and Batch API calls the Batch API path makes, each through the retry policy.
 
-`POST /v1/files` (multipart, `purpose=batch`, the file streamed from disk),
+`POST /v1/files` (multipart, `purpose=batch`, the file streamed from disk on the loop's
+thread),
 `POST /v1/batches`, `GET /v1/batches/{id}`, `GET /v1/batches` (to find a batch created
 for a file before a crash let its id be journaled), `POST /v1/batches/{id}/cancel` and
 `GET /v1/files?purpose=batch` (to find a file uploaded before a crash let its id be
@@ -18,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -89,23 +91,22 @@ class BatchWire:
         """Upload a batch input file; its `FileObject`."""
 
         async def attempt() -> Success[Json] | Failure:
-            with open(path, "rb") as handle:
-                form = aiohttp.FormData()
-                form.add_field("purpose", "batch")
-                form.add_field("file", handle, filename=name, content_type="application/jsonl")
-                payload = form()
-                span = (
-                    None if self.telemetry is None else self.telemetry.attempt(OPENAI, UPLOAD_FILE)
-                )
-                reply = await send(
-                    self.session,
-                    "POST",
-                    f"{self.base}/files",
-                    timeout=None,  # 200 MB takes a while: only silence is bounded
-                    idle_timeout=self.timeout,
-                    data=payload,
-                    headers={"Content-Type": payload.content_type},
-                )
+            boundary = secrets.token_hex(16)
+            head, tail = _form_parts(boundary, name)
+            size = len(head) + os.path.getsize(path) + len(tail)
+            span = None if self.telemetry is None else self.telemetry.attempt(OPENAI, UPLOAD_FILE)
+            reply = await send(
+                self.session,
+                "POST",
+                f"{self.base}/files",
+                timeout=None,  # 200 MB takes a while: only silence is bounded
+                idle_timeout=self.timeout,
+                data=_form_body(path, head, tail),
+                headers={
+                    "Content-Type": f"multipart/form-data; boundary={boundary}",
+                    "Content-Length": str(size),
+                },
+            )
             return self._traced(span, reply)
 
         return await self._retrying(attempt, "upload")
@@ -294,3 +295,31 @@ class BatchWire:
         if not isinstance(data, dict):
             return bad_body(reply.status, len(reply.body))
         return Success(data)
+
+
+def _form_parts(boundary: str, name: str) -> tuple[bytes, bytes]:
+    """The multipart form of an upload around the file's bytes: `purpose=batch`, then the
+    file's part header; and the closing boundary."""
+    head = (
+        f"--{boundary}\r\n"
+        'Content-Disposition: form-data; name="purpose"\r\n\r\n'
+        "batch\r\n"
+        f"--{boundary}\r\n"
+        f'Content-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: application/jsonl\r\n\r\n"
+    )
+    return head.encode(), f"\r\n--{boundary}--\r\n".encode()
+
+
+async def _form_body(
+    path: str | os.PathLike[str], head: bytes, tail: bytes
+) -> AsyncIterator[bytes]:
+    """An upload's body, the file read `READ_CHUNK` at a time on the loop's own thread (a
+    spool just written is in the page cache): aiohttp's file payload reads it in the
+    default executor's threads, and each thread's malloc arena kept megabytes of those
+    reads (6 MiB of a 200,000-prompt run's peak)."""
+    yield head
+    with open(path, "rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            yield chunk
+    yield tail
