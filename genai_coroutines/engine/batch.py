@@ -615,20 +615,21 @@ class Driver(DriverCore[P]):
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never
-        raises for its own failures. After a stop (not the deadline's) or a failed
-        `prepare` it ends unsent; `_admit` then says whether it runs."""
-        started = time.perf_counter()
+        raises for its own failures. After a stop (not the deadline's) it ends unsent; the
+        journal's answer to its very input (`Journal.input_digest`) is replayed, its request
+        never built; after a failed `prepare` it ends unsent; `_admit` then says whether it
+        runs."""
         stop = self.stop
         if stop.failure is not None and not stop.cut_off:
-            return self._unsent(index, stop.failure, started)
+            return self._unsent(index, stop.failure, time.perf_counter())
         answered = self._journaled_input
         if answered is not None:
             kept = answered(index)
-            # A journaled answer to this very input: replayed, its request never built.
             if kept is not None and kept == self.adapter.input_digest(item):
                 if self._replay(index):
                     await asyncio.sleep(0)
                 return None
+        started = time.perf_counter()
         try:
             prepared = await self.adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:

@@ -293,6 +293,7 @@ class Journal:
         except BaseException:
             os.close(self._lock)
             raise
+        self._db.create_function("crc32", 1, crc32, deterministic=True)  # for `_scan`
         self._closed = False
         self._unreadable = 0
         """Records `_load` could not read, for the warning at close."""
@@ -436,15 +437,15 @@ class Journal:
         stop = first + SCAN_ROWS
         try:
             rows = self._db.execute(
-                f"SELECT idx, substr(input_digest, 1, {INPUT_DIGEST}), answer_crc, result"
-                " FROM items WHERE idx >= ? AND idx < ? AND answer_crc >= 0"
+                f"SELECT idx, substr(input_digest, 1, {INPUT_DIGEST}) FROM items"
+                " WHERE idx >= ? AND idx < ? AND input_digest IS NOT NULL AND answer_crc >= 0"
                 f" AND substr(input_digest, {INPUT_DIGEST + 1}) = substr(digest, 1, {_TIED})"
-                " AND typeof(result) = 'blob'",
+                " AND answer_crc = CASE typeof(result) WHEN 'blob' THEN crc32(result) END",
                 (first, stop),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        self._scanned = {index: kept for index, kept, crc, blob in rows if crc == crc32(blob)}
+        self._scanned = dict(rows)
         self._scan_first, self._scan_stop = first, stop
 
     def records(self, first: int, stop: int) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
