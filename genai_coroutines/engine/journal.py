@@ -173,7 +173,7 @@ WINDOW = 1024
 WINDOWS = 4
 """Windows kept: the workers admitting items a few windows apart still find theirs."""
 SCAN_ROWS = 4096
-"""Indices whose input digests `answered` reads in one query."""
+"""Indices whose input digests `Journal.input_digest` reads in one query."""
 GROUP_ROWS = 1000
 """Members of a group file journaled per statement (`record_group`)."""
 _UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
@@ -207,7 +207,7 @@ INPUT_DIGEST = 16
 _TIED = 8
 """Bytes of its request digest that `input_digest` keeps after an input digest: a row
 rewritten by a version that knows nothing of input digests (its `digest` replaced, its
-`input_digest` left) no longer matches by it (see `answered`)."""
+`input_digest` left) no longer matches by it (see `Journal.input_digest`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,6 +510,7 @@ class Journal:
         self._write(f"the submission of {_described(key)}", sql, params)
         if not key.stage:
             self._cached(key.index, (params[1], None, request_id, check_url, None))
+            self._scanned.pop(key.index, None)
 
     def record_result(
         self,
@@ -560,6 +561,7 @@ class Journal:
             ]
         self._transaction(f"the result of item {index}", statements)
         self._records.dictionary = self._records.dictionary or chosen
+        self._scanned.pop(index, None)  # what `input_digest` read of it is no longer so
         known = self._item(index, read=False)
         if not (pending and known is not None and known[1] is None and known[3] is not None):
             self._cached(index, (packed, blob, *(known[2:4] if known else (None, None)), crc))
