@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import re
@@ -30,6 +31,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from zlib import crc32
 
 import orjson
 import pytest
@@ -37,6 +39,7 @@ import pytest
 from genai_coroutines import ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.journal import (
+    SCAN_ROWS,
     WINDOW,
     Journal,
     JournalError,
@@ -604,3 +607,42 @@ async def test_a_long_finished_stretch_does_not_hold_back_the_first_new_request(
     position = order.index((n, False))
     assert position < n // 2, position
     assert emulator.stats.total("responses") == n + 1
+
+
+def test_input_digests_match_only_the_answer_they_were_journaled_with(tmp_path: Path) -> None:
+    """`input_digest` reads `SCAN_ROWS` indices at a time: across window boundaries and out of
+    order, each index matches its own input digest only, and only for an answer. A row
+    rewritten since by a version that knows nothing of input digests (its digest, record and
+    CRC replaced, its record and CRC alone for a failure, or its digest and record alone;
+    its input digest left beside them) or whose record rotted is not matched by one: its
+    request's digest decides."""
+    path, n = tmp_path / "batch.journal", 2 * SCAN_ROWS + 5
+
+    def tag(index: int) -> bytes:
+        return hashlib.sha256(b"input %d" % index).digest()[:16]
+
+    with Journal(path, "responses") as journal:
+        for index in range(n):
+            digest = request_digest(b"%d" % index)
+            answered = index % 3 != 0
+            journal.record_result(
+                index, digest, result(index), answered=answered, input_digest=tag(index)
+            )
+    db = sqlite3.connect(path)  # as older versions rerun items 7, 8 and 10; 13 rots
+    (other,) = db.execute("SELECT result FROM items WHERE idx = 11").fetchone()
+    edited = bytes.fromhex(request_digest(b"edited"))
+    db.execute(
+        "UPDATE items SET digest = ?, result = ?, answer_crc = ? WHERE idx = 7",
+        (edited, other, crc32(other)),
+    )
+    db.execute("UPDATE items SET result = ?, answer_crc = -1 WHERE idx = 8", (other,))
+    db.execute("UPDATE items SET digest = ?, result = ? WHERE idx = 10", (edited, other))
+    db.execute("UPDATE items SET result = ? WHERE idx = 13", (other,))
+    db.commit()
+    db.close()
+    order = list(range(n + 3))
+    random.Random(3).shuffle(order)
+    with Journal(path, "responses", resume=True) as journal:
+        for index in order[: n // 2] + sorted(order[n // 2 :]):
+            expected = index < n and index % 3 != 0 and index not in (7, 8, 10, 13)
+            assert journal.input_digest(index) == (tag(index) if expected else None), index

@@ -8,6 +8,7 @@ sent ends `journal_error` with `attempts: 0`, and what finished stays in the out
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -146,3 +147,81 @@ async def test_a_journal_that_fails_mid_batch_stops_sending(
     assert stopped and all(r["attempts"] == 0 for r in stopped)
     assert "cannot write" in stopped[0]["error"]
     assert emulator.stats.total("responses") <= 11  # at most the one in flight at the failure
+
+
+def _blank_request_digests(journal: Path) -> None:
+    """Overwrite every journaled request digest (and the 8 bytes of it an input digest is
+    tied to), so only an input digest (`Adapter.input_digest`) can match a row."""
+    db = sqlite3.connect(journal)
+    rows = db.execute("SELECT idx, input_digest FROM items").fetchall()
+    db.executemany(
+        "UPDATE items SET digest = ?, input_digest = ? WHERE idx = ?",
+        [(bytes(32), tied and tied[:16] + bytes(8), index) for index, tied in rows],
+    )
+    db.commit()
+    db.close()
+
+
+async def test_a_rerun_replays_by_input_digest_and_sends_again_whatever_was_edited(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A rerun matches a journaled answer by a digest of its prompt under the batch's settings,
+    without building the request: with every stored request digest blanked it still replays
+    an unchanged batch whole, and sends again every item whose prompt, system prompt, model,
+    schema or sampling parameter was edited since (none of them answered stale)."""
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(6)]
+    await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    _blank_request_digests(journal)
+
+    again = await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    assert all(r["from_journal"] for r in again) and emulator.stats.total("responses") == 6
+
+    schema = {"type": "json_schema", "name": "a", "schema": {"type": "object"}}
+    edits: list[dict[str, Any]] = [
+        {"system_prompt": "You are verbose."},
+        {"model": "gpt-4o"},
+        {"response_format": schema},
+        {"temperature": 0.5},
+        {"user_prompts": [*prompts[:2], "prompt 2, edited", *prompts[3:]]},
+    ]
+    sent = 6
+    for edit in edits:
+        request = request_for(emulator, **{"prompts": prompts, **edit})
+        results = await collect(ResponsesProcessor(), request, tmp_path / "copy.journal")
+        sent += len(results)  # a journal of its own: the edited batch's answers
+        edited = tmp_path / "edited.journal"
+        edited.write_bytes(journal.read_bytes())
+        results = await collect(ResponsesProcessor(), request, edited)
+        fresh = [r["index"] for r in results if not r.get("from_journal")]
+        expected = [2] if "user_prompts" in edit else list(range(6))
+        assert fresh == expected, edit
+        sent += len(fresh)
+        assert emulator.stats.total("responses") == sent
+        (tmp_path / "copy.journal").unlink()
+        edited.unlink()
+
+
+async def test_a_journal_without_input_digests_replays_by_request_digest(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Rows of a journal written before input digests (its `items` without the column) are
+    matched by their request's digest; the answers a rerun adds keep their input digests."""
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(8)]
+    await collect(ResponsesProcessor(), request_for(emulator, prompts[:5]), journal)
+    db = sqlite3.connect(journal)
+    db.execute("ALTER TABLE items DROP COLUMN input_digest")
+    db.commit()
+    db.close()
+
+    again = await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    assert [r["index"] for r in again if r.get("from_journal")] == list(range(5))
+    assert emulator.stats.total("responses") == 8
+    db = sqlite3.connect(journal)
+    kept = db.execute("SELECT idx FROM items WHERE input_digest IS NOT NULL").fetchall()
+    db.close()
+    assert sorted(index for (index,) in kept) == [5, 6, 7]
+    _blank_request_digests(journal)  # the new rows are found by their input digests alone
+    third = await collect(ResponsesProcessor(), request_for(emulator, prompts), journal)
+    assert [r["index"] for r in third if r.get("from_journal")] == [5, 6, 7]

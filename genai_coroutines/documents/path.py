@@ -100,6 +100,10 @@ class DocumentsAdapter:
             return (b"", self.settings)
         return (upload.data or str(upload.url).encode(), self.settings)
 
+    def input_digest(self, item: Any) -> None:
+        """None: what a document's request holds is only known once it is read (`prepare`)."""
+        return None
+
     async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Finished]:
         journal = run.on_submitted
 

@@ -12,6 +12,11 @@ what is API-specific:
     prepare(index, item) -> the item's request, or the Failure that stops it (raising
                             ValueError/TypeError is the same as an `invalid_input` Failure)
     digest(prepared)     -> the bytes that determine its answer (its journal identity)
+    input_digest(item)   -> 16 bytes naming the request `prepare` would make of `item`,
+                            without making it (equal ones are equal requests), or None:
+                            journaled with an answer, so that a rerun matches the answer
+                            by it before `prepare` (`Journal.input_digest`), its request's
+                            digest being the fallback
     execute(run, prepared) -> its typed `Outcome` (`engine.outcome`: `Answered`, `Failed`
                             or `Pending`), attempts run through `retry.retrying`
     render(end)          -> the public result dict of an `ItemEnd` (the only place its
@@ -101,6 +106,11 @@ class Admission(Protocol[P]):
     async def prepare(self, index: int, item: Any) -> P | Failure: ...
 
     def digest(self, prepared: P) -> tuple[bytes, ...]: ...
+
+    def input_digest(self, item: Any) -> bytes | None:
+        """A digest of the raw item naming the request `prepare` would make of it (None: not
+        known without `prepare`; see the module docstring)."""
+        ...
 
     def render(self, end: ItemEnd[Any]) -> Result:
         """The public result dict of an ended item (see the module docstring)."""
@@ -324,6 +334,14 @@ class DriverCore(Generic[P]):
         self._twins = Twins() if options.dedupe else None
         self._held = IndexedFloats()
         """The budget's estimate held for each admitted item until it finishes."""
+        self._replay_later = self._twins is None and options.budget is None
+        """A journaled answer is read when it is yielded (`Driver._replayed`), unless dedupe
+        or a budget needs it at once (`_found`)."""
+        journal = self.books.journal
+        self._journaled_input = (
+            journal.input_digest if journal is not None and self._replay_later else None
+        )
+        """`Journal.input_digest`, when an item may be replayed by its input digest alone."""
 
     @property
     def summary(self) -> Summary:
@@ -422,15 +440,16 @@ class DriverCore(Generic[P]):
         return end, self.adapter.render(end)
 
     def _admit(
-        self, index: int, prepared: P, started: float
+        self, index: int, prepared: P, started: float, item: Any
     ) -> Admitted[P] | Ended | Replayed | None:
         """A prepared item's end when it need not run: it cannot be sent, the journal holds
         its success (`REPLAYED`: read when it is yielded, `Driver._replayed`) or a twin's
         (`Admitted`: it takes the twin's outcome), or the deadline passed; None: it runs
         (after `_hold`, with a budget). Never raises for the item. (Not a coroutine, and
-        no `Admitted` for an item that simply runs: this is on every item's path.)"""
+        no `Admitted` for an item that simply runs: this is on every item's path.)
+        `item`: its input, whose `Adapter.input_digest` is journaled with its answer."""
         if self.books.journal is not None or self._twins is not None:  # what its digest finds
-            found = self._found(index, prepared, started)
+            found = self._found(index, prepared, started, item)
             if found is not None:
                 return found
         stop = self.stop
@@ -440,25 +459,26 @@ class DriverCore(Generic[P]):
         return None
 
     def _found(
-        self, index: int, prepared: P, started: float
+        self, index: int, prepared: P, started: float, item: Any
     ) -> Admitted[P] | Ended | Replayed | None:
         """What the journal or the item's twins (`dedupe`) hold for it, by its digest."""
         books = self.books
         twins, budget = self._twins, self.options.budget
         try:
             parts = self.adapter.digest(prepared)
-            # Read later (`_replayed`) unless dedupe or a budget needs the answer now.
             done = (
                 None
                 if books.journal is None
-                else books.replay(
-                    index, self.adapter.revive, *parts, later=twins is None and budget is None
-                )
+                else books.replay(index, self.adapter.revive, *parts, later=self._replay_later)
             )
         except (ValueError, TypeError) as exc:  # a request that cannot be serialised
             return self._unsent(index, Failure(str(exc), "invalid_input", False), started)
         if done is True:
             return REPLAYED
+        if done is None and books.journal is not None:  # its digest is kept: so is this
+            input_digest = self.adapter.input_digest(item)
+            if input_digest is not None:
+                books.digests.keep_input(index, input_digest)
         digest = "" if twins is None else books.digests.get(index) or request_digest(*parts)
         if isinstance(done, ItemEnd):
             end = done
@@ -601,19 +621,28 @@ class Driver(DriverCore[P]):
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never
-        raises for its own failures. After a stop (not the deadline's) or a failed
-        `prepare` it ends unsent; `_admit` then says whether it runs."""
-        started = time.perf_counter()
+        raises for its own failures. After a stop (not the deadline's) it ends unsent; the
+        journal's answer to its very input (`Journal.input_digest`) is replayed, its request
+        never built; after a failed `prepare` it ends unsent; `_admit` then says whether it
+        runs."""
         stop = self.stop
         if stop.failure is not None and not stop.cut_off:
-            return self._unsent(index, stop.failure, started)
+            return self._unsent(index, stop.failure, time.perf_counter())
+        answered = self._journaled_input
+        if answered is not None:
+            kept = answered(index)
+            if kept is not None and kept == self.adapter.input_digest(item):
+                if self._replay(index):
+                    await asyncio.sleep(0)
+                return None
+        started = time.perf_counter()
         try:
             prepared = await self.adapter.prepare(index, item)
         except (ValueError, TypeError) as exc:
             prepared = Failure(str(exc), "invalid_input", retriable=False)
         if isinstance(prepared, Failure):
             return self._unsent(index, prepared, started)
-        ended = self._admit(index, prepared, started)
+        ended = self._admit(index, prepared, started, item)
         if ended is None and self.options.budget is not None:
             ended = await self._hold(index, prepared, started)
         if ended is not None:
@@ -622,10 +651,7 @@ class Driver(DriverCore[P]):
                 return None
             if ended is not REPLAYED:
                 return ended
-            replays = self._replays
-            if not replays:
-                self._later.wake()
-            if replays.add(index):  # a turn of the loop for the consumer and the requests
+            if self._replay(index):
                 await asyncio.sleep(0)
             return None
         journaled = self.books.journal is not None
@@ -650,6 +676,14 @@ class Driver(DriverCore[P]):
         if item_run.trace is not None:
             item_run.trace.end(outcome)
         return self._finish(ItemEnd(index, outcome, started))
+
+    def _replay(self, index: int) -> bool:
+        """Keep an item the journal answers for `_replayed`; True when the worker should let
+        the loop run (the consumer, the requests already sent)."""
+        replays = self._replays
+        if not replays:
+            self._later.wake()
+        return replays.add(index)
 
     async def _defer(self, waiting: _Waiting, deferred: Deferred) -> None:
         """Hand a stage's lines to its group; `_report` takes their outcomes."""

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any, Literal
 
-from .indexed import IndexedDigests
-from .journal import Journal, packed_digest
+from .indexed import IndexedBytes, IndexedDigests
+from .journal import INPUT_DIGEST, Journal, packed_digest
 from .outcome import Answered, Failed, Failure, ItemEnd, Outcome, Pending
 from .progress import Progress
 from .stages import StageKey
@@ -30,10 +30,15 @@ class Digests(Mapping[int, str]):
     200) until the journal holds it elsewhere: an item whose line went into a journaled
     group file (`Journal.record_group`: the Batch API) is read back from its group line
     when wanted (`Journal.group_digest`), so the million lines of a Batch API job waiting
-    at once hold no digest in memory once their files are uploaded."""
+    at once hold no digest in memory once their files are uploaded.
+
+    Beside it, the item's `Adapter.input_digest` when it has one (16 bytes), journaled with
+    its answer (`Journal.input_digest`); a grouped item's is let go with its digest, so its
+    answer is journaled without one (a rerun matches it by its request's digest)."""
 
     def __init__(self, journal: Journal | None) -> None:
         self._held = IndexedDigests()
+        self._inputs = IndexedBytes(INPUT_DIGEST)
         self._journal = journal
         if journal is not None:
             journal.on_grouped = self.grouped
@@ -41,11 +46,16 @@ class Digests(Mapping[int, str]):
     def keep(self, index: int, digest: str) -> None:
         self._held[index] = digest
 
+    def keep_input(self, index: int, input_digest: bytes) -> None:
+        """The input digest of an item whose digest is kept."""
+        self._inputs[index] = input_digest
+
     def grouped(self, indices: Iterable[int]) -> None:
         """These items' digests are in their group lines now."""
-        held = self._held
+        held, inputs = self._held, self._inputs
         for index in indices:
             held.pop(index)
+            inputs.pop(index)
 
     def __getitem__(self, index: int) -> str:
         digest = self._held.get(index)
@@ -56,9 +66,10 @@ class Digests(Mapping[int, str]):
                 raise KeyError(index)
         return digest
 
-    def pop(self, index: int) -> str:
+    def pop(self, index: int) -> tuple[str, bytes | None]:
+        """The item's digest and input digest (see the class docstring), no longer kept."""
         digest = self._held.pop(index)
-        return self[index] if digest is None else digest
+        return self[index] if digest is None else digest, self._inputs.pop(index)
 
     def __iter__(self) -> Iterator[int]:  # the held ones: what the journal holds is not listed
         return iter(self._held)
@@ -180,12 +191,14 @@ class Bookkeeping:
         (an answer, a failure, or work still pending on the provider's side)."""
         if self.journal is not None:
             result, outcome = rendered
+            digest, input_digest = self.digests.pop(index)
             self.journal.record_result(
                 index,
-                self.digests.pop(index),
+                digest,
                 result,
                 pending=isinstance(outcome, Pending),
                 answered=isinstance(outcome, Answered),
+                input_digest=input_digest,
             )
 
     def add(self, end: ItemEnd[Any]) -> None:

@@ -240,3 +240,17 @@ class Starts:
             self._first += blocks * BLOCK
             front -= blocks * _BLOCK_BYTES
         self._front = front
+
+
+class IndexedBytes(Indexed[bytes]):
+    """A value of `width` bytes per index (`Adapter.input_digest`s: 16)."""
+
+    __slots__ = ()
+
+    def _encode(self, value: bytes) -> bytes:
+        if len(value) != self._width:
+            raise ValueError(f"{len(value)} bytes where {self._width} are kept")
+        return value
+
+    def _decode(self, raw: bytes) -> bytes:
+        return raw

@@ -13,10 +13,14 @@ A result is stored deflated against a dictionary the journal keeps (its first la
 record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
 a request digest as its 32 bytes; an answer's record has its CRC-32 beside it
 (`answer_crc`, -1 for a failure's), so a rerun tells what it may reuse from the row alone
-and reads the record only when it yields it (`replayable`, `engine.replays`). A journal
-written before any of these reads as it was: its plain JSON records and hex digests are
-matched as they are (its records read to tell an answer), and the records a rerun adds
-to it are deflated.
+and reads the record only when it yields it (`replayable`, `engine.replays`). An answer
+also keeps its input's digest (`input_digest`: the adapter's digest of the raw item, the
+prompt, under the batch's settings, 16 bytes, and the first 8 of the request digest it was
+written with), so a rerun matches a finished item without building its request or
+hashing it (`input_digest`), a few thousand rows told apart in one query. A journal written
+before any of these reads as it was: its plain JSON records and hex digests are matched as
+they are (its records read to tell an answer), its rows without an input digest matched by
+the request's digest, and the records a rerun adds to it are deflated.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
 finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
@@ -113,7 +117,8 @@ _TABLES = (
     request_id TEXT,
     check_url TEXT,
     result BLOB,
-    answer_crc INTEGER
+    answer_crc INTEGER,
+    input_digest BLOB
 )""",
     """CREATE TABLE IF NOT EXISTS group_files (
     file_id TEXT PRIMARY KEY,
@@ -167,6 +172,8 @@ WINDOW = 1024
 """Items read from `items` in one query, by index (see `Journal._item`)."""
 WINDOWS = 4
 """Windows kept: the workers admitting items a few windows apart still find theirs."""
+SCAN_ROWS = 4096
+"""Indices whose input digests `Journal.input_digest` reads in one query."""
 GROUP_ROWS = 1000
 """Members of a group file journaled per statement (`record_group`)."""
 _UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
@@ -195,6 +202,12 @@ _Item = tuple[Any, ...]
 """An `items` row without its index: (digest, result, request_id, check_url, answer_crc)."""
 NOT_ANSWERED = -1
 """`answer_crc` of a record that is not an answer (a failure): never reused, never read."""
+INPUT_DIGEST = 16
+"""Bytes of an `Adapter.input_digest`."""
+_TIED = 8
+"""Bytes of its request digest that `input_digest` keeps after an input digest: a row
+rewritten by a version that knows nothing of input digests (its `digest` replaced, its
+`input_digest` left) no longer matches by it (see `Journal.input_digest`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +293,7 @@ class Journal:
         except BaseException:
             os.close(self._lock)
             raise
+        self._db.create_function("crc32", 1, crc32, deterministic=True)  # for `_scan`
         self._closed = False
         self._unreadable = 0
         """Records `load` could not read, for the warning at close."""
@@ -290,6 +304,10 @@ class Journal:
         digests are in `group_lines` then: `bookkeeping.Digests`)."""
         self._windows: dict[int, dict[int, _Item]] = {}
         """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
+        self._scanned: dict[int, bytes] = {}
+        """The input digests of the answers among the indices `[_scan_first, _scan_stop)`
+        (`input_digest`)."""
+        self._scan_first = self._scan_stop = 0
 
     def _open(self, kind: str, resume: bool) -> sqlite3.Connection:
         try:
@@ -364,6 +382,8 @@ class Journal:
             columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
             if "answer_crc" not in columns:  # a journal written before it: NULL, read as before
                 db.execute("ALTER TABLE items ADD COLUMN answer_crc INTEGER")
+            if "input_digest" not in columns:  # likewise: its rows are matched by `digest`
+                db.execute("ALTER TABLE items ADD COLUMN input_digest BLOB")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('kind', ?)", (kind,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -398,6 +418,35 @@ class Journal:
         if crc == NOT_ANSWERED:
             return False
         return True if crc is not None and isinstance(blob, bytes) and crc == crc32(blob) else None
+
+    def input_digest(self, index: int) -> bytes | None:
+        """The `Adapter.input_digest` this item's journaled answer was written with: the
+        item's record is an answer to the request this names (read it when it is wanted:
+        `records`). None when none is known so (a row written without one is matched by
+        its request's digest: `replayable`). The next `SCAN_ROWS` indices are asked at
+        once (a rerun asks in input order): the input digests of their answers whose
+        request digest is still the one they were written with (a version that knows
+        nothing of input digests rewrites the digest and leaves them) and whose record
+        is still the one its CRC-32 was taken of (as `replayable` checks)."""
+        if not self._scan_first <= index < self._scan_stop:
+            self._scan(index)
+        return self._scanned.get(index)
+
+    def _scan(self, first: int) -> None:
+        """Read the input digests of the indices `[first, first + SCAN_ROWS)`."""
+        stop = first + SCAN_ROWS
+        try:
+            rows = self._db.execute(
+                f"SELECT idx, substr(input_digest, 1, {INPUT_DIGEST}) FROM items"
+                " WHERE idx >= ? AND idx < ? AND input_digest IS NOT NULL AND answer_crc >= 0"
+                f" AND substr(input_digest, {INPUT_DIGEST + 1}) = substr(digest, 1, {_TIED})"
+                " AND answer_crc = CASE typeof(result) WHEN 'blob' THEN crc32(result) END",
+                (first, stop),
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"journal {self.path} is damaged: {exc}") from None
+        self._scanned = dict(rows)
+        self._scan_first, self._scan_stop = first, stop
 
     def records(self, first: int, stop: int) -> list[bytes | str]:
         """The stored records of the items `[first, stop)`, every one of which `replayable`
@@ -465,6 +514,7 @@ class Journal:
         self._write(f"the submission of {_described(key)}", sql, params)
         if not key.stage:
             self._cached(key.index, (params[1], None, request_id, check_url, None))
+            self._scanned.pop(key.index, None)
 
     def record_result(
         self,
@@ -474,12 +524,14 @@ class Journal:
         *,
         pending: bool = False,
         answered: bool | None = None,
+        input_digest: bytes | None = None,
     ) -> None:
         """Journal an item's result; `JournalError` if the journal cannot take it.
         `answered`: whether its outcome is an answer, which a rerun may reuse
         (`replayable`: an answer's record has its CRC-32 kept beside it, so a rerun knows
         without reading it, and reads a record whose bytes changed since to find out;
-        None: unsaid, a rerun reads the record to find out).
+        None: unsaid, a rerun reads the record to find out). `input_digest`: the
+        `Adapter.input_digest` of the item's input, kept with an answer's (`input_digest`).
 
         The item leaves its group, if any, unless its group may still answer it
         (`pending`: its outcome is `Pending`, its batch could not be polled or read), so a
@@ -493,12 +545,16 @@ class Journal:
         blob, statements, chosen = self._encoded(result)
         packed = _packed(digest)
         crc = None if answered is None else crc32(blob) if answered else NOT_ANSWERED
+        tied = None
+        if input_digest is not None and answered and isinstance(packed, bytes):
+            tied = input_digest + packed[:_TIED]
         statements.append(
             (
-                "INSERT INTO items (idx, digest, result, answer_crc) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(idx) DO UPDATE SET digest = excluded.digest,"
-                f" result = excluded.result, answer_crc = excluded.answer_crc{keep}",
-                [(index, packed, blob, crc)],
+                "INSERT INTO items (idx, digest, result, answer_crc, input_digest)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT(idx) DO UPDATE SET"
+                " digest = excluded.digest, result = excluded.result,"
+                f" answer_crc = excluded.answer_crc, input_digest = excluded.input_digest{keep}",
+                [(index, packed, blob, crc, tied)],
             )
         )
         if not pending:
@@ -509,6 +565,7 @@ class Journal:
             ]
         self._transaction(f"the result of item {index}", statements)
         self._records.dictionary = self._records.dictionary or chosen
+        self._scanned.pop(index, None)  # what `input_digest` read of it is no longer so
         known = self._item(index, read=False)
         if not (pending and known is not None and known[1] is None and known[3] is not None):
             self._cached(index, (packed, blob, *(known[2:4] if known else (None, None)), crc))

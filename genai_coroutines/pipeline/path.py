@@ -189,6 +189,10 @@ class PipelineAdapter:
     def digest(self, upload: Upload) -> tuple[bytes, ...]:
         return (*self.ocr.digest(upload), self.identity)
 
+    def input_digest(self, item: Any) -> None:
+        """None: a document's request is only known once it is read (`prepare`)."""
+        return None
+
     async def execute(self, run: ItemRun, upload: Upload) -> Outcome[Row] | Deferred:
         ocr = await self._ocr(run, upload)
         part = _ocr_part(upload, ocr)

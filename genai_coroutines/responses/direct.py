@@ -209,6 +209,16 @@ class DirectAdapter:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return (prepared.body,)
 
+    def input_digest(self, prompt: Any) -> bytes | None:
+        """`BodyTemplate.input_digest` of a prompt `prepare` would take (None for one it
+        refuses: it gets its error there)."""
+        if not (type(prompt) is str and prompt.isascii()) and prompt_error(prompt) is not None:
+            return None
+        try:
+            return self.template.input_digest(prompt)
+        except (TypeError, ValueError):  # orjson: what `prepare` refuses too
+            return None
+
     def wire_body(self, prepared: Prepared) -> bytes:
         """The body sent now: with `prompt_cache_key="auto"`, its planned key added."""
         if prepared.cache_group is None or self.cache_keys is None:

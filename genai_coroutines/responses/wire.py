@@ -17,14 +17,17 @@ Responses-native shapes and built-in tools pass through untouched.
 developer message in front; the user's own text is never edited.
 
 Everything but `input` is the same for every prompt of a batch, so the body is
-serialised once (`BodyTemplate.prefix`) and each request only serialises its input.
+serialised once (`BodyTemplate.prefix`) and each request only serialises its input; for
+the same reason a prompt's journal identity needs only its input hashed, after the prefix
+hashed once (`BodyTemplate.input_digest`), not the whole body.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -284,6 +287,8 @@ class BodyTemplate:
     json_mode: bool
     fixed_chars: int
     max_output: int
+    hashed: hashlib.blake2b = field(compare=False)
+    """`prefix` (every field but `input`) hashed, a state `input_digest` goes on from."""
 
     @classmethod
     def build(cls, request: BodyFields) -> BodyTemplate:
@@ -323,11 +328,13 @@ class BodyTemplate:
             body["stream"] = True
         if request.background:
             body["background"] = True
+        prefix = orjson.dumps(body)[:-1] + b',"input":'
         return cls(
-            prefix=orjson.dumps(body)[:-1] + b',"input":',
+            prefix=prefix,
             json_mode=text["type"] == "json_object",
             fixed_chars=len(request.system_prompt),
             max_output=request.max_output_tokens or 0,
+            hashed=hashlib.blake2b(prefix, digest_size=16),
         )
 
     def input_for(self, prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
@@ -340,6 +347,16 @@ class BodyTemplate:
     def body(self, prompt: str | list[dict[str, Any]]) -> bytes:
         sent = self.input_for(prompt) if self.json_mode else prompt  # on every item's path
         return self.prefix + orjson.dumps(sent) + b"}"
+
+    def input_digest(self, prompt: str | list[dict[str, Any]]) -> bytes:
+        """16 bytes naming `body(prompt)` without building it: the BLAKE2b digest of the
+        body but its closing `}`, the prefix's part hashed once (`hashed`). Equal digests
+        are equal bodies, so a journal may answer a prompt by this alone
+        (`engine.journal.Journal.input_digest`); a long system prompt, schema or tool list
+        costs nothing per prompt here, where the body's digest hashes it every time."""
+        hasher = self.hashed.copy()
+        hasher.update(orjson.dumps(self.input_for(prompt) if self.json_mode else prompt))
+        return hasher.digest()
 
     def estimate(self, prompt: str | list[dict[str, Any]]) -> int:
         return estimate_tokens(self.fixed_chars, prompt, self.max_output)

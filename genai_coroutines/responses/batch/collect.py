@@ -110,6 +110,9 @@ class CollectingAdapter:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return self.direct.digest(prepared)
 
+    def input_digest(self, prompt: Any) -> bytes | None:
+        return self.direct.input_digest(prompt)
+
     def render(self, end: ItemEnd[Answer]) -> Result:
         """A journaled batch's answer as the Batch API path renders it (with its `batch_id`
         and `custom_id`); an item sent now as the synchronous path does."""

@@ -69,6 +69,9 @@ class BatchAPIAdapter:
     def digest(self, prepared: Prepared) -> tuple[bytes, ...]:
         return self.context.direct.digest(prepared)
 
+    def input_digest(self, prompt: Any) -> bytes | None:
+        return self.context.direct.input_digest(prompt)
+
     def render(self, end: ItemEnd[Answer]) -> Result:
         return self.context.render(end)
 
