@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -21,13 +22,14 @@ from openai.lib._parsing._responses import type_to_text_format_param
 from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field
 
-from genai_coroutines import ResponsesProcessor, parse_responses
+from genai_coroutines import ResponsesProcessor, ResponsesRequest, parse_responses
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.responses import parse_responses_as
 from genai_coroutines.responses.cache_keys import PER_KEY_MINUTE, CacheKeys
 from genai_coroutines.responses.schema import model_text_format
 from genai_coroutines.responses.wire import (
     JSON_NOTE,
+    BodyTemplate,
     estimate_tokens,
     text_format,
     translate_tool,
@@ -430,3 +432,20 @@ def test_a_key_reopens_when_its_minute_has_passed() -> None:
     now[0] = 60.5  # key 0's first request is a minute old
     assert keys.key("abcd0123") == "gc-abcd0123-0"
     assert keys.key("other000") == "gc-other000-0"
+
+
+def test_a_body_template_pickles_with_its_input_digest() -> None:
+    """Ray ships a processor to its actors by pickle: the template's hash state (which
+    cannot be pickled) is rebuilt from its prefix, and names the same bodies."""
+    request = ResponsesRequest(
+        system_prompt="Be brief.",
+        user_prompts=["x"],
+        model="gpt-4o-mini",
+        response_format={"type": "text"},
+        api_key="sk-test",
+    )
+    template = BodyTemplate.build(request)
+    copied = pickle.loads(pickle.dumps(template))
+    assert copied == template
+    assert copied.input_digest("a prompt") == template.input_digest("a prompt")
+    assert copied.input_digest("a prompt") != copied.input_digest("another prompt")

@@ -337,6 +337,11 @@ class BodyTemplate:
             hashed=hashlib.blake2b(prefix, digest_size=16),
         )
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled without its hash state, which cannot be (Ray ships a processor to each
+        actor): rebuilt from `prefix` on the other side."""
+        return _template, (self.prefix, self.json_mode, self.fixed_chars, self.max_output)
+
     def input_for(self, prompt: str | list[dict[str, Any]]) -> str | list[dict[str, Any]]:
         """The `input` sent for `prompt`: itself, or with the JSON note in json_object mode."""
         if not self.json_mode or mentions_json(prompt):
@@ -360,3 +365,9 @@ class BodyTemplate:
 
     def estimate(self, prompt: str | list[dict[str, Any]]) -> int:
         return estimate_tokens(self.fixed_chars, prompt, self.max_output)
+
+
+def _template(prefix: bytes, json_mode: bool, fixed_chars: int, max_output: int) -> BodyTemplate:
+    """A `BodyTemplate` unpickled (`BodyTemplate.__reduce__`)."""
+    hashed = hashlib.blake2b(prefix, digest_size=16)
+    return BodyTemplate(prefix, json_mode, fixed_chars, max_output, hashed)
