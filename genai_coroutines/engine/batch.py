@@ -694,6 +694,7 @@ class Driver(DriverCore[P]):
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
         lines = deferred.lines
         digests = self.books.digests
+        digests.deferred(waiting.index)
         if (
             len(lines) == 1
             and deferred.then is None

@@ -33,8 +33,9 @@ class Digests(Mapping[int, str]):
     at once hold no digest in memory once their files are uploaded.
 
     Beside it, the item's `Adapter.input_digest` when it has one (16 bytes), journaled with
-    its answer (`Journal.input_digest`); a grouped item's is let go with its digest, so its
-    answer is journaled without one (a rerun matches it by its request's digest)."""
+    its answer (`Journal.input_digest`); an item whose request waits on a group lets it go
+    then (`deferred`), so its answer is journaled without one (a rerun matches it by its
+    request's digest)."""
 
     def __init__(self, journal: Journal | None) -> None:
         self._held = IndexedDigests()
@@ -50,12 +51,17 @@ class Digests(Mapping[int, str]):
         """The input digest of an item whose digest is kept."""
         self._inputs[index] = input_digest
 
+    def deferred(self, index: int) -> None:
+        """The item's request waits on a group: its answer is journaled without an input
+        digest (see the class docstring), so that is let go now, not held for the group's
+        window (17 bytes of each line not yet uploaded)."""
+        self._inputs.pop(index)
+
     def grouped(self, indices: Iterable[int]) -> None:
         """These items' digests are in their group lines now."""
-        held, inputs = self._held, self._inputs
+        held = self._held
         for index in indices:
             held.pop(index)
-            inputs.pop(index)
 
     def __getitem__(self, index: int) -> str:
         digest = self._held.get(index)
