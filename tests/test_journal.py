@@ -29,9 +29,10 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from zlib import crc32
+
 
 import orjson
 import pytest
@@ -477,7 +478,7 @@ async def test_one_line_answers_take_under_a_kilobyte_each_and_read_back_whole(
     assert emulator.stats.total("responses") == n
 
 
-async def test_answers_that_no_longer_inflate_are_failed_once_then_sent_again(
+async def test_answers_that_no_longer_decompress_are_failed_once_then_sent_again(
     emulator: Emulator, tmp_path: Path
 ) -> None:
     """A damaged dictionary: the rows still say answer (their bytes match their CRC), so a
@@ -488,7 +489,7 @@ async def test_answers_that_no_longer_inflate_are_failed_once_then_sent_again(
     await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
     db = sqlite3.connect(path)
     deflated = {
-        i for (i,) in db.execute("SELECT idx FROM items WHERE substr(result, 1, 1) = x'01'")
+        i for (i,) in db.execute("SELECT idx FROM items WHERE substr(result, 1, 1) = x'02'")
     }
     db.execute("UPDATE meta SET value = zeroblob(length(value)) WHERE key = 'dictionary'")
     db.commit()
@@ -526,7 +527,43 @@ async def test_a_journal_written_before_deflated_records_resumes_and_takes_new_o
     db = sqlite3.connect(path)
     kinds = {bytes(blob[:1]) for (blob,) in db.execute("SELECT result FROM items")}
     db.close()
-    assert kinds == {b"{", b"\x01"}  # the old records kept as they were, the new deflated
+    assert kinds == {b"{", b"\x02"}  # the old records kept as they were, the new compressed
+
+
+def deflated_format(path: Path) -> int:
+    """Rewrite a journal's compressed records as the version before zstd wrote them: raw
+    deflate against the same dictionary, each row's CRC-32 taken of its new bytes. How
+    many were rewritten."""
+    db = sqlite3.connect(path)
+    records = Records.of(db)
+    assert records.dictionary is not None
+    rewritten = []
+    for idx, blob, crc in db.execute("SELECT idx, result, answer_crc FROM items"):
+        if isinstance(blob, bytes) and blob[:1] == b"\x02":
+            packer = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=records.dictionary)
+            data = orjson.dumps(records.decode(blob))
+            old = b"\x01" + packer.compress(data) + packer.flush()
+            rewritten.append((old, zlib.crc32(old) if crc >= 0 else crc, idx))
+    db.executemany("UPDATE items SET result = ?, answer_crc = ? WHERE idx = ?", rewritten)
+    db.commit()
+    db.close()
+    return len(rewritten)
+
+
+async def test_a_journal_of_deflated_records_replays_every_one(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """Records the version before zstd deflated read back whole: a rerun sends nothing."""
+    path, n = tmp_path / "batch.journal", 300
+    prompts = [f"Summarise item number {i} in one line." for i in range(n)]
+    first = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert deflated_format(path) > n - 10  # all but the few before the dictionary
+    rerun = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
+    assert all(r["from_journal"] for r in rerun["results"])
+    assert [{**r, "from_journal": False} for r in rerun["results"]] == [
+        {**r, "from_journal": False} for r in first["results"]
+    ]
+    assert emulator.stats.total("responses") == n
 
 
 def test_items_read_in_windows_answer_each_index_with_its_own_request(tmp_path: Path) -> None:
@@ -633,7 +670,7 @@ def test_input_digests_match_only_the_answer_they_were_journaled_with(tmp_path: 
     edited = bytes.fromhex(request_digest(b"edited"))
     db.execute(
         "UPDATE items SET digest = ?, result = ?, answer_crc = ? WHERE idx = 7",
-        (edited, other, crc32(other)),
+        (edited, other, zlib.crc32(other)),
     )
     db.execute("UPDATE items SET result = ?, answer_crc = -1 WHERE idx = 8", (other,))
     db.execute("UPDATE items SET digest = ?, result = ? WHERE idx = 10", (edited, other))

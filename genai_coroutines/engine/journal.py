@@ -564,7 +564,7 @@ class Journal:
                 for table in tables[: 3 if self._staged else 1]
             ]
         self._transaction(f"the result of item {index}", statements)
-        self._records.dictionary = self._records.dictionary or chosen
+        self._records.adopt(chosen)
         self._scanned.pop(index, None)  # what `input_digest` read of it is no longer so
         known = self._item(index, read=False)
         if not (pending and known is not None and known[1] is None and known[3] is not None):
@@ -726,7 +726,7 @@ class Journal:
                 for table in ("stage_submissions", "stage_lines")
             ]
         self._transaction(_described(key), statements)
-        self._records.dictionary = self._records.dictionary or chosen
+        self._records.adopt(chosen)
 
     def results(self) -> list[dict[str, Any]]:
         """Every finished result, in input order (for inspection and export); an unreadable
