@@ -453,8 +453,7 @@ class Journal:
         found, last first (`pop` them in index order; `load` each). Read in one query, each
         decoded only as it is taken, so what waits meanwhile is their stored bytes (a few
         hundred decoded results held at once would be promoted by the garbage collector and
-        traversed again and again: it doubled a replay's time), each decompressed now
-        (`Records.expanded`: in one call). (The windows `replayable`
+        traversed again and again: it doubled a replay's time). (The windows `replayable`
         read are long gone by the time a rerun yields these: it tells the whole input
         before the consumer has taken a fraction of it.)"""
         try:
@@ -465,7 +464,7 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
         assert len(rows) == stop - first, (first, stop)
-        return self._records.expanded([blob for (blob,) in rows])
+        return [blob for (blob,) in rows]
 
     def digest(self, index: int) -> str:
         """The digest (hex) an item's record was journaled with."""

@@ -22,8 +22,7 @@ A stored record is either:
   the small ones written before the dictionary was chosen;
 - `DEFLATED` then raw deflate (`wbits=-15`) of the JSON against the dictionary: what
   earlier versions wrote, still read;
-- `ZSTD` then a zstd frame of the JSON (its size written, no dictionary id, no checksum)
-  against the dictionary (as raw content).
+- `ZSTD` then a magicless zstd frame of the JSON against the dictionary (as raw content).
 
 Anything else is unreadable (a newer encoding, bit rot), which the journal treats as
 an unfinished item (`Journal.load`).
@@ -47,6 +46,8 @@ DICTIONARY_MAX = 32 * 1024
 back no further)."""
 LEVEL = 3
 """zstd's: level 6 to 19 save no byte on such records and take twice the time or more."""
+_FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
+"""Frames without zstd's 4-byte magic number: `ZSTD` says what the record is."""
 
 
 class RecordError(ValueError):
@@ -94,11 +95,11 @@ class Records:
         )
         self._compressor = zstandard.ZstdCompressor(
             dict_data=shared,
-            level=LEVEL,
-            write_content_size=True,
-            write_dict_id=False,
+            compression_params=zstandard.ZstdCompressionParameters.from_level(
+                LEVEL, format=_FORMAT, write_content_size=True, write_dict_id=False
+            ),
         )
-        self._decompressor = zstandard.ZstdDecompressor(dict_data=shared)
+        self._decompressor = zstandard.ZstdDecompressor(dict_data=shared, format=_FORMAT)
         self.dictionary = dictionary
 
     def encode(self, data: bytes) -> bytes:
@@ -124,39 +125,6 @@ class Records:
             return orjson.loads(blob)
         except orjson.JSONDecodeError as exc:
             raise RecordError(f"not JSON ({exc})") from None
-
-    def expanded(self, blobs: list[bytes | str]) -> list[bytes | str]:
-        """`blobs` (stored records) with each zstd one decompressed to its JSON, which
-        `decode` then reads as plain JSON: all in one call, where one call each spends as
-        much again on the call as on the decompressing (a replay reads its records a few
-        hundred at a time: `Journal.records`). One that does not decompress is left as it
-        is, for `decode` to say why."""
-        decompressor = self._decompressor
-        at: list[int] = []
-        frames: list[bytes | bytearray | memoryview] = []
-        for i, blob in enumerate(blobs):
-            if blob[:1] == ZSTD and isinstance(blob, bytes):
-                at.append(i)
-                frames.append(blob[1:])
-        if decompressor is None or not frames:
-            return blobs
-        whole: list[bytes | None]
-        try:
-            out = decompressor.multi_decompress_to_buffer(frames)
-            whole = [out[i].tobytes() for i in range(len(out))]
-        except (zstandard.ZstdError, ValueError):  # one is damaged: each alone, to find it
-            whole = [self._decompressed(frame) for frame in frames]
-        for i, data in zip(at, whole, strict=True):
-            if data is not None:
-                blobs[i] = data
-        return blobs
-
-    def _decompressed(self, frame: bytes | bytearray | memoryview) -> bytes | None:
-        assert self._decompressor is not None
-        try:
-            return self._decompressor.decompress(frame)
-        except zstandard.ZstdError:
-            return None
 
     def _inflated(self, blob: bytes) -> bytes:
         """A record an earlier version deflated."""
