@@ -23,6 +23,7 @@ import pytest
 
 from genai_coroutines import (
     PRICES,
+    BatchAPI,
     BatchSummary,
     DocumentConfig,
     DocumentProcessor,
@@ -31,7 +32,7 @@ from genai_coroutines import (
 from genai_coroutines.documents.prices import page_budget
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.budget import Budget
-from genai_coroutines.engine.dedupe import Twin, Twins
+from genai_coroutines.engine.dedupe import Twins
 from genai_coroutines.engine.outcome import ItemEnd
 from genai_coroutines.responses.estimate import APPROXIMATION, token_counter
 from tests.responses_support import request_for
@@ -97,24 +98,58 @@ async def test_dedupe_works_on_a_lazy_input(emulator: Emulator) -> None:
     assert posts(emulator) == 30
 
 
+async def test_twins_of_batch_api_lines_wait_for_them_and_take_their_answers(
+    emulator: Emulator,
+) -> None:
+    """On the Batch API every original waits for its batch, so every twin waits with it
+    (as a link to its index): 300 prompts, 30 distinct, are 30 lines, and each twin ends
+    with its original's answer, rendered at its own index."""
+    prompts = [f"prompt {i % 30}" for i in range(300)]
+    out = await ResponsesProcessor().process_batch(
+        request_for(emulator, prompts),
+        dedupe=True,
+        batch_api=BatchAPI(poll_interval_secs=0.01, max_requests_per_file=10),
+    )
+    executed = emulator.stats.batch_executions_by_custom_id
+    assert len(executed) == 30 and set(executed.values()) == {1}
+    assert emulator.stats.batches_created == 3 and posts(emulator) == 0
+    results = out["results"]
+    assert [r["index"] for r in results] == list(range(300))
+    assert all(r["success"] for r in results)
+    for r in results[30:]:
+        original = results[r["duplicate_of"]]
+        assert original["index"] == r["index"] % 30 and "duplicate_of" not in original
+        assert r["raw_response"] == original["raw_response"] and r["attempts"] == 0
+
+
+def digest(n: int) -> str:
+    """A journal digest (SHA-256 hex) of its own."""
+    return f"{n:064x}"
+
+
 async def test_twins_keep_bounded_memory_and_share_only_with_the_waiting() -> None:
     twins = Twins(remembered=3)
     for i in range(10):
-        assert twins.admit(i, f"d{i}", 0.0) is None
-        twins.finished(replace(ended(), index=i))
-    assert len(twins._done) == 3 and not twins._running and not twins._leading
-    answered = twins.admit(20, "d9", 0.0)  # remembered: answered at once
+        assert twins.admit(i, digest(i), 0.0) is None
+        assert twins.finished(replace(ended(), index=i)) == []
+    assert len(twins._done) == 3 and not twins._running and not len(twins._sent)
+    answered = twins.admit(20, digest(9), 0.0)  # remembered: answered at once
     assert isinstance(answered, ItemEnd) and answered.duplicate_of == 9
     assert answered.origin == "twin" and answered.outcome.attempts == 0
-    assert twins.admit(21, "d0", 0.0) is None  # forgotten: sent again
-    waiting = twins.admit(22, "d0", 0.0)
-    assert isinstance(waiting, Twin) and waiting.index == 21
+    assert twins.admit(21, digest(0), 0.0) is None  # forgotten: sent again
+    assert twins.admit(22, digest(0), 1.5) == 21  # waits for 21: a link, no future
+    assert twins.admit(24, digest(0), 2.5) == 21
     failed = replace(ended(success=False), index=21)
-    twins.finished(failed)
-    assert waiting.result.result() is failed
-    assert twins.admit(23, "d0", 0.0) is None, "a failure is not handed to later twins"
-    twins.abandoned(23)
-    assert not twins._running
+    handed = twins.finished(failed)
+    assert [(end.index, end.started, end.duplicate_of) for end in handed] == [
+        (22, 1.5, 21),
+        (24, 2.5, 21),
+    ]
+    assert all(end.outcome.value is failed.outcome.value for end in handed)
+    assert twins.admit(23, digest(0), 0.0) is None, "a failure is not handed to later twins"
+    assert twins.admit(25, digest(0), 0.0) == 23
+    assert twins.abandoned(23) == 1  # its twin is let go with it
+    assert not twins._running and not twins._waiting and not len(twins._sent)
 
 
 async def test_dedupe_with_a_journal_resumes_without_sending(

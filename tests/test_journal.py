@@ -33,7 +33,6 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-
 import orjson
 import pytest
 

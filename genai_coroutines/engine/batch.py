@@ -70,7 +70,7 @@ import aiohttp
 from .bookkeeping import Bookkeeping, Result
 from .budget import Budget
 from .cutoff import Cutoff
-from .dedupe import Twin, Twins, twin_end
+from .dedupe import Twins
 from .grouped import Tasks
 from .http import ConnectorFactory, open_session
 from .indexed import IndexedFloats, Starts
@@ -210,17 +210,15 @@ class GroupedStage(Protocol):
 
 
 @dataclass(slots=True)
-class Admitted(Generic[P]):
+class Admitted:
     """An item the driver admitted to take its twin's outcome (`dedupe`): prepared, not
     stopped, not answered by the journal, and identical to an item already running.
     (An item that runs itself needs no such record: `DriverCore._admit` says None.)"""
 
     index: int
-    prepared: P
-    started: float
-    twin: Twin
-    """The identical item already running, whose outcome this one takes
-    (`Driver._await_twin`) instead of being sent."""
+    leader: int
+    """The index of the identical item already running, whose outcome this one takes
+    (`Twins.finished`) instead of being sent."""
 
 
 Ended = tuple[ItemEnd[Any], Result]
@@ -317,6 +315,10 @@ class DriverCore(Generic[P]):
     """What every driver does around its items (see the module docstring): `stream` runs
     the batch, `_results` runs its items, admitting each with `_admit` and journaling what
     `_finish`es. `Driver` runs the items."""
+
+    _later: Later[Ended]
+    """Where an item that ended after its worker moved on is handed over (`Driver`'s): a
+    twin (`dedupe`), when the item it waited for ends."""
 
     def __init__(self, adapter: Adapter[P], source: Source[Any], options: BatchOptions) -> None:
         self.adapter = adapter
@@ -441,7 +443,7 @@ class DriverCore(Generic[P]):
 
     def _admit(
         self, index: int, prepared: P, started: float, item: Any
-    ) -> Admitted[P] | Ended | Replayed | None:
+    ) -> Admitted | Ended | Replayed | None:
         """A prepared item's end when it need not run: it cannot be sent, the journal holds
         its success (`REPLAYED`: read when it is yielded, `Driver._replayed`) or a twin's
         (`Admitted`: it takes the twin's outcome), or the deadline passed; None: it runs
@@ -460,7 +462,7 @@ class DriverCore(Generic[P]):
 
     def _found(
         self, index: int, prepared: P, started: float, item: Any
-    ) -> Admitted[P] | Ended | Replayed | None:
+    ) -> Admitted | Ended | Replayed | None:
         """What the journal or the item's twins (`dedupe`) hold for it, by its digest."""
         books = self.books
         twins, budget = self._twins, self.options.budget
@@ -489,8 +491,8 @@ class DriverCore(Generic[P]):
             assert end.record is not None
             return end, {**end.record, "from_journal": True}
         twin = twins.admit(index, digest, started) if twins is not None else None
-        if isinstance(twin, Twin):
-            return Admitted(index, prepared, started, twin)
+        if isinstance(twin, int):
+            return Admitted(index, twin)
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
         return None
@@ -510,7 +512,7 @@ class DriverCore(Generic[P]):
     def _abandon(self, index: int) -> None:
         """An admitted item will not finish (the batch is being cancelled)."""
         if self._twins is not None:
-            self._twins.abandoned(index)
+            self._later.pending -= self._twins.abandoned(index)
         held = self._held.pop(index)
         if held is not None and self.options.budget is not None:
             self.options.budget.release(held)
@@ -530,7 +532,8 @@ class DriverCore(Generic[P]):
         if end.duplicate_of is not None:
             result["duplicate_of"] = end.duplicate_of
         if self._twins is not None:
-            self._twins.finished(end)
+            for twin in self._twins.finished(end):  # the twins waiting for it
+                self._later.put_nowait(self._finish(twin))
         if self.options.budget is not None:
             held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
@@ -646,8 +649,8 @@ class Driver(DriverCore[P]):
         if ended is None and self.options.budget is not None:
             ended = await self._hold(index, prepared, started)
         if ended is not None:
-            if isinstance(ended, Admitted):
-                self._await_twin(ended)
+            if isinstance(ended, Admitted):  # it ends with its twin (`_finish`)
+                self._later.pending += 1
                 return None
             if ended is not REPLAYED:
                 return ended
@@ -789,22 +792,6 @@ class Driver(DriverCore[P]):
         """`Later.close`: the input is read, so each group sends what it holds."""
         for group in self._groups.values():
             group.close()
-
-    def _await_twin(self, admitted: Admitted[P]) -> None:
-        """An item whose twin runs ends with the twin's outcome, holding no slot meanwhile."""
-        later, index, started = self._later, admitted.index, admitted.started
-        later.pending += 1
-
-        def ended(result: asyncio.Future[ItemEnd[Any]]) -> None:
-            if result.cancelled():  # abandoned: the batch is being cancelled
-                later.pending -= 1
-                return
-            try:
-                later.put_nowait(self._finish(twin_end(result.result(), index, started)))
-            except Exception as exc:  # a bug: the consumer raises it
-                later.fail(exc)
-
-        admitted.twin.result.add_done_callback(ended)
 
     def _journal_submission(self, index: int) -> Callable[[Submission], object]:
         """`ItemRun.on_submitted` of item `index`. (Its own function: a closure in `_one`

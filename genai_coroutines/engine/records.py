@@ -90,9 +90,7 @@ class Records:
         the dictionary it has, so a second one (None included) changes nothing."""
         if self.dictionary is not None or dictionary is None:
             return
-        shared = zstandard.ZstdCompressionDict(
-            dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT
-        )
+        shared = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
         self._compressor = zstandard.ZstdCompressor(
             dict_data=shared,
             compression_params=zstandard.ZstdCompressionParameters.from_level(
