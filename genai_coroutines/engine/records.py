@@ -7,10 +7,19 @@ compressed against a preset dictionary holding one earlier record it keeps 8% (a
 bytes), because what every record repeats is then stored once, in the dictionary.
 
 zstd (the `zstandard` package), not the standard library's deflate, because a rerun
-inflates every record it replays: measured on 30,000 such records (`benchmarks/million.py`
-writes them) with the same dictionary, per record, deflate level 6 takes 135 bytes, 6.9 us
-to compress and 2.8 us to inflate; zstd level 3 (magicless frames) 125 bytes, 4.3 us and
-1.6 us. A journal's write and its replay both get faster, and its records smaller.
+decompresses every record it replays. Measured on 20,000 such records
+(`benchmarks/million.py` writes them) with the same dictionary, per record:
+
+| encoding | bytes | compress | decompress |
+|---|---|---|---|
+| deflate, level 6 | 135 | 6.9 us | 2.8 us |
+| zstd, level 3 | 124 | 4.8 us | 1.5 us |
+| zstd, level -1 (what is written) | 165 | 2.0 us | 0.45 us |
+
+zstd's negative levels store literals as they are, with no Huffman table for each frame
+to build on the way back, which is most of what decompressing a record this small
+costs. 41 bytes a record more buys a microsecond off each replayed item (about a tenth
+of a replay's time) and three off each journaled one.
 
 The dictionary is the journal's first record of at least `DICTIONARY_MIN` bytes, kept in
 its `meta` table (`dictionary`); records written before it is chosen stay plain JSON.
@@ -44,8 +53,8 @@ DICTIONARY_MIN = 256
 DICTIONARY_MAX = 32 * 1024
 """A longer record gives its head and tail (deflate, which earlier versions wrote with, looks
 back no further)."""
-LEVEL = 3
-"""zstd's: level 6 to 19 save no byte on such records and take twice the time or more."""
+LEVEL = -1
+"""zstd's (see the module docstring; levels -2 to -5 save no time and take more bytes)."""
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 """Frames without zstd's 4-byte magic number: `ZSTD` says what the record is."""
 
