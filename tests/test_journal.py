@@ -35,6 +35,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import zstandard
 
 from genai_coroutines import ResponsesProcessor
 from genai_coroutines.emulator import Emulator
@@ -47,7 +48,7 @@ from genai_coroutines.engine.journal import (
     JournalMismatch,
     request_digest,
 )
-from genai_coroutines.engine.records import Records
+from genai_coroutines.engine.records import FAST, Records
 from genai_coroutines.engine.stages import StageKey
 from tests.responses_support import request_for
 
@@ -475,6 +476,30 @@ async def test_one_line_answers_take_under_a_kilobyte_each_and_read_back_whole(
     rerun = await ResponsesProcessor().process_batch(request_for(emulator, prompts), journal=path)
     assert all(r["from_journal"] for r in rerun["results"])
     assert emulator.stats.total("responses") == n
+
+
+def test_a_large_record_is_compressed_harder_and_every_size_reads_back(tmp_path: Path) -> None:
+    """Small records are written for a fast replay, large ones (a document's Markdown) to
+    take little room: a 200 KB result of varied text takes well under what the small
+    records' level would give it, and both read back whole."""
+    written = [
+        {"index": 0, "success": True, "markdown": "a short answer " * 40},
+        {"index": 1, "success": True, "markdown": (REPO / "README.md").read_text()[:200_000]},
+    ]
+    with Journal(tmp_path / "batch.journal", "documents") as journal:
+        for index, each in enumerate(written):
+            journal.record_result(index, request_digest(b"%d" % index), each)
+    db = sqlite3.connect(tmp_path / "batch.journal")
+    records = Records.of(db)
+    blobs = [blob for (blob,) in db.execute("SELECT result FROM items ORDER BY idx")]
+    db.close()
+    assert [records.decode(blob) for blob in blobs] == written
+    assert records.dictionary is not None
+    shared = zstandard.ZstdCompressionDict(
+        records.dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT
+    )
+    at_fast = zstandard.ZstdCompressor(level=FAST, dict_data=shared)
+    assert len(blobs[1]) < 0.9 * len(at_fast.compress(orjson.dumps(written[1])))
 
 
 async def test_answers_that_no_longer_decompress_are_failed_once_then_sent_again(

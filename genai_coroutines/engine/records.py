@@ -19,7 +19,11 @@ decompresses every record it replays. Measured on 20,000 such records
 zstd's negative levels store literals as they are, with no Huffman table for each frame
 to build on the way back, which is most of what decompressing a record this small
 costs. 41 bytes a record more buys a microsecond off each replayed item (about a tenth
-of a replay's time) and three off each journaled one.
+of a replay's time) and three off each journaled one. A large record (a document's
+Markdown) is another matter: there the table is paid once for many bytes, and literals
+left raw cost a third more space than deflate took (a 200 KB Markdown result: 90 KB
+at level -1, 70 KB deflated, 59 KB at level 3, each decompressed in about 140 us). So a
+record of `SMALL` bytes or more is written at level 3.
 
 The dictionary is the journal's first record of at least `DICTIONARY_MIN` bytes, kept in
 its `meta` table (`dictionary`); records written before it is chosen stay plain JSON.
@@ -53,8 +57,13 @@ DICTIONARY_MIN = 256
 DICTIONARY_MAX = 32 * 1024
 """A longer record gives its head and tail (deflate, which earlier versions wrote with, looks
 back no further)."""
-LEVEL = -1
-"""zstd's (see the module docstring; levels -2 to -5 save no time and take more bytes)."""
+SMALL = 4096
+"""Records shorter than this (JSON bytes) are written at `FAST`, longer ones at `LEVEL`."""
+FAST = -1
+"""zstd's level for small records (see the module docstring; levels -2 to -5 save no time
+and take more bytes)."""
+LEVEL = 3
+"""zstd's level for larger records (levels 6 to 19 save a few percent at twice the time)."""
 _FORMAT = zstandard.FORMAT_ZSTD1_MAGICLESS
 """Frames without zstd's 4-byte magic number: `ZSTD` says what the record is."""
 
@@ -66,10 +75,11 @@ class RecordError(ValueError):
 class Records:
     """The encoding of one journal's records (see the module docstring)."""
 
-    __slots__ = ("dictionary", "_compressor", "_decompressor")
+    __slots__ = ("dictionary", "_fast", "_compressor", "_decompressor")
 
     def __init__(self, dictionary: bytes | None) -> None:
         self.dictionary: bytes | None = None
+        self._fast: zstandard.ZstdCompressor | None = None
         self._compressor: zstandard.ZstdCompressor | None = None
         self._decompressor: zstandard.ZstdDecompressor | None = None
         if dictionary is not None:
@@ -100,20 +110,24 @@ class Records:
         if self.dictionary is not None or dictionary is None:
             return
         shared = zstandard.ZstdCompressionDict(dictionary, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        self._compressor = zstandard.ZstdCompressor(
-            dict_data=shared,
-            compression_params=zstandard.ZstdCompressionParameters.from_level(
-                LEVEL, format=_FORMAT, write_content_size=True, write_dict_id=False
-            ),
+        self._fast, self._compressor = (
+            zstandard.ZstdCompressor(
+                dict_data=shared,
+                compression_params=zstandard.ZstdCompressionParameters.from_level(
+                    level, format=_FORMAT, write_content_size=True, write_dict_id=False
+                ),
+            )
+            for level in (FAST, LEVEL)
         )
         self._decompressor = zstandard.ZstdDecompressor(dict_data=shared, format=_FORMAT)
         self.dictionary = dictionary
 
     def encode(self, data: bytes) -> bytes:
         """A record's JSON as stored."""
-        if self._compressor is None:
+        packer = self._fast if len(data) < SMALL else self._compressor
+        if packer is None:
             return data
-        return ZSTD + self._compressor.compress(data)
+        return ZSTD + packer.compress(data)
 
     def decode(self, blob: bytes | str) -> Any:
         """A stored record's JSON value; `RecordError` saying why it cannot be read."""
