@@ -28,6 +28,8 @@ Both half-finished reruns stop after 1,000 new results: their figures are in by 
 
     python benchmarks/million.py                  # 1,000,000 prompts (many minutes)
     python benchmarks/million.py --n 100000       # a quicker run
+    python benchmarks/million.py --keep DIR       # and keep the journals in DIR
+    python benchmarks/million.py --resume DIR/sync.journal   # only the resume, of that journal
 
 Targets (the issue's): the Batch API path at most 100 MB peak RSS and within 1.2x of the
 synchronous path's peak; the journal at most 1 KiB per item; the resume replaying at
@@ -189,6 +191,11 @@ def main() -> int:
     parser.add_argument("--journal", help=argparse.SUPPRESS)
     parser.add_argument("--stop-after", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--keep", type=Path, help="keep the journals in this folder")
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        help="run no path: only the resume, of this synchronous journal of --n prompts (a copy)",
+    )
     args = parser.parse_args()
     n = args.n
     if args.child:
@@ -204,14 +211,16 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         with emulator_process(**EMULATOR) as base_url:
-            for path in args.paths:
+            for path in [] if args.resume else args.paths:
                 journal = folder / f"{path}.journal"
                 journal.unlink(missing_ok=True)
                 row = run_child(base_url, n, path, journal)
                 row["journal"] = journal_bytes(journal)
                 rows[path] = row
                 print(f"{path}: done", file=sys.stderr, flush=True)
-            if "sync" in rows:
+            if args.resume:
+                shutil.copyfile(args.resume, folder / "sync.journal")
+            if "sync" in rows or args.resume:
                 full = folder / "sync.journal"
                 resumes["finished"] = run_child(base_url, n, "sync", full)
                 for name, where in (("first half", f"idx >= {n // 2}"), ("every other", "idx % 2")):
@@ -224,10 +233,11 @@ def main() -> int:
 
     print(f"{n:,} prompts from a generator, journaled, zero-latency emulator in its own process")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")
-    print(
-        f"{'path':<6} {'peak RSS MiB':>12} {'wall s':>8} {'CPU us/item':>11} "
-        f"{'journal MB':>10} {'B/item':>7}"
-    )
+    if rows:
+        print(
+            f"{'path':<6} {'peak RSS MiB':>12} {'wall s':>8} {'CPU us/item':>11} "
+            f"{'journal MB':>10} {'B/item':>7}"
+        )
     for path, row in rows.items():
         print(
             f"{path:<6} {row['rss']:>12.1f} {row['wall']:>8.1f} {row['cpu'] * 1e6 / n:>11.1f} "
