@@ -531,15 +531,15 @@ class DriverCore(Generic[P]):
         result = self.adapter.render(end)
         if end.duplicate_of is not None:
             result["duplicate_of"] = end.duplicate_of
-        if self._twins is not None:
-            for twin in self._twins.finished(end):  # the twins waiting for it
-                self._later.put_nowait(self._finish(twin))
         if self.options.budget is not None:
             held = self._held.pop(index)
             if held is not None and self.options.budget is not None:
                 self.options.budget.settle(held, outcome)
         if self.books.journal is not None:
             self._journal(self.books.record, index, (result, outcome))
+        if self._twins is not None:  # journaled after it: a twin's record names it
+            for twin in self._twins.finished(end):
+                self._later.put_nowait(self._finish(twin))
         return end, result
 
     def _journal(self, write: Callable[[int, Any], object], index: int, what: Any) -> bool:
