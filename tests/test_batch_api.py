@@ -521,7 +521,7 @@ async def journal_a_file(
         prepared = await path.prepare(index, prompt)
         assert isinstance(prepared, Prepared)
         line_id = custom_id(StageKey(index), prepared.body)
-        members.append((StageKey(index), request_digest(prepared.body), line_id, 0))
+        members.append((StageKey(index), request_digest(prepared.body), line_id, 0, None))
         data += batch_line(line_id, prepared.body)
     uploaded = await client.files.create(file=("killed.jsonl", data), purpose="batch")
     with Journal(journal, "responses") as records:
@@ -539,6 +539,26 @@ async def test_a_file_uploaded_before_a_crash_gets_its_batch_without_a_second_up
     assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
     (batch,) = await all_batches(client)
     assert batch.input_file_id == file_id
+
+
+async def test_a_file_journaled_by_a_version_without_input_digests_gets_its_batch(
+    emulator: Emulator, client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    """Group lines journaled before they kept input digests (no such column) resume as the
+    crash above does, their answers journaled without one."""
+    journal, request = tmp_path / "batch.journal", make_request(emulator, 8)
+    await journal_a_file(emulator, client, journal, request)
+    db = sqlite3.connect(journal)
+    db.execute("ALTER TABLE group_lines DROP COLUMN input_digest")
+    db.commit()
+    db.close()
+    done = await ResponsesProcessor().process_batch(request, batch_api=fast(), journal=journal)
+    assert done["total_success"] == 8
+    assert (emulator.stats.files_uploaded, emulator.stats.batches_created) == (1, 1)
+    db = sqlite3.connect(journal)
+    (kept,) = db.execute("SELECT COUNT(*) FROM items WHERE input_digest IS NOT NULL").fetchone()
+    db.close()
+    assert kept == 0
 
 
 async def test_a_batch_created_before_a_crash_journaled_it_is_found_not_created_again(

@@ -423,7 +423,7 @@ def test_each_stage_of_an_item_keeps_its_own_submission_and_group_line(tmp_path:
     with Journal(tmp_path / "p.journal", "pipeline") as journal:
         journal.record_submission(ocr, "o", "job-1", "http://127.0.0.1/check/1")
         journal.record_submission(page0, "e0", "resp-0", "resp-0")
-        journal.record_group("file-1", [(page1, "e1", "7.extraction.1-ab", 0)], tokens=9)
+        journal.record_group("file-1", [(page1, "e1", "7.extraction.1-ab", 0, None)], tokens=9)
 
         assert journal.submitted(ocr, "o") == ("job-1", "http://127.0.0.1/check/1")
         assert journal.submitted(page0, "e0") == ("resp-0", "resp-0")

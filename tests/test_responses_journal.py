@@ -14,7 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from genai_coroutines import BatchSummary, ResponsesProcessor, ResponsesRequest, parse_responses
+from genai_coroutines import (
+    BatchAPI,
+    BatchSummary,
+    ResponsesProcessor,
+    ResponsesRequest,
+    parse_responses,
+)
 from genai_coroutines.emulator import Emulator
 from tests.responses_support import request_for
 
@@ -200,6 +206,28 @@ async def test_a_rerun_replays_by_input_digest_and_sends_again_whatever_was_edit
         assert emulator.stats.total("responses") == sent
         (tmp_path / "copy.journal").unlink()
         edited.unlink()
+
+
+async def test_answers_of_the_batch_api_are_journaled_with_their_input_digests(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """A Batch API line's input digest goes to disk with it (its spool, its group line) and
+    comes back with its answer: with every request digest blanked, a rerun (through the
+    Batch API or not) still replays the batch whole, sending and uploading nothing."""
+    journal = tmp_path / "batch.journal"
+    prompts = [f"prompt {i}" for i in range(30)]
+    fast = BatchAPI(poll_interval_secs=0.01, max_requests_per_file=10)
+    request = request_for(emulator, prompts)
+    first = await ResponsesProcessor().process_batch(request, journal=journal, batch_api=fast)
+    assert first["total_success"] == 30 and emulator.stats.files_uploaded == 3
+    _blank_request_digests(journal)
+
+    for batch_api in (fast, False):
+        again = await ResponsesProcessor().process_batch(
+            request, journal=journal, batch_api=batch_api
+        )
+        assert all(r["from_journal"] for r in again["results"])
+    assert emulator.stats.files_uploaded == 3 and emulator.stats.total("responses") == 0
 
 
 async def test_a_journal_without_input_digests_replays_by_request_digest(

@@ -138,7 +138,8 @@ def test_a_batch_job_owes_its_lines_by_key_and_reads_their_ids_tokens_digests_fr
         for n, key in enumerate(keys):  # out of order: the first bit grows back to index 3
             body = b'{"input":"%d"}' % n
             attempt = 2 if key.index == 71 else 1  # one line of a journal in another round
-            job.add(key, batch_line(ids[n], body), attempt, 10 + n, digests[n])
+            tag = None if n % 2 else bytes([n]) * 16  # an input digest kept beside some
+            job.add(key, batch_line(ids[n], body), attempt, 10 + n, digests[n], tag)
         assert len(job.owed) == 5 and StageKey(4) not in job.owed and StageKey(9) not in job.owed
         assert job.owed.discard(StageKey(64)) and not job.owed.discard(StageKey(64))
         assert job.owed.discard(StageKey(9, "extraction", 2))
@@ -146,6 +147,7 @@ def test_a_batch_job_owes_its_lines_by_key_and_reads_their_ids_tokens_digests_fr
         assert [line.key for line in owing] == [StageKey(70), StageKey(3), StageKey(71)]
         assert [line.tokens for line in owing] == [10, 12, 14]
         assert [line.digest for line in owing] == [digests[0], digests[2], digests[4]]
+        assert [line.input_digest for line in owing] == [bytes(16), b"\x02" * 16, b"\x04" * 16]
         assert [line.line_id for line in owing] == [ids[0], ids[2], ids[4]]
         assert [job.attempt_of(line.key) for line in owing] == [1, 1, 2]
         for line in owing:

@@ -186,9 +186,12 @@ class GroupRun:
 class Group(Protocol):
     """A grouped stage's lines for one batch (see `GroupedStage`)."""
 
-    async def add(self, key: StageKey, request: Any, digest: str | None) -> None:
+    async def add(
+        self, key: StageKey, request: Any, digest: str | None, input_digest: bytes | None
+    ) -> None:
         """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent);
-        `digest`: its journal identity (None without a journal)."""
+        `digest`: its journal identity (None without a journal); `input_digest`: its item's
+        `Adapter.input_digest`, journaled with its answer (None: none is)."""
         ...
 
     def close(self) -> None:
@@ -697,7 +700,7 @@ class Driver(DriverCore[P]):
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
         lines = deferred.lines
         digests = self.books.digests
-        digests.deferred(waiting.index)
+        input_digest = digests.deferred(waiting.index)
         if (
             len(lines) == 1
             and deferred.then is None
@@ -710,7 +713,7 @@ class Driver(DriverCore[P]):
             self._plain.add(waiting.index, waiting.started)
             line = lines[0]
             digest = line.digest if line.digest is not None else digests.get(waiting.index)
-            await group.add(line.key, line.request, digest)
+            await group.add(line.key, line.request, digest, input_digest)
             return
         waiting.then = deferred.then
         waiting.keys = waiting.got = None
@@ -722,7 +725,7 @@ class Driver(DriverCore[P]):
             self._waiting[line.key] = waiting
         for line in lines:
             digest = line.digest if line.digest is not None else digests.get(line.key.index)
-            await group.add(line.key, line.request, digest)
+            await group.add(line.key, line.request, digest, None)
 
     async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
         """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the

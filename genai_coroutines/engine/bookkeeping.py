@@ -29,13 +29,13 @@ class Digests(Mapping[int, str]):
     Held in memory (33 bytes an item: `IndexedDigests`, where a dict of strings takes about
     200) until the journal holds it elsewhere: an item whose line went into a journaled
     group file (`Journal.record_group`: the Batch API) is read back from its group line
-    when wanted (`Journal.group_digest`), so the million lines of a Batch API job waiting
+    when wanted (`Journal.group_digests`), so the million lines of a Batch API job waiting
     at once hold no digest in memory once their files are uploaded.
 
     Beside it, the item's `Adapter.input_digest` when it has one (16 bytes), journaled with
-    its answer (`Journal.input_digest`); an item whose request waits on a group lets it go
-    then (`deferred`), so its answer is journaled without one (a rerun matches it by its
-    request's digest)."""
+    its answer (`Journal.input_digest`). An item whose request waits on a group hands it
+    to its line then (`deferred`): it goes to disk with the line (the Batch API's spool,
+    then its group line), and comes back from the group line with the digest."""
 
     def __init__(self, journal: Journal | None) -> None:
         self._held = IndexedDigests()
@@ -51,11 +51,11 @@ class Digests(Mapping[int, str]):
         """The input digest of an item whose digest is kept."""
         self._inputs[index] = input_digest
 
-    def deferred(self, index: int) -> None:
-        """The item's request waits on a group: its answer is journaled without an input
-        digest (see the class docstring), so that is let go now, not held for the group's
-        window (17 bytes of each line not yet uploaded)."""
-        self._inputs.pop(index)
+    def deferred(self, index: int) -> bytes | None:
+        """The item's request waits on a group: its input digest, no longer kept here (see
+        the class docstring), not held for the group's window (17 bytes of each line not
+        yet uploaded)."""
+        return self._inputs.pop(index)
 
     def grouped(self, indices: Iterable[int]) -> None:
         """These items' digests are in their group lines now."""
@@ -65,17 +65,23 @@ class Digests(Mapping[int, str]):
 
     def __getitem__(self, index: int) -> str:
         digest = self._held.get(index)
-        if digest is None:
-            if self._journal is not None:
-                digest = self._journal.group_digest(index)
-            if digest is None:
-                raise KeyError(index)
-        return digest
+        if digest is not None:
+            return digest
+        return self._grouped(index)[0]
+
+    def _grouped(self, index: int) -> tuple[str, bytes | None]:
+        """The digest and input digest of an item in a journaled group file."""
+        grouped = None if self._journal is None else self._journal.group_digests(index)
+        if grouped is None:
+            raise KeyError(index)
+        return grouped
 
     def pop(self, index: int) -> tuple[str, bytes | None]:
         """The item's digest and input digest (see the class docstring), no longer kept."""
         digest = self._held.pop(index)
-        return self[index] if digest is None else digest, self._inputs.pop(index)
+        if digest is None:
+            return self._grouped(index)
+        return digest, self._inputs.pop(index)
 
     def __iter__(self) -> Iterator[int]:  # the held ones: what the journal holds is not listed
         return iter(self._held)

@@ -136,7 +136,8 @@ _TABLES = (
     digest TEXT NOT NULL,
     line_id TEXT NOT NULL,
     file_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL
+    attempt INTEGER NOT NULL,
+    input_digest BLOB
 )""",
     "CREATE INDEX IF NOT EXISTS group_lines_file ON group_lines (file_id)",
     """CREATE TABLE IF NOT EXISTS stages (
@@ -384,6 +385,9 @@ class Journal:
                 db.execute("ALTER TABLE items ADD COLUMN answer_crc INTEGER")
             if "input_digest" not in columns:  # likewise: its rows are matched by `digest`
                 db.execute("ALTER TABLE items ADD COLUMN input_digest BLOB")
+            grouped = {row[1] for row in db.execute("PRAGMA table_info(group_lines)")}
+            if "input_digest" not in grouped:  # likewise: answered without one
+                db.execute("ALTER TABLE group_lines ADD COLUMN input_digest BLOB")
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('kind', ?)", (kind,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
@@ -573,12 +577,13 @@ class Journal:
     def record_group(
         self,
         file_id: str,
-        members: Iterable[tuple[StageKey, str, str, int]],
+        members: Iterable[tuple[StageKey, str, str, int, bytes | None]],
         *,
         tokens: int,
     ) -> None:
-        """Journal an uploaded group file and its members, `(key, digest, line_id, attempt)`
-        each, in one transaction (a member of an earlier group moves to this one)."""
+        """Journal an uploaded group file and its members, `(key, digest, line_id, attempt,
+        input_digest)` each, in one transaction (a member of an earlier group moves to this
+        one)."""
         grouped = array("q")  # 8 bytes an index: a file holds up to 50,000
         self._transaction(
             f"group file {file_id}", self._group_rows(file_id, members, tokens, grouped)
@@ -593,7 +598,7 @@ class Journal:
     def _group_rows(
         self,
         file_id: str,
-        members: Iterable[tuple[StageKey, str, str, int]],
+        members: Iterable[tuple[StageKey, str, str, int, bytes | None]],
         tokens: int,
         grouped: array[int],
     ) -> Iterator[_Statement]:
@@ -609,18 +614,18 @@ class Journal:
         yield insert_file, [(file_id, 0, tokens, time.time())]
         for chunk in _chunks(members, GROUP_ROWS):
             single = [
-                (key.index, digest, line_id, file_id, attempt)
-                for key, digest, line_id, attempt in chunk
+                (key.index, digest, line_id, file_id, attempt, input_digest)
+                for key, digest, line_id, attempt, input_digest in chunk
                 if not key.stage
             ]
             yield (
-                "INSERT OR REPLACE INTO group_lines (idx, digest, line_id, file_id, attempt)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO group_lines"
+                " (idx, digest, line_id, file_id, attempt, input_digest) VALUES (?, ?, ?, ?, ?, ?)",
                 single,
             )
             staged = [
                 (key.index, _stage_name(key), digest, line_id, file_id, attempt)
-                for key, digest, line_id, attempt in chunk
+                for key, digest, line_id, attempt, _ in chunk
                 if key.stage
             ]
             if staged and not created:  # `_STAGED_TABLES`, in this very transaction
@@ -635,11 +640,14 @@ class Journal:
             grouped.extend(row[0] for row in single)
         yield "UPDATE group_files SET lines = ? WHERE file_id = ?", [(lines, file_id)]
 
-    def group_digest(self, index: int) -> str | None:
-        """The digest an item of one stage was journaled with in its group line; None if it
-        is in none."""
-        row = self._read("SELECT digest FROM group_lines WHERE idx = ?", (index,))
-        return None if row is None else str(row[0])
+    def group_digests(self, index: int) -> tuple[str, bytes | None] | None:
+        """The digest an item of one stage was journaled with in its group line, and its
+        input digest if it had one (`Adapter.input_digest`); None if it is in no group line."""
+        row = self._read("SELECT digest, input_digest FROM group_lines WHERE idx = ?", (index,))
+        if row is None:
+            return None
+        input_digest = row[1] if isinstance(row[1], bytes) else None
+        return str(row[0]), input_digest
 
     def record_upload_intent(self, digest: str) -> None:
         """Journal that a group file of this content digest is about to be uploaded."""

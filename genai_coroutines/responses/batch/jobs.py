@@ -153,7 +153,9 @@ class BatchJobs:
             self._launch(self.writer)
             self.writer = None
 
-    async def add(self, key: StageKey, request: Prepared, digest: str | None) -> None:
+    async def add(
+        self, key: StageKey, request: Prepared, digest: str | None, input_digest: bytes | None
+    ) -> None:
         """A line for the file being written (a file of an earlier run, if it holds it);
         after a deadline's switch (`fallback`), sent synchronously."""
         self.added += 1
@@ -165,7 +167,8 @@ class BatchJobs:
             job = self.resumed.get(known.file_id)
             if job is None:
                 job = self.resumed[known.file_id] = self._resumed(known)
-            job.add(key, batch_line(known.line_id, body), known.attempt, tokens, digest)
+            line = batch_line(known.line_id, body)
+            job.add(key, line, known.attempt, tokens, digest, input_digest)
             return
         if self.fallback is not None and self.fallback.switched:
             self.resender.send(key, body, tokens, 0)
@@ -198,7 +201,7 @@ class BatchJobs:
             writer = self.writer = self._job()
             self.first_line = now
         self.last_line = now
-        writer.add(key, line, 0, tokens, digest)
+        writer.add(key, line, 0, tokens, digest, input_digest)
         writer.new += 1
         if self.timer is None:
             self._arm()
@@ -342,7 +345,7 @@ class BatchJobs:
         for line in job.spool.read():
             if retry.discard(line.key):
                 attempt = job.attempt_of(line.key) + 1
-                follow.add(line.key, line.raw, attempt, line.tokens, line.digest)
+                follow.add(line.key, line.raw, attempt, line.tokens, line.digest, line.input_digest)
         self._launch(follow)
 
     def _note(self) -> None:

@@ -5,7 +5,7 @@ a digest of its body, read back by `key_of` and `custom_id_of`), its body last (
 A `BatchJob` is one file and its batch. The lines go to a temporary file per upload
 (`Spool`), written as the items arrive, uploaded from disk, and kept until its batch ends so
 a follow-up batch can copy the lines it retries; beside each line, in a second file, its
-estimated input tokens and journal digest (37 bytes). In memory a job keeps only which
+estimated input tokens, journal digest and input digest (54 bytes). In memory a job keeps only which
 stage requests it still owes (`Keys`: a bit per item, from its lowest index to its
 highest) and the round they are in (one per job: its lines came together); a line's
 custom_id, tokens and digest are read back from the spool when wanted (an upload, a
@@ -34,8 +34,9 @@ _LINE_ID_START = len(b'{"custom_id":')
 _BODY_KEY = b',"body":'
 _LINE_ID = re.compile(r"([0-9a-z._]{1,60})-[0-9a-f]{12}")
 """What `custom_id` writes: a `StageKey.text` (checked by `StageKey.parse`) and a digest."""
-_BESIDE = struct.Struct("<I?32s")
-"""What the spool keeps beside each line: its tokens, whether it has a digest, the digest."""
+_BESIDE = struct.Struct("<I?32s?16s")
+"""What the spool keeps beside each line: its tokens, whether it has a digest, the digest,
+whether it has an input digest, the input digest."""
 
 
 def custom_id(key: StageKey, body: bytes) -> str:
@@ -131,6 +132,8 @@ class Spooled(NamedTuple):
     """Its estimated input tokens."""
     digest: str | None
     """Its journal identity (`Journal.record_group`); None without a journal."""
+    input_digest: bytes | None
+    """Its item's `Adapter.input_digest`, journaled with its answer; None: none is."""
 
 
 class Spool:
@@ -146,12 +149,15 @@ class Spool:
         self._hash = hashlib.sha256()
         """Of the file's bytes, as they are written (the file is never read back for it)."""
 
-    def add(self, line: bytes, tokens: int, digest: str | None) -> None:
+    def add(self, line: bytes, tokens: int, digest: str | None, input_digest: bytes | None) -> None:
         assert self._out is not None and self._beside is not None, "a sealed spool takes no more"
         self._out.write(line)
         self._hash.update(line)
         packed = b"" if digest is None else bytes.fromhex(digest)
-        self._beside.write(_BESIDE.pack(tokens, digest is not None, packed))
+        beside = _BESIDE.pack(
+            tokens, digest is not None, packed, input_digest is not None, input_digest or b""
+        )
+        self._beside.write(beside)
         self.lines += 1
         self.bytes += len(line)
         self.tokens += tokens
@@ -172,11 +178,18 @@ class Spool:
         size = _BESIDE.size
         with open(self.path, "rb") as lines, open(self._beside_path, "rb") as beside:
             for raw in lines:
-                tokens, has, digest = _BESIDE.unpack(beside.read(size))
+                tokens, has, digest, has_input, input_digest = _BESIDE.unpack(beside.read(size))
                 line_id = custom_id_of(raw)
                 key = key_of(line_id)
                 assert key is not None, "a spool holds batch_line's lines only"
-                yield Spooled(raw, key, line_id, tokens, digest.hex() if has else None)
+                yield Spooled(
+                    raw,
+                    key,
+                    line_id,
+                    tokens,
+                    digest.hex() if has else None,
+                    input_digest if has_input else None,
+                )
 
     def remove(self) -> None:
         self.seal()
@@ -222,7 +235,13 @@ class BatchJob:
         return self.known_tokens if self.known_tokens is not None else self.spool.tokens
 
     def add(
-        self, key: StageKey, line: bytes, attempt: int, tokens: int, digest: str | None
+        self,
+        key: StageKey,
+        line: bytes,
+        attempt: int,
+        tokens: int,
+        digest: str | None,
+        input_digest: bytes | None,
     ) -> None:
         """A line this batch will owe; `attempt`: batches it was sent in before."""
         if not self.spool.lines:
@@ -230,7 +249,7 @@ class BatchJob:
         elif attempt != self.attempt:
             self.apart[key] = attempt
         self.owed.add(key)
-        self.spool.add(line, tokens, digest)
+        self.spool.add(line, tokens, digest, input_digest)
 
     def attempt_of(self, key: StageKey) -> int:
         return self.apart.get(key, self.attempt) if self.apart else self.attempt

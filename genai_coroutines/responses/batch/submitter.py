@@ -227,7 +227,7 @@ class Submitter:
         job.file_id, job.file_created, job.file_lines = file_id, time.time(), spool.lines
         job.uploaded_here = True
         members = (  # read from the spool as the journal writes them, never all at once
-            (line.key, line.digest, line.line_id, job.attempt_of(line.key))
+            (line.key, line.digest, line.line_id, job.attempt_of(line.key), line.input_digest)
             for line in job.owing()
             if line.digest is not None
         )
