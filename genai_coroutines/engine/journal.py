@@ -120,6 +120,10 @@ _TABLES = (
     answer_crc INTEGER,
     input_digest BLOB
 )""",
+    # The items submitted one by one and not finished (`unfinished` counts them before a
+    # rerun): a handful, where counting them in the table read a million rows (0.6 s).
+    "CREATE INDEX IF NOT EXISTS items_submitted ON items (idx)"
+    " WHERE result IS NULL AND check_url IS NOT NULL",
     """CREATE TABLE IF NOT EXISTS group_files (
     file_id TEXT PRIMARY KEY,
     lines INTEGER NOT NULL,
