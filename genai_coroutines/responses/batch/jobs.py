@@ -153,9 +153,11 @@ class BatchJobs:
             self._launch(self.writer)
             self.writer = None
 
-    async def add(self, key: StageKey, request: Prepared, digest: str | None) -> None:
+    async def add(self, key: StageKey, request: Prepared, digest: str | None) -> bool:
         """A line for the file being written (a file of an earlier run, if it holds it);
-        after a deadline's switch (`fallback`), sent synchronously."""
+        after a deadline's switch (`fallback`), sent synchronously. True when it went into
+        a spool, which keeps its digest (`Group.add`: it comes back with the line's outcome,
+        `Spooled.digest`)."""
         self.added += 1
         options = self.options
         body = self.context.direct.wire_body(request)
@@ -166,10 +168,10 @@ class BatchJobs:
             if job is None:
                 job = self.resumed[known.file_id] = self._resumed(known)
             job.add(key, batch_line(known.line_id, body), known.attempt, tokens, digest)
-            return
+            return True
         if self.fallback is not None and self.fallback.switched:
-            self.resender.send(key, body, tokens, 0)
-            return
+            self.resender.send(key, body, tokens, 0, None)
+            return False
         line_id = custom_id(key, body)
         line = batch_line(line_id, body)
         if len(line) > options.max_bytes_per_file:
@@ -182,9 +184,9 @@ class BatchJobs:
                 param="user_prompts",
             )
             await self.group.emit(
-                key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
+                key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id), None
             )
-            return
+            return False
         if self.queued or self.unsent >= self._most():
             await self._room()
         else:
@@ -202,6 +204,7 @@ class BatchJobs:
         writer.new += 1
         if self.timer is None:
             self._arm()
+        return True
 
     def _most(self) -> int:
         """New lines that may wait for an upload (`UNSENT_FILES`)."""
