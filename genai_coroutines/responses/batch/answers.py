@@ -18,6 +18,7 @@ Nothing is bought again silently: the lines handed back are logged at WARNING
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -130,6 +131,12 @@ class Answers:
         self.emit = emit
         self.note = note
         """Shows every batch's state on the progress bar."""
+        self.reading = asyncio.Lock()
+        """Held while one ended batch's members are resolved (`resolve`): one batch's files
+        are read at a time. Their lines go to one consumer either way (`GroupRun.emit`
+        waits for it), so reading the files of every batch that ended at once bought
+        nothing but a download paused on each, its socket's reads buffered meanwhile: half
+        a MiB a batch, 20 batches at a million prompts (`benchmarks/million.py`)."""
 
     # -- polling ----------------------------------------------------------------------------
 
@@ -215,6 +222,10 @@ class Answers:
         """Every member's result from the ended batch, or its place in a follow-up: the
         members to send again, and whether the batch failed on the API's enqueued-token
         limit (their follow-up then waits for another batch to end)."""
+        async with self.reading:
+            return await self._resolve(job, batch)
+
+    async def _resolve(self, job: BatchJob, batch: Json) -> tuple[Resend, bool]:
         status = str(batch.get("status"))
         retry = Resend()
         errors = _validation_errors(batch)
