@@ -54,8 +54,8 @@ SHOWN_BATCHES = 3
 UNSENT_FILES = 2
 """New lines not yet in an uploaded file, at most, in files of `max_requests_per_file`: past
 that, `add` waits for an upload (the input is read no further ahead of the uploads, so the
-journal digests the driver keeps of such lines, and the spools on disk, stay bounded). The
-lines held back go in first come, first served (`BatchJobs.queued`)."""
+spools on disk stay bounded; a line spooled keeps its journal digest there only, see
+`Group.add`). The lines held back go in first come, first served (`BatchJobs.queued`)."""
 
 
 class BatchJobs:
