@@ -605,6 +605,34 @@ async def test_a_bad_key_fails_every_item_at_the_upload(emulator: Emulator) -> N
 # -- journal, kill -9, Ctrl-C ----------------------------------------------------------------
 
 
+async def test_items_failed_at_their_upload_are_journaled_under_their_digests_from_the_spool(
+    emulator: Emulator, tmp_path: Path
+) -> None:
+    """The driver lets a line's digest go once its spool holds it; a file whose upload
+    failed was never journaled, so each failure is journaled under the digest the spool
+    hands back: the very one a rerun journals its answer under, and nothing is reused."""
+    journal = tmp_path / "batch.journal"
+    bad = make_request(emulator, 5, api_key="sk-wrong")
+    failed = await ResponsesProcessor().process_batch(bad, batch_api=fast(), journal=journal)
+    assert all(r["error_type"] == "authentication_error" for r in failed["results"])
+
+    def digests() -> list[bytes]:
+        db = sqlite3.connect(journal)
+        try:
+            return [row[0] for row in db.execute("SELECT digest FROM items ORDER BY idx")]
+        finally:
+            db.close()
+
+    journaled = digests()
+    assert len(journaled) == 5 and all(journaled)
+    again = await ResponsesProcessor().process_batch(
+        make_request(emulator, 5), batch_api=fast(), journal=journal
+    )
+    assert again["total_success"] == 5
+    assert not any(r.get("from_journal") for r in again["results"])
+    assert digests() == journaled
+
+
 async def test_the_journal_records_files_and_batches_and_a_rerun_reuses_them(
     emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -176,9 +176,12 @@ class GroupRun:
     """What a grouped stage's group shares with the driver for one batch."""
 
     batch: BatchRun
-    emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]]
-    """Report a line's outcome (exactly once per line `add`ed); waits while the consumer is
-    `runner.QUEUED_RESULTS` results behind, so the group's downloads pause with it."""
+    emit: Callable[[StageKey, Outcome[Any], str | None], Awaitable[None]]
+    """`emit(key, outcome, digest)`: report a line's outcome (exactly once per line `add`ed);
+    waits while the consumer is `runner.QUEUED_RESULTS` results behind, so the group's
+    downloads pause with it. `digest`: the digest `add` was given, from where the group
+    keeps it, for a line whose group file may not be journaled (see `Group.add`); else
+    None."""
     fail: Callable[[BaseException], None]
     """End the batch with a bug of the group's own work."""
 
@@ -188,10 +191,13 @@ class Group(Protocol):
 
     async def add(
         self, key: StageKey, request: Any, digest: str | None, input_digest: bytes | None
-    ) -> None:
+    ) -> bool:
         """Take a line (its outcome is `emit`ted later, or at once if it cannot be sent);
         `digest`: its journal identity (None without a journal); `input_digest`: its item's
-        `Adapter.input_digest`, journaled with its answer (None: none is)."""
+        `Adapter.input_digest`, journaled with its answer (None: none is). True when the
+        group keeps `digest` itself from now on (on disk, beside the line) and hands it back
+        with the line's outcome until its journal holds it (`Journal.record_group`): the
+        driver lets its own copy go (`bookkeeping.Digests`)."""
         ...
 
     def close(self) -> None:
@@ -699,8 +705,7 @@ class Driver(DriverCore[P]):
             group_run = GroupRun(self._run, self._report, self._later.fail)
             group = self._groups[deferred.stage] = deferred.stage.open(group_run)
         lines = deferred.lines
-        digests = self.books.digests
-        input_digest = digests.deferred(waiting.index)
+        input_digest = self.books.digests.deferred(waiting.index)
         if (
             len(lines) == 1
             and deferred.then is None
@@ -711,9 +716,7 @@ class Driver(DriverCore[P]):
             if waiting.index in self._plain:
                 raise ValueError(f"stage request {lines[0].key.text} is already waiting")
             self._plain.add(waiting.index, waiting.started)
-            line = lines[0]
-            digest = line.digest if line.digest is not None else digests.get(waiting.index)
-            await group.add(line.key, line.request, digest, input_digest)
+            await self._hand(group, lines[0], input_digest)
             return
         waiting.then = deferred.then
         waiting.keys = waiting.got = None
@@ -724,12 +727,24 @@ class Driver(DriverCore[P]):
                 raise ValueError(f"stage request {line.key.text} is already waiting")
             self._waiting[line.key] = waiting
         for line in lines:
-            digest = line.digest if line.digest is not None else digests.get(line.key.index)
-            await group.add(line.key, line.request, digest, None)
+            await self._hand(group, line, None)
 
-    async def _report(self, key: StageKey, outcome: Outcome[Any]) -> None:
+    async def _hand(self, group: Group, line: Line, input_digest: bytes | None) -> None:
+        """Give one line to its group (with its item's input digest, for an item's only
+        line); the item's digest (an item of one stage's line: no digest of its own) is let
+        go if the group keeps it (`Group.add`)."""
+        digests = self.books.digests
+        index = line.key.index
+        own = line.digest is None and not line.key.stage
+        digest = digests.get(index) if own else line.digest
+        if await group.add(line.key, line.request, digest, input_digest) and own:
+            digests.let_go(index)
+
+    async def _report(self, key: StageKey, outcome: Outcome[Any], digest: str | None) -> None:
         """`GroupRun.emit`: a line's outcome; once its `Deferred`'s lines are all in, the
         item's next stage or its end."""
+        if digest is not None and not key.stage:
+            self.books.digests.restore(key.index, digest)
         started = None if key.stage else self._plain.pop(key.index)
         if started is not None:
             await self._next(_Waiting(key.index, started, None), outcome)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any, Literal
 
 from .indexed import IndexedBytes, IndexedDigests
@@ -27,10 +27,12 @@ class Digests(Mapping[int, str]):
     """The journal digest of each item in flight, from `Bookkeeping.replay` to its record.
 
     Held in memory (33 bytes an item: `IndexedDigests`, where a dict of strings takes about
-    200) until the journal holds it elsewhere: an item whose line went into a journaled
-    group file (`Journal.record_group`: the Batch API) is read back from its group line
-    when wanted (`Journal.group_digests`), so the million lines of a Batch API job waiting
-    at once hold no digest in memory once their files are uploaded.
+    200) while nothing else holds it: an item whose line a group keeps with its digest (the
+    Batch API's spool: `Group.add`) lets it go then (`let_go`), so the million lines of a
+    Batch API job waiting at once hold no digest in memory, and the group's files are not
+    shadowed by a growing array of their lines' digests. The group hands a line's digest
+    back with its outcome while its file is not journaled (`restore`); once it is, the
+    digest is read back from the line's group line when wanted (`Journal.group_digests`).
 
     Beside it, the item's `Adapter.input_digest` when it has one (16 bytes), journaled with
     its answer (`Journal.input_digest`). An item whose request waits on a group hands it
@@ -41,8 +43,6 @@ class Digests(Mapping[int, str]):
         self._held = IndexedDigests()
         self._inputs = IndexedBytes(INPUT_DIGEST)
         self._journal = journal
-        if journal is not None:
-            journal.on_grouped = self.grouped
 
     def keep(self, index: int, digest: str) -> None:
         self._held[index] = digest
@@ -57,11 +57,15 @@ class Digests(Mapping[int, str]):
         yet uploaded)."""
         return self._inputs.pop(index)
 
-    def grouped(self, indices: Iterable[int]) -> None:
-        """These items' digests are in their group lines now."""
-        held = self._held
-        for index in indices:
-            held.pop(index)
+    def let_go(self, index: int) -> None:
+        """A group keeps the item's digest now (see the class docstring)."""
+        self._held.pop(index)
+
+    def restore(self, index: int, digest: str) -> None:
+        """The digest a group handed back with the item's line's outcome, kept for its
+        record unless one is kept already."""
+        if index not in self._held:
+            self._held[index] = digest
 
     def __getitem__(self, index: int) -> str:
         digest = self._held.get(index)

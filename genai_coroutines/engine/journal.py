@@ -88,8 +88,7 @@ import os
 import sqlite3
 import stat
 import time
-from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -304,9 +303,6 @@ class Journal:
         """Records `load` could not read, for the warning at close."""
         self._unchecked = 0
         self._checkpointed = time.monotonic()
-        self.on_grouped: Callable[[Iterable[int]], object] = lambda _indices: None
-        """Told the indices of the items of one stage each `record_group` journaled (their
-        digests are in `group_lines` then: `bookkeeping.Digests`)."""
         self._windows: dict[int, dict[int, _Item]] = {}
         """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
         self._scanned: dict[int, bytes] = {}
@@ -588,27 +584,21 @@ class Journal:
         """Journal an uploaded group file and its members, `(key, digest, line_id, attempt,
         input_digest)` each, in one transaction (a member of an earlier group moves to this
         one)."""
-        grouped = array("q")  # 8 bytes an index: a file holds up to 50,000
-        self._transaction(
-            f"group file {file_id}", self._group_rows(file_id, members, tokens, grouped)
-        )
+        self._transaction(f"group file {file_id}", self._group_rows(file_id, members, tokens))
         if not self._staged:  # its named stages' lines may have created their tables
             self._staged = (
                 self._read("SELECT 1 FROM sqlite_master WHERE name = 'stage_submissions'", ())
                 is not None
             )
-        self.on_grouped(grouped)
 
     def _group_rows(
         self,
         file_id: str,
         members: Iterable[tuple[StageKey, str, str, int, bytes | None]],
         tokens: int,
-        grouped: array[int],
     ) -> Iterator[_Statement]:
         """`record_group`'s statements, `GROUP_ROWS` members at a time (a file holds up to
-        50,000: their rows are never all in memory at once); `grouped` gets the indices of
-        the items of one stage."""
+        50,000: their rows are never all in memory at once)."""
         created = self._staged
         lines = 0
         insert_file = (
@@ -641,7 +631,6 @@ class Journal:
                 staged,
             )
             lines += len(chunk)
-            grouped.extend(row[0] for row in single)
         yield "UPDATE group_files SET lines = ? WHERE file_id = ?", [(lines, file_id)]
 
     def group_digests(self, index: int) -> tuple[str, bytes | None] | None:

@@ -18,6 +18,7 @@ Nothing is bought again silently: the lines handed back are logged at WARNING
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -117,7 +118,7 @@ class Answers:
         policy: RetryPolicy,
         wait: Callable[[float], Awaitable[None]],
         *,
-        emit: Callable[[StageKey, Outcome[Any]], Awaitable[None]],
+        emit: Callable[[StageKey, Outcome[Any], str | None], Awaitable[None]],
         note: Callable[[], None],
     ) -> None:
         self.context = context
@@ -130,6 +131,12 @@ class Answers:
         self.emit = emit
         self.note = note
         """Shows every batch's state on the progress bar."""
+        self.reading = asyncio.Lock()
+        """Held while one ended batch's members are resolved (`resolve`): one batch's files
+        are read at a time. Their lines go to one consumer either way (`GroupRun.emit`
+        waits for it), so reading the files of every batch that ended at once bought
+        nothing but a download paused on each, its socket's reads buffered meanwhile: half
+        a MiB a batch, 20 batches at a million prompts (`benchmarks/million.py`)."""
 
     # -- polling ----------------------------------------------------------------------------
 
@@ -215,6 +222,10 @@ class Answers:
         """Every member's result from the ended batch, or its place in a follow-up: the
         members to send again, and whether the batch failed on the API's enqueued-token
         limit (their follow-up then waits for another batch to end)."""
+        async with self.reading:
+            return await self._resolve(job, batch)
+
+    async def _resolve(self, job: BatchJob, batch: Json) -> tuple[Resend, bool]:
         status = str(batch.get("status"))
         retry = Resend()
         errors = _validation_errors(batch)
@@ -246,7 +257,7 @@ class Answers:
             else:
                 never = self._never_ran(job, status, errors)
                 for line in job.owing():  # no line in either file
-                    await self._settle(job, line.key, line.line_id, never, retry)
+                    await self._settle(job, line.key, line.line_id, never, retry, line.digest)
         log_event(
             self.context.logger,
             logging.INFO,
@@ -283,7 +294,7 @@ class Answers:
             return
         if key not in job.owed:
             return  # seen already (a download restarted), or an item not rerun since
-        await self._settle(job, key, line_id, judge(line, self.api_key), retry)
+        await self._settle(job, key, line_id, judge(line, self.api_key), retry, None)
 
     def _odd_lines(self, job: BatchJob, file_id: str, odd: _Oddities) -> None:
         """Say what in a file answered no item: ignored, but never silently."""
@@ -317,8 +328,11 @@ class Answers:
         line_id: str,
         outcome: Success[Any] | Failure,
         retry: Resend,
+        digest: str | None,
     ) -> None:
-        """A line's outcome: emitted, or the line handed back (`retry`)."""
+        """A line's outcome: emitted, or the line handed back (`retry`). `digest`: the
+        spool's, for `GroupRun.emit` (None for a line of the output or error file: its
+        batch exists, so its file is journaled)."""
         attempt = job.attempt_of(key)
         job.owed.discard(key)
         if isinstance(outcome, Success):
@@ -330,6 +344,7 @@ class Answers:
                     batch_id=str(job.batch_id),
                     line=line_id,
                 ),
+                digest,
             )
         elif outcome.retriable and (
             attempt < self.max_retries or outcome.code == "batch_cancelled"
@@ -344,6 +359,7 @@ class Answers:
                     batch_id=job.batch_id,
                     line=line_id,
                 ),
+                digest,
             )
 
     def _never_ran(self, job: BatchJob, status: str, errors: list[Json]) -> Failure:
@@ -410,7 +426,7 @@ class Answers:
                     retriable=True,
                     code="batch_failed",
                 )
-            await self._settle(job, line.key, line.line_id, failure, retry)
+            await self._settle(job, line.key, line.line_id, failure, retry, line.digest)
 
     async def _line_errors(self, job: BatchJob, named: dict[int, Json]) -> dict[str, Json]:
         """The errors of `named` (by 1-based line number) keyed by the custom_id of that line."""
@@ -456,6 +472,7 @@ class Answers:
                     line=line.line_id,
                     pending=pending,
                 ),
+                line.digest,
             )
 
 

@@ -85,23 +85,29 @@ class Resender:
         for line in job.spool.read():
             if keys.discard(line.key):
                 earlier = job.attempt_of(line.key) + int(ran)
-                self.send(line.key, body_of(line.raw), line.tokens, earlier)
+                self.send(line.key, body_of(line.raw), line.tokens, earlier, line.digest)
 
-    def send(self, key: StageKey, body: bytes, tokens: int, earlier: int) -> None:
-        """Send one stage request's body; `earlier`: batches it was sent in before."""
+    def send(
+        self, key: StageKey, body: bytes, tokens: int, earlier: int, digest: str | None
+    ) -> None:
+        """Send one stage request's body; `earlier`: batches it was sent in before;
+        `digest`: the spool's, handed back with its outcome (`GroupRun.emit`)."""
         if self.tier is not None:
             decoded = orjson.loads(body)
             if decoded.get("service_tier") != self.tier:
                 decoded["service_tier"] = self.tier
                 body = orjson.dumps(decoded)
-        self.tasks.spawn(self._send(key, Prepared(body, tokens + self.max_output), earlier))
+        prepared = Prepared(body, tokens + self.max_output)
+        self.tasks.spawn(self._send(key, prepared, earlier, digest))
 
-    async def _send(self, key: StageKey, prepared: Prepared, earlier: int) -> None:
+    async def _send(
+        self, key: StageKey, prepared: Prepared, earlier: int, digest: str | None
+    ) -> None:
         async with self.bound:
             item = ItemRun(key.index, self.group.batch, time.perf_counter())
             outcome = await self.direct.execute(item, prepared)
         outcome = replace(outcome, attempts=outcome.attempts + earlier)
-        await self.group.emit(key, outcome)
+        await self.group.emit(key, outcome, digest)
 
 
 class Owed(Protocol):

@@ -54,8 +54,8 @@ SHOWN_BATCHES = 3
 UNSENT_FILES = 2
 """New lines not yet in an uploaded file, at most, in files of `max_requests_per_file`: past
 that, `add` waits for an upload (the input is read no further ahead of the uploads, so the
-journal digests the driver keeps of such lines, and the spools on disk, stay bounded). The
-lines held back go in first come, first served (`BatchJobs.queued`)."""
+spools on disk stay bounded; a line spooled keeps its journal digest there only, see
+`Group.add`). The lines held back go in first come, first served (`BatchJobs.queued`)."""
 
 
 class BatchJobs:
@@ -155,9 +155,11 @@ class BatchJobs:
 
     async def add(
         self, key: StageKey, request: Prepared, digest: str | None, input_digest: bytes | None
-    ) -> None:
+    ) -> bool:
         """A line for the file being written (a file of an earlier run, if it holds it);
-        after a deadline's switch (`fallback`), sent synchronously."""
+        after a deadline's switch (`fallback`), sent synchronously. True when it went into
+        a spool, which keeps its digest (`Group.add`: it comes back with the line's outcome,
+        `Spooled.digest`)."""
         self.added += 1
         options = self.options
         body = self.context.direct.wire_body(request)
@@ -169,10 +171,10 @@ class BatchJobs:
                 job = self.resumed[known.file_id] = self._resumed(known)
             line = batch_line(known.line_id, body)
             job.add(key, line, known.attempt, tokens, digest, input_digest)
-            return
+            return True
         if self.fallback is not None and self.fallback.switched:
-            self.resender.send(key, body, tokens, 0)
-            return
+            self.resender.send(key, body, tokens, 0, None)
+            return False
         line_id = custom_id(key, body)
         line = batch_line(line_id, body)
         if len(line) > options.max_bytes_per_file:
@@ -185,9 +187,9 @@ class BatchJobs:
                 param="user_prompts",
             )
             await self.group.emit(
-                key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id)
+                key, self.context.errored(failure, attempts=0, batch_id=None, line=line_id), None
             )
-            return
+            return False
         if self.queued or self.unsent >= self._most():
             await self._room()
         else:
@@ -205,6 +207,7 @@ class BatchJobs:
         writer.new += 1
         if self.timer is None:
             self._arm()
+        return True
 
     def _most(self) -> int:
         """New lines that may wait for an upload (`UNSENT_FILES`)."""
