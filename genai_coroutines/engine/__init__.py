@@ -6,7 +6,6 @@ Internal: users import from `genai_coroutines`; adapters import from here.
 from .batch import (
     Adapter,
     Admission,
-    Admitted,
     BatchOptions,
     BatchRun,
     Deferred,
@@ -52,7 +51,6 @@ __all__ = [
     "USER_AGENT",
     "Adapter",
     "Admission",
-    "Admitted",
     "BatchOptions",
     "BatchRun",
     "Deferred",

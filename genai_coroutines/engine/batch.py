@@ -34,7 +34,7 @@ one the moment the API returns it.
 
 Three choices of the caller are the driver's too, so they hold for every adapter: with
 `dedupe`, items whose digests are equal are sent once and each gets the answer
-(`engine.dedupe`; a twin admitted while its original runs comes as an `Admitted`, and
+(`engine.dedupe`; a twin admitted while its original runs comes as `TWIN`, and
 ends with its original's outcome, never sent, holding no slot); with a
 `budget`, each item's estimated cost is reserved before it is sent and settled when it
 finishes, and once the next one could pass the budget the rest end `budget_exceeded`
@@ -218,29 +218,21 @@ class GroupedStage(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class Admitted:
-    """An item the driver admitted to take its twin's outcome (`dedupe`): prepared, not
-    stopped, not answered by the journal, and identical to an item already running.
-    (An item that runs itself needs no such record: `DriverCore._admit` says None.)"""
-
-    index: int
-    leader: int
-    """The index of the identical item already running, whose outcome this one takes
-    (`Twins.finished`) instead of being sent."""
-
-
 Ended = tuple[ItemEnd[Any], Result]
 """An ended item and its result dict, rendered once (what `DriverCore._results` yields)."""
 
 
-class Replayed(enum.Enum):
-    """`DriverCore._admit`'s answer for an item the journal answers, its record read later."""
+class Waits(enum.Enum):
+    """`DriverCore._admit`'s answer for an item that ends later without being sent: the
+    journal answers it (`REPLAYED`: its record read when it is yielded), or an identical
+    item already running does (`TWIN`, with `dedupe`: `Twins.finished` hands it that one's
+    end). (An item that runs itself needs no such answer: `_admit` says None.)"""
 
     REPLAYED = "replayed"
+    TWIN = "twin"
 
 
-REPLAYED = Replayed.REPLAYED
+REPLAYED, TWIN = Waits.REPLAYED, Waits.TWIN
 
 
 @dataclass(slots=True)
@@ -450,14 +442,12 @@ class DriverCore(Generic[P]):
         end: ItemEnd[Any] = ItemEnd(index, Failed(failure, 0), started)
         return end, self.adapter.render(end)
 
-    def _admit(
-        self, index: int, prepared: P, started: float, item: Any
-    ) -> Admitted | Ended | Replayed | None:
+    def _admit(self, index: int, prepared: P, started: float, item: Any) -> Ended | Waits | None:
         """A prepared item's end when it need not run: it cannot be sent, the journal holds
         its success (`REPLAYED`: read when it is yielded, `Driver._replayed`) or a twin's
-        (`Admitted`: it takes the twin's outcome), or the deadline passed; None: it runs
-        (after `_hold`, with a budget). Never raises for the item. (Not a coroutine, and
-        no `Admitted` for an item that simply runs: this is on every item's path.)
+        (`TWIN`: it takes the twin's outcome), or the deadline passed; None: it runs
+        (after `_hold`, with a budget). Never raises for the item. (Not a coroutine: this
+        is on every item's path.)
         `item`: its input, whose `Adapter.input_digest` is journaled with its answer."""
         if self.books.journal is not None or self._twins is not None:  # what its digest finds
             found = self._found(index, prepared, started, item)
@@ -469,9 +459,7 @@ class DriverCore(Generic[P]):
             return self._finish(ItemEnd(index, Failed(stop.failure, 0), started))
         return None
 
-    def _found(
-        self, index: int, prepared: P, started: float, item: Any
-    ) -> Admitted | Ended | Replayed | None:
+    def _found(self, index: int, prepared: P, started: float, item: Any) -> Ended | Waits | None:
         """What the journal or the item's twins (`dedupe`) hold for it, by its digest."""
         books = self.books
         twins, budget = self._twins, self.options.budget
@@ -500,8 +488,8 @@ class DriverCore(Generic[P]):
             assert end.record is not None
             return end, {**end.record, "from_journal": True}
         twin = twins.admit(index, digest, started) if twins is not None else None
-        if isinstance(twin, int):
-            return Admitted(index, twin)
+        if isinstance(twin, int):  # the index of the identical item running
+            return TWIN
         if twin is not None:  # a twin's success, already in
             return self._finish(twin)
         return None
@@ -658,11 +646,11 @@ class Driver(DriverCore[P]):
         if ended is None and self.options.budget is not None:
             ended = await self._hold(index, prepared, started)
         if ended is not None:
-            if isinstance(ended, Admitted):  # it ends with its twin (`_finish`)
+            if not isinstance(ended, Waits):
+                return ended
+            if ended is TWIN:  # it ends with its twin's end (`_finish`)
                 self._later.pending += 1
                 return None
-            if ended is not REPLAYED:
-                return ended
             if self._replay(index):
                 await asyncio.sleep(0)
             return None
