@@ -465,7 +465,7 @@ def old_format(path: Path) -> None:
 async def test_one_line_answers_take_under_a_kilobyte_each_and_read_back_whole(
     emulator: Emulator, tmp_path: Path
 ) -> None:
-    """A one-line answer's result is about 1.7 KB of JSON; the journal stores it deflated
+    """A one-line answer's result is about 1.7 KB of JSON; the journal stores it compressed
     against its first record (`engine.records`), digest in 32 bytes."""
     path, n = tmp_path / "batch.journal", 400
     prompts = [f"Summarise item number {i} in one line." for i in range(n)]

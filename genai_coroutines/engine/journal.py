@@ -9,8 +9,8 @@ instead of loading the whole journal (or its digests) into memory. With
 `synchronous=NORMAL` a commit survives the process dying at any point (it is in the OS
 page cache at once); only a power cut can lose the last few.
 
-A result is stored deflated against a dictionary the journal keeps (its first large
-record: `engine.records`), about 135 bytes for a one-line answer's 1.7 KB of JSON, and
+A result is stored compressed (zstd) against a dictionary the journal keeps (its first
+large record: `engine.records`), about 170 bytes for a one-line answer's 1.7 KB of JSON, and
 a request digest as its 32 bytes; an answer's record has its CRC-32 beside it
 (`answer_crc`, -1 for a failure's), so a rerun tells what it may reuse from the row alone
 and reads the record only when it yields it (`replayable`, `engine.replays`). An answer
@@ -19,8 +19,9 @@ prompt, under the batch's settings, 16 bytes, and the first 8 of the request dig
 written with), so a rerun matches a finished item without building its request or
 hashing it (`input_digest`), a few thousand rows told apart in one query. A journal written
 before any of these reads as it was: its plain JSON records and hex digests are matched as
-they are (its records read to tell an answer), its rows without an input digest matched by
-the request's digest, and the records a rerun adds to it are deflated.
+they are (its records read to tell an answer; deflated ones inflated), its rows without an
+input digest matched by the request's digest, and the records a rerun adds to it are
+compressed with zstd.
 
 An item whose work has stages (the pipeline: OCR, then extraction) journals each
 finished stage in `stages`, under the stage's own request digest, so a rerun reuses a
@@ -373,7 +374,7 @@ class Journal:
         if found is None and resume:
             raise JournalError(f"journal {self.path} holds no batch: nothing to resume")
         self._records = Records.of(db)
-        """How results are stored (`engine.records`: deflated against this dictionary)."""
+        """How results are stored (`engine.records`: compressed against this dictionary)."""
         try:
             # A real write, even when nothing changes: a journal that cannot take one
             # fails here, before anything is sent, not after the first paid result.
