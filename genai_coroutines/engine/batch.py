@@ -609,6 +609,7 @@ class Driver(DriverCore[P]):
             slots=run.slots,
             later=self._later,
             backlog=None if self.books.journal is None else self._replayed,
+            kept=None if self._journaled_input is None else self._kept,
         )
 
     async def _wind_down(self, finished: bool) -> None:
@@ -621,20 +622,12 @@ class Driver(DriverCore[P]):
 
     async def _one(self, run: BatchRun, index: int, item: Any) -> Ended | None:
         """One item from its input to its end (None: it ends later, see `_report`); never
-        raises for its own failures. After a stop (not the deadline's) it ends unsent; the
-        journal's answer to its very input (`Journal.input_digest`) is replayed, its request
-        never built; after a failed `prepare` it ends unsent; `_admit` then says whether it
-        runs."""
+        raises for its own failures (an item the journal answers by its input never gets
+        here: `_kept`). After a stop (not the deadline's) it ends unsent; after a failed
+        `prepare` too; `_admit` then says whether it runs."""
         stop = self.stop
         if stop.failure is not None and not stop.cut_off:
             return self._unsent(index, stop.failure, time.perf_counter())
-        answered = self._journaled_input
-        if answered is not None:
-            kept = answered(index)
-            if kept is not None and kept == self.adapter.input_digest(item):
-                if self._replay(index):
-                    await asyncio.sleep(0)
-                return None
         started = time.perf_counter()
         try:
             prepared = await self.adapter.prepare(index, item)
@@ -676,6 +669,21 @@ class Driver(DriverCore[P]):
         if item_run.trace is not None:
             item_run.trace.end(outcome)
         return self._finish(ItemEnd(index, outcome, started))
+
+    def _kept(self, index: int, item: Any) -> bool:
+        """`run_streaming`'s `kept`: whether the journal answers this very input
+        (`Journal.input_digest`), its request never built; it is then kept for `_replayed`.
+        (Not after a stop but the deadline's: `_one` ends the item unsent.)"""
+        stop = self.stop
+        if stop.failure is not None and not stop.cut_off:
+            return False
+        answered = self._journaled_input
+        assert answered is not None
+        digest = answered(index)
+        if digest is None or digest != self.adapter.input_digest(item):
+            return False
+        self._replay(index)
+        return True
 
     def _replay(self, index: int) -> bool:
         """Keep an item the journal answers for `_replayed`; True when the worker should let

@@ -33,6 +33,7 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
+from .replays import SCAN_TURN
 from .stages import MAX_WAITING
 
 T = TypeVar("T")
@@ -207,6 +208,7 @@ async def run_streaming(
     slots: Slots | None = None,
     later: Later[R] | None = None,
     backlog: Callable[[], R | None] | None = None,
+    kept: Callable[[int, T], bool] | None = None,
 ) -> AsyncGenerator[R, None]:
     """Run `work(index, item)` for every item with at most `concurrency` at once; yield results.
 
@@ -229,6 +231,10 @@ async def run_streaming(
     taken after each result of the workers, and while none waits (the loop runs every
     `BACKLOG_TURN` of them); `work` returns None for the items it keeps there, and calls
     `later.wake()` when it had none.
+
+    `kept`: True for an item the `backlog` answers (a journal's answer to its very input),
+    which then costs no `work` (no coroutine: a rerun passes a million of them); a worker
+    lets the loop run after every `SCAN_TURN` of them.
     """
     numbered: Iterator[tuple[int, T]] | None = None
     items: AsyncGenerator[tuple[int, T], None] | None = None
@@ -253,8 +259,14 @@ async def run_streaming(
     async def worker() -> None:
         nonlocal ran_out
         try:
+            turn = 0
             if numbered is not None:  # a plain iterable: no coroutine per input
                 for index, item in numbered:
+                    if kept is not None and kept(index, item):
+                        turn += 1
+                        if not turn % SCAN_TURN:
+                            await asyncio.sleep(0)
+                        continue
                     result = await work(index, item)
                     if result is not None and handoff.put(result):
                         await handoff.wait_for_room()
@@ -265,6 +277,11 @@ async def run_streaming(
                     ran_out = True
             else:
                 while (numbered_item := await next_item()) is not None:
+                    if kept is not None and kept(*numbered_item):
+                        turn += 1
+                        if not turn % SCAN_TURN:
+                            await asyncio.sleep(0)
+                        continue
                     result = await work(*numbered_item)
                     if result is not None and handoff.put(result):
                         await handoff.wait_for_room()
