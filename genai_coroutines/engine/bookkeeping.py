@@ -165,10 +165,12 @@ class Bookkeeping:
         revive: Callable[[Mapping[str, Any]], Outcome[Any]],
         now: float,
     ) -> ItemEnd[Any]:
-        """The end of an item `replay` answered `True` for, from its stored record
+        """The end of an item the journal answers without its record having been read (by
+        its input digest, or `replay` answered `True`), from that record
         (`Journal.records`): its journaled answer; or, should the record not read back as
-        one after all (its journal's dictionary damaged), a `journal_error` failure with its
-        digest kept for `record`, so that a rerun sends it (its input is long gone by now).
+        one after all (bit rot, its journal's dictionary damaged, an older version's
+        rewrite), a `journal_error` failure with its digest kept for `record`, so that a
+        rerun sends it (its input is long gone by now).
         `now`: its end time (a replay's latency is nil: one clock reading serves a run)."""
         journal = self.journal
         assert journal is not None

@@ -17,7 +17,10 @@ and reads the record only when it yields it (`replayable`, `engine.replays`). An
 also keeps its input's digest (`input_digest`: the adapter's digest of the raw item, the
 prompt, under the batch's settings, 16 bytes, and the first 8 of the request digest it was
 written with), so a rerun matches a finished item without building its request or
-hashing it (`input_digest`), a few thousand rows told apart in one query. A journal written
+hashing it (`input_digest`), a few thousand rows told apart in one query: such a match
+trusts the row, and the record is first read when its item is yielded (one that does not
+read back as an answer then, from bit rot or an older version's rewrite, ends that item
+`journal_error`, journaled so that the next rerun sends it). A journal written
 before any of these reads as it was: its plain JSON records and hex digests are matched as
 they are (its records read to tell an answer; deflated ones inflated), its rows without an
 input digest matched by the request's digest, and the records a rerun adds to it are
@@ -298,7 +301,6 @@ class Journal:
         except BaseException:
             os.close(self._lock)
             raise
-        self._db.create_function("crc32", 1, crc32, deterministic=True)  # for `_scan`
         self._closed = False
         self._unreadable = 0
         """Records `load` could not read, for the warning at close."""
@@ -431,8 +433,10 @@ class Journal:
         its request's digest: `replayable`). The next `SCAN_ROWS` indices are asked at
         once (a rerun asks in input order): the input digests of their answers whose
         request digest is still the one they were written with (a version that knows
-        nothing of input digests rewrites the digest and leaves them) and whose record
-        is still the one its CRC-32 was taken of (as `replayable` checks)."""
+        nothing of input digests rewrites the digest and leaves them). Their records are
+        not read here, nor their CRC-32 taken (in SQL, a call into Python for every row,
+        was a third of the scan): each is read when its item is yielded, and one that does
+        not read back as an answer then ends `journal_error` (`Bookkeeping.replayed`)."""
         if not self._scan_first <= index < self._scan_stop:
             self._scan(index)
         return self._scanned.get(index)
@@ -444,8 +448,7 @@ class Journal:
             rows = self._db.execute(
                 f"SELECT idx, substr(input_digest, 1, {INPUT_DIGEST}) FROM items"
                 " WHERE idx >= ? AND idx < ? AND input_digest IS NOT NULL AND answer_crc >= 0"
-                f" AND substr(input_digest, {INPUT_DIGEST + 1}) = substr(digest, 1, {_TIED})"
-                " AND answer_crc = CASE typeof(result) WHEN 'blob' THEN crc32(result) END",
+                f" AND substr(input_digest, {INPUT_DIGEST + 1}) = substr(digest, 1, {_TIED})",
                 (first, stop),
             ).fetchall()
         except sqlite3.DatabaseError as exc:
@@ -801,7 +804,8 @@ class Journal:
     def load(self, blob: bytes | str, index: int) -> dict[str, Any] | None:
         """A journaled result, or None when it cannot be read (`engine.records`: a newer
         encoding, bit rot; or not an object). Such a record counts as unfinished, so its item is
-        sent again and its new result replaces it: raising instead would end the batch
+        sent again (by the next rerun, when the record is only read as its item is yielded:
+        `Bookkeeping.replayed`) and its new result replaces it: raising instead would end the batch
         when the item's turn came, losing the answers paid for meanwhile, and end every
         rerun the same way. Results are only decoded when their item is reached (decoding
         them all at open would cost a large journal seconds), so the first one is logged
@@ -818,7 +822,8 @@ class Journal:
         if self._unreadable == 1:
             logger.warning(
                 "journal %s: the record of item %d is unreadable, %s: the item is treated "
-                "as unfinished (sent again); more are counted at close",
+                "as unfinished (sent again, by the next rerun if its turn has passed); more "
+                "are counted at close",
                 self.path,
                 index,
                 problem,
