@@ -40,7 +40,6 @@ import zstandard
 from genai_coroutines import ResponsesProcessor
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.engine.journal import (
-    SCAN_ROWS,
     WINDOW,
     Journal,
     JournalError,
@@ -48,6 +47,7 @@ from genai_coroutines.engine.journal import (
     JournalMismatch,
     request_digest,
 )
+from genai_coroutines.engine.lookahead import SCAN_ROWS
 from genai_coroutines.engine.records import FAST, Records
 from genai_coroutines.engine.stages import StageKey
 from tests.responses_support import request_for

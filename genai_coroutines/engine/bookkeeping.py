@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any, Literal
 
 from .indexed import IndexedBytes, IndexedDigests
-from .journal import INPUT_DIGEST, Journal, packed_digest
+from .journal import Journal, packed_digest
+from .lookahead import INPUT_DIGEST
 from .outcome import Answered, Failed, Failure, ItemEnd, Outcome, Pending
 from .progress import Progress
 from .stages import StageKey

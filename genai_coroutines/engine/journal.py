@@ -102,6 +102,7 @@ from zlib import crc32
 
 import orjson
 
+from .lookahead import INPUT_DIGEST, NONE, SCAN_ROWS, TIED, InputScan
 from .records import RecordError, Records
 from .stages import StageKey
 
@@ -180,8 +181,6 @@ WINDOW = 1024
 """Items read from `items` in one query, by index (see `Journal._item`)."""
 WINDOWS = 4
 """Windows kept: the workers admitting items a few windows apart still find theirs."""
-SCAN_ROWS = 4096
-"""Indices whose input digests `Journal.input_digest` reads in one query."""
 GROUP_ROWS = 1000
 """Members of a group file journaled per statement (`record_group`)."""
 _UPLOADS_TABLE = """CREATE TABLE IF NOT EXISTS group_uploads (
@@ -210,12 +209,6 @@ _Item = tuple[Any, ...]
 """An `items` row without its index: (digest, result, request_id, check_url, answer_crc)."""
 NOT_ANSWERED = -1
 """`answer_crc` of a record that is not an answer (a failure): never reused, never read."""
-INPUT_DIGEST = 16
-"""Bytes of an `Adapter.input_digest`."""
-_TIED = 8
-"""Bytes of its request digest that `input_digest` keeps after an input digest: a row
-rewritten by a version that knows nothing of input digests (its `digest` replaced, its
-`input_digest` left) no longer matches by it (see `Journal.input_digest`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,10 +301,14 @@ class Journal:
         self._checkpointed = time.monotonic()
         self._windows: dict[int, dict[int, _Item]] = {}
         """The last `WINDOWS` windows of `items` read, by window number (`_item`)."""
-        self._scanned: dict[int, bytes] = {}
-        """The input digests of the answers among the indices `[_scan_first, _scan_stop)`
-        (`input_digest`)."""
+        self._scan: InputScan | None = None
+        """Reads the windows of input digests (`input_digest`), from the first asked for."""
+        self._scanned = bytearray()
+        """The window of the indices `[_scan_first, _scan_stop)` (`engine.lookahead`)."""
         self._scan_first = self._scan_stop = 0
+        self._stale: set[int] = set()
+        """Indices ahead of that window rewritten since the scan began: the window read
+        ahead may predate their rows (`_forget`)."""
 
     def _open(self, kind: str, resume: bool) -> sqlite3.Connection:
         try:
@@ -430,31 +427,45 @@ class Journal:
         """The `Adapter.input_digest` this item's journaled answer was written with: the
         item's record is an answer to the request this names (read it when it is wanted:
         `records`). None when none is known so (a row written without one is matched by
-        its request's digest: `replayable`). The next `SCAN_ROWS` indices are asked at
-        once (a rerun asks in input order): the input digests of their answers whose
-        request digest is still the one they were written with (a version that knows
-        nothing of input digests rewrites the digest and leaves them). Their records are
-        not read here, nor their CRC-32 taken (in SQL, a call into Python for every row,
-        was a third of the scan): each is read when its item is yielded, and one that does
-        not read back as an answer then ends `journal_error` (`Bookkeeping.replayed`)."""
+        its request's digest: `replayable`). The next `SCAN_ROWS` indices are read at once
+        (a rerun asks in input order), and the ones after them meanwhile, on a thread
+        (`engine.lookahead`): the input digests of their answers whose request digest is
+        still the one they were written with (a version that knows nothing of input
+        digests rewrites the digest and leaves them). Their records are not read here,
+        nor their CRC-32 taken (in SQL, a call into Python for every row, it was a third
+        of the scan): each is read when its item is yielded, and one that does not read
+        back as an answer then ends `journal_error` (`Bookkeeping.replayed`)."""
         if not self._scan_first <= index < self._scan_stop:
-            self._scan(index)
-        return self._scanned.get(index)
+            self._read_window(index)
+        at = (index - self._scan_first) * INPUT_DIGEST
+        found = self._scanned[at : at + INPUT_DIGEST]
+        return None if found == NONE else bytes(found)
 
-    def _scan(self, first: int) -> None:
-        """Read the input digests of the indices `[first, first + SCAN_ROWS)`."""
-        stop = first + SCAN_ROWS
+    def _read_window(self, first: int) -> None:
+        """Take the window of the indices `[first, first + SCAN_ROWS)`."""
+        if self._scan is None:
+            self._scan = InputScan(self.path)
         try:
-            rows = self._db.execute(
-                f"SELECT idx, substr(input_digest, 1, {INPUT_DIGEST}) FROM items"
-                " WHERE idx >= ? AND idx < ? AND input_digest IS NOT NULL AND answer_crc >= 0"
-                f" AND substr(input_digest, {INPUT_DIGEST + 1}) = substr(digest, 1, {_TIED})",
-                (first, stop),
-            ).fetchall()
+            window = self._scan.window(first)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        self._scanned = dict(rows)
-        self._scan_first, self._scan_stop = first, stop
+        stop = first + SCAN_ROWS
+        for index in [index for index in self._stale if index < stop]:
+            self._stale.discard(index)
+            if index >= first:
+                at = (index - first) * INPUT_DIGEST
+                window[at : at + INPUT_DIGEST] = NONE
+        self._scanned, self._scan_first, self._scan_stop = window, first, stop
+
+    def _forget(self, index: int) -> None:
+        """What `input_digest` read of an index no longer holds: its row was rewritten."""
+        if self._scan is None:  # nothing read yet: a window read later sees the new row
+            return
+        if index >= self._scan_stop:
+            self._stale.add(index)
+        elif index >= self._scan_first:
+            at = (index - self._scan_first) * INPUT_DIGEST
+            self._scanned[at : at + INPUT_DIGEST] = NONE
 
     def records(self, first: int, stop: int) -> list[bytes | str]:
         """The stored records of the items `[first, stop)`, every one of which `replayable`
@@ -522,7 +533,7 @@ class Journal:
         self._write(f"the submission of {_described(key)}", sql, params)
         if not key.stage:
             self._cached(key.index, (params[1], None, request_id, check_url, None))
-            self._scanned.pop(key.index, None)
+            self._forget(key.index)
 
     def record_result(
         self,
@@ -555,7 +566,7 @@ class Journal:
         crc = None if answered is None else crc32(blob) if answered else NOT_ANSWERED
         tied = None
         if input_digest is not None and answered and isinstance(packed, bytes):
-            tied = input_digest + packed[:_TIED]
+            tied = input_digest + packed[:TIED]
         statements.append(
             (
                 "INSERT INTO items (idx, digest, result, answer_crc, input_digest)"
@@ -573,7 +584,7 @@ class Journal:
             ]
         self._transaction(f"the result of item {index}", statements)
         self._records.adopt(chosen)
-        self._scanned.pop(index, None)  # what `input_digest` read of it is no longer so
+        self._forget(index)
         known = self._item(index, read=False)
         if not (pending and known is not None and known[1] is None and known[3] is not None):
             self._cached(index, (packed, blob, *(known[2:4] if known else (None, None)), crc))
@@ -774,6 +785,8 @@ class Journal:
         except sqlite3.Error as exc:  # the WAL stays valid; SQLite replays it on next open
             logger.warning("journal %s: checkpoint at close failed: %s", self.path, exc)
         finally:
+            if self._scan is not None:
+                self._scan.close()
             self._db.close()
             os.close(self._lock)
 
