@@ -29,6 +29,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -716,3 +717,47 @@ def test_input_digests_match_only_the_answer_they_were_journaled_with(tmp_path: 
         for index in order[: n // 2] + sorted(order[n // 2 :]):
             expected = index < n and index % 3 != 0 and index not in (7, 8, 10)
             assert journal.input_digest(index) == (tag(index) if expected else None), index
+
+
+def _scan_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("journal-scan")]
+
+
+def test_input_digests_are_read_ahead_on_a_thread_that_ends_with_the_journal(
+    tmp_path: Path,
+) -> None:
+    """The window after the one in use is read on the journal's reader thread; a row this
+    run rewrites, in the window in use or in the one read ahead (whose read may predate
+    the write: it is read again), is no longer matched by the input digest read before;
+    closing the journal ends the thread. A journal this open created is not scanned at all
+    (no thread)."""
+    path, n = tmp_path / "batch.journal", 3 * SCAN_ROWS
+
+    def tag(index: int) -> bytes:
+        return hashlib.sha256(b"input %d" % index).digest()[:16]
+
+    assert not _scan_threads()
+    with Journal(path, "responses") as journal:
+        for index in range(n):
+            journal.record_result(
+                index,
+                request_digest(b"%d" % index),
+                result(index),
+                answered=True,
+                input_digest=tag(index),
+            )
+        assert journal.input_digest(5) is None  # a new journal: this run's answers only
+        assert not _scan_threads()
+    with Journal(path, "responses", resume=True) as journal:
+        assert journal.input_digest(5) == tag(5)
+        assert len(_scan_threads()) == 1
+        ahead = SCAN_ROWS + 7  # in the window read ahead
+        for index in (6, ahead):  # rewritten by this run: a failure now
+            journal.record_result(
+                index, request_digest(b"%d" % index), result(index), answered=False
+            )
+        assert [journal.input_digest(i) for i in (6, 7)] == [None, tag(7)]
+        assert journal.input_digest(ahead) is None
+        assert journal.input_digest(ahead + 1) == tag(ahead + 1)
+        assert journal.input_digest(2 * SCAN_ROWS + 1) == tag(2 * SCAN_ROWS + 1)
+    assert not _scan_threads()

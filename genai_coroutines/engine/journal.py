@@ -304,11 +304,9 @@ class Journal:
         self._scan: InputScan | None = None
         """Reads the windows of input digests (`input_digest`), from the first asked for."""
         self._scanned = bytearray()
-        """The window of the indices `[_scan_first, _scan_stop)` (`engine.lookahead`)."""
+        """The window of the indices `[_scan_first, _scan_stop)` (`engine.lookahead`):
+        none while the journal is one this open created (it held no answer to scan)."""
         self._scan_first = self._scan_stop = 0
-        self._stale: set[int] = set()
-        """Indices ahead of that window rewritten since the scan began: the window read
-        ahead may predate their rows (`_forget`)."""
 
     def _open(self, kind: str, resume: bool) -> sqlite3.Connection:
         try:
@@ -361,6 +359,8 @@ class Journal:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
         if not tables <= _TABLE_NAMES:
             raise JournalError(f"{self.path} is an SQLite database but not a journal")
+        self._created = not existing
+        """This open made the file: no answer of an earlier run is in it (`input_digest`)."""
         self._staged = "stage_submissions" in tables
         self._uploads = "group_uploads" in tables
         """The tables of named stages' work exist (see `_STAGED_TABLES`)."""
@@ -434,7 +434,11 @@ class Journal:
         digests rewrites the digest and leaves them). Their records are not read here,
         nor their CRC-32 taken (in SQL, a call into Python for every row, it was a third
         of the scan): each is read when its item is yielded, and one that does not read
-        back as an answer then ends `journal_error` (`Bookkeeping.replayed`)."""
+        back as an answer then ends `journal_error` (`Bookkeeping.replayed`). A journal
+        this open created is not scanned: it holds only the answers of this run, to items
+        already asked for."""
+        if self._created:
+            return None
         if not self._scan_first <= index < self._scan_stop:
             self._read_window(index)
         at = (index - self._scan_first) * INPUT_DIGEST
@@ -449,20 +453,14 @@ class Journal:
             window = self._scan.window(first)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"journal {self.path} is damaged: {exc}") from None
-        stop = first + SCAN_ROWS
-        for index in [index for index in self._stale if index < stop]:
-            self._stale.discard(index)
-            if index >= first:
-                at = (index - first) * INPUT_DIGEST
-                window[at : at + INPUT_DIGEST] = NONE
-        self._scanned, self._scan_first, self._scan_stop = window, first, stop
+        self._scanned, self._scan_first, self._scan_stop = window, first, first + SCAN_ROWS
 
     def _forget(self, index: int) -> None:
         """What `input_digest` read of an index no longer holds: its row was rewritten."""
         if self._scan is None:  # nothing read yet: a window read later sees the new row
             return
-        if index >= self._scan_stop:
-            self._stale.add(index)
+        if index >= self._scan_stop:  # the window read ahead may predate it: read it again
+            self._scan.drop_ahead()
         elif index >= self._scan_first:
             at = (index - self._scan_first) * INPUT_DIGEST
             self._scanned[at : at + INPUT_DIGEST] = NONE

@@ -67,11 +67,16 @@ class InputScan:
         self._ahead = (following, self._thread.submit(self._read, following))
         return bytearray.fromhex(reading.result())
 
-    def close(self) -> None:
-        """Stop reading ahead and close the reader's connection (in its thread)."""
+    def drop_ahead(self) -> None:
+        """Forget the window read ahead (a row in it was rewritten since): the next
+        `window` reads it again."""
         if self._ahead is not None:
             self._ahead[1].cancel()
             self._ahead = None
+
+    def close(self) -> None:
+        """Stop reading ahead and close the reader's connection (in its thread)."""
+        self.drop_ahead()
         self._thread.submit(self._close)
         self._thread.shutdown(wait=True)
 
