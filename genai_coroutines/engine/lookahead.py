@@ -1,13 +1,14 @@
 """`InputScan`: a journal's input digests, read one window ahead on a thread of their own.
 
-A rerun asks `Journal.input_digest` for every item in input order, and for a finished
-stretch of a million items this scan was a sixth of the rerun's time. It is one SQLite query
-per window of `SCAN_ROWS` indices that needs no Python while it runs: SQLite evaluates it
-whole inside one `sqlite3_step`, which the `sqlite3` module calls without the GIL. So it runs
-on a reader thread, with its own read-only connection, one window ahead of the workers: the
-event loop's thread only decodes each window's hex and slices it. (A query that called
-into Python for every row, as the record's CRC-32 once did, would take the GIL back per row
-and gain nothing here.)
+A rerun asks `Journal.input_digest` for every item in input order: sampled in a rerun of a
+finished 1,000,000-item journal, the scan's query was 12% of the time, on the thread that
+also decodes, revives and yields every record. It is one SQLite query per window of
+`SCAN_ROWS` indices that needs no Python while it runs: SQLite evaluates it whole inside
+one `sqlite3_step`, which the `sqlite3` module calls without the GIL. So it runs on a reader
+thread, with its own read-only connection, one window ahead of the workers, on another core
+when there is one: the event loop's thread only decodes each window's hex and slices it. (A
+query that called into Python for every row, as the record's CRC-32 once did, would take
+the GIL back for each and gain nothing here.)
 
 A window is `SCAN_ROWS` slots of `INPUT_DIGEST` bytes, by index: an answer's input digest,
 or zeros for an index with none (no row, not an answer, or a row rewritten by a version
