@@ -626,7 +626,8 @@ class Driver(DriverCore[P]):
         here: `_kept`). After a stop (not the deadline's) it ends unsent; after a failed
         `prepare` too; `_admit` then says whether it runs."""
         stop = self.stop
-        if stop.failure is not None and not stop.cut_off:
+        if stop.doomed:
+            assert stop.failure is not None
             return self._unsent(index, stop.failure, time.perf_counter())
         started = time.perf_counter()
         try:
@@ -673,9 +674,8 @@ class Driver(DriverCore[P]):
     def _kept(self, index: int, item: Any) -> bool:
         """`run_streaming`'s `kept`: whether the journal answers this very input
         (`Journal.input_digest`), its request never built; it is then kept for `_replayed`.
-        (Not after a stop but the deadline's: `_one` ends the item unsent.)"""
-        stop = self.stop
-        if stop.failure is not None and not stop.cut_off:
+        (Not once the batch is doomed: `_one` ends the item unsent.)"""
+        if self.stop.doomed:
             return False
         answered = self._journaled_input
         assert answered is not None

@@ -30,13 +30,11 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any
 
-from .indexed import IndexedBytes
+from .indexed import DIGEST, IndexedBytes
 from .outcome import Answered, ItemEnd
 
 REMEMBERED = 10_000
 """Finished answers kept for twins still to come (each an `ItemEnd`)."""
-_DIGEST = 32
-"""Bytes of a journal digest (SHA-256), the key twins share."""
 
 
 def twin_end(sent: ItemEnd[Any], index: int, started: float) -> ItemEnd[Any]:
@@ -52,7 +50,7 @@ class Twins:
         self.remembered = remembered
         self._running: dict[bytes, int] = {}
         """The index of the item sent for each digest, while it runs."""
-        self._sent = IndexedBytes(_DIGEST)
+        self._sent = IndexedBytes(DIGEST)
         """The digest of each item sent, by its index, while it runs."""
         self._waiting: dict[int, array[float]] = {}
         """The twins waiting for each item sent that has any: index then start time, as

@@ -130,6 +130,10 @@ class IndexedFloats(Indexed[float]):
         return float(_FLOAT.unpack(raw)[0])
 
 
+DIGEST = 32
+"""Bytes of a SHA-256 digest (`journal.request_digest`'s, as bytes)."""
+
+
 class IndexedDigests(Indexed[str]):
     """A SHA-256 hex digest per index (`journal.request_digest`'s): 33 bytes each, where the
     string alone is 113."""
@@ -137,7 +141,7 @@ class IndexedDigests(Indexed[str]):
     __slots__ = ()
 
     def __init__(self) -> None:
-        super().__init__(32)
+        super().__init__(DIGEST)
 
     def _encode(self, value: str) -> bytes:
         return bytes.fromhex(value)

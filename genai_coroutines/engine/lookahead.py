@@ -1,7 +1,7 @@
 """`InputScan`: a journal's input digests, read one window ahead on a thread of their own.
 
 A rerun asks `Journal.input_digest` for every item in input order: sampled in a rerun of a
-finished 1,000,000-item journal, the scan's query was 12% of the time, on the thread that
+finished 1,000,000-item journal, the scan's query was 12% of the samples, on the thread that
 also decodes, revives and yields every record. It is one SQLite query per window of
 `SCAN_ROWS` indices that needs no Python while it runs: SQLite evaluates it whole inside
 one `sqlite3_step`, which the `sqlite3` module calls without the GIL. So it runs on a reader

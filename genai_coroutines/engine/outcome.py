@@ -212,6 +212,12 @@ class BatchStop:
         self.cut_off = False
         """`failure` is the deadline's: the items not sent end with it, journaled."""
 
+    @property
+    def doomed(self) -> bool:
+        """A failure dooms the batch (not the deadline's): its items end unsent, none
+        replayed."""
+        return self.failure is not None and not self.cut_off
+
     def record(self, failure: Failure) -> None:
         if failure.dooms_batch and self.failure is None:
             self.failure = failure

@@ -19,7 +19,7 @@ decompresses every record it replays. Measured on 20,000 such records
 zstd's negative levels store literals as they are, with no Huffman table for each frame
 to build on the way back, which is most of what decompressing a record this small
 costs. 41 bytes a record more buys a microsecond off each replayed item (about a tenth
-of a replay's time) and three off each journaled one. A large record (a document's
+of a replay's time) and about five off compressing each journaled one. A large record (a document's
 Markdown) is another matter: there the table is paid once for many bytes, and literals
 left raw cost a third more space than deflate took (a 200 KB Markdown result: 90 KB
 at level -1, 70 KB deflated, 59 KB at level 3, each decompressed in about 140 us). So a
