@@ -818,6 +818,20 @@ async def test_insufficient_quota(emulator: Emulator, client: openai.AsyncOpenAI
     }
 
 
+async def test_a_split_reply_reaches_the_sdk_whole_and_late(
+    emulator: Emulator, client: openai.AsyncOpenAI
+) -> None:
+    emulator.config.openai_split_body_seconds = 0.2
+    started = time.monotonic()
+    raw = await client.responses.with_raw_response.create(model="gpt-4o", input="hi")
+    assert raw.headers.get("content-length") is not None
+    assert raw.parse().output_text and time.monotonic() - started >= 0.2
+    emulator.config.insufficient_quota = True
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.responses.create(model="gpt-4o", input="hi")
+    assert caught.value.code == "insufficient_quota"
+
+
 async def test_headers_on_every_answer(emulator: Emulator, client: openai.AsyncOpenAI) -> None:
     raw = await client.responses.with_raw_response.create(model="gpt-4o", input="hi")
     assert raw.headers["x-ratelimit-limit-requests"] == "1000000"

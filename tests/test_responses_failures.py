@@ -102,6 +102,9 @@ async def test_a_real_400_carries_param_and_code(emulator: Emulator) -> None:
 
 
 async def test_bad_key_dooms_the_batch_after_one_request(emulator: Emulator) -> None:
+    """The first request goes out alone (the limits are learned from it) and the others
+    wait until it is judged, also when its error body arrives after its headers."""
+    emulator.config.openai_split_body_seconds = 0.05
     wrong = "sk-wrong-key-1234567890abcdefghij"
     results = await run(emulator, [f"p{i}" for i in range(20)], api_key=wrong)
     assert results["total_errors"] == 20 and results["total_success"] == 0
@@ -117,6 +120,7 @@ async def test_bad_key_dooms_the_batch_after_one_request(emulator: Emulator) -> 
 
 async def test_insufficient_quota_dooms_the_batch_and_is_not_retried(emulator: Emulator) -> None:
     emulator.config.insufficient_quota = True
+    emulator.config.openai_split_body_seconds = 0.05  # the others wait for the body too
     results = await run(emulator, [f"p{i}" for i in range(10)], max_concurrent_requests=3)
     assert emulator.stats.total("responses") == 1
     assert sorted(r["attempts"] for r in results["results"]) == [0] * 9 + [1]

@@ -40,6 +40,9 @@ Choices where the real API is not observable from outside:
   loopback does not have. A reply's `remaining` then misses the requests any client sent
   in the last that long (still "on the wire"), as the real API's does; the reply itself
   comes back at once.
+- `openai_split_body_seconds` sends a non-streamed reply (an answer or an error) in two
+  parts, its headers and first body byte, then the rest: a client that acts on the headers
+  alone acts before it has read what the reply says.
 - Latency is slept before the first byte, also for streams. An answer counts in
   `completed_by_digest` once produced, before it is sent: like billing, a client that
   timed out or hung up mid-stream has still "paid" for it. A stream broken by a fault
@@ -183,6 +186,9 @@ class OpenAIEmulation:
         except ApiError as error:
             response = self._json(error.status, error.body(), started, error)
         stats.count(ENDPOINT, response.status)
+        split = self.shared.config.openai_split_body_seconds
+        if split > 0 and isinstance(response, web.Response):
+            return await _split(request, response, split)
         return response
 
     async def _answer(
@@ -441,3 +447,21 @@ class OpenAIEmulation:
         except ConnectionResetError:
             pass  # the client hung up mid-stream, as clients do; the answer was still "paid"
         return stream
+
+
+async def _split(
+    request: web.Request, response: web.Response, seconds: float
+) -> web.StreamResponse:
+    """`response` sent in two parts: its headers and first body byte, then after `seconds`
+    the rest (`openai_split_body_seconds`)."""
+    body = response.body
+    assert isinstance(body, bytes)
+    headers = {k: v for k, v in response.headers.items() if k != "Content-Length"}
+    split = web.StreamResponse(status=response.status, headers=headers)
+    split.content_length = len(body)
+    await split.prepare(request)
+    await split.write(body[:1])
+    await asyncio.sleep(seconds)
+    await split.write(body[1:])
+    await split.write_eof()
+    return split

@@ -40,6 +40,11 @@ class EmulatorConfig:
     )
     insufficient_quota: bool = param(False, "answer every request 429 insufficient_quota")
     stream_chunk_delay: float = param(0.0, "pause after each streamed delta, s")
+    openai_split_body_seconds: float = param(
+        0.0,
+        "pause inside each non-streamed /v1/responses reply, s: its headers and first body "
+        "byte are sent, the rest that much later (a proxy flushing as bytes arrive)",
+    )
 
     # OpenAI async paths: token accounting, flex, background mode, Files and Batch APIs
     token_accounting: Literal["settle", "provider"] = param(

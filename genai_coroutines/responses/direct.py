@@ -349,7 +349,11 @@ class DirectAdapter:
         return on_retry
 
     async def _observe_then_read(self, response: aiohttp.ClientResponse) -> bytes:
-        await self.limiter.observe(response.headers)
+        """While the limits are learned: a 200's headers end the first request's solo flight
+        before its body (a stream) is read. An error's do not: the others wait until it is
+        judged (`_failed`), so a bad key or no quota stops them before they are sent."""
+        if response.status == 200:
+            await self.limiter.observe(response.headers)
         return await (response.read() if self._read_body is None else self._read_body(response))
 
     async def _failed(
@@ -361,20 +365,22 @@ class DirectAdapter:
         record: Callable[[Failure], None],
         taken_at: float,
     ) -> Failure:
-        """An attempt without a 200 (no reply, or an error status), with the limiter and the
-        batch stop told about it: the whole reservation goes back before the headers lower
-        the buckets, and a 429 that says what the request counted teaches the surcharge."""
+        """An attempt without a 200 (no reply, or an error status), with the batch stop and
+        the limiter told about it: the stop first, so that no request the limiter lets go
+        on (the first one's wait ends here) is sent once it dooms the batch; the whole
+        reservation goes back before the headers lower the buckets, and a 429 that says
+        what the request counted teaches the surcharge."""
         limiter = self.limiter
         if isinstance(reply, Failure):
             await limiter.observe(None)
             return reply
+        failure = classify(reply.status, reply.headers, reply.body, self.api_key)
+        record(failure)
         window = _window(reply, taken_at)
         await limiter.observe(reply.headers, refund=reserved, number=number, window=window)
-        failure = classify(reply.status, reply.headers, reply.body, self.api_key)
         charged = tokens_charged(failure)
         if charged is not None:
             await limiter.charged(charged, estimate, self.shape)
-        record(failure)
         return failure
 
 
