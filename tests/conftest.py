@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -11,9 +12,23 @@ from tests.server_support import Server
 
 
 @pytest.fixture
-async def emulator() -> AsyncIterator[Emulator]:
+def emulator_config() -> EmulatorConfig:
+    """A test's emulator settings, with API keys of the test's own. The library keeps what
+    it learns of a key's limits (a first request sent alone until then, ceilings) for the
+    process, per key and URL, and the OS hands a loopback port out again: a test on a
+    reused port with the default keys would start where an earlier test left off."""
+    tag = secrets.token_hex(4)
+    return EmulatorConfig(
+        seconds_per_page=0.01,
+        openai_api_key=f"sk-emulator-{tag}",
+        datalab_api_key=f"dl-emulator-{tag}",
+    )
+
+
+@pytest.fixture
+async def emulator(emulator_config: EmulatorConfig) -> AsyncIterator[Emulator]:
     """A fresh emulator on a free loopback port; tests tune `emulator.config` as they need."""
-    async with Emulator(EmulatorConfig(seconds_per_page=0.01)) as emu:
+    async with Emulator(emulator_config) as emu:
         yield emu
 
 

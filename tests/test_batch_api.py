@@ -25,7 +25,7 @@ import pytest
 from openai.types.responses import Response
 
 from genai_coroutines import BatchAPI, BatchSummary, ResponsesProcessor, ResponsesRequest
-from genai_coroutines.emulator import Emulator, openai_batch
+from genai_coroutines.emulator import Emulator, EmulatorConfig, openai_batch
 from genai_coroutines.engine import KeyLimits, MemoryStore, RateLimiter, limit_key
 from genai_coroutines.engine.journal import Journal, request_digest
 from genai_coroutines.engine.progress import Progress
@@ -1009,10 +1009,10 @@ async def test_batch_api_refuses_what_a_batch_cannot_do(emulator: Emulator) -> N
         )
 
 
-def test_process_batch_sync_runs_the_batch_api_path() -> None:
+def test_process_batch_sync_runs_the_batch_api_path(emulator_config: EmulatorConfig) -> None:
     """No loop of its own: the emulator runs in a thread's loop, the call blocks this one."""
     loop = asyncio.new_event_loop()
-    emulator = Emulator()
+    emulator = Emulator(emulator_config)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(10)

@@ -167,7 +167,9 @@ async def test_dedupe_with_a_journal_resumes_without_sending(
 
 async def test_identical_documents_are_converted_once(emulator: Emulator) -> None:
     config = DocumentConfig(
-        api_key="dl-emulator", api_url=emulator.marker_url, poll_interval_secs=0.01
+        api_key=emulator.config.datalab_api_key,
+        api_url=emulator.marker_url,
+        poll_interval_secs=0.01,
     )
     documents = [pdf(2, tag="one"), pdf(3, tag="two"), pdf(2, tag="one")]
     results = await DocumentProcessor(config).process(documents, dedupe=True)
@@ -393,7 +395,7 @@ async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
     emulator: Emulator,
 ) -> None:
     config = DocumentConfig(
-        api_key="dl-emulator",
+        api_key=emulator.config.datalab_api_key,
         api_url=emulator.marker_url,
         poll_interval_secs=0.01,
         max_concurrent_requests=1,
@@ -411,7 +413,7 @@ async def test_a_named_cents_budget_continues_across_document_batches(
     emulator: Emulator,
 ) -> None:
     config = DocumentConfig(
-        api_key="dl-emulator",
+        api_key=emulator.config.datalab_api_key,
         api_url=emulator.marker_url,
         poll_interval_secs=0.01,
         max_concurrent_requests=1,
@@ -433,7 +435,7 @@ async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
     """A cheaper item after the stop is refused too; its message must not quote its own
     figures, which fit within the budget (3.6 spent + 0.6 is under 5), but the stop's."""
     config = DocumentConfig(
-        api_key="dl-emulator",
+        api_key=emulator.config.datalab_api_key,
         api_url=emulator.marker_url,
         poll_interval_secs=0.01,
         max_concurrent_requests=1,
@@ -493,7 +495,7 @@ async def test_an_extract_budget_prices_the_parse_and_the_extraction(emulator: E
     "accurate"): estimated at the parse alone, the second document would be sent and the
     budget passed."""
     config = DocumentConfig(
-        api_key="dl-emulator",
+        api_key=emulator.config.datalab_api_key,
         api_url=f"{emulator.datalab_base_url}/api/v1/extract",
         page_schema='{"type": "object", "properties": {"title": {"type": "string"}}}',
         poll_interval_secs=0.01,

@@ -34,7 +34,6 @@ from genai_coroutines.emulator.state import digest
 from genai_coroutines.pdfpages import count_pdf_pages, pages_in_range, parse_page_range
 from tests.documents_support import form
 
-KEY = "dl-emulator"
 SEPARATOR = "-" * 48
 SCAN = "[emulated OCR: no text layer] "
 """What a page without a text layer says before naming itself (`samples.pdf` has none)."""
@@ -137,7 +136,9 @@ async def test_sdk_converts_a_pdf(emulator: Emulator, tmp_path: Path) -> None:
     path = tmp_path / "report.pdf"
     path.write_bytes(samples.pdf(3, tag="sdk"))
     options = ConvertOptions(output_format="markdown,json", mode="balanced", paginate=True)
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         result = await client.convert(path, options=options, poll_interval=0.01)
 
     key = digest(path.read_bytes())
@@ -162,7 +163,9 @@ async def test_sdk_converts_a_pdf(emulator: Emulator, tmp_path: Path) -> None:
 async def test_sdk_reports_failed_job(emulator: Emulator, tmp_path: Path) -> None:
     path = tmp_path / "broken.pdf"
     path.write_bytes(samples.pdf(1, extra=samples.FAIL_MARKER))
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         with pytest.raises(DatalabAPIError, match="Processing failed"):
             await client.convert(path, poll_interval=0.01)
 
@@ -342,7 +345,9 @@ async def test_api_key_required(emulator: Emulator, http: aiohttp.ClientSession)
                 assert (await response.json())["detail"].startswith("Invalid API key provided.")
             async with anonymous.get(check_url) as response:
                 assert response.status == 401
-    async with aiohttp.ClientSession(headers={"x-api-key": KEY}) as lowercase:
+    async with aiohttp.ClientSession(
+        headers={"x-api-key": emulator.config.datalab_api_key}
+    ) as lowercase:
         async with lowercase.get(check_url) as response:
             assert response.status == 200
     assert emulator.stats.requests[f"{SUBMIT} 401"] == 2
@@ -703,7 +708,9 @@ async def test_sdk_converts_once_then_extracts_and_segments_from_the_checkpoint(
     path = tmp_path / "bundle.pdf"
     path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         converted = await client.convert(
             path, options=ConvertOptions(save_checkpoint=True), poll_interval=0.01
         )
@@ -859,7 +866,9 @@ async def test_sdk_uploads_once_then_converts_extracts_and_segments_the_referenc
     path = tmp_path / "bundle.pdf"
     path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         uploaded = await client.upload_files(path)
         reference = uploaded.reference
         converted = await client.convert(file_url=reference, poll_interval=0.01)
@@ -896,7 +905,7 @@ async def test_storage_takes_no_key_and_counts_one_sent_anyway(
     data = samples.pdf(2, tag="stored")
     grant = await request_upload(http, emulator)
     assert grant["expires_in"] == 3600 and "/storage/" in grant["upload_url"]
-    assert KEY not in grant["upload_url"]
+    assert emulator.config.datalab_api_key not in grant["upload_url"]
     reference = grant["reference"]
 
     status, _ = await confirm(http, emulator, grant["file_id"])
@@ -1017,7 +1026,9 @@ async def test_sdk_reports_the_credits_403_without_retrying(
     emulator.config.datalab_credits_cents = 0.0
     path = tmp_path / "doc.pdf"
     path.write_bytes(samples.pdf(1))
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         with pytest.raises(DatalabAPIError, match="Forbidden") as caught:  # it drops the body
             await client.convert(path, poll_interval=0.01)
     assert caught.value.status_code == 403

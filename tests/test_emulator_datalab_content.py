@@ -28,8 +28,6 @@ from genai_coroutines.pdfpages import count_pdf_pages
 from tests.documents_support import form
 from tests.pipeline_support import INVOICE_SCHEMA
 
-KEY = "dl-emulator"
-
 SAMPLES: dict[str, dict[str, Any]] = {
     "invoice-acme.pdf": {
         "pages": 1,
@@ -400,7 +398,9 @@ async def test_sdk_converts_then_extracts_from_the_checkpoint(
 ) -> None:
     path = tmp_path / "invoice-acme.pdf"
     path.write_bytes(sample("invoice-acme.pdf"))
-    async with AsyncDatalabClient(api_key=KEY, base_url=emulator.datalab_base_url) as client:
+    async with AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
+    ) as client:
         converted = await client.convert(
             path, options=ConvertOptions(save_checkpoint=True), poll_interval=0.01
         )

@@ -20,9 +20,9 @@ from genai_coroutines.emulator import Emulator, EmulatorConfig
 
 
 @pytest.fixture
-def threaded_emulator() -> Iterator[Emulator]:
+def threaded_emulator(emulator_config: EmulatorConfig) -> Iterator[Emulator]:
     """An emulator on its own loop in a thread, so the caller's loop may block on a batch."""
-    emulator = Emulator(EmulatorConfig(seconds_per_page=0.01))
+    emulator = Emulator(emulator_config)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 
