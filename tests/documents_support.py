@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
+from datalab_sdk import AsyncDatalabClient  # type: ignore[import-untyped]
 
 from genai_coroutines import DocumentConfig, DocumentProcessor
 from genai_coroutines.emulator import Emulator
@@ -22,6 +23,13 @@ def config_for(emulator: Emulator, **options: Any) -> DocumentConfig:
     options.setdefault("base_retry_delay_secs", 0.01)
     return DocumentConfig(
         api_key=emulator.config.datalab_api_key, api_url=emulator.marker_url, **options
+    )
+
+
+def sdk_client(emulator: Emulator) -> AsyncDatalabClient:
+    """The official Datalab SDK aimed at the emulator, with its key."""
+    return AsyncDatalabClient(
+        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
     )
 
 

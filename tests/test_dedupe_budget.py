@@ -35,6 +35,7 @@ from genai_coroutines.engine.budget import Budget
 from genai_coroutines.engine.dedupe import Twins
 from genai_coroutines.engine.outcome import ItemEnd
 from genai_coroutines.responses.estimate import APPROXIMATION, token_counter
+from tests.documents_support import config_for
 from tests.responses_support import request_for
 from tests.samples import ended, pdf
 from tests.scale_support import billed_usd
@@ -166,11 +167,7 @@ async def test_dedupe_with_a_journal_resumes_without_sending(
 
 
 async def test_identical_documents_are_converted_once(emulator: Emulator) -> None:
-    config = DocumentConfig(
-        api_key=emulator.config.datalab_api_key,
-        api_url=emulator.marker_url,
-        poll_interval_secs=0.01,
-    )
+    config = config_for(emulator)
     documents = [pdf(2, tag="one"), pdf(3, tag="two"), pdf(2, tag="one")]
     results = await DocumentProcessor(config).process(documents, dedupe=True)
     assert [r["success"] for r in results] == [True] * 3
@@ -394,11 +391,8 @@ async def test_bad_prices_are_refused_naming_prices(emulator: Emulator, tmp_path
 async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
     emulator: Emulator,
 ) -> None:
-    config = DocumentConfig(
-        api_key=emulator.config.datalab_api_key,
-        api_url=emulator.marker_url,
-        poll_interval_secs=0.01,
-        max_concurrent_requests=1,
+    config = config_for(
+        emulator, max_concurrent_requests=1
     )  # mode "accurate": 0.6 cents a page, as the emulator bills it
     documents = [pdf(2, tag=f"doc {i}") for i in range(8)]
     summary = BatchSummary()
@@ -412,11 +406,8 @@ async def test_max_cost_cents_stops_datalab_uploads_settled_by_cost_breakdown(
 async def test_a_named_cents_budget_continues_across_document_batches(
     emulator: Emulator,
 ) -> None:
-    config = DocumentConfig(
-        api_key=emulator.config.datalab_api_key,
-        api_url=emulator.marker_url,
-        poll_interval_secs=0.01,
-        max_concurrent_requests=1,
+    config = config_for(
+        emulator, max_concurrent_requests=1
     )  # mode "accurate": 0.6 cents a page, 1.2 a document here
     name = f"ocr-{uuid.uuid4().hex}"
     processor = DocumentProcessor(config)
@@ -434,12 +425,7 @@ async def test_every_refusal_quotes_the_figures_that_stopped_the_batch(
 ) -> None:
     """A cheaper item after the stop is refused too; its message must not quote its own
     figures, which fit within the budget (3.6 spent + 0.6 is under 5), but the stop's."""
-    config = DocumentConfig(
-        api_key=emulator.config.datalab_api_key,
-        api_url=emulator.marker_url,
-        poll_interval_secs=0.01,
-        max_concurrent_requests=1,
-    )  # mode "accurate": 0.6 cents a page
+    config = config_for(emulator, max_concurrent_requests=1)  # mode "accurate": 0.6 cents a page
     documents = [pdf(2, tag=f"doc {i}") for i in range(3)] + [pdf(8, tag="big"), pdf(1)]
     results = await DocumentProcessor(config).process(documents, max_cost_cents=5)
     assert [r["success"] for r in results] == [True] * 3 + [False] * 2

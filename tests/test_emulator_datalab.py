@@ -21,7 +21,6 @@ import pytest
 import samples
 from aiohttp import web
 from datalab_sdk import (  # type: ignore[import-untyped]
-    AsyncDatalabClient,
     ConvertOptions,
     ExtractOptions,
     SegmentOptions,
@@ -32,7 +31,7 @@ from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.datalab_api import ACCEPTED, POLL, SUBMIT
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pdfpages import count_pdf_pages, pages_in_range, parse_page_range
-from tests.documents_support import form
+from tests.documents_support import form, sdk_client
 
 SEPARATOR = "-" * 48
 SCAN = "[emulated OCR: no text layer] "
@@ -136,9 +135,7 @@ async def test_sdk_converts_a_pdf(emulator: Emulator, tmp_path: Path) -> None:
     path = tmp_path / "report.pdf"
     path.write_bytes(samples.pdf(3, tag="sdk"))
     options = ConvertOptions(output_format="markdown,json", mode="balanced", paginate=True)
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         result = await client.convert(path, options=options, poll_interval=0.01)
 
     key = digest(path.read_bytes())
@@ -163,9 +160,7 @@ async def test_sdk_converts_a_pdf(emulator: Emulator, tmp_path: Path) -> None:
 async def test_sdk_reports_failed_job(emulator: Emulator, tmp_path: Path) -> None:
     path = tmp_path / "broken.pdf"
     path.write_bytes(samples.pdf(1, extra=samples.FAIL_MARKER))
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         with pytest.raises(DatalabAPIError, match="Processing failed"):
             await client.convert(path, poll_interval=0.01)
 
@@ -708,9 +703,7 @@ async def test_sdk_converts_once_then_extracts_and_segments_from_the_checkpoint(
     path = tmp_path / "bundle.pdf"
     path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         converted = await client.convert(
             path, options=ConvertOptions(save_checkpoint=True), poll_interval=0.01
         )
@@ -866,9 +859,7 @@ async def test_sdk_uploads_once_then_converts_extracts_and_segments_the_referenc
     path = tmp_path / "bundle.pdf"
     path.write_bytes(samples.bundle())
     key = digest(path.read_bytes())
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         uploaded = await client.upload_files(path)
         reference = uploaded.reference
         converted = await client.convert(file_url=reference, poll_interval=0.01)
@@ -1026,9 +1017,7 @@ async def test_sdk_reports_the_credits_403_without_retrying(
     emulator.config.datalab_credits_cents = 0.0
     path = tmp_path / "doc.pdf"
     path.write_bytes(samples.pdf(1))
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         with pytest.raises(DatalabAPIError, match="Forbidden") as caught:  # it drops the body
             await client.convert(path, poll_interval=0.01)
     assert caught.value.status_code == 403

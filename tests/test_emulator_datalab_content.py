@@ -19,13 +19,13 @@ from typing import Any
 import aiohttp
 import pytest
 import samples
-from datalab_sdk import AsyncDatalabClient, ConvertOptions, ExtractOptions  # type: ignore[import-untyped]
+from datalab_sdk import ConvertOptions, ExtractOptions  # type: ignore[import-untyped]
 
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.datalab_api import ACCEPTED, SUBMIT
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pdfpages import count_pdf_pages
-from tests.documents_support import form
+from tests.documents_support import form, sdk_client
 from tests.pipeline_support import INVOICE_SCHEMA
 
 SAMPLES: dict[str, dict[str, Any]] = {
@@ -398,9 +398,7 @@ async def test_sdk_converts_then_extracts_from_the_checkpoint(
 ) -> None:
     path = tmp_path / "invoice-acme.pdf"
     path.write_bytes(sample("invoice-acme.pdf"))
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         converted = await client.convert(
             path, options=ConvertOptions(save_checkpoint=True), poll_interval=0.01
         )

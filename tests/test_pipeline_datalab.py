@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from datalab_sdk import AsyncDatalabClient, ExtractOptions  # type: ignore[import-untyped]
+from datalab_sdk import ExtractOptions  # type: ignore[import-untyped]
 
 from genai_coroutines import BatchAPI, DatalabExtraction, DocumentConfig, ExtractionPipeline
 from genai_coroutines.emulator import Emulator
 from genai_coroutines.emulator.state import digest
 from genai_coroutines.pipeline import PipelineSummary
+from tests.documents_support import sdk_client
 from tests.pipeline_support import INVOICE_SCHEMA, convert_url, invoice_fields, invoice_pdf
 
 PARTIES_SCHEMA = {
@@ -92,9 +93,7 @@ async def test_the_sdk_reads_the_same_extraction_from_the_rows_checkpoint(
     [row] = await pipeline(emulator).process([invoice_pdf(3, 2)])
     assert row["success"], row["error"]
 
-    async with AsyncDatalabClient(
-        api_key=emulator.config.datalab_api_key, base_url=emulator.datalab_base_url
-    ) as client:
+    async with sdk_client(emulator) as client:
         oracle = {
             name: await client.extract(
                 options=ExtractOptions(
